@@ -1,0 +1,31 @@
+// What the trainer consumes: batches of images and labels from some source. datasets/
+// implements it (the loader); tests implement it with synthetic data.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace dnns {
+
+struct Batch {
+  Tensor images;  // (B, C, H, W), normalised float
+  Tensor labels;  // (B), class indices stored as floats
+  int64_t size() const { return labels.numel(); }
+};
+
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  virtual int64_t num_examples() const = 0;
+  virtual int64_t batches_per_epoch() const = 0;
+  virtual int num_classes() const = 0;
+  virtual Shape image_shape() const = 0;  // (C, H, W)
+  // Begins epoch `epoch` at batch `first_batch`. The order of examples depends only on the
+  // source's seed and `epoch`, so a run rewound or resumed to (epoch, batch) sees exactly the
+  // batches an uninterrupted run saw from there on.
+  virtual void start_epoch(int64_t epoch, int64_t first_batch = 0) = 0;
+  // Fills `out` with the next batch (fresh tensors, owned by the caller); false at epoch end.
+  virtual bool next(Batch& out) = 0;
+};
+
+}  // namespace dnns

@@ -1,0 +1,58 @@
+// The op set on tensors. Each function checks shapes, then dispatches by the tensors' device
+// to one backend: CUDA tensors to kernels/cuda, CPU tensors to kernels/cpu (or to the
+// reference kernels when `set_cpu_backend(CpuBackend::Reference)` was chosen). This is the
+// only place that chooses a backend.
+#pragma once
+#include "core/tensor.h"
+#include "kernels/params.h"
+
+namespace dnns {
+
+enum class CpuBackend { Optimized, Reference };
+void set_cpu_backend(CpuBackend b);
+CpuBackend cpu_backend();
+bool cuda_available();  // built with CUDA and a device is present
+
+namespace ops {
+
+// x (N,C,H,W), w (K,C,R,S), b (K) or empty -> y (N,K,P,Q) (allocated by the caller)
+void conv2d_forward(const Conv2dParams& p, const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y);
+void conv2d_backward_data(const Conv2dParams& p, const Tensor& dy, const Tensor& w, Tensor& dx);
+void conv2d_backward_weights(const Conv2dParams& p, const Tensor& x, const Tensor& dy, Tensor& dw, Tensor& db);
+
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y);  // x (N,I) w (O,I)
+void linear_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx);
+void linear_backward_weights(const Tensor& x, const Tensor& dy, Tensor& dw, Tensor& db);
+
+void batchnorm_forward_train(const BatchNormParams& p, const Tensor& x, const Tensor& gamma,
+                             const Tensor& beta, Tensor& running_mean, Tensor& running_var, Tensor& y,
+                             Tensor& save_mean, Tensor& save_invstd);
+void batchnorm_forward_eval(const BatchNormParams& p, const Tensor& x, const Tensor& gamma,
+                            const Tensor& beta, const Tensor& running_mean, const Tensor& running_var,
+                            Tensor& y);
+void batchnorm_backward(const BatchNormParams& p, const Tensor& x, const Tensor& dy, const Tensor& gamma,
+                        const Tensor& save_mean, const Tensor& save_invstd, Tensor& dx, Tensor& dgamma,
+                        Tensor& dbeta);
+
+void relu_forward(const Tensor& x, Tensor& y);
+void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx);
+void add_forward(const Tensor& a, const Tensor& b, Tensor& y);
+void accumulate(const Tensor& a, Tensor& y);  // y += a
+
+void maxpool_forward(const Pool2dParams& p, const Tensor& x, Tensor& y);
+void maxpool_backward(const Pool2dParams& p, const Tensor& x, const Tensor& dy, Tensor& dx);
+void avgpool_forward(const Pool2dParams& p, const Tensor& x, Tensor& y);
+void avgpool_backward(const Pool2dParams& p, const Tensor& dy, Tensor& dx);
+void global_avgpool_forward(const Tensor& x, Tensor& y);   // (N,C,H,W) -> (N,C)
+void global_avgpool_backward(const Tensor& dy, Tensor& dx);
+
+// Returns the mean loss; fills dlogits when it is defined; *correct (if given) receives the
+// number of rows whose argmax equals the label.
+float softmax_cross_entropy(const Tensor& logits, const Tensor& labels, float smoothing,
+                            Tensor* dlogits, int* correct);
+
+void sgd_update(const SgdParams& p, Tensor& w, const Tensor& g, Tensor& buf);
+void mask_apply(Tensor& w, const Tensor& mask);
+
+}  // namespace ops
+}  // namespace dnns
