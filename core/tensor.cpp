@@ -56,17 +56,17 @@ static DeviceAllocator* need_allocator(Device d) {
   return a;
 }
 
-Storage::Storage(size_t bytes, Device dev) : bytes_(bytes), device_(dev) {
+Storage::Storage(size_t bytes, Device dev, bool zero_fill) : bytes_(bytes), device_(dev) {
   if (bytes == 0) return;
   if (dev == Device::CPU) {
     size_t rounded = (bytes + 63) / 64 * 64;  // aligned_alloc needs a multiple of the alignment
     data_ = std::aligned_alloc(64, rounded);
     if (!data_) throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
-    std::memset(data_, 0, bytes);
+    if (zero_fill) std::memset(data_, 0, bytes);
   } else {
     DeviceAllocator* a = need_allocator(dev);
     data_ = a->allocate(bytes);
-    a->fill(static_cast<float*>(data_), bytes / sizeof(float), 0.0f);
+    if (zero_fill) a->fill(static_cast<float*>(data_), bytes / sizeof(float), 0.0f);
   }
 }
 
@@ -79,6 +79,14 @@ Storage::~Storage() {
 Tensor::Tensor(Shape shape, Device dev) : shape_(std::move(shape)) {
   numel_ = shape_numel(shape_);
   storage_ = std::make_shared<Storage>(bytes(), dev);
+}
+
+Tensor Tensor::uninit(Shape shape, Device dev) {
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.numel_ = shape_numel(t.shape_);
+  t.storage_ = std::make_shared<Storage>(t.bytes(), dev, false);
+  return t;
 }
 
 Tensor Tensor::full(Shape shape, float value, Device dev) {

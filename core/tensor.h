@@ -34,7 +34,7 @@ DeviceAllocator* device_allocator(Device d);                       // nullptr if
 
 class Storage {
  public:
-  Storage(size_t bytes, Device dev);
+  Storage(size_t bytes, Device dev, bool zero_fill = true);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -53,6 +53,8 @@ class Tensor {
   Tensor() = default;  // empty: no storage, numel() == 0
   explicit Tensor(Shape shape, Device dev = Device::CPU);  // zero-filled
   static Tensor zeros(Shape shape, Device dev = Device::CPU) { return Tensor(std::move(shape), dev); }
+  // Uninitialised storage, for outputs a kernel overwrites completely (saves a memset).
+  static Tensor uninit(Shape shape, Device dev = Device::CPU);
   static Tensor full(Shape shape, float value, Device dev = Device::CPU);
   static Tensor from(Shape shape, const std::vector<float>& values);  // CPU tensor
 

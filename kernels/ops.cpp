@@ -125,7 +125,8 @@ void batchnorm_forward_train(const BatchNormParams& p, const Tensor& x, const Te
                              const Tensor& beta, Tensor& running_mean, Tensor& running_var, Tensor& y,
                              Tensor& save_mean, Tensor& save_invstd) {
   check_bn(p, x, "batchnorm_forward_train");
-  for (const Tensor* t : {&gamma, &beta, &running_mean, &running_var, &save_mean, &save_invstd})
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&gamma, &beta, &running_mean, &running_var,
+                                                             &save_mean, &save_invstd})
     check_shape(t->shape(), {p.C}, "batchnorm_forward_train per-channel tensor");
   check_shape(y.shape(), x.shape(), "batchnorm_forward_train output");
   Device d = common_device("batchnorm_forward_train", {&x, &gamma, &beta, &running_mean, &running_var, &y});
@@ -151,7 +152,7 @@ void batchnorm_backward(const BatchNormParams& p, const Tensor& x, const Tensor&
   check_bn(p, x, "batchnorm_backward");
   check_shape(dy.shape(), x.shape(), "batchnorm_backward output gradient");
   check_shape(dx.shape(), x.shape(), "batchnorm_backward input gradient");
-  for (const Tensor* t : {&gamma, &save_mean, &save_invstd, &dgamma, &dbeta})
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&gamma, &save_mean, &save_invstd, &dgamma, &dbeta})
     check_shape(t->shape(), {p.C}, "batchnorm_backward per-channel tensor");
   Device d = common_device("batchnorm_backward", {&x, &dy, &gamma, &dx, &dgamma, &dbeta});
   DISPATCH(batchnorm_backward, d, p, x.data(), dy.data(), gamma.data(), save_mean.data(),

@@ -1,0 +1,7 @@
+#pragma once
+
+namespace dnns::app {
+// Each returns the process exit status; argv[0] is the subcommand name.
+int cmd_models(int argc, char** argv);
+int cmd_train(int argc, char** argv);
+}  // namespace dnns::app

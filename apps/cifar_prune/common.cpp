@@ -1,0 +1,158 @@
+#include "apps/cifar_prune/common.h"
+
+#include <sstream>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/json.h"
+#include "core/threading.h"
+
+namespace dnns::app {
+
+void add_system_flags(Flags& f) {
+  f.add("threads", "0", "worker threads (0 = all cores)");
+  f.add("device", "cpu", "cpu or cuda");
+  f.add("seed", "1", "seed for initialisation and data order");
+}
+
+void add_training_flags(Flags& f) {
+  f.add("data", "fashion-mnist",
+        "data set: a CIFAR-10/100 binary folder, an image folder with train/ and test/, IDX files, "
+        "'fashion-mnist' (Debian package) or 'synthetic'");
+  f.add("model", "resnet20", "zoo model (see `cifar_prune models`)");
+  f.add("epochs", "160", "training epochs");
+  f.add("batch-size", "128", "mini-batch size");
+  f.add("lr", "0.1", "base learning rate");
+  f.add("momentum", "0.9", "SGD momentum");
+  f.add("weight-decay", "1e-4", "L2 weight decay");
+  f.add_bool("nesterov", "Nesterov momentum");
+  f.add("schedule", "multistep", "learning-rate schedule: multistep, cosine or constant");
+  f.add("milestones", "80,120", "multistep: epochs at which the LR is multiplied by --gamma");
+  f.add("gamma", "0.1", "multistep: LR factor at each milestone");
+  f.add("warmup-steps", "0", "linear LR warm-up over this many iterations");
+  f.add("label-smoothing", "0", "label smoothing in [0, 1)");
+  f.add("augment", "auto", "CIFAR augmentation (pad-4 crop + flip): on, off, or auto (on for 32x32 RGB)");
+  f.add("train-subset", "0", "use only this many training examples (0 = all), drawn with --seed");
+  f.add("test-subset", "0", "use only this many test examples (0 = all), drawn with --seed");
+}
+
+Device setup_system(const Flags& f) {
+  int64_t t = f.integer("threads");
+  check(t >= 0 && t <= 1024, "--threads must be between 0 and 1024, got " + std::to_string(t));
+  set_num_threads(static_cast<int>(t));
+  return parse_device(f.str("device"));
+}
+
+DataPair load_data(const Flags& f) {
+  std::string spec = f.str("data");
+  Dataset train = load_dataset(spec, true);
+  Dataset test = load_dataset(spec, false);
+  uint64_t seed = static_cast<uint64_t>(f.integer("seed"));
+  int64_t ntrain = f.integer("train-subset"), ntest = f.integer("test-subset");
+  check(ntrain >= 0 && ntest >= 0, "--train-subset and --test-subset must be >= 0");
+  if (ntrain > 0 && ntrain < train.size()) train = train.sample(ntrain, seed);
+  if (ntest > 0 && ntest < test.size()) test = test.sample(ntest, seed + 1);
+  check(train.channels == test.channels && train.height == test.height && train.width == test.width,
+        spec + ": train and test images differ in shape");
+  std::string aug = f.str("augment");
+  check(aug == "on" || aug == "off" || aug == "auto", "--augment must be on, off or auto, got '" + aug + "'");
+  bool augment = aug == "on" || (aug == "auto" && train.channels == 3 && train.height == 32 && train.width == 32);
+
+  LoaderOptions lo;
+  lo.batch_size = f.integer("batch-size");
+  check(lo.batch_size > 0, "--batch-size must be positive");
+  lo.seed = seed;
+  lo.augment = augment;
+  lo.normalize = channel_stats(train);
+  LoaderOptions to = lo;
+  to.shuffle = false;
+  to.augment = false;
+  to.batch_size = std::max<int64_t>(lo.batch_size, 256);
+
+  DataPair d;
+  std::ostringstream os;
+  os << spec << ": " << train.size() << " train / " << test.size() << " test images, " << train.channels << "x"
+     << train.height << "x" << train.width << ", " << train.num_classes << " classes"
+     << (augment ? ", augmented" : "");
+  d.description = os.str();
+  d.train = std::make_unique<Loader>(std::move(train), lo);
+  d.test = std::make_unique<Loader>(std::move(test), to);
+  return d;
+}
+
+static std::vector<int64_t> parse_int_list(const std::string& s, const std::string& flag) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    try {
+      size_t used = 0;
+      out.push_back(std::stoll(item, &used));
+      check(used == item.size(), "");
+    } catch (...) {
+      throw Error("--" + flag + " expects comma-separated integers, got '" + s + "'");
+    }
+  }
+  return out;
+}
+
+TrainConfig training_config(const Flags& f, int64_t bpe) {
+  TrainConfig c;
+  c.epochs = f.integer("epochs");
+  check(c.epochs > 0, "--epochs must be positive");
+  c.sgd.lr = static_cast<float>(f.number("lr"));
+  c.sgd.momentum = static_cast<float>(f.number("momentum"));
+  c.sgd.weight_decay = static_cast<float>(f.number("weight-decay"));
+  c.sgd.nesterov = f.flag("nesterov");
+  check(c.sgd.lr > 0 && c.sgd.momentum >= 0 && c.sgd.weight_decay >= 0, "--lr must be > 0, --momentum and --weight-decay >= 0");
+  c.label_smoothing = static_cast<float>(f.number("label-smoothing"));
+  check(c.label_smoothing >= 0 && c.label_smoothing < 1, "--label-smoothing must be in [0, 1)");
+  c.schedule.base_lr = c.sgd.lr;
+  c.schedule.warmup_steps = f.integer("warmup-steps");
+  std::string s = f.str("schedule");
+  if (s == "multistep") {
+    c.schedule.kind = LrSchedule::Kind::MultiStep;
+    for (int64_t e : parse_int_list(f.str("milestones"), "milestones")) c.schedule.milestones.push_back(e * bpe);
+    c.schedule.gamma = static_cast<float>(f.number("gamma"));
+  } else if (s == "cosine") {
+    c.schedule.kind = LrSchedule::Kind::Cosine;
+    c.schedule.total_steps = c.epochs * bpe;
+  } else if (s == "constant") {
+    c.schedule.kind = LrSchedule::Kind::Constant;
+  } else {
+    throw Error("--schedule must be multistep, cosine or constant, got '" + s + "'");
+  }
+  return c;
+}
+
+Model make_model(const Flags& f, const BatchSource& data) {
+  Model m = build_model(f.str("model"), data.num_classes(), data.image_shape());
+  Rng rng(static_cast<uint64_t>(f.integer("seed")));
+  init_model(m, rng);
+  return m;
+}
+
+std::string hparams_json(const Flags& f, const std::string& command) {
+  Json j;
+  j.add("command", command);
+  for (const auto& [k, v] : f.values())
+    if (k != "threads" && k != "resume" && k != "out" && k != "device") j.add(k, v);
+  return j.str();
+}
+
+void prepare_run_dir(const std::string& dir, const std::string& hparams, bool resume) {
+  std::string hp = dir + "/hparams.json";
+  if (file_exists(hp)) {
+    std::string old = read_text(hp);
+    if (!old.empty() && old.back() == '\n') old.pop_back();
+    check(old == hparams, dir + ": holds a run with other hyper-parameters (see " + hp +
+                              "); choose another --out or delete that folder");
+    check(resume, dir + ": already holds this run; pass --resume to continue it, or choose another --out");
+    return;
+  }
+  make_dirs(dir);
+  write_text_atomic(hp, hparams + "\n");
+}
+
+}  // namespace dnns::app

@@ -1,0 +1,37 @@
+// Shared plumbing of the cifar_prune subcommands: data, model and hyper-parameter flags,
+// and run-directory bookkeeping.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "core/cli.h"
+#include "datasets/dataset.h"
+#include "datasets/loader.h"
+#include "nn/models/zoo.h"
+#include "nn/trainer.h"
+
+namespace dnns::app {
+
+// Declares --data, --model, --epochs, --batch-size, --lr, ... (the training flags).
+void add_training_flags(Flags& f);
+void add_system_flags(Flags& f);  // --threads, --device, --seed
+// Applies --threads; returns the device.
+Device setup_system(const Flags& f);
+
+struct DataPair {
+  std::unique_ptr<Loader> train, test;
+  std::string description;
+};
+// Loads --data (train and test splits, with --train-subset/--test-subset) into loaders.
+DataPair load_data(const Flags& f);
+
+TrainConfig training_config(const Flags& f, int64_t batches_per_epoch);
+Model make_model(const Flags& f, const BatchSource& data);  // built and initialised from --seed
+
+// The hyper-parameters that define a run, as JSON; a resumed run must have the same.
+std::string hparams_json(const Flags& f, const std::string& command);
+// Creates `dir` for a new run, or checks it belongs to the same run when resuming. Refuses
+// to touch a folder holding a different or a finished run unless told so.
+void prepare_run_dir(const std::string& dir, const std::string& hparams, bool resume);
+
+}  // namespace dnns::app

@@ -1,0 +1,38 @@
+// cifar_prune: train, prune (IMP with rewinding), compact and package models, one
+// subcommand per stage.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "apps/cifar_prune/commands.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: cifar_prune COMMAND [flags]\n"
+    "\n"
+    "commands:\n"
+    "  models    list the model zoo with parameter counts and forward FLOPs\n"
+    "  train     train a zoo model on a data set (checkpoints, --resume)\n"
+    "\n"
+    "Run `cifar_prune COMMAND --help` for the flags of a command.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  std::string cmd = argv[1];
+  try {
+    if (cmd == "models") return dnns::app::cmd_models(argc - 1, argv + 1);
+    if (cmd == "train") return dnns::app::cmd_train(argc - 1, argv + 1);
+    std::fprintf(stderr, "cifar_prune: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\ncifar_prune %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

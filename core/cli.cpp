@@ -1,0 +1,106 @@
+#include "core/cli.h"
+
+#include <cstdio>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace dnns {
+
+void Flags::add(const std::string& name, const std::string& def, const std::string& help) {
+  order_.push_back(name);
+  specs_[name] = {def, help, false};
+  values_[name] = def;
+}
+
+void Flags::add_bool(const std::string& name, const std::string& help) {
+  order_.push_back(name);
+  specs_[name] = {"", help, true};
+  values_[name] = "0";
+}
+
+bool Flags::parse(int argc, char** argv, int first, int max_positional) {
+  for (int i = first; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(help().c_str(), stdout);
+      return false;
+    }
+    if (a.rfind("--", 0) != 0) {
+      check(static_cast<int>(positional_.size()) < max_positional,
+            program_ + ": unexpected argument '" + a + "' (see --help)");
+      positional_.push_back(a);
+      continue;
+    }
+    std::string name = a.substr(2), value;
+    bool has_value = false;
+    size_t eq = name.find('=');
+    if (eq != std::string::npos) value = name.substr(eq + 1), name = name.substr(0, eq), has_value = true;
+    auto it = specs_.find(name);
+    check(it != specs_.end(), program_ + ": unknown flag --" + name + " (see --help)");
+    if (it->second.boolean) {
+      check(!has_value || value == "0" || value == "1" || value == "true" || value == "false",
+            program_ + ": --" + name + " takes no value");
+      values_[name] = (!has_value || value == "1" || value == "true") ? "1" : "0";
+    } else {
+      if (!has_value) {
+        check(i + 1 < argc, program_ + ": --" + name + " needs a value");
+        value = argv[++i];
+      }
+      values_[name] = value;
+    }
+    given_[name] = true;
+  }
+  return true;
+}
+
+std::string Flags::str(const std::string& name) const {
+  auto it = values_.find(name);
+  check(it != values_.end(), program_ + ": internal: undeclared flag --" + name);
+  return it->second;
+}
+
+int64_t Flags::integer(const std::string& name) const {
+  std::string v = str(name);
+  try {
+    size_t used = 0;
+    long long x = std::stoll(v, &used);
+    if (used == v.size()) return x;
+  } catch (...) {
+  }
+  throw Error(program_ + ": --" + name + " expects an integer, got '" + v + "'");
+}
+
+double Flags::number(const std::string& name) const {
+  std::string v = str(name);
+  try {
+    size_t used = 0;
+    double x = std::stod(v, &used);
+    if (used == v.size()) return x;
+  } catch (...) {
+  }
+  throw Error(program_ + ": --" + name + " expects a number, got '" + v + "'");
+}
+
+bool Flags::flag(const std::string& name) const { return str(name) == "1"; }
+
+bool Flags::given(const std::string& name) const { return given_.count(name) > 0; }
+
+std::string Flags::help() const {
+  std::ostringstream os;
+  os << "usage: " << program_ << " [flags]\n" << summary_ << "\n\nflags:\n";
+  for (const std::string& n : order_) {
+    const Spec& s = specs_.at(n);
+    std::string left = "  --" + n + (s.boolean ? "" : " VALUE");
+    os << left;
+    if (left.size() < 26) os << std::string(26 - left.size(), ' ');
+    else os << "\n" << std::string(26, ' ');
+    os << s.help;
+    if (!s.boolean && !s.def.empty()) os << " (default: " << s.def << ")";
+    os << "\n";
+  }
+  os << "  --help                  show this help\n";
+  return os.str();
+}
+
+}  // namespace dnns

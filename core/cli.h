@@ -1,0 +1,46 @@
+// Command-line flags for the apps: long options only (`--name value` or `--name=value`),
+// each declared with its default and help text, so `--help` documents every flag and an
+// unknown or malformed flag is refused by name.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace dnns {
+
+class Flags {
+ public:
+  Flags(std::string program, std::string summary) : program_(std::move(program)), summary_(std::move(summary)) {}
+  // Declares a flag; `def` is its default as text ("" for none). Boolean flags take no value.
+  void add(const std::string& name, const std::string& def, const std::string& help);
+  void add_bool(const std::string& name, const std::string& help);
+  // Parses argv[first..]; returns false when --help was given (help already printed).
+  // Throws Error on an unknown flag, a missing value, or a stray positional argument when
+  // `max_positional` is exceeded.
+  bool parse(int argc, char** argv, int first = 1, int max_positional = 0);
+
+  std::string str(const std::string& name) const;
+  int64_t integer(const std::string& name) const;   // throws naming the flag if not an integer
+  double number(const std::string& name) const;     // throws naming the flag if not a number
+  bool flag(const std::string& name) const;
+  bool given(const std::string& name) const;        // set on the command line (not the default)
+  const std::vector<std::string>& positional() const { return positional_; }
+  std::string help() const;
+  // The parsed values, for writing a run's hyper-parameters next to its results.
+  const std::map<std::string, std::string>& values() const { return values_; }
+
+ private:
+  struct Spec {
+    std::string def, help;
+    bool boolean = false;
+  };
+  std::string program_, summary_;
+  std::vector<std::string> order_;
+  std::map<std::string, Spec> specs_;
+  std::map<std::string, std::string> values_;
+  std::map<std::string, bool> given_;
+  std::vector<std::string> positional_;
+};
+
+}  // namespace dnns

@@ -1,0 +1,144 @@
+// Optimized batchnorm. Each channel's statistics are independent, so channels are spread over
+// oneTBB threads and every reduction runs inside one task in a fixed order: results are
+// bit-identical from run to run, whatever the thread count. Reductions accumulate in double
+// over a fixed number of lanes, which lets the compiler vectorise them without reordering
+// anything at run time.
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/cpu/cpu.h"
+
+namespace dnns::cpu {
+namespace {
+
+constexpr int kLanes = 8;
+
+// Sums of x and x^2 over one channel of x (N, C, HW), in double.
+void channel_sum_sumsq(const BatchNormParams& p, const float* x, int c, double& sum, double& sumsq) {
+  double s[kLanes] = {}, ss[kLanes] = {};
+  for (int n = 0; n < p.N; n++) {
+    const float* xc = x + (int64_t(n) * p.C + c) * p.HW;  // (HW)
+    int i = 0;
+    for (; i + kLanes <= p.HW; i += kLanes)
+      for (int l = 0; l < kLanes; l++) {
+        const double v = xc[i + l];
+        s[l] += v;
+        ss[l] += v * v;
+      }
+    for (; i < p.HW; i++) s[0] += xc[i], ss[0] += double(xc[i]) * xc[i];
+  }
+  sum = sumsq = 0.0;
+  for (int l = 0; l < kLanes; l++) sum += s[l], sumsq += ss[l];
+}
+
+// Sums of dy and dy * (x - mean) over one channel, in double.
+void channel_grad_sums(const BatchNormParams& p, const float* x, const float* dy, int c, double mean,
+                       double& sum_dy, double& sum_dy_xc) {
+  double s[kLanes] = {}, sx[kLanes] = {};
+  for (int n = 0; n < p.N; n++) {
+    const float* xc = x + (int64_t(n) * p.C + c) * p.HW;    // (HW)
+    const float* dyc = dy + (int64_t(n) * p.C + c) * p.HW;  // (HW)
+    int i = 0;
+    for (; i + kLanes <= p.HW; i += kLanes)
+      for (int l = 0; l < kLanes; l++) {
+        s[l] += dyc[i + l];
+        sx[l] += double(dyc[i + l]) * (double(xc[i + l]) - mean);
+      }
+    for (; i < p.HW; i++) s[0] += dyc[i], sx[0] += double(dyc[i]) * (double(xc[i]) - mean);
+  }
+  sum_dy = sum_dy_xc = 0.0;
+  for (int l = 0; l < kLanes; l++) sum_dy += s[l], sum_dy_xc += sx[l];
+}
+
+// y = (x - mean) * scale + shift over one channel. Centring before scaling (rather than
+// folding everything into one a * x + b) keeps the result accurate when |mean| >> std.
+void channel_normalise(const BatchNormParams& p, const float* x, int c, float mean, float scale,
+                       float shift, float* y) {
+  for (int n = 0; n < p.N; n++) {
+    const float* xc = x + (int64_t(n) * p.C + c) * p.HW;  // (HW)
+    float* yc = y + (int64_t(n) * p.C + c) * p.HW;        // (HW)
+    for (int i = 0; i < p.HW; i++) yc[i] = (xc[i] - mean) * scale + shift;
+  }
+}
+
+// f(c) for every channel; channels are grouped so each task touches at least ~32K values.
+template <class F>
+void for_channels(const BatchNormParams& p, F&& f) {
+  const int64_t per_channel = std::max<int64_t>(1, int64_t(p.N) * p.HW);
+  const int grain = int(std::max<int64_t>(1, (int64_t(1) << 15) / per_channel));
+  tbb::parallel_for(tbb::blocked_range<int>(0, p.C, grain), [&](const tbb::blocked_range<int>& r) {
+    for (int c = r.begin(); c < r.end(); c++) f(c);
+  });
+}
+
+}  // namespace
+
+void batchnorm_forward_train(const BatchNormParams& p, const float* x, const float* gamma,
+                             const float* beta, float* running_mean, float* running_var, float* y,
+                             float* save_mean, float* save_invstd) {
+  // x, y: (N, C, HW)   gamma, beta, running_*, save_*: (C)
+  const int64_t M = int64_t(p.N) * p.HW;
+  check(M > 1, "batchnorm_forward_train: need more than 1 value per channel to train, got N*HW = " +
+                   std::to_string(M));
+  for_channels(p, [&](int c) {
+    // One pass for sum and sum of squares (double keeps E[x^2] - E[x]^2 accurate for
+    // activations), one pass to normalise.
+    double sum, sumsq;
+    channel_sum_sumsq(p, x, c, sum, sumsq);
+    const double mean = sum / double(M);
+    const double var = std::max(0.0, sumsq / double(M) - mean * mean);  // biased
+    const double invstd = 1.0 / std::sqrt(var + double(p.eps));
+    const double scale = double(gamma[c]) * invstd;
+    channel_normalise(p, x, c, float(mean), float(scale), beta[c], y);
+    const double m = p.momentum;
+    running_mean[c] = float((1.0 - m) * running_mean[c] + m * mean);
+    running_var[c] = float((1.0 - m) * running_var[c] + m * var * double(M) / double(M - 1));
+    save_mean[c] = float(mean);
+    save_invstd[c] = float(invstd);
+  });
+}
+
+void batchnorm_forward_eval(const BatchNormParams& p, const float* x, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            float* y) {
+  // x, y: (N, C, HW)   gamma, beta, running_*: (C)
+  for_channels(p, [&](int c) {
+    const double scale = double(gamma[c]) / std::sqrt(double(running_var[c]) + double(p.eps));
+    channel_normalise(p, x, c, running_mean[c], float(scale), beta[c], y);
+  });
+}
+
+void batchnorm_backward(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                        float* dbeta) {
+  // x, dy, dx: (N, C, HW)   gamma, save_*, dgamma, dbeta: (C)
+  // dx = gamma * invstd * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M), xhat = (x - mean) * invstd,
+  // rearranged as dx = k_dy * dy + k_x * (x - mean) + k_0 so the second pass is one short
+  // multiply-add chain per element.
+  const int64_t M = int64_t(p.N) * p.HW;
+  for_channels(p, [&](int c) {
+    const double mean = save_mean[c], invstd = save_invstd[c];
+    double sum_dy, sum_dy_xc;
+    channel_grad_sums(p, x, dy, c, mean, sum_dy, sum_dy_xc);
+    const double sum_dy_xhat = sum_dy_xc * invstd;
+    const double k_dy = double(gamma[c]) * invstd;
+    const double k_x = -k_dy * invstd * sum_dy_xhat / double(M);
+    const double k_0 = -k_dy * sum_dy / double(M);
+    const float a = float(k_dy), b = float(k_x), d = float(k_0), mean_f = save_mean[c];
+    for (int n = 0; n < p.N; n++) {
+      const float* xc = x + (int64_t(n) * p.C + c) * p.HW;    // (HW)
+      const float* dyc = dy + (int64_t(n) * p.C + c) * p.HW;  // (HW)
+      float* dxc = dx + (int64_t(n) * p.C + c) * p.HW;        // (HW)
+      for (int i = 0; i < p.HW; i++) dxc[i] = a * dyc[i] + b * (xc[i] - mean_f) + d;
+    }
+    dgamma[c] = float(sum_dy_xhat);
+    dbeta[c] = float(sum_dy);
+  });
+}
+
+}  // namespace dnns::cpu

@@ -1,0 +1,292 @@
+// Optimized CPU convolution: im2col + OpenBLAS sgemm, parallel over images with oneTBB.
+//
+// Per image the convolution is one GEMM: y_n (K, PQ) = w (K, CRS) * col_n (CRS, PQ), where
+// column (p, q) of col_n holds the R*S*C input values output (p, q) reads (im2col). The
+// shapes decide how the batch is cut into tasks (see plan_tiles):
+//   - large images (PQ >= kTargetCols): one image per task, walked in blocks of output rows
+//     so the column buffer of one GEMM stays near the cache;
+//   - small images (late VGG layers, 4x4 or 2x2): several images share one column buffer
+//     (CRS, images * PQ) so the GEMM is wide enough to run at speed, and the result is
+//     scattered back to NCHW.
+// A 1x1 stride-1 unpadded convolution needs no im2col: the image (C, HW) is its own column
+// matrix. OpenBLAS runs single-threaded inside our tasks (core/threading.cpp).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+#include "core/threading.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/cpu/gemm_util.h"
+
+namespace dnns::cpu {
+namespace {
+
+// Columns per GEMM we aim for: fewer and OpenBLAS runs skinny, slow kernels; many more and
+// the column buffer (CRS x cols) no longer stays in L2 between im2col and GEMM.
+constexpr int kTargetCols = 512;
+
+bool is_pointwise(const Conv2dParams& p) {
+  return p.R == 1 && p.S == 1 && p.stride == 1 && p.pad == 0;
+}
+
+// How the batch is cut into tasks: task t covers images [t * images, t * images + images),
+// and runs one GEMM per block of `rows` output rows (rows == P when images > 1).
+struct Tiling {
+  int images;
+  int rows;
+  int tasks;
+};
+
+Tiling plan_tiles(const Conv2dParams& p) {
+  const int P = p.P(), Q = p.Q(), PQ = P * Q;
+  Tiling t{1, P, 0};
+  if (PQ >= kTargetCols) {
+    t.rows = std::max(1, kTargetCols / Q);
+  } else {
+    const int want = (kTargetCols + PQ - 1) / PQ;
+    const int fair = (p.N + num_threads() - 1) / num_threads();  // leave every thread a task
+    t.images = std::max(1, std::min(want, fair));
+  }
+  t.tasks = (p.N + t.images - 1) / t.images;
+  return t;
+}
+
+// Output columns q whose input column q*stride - pad + s lies inside [0, W): [q_lo, q_hi).
+// Used identically by im2col and col2im, so the border logic lives in one place.
+struct ColRange {
+  int lo, hi;
+};
+ColRange valid_cols(const Conv2dParams& p, int s) {
+  const int Q = p.Q();
+  const int before = p.pad - s;      // input columns left of 0 for q = 0
+  const int lo = before <= 0 ? 0 : std::min(Q, (before + p.stride - 1) / p.stride);
+  const int end = p.W + p.pad - s;   // q*stride < end  <=>  input column < W
+  const int hi = end <= 0 ? 0 : std::min(Q, (end + p.stride - 1) / p.stride);
+  return {lo, std::max(lo, hi)};
+}
+
+// x (C, H, W) of one image -> col rows (c, r, s), columns (p, q) for output rows [p0, p1).
+// col is (C*R*S, ldcol); this writes columns [0, (p1 - p0) * Q) of each row.
+void im2col(const Conv2dParams& p, const float* x, int p0, int p1, float* col, int ldcol) {
+  const int H = p.H, W = p.W, Q = p.Q();
+  for (int c = 0; c < p.C; ++c)
+    for (int r = 0; r < p.R; ++r)
+      for (int s = 0; s < p.S; ++s) {
+        const ColRange qr = valid_cols(p, s);
+        float* out = col + (int64_t)((c * p.R + r) * p.S + s) * ldcol;
+        for (int oh = p0; oh < p1; ++oh, out += Q) {
+          const int h = oh * p.stride - p.pad + r;
+          if (h < 0 || h >= H) {
+            std::fill(out, out + Q, 0.0f);
+            continue;
+          }
+          const float* xrow = x + ((int64_t)c * H + h) * W;
+          const int off = s - p.pad;  // input column of output q is q*stride + off
+          std::fill(out, out + qr.lo, 0.0f);
+          if (p.stride == 1) {
+            std::memcpy(out + qr.lo, xrow + qr.lo + off, sizeof(float) * (qr.hi - qr.lo));
+          } else {
+            for (int q = qr.lo; q < qr.hi; ++q) out[q] = xrow[q * p.stride + off];
+          }
+          std::fill(out + qr.hi, out + Q, 0.0f);
+        }
+      }
+}
+
+// The adjoint of im2col: dx (C, H, W) += col for output rows [p0, p1). Several (r, s) rows
+// land on the same input pixel, hence the accumulation.
+void col2im(const Conv2dParams& p, const float* col, int ldcol, int p0, int p1, float* dx) {
+  const int H = p.H, W = p.W, Q = p.Q();
+  for (int c = 0; c < p.C; ++c)
+    for (int r = 0; r < p.R; ++r)
+      for (int s = 0; s < p.S; ++s) {
+        const ColRange qr = valid_cols(p, s);
+        const float* in = col + (int64_t)((c * p.R + r) * p.S + s) * ldcol;
+        for (int oh = p0; oh < p1; ++oh, in += Q) {
+          const int h = oh * p.stride - p.pad + r;
+          if (h < 0 || h >= H) continue;
+          float* dxrow = dx + ((int64_t)c * H + h) * W;
+          const int off = s - p.pad;
+          if (p.stride == 1) {
+            float* d = dxrow + off;
+            for (int q = qr.lo; q < qr.hi; ++q) d[q] += in[q];
+          } else {
+            for (int q = qr.lo; q < qr.hi; ++q) dxrow[q * p.stride + off] += in[q];
+          }
+        }
+      }
+}
+
+// One GEMM's worth of work: images [n0, n0 + nb), output rows [p0, p1) of each.
+struct Block {
+  int n0, nb, p0, p1;
+  int cols(const Conv2dParams& p) const { return nb * (p1 - p0) * p.Q(); }
+};
+
+// Calls f(block) for every block of task `t`, in order.
+template <class F>
+void for_each_block(const Conv2dParams& p, const Tiling& t, int task, F&& f) {
+  const int n0 = task * t.images, nb = std::min(t.images, p.N - n0), P = p.P();
+  for (int p0 = 0; p0 < P; p0 += t.rows) f(Block{n0, nb, p0, std::min(P, p0 + t.rows)});
+}
+
+// The column matrix of a block: (CRS, cols) with row stride *ld. Points into x itself for a
+// 1x1 stride-1 unpadded conv on one image, else into the thread's scratch slot 0.
+const float* columns_of(const Conv2dParams& p, const Block& bl, const float* x, int* ld) {
+  const int64_t image = (int64_t)p.C * p.H * p.W;
+  const int Q = p.Q();
+  if (is_pointwise(p) && bl.nb == 1) {
+    *ld = p.H * p.W;
+    return x + bl.n0 * image + bl.p0 * Q;
+  }
+  const int cols = bl.cols(p), per_image = (bl.p1 - bl.p0) * Q;
+  float* col = thread_scratch(0, (size_t)p.C * p.R * p.S * cols);
+  for (int i = 0; i < bl.nb; ++i)
+    im2col(p, x + (bl.n0 + i) * image, bl.p0, bl.p1, col + i * per_image, cols);
+  *ld = cols;
+  return col;
+}
+
+// dy of a block as a (K, cols) matrix with row stride *ld: in place for one image, else
+// gathered from the nb images into the thread's scratch slot 1.
+const float* output_grad_of(const Conv2dParams& p, const Block& bl, const float* dy, int* ld) {
+  const int PQ = p.P() * p.Q();
+  if (bl.nb == 1) {
+    *ld = PQ;
+    return dy + (int64_t)bl.n0 * p.K * PQ + bl.p0 * p.Q();
+  }
+  const int cols = bl.cols(p);  // == nb * PQ (whole images)
+  float* g = thread_scratch(1, (size_t)p.K * cols);
+  for (int i = 0; i < bl.nb; ++i)
+    for (int k = 0; k < p.K; ++k)
+      std::memcpy(g + (int64_t)k * cols + i * PQ, dy + ((int64_t)(bl.n0 + i) * p.K + k) * PQ,
+                  sizeof(float) * PQ);
+  *ld = cols;
+  return g;
+}
+
+void run_tasks(int tasks, const std::function<void(int)>& body) {
+  tbb::parallel_for(tbb::blocked_range<int>(0, tasks, 1), [&](const tbb::blocked_range<int>& r) {
+    for (int t = r.begin(); t != r.end(); ++t) body(t);
+  });
+}
+
+}  // namespace
+
+void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
+  // x (N, C, H, W)   w (K, C*R*S)   b (K) or nullptr   y (N, K, P, Q)
+  const int K = p.K, CRS = p.C * p.R * p.S, Q = p.Q(), PQ = p.P() * Q;
+  const Tiling t = plan_tiles(p);
+  run_tasks(t.tasks, [&](int task) {
+    for_each_block(p, t, task, [&](const Block& bl) {
+      int ldcol;
+      const float* col = columns_of(p, bl, x, &ldcol);  // (CRS, cols)
+      const int cols = bl.cols(p);
+      if (bl.nb == 1) {
+        // The GEMM writes straight into y_n's rows [p0, p1): (K, cols) with row stride PQ.
+        float* out = y + (int64_t)bl.n0 * K * PQ + bl.p0 * Q;
+        sgemm(false, false, K, cols, CRS, 1.0f, w, CRS, col, ldcol, 0.0f, out, PQ);
+        if (b)
+          for (int k = 0; k < K; ++k)
+            for (int j = 0; j < cols; ++j) out[(int64_t)k * PQ + j] += b[k];
+        return;
+      }
+      float* out = thread_scratch(1, (size_t)K * cols);  // (K, nb * PQ)
+      sgemm(false, false, K, cols, CRS, 1.0f, w, CRS, col, ldcol, 0.0f, out, cols);
+      for (int i = 0; i < bl.nb; ++i)
+        for (int k = 0; k < K; ++k) {
+          const float* src = out + (int64_t)k * cols + i * PQ;
+          float* dst = y + ((int64_t)(bl.n0 + i) * K + k) * PQ;
+          const float bias = b ? b[k] : 0.0f;
+          for (int j = 0; j < PQ; ++j) dst[j] = src[j] + bias;
+        }
+    });
+  });
+}
+
+void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
+  // dy (N, K, P, Q)   w (K, C*R*S)   dx (N, C, H, W)
+  // dcol (CRS, cols) = w^T dy_block, then col2im adds each column back onto the pixels it
+  // was read from. All blocks of one image run in one task, so col2im never races.
+  const int K = p.K, CRS = p.C * p.R * p.S, PQ = p.P() * p.Q();
+  const int64_t image = (int64_t)p.C * p.H * p.W;
+  const Tiling t = plan_tiles(p);
+  const bool pointwise = is_pointwise(p);
+  run_tasks(t.tasks, [&](int task) {
+    const int n0 = task * t.images, nb = std::min(t.images, p.N - n0);
+    if (!(pointwise && nb == 1)) std::fill(dx + n0 * image, dx + (n0 + nb) * image, 0.0f);
+    for_each_block(p, t, task, [&](const Block& bl) {
+      int lddy;
+      const float* g = output_grad_of(p, bl, dy, &lddy);  // (K, cols)
+      const int cols = bl.cols(p);
+      if (pointwise && bl.nb == 1) {
+        // dx_n rows [p0, p1) are the column matrix itself: (C, cols) with row stride HW.
+        sgemm(true, false, CRS, cols, K, 1.0f, w, CRS, g, lddy, 0.0f,
+              dx + bl.n0 * image + bl.p0 * p.Q(), PQ);
+        return;
+      }
+      float* dcol = thread_scratch(0, (size_t)CRS * cols);  // (CRS, cols)
+      sgemm(true, false, CRS, cols, K, 1.0f, w, CRS, g, lddy, 0.0f, dcol, cols);
+      const int per_image = (bl.p1 - bl.p0) * p.Q();
+      for (int i = 0; i < bl.nb; ++i)
+        col2im(p, dcol + i * per_image, cols, bl.p0, bl.p1, dx + (bl.n0 + i) * image);
+    });
+  });
+}
+
+void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float* dy, float* dw,
+                             float* db) {
+  // x (N, C, H, W)   dy (N, K, P, Q)   dw (K, C*R*S)   db (K) or nullptr
+  // dw = sum over blocks of dy_block (K, cols) * col_block^T (cols, CRS). The tasks are split
+  // into G contiguous groups (G = threads); each group sums into its own dw (group 0 into dw
+  // itself) and the partials are added at the end in a fixed order, so the result does not
+  // depend on scheduling (only on the thread count).
+  const int K = p.K, CRS = p.C * p.R * p.S;
+  const int64_t wsize = (int64_t)K * CRS;
+  const Tiling t = plan_tiles(p);
+  const int G = std::max(1, std::min(t.tasks, num_threads()));
+  std::vector<float> partial_dw((size_t)(G - 1) * wsize, 0.0f);  // (G-1, K, CRS)
+  std::vector<double> partial_db((size_t)G * K, 0.0);             // (G, K)
+  std::fill(dw, dw + wsize, 0.0f);
+  tbb::parallel_for(0, G, [&](int g) {
+    float* acc = g == 0 ? dw : partial_dw.data() + (g - 1) * wsize;  // (K, CRS)
+    double* acc_db = partial_db.data() + (int64_t)g * K;              // (K)
+    const int first = (int)((int64_t)t.tasks * g / G), last = (int)((int64_t)t.tasks * (g + 1) / G);
+    for (int task = first; task < last; ++task)
+      for_each_block(p, t, task, [&](const Block& bl) {
+        int ldcol, lddy;
+        const float* col = columns_of(p, bl, x, &ldcol);     // (CRS, cols)
+        const float* g_out = output_grad_of(p, bl, dy, &lddy);  // (K, cols)
+        const int cols = bl.cols(p);
+        sgemm(false, true, K, CRS, cols, 1.0f, g_out, lddy, col, ldcol, 1.0f, acc, CRS);
+        if (db)
+          for (int k = 0; k < K; ++k) {
+            const float* row = g_out + (int64_t)k * lddy;
+            float s = 0.0f;
+            for (int j = 0; j < cols; ++j) s += row[j];
+            acc_db[k] += s;
+          }
+      });
+  });
+  if (G > 1)
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, wsize, 16384),
+                      [&](const tbb::blocked_range<int64_t>& r) {
+                        for (int g = 1; g < G; ++g) {
+                          const float* src = partial_dw.data() + (g - 1) * wsize;
+                          for (int64_t i = r.begin(); i < r.end(); ++i) dw[i] += src[i];
+                        }
+                      });
+  if (db)
+    for (int k = 0; k < K; ++k) {
+      double s = 0.0;
+      for (int g = 0; g < G; ++g) s += partial_db[(size_t)g * K + k];
+      db[k] = (float)s;
+    }
+}
+
+}  // namespace dnns::cpu

@@ -1,0 +1,381 @@
+#include "nn/layers.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+
+namespace dnns {
+
+const char* layer_kind_name(LayerKind k) {
+  switch (k) {
+    case LayerKind::Conv: return "conv";
+    case LayerKind::BatchNorm: return "batchnorm";
+    case LayerKind::ReLU: return "relu";
+    case LayerKind::MaxPool: return "maxpool";
+    case LayerKind::AvgPool: return "avgpool";
+    case LayerKind::GlobalAvgPool: return "global_avgpool";
+    case LayerKind::Flatten: return "flatten";
+    case LayerKind::Linear: return "linear";
+    case LayerKind::Add: return "add";
+  }
+  return "?";
+}
+
+LayerKind parse_layer_kind(const std::string& s) {
+  for (LayerKind k : {LayerKind::Conv, LayerKind::BatchNorm, LayerKind::ReLU, LayerKind::MaxPool,
+                      LayerKind::AvgPool, LayerKind::GlobalAvgPool, LayerKind::Flatten, LayerKind::Linear,
+                      LayerKind::Add})
+    if (s == layer_kind_name(k)) return k;
+  throw Error("unknown layer kind '" + s + "'");
+}
+
+void Layer::to(Device dev) {
+  for (Param* p : params()) {
+    p->value = p->value.to(dev);
+    if (p->grad.defined()) p->grad = p->grad.to(dev);
+  }
+  for (auto& [name, t] : buffers()) *t = t->to(dev);
+}
+
+static void need_rank(const Shape& s, int rank, const char* layer) {
+  check(static_cast<int>(s.size()) == rank, std::string(layer) + ": expected a " + std::to_string(rank) +
+                                                "-D input, got " + shape_str(s));
+}
+
+// ---------------------------------------------------------------- Conv2d
+
+Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool bias_, bool fused)
+    : in_channels(in_c), out_channels(out_c), kernel_h(kh), kernel_w(kw), stride(stride_), pad(pad_),
+      has_bias(bias_), fused_relu(fused) {
+  check(in_c > 0 && out_c >= 0 && kh > 0 && kw > 0 && stride > 0 && pad >= 0,
+        "conv: invalid configuration in=" + std::to_string(in_c) + " out=" + std::to_string(out_c) +
+            " kernel=" + std::to_string(kh) + "x" + std::to_string(kw) + " stride=" + std::to_string(stride) +
+            " pad=" + std::to_string(pad));
+  weight = {"weight", Tensor({out_c, in_c, kh, kw}), Tensor(), true};
+  if (has_bias) bias = {"bias", Tensor({out_c}), Tensor(), false};
+}
+
+std::map<std::string, std::string> Conv2d::attrs() const {
+  return {{"in", std::to_string(in_channels)},   {"out", std::to_string(out_channels)},
+          {"kh", std::to_string(kernel_h)},      {"kw", std::to_string(kernel_w)},
+          {"stride", std::to_string(stride)},    {"pad", std::to_string(pad)},
+          {"bias", has_bias ? "1" : "0"},        {"relu", fused_relu ? "1" : "0"}};
+}
+
+Conv2dParams Conv2d::conv_params(const Shape& x) const {
+  Conv2dParams p;
+  p.N = x[0], p.C = x[1], p.H = x[2], p.W = x[3];
+  p.K = out_channels, p.R = kernel_h, p.S = kernel_w, p.stride = stride, p.pad = pad;
+  return p;
+}
+
+Shape Conv2d::output_shape(const std::vector<Shape>& in) const {
+  const Shape& x = in.at(0);
+  need_rank(x, 4, "conv");
+  check(x[1] == in_channels, "conv: expected " + std::to_string(in_channels) + " input channels, got " +
+                                 shape_str(x));
+  check(x[2] + 2 * pad >= kernel_h && x[3] + 2 * pad >= kernel_w,
+        "conv: input " + shape_str(x) + " smaller than its " + std::to_string(kernel_h) + "x" +
+            std::to_string(kernel_w) + " kernel");
+  Conv2dParams p = conv_params(x);
+  return {x[0], out_channels, p.P(), p.Q()};
+}
+
+void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
+  ops::conv2d_forward(conv_params(in[0]->shape()), *in[0], weight.value, bias.value, out);
+  if (fused_relu) ops::relu_forward(out, out);
+}
+
+void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                      const std::vector<Tensor*>& din) {
+  Conv2dParams p = conv_params(in[0]->shape());
+  const Tensor* dy = &dout;
+  Tensor masked;
+  if (fused_relu) {  // gradient through the fused ReLU first
+    masked = Tensor::uninit(dout.shape(), dout.device());
+    ops::relu_backward(out, dout, masked);
+    dy = &masked;
+  }
+  if (!weight.grad.defined()) weight.grad = Tensor::uninit(weight.value.shape(), weight.value.device());
+  if (has_bias && !bias.grad.defined()) bias.grad = Tensor::uninit(bias.value.shape(), bias.value.device());
+  ops::conv2d_backward_weights(p, *in[0], *dy, weight.grad, bias.grad);
+  if (din[0]) ops::conv2d_backward_data(p, *dy, weight.value, *din[0]);
+}
+
+std::vector<Param*> Conv2d::params() {
+  if (has_bias) return {&weight, &bias};
+  return {&weight};
+}
+
+// ---------------------------------------------------------------- BatchNorm2d
+
+BatchNorm2d::BatchNorm2d(int c, float eps_, float momentum_) : channels(c), eps(eps_), momentum(momentum_) {
+  check(c >= 0, "batchnorm: negative channel count");
+  gamma = {"weight", Tensor::full({c}, 1.0f), Tensor(), false};
+  beta = {"bias", Tensor({c}), Tensor(), false};
+  running_mean = Tensor({c});
+  running_var = Tensor::full({c}, 1.0f);
+}
+
+std::map<std::string, std::string> BatchNorm2d::attrs() const {
+  char e[32], m[32];
+  std::snprintf(e, sizeof e, "%.9g", eps);
+  std::snprintf(m, sizeof m, "%.9g", momentum);
+  return {{"channels", std::to_string(channels)}, {"eps", e}, {"momentum", m}};
+}
+
+Shape BatchNorm2d::output_shape(const std::vector<Shape>& in) const {
+  const Shape& x = in.at(0);
+  check(x.size() >= 2 && x[1] == channels,
+        "batchnorm: expected " + std::to_string(channels) + " channels, got " + shape_str(x));
+  return x;
+}
+
+BatchNormParams BatchNorm2d::bn_params(const Shape& x) const {
+  BatchNormParams p;
+  p.N = x[0], p.C = x[1];
+  p.HW = 1;
+  for (size_t i = 2; i < x.size(); ++i) p.HW *= x[i];
+  p.eps = eps, p.momentum = momentum;
+  return p;
+}
+
+std::vector<std::pair<std::string, Tensor*>> BatchNorm2d::buffers() {
+  return {{"running_mean", &running_mean}, {"running_var", &running_var}};
+}
+
+void BatchNorm2d::to(Device dev) {
+  Layer::to(dev);
+  if (save_mean.defined()) save_mean = save_mean.to(dev), save_invstd = save_invstd.to(dev);
+}
+
+std::unique_ptr<Layer> BatchNorm2d::clone() const { return std::make_unique<BatchNorm2d>(*this); }
+
+void BatchNorm2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) {
+  BatchNormParams p = bn_params(in[0]->shape());
+  if (train) {
+    Device d = in[0]->device();
+    if (!save_mean.defined() || save_mean.device() != d) {
+      save_mean = Tensor({channels}, d);
+      save_invstd = Tensor({channels}, d);
+    }
+    ops::batchnorm_forward_train(p, *in[0], gamma.value, beta.value, running_mean, running_var, out, save_mean,
+                                 save_invstd);
+  } else {
+    ops::batchnorm_forward_eval(p, *in[0], gamma.value, beta.value, running_mean, running_var, out);
+  }
+}
+
+void BatchNorm2d::backward(const std::vector<const Tensor*>& in, const Tensor&, const Tensor& dout,
+                           const std::vector<Tensor*>& din) {
+  check(save_mean.defined(), "batchnorm backward called without a training forward");
+  if (!gamma.grad.defined()) gamma.grad = Tensor::uninit({channels}, gamma.value.device());
+  if (!beta.grad.defined()) beta.grad = Tensor::uninit({channels}, beta.value.device());
+  Tensor scratch;
+  Tensor* dx = din[0];
+  if (!dx) {  // the input needs no gradient, but gamma and beta do
+    scratch = Tensor::uninit(in[0]->shape(), in[0]->device());
+    dx = &scratch;
+  }
+  ops::batchnorm_backward(bn_params(in[0]->shape()), *in[0], dout, gamma.value, save_mean, save_invstd, *dx,
+                          gamma.grad, beta.grad);
+}
+
+// ---------------------------------------------------------------- ReLU
+
+void ReLU::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) { ops::relu_forward(*in[0], out); }
+
+void ReLU::backward(const std::vector<const Tensor*>&, const Tensor& out, const Tensor& dout,
+                    const std::vector<Tensor*>& din) {
+  if (din[0]) ops::relu_backward(out, dout, *din[0]);
+}
+
+// ---------------------------------------------------------------- Pool2d
+
+std::map<std::string, std::string> Pool2d::attrs() const {
+  return {{"kernel", std::to_string(kernel)}, {"stride", std::to_string(stride)}};
+}
+
+Pool2dParams Pool2d::pool_params(const Shape& x) const {
+  Pool2dParams p;
+  p.N = x[0], p.C = x[1], p.H = x[2], p.W = x[3], p.k = kernel, p.stride = stride;
+  return p;
+}
+
+Shape Pool2d::output_shape(const std::vector<Shape>& in) const {
+  const Shape& x = in.at(0);
+  need_rank(x, 4, is_max ? "maxpool" : "avgpool");
+  check(kernel > 0 && stride > 0 && x[2] >= kernel && x[3] >= kernel,
+        std::string(is_max ? "maxpool" : "avgpool") + ": input " + shape_str(x) + " smaller than the " +
+            std::to_string(kernel) + "x" + std::to_string(kernel) + " window");
+  Pool2dParams p = pool_params(x);
+  return {x[0], x[1], p.P(), p.Q()};
+}
+
+void Pool2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
+  Pool2dParams p = pool_params(in[0]->shape());
+  if (is_max) ops::maxpool_forward(p, *in[0], out);
+  else ops::avgpool_forward(p, *in[0], out);
+}
+
+void Pool2d::backward(const std::vector<const Tensor*>& in, const Tensor&, const Tensor& dout,
+                      const std::vector<Tensor*>& din) {
+  if (!din[0]) return;
+  Pool2dParams p = pool_params(din[0]->shape());
+  if (is_max) ops::maxpool_backward(p, *in[0], dout, *din[0]);
+  else ops::avgpool_backward(p, dout, *din[0]);
+}
+
+// ---------------------------------------------------------------- GlobalAvgPool, Flatten
+
+Shape GlobalAvgPool::output_shape(const std::vector<Shape>& in) const {
+  need_rank(in.at(0), 4, "global_avgpool");
+  return {in[0][0], in[0][1]};
+}
+
+void GlobalAvgPool::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
+  ops::global_avgpool_forward(*in[0], out);
+}
+
+void GlobalAvgPool::backward(const std::vector<const Tensor*>&, const Tensor&, const Tensor& dout,
+                             const std::vector<Tensor*>& din) {
+  if (din[0]) ops::global_avgpool_backward(dout, *din[0]);
+}
+
+Shape Flatten::output_shape(const std::vector<Shape>& in) const {
+  const Shape& x = in.at(0);
+  check(!x.empty(), "flatten: scalar input");
+  int64_t n = 1;
+  for (size_t i = 1; i < x.size(); ++i) n *= x[i];
+  return {x[0], n};
+}
+
+void Flatten::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) { out.copy_from(*in[0]); }
+
+void Flatten::backward(const std::vector<const Tensor*>&, const Tensor&, const Tensor& dout,
+                       const std::vector<Tensor*>& din) {
+  if (din[0]) din[0]->copy_from(dout);
+}
+
+// ---------------------------------------------------------------- Linear
+
+Linear::Linear(int in_f, int out_f, bool bias_) : in_features(in_f), out_features(out_f), has_bias(bias_) {
+  check(in_f >= 0 && out_f > 0, "linear: invalid configuration in=" + std::to_string(in_f) +
+                                    " out=" + std::to_string(out_f));
+  weight = {"weight", Tensor({out_f, in_f}), Tensor(), true};
+  if (has_bias) bias = {"bias", Tensor({out_f}), Tensor(), false};
+}
+
+std::map<std::string, std::string> Linear::attrs() const {
+  return {{"in", std::to_string(in_features)}, {"out", std::to_string(out_features)},
+          {"bias", has_bias ? "1" : "0"}};
+}
+
+Shape Linear::output_shape(const std::vector<Shape>& in) const {
+  const Shape& x = in.at(0);
+  check(x.size() == 2 && x[1] == in_features,
+        "linear: expected input (N, " + std::to_string(in_features) + "), got " + shape_str(x));
+  return {x[0], out_features};
+}
+
+void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
+  if (in_features == 0) {
+    // Every input feature was removed by compaction: each row of the output is the bias
+    // (the constant the removed features folded into it).
+    std::vector<float> b = has_bias ? bias.value.to_vector() : std::vector<float>(out_features, 0.0f);
+    Tensor host = Tensor::uninit(out.shape());
+    for (int64_t n = 0; n < out.dim(0); ++n)
+      for (int o = 0; o < out_features; ++o) host[n * out_features + o] = b[o];
+    out.copy_from(host);
+    return;
+  }
+  ops::linear_forward(*in[0], weight.value, bias.value, out);
+}
+
+void Linear::backward(const std::vector<const Tensor*>& in, const Tensor&, const Tensor& dout,
+                      const std::vector<Tensor*>& din) {
+  if (!weight.grad.defined()) weight.grad = Tensor::uninit(weight.value.shape(), weight.value.device());
+  if (has_bias && !bias.grad.defined()) bias.grad = Tensor::uninit(bias.value.shape(), bias.value.device());
+  check(in_features > 0, "linear: a layer with no input features cannot be trained");
+  ops::linear_backward_weights(*in[0], dout, weight.grad, bias.grad);
+  if (din[0]) ops::linear_backward_data(dout, weight.value, *din[0]);
+}
+
+std::vector<Param*> Linear::params() {
+  if (has_bias) return {&weight, &bias};
+  return {&weight};
+}
+
+// ---------------------------------------------------------------- Add
+
+Shape Add::output_shape(const std::vector<Shape>& in) const {
+  check(in.size() == 2, "add: expected two inputs");
+  check(in[0] == in[1], "add: operand shapes differ: " + shape_str(in[0]) + " vs " + shape_str(in[1]));
+  return in[0];
+}
+
+void Add::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
+  ops::add_forward(*in[0], *in[1], out);
+}
+
+void Add::backward(const std::vector<const Tensor*>&, const Tensor&, const Tensor& dout,
+                   const std::vector<Tensor*>& din) {
+  for (Tensor* d : din)
+    if (d) d->copy_from(dout);
+}
+
+// ---------------------------------------------------------------- factory
+
+static int attr_int(const std::map<std::string, std::string>& a, const char* key, const char* layer) {
+  auto it = a.find(key);
+  check(it != a.end(), std::string(layer) + ": missing attribute '" + key + "'");
+  try {
+    size_t used = 0;
+    int v = std::stoi(it->second, &used);
+    check(used == it->second.size(), "");
+    return v;
+  } catch (...) {
+    throw Error(std::string(layer) + ": attribute '" + key + "' is not an integer: '" + it->second + "'");
+  }
+}
+
+static float attr_float(const std::map<std::string, std::string>& a, const char* key, const char* layer,
+                        float def) {
+  auto it = a.find(key);
+  if (it == a.end()) return def;
+  try {
+    return std::stof(it->second);
+  } catch (...) {
+    throw Error(std::string(layer) + ": attribute '" + key + "' is not a number: '" + it->second + "'");
+  }
+}
+
+std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, std::string>& a) {
+  switch (kind) {
+    case LayerKind::Conv:
+      return std::make_unique<Conv2d>(attr_int(a, "in", "conv"), attr_int(a, "out", "conv"),
+                                      attr_int(a, "kh", "conv"), attr_int(a, "kw", "conv"),
+                                      attr_int(a, "stride", "conv"), attr_int(a, "pad", "conv"),
+                                      attr_int(a, "bias", "conv") != 0,
+                                      a.count("relu") ? attr_int(a, "relu", "conv") != 0 : false);
+    case LayerKind::BatchNorm:
+      return std::make_unique<BatchNorm2d>(attr_int(a, "channels", "batchnorm"),
+                                           attr_float(a, "eps", "batchnorm", 1e-5f),
+                                           attr_float(a, "momentum", "batchnorm", 0.1f));
+    case LayerKind::ReLU: return std::make_unique<ReLU>();
+    case LayerKind::MaxPool:
+    case LayerKind::AvgPool:
+      return std::make_unique<Pool2d>(kind == LayerKind::MaxPool, attr_int(a, "kernel", "pool"),
+                                      attr_int(a, "stride", "pool"));
+    case LayerKind::GlobalAvgPool: return std::make_unique<GlobalAvgPool>();
+    case LayerKind::Flatten: return std::make_unique<Flatten>();
+    case LayerKind::Linear:
+      return std::make_unique<Linear>(attr_int(a, "in", "linear"), attr_int(a, "out", "linear"),
+                                      attr_int(a, "bias", "linear") != 0);
+    case LayerKind::Add: return std::make_unique<Add>();
+  }
+  throw Error("make_layer: unknown kind");
+}
+
+}  // namespace dnns

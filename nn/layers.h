@@ -1,0 +1,192 @@
+// Layers: each declares its parameters, its output shape, its forward and its backward
+// (Caffe's contract). The model graph (nn/model.h) owns them and runs them in order.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/params.h"
+
+namespace dnns {
+
+enum class LayerKind { Conv, BatchNorm, ReLU, MaxPool, AvgPool, GlobalAvgPool, Flatten, Linear, Add };
+const char* layer_kind_name(LayerKind k);
+LayerKind parse_layer_kind(const std::string& s);  // throws Error on an unknown name
+
+// A learnable tensor with its gradient. `prunable` marks conv and linear weights (the only
+// tensors that get masks); biases and batchnorm parameters are never pruned.
+struct Param {
+  std::string name;  // local name: "weight", "bias"
+  Tensor value;
+  Tensor grad;       // same shape; written by backward
+  bool prunable = false;
+};
+
+// Which forward tensors a layer's backward reads. The executor frees every activation no
+// later consumer and no backward needs, so memory holds only what training requires.
+struct BackwardNeeds {
+  bool input = false;
+  bool output = false;
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  virtual LayerKind kind() const = 0;
+  // Attributes as "key=value" pairs (the graph spec stores them; `make_layer` parses them).
+  virtual std::map<std::string, std::string> attrs() const = 0;
+  virtual Shape output_shape(const std::vector<Shape>& in) const = 0;
+  virtual BackwardNeeds backward_needs() const { return {}; }
+  // in: the input tensors; out: preallocated with output_shape (may alias in[0] when the
+  // executor runs an in-place ReLU). `train` selects batch statistics for batchnorm.
+  virtual void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) = 0;
+  // dout: gradient of the output. din[i]: preallocated gradients of the inputs to write
+  // (overwrite, not accumulate). Parameter gradients are overwritten in Param::grad.
+  virtual void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                        const std::vector<Tensor*>& din) = 0;
+  virtual std::vector<Param*> params() { return {}; }
+  // Non-learned state saved with the model (batchnorm running statistics).
+  virtual std::vector<std::pair<std::string, Tensor*>> buffers() { return {}; }
+  virtual void to(Device dev);
+  virtual std::unique_ptr<Layer> clone() const = 0;
+  int num_inputs() const { return kind() == LayerKind::Add ? 2 : 1; }
+};
+
+// Conv2d: weight (K, C, R, S), optional bias (K). `fused_relu` applies ReLU to the output in
+// the same pass (inference graphs made by the compactor; not used in training).
+class Conv2d : public Layer {
+ public:
+  Conv2d(int in_channels, int out_channels, int kernel_h, int kernel_w, int stride, int pad, bool bias,
+         bool fused_relu = false);
+  LayerKind kind() const override { return LayerKind::Conv; }
+  std::map<std::string, std::string> attrs() const override;
+  Shape output_shape(const std::vector<Shape>& in) const override;
+  BackwardNeeds backward_needs() const override { return {true, fused_relu}; }
+  void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
+  void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                const std::vector<Tensor*>& din) override;
+  std::vector<Param*> params() override;
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Conv2d>(*this); }
+  Conv2dParams conv_params(const Shape& x) const;
+
+  int in_channels, out_channels, kernel_h, kernel_w, stride, pad;
+  bool has_bias, fused_relu;
+  Param weight, bias;
+};
+
+// BatchNorm2d over channels: gamma ("weight"), beta ("bias"), running mean/var buffers.
+class BatchNorm2d : public Layer {
+ public:
+  explicit BatchNorm2d(int channels, float eps = 1e-5f, float momentum = 0.1f);
+  LayerKind kind() const override { return LayerKind::BatchNorm; }
+  std::map<std::string, std::string> attrs() const override;
+  Shape output_shape(const std::vector<Shape>& in) const override;
+  BackwardNeeds backward_needs() const override { return {true, false}; }
+  void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
+  void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                const std::vector<Tensor*>& din) override;
+  std::vector<Param*> params() override { return {&gamma, &beta}; }
+  std::vector<std::pair<std::string, Tensor*>> buffers() override;
+  void to(Device dev) override;
+  std::unique_ptr<Layer> clone() const override;
+  BatchNormParams bn_params(const Shape& x) const;
+
+  int channels;
+  float eps, momentum;
+  Param gamma, beta;
+  Tensor running_mean, running_var;  // (C)
+  Tensor save_mean, save_invstd;     // (C), from the last training forward
+};
+
+class ReLU : public Layer {
+ public:
+  LayerKind kind() const override { return LayerKind::ReLU; }
+  std::map<std::string, std::string> attrs() const override { return {}; }
+  Shape output_shape(const std::vector<Shape>& in) const override { return in.at(0); }
+  BackwardNeeds backward_needs() const override { return {false, true}; }
+  void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
+  void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                const std::vector<Tensor*>& din) override;
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<ReLU>(*this); }
+};
+
+// Max or average pooling with a square window and no padding.
+class Pool2d : public Layer {
+ public:
+  Pool2d(bool max, int kernel, int stride) : is_max(max), kernel(kernel), stride(stride) {}
+  LayerKind kind() const override { return is_max ? LayerKind::MaxPool : LayerKind::AvgPool; }
+  std::map<std::string, std::string> attrs() const override;
+  Shape output_shape(const std::vector<Shape>& in) const override;
+  BackwardNeeds backward_needs() const override { return {is_max, false}; }
+  void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
+  void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                const std::vector<Tensor*>& din) override;
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Pool2d>(*this); }
+  Pool2dParams pool_params(const Shape& x) const;
+
+  bool is_max;
+  int kernel, stride;
+};
+
+// (N, C, H, W) -> (N, C)
+class GlobalAvgPool : public Layer {
+ public:
+  LayerKind kind() const override { return LayerKind::GlobalAvgPool; }
+  std::map<std::string, std::string> attrs() const override { return {}; }
+  Shape output_shape(const std::vector<Shape>& in) const override;
+  void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
+  void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                const std::vector<Tensor*>& din) override;
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<GlobalAvgPool>(*this); }
+};
+
+// (N, C, H, W) -> (N, C*H*W), channel-major as PyTorch's flatten.
+class Flatten : public Layer {
+ public:
+  LayerKind kind() const override { return LayerKind::Flatten; }
+  std::map<std::string, std::string> attrs() const override { return {}; }
+  Shape output_shape(const std::vector<Shape>& in) const override;
+  void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
+  void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                const std::vector<Tensor*>& din) override;
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Flatten>(*this); }
+};
+
+// Linear: weight (O, I), optional bias (O); input (N, I).
+class Linear : public Layer {
+ public:
+  Linear(int in_features, int out_features, bool bias = true);
+  LayerKind kind() const override { return LayerKind::Linear; }
+  std::map<std::string, std::string> attrs() const override;
+  Shape output_shape(const std::vector<Shape>& in) const override;
+  BackwardNeeds backward_needs() const override { return {true, false}; }
+  void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
+  void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                const std::vector<Tensor*>& din) override;
+  std::vector<Param*> params() override;
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Linear>(*this); }
+
+  int in_features, out_features;
+  bool has_bias;
+  Param weight, bias;
+};
+
+// Elementwise sum of two tensors of one shape: the residual join. The compactor treats all
+// tensors joined by an Add as one channel group.
+class Add : public Layer {
+ public:
+  LayerKind kind() const override { return LayerKind::Add; }
+  std::map<std::string, std::string> attrs() const override { return {}; }
+  Shape output_shape(const std::vector<Shape>& in) const override;
+  void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
+  void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
+                const std::vector<Tensor*>& din) override;
+  std::unique_ptr<Layer> clone() const override { return std::make_unique<Add>(*this); }
+};
+
+// Builds a layer from its kind and attributes (as stored in a graph spec).
+std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, std::string>& attrs);
+
+}  // namespace dnns

@@ -1,0 +1,436 @@
+#include "nn/model.h"
+
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+
+namespace dnns {
+
+static void check_name(const std::string& name) {
+  check(!name.empty(), "graph: empty node name");
+  for (char c : name)
+    check(c > ' ' && c != ',' && c != '=' && c != ':' && c < 127,
+          "graph: node name '" + name + "' contains a space, ',', '=' or ':'");
+}
+
+int Model::add_input(const Shape& chw, const std::string& name) {
+  check(nodes_.empty(), "graph: the input must be the first node");
+  check(chw.size() == 3 && chw[0] > 0 && chw[1] > 0 && chw[2] > 0,
+        "graph: input shape must be (C, H, W), got " + shape_str(chw));
+  check_name(name);
+  input_chw_ = chw;
+  nodes_.push_back(Node{name, nullptr, {}});
+  return 0;
+}
+
+int Model::add(const std::string& name, std::unique_ptr<Layer> layer, std::vector<int> inputs) {
+  check(!nodes_.empty(), "graph: add the input node before '" + name + "'");
+  check_name(name);
+  check(find(name) < 0, "graph: duplicate node name '" + name + "'");
+  check(layer != nullptr, "graph: node '" + name + "' has no layer");
+  check(static_cast<int>(inputs.size()) == layer->num_inputs(),
+        "graph: node '" + name + "' (" + layer_kind_name(layer->kind()) + ") takes " +
+            std::to_string(layer->num_inputs()) + " input(s), got " + std::to_string(inputs.size()));
+  for (int i : inputs)
+    check(i >= 0 && i < static_cast<int>(nodes_.size()),
+          "graph: node '" + name + "' reads a node that does not exist yet (index " + std::to_string(i) + ")");
+  layer->to(device_);
+  nodes_.push_back(Node{name, std::move(layer), std::move(inputs)});
+  return static_cast<int>(nodes_.size()) - 1;
+}
+
+int Model::find(const std::string& name) const {
+  for (size_t i = 0; i < nodes_.size(); ++i)
+    if (nodes_[i].name == name) return static_cast<int>(i);
+  return -1;
+}
+
+std::vector<std::vector<int>> Model::consumers() const {
+  std::vector<std::vector<int>> c(nodes_.size());
+  for (size_t i = 0; i < nodes_.size(); ++i)
+    for (int j : nodes_[i].inputs) c[j].push_back(static_cast<int>(i));
+  return c;
+}
+
+std::vector<Shape> Model::infer_shapes(int64_t batch) const {
+  check(!nodes_.empty(), "graph: empty model");
+  std::vector<Shape> shapes(nodes_.size());
+  shapes[0] = {batch, input_chw_[0], input_chw_[1], input_chw_[2]};
+  for (size_t i = 1; i < nodes_.size(); ++i) {
+    std::vector<Shape> in;
+    for (int j : nodes_[i].inputs) in.push_back(shapes[j]);
+    try {
+      shapes[i] = nodes_[i].layer->output_shape(in);
+    } catch (const Error& e) {
+      throw Error("node '" + nodes_[i].name + "': " + e.what());
+    }
+  }
+  return shapes;
+}
+
+Model Model::clone() const {
+  Model m;
+  m.input_chw_ = input_chw_;
+  m.output_ = output_;
+  m.device_ = device_;
+  m.arch = arch;
+  for (const Node& n : nodes_) {
+    std::unique_ptr<Layer> l;
+    if (n.layer) {
+      l = n.layer->clone();  // copies tensor handles; make them deep below
+      for (Param* p : l->params()) {
+        p->value = p->value.clone();
+        p->grad = Tensor();
+      }
+      for (auto& [bn, t] : l->buffers()) *t = t->clone();
+      if (auto* bn = dynamic_cast<BatchNorm2d*>(l.get())) bn->save_mean = Tensor(), bn->save_invstd = Tensor();
+    }
+    m.nodes_.push_back(Node{n.name, std::move(l), n.inputs});
+  }
+  for (const auto& [k, v] : masks) m.masks[k] = v.clone();
+  return m;
+}
+
+void Model::to(Device dev) {
+  for (Node& n : nodes_)
+    if (n.layer) n.layer->to(dev);
+  for (auto& [k, v] : masks) v = v.to(dev);
+  device_ = dev;
+  acts_.clear();
+  have_train_forward_ = false;
+}
+
+// ---------------------------------------------------------------- execution
+
+Tensor Model::forward(const Tensor& x, bool train) {
+  const int n = static_cast<int>(nodes_.size());
+  check(n > 1, "model: forward on an empty graph");
+  check(x.ndim() == 4 && x.dim(1) == input_chw_[0] && x.dim(2) == input_chw_[1] && x.dim(3) == input_chw_[2],
+        "model input: expected (N, " + std::to_string(input_chw_[0]) + ", " + std::to_string(input_chw_[1]) +
+            ", " + std::to_string(input_chw_[2]) + "), got " + shape_str(x.shape()));
+  check(x.device() == device_, std::string("model input is on ") + device_name(x.device()) +
+                                   " but the model is on " + device_name(device_));
+  auto cons = consumers();
+  const int out_node = output_node();
+
+  // Which outputs must survive until backward.
+  std::vector<bool> keep(n, false);
+  if (train)
+    for (int i = 1; i < n; ++i) {
+      BackwardNeeds need = nodes_[i].layer->backward_needs();
+      if (need.output) keep[i] = true;
+      if (need.input)
+        for (int j : nodes_[i].inputs) keep[j] = true;
+    }
+  std::vector<int> pending(n);
+  for (int i = 0; i < n; ++i) pending[i] = static_cast<int>(cons[i].size());
+
+  acts_.assign(n, Tensor());
+  shapes_.assign(n, Shape());
+  acts_[0] = x;
+  shapes_[0] = x.shape();
+  std::vector<Shape> in_shapes;
+  std::vector<const Tensor*> ins;
+  for (int i = 1; i < n; ++i) {
+    Node& node = nodes_[i];
+    in_shapes.clear();
+    ins.clear();
+    for (int j : node.inputs) {
+      check(acts_[j].defined(), "internal: activation of '" + nodes_[j].name + "' released too early");
+      in_shapes.push_back(acts_[j].shape());
+      ins.push_back(&acts_[j]);
+    }
+    Shape out_shape;
+    try {
+      out_shape = node.layer->output_shape(in_shapes);
+    } catch (const Error& e) {
+      throw Error("node '" + node.name + "': " + e.what());
+    }
+    shapes_[i] = out_shape;
+    // ReLU runs in place when its input has no other reader and nobody's backward needs it.
+    int src = node.inputs[0];
+    bool in_place = node.layer->kind() == LayerKind::ReLU && src != 0 && cons[src].size() == 1 &&
+                    !nodes_[src].layer->backward_needs().output && src != out_node;
+    if (in_place) {
+      acts_[i] = acts_[src];
+      node.layer->forward(ins, acts_[i], train);
+      acts_[src] = Tensor();  // the storage now holds this node's output
+    } else {
+      acts_[i] = Tensor::uninit(out_shape, device_);
+      node.layer->forward(ins, acts_[i], train);
+    }
+    for (int j : node.inputs)
+      if (--pending[j] == 0 && !keep[j] && j != 0 && j != out_node) acts_[j] = Tensor();
+  }
+  Tensor out = acts_[out_node];
+  have_train_forward_ = train;
+  if (!train) acts_.clear();
+  return out;
+}
+
+void Model::backward(const Tensor& dlogits) {
+  check(have_train_forward_, "model: backward needs a preceding forward in training mode");
+  const int n = static_cast<int>(nodes_.size());
+  const int out_node = output_node();
+  check_shape(dlogits.shape(), acts_[out_node].shape(), "model backward: logit gradient");
+  std::vector<Tensor> grads(n);
+  grads[out_node] = dlogits;
+  std::vector<const Tensor*> ins;
+  std::vector<Tensor*> din;
+  std::vector<Tensor> fresh;
+  for (int i = n - 1; i >= 1; --i) {
+    Node& node = nodes_[i];
+    if (!grads[i].defined()) {
+      // No gradient reaches this node (it does not feed the output): its parameters get none.
+      for (Param* p : node.layer->params()) p->grad = Tensor::zeros(p->value.shape(), device_);
+      continue;
+    }
+    ins.clear();
+    din.clear();
+    fresh.assign(node.inputs.size(), Tensor());
+    for (size_t k = 0; k < node.inputs.size(); ++k) {
+      int j = node.inputs[k];
+      ins.push_back(&acts_[j]);
+      if (j == 0) {
+        din.push_back(nullptr);  // no gradient for the images
+      } else if (node.layer->kind() == LayerKind::ReLU && !grads[j].defined() && i != out_node) {
+        fresh[k] = grads[i];  // relu_backward may write over its own output gradient
+        din.push_back(&fresh[k]);
+      } else {
+        fresh[k] = Tensor::uninit(shapes_[j], device_);
+        din.push_back(&fresh[k]);
+      }
+    }
+    static const Tensor kNone;
+    const Tensor& out = acts_[i].defined() ? acts_[i] : kNone;
+    try {
+      node.layer->backward(ins, out, grads[i], din);
+    } catch (const Error& e) {
+      throw Error("backward of node '" + node.name + "': " + e.what());
+    }
+    for (size_t k = 0; k < node.inputs.size(); ++k) {
+      int j = node.inputs[k];
+      if (j == 0) continue;
+      if (!grads[j].defined()) grads[j] = std::move(fresh[k]);
+      else ops::accumulate(fresh[k], grads[j]);
+    }
+    grads[i] = Tensor();
+    acts_[i] = Tensor();
+  }
+  acts_.clear();
+  have_train_forward_ = false;
+}
+
+// ---------------------------------------------------------------- parameters
+
+std::vector<Model::NamedParam> Model::params() {
+  std::vector<NamedParam> out;
+  for (Node& n : nodes_)
+    if (n.layer)
+      for (Param* p : n.layer->params()) out.push_back({n.name + "." + p->name, p});
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor*>> Model::state() {
+  std::vector<std::pair<std::string, Tensor*>> out;
+  for (Node& n : nodes_) {
+    if (!n.layer) continue;
+    for (Param* p : n.layer->params()) out.push_back({n.name + "." + p->name, &p->value});
+    for (auto& [b, t] : n.layer->buffers()) out.push_back({n.name + "." + b, t});
+  }
+  return out;
+}
+
+int64_t Model::num_params() const {
+  int64_t total = 0;
+  for (const Node& n : nodes_)
+    if (n.layer)
+      for (Param* p : const_cast<Layer&>(*n.layer).params()) total += p->value.numel();
+  return total;
+}
+
+int64_t Model::forward_macs() const {
+  std::vector<Shape> shapes = infer_shapes(1);
+  int64_t macs = 0;
+  for (size_t i = 1; i < nodes_.size(); ++i) {
+    const Layer& l = *nodes_[i].layer;
+    if (auto* c = dynamic_cast<const Conv2d*>(&l))
+      macs += int64_t(c->out_channels) * c->in_channels * c->kernel_h * c->kernel_w * shapes[i][2] * shapes[i][3];
+    else if (auto* f = dynamic_cast<const Linear*>(&l))
+      macs += int64_t(f->out_features) * f->in_features;
+  }
+  return macs;
+}
+
+void Model::apply_masks() {
+  if (masks.empty()) return;
+  for (NamedParam& p : params()) {
+    auto it = masks.find(p.name);
+    if (it != masks.end()) ops::mask_apply(p.param->value, it->second);
+  }
+}
+
+void Model::apply_masks_to_grads() {
+  if (masks.empty()) return;
+  for (NamedParam& p : params()) {
+    auto it = masks.find(p.name);
+    if (it != masks.end() && p.param->grad.defined()) ops::mask_apply(p.param->grad, it->second);
+  }
+}
+
+// ---------------------------------------------------------------- spec and files
+
+// One line per node: "<kind> <name> inputs=<a>,<b> key=value ...", after a header line, and
+// an "output <name>" line. The input node is "input <name> shape=C,H,W".
+std::string Model::spec() const {
+  std::ostringstream os;
+  os << "dnnshifter-graph 1\n";
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    const Node& n = nodes_[i];
+    if (!n.layer) {
+      os << "input " << n.name << " shape=" << input_chw_[0] << "," << input_chw_[1] << "," << input_chw_[2] << "\n";
+      continue;
+    }
+    os << layer_kind_name(n.layer->kind()) << " " << n.name << " inputs=";
+    for (size_t k = 0; k < n.inputs.size(); ++k) os << (k ? "," : "") << nodes_[n.inputs[k]].name;
+    for (const auto& [k, v] : n.layer->attrs()) os << " " << k << "=" << v;
+    os << "\n";
+  }
+  os << "output " << nodes_[output_node()].name << "\n";
+  return os.str();
+}
+
+static std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  std::istringstream is(s);
+  while (std::getline(is, cur, sep)) out.push_back(cur);
+  return out;
+}
+
+Model Model::from_spec(const std::string& spec) {
+  Model m;
+  std::istringstream is(spec);
+  std::string line;
+  int lineno = 0;
+  bool header = false, have_output = false;
+  while (std::getline(is, line)) {
+    ++lineno;
+    if (line.empty()) continue;
+    std::string where = "graph spec line " + std::to_string(lineno);
+    std::istringstream ls(line);
+    std::string kind, name, tok;
+    ls >> kind;
+    if (!header) {
+      std::string version;
+      ls >> version;
+      check(kind == "dnnshifter-graph" && version == "1", where + ": not a dnnshifter graph spec (version 1)");
+      header = true;
+      continue;
+    }
+    ls >> name;
+    check(!name.empty(), where + ": missing node name");
+    if (kind == "output") {
+      int o = m.find(name);
+      check(o > 0, where + ": output node '" + name + "' does not exist");
+      m.set_output(o);
+      have_output = true;
+      continue;
+    }
+    std::map<std::string, std::string> attrs;
+    std::vector<int> inputs;
+    Shape shape;
+    while (ls >> tok) {
+      size_t eq = tok.find('=');
+      check(eq != std::string::npos, where + ": expected key=value, got '" + tok + "'");
+      std::string key = tok.substr(0, eq), val = tok.substr(eq + 1);
+      if (key == "inputs") {
+        for (const std::string& in : split(val, ',')) {
+          int j = m.find(in);
+          check(j >= 0, where + ": node '" + name + "' reads unknown node '" + in + "'");
+          inputs.push_back(j);
+        }
+      } else if (key == "shape") {
+        for (const std::string& d : split(val, ',')) {
+          try {
+            shape.push_back(std::stoll(d));
+          } catch (...) {
+            throw Error(where + ": bad shape '" + val + "'");
+          }
+        }
+      } else {
+        attrs[key] = val;
+      }
+    }
+    try {
+      if (kind == "input") m.add_input(shape, name);
+      else m.add(name, make_layer(parse_layer_kind(kind), attrs), inputs);
+    } catch (const Error& e) {
+      throw Error(where + ": " + e.what());
+    }
+  }
+  check(header, "graph spec: empty");
+  check(m.nodes_.size() > 1, "graph spec: no layers");
+  check(have_output, "graph spec: missing 'output' line");
+  m.infer_shapes(1);  // validates every shape
+  return m;
+}
+
+Archive Model::to_archive() const {
+  Archive a;
+  a.kind = "model";
+  a.meta["graph"] = spec();
+  a.meta["arch"] = arch;
+  Model& self = const_cast<Model&>(*this);
+  for (auto& [name, t] : self.state()) a.tensors[name] = t->is_cpu() ? *t : t->to(Device::CPU);
+  for (const auto& [name, t] : masks) a.tensors["mask:" + name] = t.is_cpu() ? t : t.to(Device::CPU);
+  return a;
+}
+
+Model Model::from_archive(const Archive& a, const std::string& where) {
+  check(a.meta.count("graph"), where + ": holds no graph spec (not a model file?)");
+  Model m;
+  try {
+    m = from_spec(a.meta.at("graph"));
+  } catch (const Error& e) {
+    throw Error(where + ": " + e.what());
+  }
+  if (a.meta.count("arch")) m.arch = a.meta.at("arch");
+  std::set<std::string> used;
+  for (auto& [name, t] : m.state()) {
+    auto it = a.tensors.find(name);
+    check(it != a.tensors.end(), where + ": tensor '" + name + "' is missing");
+    check(it->second.shape() == t->shape(), where + ": tensor '" + name + "' has shape " +
+                                                shape_str(it->second.shape()) + ", the graph expects " +
+                                                shape_str(t->shape()));
+    t->copy_from(it->second);
+    used.insert(name);
+  }
+  for (auto& p : m.params()) {
+    auto it = a.tensors.find("mask:" + p.name);
+    if (it == a.tensors.end()) continue;
+    check(it->second.shape() == p.param->value.shape(), where + ": mask of '" + p.name + "' has shape " +
+                                                            shape_str(it->second.shape()));
+    for (int64_t i = 0; i < it->second.numel(); ++i) {
+      float v = it->second[i];
+      check(v == 0.0f || v == 1.0f, where + ": mask of '" + p.name + "' holds a value other than 0 and 1");
+    }
+    m.masks[p.name] = it->second.clone();
+    used.insert("mask:" + p.name);
+  }
+  for (const auto& [name, t] : a.tensors)
+    check(used.count(name), where + ": tensor '" + name + "' does not belong to the graph");
+  return m;
+}
+
+void Model::save(const std::string& path) const { save_archive(path, to_archive()); }
+
+Model Model::load(const std::string& path) {
+  Archive a = load_archive(path);
+  check(a.kind == "model", path + ": holds a '" + a.kind + "', not a model");
+  return from_archive(a, path);
+}
+
+}  // namespace dnns

@@ -1,0 +1,91 @@
+// The model: a static DAG of named nodes, each a layer, with named parameters. Residual
+// joins are explicit `add` nodes, so the channel dependencies the compactor needs are
+// visible in the graph. Node 0 is the input; nodes are stored in topological order.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/archive.h"
+#include "core/tensor.h"
+#include "nn/layers.h"
+
+namespace dnns {
+
+struct Node {
+  std::string name;
+  std::unique_ptr<Layer> layer;  // nullptr for the input node
+  std::vector<int> inputs;       // producer node indices (all smaller than this node's)
+};
+
+class Model {
+ public:
+  Model() = default;
+  Model(Model&&) = default;
+  Model& operator=(Model&&) = default;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+  Model clone() const;  // deep copy: parameters, buffers, masks
+
+  // ---- building
+  int add_input(const Shape& chw, const std::string& name = "input");  // must come first
+  int add(const std::string& name, std::unique_ptr<Layer> layer, std::vector<int> inputs);
+  void set_output(int node) { output_ = node; }
+
+  // ---- structure
+  const std::vector<Node>& nodes() const { return nodes_; }
+  std::vector<Node>& nodes() { return nodes_; }
+  int find(const std::string& name) const;  // -1 when absent
+  int output_node() const { return output_ < 0 ? static_cast<int>(nodes_.size()) - 1 : output_; }
+  const Shape& input_shape() const { return input_chw_; }  // (C, H, W)
+  std::vector<std::vector<int>> consumers() const;         // per node: the nodes reading it
+  std::vector<Shape> infer_shapes(int64_t batch) const;    // per node output shape
+  std::string arch;  // zoo name ("vgg16", "resnet20") or "custom"; informational
+
+  // ---- execution
+  // x: (N, C, H, W) on the model's device -> logits (N, classes). In training mode the
+  // activations backward needs are kept until `backward`.
+  Tensor forward(const Tensor& x, bool train);
+  // dlogits: gradient of the loss w.r.t. the last forward's output. Writes every Param::grad.
+  void backward(const Tensor& dlogits);
+  Device device() const { return device_; }
+  void to(Device dev);
+
+  // ---- parameters and state
+  struct NamedParam {
+    std::string name;  // "node.weight"
+    Param* param;
+  };
+  std::vector<NamedParam> params();
+  // Every tensor a model file holds (parameters and buffers), by full name.
+  std::vector<std::pair<std::string, Tensor*>> state();
+  int64_t num_params() const;
+  // Multiply-accumulates of one forward pass for one image of the input shape.
+  int64_t forward_macs() const;
+
+  // ---- masks: one 0/1 tensor per pruned weight, by the weight's full name
+  std::map<std::string, Tensor> masks;
+  void apply_masks();           // weight *= mask
+  void apply_masks_to_grads();  // grad *= mask
+
+  // ---- text spec and files
+  std::string spec() const;
+  static Model from_spec(const std::string& spec);
+  Archive to_archive() const;  // kind "model": graph spec, arch, state, masks
+  static Model from_archive(const Archive& a, const std::string& where);
+  void save(const std::string& path) const;
+  static Model load(const std::string& path);
+
+ private:
+  std::vector<Node> nodes_;
+  Shape input_chw_;
+  int output_ = -1;
+  Device device_ = Device::CPU;
+  // Forward state kept for backward (training mode only).
+  std::vector<Tensor> acts_;
+  std::vector<Shape> shapes_;
+  bool have_train_forward_ = false;
+};
+
+}  // namespace dnns

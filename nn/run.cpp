@@ -1,0 +1,77 @@
+#include "nn/run.h"
+
+#include <chrono>
+#include <cstdio>
+
+#include "core/archive.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/json.h"
+#include "core/progress.h"
+
+namespace dnns {
+
+RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, const RunOptions& opt) {
+  RunResult res;
+  const int64_t bpe = train.batches_per_epoch();
+  const int64_t total_epochs = (opt.total_steps + bpe - 1) / bpe;
+  auto t0 = std::chrono::steady_clock::now();
+  ProgressLine progress;
+  char buf[256];
+  while (trainer.step() < opt.total_steps) {
+    const int64_t epoch = trainer.step() / bpe;
+    auto on_step = [&](const StepInfo& s) {
+      if (!opt.progress) return;
+      std::snprintf(buf, sizeof buf, "%s epoch %lld/%lld step %lld/%lld loss %.4f acc %.1f%% lr %.4g %.0f img/s",
+                    opt.label.c_str(), (long long)s.epoch + 1, (long long)total_epochs, (long long)s.batch,
+                    (long long)s.batches, s.epoch_loss, 100.0 * s.epoch_accuracy, s.lr, s.images_per_sec);
+      progress.update(buf, double(s.step), double(opt.total_steps));
+    };
+    int64_t epoch_end = std::min((epoch + 1) * bpe, opt.total_steps);
+    EpochStats st;
+    if (opt.capture_step >= 0 && trainer.step() <= opt.capture_step && opt.capture_step < epoch_end) {
+      // Stop at the capture step, snapshot, then finish the epoch from there.
+      EpochStats a = trainer.train_epoch(train, on_step, opt.capture_step);
+      save_archive(opt.capture_path, trainer.checkpoint());
+      EpochStats b = trainer.train_epoch(train, on_step, epoch_end);
+      st = b;
+      st.examples = a.examples + b.examples;
+      if (st.examples) {
+        st.loss = (a.loss * a.examples + b.loss * b.examples) / st.examples;
+        st.accuracy = (a.accuracy * a.examples + b.accuracy * b.examples) / st.examples;
+      }
+      st.seconds = a.seconds + b.seconds;
+      st.images_per_sec = st.examples / std::max(1e-9, st.seconds);
+    } else {
+      st = trainer.train_epoch(train, on_step, epoch_end);
+    }
+    EvalStats ev = evaluate(trainer.model(), test, trainer.config().label_smoothing);
+    res.test = ev;
+    res.train_loss = st.loss, res.train_accuracy = st.accuracy;
+    ++res.epochs_run;
+    std::snprintf(buf, sizeof buf,
+                  "%s epoch %lld/%lld  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  %.1f s (%.0f img/s)",
+                  opt.label.c_str(), (long long)epoch + 1, (long long)total_epochs, st.loss, 100 * st.accuracy,
+                  ev.loss, 100 * ev.accuracy, st.seconds, st.images_per_sec);
+    if (opt.progress) progress.finish(buf);
+    // Checkpoint first, then the log line: a log line always has its checkpoint behind it.
+    if (!opt.checkpoint_path.empty()) trainer.save_checkpoint(opt.checkpoint_path);
+    if (!opt.log_path.empty())
+      append_line(opt.log_path, Json()
+                                    .add("label", opt.label)
+                                    .add("epoch", epoch + 1)
+                                    .add("step", trainer.step())
+                                    .add("train_loss", st.loss)
+                                    .add("train_accuracy", st.accuracy)
+                                    .add("test_loss", ev.loss)
+                                    .add("test_accuracy", ev.accuracy)
+                                    .add("seconds", st.seconds)
+                                    .add("images_per_sec", st.images_per_sec)
+                                    .str());
+  }
+  if (res.epochs_run == 0) res.test = evaluate(trainer.model(), test, trainer.config().label_smoothing);
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace dnns

@@ -1,0 +1,264 @@
+// Convolution and fully-connected kernels: the reference against hand-computed values and
+// against its own adjoints, and the optimized CPU backend against the reference.
+//
+// Tolerances: cpu vs ref, max|cpu - ref| <= 1e-4 * max(1, max|ref|) (float sums of a few
+// thousand terms against double-accumulated ground truth). Adjoint identities in double:
+// |<A x, y> - <x, A^T y>| <= 1e-5 * ||A x|| ||y|| (Cauchy-Schwarz scale; the float rounding of
+// the kernels' outputs is ~1e-7 relative).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/params.h"
+#include "kernels/ref/ref.h"
+
+using namespace dnns;
+
+namespace {
+
+std::vector<float> randn(Rng& rng, int64_t n) {
+  std::vector<float> v((size_t)n);
+  for (float& f : v) f = rng.normal();
+  return v;
+}
+
+// Outputs start as NaN so a kernel that forgets to write (or accumulates into) one shows.
+std::vector<float> poisoned(int64_t n) {
+  return std::vector<float>((size_t)n, std::numeric_limits<float>::quiet_NaN());
+}
+
+// Checks max|got - want| <= 1e-4 * max(1, max|want|); NaN in `got` fails.
+void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  double max_ref = 0.0, max_err = 0.0;
+  bool finite = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    max_ref = std::max(max_ref, (double)std::fabs(want[i]));
+    if (!std::isfinite(got[i])) finite = false;
+    max_err = std::max(max_err, (double)std::fabs(got[i] - want[i]));
+  }
+  INFO(what << ": max|cpu - ref| = " << max_err << ", max|ref| = " << max_ref);
+  CHECK(finite);
+  CHECK(max_err <= 1e-4 * std::max(1.0, max_ref));
+}
+
+double dot(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) s += (double)a[i] * b[i];
+  return s;
+}
+double norm(const std::vector<float>& a) { return std::sqrt(dot(a, a)); }
+
+std::string describe(const Conv2dParams& p) {
+  return "N=" + std::to_string(p.N) + " C=" + std::to_string(p.C) + " H=" + std::to_string(p.H) +
+         " W=" + std::to_string(p.W) + " K=" + std::to_string(p.K) + " R=" + std::to_string(p.R) +
+         " S=" + std::to_string(p.S) + " stride=" + std::to_string(p.stride) +
+         " pad=" + std::to_string(p.pad);
+}
+
+Conv2dParams conv(int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+  Conv2dParams p;
+  p.N = N, p.C = C, p.H = H, p.W = W, p.K = K, p.R = R, p.S = S, p.stride = stride, p.pad = pad;
+  return p;
+}
+
+// Runs forward, backward-data and backward-weights (with and without bias) on both backends.
+void compare_conv(const Conv2dParams& p, Rng& rng) {
+  const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, nw = (int64_t)p.K * p.C * p.R * p.S;
+  const int64_t ny = (int64_t)p.N * p.K * p.P() * p.Q();
+  const std::string name = describe(p);
+  const auto x = randn(rng, nx), w = randn(rng, nw), b = randn(rng, p.K), dy = randn(rng, ny);
+
+  for (bool bias : {true, false}) {
+    auto y_ref = poisoned(ny), y_cpu = poisoned(ny);
+    ref::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y_ref.data());
+    cpu::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y_cpu.data());
+    check_close(y_cpu, y_ref, "forward" + std::string(bias ? "+bias " : " ") + name);
+
+    auto dw_ref = poisoned(nw), dw_cpu = poisoned(nw), db_ref = poisoned(p.K), db_cpu = poisoned(p.K);
+    ref::conv2d_backward_weights(p, x.data(), dy.data(), dw_ref.data(), bias ? db_ref.data() : nullptr);
+    cpu::conv2d_backward_weights(p, x.data(), dy.data(), dw_cpu.data(), bias ? db_cpu.data() : nullptr);
+    check_close(dw_cpu, dw_ref, "backward_weights dw " + name);
+    if (bias) check_close(db_cpu, db_ref, "backward_weights db " + name);
+    else CHECK(std::isnan(db_cpu[0]));  // db == nullptr: nothing written
+  }
+  auto dx_ref = poisoned(nx), dx_cpu = poisoned(nx);
+  ref::conv2d_backward_data(p, dy.data(), w.data(), dx_ref.data());
+  cpu::conv2d_backward_data(p, dy.data(), w.data(), dx_cpu.data());
+  check_close(dx_cpu, dx_ref, "backward_data " + name);
+}
+
+// A random valid shape: odd sizes, kernels 1..5 (not always square), stride 1..3, pad 0..2.
+Conv2dParams random_conv(Rng& rng) {
+  const int sizes[] = {1, 2, 3, 5};
+  Conv2dParams p = conv(1 + (int)rng.below(5), 1 + (int)rng.below(7), 1 + (int)rng.below(12),
+                        1 + (int)rng.below(12), 1 + (int)rng.below(7), sizes[rng.below(4)],
+                        sizes[rng.below(4)], 1 + (int)rng.below(3), (int)rng.below(3));
+  p.H = std::max(p.H, p.R - 2 * p.pad);  // at least one output row and column
+  p.W = std::max(p.W, p.S - 2 * p.pad);
+  return p;
+}
+
+// <A x, y> == <x, A^T y> for the three conv kernels of one backend, in double.
+template <class Fwd, class BwdData, class BwdWeights>
+void check_conv_adjoints(const Conv2dParams& p, Rng& rng, Fwd fwd, BwdData bwd_data, BwdWeights bwd_w) {
+  const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, nw = (int64_t)p.K * p.C * p.R * p.S;
+  const int64_t ny = (int64_t)p.N * p.K * p.P() * p.Q();
+  const auto x = randn(rng, nx), w = randn(rng, nw), dy = randn(rng, ny);
+  INFO(describe(p));
+  std::vector<float> y(ny), dx(nx), dw(nw), db(p.K);
+  fwd(p, x.data(), w.data(), nullptr, y.data());
+  bwd_data(p, dy.data(), w.data(), dx.data());
+  bwd_w(p, x.data(), dy.data(), dw.data(), db.data());
+  const double lhs = dot(y, dy), scale = norm(y) * norm(dy);
+  CHECK(std::fabs(lhs - dot(x, dx)) <= 1e-5 * scale);  // x -> conv(x; w) is linear in x
+  CHECK(std::fabs(lhs - dot(w, dw)) <= 1e-5 * scale);  // ... and in w
+  // The bias adds b[k] at every output position of channel k: its adjoint sums dy.
+  const int64_t PQ = (int64_t)p.P() * p.Q();
+  for (int k = 0; k < p.K; ++k) {
+    double s = 0.0, mag = 0.0;
+    for (int n = 0; n < p.N; ++n)
+      for (int64_t i = 0; i < PQ; ++i) {
+        s += dy[((int64_t)n * p.K + k) * PQ + i];
+        mag += std::fabs(dy[((int64_t)n * p.K + k) * PQ + i]);
+      }
+    CHECK(std::fabs(db[k] - s) <= 1e-5 * std::max(1.0, mag));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("ref conv2d_forward matches hand-computed examples") {
+  SUBCASE("3x3 image, 2x2 kernel, stride 1, no padding, bias") {
+    // x = [[1,2,3],[4,5,6],[7,8,9]], w = [[1,2],[3,4]], b = 1:
+    // y[p,q] = x[p,q] + 2 x[p,q+1] + 3 x[p+1,q] + 4 x[p+1,q+1] + 1
+    const Conv2dParams p = conv(1, 1, 3, 3, 1, 2, 2, 1, 0);
+    const std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8, 9}, w = {1, 2, 3, 4}, b = {1};
+    std::vector<float> y(4);
+    ref::conv2d_forward(p, x.data(), w.data(), b.data(), y.data());
+    CHECK(y == std::vector<float>{38, 48, 68, 78});
+  }
+  SUBCASE("two channels, 3x3 ones kernel, stride 2, padding 1") {
+    // Channel 0 is x, channel 1 is 10 x with weight -0.5 everywhere: each output is
+    // (1 - 5) * (sum of the 2x2 window the padded 3x3 kernel covers inside the image).
+    const Conv2dParams p = conv(1, 2, 3, 3, 1, 3, 3, 2, 1);
+    std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8, 9}, w(18, 1.0f);
+    for (int i = 0; i < 9; ++i) x.push_back(10 * x[i]), w[9 + i] = -0.5f;
+    std::vector<float> y(4);
+    ref::conv2d_forward(p, x.data(), w.data(), nullptr, y.data());
+    // windows: rows/cols {0,1}x{0,1} = 12, {0,1}x{1,2} = 16, {1,2}x{0,1} = 24, {1,2}x{1,2} = 28
+    CHECK(y == std::vector<float>{-48, -64, -96, -112});
+  }
+}
+
+TEST_CASE("ref and cpu conv kernels are the adjoints of their forward") {
+  Rng rng(7);
+  const Conv2dParams fixed[] = {conv(2, 3, 7, 5, 5, 3, 3, 1, 1), conv(3, 4, 9, 8, 2, 5, 3, 2, 2),
+                                conv(5, 6, 4, 4, 7, 1, 1, 1, 0), conv(2, 2, 24, 24, 3, 3, 3, 1, 1)};
+  for (const Conv2dParams& p : fixed) {
+    check_conv_adjoints(p, rng, ref::conv2d_forward, ref::conv2d_backward_data, ref::conv2d_backward_weights);
+    check_conv_adjoints(p, rng, cpu::conv2d_forward, cpu::conv2d_backward_data, cpu::conv2d_backward_weights);
+  }
+  for (int i = 0; i < 10; ++i) {
+    const Conv2dParams p = random_conv(rng);
+    check_conv_adjoints(p, rng, ref::conv2d_forward, ref::conv2d_backward_data, ref::conv2d_backward_weights);
+  }
+}
+
+TEST_CASE("cpu conv matches ref on chosen shapes") {
+  Rng rng(11);
+  // Each line exercises one path of the cpu tiling (kTargetCols = 512 columns per GEMM).
+  const Conv2dParams shapes[] = {
+      conv(2, 3, 7, 5, 5, 3, 3, 1, 1),     // odd sizes, one image per task
+      conv(1, 4, 9, 9, 3, 5, 3, 2, 2),     // non-square kernel, stride 2, batch 1
+      conv(20, 5, 8, 8, 6, 3, 3, 1, 1),    // several images per GEMM, last chunk partial
+      conv(40, 16, 4, 4, 16, 3, 3, 1, 1),  // late-VGG-like: many small images per GEMM
+      conv(9, 8, 2, 2, 8, 3, 3, 1, 1),     // 2x2 images, padding wider than the image
+      conv(2, 3, 24, 24, 4, 3, 3, 1, 1),   // large images walked in row blocks (21 + 3 rows)
+      conv(2, 3, 50, 49, 4, 3, 3, 2, 1),   // row blocks with stride 2
+      conv(2, 6, 24, 24, 5, 1, 1, 1, 0),   // 1x1 fast path (image is its own column matrix)
+      conv(10, 6, 4, 4, 5, 1, 1, 1, 0),    // 1x1 on small images: batched copy path
+      conv(3, 4, 6, 6, 3, 1, 1, 2, 0),     // 1x1 with stride 2: not the fast path
+      conv(2, 3, 5, 5, 2, 1, 1, 1, 2),     // 1x1 with padding larger than the kernel
+  };
+  for (const Conv2dParams& p : shapes) compare_conv(p, rng);
+}
+
+TEST_CASE("cpu conv matches ref on random shapes") {
+  Rng rng(2024);
+  for (int i = 0; i < 40; ++i) compare_conv(random_conv(rng), rng);
+}
+
+TEST_CASE("cpu conv2d_backward_weights is repeatable bit for bit") {
+  Rng rng(3);
+  const Conv2dParams p = conv(24, 8, 8, 8, 8, 3, 3, 1, 1);
+  const auto x = randn(rng, (int64_t)p.N * p.C * p.H * p.W);
+  const auto dy = randn(rng, (int64_t)p.N * p.K * p.P() * p.Q());
+  std::vector<float> dw1(p.K * p.C * 9), dw2(dw1.size()), db1(p.K), db2(p.K);
+  cpu::conv2d_backward_weights(p, x.data(), dy.data(), dw1.data(), db1.data());
+  cpu::conv2d_backward_weights(p, x.data(), dy.data(), dw2.data(), db2.data());
+  CHECK(dw1 == dw2);
+  CHECK(db1 == db2);
+}
+
+TEST_CASE("ref linear matches a hand-computed example and its adjoints") {
+  // x = [1, 2], w = [[1,0],[0,1],[1,1]], b = [0, 1, 2] -> y = [1, 3, 5]
+  const std::vector<float> x = {1, 2}, w = {1, 0, 0, 1, 1, 1}, b = {0, 1, 2};
+  std::vector<float> y(3);
+  ref::linear_forward(1, 2, 3, x.data(), w.data(), b.data(), y.data());
+  CHECK(y == std::vector<float>{1, 3, 5});
+
+  Rng rng(5);
+  const int N = 6, I = 9, O = 4;
+  const auto xs = randn(rng, N * I), ws = randn(rng, O * I), dy = randn(rng, N * O);
+  std::vector<float> ys(N * O), dx(N * I), dw(O * I), db(O);
+  ref::linear_forward(N, I, O, xs.data(), ws.data(), nullptr, ys.data());
+  ref::linear_backward_data(N, I, O, dy.data(), ws.data(), dx.data());
+  ref::linear_backward_weights(N, I, O, xs.data(), dy.data(), dw.data(), db.data());
+  const double lhs = dot(ys, dy), scale = norm(ys) * norm(dy);
+  CHECK(std::fabs(lhs - dot(xs, dx)) <= 1e-5 * scale);
+  CHECK(std::fabs(lhs - dot(ws, dw)) <= 1e-5 * scale);
+  for (int o = 0; o < O; ++o) {
+    double s = 0.0;
+    for (int n = 0; n < N; ++n) s += dy[n * O + o];
+    CHECK(db[o] == doctest::Approx(s).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("cpu linear matches ref") {
+  Rng rng(13);
+  struct Shape { int N, I, O; };
+  // small (one sgemm), and large enough to be split into parallel row blocks (N, O >= 64)
+  for (Shape s : {Shape{3, 7, 5}, Shape{1, 64, 10}, Shape{128, 512, 100}, Shape{130, 300, 70}}) {
+    const std::string name = "N=" + std::to_string(s.N) + " I=" + std::to_string(s.I) +
+                             " O=" + std::to_string(s.O);
+    const auto x = randn(rng, (int64_t)s.N * s.I), w = randn(rng, (int64_t)s.O * s.I);
+    const auto b = randn(rng, s.O), dy = randn(rng, (int64_t)s.N * s.O);
+    for (bool bias : {true, false}) {
+      auto y_ref = poisoned(s.N * s.O), y_cpu = poisoned(s.N * s.O);
+      ref::linear_forward(s.N, s.I, s.O, x.data(), w.data(), bias ? b.data() : nullptr, y_ref.data());
+      cpu::linear_forward(s.N, s.I, s.O, x.data(), w.data(), bias ? b.data() : nullptr, y_cpu.data());
+      check_close(y_cpu, y_ref, "linear_forward " + name);
+
+      auto dw_ref = poisoned(s.O * s.I), dw_cpu = poisoned(s.O * s.I);
+      auto db_ref = poisoned(s.O), db_cpu = poisoned(s.O);
+      ref::linear_backward_weights(s.N, s.I, s.O, x.data(), dy.data(), dw_ref.data(),
+                                   bias ? db_ref.data() : nullptr);
+      cpu::linear_backward_weights(s.N, s.I, s.O, x.data(), dy.data(), dw_cpu.data(),
+                                   bias ? db_cpu.data() : nullptr);
+      check_close(dw_cpu, dw_ref, "linear_backward_weights dw " + name);
+      if (bias) check_close(db_cpu, db_ref, "linear_backward_weights db " + name);
+    }
+    auto dx_ref = poisoned(s.N * s.I), dx_cpu = poisoned(s.N * s.I);
+    ref::linear_backward_data(s.N, s.I, s.O, dy.data(), w.data(), dx_ref.data());
+    cpu::linear_backward_data(s.N, s.I, s.O, dy.data(), w.data(), dx_cpu.data());
+    check_close(dx_cpu, dx_ref, "linear_backward_data " + name);
+  }
+}

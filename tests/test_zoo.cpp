@@ -1,0 +1,107 @@
+// The zoo: parameter counts match open_lth's, every model runs forward and backward, and
+// a model survives its text spec and a file round trip unchanged.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "nn/models/zoo.h"
+
+using namespace dnns;
+
+TEST_CASE("zoo parameter counts match open_lth / PyTorch") {
+  CHECK(build_model("vgg16").num_params() == 14728266);
+  CHECK(build_model("resnet20").num_params() == 272474);
+  CHECK(build_model("resnet56").num_params() == 855770);
+  CHECK(build_model("resnet110").num_params() == 1730714);
+  CHECK(build_model("resnet18").num_params() == 11173962);
+  CHECK(build_model("vgg11").num_params() == 9231114);
+  CHECK(build_model("vgg19").num_params() == 20040522);
+}
+
+TEST_CASE("zoo forward MACs of a 32x32 image") {
+  // ResNet-20: 40.55 M multiply-adds is the commonly quoted figure (convs + fc).
+  int64_t r20 = build_model("resnet20").forward_macs();
+  CHECK(r20 > 40'000'000);
+  CHECK(r20 < 41'500'000);
+  // VGG-16 (CIFAR): about 313 M multiply-adds.
+  int64_t v16 = build_model("vgg16").forward_macs();
+  CHECK(v16 > 310'000'000);
+  CHECK(v16 < 316'000'000);
+}
+
+TEST_CASE("every zoo model runs forward (train and eval) and backward") {
+  Rng rng(1);
+  for (const std::string& name : zoo_names()) {
+    if (name == "resnet110" || name == "vgg19") continue;  // same code as their siblings, slower
+    CAPTURE(name);
+    Model m = build_model(name, 10);
+    init_model(m, rng);
+    Tensor x({2, 3, 32, 32});
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+    Tensor y = m.forward(x, true);
+    CHECK(y.shape() == Shape{2, 10});
+    Tensor d = Tensor::full({2, 10}, 0.1f);
+    m.backward(d);
+    for (auto& p : m.params()) {
+      REQUIRE(p.param->grad.defined());
+      CHECK(p.param->grad.shape() == p.param->value.shape());
+    }
+    Tensor e = m.forward(x, false);
+    CHECK(e.shape() == Shape{2, 10});
+  }
+}
+
+TEST_CASE("models accept other input shapes and class counts") {
+  Model m = build_model("resnet20", 7, {1, 28, 28});
+  Tensor x({3, 1, 28, 28});
+  CHECK(m.forward(x, false).shape() == Shape{3, 7});
+  Model v = build_model("vgg11", 5, {1, 28, 28});
+  CHECK(v.forward(x, false).shape() == Shape{3, 5});
+  CHECK_THROWS_WITH_AS(build_model("vgg16", 10, {3, 8, 8}), doctest::Contains("pool"), Error);
+  CHECK_THROWS_WITH_AS(build_model("resnet21"), doctest::Contains("unknown model 'resnet21'"), Error);
+}
+
+TEST_CASE("spec and file round trip keep the model exactly") {
+  Rng rng(5);
+  Model m = build_model("resnet20");
+  init_model(m, rng);
+  // A mask on one weight travels with the model.
+  auto& w = *m.params()[0].param;
+  Tensor mask = Tensor::full(w.value.shape(), 1.0f);
+  mask[0] = 0.0f;
+  m.masks[m.params()[0].name] = mask;
+  m.apply_masks();
+
+  Model s = Model::from_spec(m.spec());
+  CHECK(s.spec() == m.spec());
+
+  auto dir = std::filesystem::temp_directory_path() / ("dnns_zoo_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string path = (dir / "m.dnns").string();
+  m.save(path);
+  Model l = Model::load(path);
+  std::filesystem::remove_all(dir);
+
+  CHECK(l.spec() == m.spec());
+  CHECK(l.arch == "resnet20");
+  REQUIRE(l.masks.size() == 1);
+  CHECK(max_abs_diff(l.masks.begin()->second, mask) == 0.0f);
+  Tensor x({2, 3, 32, 32});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  CHECK(max_abs_diff(m.forward(x, false), l.forward(x, false)) == 0.0f);
+}
+
+TEST_CASE("bad graph specs are refused with the line and the reason") {
+  CHECK_THROWS_WITH_AS(Model::from_spec("hello"), doctest::Contains("not a dnnshifter graph spec"), Error);
+  std::string good = build_model("resnet20").spec();
+  std::string bad = good;
+  bad.replace(bad.find("inputs=conv"), 11, "inputs=nope");
+  CHECK_THROWS_WITH_AS(Model::from_spec(bad), doctest::Contains("unknown node 'nope'"), Error);
+  std::string shape = good;
+  shape.replace(shape.find("in=3 "), 5, "in=4 ");
+  CHECK_THROWS_WITH_AS(Model::from_spec(shape), doctest::Contains("expected 4 input channels"), Error);
+}
