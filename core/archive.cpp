@@ -31,18 +31,23 @@ constexpr uint32_t kMaxDims = 8;
 constexpr int64_t kMaxDim = int64_t(1) << 40;          // no real tensor comes near; stops overflow
 constexpr size_t kIoChunk = size_t(1) << 20;           // buffered writes, skipped tensor data
 
-// The byte-at-a-time table of the reflected IEEE polynomial: entry i is the CRC register after
-// shifting the byte i through it, so each input byte costs one lookup.
-constexpr std::array<uint32_t, 256> make_crc_table() {
-  std::array<uint32_t, 256> table{};
+// CRC-32 tables for "slicing by 8": table[0][b] is the register after shifting byte b through
+// it (the classic byte-at-a-time table); table[k][b] is the same byte followed by k zero bytes.
+// Eight lookups then consume eight input bytes at once, ~6x faster than one byte per step,
+// which matters when a checkpoint of hundreds of MB is checksummed on every save and load.
+using CrcTables = std::array<std::array<uint32_t, 256>, 8>;
+constexpr CrcTables make_crc_tables() {
+  CrcTables t{};
   for (uint32_t i = 0; i < 256; ++i) {
     uint32_t c = i;
     for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
-    table[i] = c;
+    t[0][i] = c;
   }
-  return table;
+  for (int k = 1; k < 8; ++k)
+    for (uint32_t i = 0; i < 256; ++i) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xFFu];
+  return t;
 }
-constexpr std::array<uint32_t, 256> kCrcTable = make_crc_table();
+constexpr CrcTables kCrc = make_crc_tables();
 
 void put_le32(unsigned char* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
@@ -203,7 +208,8 @@ class ArchiveReader {
     namespace fs = std::filesystem;
     std::error_code ec;
     fs::file_status st = fs::status(path, ec);
-    if (!fs::exists(st)) throw Error(path + ": file not found");
+    if (st.type() == fs::file_type::not_found) throw Error(path + ": file not found");
+    if (ec) throw Error(path + ": cannot access: " + ec.message());
     if (fs::is_directory(st)) throw Error(path + ": is a directory, not an archive file");
     file_ = std::fopen(path.c_str(), "rb");
     if (!file_) throw Error(path + ": cannot open for reading: " + std::strerror(errno));
@@ -293,7 +299,11 @@ class ArchiveReader {
   Integrity integrity_by_trailer() {
     if (size_ < kHeaderBytes + kTrailerBytes) return Integrity::NoTrailer;
     uint64_t body = size_ - kTrailerBytes;
-    if (std::fseek(file_, 0, SEEK_SET) != 0) return Integrity::NoTrailer;
+    unsigned char trailer[kTrailerBytes];
+    if (::fseeko(file_, static_cast<off_t>(body), SEEK_SET) != 0 ||
+        std::fread(trailer, 1, kTrailerBytes, file_) != kTrailerBytes ||
+        std::memcmp(trailer + 4, kEndMarker, 8) != 0 || ::fseeko(file_, 0, SEEK_SET) != 0)
+      return Integrity::NoTrailer;
     std::vector<unsigned char> chunk(kIoChunk);
     uint32_t crc = 0;
     for (uint64_t done = 0; done < body;) {
@@ -302,9 +312,6 @@ class ArchiveReader {
       crc = crc32_update(crc, chunk.data(), m);
       done += m;
     }
-    unsigned char trailer[kTrailerBytes];
-    if (std::fread(trailer, 1, kTrailerBytes, file_) != kTrailerBytes) return Integrity::NoTrailer;
-    if (std::memcmp(trailer + 4, kEndMarker, 8) != 0) return Integrity::NoTrailer;
     return get_le32(trailer) == crc ? Integrity::ChecksumMatches : Integrity::ChecksumMismatch;
   }
 
@@ -331,11 +338,7 @@ void read_header(ArchiveReader& r) {
   if (r.size() == 0) throw Error(path + ": empty file (0 bytes), not a dnnshifter archive");
   unsigned char head[kHeaderBytes];
   uint64_t have = std::min<uint64_t>(r.size(), kHeaderBytes);
-  try {
-    r.read(head, have, "header");
-  } catch (const StructureError& e) {
-    throw Error(path + ": " + e.what);
-  }
+  r.read(head, have, "header");  // cannot run short: `have` is what the file holds
   if (std::memcmp(head, kMagic, std::min<uint64_t>(have, 8)) != 0)
     throw Error(path + ": not a dnnshifter archive (bad magic: the file does not start with \"DNNSHIFT\")");
   if (have < kHeaderBytes)
@@ -451,7 +454,12 @@ Archive load_impl(const std::string& path, bool with_tensors) {
 uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
   const unsigned char* p = static_cast<const unsigned char*>(data);
   uint32_t c = ~crc;
-  for (size_t i = 0; i < n; ++i) c = kCrcTable[(c ^ p[i]) & 0xFFu] ^ (c >> 8);
+  for (; n >= 8; p += 8, n -= 8) {
+    uint32_t lo = get_le32(p) ^ c, hi = get_le32(p + 4);
+    c = kCrc[7][lo & 0xFFu] ^ kCrc[6][(lo >> 8) & 0xFFu] ^ kCrc[5][(lo >> 16) & 0xFFu] ^ kCrc[4][lo >> 24] ^
+        kCrc[3][hi & 0xFFu] ^ kCrc[2][(hi >> 8) & 0xFFu] ^ kCrc[1][(hi >> 16) & 0xFFu] ^ kCrc[0][hi >> 24];
+  }
+  for (; n > 0; ++p, --n) c = kCrc[0][(c ^ *p) & 0xFFu] ^ (c >> 8);
   return ~c;
 }
 

@@ -66,11 +66,13 @@ uint32_t crc32_update(uint32_t crc, const void* data, size_t n);
 
 // Run state in meta, stored as text that round-trips exactly. The getters throw Error naming the
 // key when it is missing or does not hold a number of that type.
-void meta_set_u64(Archive& a, const std::string& key, uint64_t v);   // decimal
+// Integers are stored in decimal; doubles as hex floats ("0x1.999999999999ap-4"), which keep
+// every bit, -0.0 and infinities included, and NaNs as "nan:0x<64-bit pattern>" to keep their
+// payload. meta_get_f64 also reads decimal text ("0.05", "-1e-3", "inf") written by hand.
+void meta_set_u64(Archive& a, const std::string& key, uint64_t v);
 uint64_t meta_get_u64(const Archive& a, const std::string& key);
-void meta_set_f64(Archive& a, const std::string& key, double v);     // hex float: bit-exact, -0.0,
-double meta_get_f64(const Archive& a, const std::string& key);       // inf and NaN payloads included;
-                                                                     // the getter also reads decimal
+void meta_set_f64(Archive& a, const std::string& key, double v);
+double meta_get_f64(const Archive& a, const std::string& key);
 
 // The tensor `name` of `a`; throws "<path_for_errors>: tensor 'name' ..." when it is missing or
 // its shape differs from `expected_shape`.

@@ -1,6 +1,7 @@
 // Image folders (one sub-folder per class) decoded with stb_image, and their decode cache.
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -19,7 +20,6 @@
 #ifndef DNNS_STB_SHARED
 // No shared libstb with the decoder compiled in: this file carries the implementation.
 #define STB_IMAGE_IMPLEMENTATION
-#define STBI_NO_STDIO_WARNINGS
 #endif
 #include <stb_image.h>
 

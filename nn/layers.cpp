@@ -32,10 +32,12 @@ LayerKind parse_layer_kind(const std::string& s) {
 
 void Layer::to(Device dev) {
   for (Param* p : params()) {
+    if (p->value.device() == dev && (!p->grad.defined() || p->grad.device() == dev)) continue;
     p->value = p->value.to(dev);
     if (p->grad.defined()) p->grad = p->grad.to(dev);
   }
-  for (auto& [name, t] : buffers()) *t = t->to(dev);
+  for (auto& [name, t] : buffers())
+    if (t->device() != dev) *t = t->to(dev);
 }
 
 static void need_rank(const Shape& s, int rank, const char* layer) {
@@ -45,22 +47,26 @@ static void need_rank(const Shape& s, int rank, const char* layer) {
 
 // ---------------------------------------------------------------- Conv2d
 
-Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool bias_, bool fused)
+Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool bias_, bool fused, int ph, int pw)
     : in_channels(in_c), out_channels(out_c), kernel_h(kh), kernel_w(kw), stride(stride_), pad(pad_),
-      has_bias(bias_), fused_relu(fused) {
-  check(in_c > 0 && out_c >= 0 && kh > 0 && kw > 0 && stride > 0 && pad >= 0,
+      has_bias(bias_), fused_relu(fused), pos_h(ph), pos_w(pw) {
+  check(in_c >= 0 && out_c >= 0 && kh > 0 && kw > 0 && stride > 0 && pad >= 0 && ph >= 0 && pw >= 0 &&
+            (ph > 0) == (pw > 0),
         "conv: invalid configuration in=" + std::to_string(in_c) + " out=" + std::to_string(out_c) +
             " kernel=" + std::to_string(kh) + "x" + std::to_string(kw) + " stride=" + std::to_string(stride) +
             " pad=" + std::to_string(pad));
   weight = {"weight", Tensor({out_c, in_c, kh, kw}), Tensor(), true};
   if (has_bias) bias = {"bias", Tensor({out_c}), Tensor(), false};
+  if (pos_h > 0) pos_bias = {"pos_bias", Tensor({out_c, ph, pw}), Tensor(), false};
 }
 
 std::map<std::string, std::string> Conv2d::attrs() const {
-  return {{"in", std::to_string(in_channels)},   {"out", std::to_string(out_channels)},
-          {"kh", std::to_string(kernel_h)},      {"kw", std::to_string(kernel_w)},
-          {"stride", std::to_string(stride)},    {"pad", std::to_string(pad)},
-          {"bias", has_bias ? "1" : "0"},        {"relu", fused_relu ? "1" : "0"}};
+  std::map<std::string, std::string> a = {
+      {"in", std::to_string(in_channels)}, {"out", std::to_string(out_channels)}, {"kh", std::to_string(kernel_h)},
+      {"kw", std::to_string(kernel_w)},    {"stride", std::to_string(stride)},    {"pad", std::to_string(pad)},
+      {"bias", has_bias ? "1" : "0"},      {"relu", fused_relu ? "1" : "0"}};
+  if (pos_h > 0) a["pos_h"] = std::to_string(pos_h), a["pos_w"] = std::to_string(pos_w);
+  return a;
 }
 
 Conv2dParams Conv2d::conv_params(const Shape& x) const {
@@ -79,11 +85,40 @@ Shape Conv2d::output_shape(const std::vector<Shape>& in) const {
         "conv: input " + shape_str(x) + " smaller than its " + std::to_string(kernel_h) + "x" +
             std::to_string(kernel_w) + " kernel");
   Conv2dParams p = conv_params(x);
+  check(pos_h == 0 || (p.P() == pos_h && p.Q() == pos_w),
+        "conv: its per-position bias is " + std::to_string(pos_h) + "x" + std::to_string(pos_w) +
+            " but the output would be " + std::to_string(p.P()) + "x" + std::to_string(p.Q()));
   return {x[0], out_channels, p.P(), p.Q()};
 }
 
+// out[n] += pos_bias (K, P, Q) for every image n. Other devices go through the host: the
+// per-position bias only appears in compacted inference graphs, where it is rare.
+static void add_pos_bias(const Tensor& pos_bias, Tensor& out) {
+  const int64_t n = out.dim(0), plane = pos_bias.numel();
+  Tensor host = out.is_cpu() ? out : out.to(Device::CPU);
+  Tensor pb = pos_bias.is_cpu() ? pos_bias : pos_bias.to(Device::CPU);
+  float* y = host.data();        // (N, K*P*Q)
+  const float* b = pb.data();    // (K*P*Q)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < plane; ++k) y[i * plane + k] += b[k];
+  if (!out.is_cpu()) out.copy_from(host);
+}
+
 void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
-  ops::conv2d_forward(conv_params(in[0]->shape()), *in[0], weight.value, bias.value, out);
+  if (out.numel() == 0) return;  // every output channel was removed
+  if (in_channels == 0) {
+    // Every input channel was removed: the output is the bias (what they folded into).
+    std::vector<float> b = has_bias ? bias.value.to_vector() : std::vector<float>(out_channels, 0.0f);
+    const int64_t n = out.dim(0), plane = out.dim(2) * out.dim(3);
+    Tensor host = Tensor::uninit(out.shape());
+    for (int64_t i = 0; i < n; ++i)
+      for (int k = 0; k < out_channels; ++k)
+        std::fill(host.data() + (i * out_channels + k) * plane, host.data() + (i * out_channels + k + 1) * plane, b[k]);
+    out.copy_from(host);
+  } else {
+    ops::conv2d_forward(conv_params(in[0]->shape()), *in[0], weight.value, bias.value, out);
+  }
+  if (pos_h > 0) add_pos_bias(pos_bias.value, out);
   if (fused_relu) ops::relu_forward(out, out);
 }
 
@@ -99,13 +134,41 @@ void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, c
   }
   if (!weight.grad.defined()) weight.grad = Tensor::uninit(weight.value.shape(), weight.value.device());
   if (has_bias && !bias.grad.defined()) bias.grad = Tensor::uninit(bias.value.shape(), bias.value.device());
+  if (pos_h > 0) {
+    // d pos_bias = sum over the batch of dy.
+    std::vector<float> g = dy->to_vector();
+    const int64_t n = dy->dim(0), plane = pos_bias.value.numel();
+    Tensor acc({plane});
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t k = 0; k < plane; ++k) acc[k] += g[i * plane + k];
+    pos_bias.grad = acc.reshape(pos_bias.value.shape()).to(pos_bias.value.device());
+  }
+  if (out_channels == 0 || dy->numel() == 0) {
+    if (din[0]) din[0]->zero();
+    return;
+  }
+  if (in_channels == 0) {
+    // No weights to learn; the bias gradient is the sum of dy over batch and positions.
+    if (has_bias) {
+      std::vector<float> g = dy->to_vector();
+      const int64_t n = dy->dim(0), plane = dy->dim(2) * dy->dim(3);
+      Tensor db({out_channels});
+      for (int64_t i = 0; i < n; ++i)
+        for (int k = 0; k < out_channels; ++k)
+          for (int64_t j = 0; j < plane; ++j) db[k] += g[(i * out_channels + k) * plane + j];
+      bias.grad = db.to(bias.value.device());
+    }
+    return;
+  }
   ops::conv2d_backward_weights(p, *in[0], *dy, weight.grad, bias.grad);
   if (din[0]) ops::conv2d_backward_data(p, *dy, weight.value, *din[0]);
 }
 
 std::vector<Param*> Conv2d::params() {
-  if (has_bias) return {&weight, &bias};
-  return {&weight};
+  std::vector<Param*> out = {&weight};
+  if (has_bias) out.push_back(&bias);
+  if (pos_h > 0) out.push_back(&pos_bias);
+  return out;
 }
 
 // ---------------------------------------------------------------- BatchNorm2d
@@ -358,7 +421,9 @@ std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, st
                                       attr_int(a, "kh", "conv"), attr_int(a, "kw", "conv"),
                                       attr_int(a, "stride", "conv"), attr_int(a, "pad", "conv"),
                                       attr_int(a, "bias", "conv") != 0,
-                                      a.count("relu") ? attr_int(a, "relu", "conv") != 0 : false);
+                                      a.count("relu") ? attr_int(a, "relu", "conv") != 0 : false,
+                                      a.count("pos_h") ? attr_int(a, "pos_h", "conv") : 0,
+                                      a.count("pos_w") ? attr_int(a, "pos_w", "conv") : 0);
     case LayerKind::BatchNorm:
       return std::make_unique<BatchNorm2d>(attr_int(a, "channels", "batchnorm"),
                                            attr_float(a, "eps", "batchnorm", 1e-5f),

@@ -55,11 +55,14 @@ class Layer {
 };
 
 // Conv2d: weight (K, C, R, S), optional bias (K). `fused_relu` applies ReLU to the output in
-// the same pass (inference graphs made by the compactor; not used in training).
+// the same pass (inference graphs made by the compactor). The compactor may also give it a
+// per-position bias (K, P, Q): the exact contribution of removed constant input channels,
+// which differs at the zero-padded border. C or K may be 0 in a compacted model (every input
+// channel removed: the output is the bias alone; every output channel removed: nothing).
 class Conv2d : public Layer {
  public:
   Conv2d(int in_channels, int out_channels, int kernel_h, int kernel_w, int stride, int pad, bool bias,
-         bool fused_relu = false);
+         bool fused_relu = false, int pos_h = 0, int pos_w = 0);
   LayerKind kind() const override { return LayerKind::Conv; }
   std::map<std::string, std::string> attrs() const override;
   Shape output_shape(const std::vector<Shape>& in) const override;
@@ -73,7 +76,8 @@ class Conv2d : public Layer {
 
   int in_channels, out_channels, kernel_h, kernel_w, stride, pad;
   bool has_bias, fused_relu;
-  Param weight, bias;
+  int pos_h, pos_w;  // > 0: a per-position bias of shape (K, pos_h, pos_w)
+  Param weight, bias, pos_bias;
 };
 
 // BatchNorm2d over channels: gamma ("weight"), beta ("bias"), running mean/var buffers.

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/params.h"
@@ -261,4 +262,20 @@ TEST_CASE("cpu linear matches ref") {
     cpu::linear_backward_data(s.N, s.I, s.O, dy.data(), w.data(), dx_cpu.data());
     check_close(dx_cpu, dx_ref, "linear_backward_data " + name);
   }
+}
+
+TEST_CASE("conv kernels refuse invalid shapes and handle an empty batch") {
+  std::vector<float> buf(64, 1.0f), dw(9, 5.0f), db(1, 5.0f);
+  const Conv2dParams zero_stride = conv(1, 1, 3, 3, 1, 3, 3, 0, 0);
+  const Conv2dParams too_big = conv(1, 1, 2, 2, 1, 3, 3, 1, 0);  // 3x3 kernel on a 2x2 image
+  for (const Conv2dParams& p : {zero_stride, too_big}) {
+    CHECK_THROWS_AS(ref::conv2d_forward(p, buf.data(), buf.data(), nullptr, buf.data()), Error);
+    CHECK_THROWS_AS(cpu::conv2d_forward(p, buf.data(), buf.data(), nullptr, buf.data()), Error);
+    CHECK_THROWS_AS(cpu::conv2d_backward_data(p, buf.data(), buf.data(), buf.data()), Error);
+    CHECK_THROWS_AS(cpu::conv2d_backward_weights(p, buf.data(), buf.data(), dw.data(), db.data()), Error);
+  }
+  const Conv2dParams empty = conv(0, 1, 3, 3, 1, 3, 3, 1, 1);
+  cpu::conv2d_backward_weights(empty, buf.data(), buf.data(), dw.data(), db.data());
+  CHECK(dw == std::vector<float>(9, 0.0f));
+  CHECK(db[0] == 0.0f);
 }

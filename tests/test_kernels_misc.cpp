@@ -230,7 +230,8 @@ TEST_CASE("batchnorm: cpu matches ref (train forward, running stats over steps, 
     Vec rm_ref(s.C, 0.0f), rv_ref(s.C, 1.0f), rm_cpu = rm_ref, rv_cpu = rv_ref;
     Vec x, y_ref(n), y_cpu(n), sm_ref(s.C), si_ref(s.C), sm_cpu(s.C), si_cpu(s.C);
     for (int step = 0; step < 3; step++) {
-      x = randn(rng, n, 0.7f, 2.0f);  // off-centre so the mean matters
+      // off-centre so the mean matters; one step with a variance near eps so eps matters
+      x = randn(rng, n, 0.7f, step == 1 ? 0.01f : 2.0f);
       ref::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(),
                                    y_ref.data(), sm_ref.data(), si_ref.data());
       cpu::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm_cpu.data(), rv_cpu.data(),
@@ -243,8 +244,10 @@ TEST_CASE("batchnorm: cpu matches ref (train forward, running stats over steps, 
     check_close(rv_cpu, rv_ref, 1e-5, 1e-5, "batchnorm running_var after 3 steps");
 
     Vec e_ref(n), e_cpu(n);
-    ref::batchnorm_forward_eval(p, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(), e_ref.data());
-    cpu::batchnorm_forward_eval(p, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(), e_cpu.data());
+    BatchNormParams pe = p;
+    pe.eps = 0.1f;  // large enough that dropping or misplacing eps would show
+    ref::batchnorm_forward_eval(pe, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(), e_ref.data());
+    cpu::batchnorm_forward_eval(pe, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(), e_cpu.data());
     check_close(e_cpu, e_ref, 1e-5, 1e-5, "batchnorm eval y");
 
     Vec dy = randn(rng, n);
@@ -381,9 +384,9 @@ TEST_CASE("pooling: cpu matches ref for k2s2, k3s2, k2s1, odd sizes, ties, and t
   struct Cfg {
     int N, C, H, W, k, s;
   };
-  const Cfg cfgs[] = {{1, 3, 8, 8, 2, 2},  {5, 3, 7, 5, 2, 2},  {2, 3, 9, 7, 3, 2},
-                      {2, 3, 7, 5, 2, 1},  {1, 1, 3, 3, 3, 2},  {8, 16, 32, 32, 2, 2},
-                      {4, 16, 15, 15, 3, 2}};
+  const Cfg cfgs[] = {{1, 3, 8, 8, 2, 2},  {5, 3, 7, 5, 2, 2},  {3, 2, 6, 9, 2, 2},
+                      {2, 3, 9, 7, 3, 2},  {2, 3, 7, 5, 2, 1},  {1, 1, 3, 3, 3, 2},
+                      {8, 16, 32, 32, 2, 2}, {4, 16, 15, 15, 3, 2}};
   for (const Cfg& c : cfgs)
     for (bool ties : {false, true}) {
       CAPTURE(c.N);
@@ -437,21 +440,24 @@ TEST_CASE("maxpool: the gradient goes to the first maximum in row-major window o
   p.N = 1, p.C = 1, p.H = 3, p.W = 3, p.k = 2, p.stride = 1;
   const Vec x = {1, 3, 3, 3, 0, 1, 2, 3, 3}, dy = {1, 2, 4, 8};
   const Vec want_dx = {0, 3, 0, 4, 0, 0, 0, 8, 0};
-  // all-equal 2x2 window, k=2 s=2: everything to the top-left element
+  // k=2 s=2 (the cpu backend's own loop), x (1,1,2,8), four windows:
+  //   1 3 | 2 2 | 0 0 | 4 4     -> (0,1): 3 beats 1, ties with 3s after it
+  //   3 3 | 5 5 | 0 7 | 4 4        (1,2): first 5;  (1,5): 7;  (0,6): all tied, first
   Pool2dParams q;
-  q.N = 1, q.C = 1, q.H = 2, q.W = 2, q.k = 2, q.stride = 2;
-  const Vec flat = {5, 5, 5, 5}, g = {1.5f};
+  q.N = 1, q.C = 1, q.H = 2, q.W = 8, q.k = 2, q.stride = 2;
+  const Vec x22 = {1, 3, 2, 2, 0, 0, 4, 4, 3, 3, 5, 5, 0, 7, 4, 4}, g = {1, 2, 3, 4};
+  const Vec want22 = {0, 1, 0, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 3, 0, 0};
   for (int backend = 0; backend < 2; backend++) {
     CAPTURE(backend);
-    Vec y(4), dx(9, -1.0f), dflat(4, -1.0f), yflat(1);
+    Vec y(4), dx(9, -1.0f), dx22(16, -1.0f), y22(4);
     (backend == 0 ? ref::maxpool_forward : cpu::maxpool_forward)(p, x.data(), y.data());
     check_equal(y, {3, 3, 3, 3}, "maxpool hand forward");
     (backend == 0 ? ref::maxpool_backward : cpu::maxpool_backward)(p, x.data(), dy.data(), dx.data());
     check_equal(dx, want_dx, "maxpool hand backward");
-    (backend == 0 ? ref::maxpool_forward : cpu::maxpool_forward)(q, flat.data(), yflat.data());
-    CHECK(yflat[0] == 5.0f);
-    (backend == 0 ? ref::maxpool_backward : cpu::maxpool_backward)(q, flat.data(), g.data(), dflat.data());
-    check_equal(dflat, {1.5f, 0, 0, 0}, "maxpool all-tied window");
+    (backend == 0 ? ref::maxpool_forward : cpu::maxpool_forward)(q, x22.data(), y22.data());
+    check_equal(y22, {3, 5, 7, 4}, "maxpool k2s2 hand forward");
+    (backend == 0 ? ref::maxpool_backward : cpu::maxpool_backward)(q, x22.data(), g.data(), dx22.data());
+    check_equal(dx22, want22, "maxpool k2s2 hand backward");
   }
 }
 
@@ -513,6 +519,9 @@ TEST_CASE("softmax cross-entropy: cpu matches ref (smoothing 0 and 0.1, sizes sp
       CAPTURE(smoothing);
       Vec logits = randn(rng, int64_t(s.N) * s.K, 0.0f, 3.0f), labels(s.N);
       for (auto& l : labels) l = float(rng.below(uint32_t(s.K)));
+      // row 0 is all ties with label 0: counted correct only under the first-maximum rule
+      std::fill(logits.begin(), logits.begin() + s.K, 0.0f);
+      labels[0] = 0.0f;
       Vec d_ref(logits.size()), d_cpu(logits.size());
       int c_ref = -1, c_cpu = -1;
       const float l_ref = ref::softmax_cross_entropy(s.N, s.K, logits.data(), labels.data(), smoothing,

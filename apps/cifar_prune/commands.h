@@ -4,4 +4,5 @@ namespace dnns::app {
 // Each returns the process exit status; argv[0] is the subcommand name.
 int cmd_models(int argc, char** argv);
 int cmd_train(int argc, char** argv);
+int cmd_imp(int argc, char** argv);
 }  // namespace dnns::app

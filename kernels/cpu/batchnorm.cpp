@@ -30,7 +30,7 @@ void channel_sum_sumsq(const BatchNormParams& p, const float* x, int c, double& 
         s[l] += v;
         ss[l] += v * v;
       }
-    for (; i < p.HW; i++) s[0] += xc[i], ss[0] += double(xc[i]) * xc[i];
+    for (; i < p.HW; i++) s[i % kLanes] += xc[i], ss[i % kLanes] += double(xc[i]) * xc[i];
   }
   sum = sumsq = 0.0;
   for (int l = 0; l < kLanes; l++) sum += s[l], sumsq += ss[l];
@@ -49,7 +49,7 @@ void channel_grad_sums(const BatchNormParams& p, const float* x, const float* dy
         s[l] += dyc[i + l];
         sx[l] += double(dyc[i + l]) * (double(xc[i + l]) - mean);
       }
-    for (; i < p.HW; i++) s[0] += dyc[i], sx[0] += double(dyc[i]) * (double(xc[i]) - mean);
+    for (; i < p.HW; i++) s[i % kLanes] += dyc[i], sx[i % kLanes] += double(dyc[i]) * (double(xc[i]) - mean);
   }
   sum_dy = sum_dy_xc = 0.0;
   for (int l = 0; l < kLanes; l++) sum_dy += s[l], sum_dy_xc += sx[l];

@@ -14,11 +14,14 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
+#include "core/error.h"
 #include "core/threading.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm_util.h"
@@ -29,6 +32,17 @@ namespace {
 // Columns per GEMM we aim for: fewer and OpenBLAS runs skinny, slow kernels; many more and
 // the column buffer (CRS x cols) no longer stays in L2 between im2col and GEMM.
 constexpr int kTargetCols = 512;
+
+// Refuses shapes the tiling arithmetic cannot handle (a zero stride, an empty output).
+void check_params(const Conv2dParams& p, const char* op) {
+  check(p.N >= 0 && p.C >= 1 && p.H >= 1 && p.W >= 1 && p.K >= 1 && p.R >= 1 && p.S >= 1 &&
+            p.stride >= 1 && p.pad >= 0 && p.H + 2 * p.pad >= p.R && p.W + 2 * p.pad >= p.S,
+        std::string(op) + ": invalid shape N=" + std::to_string(p.N) + " C=" + std::to_string(p.C) +
+            " H=" + std::to_string(p.H) + " W=" + std::to_string(p.W) + " K=" + std::to_string(p.K) +
+            " R=" + std::to_string(p.R) + " S=" + std::to_string(p.S) + " stride=" +
+            std::to_string(p.stride) + " pad=" + std::to_string(p.pad) +
+            " (need positive sizes, stride >= 1, pad >= 0, kernel no larger than the padded input)");
+}
 
 bool is_pointwise(const Conv2dParams& p) {
   return p.R == 1 && p.S == 1 && p.stride == 1 && p.pad == 0;
@@ -180,6 +194,7 @@ void run_tasks(int tasks, const std::function<void(int)>& body) {
 
 void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   // x (N, C, H, W)   w (K, C*R*S)   b (K) or nullptr   y (N, K, P, Q)
+  check_params(p, "conv2d_forward");
   const int K = p.K, CRS = p.C * p.R * p.S, Q = p.Q(), PQ = p.P() * Q;
   const Tiling t = plan_tiles(p);
   run_tasks(t.tasks, [&](int task) {
@@ -213,6 +228,7 @@ void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w
   // dy (N, K, P, Q)   w (K, C*R*S)   dx (N, C, H, W)
   // dcol (CRS, cols) = w^T dy_block, then col2im adds each column back onto the pixels it
   // was read from. All blocks of one image run in one task, so col2im never races.
+  check_params(p, "conv2d_backward_data");
   const int K = p.K, CRS = p.C * p.R * p.S, PQ = p.P() * p.Q();
   const int64_t image = (int64_t)p.C * p.H * p.W;
   const Tiling t = plan_tiles(p);
@@ -246,24 +262,32 @@ void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float*
   // into G contiguous groups (G = threads); each group sums into its own dw (group 0 into dw
   // itself) and the partials are added at the end in a fixed order, so the result does not
   // depend on scheduling (only on the thread count).
+  check_params(p, "conv2d_backward_weights");
   const int K = p.K, CRS = p.C * p.R * p.S;
   const int64_t wsize = (int64_t)K * CRS;
   const Tiling t = plan_tiles(p);
+  if (t.tasks == 0) {  // empty batch: no gradient
+    std::fill(dw, dw + wsize, 0.0f);
+    if (db) std::fill(db, db + K, 0.0f);
+    return;
+  }
   const int G = std::max(1, std::min(t.tasks, num_threads()));
-  std::vector<float> partial_dw((size_t)(G - 1) * wsize, 0.0f);  // (G-1, K, CRS)
-  std::vector<double> partial_db((size_t)G * K, 0.0);             // (G, K)
-  std::fill(dw, dw + wsize, 0.0f);
+  // Allocated per call (not thread scratch): it lives across the parallel_for below.
+  std::unique_ptr<float[]> partial_dw(new float[(size_t)(G - 1) * wsize]);  // (G-1, K, CRS)
+  std::vector<double> partial_db((size_t)G * K, 0.0);                        // (G, K)
   tbb::parallel_for(0, G, [&](int g) {
-    float* acc = g == 0 ? dw : partial_dw.data() + (g - 1) * wsize;  // (K, CRS)
-    double* acc_db = partial_db.data() + (int64_t)g * K;              // (K)
+    float* acc = g == 0 ? dw : partial_dw.get() + (g - 1) * wsize;  // (K, CRS)
+    double* acc_db = partial_db.data() + (int64_t)g * K;             // (K)
     const int first = (int)((int64_t)t.tasks * g / G), last = (int)((int64_t)t.tasks * (g + 1) / G);
+    float beta = 0.0f;  // the group's first GEMM overwrites acc, the others add to it
     for (int task = first; task < last; ++task)
       for_each_block(p, t, task, [&](const Block& bl) {
         int ldcol, lddy;
-        const float* col = columns_of(p, bl, x, &ldcol);     // (CRS, cols)
+        const float* col = columns_of(p, bl, x, &ldcol);        // (CRS, cols)
         const float* g_out = output_grad_of(p, bl, dy, &lddy);  // (K, cols)
         const int cols = bl.cols(p);
-        sgemm(false, true, K, CRS, cols, 1.0f, g_out, lddy, col, ldcol, 1.0f, acc, CRS);
+        sgemm(false, true, K, CRS, cols, 1.0f, g_out, lddy, col, ldcol, beta, acc, CRS);
+        beta = 1.0f;
         if (db)
           for (int k = 0; k < K; ++k) {
             const float* row = g_out + (int64_t)k * lddy;
@@ -277,7 +301,7 @@ void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float*
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, wsize, 16384),
                       [&](const tbb::blocked_range<int64_t>& r) {
                         for (int g = 1; g < G; ++g) {
-                          const float* src = partial_dw.data() + (g - 1) * wsize;
+                          const float* src = partial_dw.get() + (g - 1) * wsize;
                           for (int64_t i = r.begin(); i < r.end(); ++i) dw[i] += src[i];
                         }
                       });

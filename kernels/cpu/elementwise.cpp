@@ -26,10 +26,14 @@ void relu_forward(int64_t n, const float* x, float* y) {
   });
 }
 
-// dx may alias dy (in-place backward): each element is read before it is written.
+// dx may alias dy (in-place backward): each element is read before it is written. dy is
+// loaded unconditionally so the select compiles to a vector blend, not a branch.
 void relu_backward(int64_t n, const float* y, const float* dy, float* dx) {
   for_blocks(n, [=](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    for (int64_t i = b; i < e; i++) {
+      const float g = dy[i];
+      dx[i] = y[i] > 0.0f ? g : 0.0f;
+    }
   });
 }
 

@@ -1,6 +1,6 @@
 // Optimized pooling: the (N*C) planes are independent, so they are spread over oneTBB threads
-// and each plane is computed by one task, in the same order as the reference. Forward loops
-// run along an output row innermost (one window offset at a time) so they vectorise.
+// and each plane is computed by one task, comparing and summing in the reference's order.
+// Inner loops run along an output row, where the compiler can vectorise them.
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
@@ -27,6 +27,11 @@ void for_planes(int64_t planes, int64_t plane_size, F&& f) {
 
 }  // namespace
 
+// k = stride = 2 (every VGG pool) gets its own loops: windows do not overlap, so each window's
+// four inputs are read once, compared with selects, and the backward pass writes every dx
+// value exactly once instead of zero-filling and scattering. These loops vectorise; the general
+// ones below are kept simple because other window shapes are rare.
+
 void maxpool_forward(const Pool2dParams& p, const float* x, float* y) {
   // x: (N, C, H, W) -> y: (N, C, P, Q)
   const int P = p.P(), Q = p.Q(), W = p.W, k = p.k, st = p.stride;
@@ -36,11 +41,20 @@ void maxpool_forward(const Pool2dParams& p, const float* x, float* y) {
     for (int i = 0; i < P; i++) {
       float* yrow = yp + i * Q;  // (Q)
       const float* x0 = xp + (i * st) * W;
-      for (int j = 0; j < Q; j++) yrow[j] = x0[j * st];
+      if (k == 2 && st == 2) {
+        const float* x1 = x0 + W;
+        for (int j = 0; j < Q; j++) {
+          const float a = x0[2 * j], b = x0[2 * j + 1], c = x1[2 * j], d = x1[2 * j + 1];
+          const float m1 = b > a ? b : a, m2 = c > m1 ? c : m1;
+          yrow[j] = d > m2 ? d : m2;
+        }
+        continue;
+      }
       // Window offsets in row-major order with a strict '>', exactly as the reference.
+      for (int j = 0; j < Q; j++) yrow[j] = x0[j * st];
       for (int r = 0; r < k; r++)
         for (int s = 0; s < k; s++) {
-          const float* xr = xp + (i * st + r) * W + s;
+          const float* xr = x0 + r * W + s;
           for (int j = 0; j < Q; j++) yrow[j] = xr[j * st] > yrow[j] ? xr[j * st] : yrow[j];
         }
     }
@@ -49,23 +63,54 @@ void maxpool_forward(const Pool2dParams& p, const float* x, float* y) {
 
 void maxpool_backward(const Pool2dParams& p, const float* x, const float* dy, float* dx) {
   // x, dx: (N, C, H, W)   dy: (N, C, P, Q)
+  // The first maximum in row-major window order takes the gradient (see backend_api.inc).
   const int P = p.P(), Q = p.Q(), W = p.W, k = p.k, st = p.stride;
+  const bool fast = k == 2 && st == 2;
   for_planes(int64_t(p.N) * p.C, int64_t(p.H) * W, [=](int64_t nc) {
     const float* xp = x + nc * p.H * W;  // (H, W)
     const float* dyp = dy + nc * P * Q;  // (P, Q)
     float* dxp = dx + nc * p.H * W;      // (H, W)
-    std::fill(dxp, dxp + int64_t(p.H) * W, 0.0f);
-    for (int i = 0; i < P; i++)
+    // The fast path writes every covered input; only an odd last row/column needs zeros first.
+    if (!fast || (p.H % 2) || (W % 2)) std::fill(dxp, dxp + int64_t(p.H) * W, 0.0f);
+    for (int i = 0; i < P; i++) {
+      if (fast) {
+        const float* x0 = xp + 2 * i * W;  // the window's two input rows
+        const float* x1 = x0 + W;
+        float* d0 = dxp + 2 * i * W;
+        float* d1 = d0 + W;
+        for (int j = 0; j < Q; j++) {
+          const float a = x0[2 * j], b = x0[2 * j + 1], c = x1[2 * j], d = x1[2 * j + 1];
+          const bool b_wins = b > a;
+          const float m1 = b_wins ? b : a;
+          const bool c_wins = c > m1;
+          const bool d_wins = d > (c_wins ? c : m1);
+          // hand the gradient back from the last candidate to the first; a later one takes it
+          // only when it is strictly greater than everything before it
+          const float g = dyp[i * Q + j];
+          d1[2 * j + 1] = d_wins ? g : 0.0f;
+          const float left_c = d_wins ? 0.0f : g;
+          d1[2 * j] = c_wins ? left_c : 0.0f;
+          const float left_b = c_wins ? 0.0f : left_c;
+          d0[2 * j + 1] = b_wins ? left_b : 0.0f;
+          d0[2 * j] = b_wins ? 0.0f : left_b;
+        }
+        continue;
+      }
       for (int j = 0; j < Q; j++) {
-        // The first maximum in row-major window order takes the gradient (see backend_api.inc).
-        int arg = (i * st) * W + j * st;
+        // Selects rather than branches: on real data a branch here mispredicts constantly.
+        const float* win = xp + (i * st) * W + j * st;  // window's top-left corner
+        float best = win[0];
+        int arg = 0;
         for (int r = 0; r < k; r++)
           for (int s = 0; s < k; s++) {
-            const int at = (i * st + r) * W + j * st + s;
-            if (xp[at] > xp[arg]) arg = at;
+            const float v = win[r * W + s];
+            const bool greater = v > best;
+            best = greater ? v : best;
+            arg = greater ? r * W + s : arg;
           }
-        dxp[arg] += dyp[i * Q + j];
+        dxp[(i * st) * W + j * st + arg] += dyp[i * Q + j];  // overlapping windows accumulate
       }
+    }
   });
 }
 
@@ -116,7 +161,7 @@ void global_avgpool_forward(int N, int C, int HW, const float* x, float* y) {
     int i = 0;
     for (; i + kLanes <= HW; i += kLanes)
       for (int l = 0; l < kLanes; l++) acc[l] += xp[i + l];
-    for (; i < HW; i++) acc[0] += xp[i];
+    for (; i < HW; i++) acc[i % kLanes] += xp[i];
     double sum = 0.0;
     for (int l = 0; l < kLanes; l++) sum += acc[l];
     y[nc] = float(sum / HW);

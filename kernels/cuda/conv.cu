@@ -168,10 +168,10 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
     DeviceArray<float> col(size_t(chunk) * CRS * PQ, op);  // (chunk, CRS, PQ)
     for (int n0 = 0; n0 < p.N; n0 += chunk) {
       const int count = p.N - n0 < chunk ? p.N - n0 : chunk;
-      launch_im2col(p, count, x + n0 * CHW, CRS * PQ, PQ, col.get(), op);
+      launch_im2col(p, count, x + int64_t(n0) * CHW, CRS * PQ, PQ, col.get(), op);
       // y_n (K, PQ) = w (K, CRS) col_n (CRS, PQ) for the chunk's images
       gemm_rm(op, false, false, K, int(PQ), int(CRS), 1.0f, w, int(CRS), 0, col.get(), int(PQ),
-              CRS * PQ, 0.0f, y + n0 * K * PQ, int(PQ), K * PQ, count);
+              CRS * PQ, 0.0f, y + int64_t(n0) * K * PQ, int(PQ), K * PQ, count);
     }
   }
   if (b) {
@@ -202,11 +202,11 @@ void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w
   for (int n0 = 0; n0 < p.N; n0 += chunk) {
     const int count = p.N - n0 < chunk ? p.N - n0 : chunk;
     // col_n (CRS, PQ) = w^T (CRS, K) dy_n (K, PQ), w stored (K, CRS)
-    gemm_rm(op, true, false, int(CRS), int(PQ), K, 1.0f, w, int(CRS), 0, dy + n0 * K * PQ, int(PQ),
+    gemm_rm(op, true, false, int(CRS), int(PQ), K, 1.0f, w, int(CRS), 0, dy + int64_t(n0) * K * PQ, int(PQ),
             K * PQ, 0.0f, col.get(), int(PQ), CRS * PQ, count);
     const int64_t total = int64_t(count) * CHW;
     col2im_kernel<<<grid_for(total, kThreads), kThreads, 0, stream()>>>(
-        count, p.C, p.H, p.W, p.R, p.S, P, Q, p.stride, p.pad, col.get(), dx + n0 * CHW);
+        count, p.C, p.H, p.W, p.R, p.S, P, Q, p.stride, p.pad, col.get(), dx + int64_t(n0) * CHW);
     check_launch("col2im_kernel", op);
   }
 }
@@ -236,10 +236,10 @@ void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float*
   for (int n0 = 0; n0 < p.N; n0 += chunk) {
     const int count = p.N - n0 < chunk ? p.N - n0 : chunk;
     const int64_t wide = int64_t(count) * PQ;  // the reduction length of this chunk's GEMM
-    launch_im2col(p, count, x + n0 * CHW, PQ, wide, col.get(), op);
+    launch_im2col(p, count, x + int64_t(n0) * CHW, PQ, wide, col.get(), op);
     const int64_t total = int64_t(count) * K * PQ;
     transpose_nk_kernel<<<grid_for(total, kThreads), kThreads, 0, stream()>>>(
-        count, K, PQ, dy + n0 * K * PQ, dyT.get());
+        count, K, PQ, dy + int64_t(n0) * K * PQ, dyT.get());
     check_launch("transpose_nk_kernel", op);
     // dw (K, CRS) (+)= dyT (K, wide) col^T (wide, CRS), col stored (CRS, wide)
     gemm_rm(op, false, true, K, int(CRS), int(wide), 1.0f, dyT.get(), int(wide), 0, col.get(),

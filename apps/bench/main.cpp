@@ -1,0 +1,231 @@
+// bench: timings of our CPU path, printed with the hardware they ran on. The PyTorch peer
+// runs beside it from bench/run.sh, which prints the ratios.
+//
+//   bench train   --model vgg16 --batch 128 --steps 5     training img/s (forward+backward+SGD)
+//   bench infer   --model resnet20 --batch 1              inference latency (p50/p99)
+//   bench compact --model vgg16 --density 0.05            compaction time of an IMP-like mask
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "core/cli.h"
+#include "core/error.h"
+#include "core/json.h"
+#include "core/rng.h"
+#include "core/threading.h"
+#include "kernels/ops.h"
+#include "nn/models/zoo.h"
+#include "nn/optim.h"
+#include "prune/compact.h"
+
+using namespace dnns;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+std::string cpu_name() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+double percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
+  return v[i];
+}
+
+Tensor random_batch(int64_t n, const Shape& chw, Rng& rng) {
+  Tensor x({n, chw[0], chw[1], chw[2]});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  return x;
+}
+
+// IMP-like sparsity: global magnitude pruning to `density` of the conv and linear weights,
+// ranked by |w| times a random per-filter importance so that, as in trained IMP masks at
+// high sparsity, some filters lose every weight. The weights themselves keep their scale.
+void imp_like_mask(Model& m, double density, Rng& rng) {
+  std::vector<float> scores;
+  std::vector<std::vector<float>> per_param;
+  for (auto& p : m.params()) {
+    if (!p.param->prunable) continue;
+    const Tensor& w = p.param->value;
+    int64_t rows = w.dim(0), per = w.numel() / rows;
+    std::vector<float> s(w.numel());
+    for (int64_t k = 0; k < rows; ++k) {
+      float importance = std::exp(2.0f * rng.normal());
+      for (int64_t q = 0; q < per; ++q) s[k * per + q] = std::fabs(w[k * per + q]) * importance;
+    }
+    scores.insert(scores.end(), s.begin(), s.end());
+    per_param.push_back(std::move(s));
+  }
+  if (scores.empty() || density >= 1.0) return;
+  size_t cut = static_cast<size_t>((1.0 - density) * scores.size());
+  std::nth_element(scores.begin(), scores.begin() + cut, scores.end());
+  float thr = scores[cut];
+  size_t idx = 0;
+  for (auto& p : m.params()) {
+    if (!p.param->prunable) continue;
+    const std::vector<float>& s = per_param[idx++];
+    Tensor mask(p.param->value.shape());
+    for (int64_t i = 0; i < mask.numel(); ++i) mask[i] = s[i] >= thr ? 1.0f : 0.0f;
+    m.masks[p.name] = mask;
+  }
+  m.apply_masks();
+}
+
+int bench_train(int argc, char** argv) {
+  Flags f("bench train", "Training throughput: forward, backward and SGD step on random data.");
+  f.add("model", "resnet20", "zoo model");
+  f.add("batch", "128", "batch size");
+  f.add("steps", "5", "timed steps (after 1 warm-up step)");
+  f.add("threads", "0", "threads (0 = all cores)");
+  f.add("backend", "cpu", "cpu (optimized) or ref (reference kernels)");
+  if (!f.parse(argc, argv)) return 0;
+  set_num_threads(static_cast<int>(f.integer("threads")));
+  if (f.str("backend") == "ref") set_cpu_backend(CpuBackend::Reference);
+  Rng rng(1);
+  Model m = build_model(f.str("model"));
+  init_model(m, rng);
+  int64_t batch = f.integer("batch"), steps = f.integer("steps");
+  Tensor x = random_batch(batch, m.input_shape(), rng);
+  Tensor labels({batch});
+  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<float>(rng.below(10));
+  Sgd sgd({0.01f, 0.9f, 1e-4f, false});
+  Tensor d;
+  std::vector<double> times;
+  for (int64_t s = 0; s <= steps; ++s) {
+    auto t0 = Clock::now();
+    Tensor y = m.forward(x, true);
+    if (!d.defined()) d = Tensor(y.shape());
+    ops::softmax_cross_entropy(y, labels, 0.0f, &d, nullptr);
+    m.backward(d);
+    sgd.step(m, 0.01f);
+    if (s > 0) times.push_back(ms_since(t0));
+  }
+  double med = percentile(times, 0.5);
+  std::printf("%s\n", Json()
+                          .add("bench", "train")
+                          .add("model", f.str("model"))
+                          .add("batch", batch)
+                          .add("threads", num_threads())
+                          .add("ms_per_step_median", med)
+                          .add("images_per_sec", batch * 1000.0 / med)
+                          .add("cpu", cpu_name())
+                          .str()
+                          .c_str());
+  return 0;
+}
+
+int bench_infer(int argc, char** argv) {
+  Flags f("bench infer", "Inference latency of a model file or a dense zoo model (eval mode).");
+  f.add("model", "resnet20", "zoo model name, or a model file (.dnns)");
+  f.add("batch", "1", "batch size");
+  f.add("runs", "50", "timed runs");
+  f.add("threads", "0", "threads (0 = all cores)");
+  if (!f.parse(argc, argv)) return 0;
+  set_num_threads(static_cast<int>(f.integer("threads")));
+  Rng rng(1);
+  std::string name = f.str("model");
+  Model m = is_zoo_name(name) ? build_model(name) : Model::load(name);
+  if (is_zoo_name(name)) init_model(m, rng);
+  int64_t batch = f.integer("batch"), runs = f.integer("runs");
+  Tensor x = random_batch(batch, m.input_shape(), rng);
+  m.forward(x, false);
+  std::vector<double> times;
+  for (int64_t r = 0; r < runs; ++r) {
+    auto t0 = Clock::now();
+    m.forward(x, false);
+    times.push_back(ms_since(t0));
+  }
+  std::printf("%s\n", Json()
+                          .add("bench", "infer")
+                          .add("model", name)
+                          .add("batch", batch)
+                          .add("threads", num_threads())
+                          .add("params", m.num_params())
+                          .add("p50_ms", percentile(times, 0.5))
+                          .add("p99_ms", percentile(times, 0.99))
+                          .add("cpu", cpu_name())
+                          .str()
+                          .c_str());
+  return 0;
+}
+
+int bench_compact(int argc, char** argv) {
+  Flags f("bench compact", "Time to compact a masked model (IMP-like global magnitude mask).");
+  f.add("model", "vgg16", "zoo model");
+  f.add("density", "0.05", "fraction of prunable weights kept");
+  f.add("runs", "20", "timed runs");
+  f.add("threads", "0", "threads (0 = all cores)");
+  f.add("save-masked", "", "also save the masked model to this file");
+  f.add("save-compact", "", "also save the compact model to this file");
+  if (!f.parse(argc, argv)) return 0;
+  set_num_threads(static_cast<int>(f.integer("threads")));
+  Rng rng(1);
+  Model m = build_model(f.str("model"));
+  init_model(m, rng);
+  imp_like_mask(m, f.number("density"), rng);
+  CompactReport rep;
+  Model c = compact_model(m, &rep);
+  std::vector<double> times;
+  for (int64_t r = 0; r < f.integer("runs"); ++r) {
+    auto t0 = Clock::now();
+    Model c2 = compact_model(m, nullptr);
+    times.push_back(ms_since(t0));
+  }
+  Tensor x = random_batch(8, m.input_shape(), rng);
+  float diff = max_logit_difference(m, c, x);
+  if (!f.str("save-masked").empty()) m.save(f.str("save-masked"));
+  if (!f.str("save-compact").empty()) c.save(f.str("save-compact"));
+  std::printf("%s\n", Json()
+                          .add("bench", "compact")
+                          .add("model", f.str("model"))
+                          .add("density", f.number("density"))
+                          .add("threads", num_threads())
+                          .add("ms_median", percentile(times, 0.5))
+                          .add("ms_min", percentile(times, 0.0))
+                          .add("params_before", rep.params_before)
+                          .add("params_after", rep.params_after)
+                          .add("macs_before", rep.macs_before)
+                          .add("macs_after", rep.macs_after)
+                          .add("max_logit_diff", double(diff))
+                          .add("cpu", cpu_name())
+                          .str()
+                          .c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* usage = "usage: bench train|infer|compact [flags]   (bench COMMAND --help)\n";
+  if (argc < 2) {
+    std::fputs(usage, stderr);
+    return 2;
+  }
+  std::string cmd = argv[1];
+  try {
+    if (cmd == "train") return bench_train(argc - 1, argv + 1);
+    if (cmd == "infer") return bench_infer(argc - 1, argv + 1);
+    if (cmd == "compact") return bench_compact(argc - 1, argv + 1);
+    if (cmd == "--help" || cmd == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "bench: unknown command '%s'\n%s", cmd.c_str(), usage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

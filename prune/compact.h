@@ -1,0 +1,64 @@
+// Exact structural compaction: turns a masked (unstructured-sparse) model into a slimmer
+// dense one whose logits equal the masked model's in eval mode.
+//
+// The maths (DESIGN.md "Exact compaction"): a channel whose filter is all zero still emits a
+// constant, b_k through batchnorm and ReLU. More generally a channel may not depend on the
+// input at all (a conv reading only such channels); these fixed channels and their exact
+// values are propagated through the graph in eval mode. A channel is removed when every
+// consumer (conv or linear reading it) either reads it with all-zero weights or sees it fixed,
+// in which case its contribution is folded into the consumer: into its bias when it is the
+// same at every output position, into a per-position bias when zero padding (or a fixed map
+// that is not constant) makes positions differ. Tensors joined
+// by an `add` (and by the channel-preserving ops between) form one channel space: a channel of
+// a ResNet's residual stream is removed only when it is removable in every member. Batchnorm
+// is folded into the conv before it, and a following ReLU is fused.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nn/model.h"
+
+namespace dnns {
+
+// Per node output, per channel: constant (with its value) or live. Channel spaces group the
+// node outputs that share one channel index (joined by batchnorm, ReLU, pooling, flatten, add).
+struct ChannelAnalysis {
+  std::vector<int> space;                      // (nodes) channel-space id of each node's output
+  std::vector<int> features_per_channel;       // (nodes) > 1 after a flatten of an HxW map
+  std::vector<std::vector<uint8_t>> fixed;     // (nodes, channels) 1 = does not depend on the input
+  std::vector<Tensor> maps;                    // (nodes) batch-1 output holding the fixed channels'
+                                               // values, zero elsewhere; undefined when none is fixed
+  std::vector<std::vector<uint8_t>> keep;      // (spaces, channels) 1 = kept by compaction
+  std::vector<int> space_channels;             // (spaces) channel count
+  int64_t dead_filters = 0;                    // conv/linear output channels with all-zero weights
+  // Whether channel c of node i is fixed with a map that is not all zero.
+  bool map_nonzero(int i, int c) const;
+};
+
+// The weights must already be masked (training leaves them so; Model::apply_masks does it).
+ChannelAnalysis analyze_channels(const Model& masked);
+
+struct LayerChannels {
+  std::string name;  // conv or linear node
+  int in_before = 0, in_after = 0, out_before = 0, out_after = 0;
+};
+
+struct CompactReport {
+  std::vector<LayerChannels> layers;
+  int64_t params_before = 0, params_after = 0;
+  int64_t nonzero_before = 0;  // surviving (unmasked) weights of the masked model
+  int64_t macs_before = 0, macs_after = 0;
+  int64_t channels_removed = 0;
+  int64_t constants_folded = 0;     // (consumer, removed channel) pairs whose nonzero constant was folded
+  int64_t position_bias_layers = 0; // consumers that needed a per-position bias
+  double milliseconds = 0;          // time compact_model took
+};
+
+// Builds the compact model (eval-mode inference graph). `report` is optional.
+Model compact_model(const Model& masked, CompactReport* report = nullptr);
+
+// Maximum absolute difference of the two models' eval-mode logits on `x`.
+float max_logit_difference(Model& a, Model& b, const Tensor& x);
+
+}  // namespace dnns

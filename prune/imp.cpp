@@ -1,0 +1,280 @@
+#include "prune/imp.h"
+
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/json.h"
+#include "core/rng.h"
+#include "nn/run.h"
+
+namespace dnns {
+
+int64_t default_rewind_step(const std::string& arch) {
+  if (arch.rfind("vgg", 0) == 0) return 2000;
+  if (arch.rfind("resnet", 0) == 0) return 500;
+  throw Error("no default rewind step for architecture '" + arch + "' (open_lth's are 2000 for VGG, 500 for "
+              "ResNets); pass --rewind-step");
+}
+
+std::string imp_level_dir(const std::string& out, const std::string& chain, int level) {
+  std::string base = chain == "random" ? out + "/random" : out;
+  return base + "/level_" + std::to_string(level);
+}
+
+void rewind_to(Trainer& trainer, const Archive& rewind_point, const MaskSet& masks, const std::string& where) {
+  trainer.restore(rewind_point, where);  // weights, batchnorm state, step (and K's momentum: dropped below)
+  trainer.optimizer().reset();
+  set_masks(trainer.model(), masks);
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The masks stored in a model file ("mask:<weight>" tensors), without building the model.
+MaskSet masks_in_model_file(const std::string& path) {
+  Archive a = load_archive(path);
+  check(a.kind == "model", path + ": holds a '" + a.kind + "', not a model");
+  MaskSet out;
+  for (auto& [name, t] : a.tensors)
+    if (name.rfind("mask:", 0) == 0) out[name.substr(5)] = t;
+  check(!out.empty(), path + ": the model holds no masks (not written by an IMP run?)");
+  return out;
+}
+
+bool same_masks(const MaskSet& a, const MaskSet& b) {
+  if (a.size() != b.size()) return false;
+  for (const auto& [name, t] : a) {
+    auto it = b.find(name);
+    if (it == b.end() || it->second.shape() != t.shape() || it->second.to_vector() != t.to_vector()) return false;
+  }
+  return true;
+}
+
+// Training time of every epoch recorded in a level's log (all sessions that worked on it).
+double logged_train_seconds(const std::string& log_path) {
+  if (!file_exists(log_path)) return 0;
+  std::istringstream is(read_text(log_path));
+  std::string line;
+  double total = 0;
+  int n = 0;
+  while (std::getline(is, line)) {
+    ++n;
+    if (line.empty()) continue;
+    auto m = parse_flat_json(line, log_path + " line " + std::to_string(n));
+    auto it = m.find("seconds");
+    if (it != m.end()) total += std::strtod(it->second.c_str(), nullptr);
+  }
+  return total;
+}
+
+std::string pct(double d) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f%%", 100.0 * d);
+  return b;
+}
+
+struct LevelJob {
+  std::string chain;  // "magnitude" | "random"
+  int level = 0;
+  MaskSet masks;      // the mask the level trains with
+};
+
+class ImpRun {
+ public:
+  ImpRun(const Model& initial, const TrainConfig& cfg, BatchSource& train, BatchSource& test, const std::string& out,
+         const ImpOptions& opt)
+      : initial_(initial), cfg_(cfg), train_(train), test_(test), out_(out), opt_(opt) {
+    total_steps_ = cfg.epochs * train.batches_per_epoch();
+    rewind_path_ = out + "/rewind.dnns";
+  }
+
+  // Trains (or resumes, or reads the finished) level `job`.
+  LevelRecord level(const LevelJob& job) {
+    const std::string dir = imp_level_dir(out_, job.chain, job.level);
+    const std::string metrics = dir + "/metrics.json", ckpt = dir + "/checkpoint.dnns", log = dir + "/log.jsonl";
+    if (file_exists(metrics)) {
+      std::remove(ckpt.c_str());  // left behind by a session stopped right after finishing
+      LevelRecord r = parse_level_record(read_text(metrics), metrics);
+      check(r.chain == job.chain && r.level == job.level, metrics + ": holds " + r.chain + " level " +
+                                                              std::to_string(r.level) + ", expected " + job.chain +
+                                                              " level " + std::to_string(job.level));
+      return r;
+    }
+    make_dirs(dir);
+    const auto t0 = Clock::now();
+    const std::string label = (job.chain == "random" ? "random level " : "level ") + std::to_string(job.level) + "/" +
+                              std::to_string(opt_.levels);
+    Model work = initial_.clone();
+    Trainer trainer(work, cfg_);
+    bool resumed = false;
+    if (opt_.resume && file_exists(ckpt)) {
+      trainer.load_checkpoint(ckpt);
+      check(same_masks(current_masks(work), job.masks),
+            ckpt + ": its mask differs from the one the previous level gives; the run folder was altered "
+                   "(delete " + dir + " to redo this level)");
+      resumed = true;
+      if (opt_.progress)
+        std::fprintf(stderr, "%s: resumed %s at step %lld\n", label.c_str(), ckpt.c_str(), (long long)trainer.step());
+    } else {
+      write_text_atomic(log, "");  // a fresh start: no epochs of an abandoned attempt in the log
+      if (job.level == 0) {
+        set_masks(work, job.masks);
+      } else {
+        rewind_to(trainer, load_archive(rewind_path_), job.masks, rewind_path_);
+        check(trainer.step() == opt_.rewind_step, rewind_path_ + ": holds step " + std::to_string(trainer.step()) +
+                                                      ", but this run rewinds to step " +
+                                                      std::to_string(opt_.rewind_step));
+      }
+    }
+    if (job.level == 0 && trainer.step() > opt_.rewind_step)
+      check(file_exists(rewind_path_), rewind_path_ + ": missing, and level 0 is past the rewind step " +
+                                           std::to_string(opt_.rewind_step) + " (delete " + dir +
+                                           " to retrain the dense network)");
+
+    SparsityReport sp = sparsity_report(work, opt_.ignore);
+    if (opt_.progress)
+      std::fprintf(stderr, "%s: %s of %lld prunable weights remain, training steps %lld..%lld\n", label.c_str(),
+                   pct(sp.density()).c_str(), (long long)sp.total, (long long)trainer.step(), (long long)total_steps_);
+
+    RunOptions ro;
+    ro.checkpoint_path = ckpt;
+    ro.log_path = log;
+    ro.label = label;
+    ro.total_steps = total_steps_;
+    ro.progress = opt_.progress;
+    if (job.level == 0) {
+      ro.capture_step = opt_.rewind_step;
+      ro.capture_path = rewind_path_;
+    }
+    RunResult res = run_training(trainer, train_, test_, ro);
+
+    Model final_model = work.clone();
+    final_model.to(Device::CPU);
+    final_model.save(dir + "/model.dnns");
+    write_text_atomic(dir + "/sparsity.json", sparsity_json(sp));
+    write_text_atomic(dir + "/sparsity.txt", sparsity_table(sp));
+    LevelRecord r;
+    r.chain = job.chain;
+    r.level = job.level;
+    r.remaining = sp.remaining;
+    r.total = sp.total;
+    r.test_accuracy = res.test.accuracy;
+    r.test_loss = res.test.loss;
+    r.test_examples = res.test.examples;
+    r.train_accuracy = res.train_accuracy;
+    r.train_loss = res.train_loss;
+    r.steps = trainer.step();
+    r.train_seconds = logged_train_seconds(log);
+    r.wall_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    r.resumed = resumed;
+    write_text_atomic(metrics, level_record_json(r));  // last: the level is finished
+    std::remove(ckpt.c_str());
+    if (opt_.progress)
+      std::fprintf(stderr, "%s: done, %s of weights remain, test accuracy %.2f%%\n", label.c_str(),
+                   pct(r.density()).c_str(), 100.0 * r.test_accuracy);
+    return r;
+  }
+
+  std::vector<LevelRecord> run() {
+    std::vector<LevelRecord> records;
+    records.push_back(level({"magnitude", 0, ones_masks_of_initial()}));
+    for (int L = 1; L <= opt_.levels; ++L) {
+      // Magnitude chain: prune level L-1's trained weights.
+      LevelJob mag{"magnitude", L, {}};
+      {
+        Model prev = Model::load(imp_level_dir(out_, "magnitude", L - 1) + "/model.dnns");
+        mag.masks = prune_by_magnitude(prev, opt_.prune_fraction, opt_.strategy, opt_.ignore);
+      }
+      records.push_back(level(mag));
+      if (!opt_.random_baseline) continue;
+      // Random chain: random level L-1's survivors, thinned to magnitude level L's counts.
+      MaskSet current = masks_in_model_file(imp_level_dir(out_, L == 1 ? "magnitude" : "random", L - 1) + "/model.dnns");
+      Model shape_model = initial_.clone();
+      Rng rng(mix_seed(opt_.seed, static_cast<uint64_t>(L), 0x52414E44u /* "RAND" */));
+      LevelJob rnd{"random", L, prune_randomly_like(shape_model, current, mag.masks, rng)};
+      records.push_back(level(rnd));
+    }
+    return records;
+  }
+
+ private:
+  MaskSet ones_masks_of_initial() {
+    Model m = initial_.clone();
+    return ones_masks(m);
+  }
+
+  const Model& initial_;
+  TrainConfig cfg_;
+  BatchSource& train_;
+  BatchSource& test_;
+  std::string out_;
+  ImpOptions opt_;
+  int64_t total_steps_ = 0;
+  std::string rewind_path_;
+};
+
+std::string join(const std::vector<std::string>& v) {
+  std::string out;
+  for (const std::string& s : v) out += (out.empty() ? "" : ",") + s;
+  return out;
+}
+
+}  // namespace
+
+std::vector<LevelRecord> run_imp(const Model& initial, const TrainConfig& cfg, BatchSource& train, BatchSource& test,
+                                 const std::string& out, const ImpOptions& opt) {
+  const int64_t bpe = train.batches_per_epoch();
+  check(bpe > 0, "imp: the training data yields no batches");
+  const int64_t total = cfg.epochs * bpe;
+  check(opt.levels >= 0, "imp: the number of levels must be >= 0, got " + std::to_string(opt.levels));
+  check(opt.prune_fraction > 0 && opt.prune_fraction < 1,
+        "imp: the prune fraction must be in (0, 1), got " + std::to_string(opt.prune_fraction));
+  check(opt.rewind_step >= 0 && opt.rewind_step < total,
+        "imp: the rewind step " + std::to_string(opt.rewind_step) + " is not before the end of training (" +
+            std::to_string(cfg.epochs) + " epochs x " + std::to_string(bpe) + " batches = " + std::to_string(total) +
+            " steps); pass a smaller --rewind-step");
+  {
+    Model probe = initial.clone();
+    check_prune_ignore(probe, opt.ignore);
+  }
+  make_dirs(out);
+  check(opt.resume || !file_exists(imp_level_dir(out, "magnitude", 0)),
+        out + ": already holds IMP levels; pass --resume to continue or extend that run, or choose another folder");
+
+  write_text_atomic(out + "/imp.json", Json()
+                                           .add("arch", initial.arch)
+                                           .add("levels", opt.levels)
+                                           .add("rewind_step", opt.rewind_step)
+                                           .add("prune_fraction", opt.prune_fraction)
+                                           .add("prune_strategy", prune_strategy_name(opt.strategy))
+                                           .add("prune_ignore", join(opt.ignore))
+                                           .add("random_baseline", opt.random_baseline)
+                                           .add("seed", static_cast<int64_t>(opt.seed))
+                                           .add("epochs", cfg.epochs)
+                                           .add("batches_per_epoch", bpe)
+                                           .add("total_steps", total)
+                                           .str() +
+                                           "\n");
+
+  std::vector<LevelRecord> records = ImpRun(initial, cfg, train, test, out, opt).run();
+
+  write_text_atomic(out + "/levels.csv", levels_csv(records));
+  std::ostringstream md;
+  md << "# IMP: " << initial.arch << ", " << opt.levels << " levels of " << opt.prune_fraction * 100
+     << "% (" << prune_strategy_name(opt.strategy) << " magnitude), rewind to step " << opt.rewind_step << "\n\n"
+     << "Training per level: " << cfg.epochs << " epochs of " << bpe << " steps (" << total
+     << " steps; levels >= 1 retrain steps " << opt.rewind_step << ".." << total << ").  \n"
+     << "Layers kept dense: " << (opt.ignore.empty() ? "none" : join(opt.ignore)) << ".  \n"
+     << "Weights remaining counts every conv and linear weight.\n\n"
+     << levels_markdown(records) << "\n![accuracy vs weights remaining](accuracy_vs_sparsity.svg)\n";
+  write_text_atomic(out + "/report.md", md.str());
+  write_text_atomic(out + "/accuracy_vs_sparsity.svg",
+                    accuracy_vs_sparsity_svg(records, initial.arch + ": test accuracy vs weights remaining"));
+  return records;
+}
+
+}  // namespace dnns

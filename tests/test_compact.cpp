@@ -1,0 +1,264 @@
+// Exact compaction: the compact model's logits equal the masked model's, for VGG and ResNet,
+// with dead filters whose constants are positive, padded consumers, residual groups, and
+// whole dead layers.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/rng.h"
+#include "datasets/dataset.h"
+#include "datasets/loader.h"
+#include "kernels/ops.h"
+#include "nn/models/zoo.h"
+#include "prune/compact.h"
+
+using namespace dnns;
+
+namespace {
+
+// Random eval-mode batchnorm statistics, so folding is tested on something other than the
+// identity; beta spread around zero so dead filters give both positive and negative constants.
+void randomize_batchnorm(Model& m, Rng& rng) {
+  for (Node& n : m.nodes())
+    if (auto* bn = dynamic_cast<BatchNorm2d*>(n.layer.get()))
+      for (int c = 0; c < bn->channels; ++c) {
+        bn->gamma.value[c] = rng.uniform(0.5f, 1.5f);
+        bn->beta.value[c] = rng.uniform(-0.5f, 0.5f);
+        bn->running_mean[c] = rng.uniform(-0.2f, 0.2f);
+        bn->running_var[c] = rng.uniform(0.5f, 2.0f);
+      }
+}
+
+Conv2d& conv(Model& m, const std::string& name) {
+  int i = m.find(name);
+  REQUIRE(i >= 0);
+  return dynamic_cast<Conv2d&>(*m.nodes()[i].layer);
+}
+
+// Masks every prunable weight: a fraction of whole filters dead, and unstructured zeros.
+void random_masks(Model& m, Rng& rng, float dead_filter_fraction, float weight_density) {
+  for (auto& p : m.params()) {
+    if (!p.param->prunable) continue;
+    Tensor mask = Tensor::full(p.param->value.shape(), 1.0f);
+    int64_t rows = mask.dim(0), per = mask.numel() / rows;
+    for (int64_t k = 0; k < rows; ++k) {
+      bool dead = rng.uniform() < dead_filter_fraction && p.name != "fc.weight";
+      for (int64_t q = 0; q < per; ++q)
+        if (dead || rng.uniform() > weight_density) mask[k * per + q] = 0.0f;
+    }
+    m.masks[p.name] = mask;
+  }
+  m.apply_masks();
+}
+
+// Zeroes filter k of a conv (its mask too), leaving the bias: the channel becomes a constant.
+void kill_filter(Model& m, const std::string& name, int k) {
+  Conv2d& c = conv(m, name);
+  std::string key = name + ".weight";
+  if (!m.masks.count(key)) m.masks[key] = Tensor::full(c.weight.value.shape(), 1.0f);
+  int64_t per = c.weight.value.numel() / c.out_channels;
+  for (int64_t q = 0; q < per; ++q) m.masks[key][k * per + q] = 0.0f;
+  m.apply_masks();
+}
+
+Tensor random_images(int n, const Shape& chw, Rng& rng) {
+  Tensor x({n, chw[0], chw[1], chw[2]});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  return x;
+}
+
+// Compacts and checks logits (relative to the logit scale) and identical predictions.
+Model check_exact(Model& masked, const Tensor& x, CompactReport* out_rep = nullptr, float tol = 1e-4f) {
+  CompactReport rep;
+  Model c = compact_model(masked, &rep);
+  Tensor a = masked.forward(x, false), b = c.forward(x, false);
+  float scale = 1.0f;
+  for (int64_t i = 0; i < a.numel(); ++i) scale = std::max(scale, std::fabs(a[i]));
+  float diff = max_abs_diff(a, b);
+  INFO("max |logit difference| " << diff << " at logit scale " << scale);
+  CHECK(diff <= tol * scale);
+  int64_t classes = a.dim(1);
+  for (int64_t r = 0; r < a.dim(0); ++r) {
+    int64_t pa = 0, pb = 0;
+    for (int64_t k = 1; k < classes; ++k) {
+      if (a[r * classes + k] > a[r * classes + pa]) pa = k;
+      if (b[r * classes + k] > b[r * classes + pb]) pb = k;
+    }
+    CHECK(pa == pb);
+  }
+  if (out_rep) *out_rep = rep;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("compaction of randomly masked zoo models is exact") {
+  for (std::string name : {"vgg11", "vgg16", "vgg19", "resnet20", "resnet56"}) {
+    CAPTURE(name);
+    Rng rng(42);
+    Model m = build_model(name);
+    init_model(m, rng);
+    randomize_batchnorm(m, rng);
+    random_masks(m, rng, 0.4f, 0.5f);
+    Tensor x = random_images(4, {3, 32, 32}, rng);
+    CompactReport rep;
+    Model c = check_exact(m, x, &rep);
+    MESSAGE(name << ": params " << rep.params_before << " -> " << rep.params_after << ", MACs " << rep.macs_before
+                 << " -> " << rep.macs_after << ", channels removed " << rep.channels_removed << ", constants folded "
+                 << rep.constants_folded << ", per-position biases " << rep.position_bias_layers << ", "
+                 << rep.milliseconds << " ms");
+    CHECK(rep.params_after < rep.params_before);
+    CHECK(rep.channels_removed > 0);
+    CHECK(rep.constants_folded > 0);
+  }
+}
+
+TEST_CASE("a dead filter with a positive constant feeding a padded conv needs the border correction") {
+  Rng rng(3);
+  Model m = build_model("vgg11");
+  init_model(m, rng);
+  randomize_batchnorm(m, rng);
+  // conv1's filter 5 is dead; its batchnorm makes the constant clearly positive after ReLU.
+  kill_filter(m, "conv1", 5);
+  auto& bn = dynamic_cast<BatchNorm2d&>(*m.nodes()[m.find("conv1.bn")].layer);
+  bn.beta.value[5] = 2.0f;
+  Tensor x = random_images(3, {3, 32, 32}, rng);
+  CompactReport rep;
+  Model c = check_exact(m, x, &rep);
+  CHECK(rep.position_bias_layers >= 1);
+  CHECK(conv(c, "conv1").out_channels == 127);
+  CHECK(conv(c, "conv2").in_channels == 127);
+  CHECK(conv(c, "conv2").pos_h == 8);  // conv2 sees 8x8 maps after two pools
+
+  SUBCASE("dropping the constant instead, as DNNShifter does, is not exact") {
+    // Zero the per-position bias: the logits must move, proving the correction matters.
+    Conv2d& c2 = conv(c, "conv2");
+    c2.pos_bias.value.zero();
+    Tensor a = m.forward(x, false), b = c.forward(x, false);
+    CHECK(max_abs_diff(a, b) > 1e-3f);
+  }
+}
+
+TEST_CASE("residual channel groups") {
+  Rng rng(5);
+  Model m = build_model("resnet20");
+  init_model(m, rng);
+  randomize_batchnorm(m, rng);
+  Tensor x = random_images(3, {3, 32, 32}, rng);
+
+  SUBCASE("a channel dead in only one member of the group is kept") {
+    kill_filter(m, "blocks.1.conv2", 3);
+    Model c = check_exact(m, x);
+    CHECK(conv(c, "conv").out_channels == 16);
+    CHECK(conv(c, "blocks.1.conv2").out_channels == 16);
+    CHECK(conv(c, "blocks.0.conv1").in_channels == 16);
+  }
+  SUBCASE("a channel dead in every member of the stage-1 stream is removed everywhere") {
+    for (const char* name : {"conv", "blocks.0.conv2", "blocks.1.conv2", "blocks.2.conv2"}) kill_filter(m, name, 3);
+    CompactReport rep;
+    Model c = check_exact(m, x, &rep);
+    CHECK(conv(c, "conv").out_channels == 15);
+    for (const char* name : {"blocks.0.conv2", "blocks.1.conv2", "blocks.2.conv2"}) CHECK(conv(c, name).out_channels == 15);
+    for (const char* name : {"blocks.0.conv1", "blocks.1.conv1", "blocks.2.conv1", "blocks.3.conv1", "blocks.3.shortcut.conv"})
+      CHECK(conv(c, name).in_channels == 15);
+  }
+  SUBCASE("a stream channel no consumer reads is removed even though it is live") {
+    for (const char* name : {"blocks.0.conv1", "blocks.1.conv1", "blocks.2.conv1", "blocks.3.conv1", "blocks.3.shortcut.conv"}) {
+      Conv2d& cv = conv(m, name);
+      std::string key = std::string(name) + ".weight";
+      m.masks[key] = Tensor::full(cv.weight.value.shape(), 1.0f);
+      int64_t per = cv.kernel_h * cv.kernel_w;
+      for (int k = 0; k < cv.out_channels; ++k)
+        for (int64_t q = 0; q < per; ++q) m.masks[key][(int64_t(k) * cv.in_channels + 7) * per + q] = 0.0f;
+    }
+    m.apply_masks();
+    Model c = check_exact(m, x);
+    CHECK(conv(c, "conv").out_channels == 15);
+    CHECK(conv(c, "blocks.3.shortcut.conv").in_channels == 15);
+  }
+}
+
+TEST_CASE("a whole dead layer") {
+  Rng rng(8);
+  Model m = build_model("vgg11");
+  init_model(m, rng);
+  randomize_batchnorm(m, rng);
+  Tensor x = random_images(3, {3, 32, 32}, rng);
+  Conv2d& c3 = conv(m, "conv3");
+  for (int k = 0; k < c3.out_channels; ++k) kill_filter(m, "conv3", k);
+  auto& bn = dynamic_cast<BatchNorm2d&>(*m.nodes()[m.find("conv3.bn")].layer);
+
+  // Either way nothing downstream depends on the input any more: the compact network is
+  // its constant logits.
+  SUBCASE("its constants die in the ReLU") {
+    for (int c = 0; c < bn.channels; ++c) bn.beta.value[c] = -5.0f;
+  }
+  SUBCASE("its constants are positive and reach padded convs") {
+    for (int c = 0; c < bn.channels; ++c) bn.beta.value[c] = 1.0f + 0.01f * c;
+  }
+  CompactReport rep;
+  Model c = check_exact(m, x, &rep);
+  Tensor y = c.forward(x, false);
+  for (int64_t k = 0; k < y.dim(1); ++k) CHECK(y[k] == y[y.dim(1) + k]);  // the same logits for every image
+  CHECK(rep.params_after == 10);  // the final layer's bias, holding the constant logits
+  CHECK(rep.macs_after == 0);
+}
+
+TEST_CASE("compact models are ordinary models: save, load, run, train") {
+  Rng rng(13);
+  Model m = build_model("resnet20");
+  init_model(m, rng);
+  randomize_batchnorm(m, rng);
+  random_masks(m, rng, 0.3f, 0.6f);
+  Tensor x = random_images(2, {3, 32, 32}, rng);
+  Model c = check_exact(m, x);
+  auto dir = std::filesystem::temp_directory_path() / ("dnns_compact_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  c.save((dir / "c.dnns").string());
+  Model l = Model::load((dir / "c.dnns").string());
+  std::filesystem::remove_all(dir);
+  CHECK(max_abs_diff(c.forward(x, false), l.forward(x, false)) == 0.0f);
+  // One training step runs and changes the weights (per-position biases included).
+  Tensor logits = l.forward(x, true);
+  Tensor d(logits.shape());
+  Tensor labels = Tensor::from({2}, {1, 7});
+  float before = ops::softmax_cross_entropy(logits, labels, 0.0f, &d, nullptr);
+  l.backward(d);
+  for (auto& p : l.params()) {
+    REQUIRE(p.param->grad.defined());
+    for (int64_t i = 0; i < p.param->value.numel(); ++i) p.param->value[i] -= 0.01f * p.param->grad[i];
+  }
+  float after = ops::softmax_cross_entropy(l.forward(x, true), labels, 0.0f, nullptr, nullptr);
+  CHECK(after < before);
+}
+
+TEST_CASE("compaction is exact on real CIFAR-10 images") {
+  std::string dir = std::string(DNNS_SHARED_DATA) + "/cifar10-jpeg";
+  if (!std::filesystem::exists(dir + "/test")) {
+    MESSAGE("CIFAR-10 JPEG copy not found at " << dir << ": real-image check skipped");
+    return;
+  }
+  ImageFolderOptions io;
+  io.cache_dir = std::string(DNNS_BINARY_DIR) + "/cache";
+  Dataset test = load_image_folder(dir + "/test", 32, 32, 3, io).first_per_class(4);
+  LoaderOptions lo;
+  lo.batch_size = 40;
+  lo.shuffle = false;
+  lo.normalize = cifar10_stats();
+  Loader loader(std::move(test), lo);
+  Batch b;
+  loader.start_epoch(0);
+  REQUIRE(loader.next(b));
+  for (std::string name : {"vgg16", "resnet20"}) {
+    CAPTURE(name);
+    Rng rng(77);
+    Model m = build_model(name);
+    init_model(m, rng);
+    randomize_batchnorm(m, rng);
+    random_masks(m, rng, 0.5f, 0.3f);
+    check_exact(m, b.images);
+  }
+}
