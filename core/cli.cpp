@@ -86,6 +86,11 @@ bool Flags::flag(const std::string& name) const { return str(name) == "1"; }
 
 bool Flags::given(const std::string& name) const { return given_.count(name) > 0; }
 
+void Flags::set_default(const std::string& name, const std::string& value) {
+  check(specs_.count(name) > 0, program_ + ": internal: undeclared flag --" + name);
+  if (!given(name)) values_[name] = value;
+}
+
 std::string Flags::help() const {
   std::ostringstream os;
   os << "usage: " << program_ << " [flags]\n" << summary_ << "\n\nflags:\n";

@@ -25,6 +25,9 @@ class Flags {
   double number(const std::string& name) const;     // throws naming the flag if not a number
   bool flag(const std::string& name) const;
   bool given(const std::string& name) const;        // set on the command line (not the default)
+  // Replaces a flag's value unless it was given on the command line (e.g. a stored run's
+  // setting); throws Error for an undeclared flag.
+  void set_default(const std::string& name, const std::string& value);
   const std::vector<std::string>& positional() const { return positional_; }
   std::string help() const;
   // The parsed values, for writing a run's hyper-parameters next to its results.

@@ -64,8 +64,9 @@ std::vector<uint64_t> survivor_keys(const std::vector<LayerView*>& layers, std::
     const float* mask = l->mask.data();
     for (size_t i = 0; i < l->weight.size(); ++i) {
       if (mask[i] == 0.0f) continue;
-      check(std::isfinite(l->weight[i]), "magnitude pruning: weight '" + l->name + "' holds a non-finite value (" +
-                                             std::to_string(l->weight[i]) + ") at index " + std::to_string(i));
+      if (!std::isfinite(l->weight[i]))
+        throw Error("magnitude pruning: weight '" + l->name + "' holds a non-finite value (" +
+                    std::to_string(l->weight[i]) + ") at index " + std::to_string(i));
       keys.push_back(magnitude_key(l->weight[i], offset + i));
     }
     offset += l->weight.size();

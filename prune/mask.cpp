@@ -96,8 +96,9 @@ void set_masks(Model& m, const MaskSet& masks) {
     check_shape(it->second.shape(), p.param->value.shape(), "mask of '" + p.name + "'");
     Tensor host = it->second.is_cpu() ? it->second : it->second.to(Device::CPU);
     for (int64_t i = 0; i < host.numel(); ++i)
-      check(host[i] == 0.0f || host[i] == 1.0f, "mask of '" + p.name + "' holds " + std::to_string(host[i]) +
-                                                    " at index " + std::to_string(i) + " (masks hold only 0 and 1)");
+      if (host[i] != 0.0f && host[i] != 1.0f)
+        throw Error("mask of '" + p.name + "' holds " + std::to_string(host[i]) + " at index " + std::to_string(i) +
+                    " (masks hold only 0 and 1)");
     installed[p.name] = it->second.to(m.device());  // a copy: the model owns its masks
   }
   m.masks = std::move(installed);

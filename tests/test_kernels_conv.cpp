@@ -175,7 +175,8 @@ TEST_CASE("ref and cpu conv kernels are the adjoints of their forward") {
 
 TEST_CASE("cpu conv matches ref on chosen shapes") {
   Rng rng(11);
-  // Each line exercises one path of the cpu tiling (kTargetCols = 512 columns per GEMM).
+  // Each line exercises one path of the cpu tiling (kTargetCols = 512 columns per GEMM;
+  // output rows narrower than kMinRun = 16 go through offset tables).
   const Conv2dParams shapes[] = {
       conv(2, 3, 7, 5, 5, 3, 3, 1, 1),     // odd sizes, one image per task
       conv(1, 4, 9, 9, 3, 5, 3, 2, 2),     // non-square kernel, stride 2, batch 1
@@ -184,6 +185,10 @@ TEST_CASE("cpu conv matches ref on chosen shapes") {
       conv(9, 8, 2, 2, 8, 3, 3, 1, 1),     // 2x2 images, padding wider than the image
       conv(2, 3, 24, 24, 4, 3, 3, 1, 1),   // large images walked in row blocks (21 + 3 rows)
       conv(2, 3, 50, 49, 4, 3, 3, 2, 1),   // row blocks with stride 2
+      conv(6, 3, 16, 17, 4, 3, 3, 1, 1),   // wide rows (copied as runs), 2 images per GEMM
+      conv(5, 2, 33, 40, 3, 3, 5, 2, 2),   // the same with stride 2 and a 3x5 kernel
+      conv(2, 3, 100, 10, 2, 3, 3, 1, 1),  // narrow rows (offset tables) in row blocks
+      conv(1, 2, 250, 9, 3, 5, 3, 2, 1),   // the same with stride 2 and a 5x3 kernel
       conv(2, 6, 24, 24, 5, 1, 1, 1, 0),   // 1x1 fast path (image is its own column matrix)
       conv(10, 6, 4, 4, 5, 1, 1, 1, 0),    // 1x1 on small images: batched copy path
       conv(3, 4, 6, 6, 3, 1, 1, 2, 0),     // 1x1 with stride 2: not the fast path

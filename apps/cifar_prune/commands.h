@@ -5,4 +5,6 @@ namespace dnns::app {
 int cmd_models(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_imp(int argc, char** argv);
+int cmd_compact(int argc, char** argv);
+int cmd_inspect(int argc, char** argv);
 }  // namespace dnns::app

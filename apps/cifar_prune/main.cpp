@@ -16,6 +16,8 @@ const char* kUsage =
     "  models    list the model zoo with parameter counts and forward FLOPs\n"
     "  train     train a zoo model on a data set (checkpoints, --resume)\n"
     "  imp       iterative magnitude pruning with weight rewinding (lottery tickets)\n"
+    "  compact   exact structural compaction of IMP levels, verified on the test set\n"
+    "  inspect   show what a model or checkpoint file holds\n"
     "\n"
     "Run `cifar_prune COMMAND --help` for the flags of a command.\n";
 
@@ -31,6 +33,8 @@ int main(int argc, char** argv) {
     if (cmd == "models") return dnns::app::cmd_models(argc - 1, argv + 1);
     if (cmd == "train") return dnns::app::cmd_train(argc - 1, argv + 1);
     if (cmd == "imp") return dnns::app::cmd_imp(argc - 1, argv + 1);
+    if (cmd == "compact") return dnns::app::cmd_compact(argc - 1, argv + 1);
+    if (cmd == "inspect") return dnns::app::cmd_inspect(argc - 1, argv + 1);
     std::fprintf(stderr, "cifar_prune: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {

@@ -11,6 +11,7 @@
 // A 1x1 stride-1 unpadded convolution needs no im2col: the image (C, HW) is its own column
 // matrix. OpenBLAS runs single-threaded inside our tasks (core/threading.cpp).
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -70,8 +71,40 @@ Tiling plan_tiles(const Conv2dParams& p) {
   return t;
 }
 
+// One GEMM's worth of work: images [n0, n0 + nb), output rows [p0, p1) of each. Its column
+// matrix has one column per (image, output row, output column), in that order.
+struct Block {
+  int n0, nb, p0, p1;
+  int cols(const Conv2dParams& p) const { return nb * (p1 - p0) * p.Q(); }
+};
+
+// im2col and col2im walk the column matrix in one of two ways:
+//  - wide output rows (Q >= kMinRun): per output row, the valid part of the kernel tap's
+//    input row is one contiguous run (a memcpy for stride 1);
+//  - narrow ones (late layers, 4x4 or 2x2 images): runs of 2-4 values would cost a
+//    mispredicted branch each, so the block's input offsets for one tap (r, s) go into a
+//    table once, and every channel's row is a branch-free gather through it.
+constexpr int kMinRun = 16;
+
+bool use_tap_table(const Conv2dParams& p, const Block& bl) {
+  return p.Q() < kMinRun && (int64_t)bl.nb * p.C * p.H * p.W < INT32_MAX;  // offsets fit in int
+}
+
+// table[j] = offset, from channel 0 of the block's first image, of the input pixel that
+// column j reads through tap (r, s); -1 where that pixel is zero padding.
+void tap_table(const Conv2dParams& p, const Block& bl, int r, int s, int* table) {
+  const int image = p.C * p.H * p.W;
+  for (int i = 0; i < bl.nb; ++i)
+    for (int oh = bl.p0; oh < bl.p1; ++oh) {
+      const int h = oh * p.stride - p.pad + r;
+      for (int q = 0; q < p.Q(); ++q) {
+        const int w = q * p.stride - p.pad + s;
+        *table++ = (h >= 0 && h < p.H && w >= 0 && w < p.W) ? i * image + h * p.W + w : -1;
+      }
+    }
+}
+
 // Output columns q whose input column q*stride - pad + s lies inside [0, W): [q_lo, q_hi).
-// Used identically by im2col and col2im, so the border logic lives in one place.
 struct ColRange {
   int lo, hi;
 };
@@ -84,63 +117,91 @@ ColRange valid_cols(const Conv2dParams& p, int s) {
   return {lo, std::max(lo, hi)};
 }
 
-// x (C, H, W) of one image -> col rows (c, r, s), columns (p, q) for output rows [p0, p1).
-// col is (C*R*S, ldcol); this writes columns [0, (p1 - p0) * Q) of each row.
-void im2col(const Conv2dParams& p, const float* x, int p0, int p1, float* col, int ldcol) {
-  const int H = p.H, W = p.W, Q = p.Q();
+// x (N, C, H, W) -> col (C*R*S, ldcol): row (c, r, s), column (i, oh, q) of the block holds
+// x[n0 + i, c, oh*stride - pad + r, q*stride - pad + s], or 0 in the padding.
+void im2col(const Conv2dParams& p, const Block& bl, const float* x, float* col, int ldcol) {
+  const int H = p.H, W = p.W, Q = p.Q(), HW = H * W, cols = bl.cols(p);
+  const int64_t image = (int64_t)p.C * HW;
+  x += bl.n0 * image;  // (nb, C, H, W)
+  if (use_tap_table(p, bl)) {
+    int* table = thread_scratch<int>(0, cols);
+    for (int r = 0; r < p.R; ++r)
+      for (int s = 0; s < p.S; ++s) {
+        tap_table(p, bl, r, s, table);
+        for (int c = 0; c < p.C; ++c) {
+          float* out = col + (int64_t)((c * p.R + r) * p.S + s) * ldcol;
+          const float* xc = x + (int64_t)c * HW;
+          for (int j = 0; j < cols; ++j) out[j] = table[j] >= 0 ? xc[table[j]] : 0.0f;
+        }
+      }
+    return;
+  }
   for (int c = 0; c < p.C; ++c)
     for (int r = 0; r < p.R; ++r)
       for (int s = 0; s < p.S; ++s) {
         const ColRange qr = valid_cols(p, s);
+        const int off = s - p.pad;  // input column of output q is q*stride + off
         float* out = col + (int64_t)((c * p.R + r) * p.S + s) * ldcol;
-        for (int oh = p0; oh < p1; ++oh, out += Q) {
-          const int h = oh * p.stride - p.pad + r;
-          if (h < 0 || h >= H) {
-            std::fill(out, out + Q, 0.0f);
-            continue;
+        for (int i = 0; i < bl.nb; ++i)
+          for (int oh = bl.p0; oh < bl.p1; ++oh, out += Q) {
+            const int h = oh * p.stride - p.pad + r;
+            if (h < 0 || h >= H) {
+              std::fill(out, out + Q, 0.0f);
+              continue;
+            }
+            const float* xrow = x + i * image + ((int64_t)c * H + h) * W;
+            std::fill(out, out + qr.lo, 0.0f);
+            if (p.stride == 1) {
+              std::memcpy(out + qr.lo, xrow + qr.lo + off, sizeof(float) * (qr.hi - qr.lo));
+            } else {
+              for (int q = qr.lo; q < qr.hi; ++q) out[q] = xrow[q * p.stride + off];
+            }
+            std::fill(out + qr.hi, out + Q, 0.0f);
           }
-          const float* xrow = x + ((int64_t)c * H + h) * W;
-          const int off = s - p.pad;  // input column of output q is q*stride + off
-          std::fill(out, out + qr.lo, 0.0f);
-          if (p.stride == 1) {
-            std::memcpy(out + qr.lo, xrow + qr.lo + off, sizeof(float) * (qr.hi - qr.lo));
-          } else {
-            for (int q = qr.lo; q < qr.hi; ++q) out[q] = xrow[q * p.stride + off];
-          }
-          std::fill(out + qr.hi, out + Q, 0.0f);
-        }
       }
 }
 
-// The adjoint of im2col: dx (C, H, W) += col for output rows [p0, p1). Several (r, s) rows
-// land on the same input pixel, hence the accumulation.
-void col2im(const Conv2dParams& p, const float* col, int ldcol, int p0, int p1, float* dx) {
-  const int H = p.H, W = p.W, Q = p.Q();
+// The adjoint of im2col: dx (N, C, H, W) += the block's col. Several (r, s) rows land on
+// the same input pixel, hence the accumulation. Within one row every column reads a
+// different pixel, so the table path may add in any order.
+void col2im(const Conv2dParams& p, const Block& bl, const float* col, int ldcol, float* dx) {
+  const int H = p.H, W = p.W, Q = p.Q(), HW = H * W, cols = bl.cols(p);
+  const int64_t image = (int64_t)p.C * HW;
+  dx += bl.n0 * image;  // (nb, C, H, W)
+  if (use_tap_table(p, bl)) {
+    int* table = thread_scratch<int>(0, cols);
+    for (int r = 0; r < p.R; ++r)
+      for (int s = 0; s < p.S; ++s) {
+        tap_table(p, bl, r, s, table);
+        for (int c = 0; c < p.C; ++c) {
+          const float* in = col + (int64_t)((c * p.R + r) * p.S + s) * ldcol;
+          float* dxc = dx + (int64_t)c * HW;
+          // Padding columns add 0 to pixel 0 rather than take a branch.
+          for (int j = 0; j < cols; ++j) dxc[std::max(table[j], 0)] += table[j] >= 0 ? in[j] : 0.0f;
+        }
+      }
+    return;
+  }
   for (int c = 0; c < p.C; ++c)
     for (int r = 0; r < p.R; ++r)
       for (int s = 0; s < p.S; ++s) {
         const ColRange qr = valid_cols(p, s);
+        const int off = s - p.pad;
         const float* in = col + (int64_t)((c * p.R + r) * p.S + s) * ldcol;
-        for (int oh = p0; oh < p1; ++oh, in += Q) {
-          const int h = oh * p.stride - p.pad + r;
-          if (h < 0 || h >= H) continue;
-          float* dxrow = dx + ((int64_t)c * H + h) * W;
-          const int off = s - p.pad;
-          if (p.stride == 1) {
-            float* d = dxrow + off;
-            for (int q = qr.lo; q < qr.hi; ++q) d[q] += in[q];
-          } else {
-            for (int q = qr.lo; q < qr.hi; ++q) dxrow[q * p.stride + off] += in[q];
+        for (int i = 0; i < bl.nb; ++i)
+          for (int oh = bl.p0; oh < bl.p1; ++oh, in += Q) {
+            const int h = oh * p.stride - p.pad + r;
+            if (h < 0 || h >= H) continue;
+            float* dxrow = dx + i * image + ((int64_t)c * H + h) * W;
+            if (p.stride == 1) {
+              float* d = dxrow + off;
+              for (int q = qr.lo; q < qr.hi; ++q) d[q] += in[q];
+            } else {
+              for (int q = qr.lo; q < qr.hi; ++q) dxrow[q * p.stride + off] += in[q];
+            }
           }
-        }
       }
 }
-
-// One GEMM's worth of work: images [n0, n0 + nb), output rows [p0, p1) of each.
-struct Block {
-  int n0, nb, p0, p1;
-  int cols(const Conv2dParams& p) const { return nb * (p1 - p0) * p.Q(); }
-};
 
 // Calls f(block) for every block of task `t`, in order.
 template <class F>
@@ -158,10 +219,9 @@ const float* columns_of(const Conv2dParams& p, const Block& bl, const float* x, 
     *ld = p.H * p.W;
     return x + bl.n0 * image + bl.p0 * Q;
   }
-  const int cols = bl.cols(p), per_image = (bl.p1 - bl.p0) * Q;
-  float* col = thread_scratch(0, (size_t)p.C * p.R * p.S * cols);
-  for (int i = 0; i < bl.nb; ++i)
-    im2col(p, x + (bl.n0 + i) * image, bl.p0, bl.p1, col + i * per_image, cols);
+  const int cols = bl.cols(p);
+  float* col = thread_scratch<float>(0, (size_t)p.C * p.R * p.S * cols);
+  im2col(p, bl, x, col, cols);
   *ld = cols;
   return col;
 }
@@ -175,7 +235,7 @@ const float* output_grad_of(const Conv2dParams& p, const Block& bl, const float*
     return dy + (int64_t)bl.n0 * p.K * PQ + bl.p0 * p.Q();
   }
   const int cols = bl.cols(p);  // == nb * PQ (whole images)
-  float* g = thread_scratch(1, (size_t)p.K * cols);
+  float* g = thread_scratch<float>(1, (size_t)p.K * cols);
   for (int i = 0; i < bl.nb; ++i)
     for (int k = 0; k < p.K; ++k)
       std::memcpy(g + (int64_t)k * cols + i * PQ, dy + ((int64_t)(bl.n0 + i) * p.K + k) * PQ,
@@ -211,7 +271,7 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
             for (int j = 0; j < cols; ++j) out[(int64_t)k * PQ + j] += b[k];
         return;
       }
-      float* out = thread_scratch(1, (size_t)K * cols);  // (K, nb * PQ)
+      float* out = thread_scratch<float>(1, (size_t)K * cols);  // (K, nb * PQ)
       sgemm(false, false, K, cols, CRS, 1.0f, w, CRS, col, ldcol, 0.0f, out, cols);
       for (int i = 0; i < bl.nb; ++i)
         for (int k = 0; k < K; ++k) {
@@ -246,11 +306,9 @@ void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w
               dx + bl.n0 * image + bl.p0 * p.Q(), PQ);
         return;
       }
-      float* dcol = thread_scratch(0, (size_t)CRS * cols);  // (CRS, cols)
+      float* dcol = thread_scratch<float>(0, (size_t)CRS * cols);  // (CRS, cols)
       sgemm(true, false, CRS, cols, K, 1.0f, w, CRS, g, lddy, 0.0f, dcol, cols);
-      const int per_image = (bl.p1 - bl.p0) * p.Q();
-      for (int i = 0; i < bl.nb; ++i)
-        col2im(p, dcol + i * per_image, cols, bl.p0, bl.p1, dx + (bl.n0 + i) * image);
+      col2im(p, bl, dcol, cols, dx);
     });
   });
 }

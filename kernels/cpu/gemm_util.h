@@ -63,14 +63,16 @@ inline void sgemm(bool trans_a, bool trans_b, int M, int N, int Kd, float alpha,
               M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-// A grow-only buffer of at least n floats owned by the calling thread; `slot` tells apart the
-// buffers one task needs at the same time. It stays valid until the next call with the same
-// slot on this thread. Never hold it across a oneTBB wait (parallel_for inside the task): the
-// waiting thread may run another task that takes the same slot.
-inline float* thread_scratch(int slot, size_t n) {
+// A grow-only buffer of at least n elements owned by the calling thread; `slot` tells apart
+// the buffers one task needs at the same time (each element type has its own slots). It stays
+// valid until the next call with the same type and slot on this thread. Never hold it across
+// a oneTBB wait (a parallel_for inside the task): the waiting thread may run another task
+// that takes the same slot.
+template <class T>
+T* thread_scratch(int slot, size_t n) {
   constexpr int kSlots = 2;
-  thread_local std::vector<float> buffers[kSlots];
-  std::vector<float>& b = buffers[slot];
+  thread_local std::vector<T> buffers[kSlots];
+  std::vector<T>& b = buffers[slot];
   if (b.size() < n) b.resize(n);
   return b.data();
 }

@@ -1,0 +1,201 @@
+// cifar_prune compact RUN_DIR: exact compaction of the levels of an IMP run, verified on the
+// run's test set (identical predictions, maximum logit difference), with parameters, bytes,
+// FLOPs and per-layer channel counts before and after, as a table and JSON.
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "apps/cifar_prune/commands.h"
+#include "apps/cifar_prune/common.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/json.h"
+#include "core/threading.h"
+#include "kernels/ops.h"
+#include "prune/compact.h"
+#include "prune/imp.h"
+#include "prune/report.h"
+
+namespace dnns::app {
+
+namespace {
+
+int64_t file_bytes(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : -1;
+}
+
+struct LevelCompaction {
+  int level = 0;
+  CompactReport rep;
+  double acc_masked = 0, acc_compact = 0;
+  int64_t examples = 0, prediction_mismatches = 0;
+  float max_logit_diff = 0, logit_scale = 0;
+  int64_t bytes_masked = 0, bytes_compact = 0;
+};
+
+// Runs both models over the test set; counts differing predictions and the largest logit gap.
+void verify_on(BatchSource& test, Model& masked, Model& compact, LevelCompaction& r) {
+  test.start_epoch(0, 0);
+  Batch b;
+  int64_t correct_a = 0, correct_b = 0;
+  while (test.next(b)) {
+    Tensor la = masked.forward(b.images, false), lb = compact.forward(b.images, false);
+    r.max_logit_diff = std::max(r.max_logit_diff, max_abs_diff(la, lb));
+    const int64_t n = la.dim(0), k = la.dim(1);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t pa = 0, pb = 0;
+      for (int64_t c = 0; c < k; ++c) {
+        r.logit_scale = std::max(r.logit_scale, std::fabs(la[i * k + c]));
+        if (la[i * k + c] > la[i * k + pa]) pa = c;
+        if (lb[i * k + c] > lb[i * k + pb]) pb = c;
+      }
+      int label = static_cast<int>(b.labels[i]);
+      correct_a += pa == label;
+      correct_b += pb == label;
+      r.prediction_mismatches += pa != pb;
+    }
+    r.examples += n;
+  }
+  r.acc_masked = r.examples ? double(correct_a) / r.examples : 0;
+  r.acc_compact = r.examples ? double(correct_b) / r.examples : 0;
+}
+
+std::string layers_json(const CompactReport& rep) {
+  std::string s = "[";
+  for (size_t i = 0; i < rep.layers.size(); ++i) {
+    const LayerChannels& l = rep.layers[i];
+    s += (i ? ", " : "") + Json()
+                               .add("layer", l.name)
+                               .add("in_before", l.in_before)
+                               .add("in_after", l.in_after)
+                               .add("out_before", l.out_before)
+                               .add("out_after", l.out_after)
+                               .str();
+  }
+  return s + "]";
+}
+
+}  // namespace
+
+int cmd_compact(int argc, char** argv) {
+  Flags f("cifar_prune compact RUN_DIR",
+          "Compacts the levels of an IMP run into dense models (exact: batchnorm folded, dead channels\n"
+          "removed, their constants folded), verifies them on the run's test set and reports parameters,\n"
+          "bytes, FLOPs and channels before and after. Writes level_L/compact.dnns and compact.json per\n"
+          "level, and compaction.md / compaction.json in the run directory.");
+  f.add("level", "", "compact this level only (default: every finished level)");
+  f.add("chain", "magnitude", "magnitude or random (the baseline chain)");
+  add_training_flags(f);  // data flags default to the run's own (hparams.json)
+  add_system_flags(f);
+  if (!f.parse(argc, argv, 1, 1)) return 0;
+  check(f.positional().size() == 1, "cifar_prune compact: give the run directory (see --help)");
+  const std::string run = f.positional()[0];
+  std::string hp_path = run + "/hparams.json";
+  check(file_exists(hp_path), run + ": not a run directory (no hparams.json)");
+  for (const auto& [k, v] : parse_flat_json(read_text(hp_path), hp_path))
+    if (f.values().count(k) && k != "threads" && k != "device") f.set_default(k, v);
+  setup_system(f);
+  std::string chain = f.str("chain");
+  check(chain == "magnitude" || chain == "random", "--chain must be magnitude or random");
+
+  std::vector<int> levels;
+  if (!f.str("level").empty()) {
+    levels.push_back(static_cast<int>(f.integer("level")));
+  } else {
+    for (int l = 0;; ++l) {
+      std::string d = imp_level_dir(run, chain, l);
+      if (l == 0 && chain == "random") d = imp_level_dir(run, "magnitude", 0);
+      if (!file_exists(d + "/metrics.json")) break;
+      levels.push_back(l);
+    }
+  }
+  check(!levels.empty(), run + ": no finished level to compact");
+
+  DataPair data = load_data(f);
+  std::fprintf(stderr, "verifying on %s\n", data.description.c_str());
+  std::vector<LevelCompaction> results;
+  for (int level : levels) {
+    std::string dir = imp_level_dir(run, level == 0 ? "magnitude" : chain, level);
+    std::string path = dir + "/model.dnns";
+    check(file_exists(path), path + ": missing (level " + std::to_string(level) + " not finished?)");
+    Model masked = Model::load(path);
+    masked.apply_masks();
+    LevelCompaction r;
+    r.level = level;
+    Model compact = compact_model(masked, &r.rep);
+    verify_on(*data.test, masked, compact, r);
+    std::string out_path = dir + "/compact.dnns";
+    compact.save(out_path);
+    r.bytes_masked = file_bytes(path);
+    r.bytes_compact = file_bytes(out_path);
+    check(r.prediction_mismatches == 0,
+          path + ": the compact model's predictions differ from the masked model's on " +
+              std::to_string(r.prediction_mismatches) + " test images (max logit difference " +
+              std::to_string(r.max_logit_diff) + "): compaction is not exact here, please report it");
+    write_text_atomic(dir + "/compact.json",
+                      Json()
+                          .add("level", level)
+                          .add("chain", chain)
+                          .add("compact_ms", r.rep.milliseconds)
+                          .add("params_before", r.rep.params_before)
+                          .add("params_after", r.rep.params_after)
+                          .add("nonzero_weights_before", r.rep.nonzero_before)
+                          .add("flops_before", 2 * r.rep.macs_before)
+                          .add("flops_after", 2 * r.rep.macs_after)
+                          .add("bytes_before", r.bytes_masked)
+                          .add("bytes_after", r.bytes_compact)
+                          .add("channels_removed", r.rep.channels_removed)
+                          .add("constants_folded", r.rep.constants_folded)
+                          .add("position_bias_layers", r.rep.position_bias_layers)
+                          .add("test_examples", r.examples)
+                          .add("test_accuracy_masked", r.acc_masked)
+                          .add("test_accuracy_compact", r.acc_compact)
+                          .add("prediction_mismatches", r.prediction_mismatches)
+                          .add("max_logit_difference", double(r.max_logit_diff))
+                          .add("logit_scale", double(r.logit_scale))
+                          .add_raw("layers", layers_json(r.rep))
+                          .str() +
+                          "\n");
+    results.push_back(r);
+    std::fprintf(stderr, "level %d: %lld -> %lld parameters in %.2f ms, max logit difference %.3g\n", level,
+                 (long long)r.rep.params_before, (long long)r.rep.params_after, r.rep.milliseconds, r.max_logit_diff);
+  }
+
+  // The summary table, also written as compaction.md.
+  std::ostringstream md;
+  md << "| level | params | surviving weights | compact params | x smaller | FLOPs | compact FLOPs | file bytes | compact bytes | "
+        "test acc masked | test acc compact | max logit diff | compact ms |\n"
+     << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  std::string json = "[";
+  char buf[512];
+  for (size_t i = 0; i < results.size(); ++i) {
+    const LevelCompaction& r = results[i];
+    std::snprintf(buf, sizeof buf, "| %d | %lld | %lld | %lld | %.2f | %lld | %lld | %lld | %lld | %.2f%% | %.2f%% | %.2g | %.2f |\n",
+                  r.level, (long long)r.rep.params_before, (long long)r.rep.nonzero_before, (long long)r.rep.params_after,
+                  double(r.rep.params_before) / std::max<int64_t>(1, r.rep.params_after),
+                  (long long)(2 * r.rep.macs_before), (long long)(2 * r.rep.macs_after), (long long)r.bytes_masked,
+                  (long long)r.bytes_compact, 100 * r.acc_masked, 100 * r.acc_compact, double(r.max_logit_diff),
+                  r.rep.milliseconds);
+    md << buf;
+    if (i) json += ",\n ";
+    json += read_text(imp_level_dir(run, r.level == 0 ? "magnitude" : chain, r.level) + "/compact.json");
+    if (!json.empty() && json.back() == '\n') json.pop_back();
+  }
+  json += "]\n";
+  std::string prefix = chain == "random" ? "/compaction_random" : "/compaction";
+  write_text_atomic(run + prefix + ".md", md.str());
+  write_text_atomic(run + prefix + ".json", json);
+  std::printf("%s", md.str().c_str());
+  if (results.size() == 1) {
+    std::printf("\nchannels per layer (in -> in', out -> out'):\n");
+    for (const LayerChannels& l : results[0].rep.layers)
+      std::printf("  %-28s %5d -> %-5d %5d -> %-5d\n", l.name.c_str(), l.in_before, l.in_after, l.out_before, l.out_after);
+  }
+  return 0;
+}
+
+}  // namespace dnns::app

@@ -1,0 +1,432 @@
+// The portable runtime's planner, kernels and graph interpreter (see dnns_runtime.h). Plain
+// loop nests in float, written to be checked against the maths and to auto-vectorise where
+// the inner loop is contiguous; nothing here allocates, throws or touches a file.
+#include "dnns_runtime.h"
+
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+
+namespace dnns::rt {
+
+namespace {
+
+void set_error(char* err, size_t len, const char* fmt, ...) {
+  if (!err || len == 0) return;
+  va_list args;
+  va_start(args, fmt);
+  std::vsnprintf(err, len, fmt, args);
+  va_end(args);
+}
+
+struct CrcTable {
+  uint32_t v[256];
+};
+constexpr CrcTable make_crc_table() {
+  CrcTable t{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+    t.v[i] = c;
+  }
+  return t;
+}
+constexpr CrcTable kCrc = make_crc_table();
+
+// Buffers are rounded to 4 floats (16 bytes) so every offset keeps the arena's alignment.
+int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
+
+int64_t plan_numel(const NodePlan& p) { return int64_t(p.c) * p.h * p.w; }
+
+// ---------------------------------------------------------------- kernels
+
+// Output indices o in [*lo, *hi) whose input coordinate o*stride - pad + r lies in [0, size):
+// the rest read zero padding and add nothing.
+void valid_range(int pad, int r, int stride, int size, int out, int* lo, int* hi) {
+  const int first = pad - r;             // o*stride must be >= first
+  const int last = size - 1 + pad - r;   // o*stride must be <= last
+  *lo = first > 0 ? (first + stride - 1) / stride : 0;
+  *hi = last < 0 ? 0 : last / stride + 1;
+  if (*hi > out) *hi = out;
+  if (*lo > *hi) *lo = *hi;
+}
+
+// y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*stride - pad + r, q*stride - pad + s]
+//              (+ pos_bias[k,p,q]), then ReLU when fused; x reads zero outside the image.
+// Loop order: one output plane at a time, one weight at a time, so the inner loop runs along
+// an output row (contiguous, vectorisable at stride 1). Pruned (zero) weights are skipped.
+void conv2d(const Node& nd, int N, int C, int H, int W, int P, int Q, const float* x, float* y) {
+  // x (N, C, H, W)   w (K, C, R, S)   y (N, K, P, Q)
+  const int K = nd.out_ch, R = nd.kernel_h, S = nd.kernel_w, stride = nd.stride, pad = nd.pad;
+  const int64_t plane = int64_t(P) * Q;
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < K; ++k) {
+      float* yk = y + (int64_t(n) * K + k) * plane;  // (P, Q)
+      const float b = nd.bias ? nd.bias[k] : 0.0f;
+      for (int64_t i = 0; i < plane; ++i) yk[i] = b;
+      for (int c = 0; c < C; ++c) {
+        const float* xc = x + (int64_t(n) * C + c) * H * W;        // (H, W)
+        const float* wkc = nd.weight + (int64_t(k) * C + c) * R * S;  // (R, S)
+        for (int r = 0; r < R; ++r) {
+          int p0, p1;
+          valid_range(pad, r, stride, H, P, &p0, &p1);
+          for (int s = 0; s < S; ++s) {
+            const float wv = wkc[r * S + s];
+            if (wv == 0.0f) continue;
+            int q0, q1;
+            valid_range(pad, s, stride, W, Q, &q0, &q1);
+            for (int p = p0; p < p1; ++p) {
+              const float* xrow = xc + int64_t(p * stride - pad + r) * W;  // (W)
+              float* yrow = yk + int64_t(p) * Q;                            // (Q)
+              if (stride == 1) {
+                const int shift = s - pad;
+                for (int q = q0; q < q1; ++q) yrow[q] += wv * xrow[q + shift];
+              } else {
+                for (int q = q0; q < q1; ++q) yrow[q] += wv * xrow[q * stride - pad + s];
+              }
+            }
+          }
+        }
+      }
+      if (nd.pos_bias) {
+        const float* pb = nd.pos_bias + int64_t(k) * plane;  // (P, Q)
+        for (int64_t i = 0; i < plane; ++i) yk[i] += pb[i];
+      }
+      if (nd.fused_relu)
+        for (int64_t i = 0; i < plane; ++i) yk[i] = yk[i] > 0.0f ? yk[i] : 0.0f;
+    }
+}
+
+// Eval-mode batchnorm: y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel.
+void batchnorm(const Node& nd, int N, int C, int64_t HW, const float* x, float* y) {
+  // x, y (N, C, HW)
+  for (int c = 0; c < C; ++c) {
+    const float scale = nd.weight[c] / std::sqrt(nd.var[c] + nd.eps);
+    const float mean = nd.mean[c], beta = nd.bias[c];
+    for (int n = 0; n < N; ++n) {
+      const float* xc = x + (int64_t(n) * C + c) * HW;  // (HW)
+      float* yc = y + (int64_t(n) * C + c) * HW;        // (HW)
+      for (int64_t i = 0; i < HW; ++i) yc[i] = (xc[i] - mean) * scale + beta;
+    }
+  }
+}
+
+// Square window k, stride s, no padding: y[n,c,i,j] = max or mean of x[n,c,i*s+r,j*s+t], r,t < k.
+void pool2d(bool is_max, int k, int stride, int NC, int H, int W, int P, int Q, const float* x, float* y) {
+  // x (N*C, H, W)   y (N*C, P, Q)
+  const float inv_area = 1.0f / float(k * k);
+  for (int64_t nc = 0; nc < NC; ++nc) {
+    const float* xp = x + nc * H * W;  // (H, W)
+    float* yp = y + nc * P * Q;        // (P, Q)
+    for (int i = 0; i < P; ++i)
+      for (int j = 0; j < Q; ++j) {
+        const float* win = xp + int64_t(i * stride) * W + j * stride;  // window origin
+        float acc = is_max ? win[0] : 0.0f;
+        for (int r = 0; r < k; ++r)
+          for (int t = 0; t < k; ++t) {
+            const float v = win[r * W + t];
+            if (is_max) acc = v > acc ? v : acc;
+            else acc += v;
+          }
+        yp[i * Q + j] = is_max ? acc : acc * inv_area;
+      }
+  }
+}
+
+// y[n,c] = mean over the HW positions of x[n,c].
+void global_avgpool(int64_t NC, int64_t HW, const float* x, float* y) {
+  // x (N*C, HW)   y (N*C)
+  for (int64_t nc = 0; nc < NC; ++nc) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < HW; ++i) acc += x[nc * HW + i];
+    y[nc] = acc / float(HW);
+  }
+}
+
+// y[n,o] = b[o] + sum_i w[o,i] * x[n,i]; with no input features (all removed by compaction)
+// every row is the bias.
+void linear(const Node& nd, int N, const float* x, float* y) {
+  // x (N, I)   w (O, I)   y (N, O)
+  const int I = nd.in_ch, O = nd.out_ch;
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < O; ++o) {
+      const float* xn = x + int64_t(n) * I;  // (I)
+      const float* wo = nd.weight ? nd.weight + int64_t(o) * I : nullptr;  // (I)
+      float acc = 0.0f;
+      for (int i = 0; i < I; ++i) acc += wo[i] * xn[i];
+      y[int64_t(n) * O + o] = acc + (nd.bias ? nd.bias[o] : 0.0f);
+    }
+}
+
+// ---------------------------------------------------------------- planning
+
+Status fail(char* err, size_t len, Status s, const Node& nd, const char* fmt, ...) {
+  char detail[200];
+  va_list args;
+  va_start(args, fmt);
+  std::vsnprintf(detail, sizeof detail, fmt, args);
+  va_end(args);
+  set_error(err, len, "node '%s' (%s): %s", nd.name ? nd.name : "?", op_name(nd.op), detail);
+  return s;
+}
+
+// Output shape of node i from its inputs' plans; validates attributes and weights.
+Status infer_node(const Graph& g, int i, NodePlan* plan, char* err, size_t len) {
+  const Node& nd = g.nodes[i];
+  NodePlan& y = plan[i];
+  const int needed = nd.op == Op::Add ? 2 : 1;
+  if (nd.op == Op::Input) return fail(err, len, kErrGraph, nd, "only node 0 may be the input");
+  if (nd.in0 < 0 || nd.in0 >= i || (needed == 2 && (nd.in1 < 0 || nd.in1 >= i)))
+    return fail(err, len, kErrGraph, nd, "reads node %d/%d; inputs must come before node %d", nd.in0, nd.in1, i);
+  const NodePlan& x = plan[nd.in0];
+  y = x;
+  switch (nd.op) {
+    case Op::Conv: {
+      if (x.rank != 4) return fail(err, len, kErrGraph, nd, "expected a (C, H, W) input, got %d features", x.c);
+      if (nd.in_ch < 0 || nd.out_ch < 0 || nd.kernel_h < 1 || nd.kernel_w < 1 || nd.stride < 1 || nd.pad < 0 ||
+          nd.pos_h < 0 || nd.pos_w < 0 || (nd.pos_h > 0) != (nd.pos_w > 0))
+        return fail(err, len, kErrGraph, nd, "invalid configuration in=%d out=%d kernel=%dx%d stride=%d pad=%d",
+                    nd.in_ch, nd.out_ch, nd.kernel_h, nd.kernel_w, nd.stride, nd.pad);
+      if (x.c != nd.in_ch)
+        return fail(err, len, kErrGraph, nd, "expected %d input channels, got (%d, %d, %d)", nd.in_ch, x.c, x.h, x.w);
+      if (x.h + 2 * nd.pad < nd.kernel_h || x.w + 2 * nd.pad < nd.kernel_w)
+        return fail(err, len, kErrGraph, nd, "input (%d, %d, %d) smaller than its %dx%d kernel", x.c, x.h, x.w,
+                    nd.kernel_h, nd.kernel_w);
+      y.c = nd.out_ch;
+      y.h = (x.h + 2 * nd.pad - nd.kernel_h) / nd.stride + 1;
+      y.w = (x.w + 2 * nd.pad - nd.kernel_w) / nd.stride + 1;
+      if (nd.pos_h > 0 && (nd.pos_h != y.h || nd.pos_w != y.w))
+        return fail(err, len, kErrGraph, nd, "its per-position bias is %dx%d but the output is %dx%d", nd.pos_h,
+                    nd.pos_w, y.h, y.w);
+      if ((!nd.weight && int64_t(nd.out_ch) * nd.in_ch > 0) || (!nd.pos_bias && nd.pos_h > 0 && nd.out_ch > 0))
+        return fail(err, len, kErrGraph, nd, "missing weights");
+      return kOk;
+    }
+    case Op::BatchNorm:
+      if (x.c != nd.in_ch)
+        return fail(err, len, kErrGraph, nd, "expected %d channels, got %d", nd.in_ch, x.c);
+      if (nd.in_ch > 0 && (!nd.weight || !nd.bias || !nd.mean || !nd.var))
+        return fail(err, len, kErrGraph, nd, "missing parameters");
+      return kOk;
+    case Op::ReLU: return kOk;
+    case Op::MaxPool:
+    case Op::AvgPool:
+      if (x.rank != 4) return fail(err, len, kErrGraph, nd, "expected a (C, H, W) input, got %d features", x.c);
+      if (nd.kernel_h < 1 || nd.stride < 1 || x.h < nd.kernel_h || x.w < nd.kernel_h)
+        return fail(err, len, kErrGraph, nd, "input (%d, %d, %d) smaller than the %dx%d window (stride %d)", x.c, x.h,
+                    x.w, nd.kernel_h, nd.kernel_h, nd.stride);
+      y.h = (x.h - nd.kernel_h) / nd.stride + 1;
+      y.w = (x.w - nd.kernel_h) / nd.stride + 1;
+      return kOk;
+    case Op::GlobalAvgPool:
+      if (x.rank != 4) return fail(err, len, kErrGraph, nd, "expected a (C, H, W) input, got %d features", x.c);
+      y.rank = 2, y.h = 1, y.w = 1;
+      return kOk;
+    case Op::Flatten: {
+      const int64_t n = plan_numel(x);
+      if (n > 0x7fffffff) return fail(err, len, kErrGraph, nd, "too many features");
+      y.rank = 2, y.c = int32_t(n), y.h = 1, y.w = 1;
+      return kOk;
+    }
+    case Op::Linear:
+      if (x.rank != 2 || x.c != nd.in_ch)
+        return fail(err, len, kErrGraph, nd, "expected input (N, %d), got %s(%d, %d, %d)", nd.in_ch,
+                    x.rank == 2 ? "features " : "", x.c, x.h, x.w);
+      if (nd.out_ch < 1) return fail(err, len, kErrGraph, nd, "invalid configuration out=%d", nd.out_ch);
+      if (!nd.weight && int64_t(nd.in_ch) * nd.out_ch > 0) return fail(err, len, kErrGraph, nd, "missing weights");
+      y.c = nd.out_ch;
+      return kOk;
+    case Op::Add: {
+      const NodePlan& b = plan[nd.in1];
+      if (b.rank != x.rank || b.c != x.c || b.h != x.h || b.w != x.w)
+        return fail(err, len, kErrGraph, nd, "operand shapes differ: (%d, %d, %d) vs (%d, %d, %d)", x.c, x.h, x.w, b.c,
+                    b.h, b.w);
+      return kOk;
+    }
+    case Op::Input: break;
+  }
+  return fail(err, len, kErrGraph, nd, "unknown node kind %d", int(nd.op));
+}
+
+}  // namespace
+
+const char* status_name(Status s) {
+  switch (s) {
+    case kOk: return "ok";
+    case kErrArgument: return "invalid argument";
+    case kErrIo: return "i/o error";
+    case kErrFormat: return "bad model file";
+    case kErrChecksum: return "checksum mismatch";
+    case kErrGraph: return "graph not runnable";
+    case kErrMemory: return "out of memory";
+  }
+  return "unknown status";
+}
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::Input: return "input";
+    case Op::Conv: return "conv";
+    case Op::BatchNorm: return "batchnorm";
+    case Op::ReLU: return "relu";
+    case Op::MaxPool: return "maxpool";
+    case Op::AvgPool: return "avgpool";
+    case Op::GlobalAvgPool: return "global_avgpool";
+    case Op::Flatten: return "flatten";
+    case Op::Linear: return "linear";
+    case Op::Add: return "add";
+  }
+  return "?";
+}
+
+uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = (crc >> 8) ^ kCrc.v[(crc ^ p[i]) & 0xFFu];
+  return ~crc;
+}
+
+Status plan_graph(const Graph& g, NodePlan* plan, int64_t* floats_per_image, char* err, size_t err_len) {
+  if (!g.nodes || !plan || !floats_per_image || g.num_nodes < 2) {
+    set_error(err, err_len, "plan_graph: need a graph with an input and at least one layer");
+    return kErrArgument;
+  }
+  const int n = g.num_nodes;
+  if (g.nodes[0].op != Op::Input || g.in_c < 1 || g.in_h < 1 || g.in_w < 1) {
+    set_error(err, err_len, "graph: node 0 must be the input, with a positive shape (got %d, %d, %d)", g.in_c,
+              g.in_h, g.in_w);
+    return kErrGraph;
+  }
+  if (g.output < 1 || g.output >= n) {
+    set_error(err, err_len, "graph: output node %d is not a layer of the %d-node graph", g.output, n);
+    return kErrGraph;
+  }
+  plan[0] = NodePlan{4, g.in_c, g.in_h, g.in_w, 0, 0};
+  for (int i = 1; i < n; ++i) {
+    Status s = infer_node(g, i, plan, err, err_len);
+    if (s != kOk) return s;
+    plan[i].last_use = i;
+  }
+  // Lifetimes: a buffer lives from its node to its last reader; the output to the end.
+  for (int i = 1; i < n; ++i) {
+    const Node& nd = g.nodes[i];
+    plan[nd.in0].last_use = i;
+    if (nd.op == Op::Add) plan[nd.in1].last_use = i;
+  }
+  plan[g.output].last_use = n;
+  // First fit: each output goes to the lowest offset that overlaps no buffer still alive when
+  // it is written (its own inputs included: no kernel runs in place). The input images stay in
+  // the caller's memory.
+  int64_t total = 0;
+  for (int i = 1; i < n; ++i) {
+    const int64_t size = round_up4(plan_numel(plan[i]));
+    plan[i].offset = 0;
+    if (size == 0) continue;
+    int64_t best = -1;
+    // Candidates: 0 and the end of every live buffer; the lowest that fits wins.
+    for (int cand = 0; cand < i; ++cand) {
+      int64_t at = 0;
+      if (cand > 0) {
+        if (plan[cand].last_use < i || plan_numel(plan[cand]) == 0) continue;
+        at = plan[cand].offset + round_up4(plan_numel(plan[cand]));
+      }
+      if (best >= 0 && at >= best) continue;
+      bool fits = true;
+      for (int j = 1; j < i && fits; ++j) {
+        if (plan[j].last_use < i || plan_numel(plan[j]) == 0) continue;
+        const int64_t lo = plan[j].offset, hi = lo + round_up4(plan_numel(plan[j]));
+        if (at < hi && lo < at + size) fits = false;
+      }
+      if (fits) best = at;
+    }
+    plan[i].offset = best;
+    if (best + size > total) total = best + size;
+  }
+  *floats_per_image = total;
+  return kOk;
+}
+
+Status engine_init(Engine* e, const Graph* g, NodePlan* plan, float* arena, int64_t arena_floats, int32_t max_batch) {
+  if (!e) return kErrArgument;
+  e->graph = nullptr;
+  e->error[0] = '\0';
+  if (!g || !plan || max_batch < 1 || arena_floats < 0 || (arena_floats > 0 && !arena)) {
+    set_error(e->error, sizeof e->error, "engine_init: need a graph, a plan array, an arena and max_batch >= 1");
+    return kErrArgument;
+  }
+  int64_t per_image = 0;
+  Status s = plan_graph(*g, plan, &per_image, e->error, sizeof e->error);
+  if (s != kOk) return s;
+  if (per_image * max_batch > arena_floats) {
+    set_error(e->error, sizeof e->error, "engine_init: the arena holds %lld floats; %d image(s) need %lld",
+              (long long)arena_floats, max_batch, (long long)(per_image * max_batch));
+    return kErrMemory;
+  }
+  e->graph = g;
+  e->plan = plan;
+  e->arena = arena;
+  e->floats_per_image = per_image;
+  e->max_batch = max_batch;
+  return kOk;
+}
+
+int64_t engine_output_size(const Engine* e) {
+  if (!e || !e->graph) return 0;
+  return plan_numel(e->plan[e->graph->output]);
+}
+
+Status engine_run(Engine* e, const float* input, int32_t batch, float* output) {
+  if (!e || !e->graph) return kErrArgument;
+  if (!input || !output || batch < 1 || batch > e->max_batch) {
+    set_error(e->error, sizeof e->error, "engine_run: need input and output buffers and 1 <= batch <= %d, got %d",
+              e->max_batch, batch);
+    return kErrArgument;
+  }
+  const Graph& g = *e->graph;
+  const NodePlan* plan = e->plan;
+  // Node i's output: the caller's images for the input, else its slot in the arena (offsets
+  // are per image; a batch of N scales them all by N, which keeps them disjoint).
+  auto buffer = [&](int i) -> float* {
+    return i == 0 ? const_cast<float*>(input) : e->arena + plan[i].offset * batch;
+  };
+  const int N = batch;
+  for (int i = 1; i < g.num_nodes; ++i) {
+    const Node& nd = g.nodes[i];
+    const NodePlan& xp = plan[nd.in0];
+    const NodePlan& yp = plan[i];
+    const float* x = buffer(nd.in0);
+    float* y = buffer(i);
+    const int64_t x_numel = int64_t(N) * plan_numel(xp), y_numel = int64_t(N) * plan_numel(yp);
+    switch (nd.op) {
+      case Op::Conv:
+        if (yp.c == 0) break;  // every output channel was removed
+        conv2d(nd, N, xp.c, xp.h, xp.w, yp.h, yp.w, x, y);
+        break;
+      case Op::BatchNorm: batchnorm(nd, N, xp.c, int64_t(xp.h) * xp.w, x, y); break;
+      case Op::ReLU:
+        for (int64_t k = 0; k < y_numel; ++k) y[k] = x[k] > 0.0f ? x[k] : 0.0f;
+        break;
+      case Op::MaxPool:
+      case Op::AvgPool:
+        pool2d(nd.op == Op::MaxPool, nd.kernel_h, nd.stride, N * xp.c, xp.h, xp.w, yp.h, yp.w, x, y);
+        break;
+      case Op::GlobalAvgPool: global_avgpool(int64_t(N) * xp.c, int64_t(xp.h) * xp.w, x, y); break;
+      case Op::Flatten:
+        if (x_numel > 0) std::memcpy(y, x, size_t(x_numel) * sizeof(float));
+        break;
+      case Op::Linear: linear(nd, N, x, y); break;
+      case Op::Add: {
+        const float* b = buffer(nd.in1);
+        for (int64_t k = 0; k < y_numel; ++k) y[k] = x[k] + b[k];
+        break;
+      }
+      case Op::Input: break;
+    }
+  }
+  const int64_t out_numel = int64_t(N) * plan_numel(plan[g.output]);
+  if (out_numel > 0) std::memcpy(output, buffer(g.output), size_t(out_numel) * sizeof(float));
+  return kOk;
+}
+
+}  // namespace dnns::rt

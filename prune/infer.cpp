@@ -1,0 +1,171 @@
+#include "prune/infer.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/threading.h"
+
+namespace dnns {
+
+namespace {
+
+// Whether a layer's eval-mode forward only reads the layer. Checked against nn/layers.cpp:
+//   Conv2d     reads weight, bias, pos_bias; writes `out` (and, with no input channels,
+//              a local host tensor); the CPU kernel's scratch is thread_local.
+//   BatchNorm  the eval path (train == false) reads gamma, beta and the running statistics;
+//              only the training path writes running_mean/var and save_mean/invstd.
+//   ReLU, Pool2d, GlobalAvgPool, Flatten, Add: no state at all.
+//   Linear     reads weight and bias.
+// A new layer kind must be vetted here before `infer` runs it.
+bool eval_forward_is_stateless(LayerKind k) {
+  switch (k) {
+    case LayerKind::Conv:
+    case LayerKind::BatchNorm:
+    case LayerKind::ReLU:
+    case LayerKind::MaxPool:
+    case LayerKind::AvgPool:
+    case LayerKind::GlobalAvgPool:
+    case LayerKind::Flatten:
+    case LayerKind::Linear:
+    case LayerKind::Add: return true;
+  }
+  return false;
+}
+
+// The release plan infer follows, shared with inference_memory so the computed peak is the
+// peak of the real pass. A ReLU runs in place when its input is an intermediate activation
+// (not the caller's images, not the output) that nothing else reads.
+struct Plan {
+  std::vector<int> readers;   // (nodes) how many nodes read each node's output
+  std::vector<bool> in_place; // (nodes) ReLU that overwrites its input
+  int out_node = 0;
+};
+
+Plan make_plan(const Model& m) {
+  const auto& nodes = m.nodes();
+  const int n = static_cast<int>(nodes.size());
+  Plan p;
+  p.out_node = m.output_node();
+  p.readers.assign(n, 0);
+  p.in_place.assign(n, false);
+  for (int i = 1; i < n; ++i)
+    for (int j : nodes[i].inputs) ++p.readers[j];
+  for (int i = 1; i < n; ++i) {
+    int src = nodes[i].inputs[0];
+    p.in_place[i] = nodes[i].layer->kind() == LayerKind::ReLU && src != 0 && p.readers[src] == 1 && src != p.out_node;
+  }
+  return p;
+}
+
+int64_t conv_columns(const Conv2dParams& p, int threads, int64_t* images) {
+  // Mirrors plan_tiles in kernels/cpu/conv.cpp: the columns of the first block of a task.
+  constexpr int kTargetCols = 512;
+  const int64_t P = p.P(), Q = p.Q(), PQ = P * Q;
+  if (PQ >= kTargetCols) {
+    *images = 1;
+    return std::min<int64_t>(P, std::max<int64_t>(1, kTargetCols / Q)) * Q;
+  }
+  const int64_t want = (kTargetCols + PQ - 1) / PQ, fair = (p.N + threads - 1) / threads;
+  *images = std::min<int64_t>(p.N, std::max<int64_t>(1, std::min(want, fair)));
+  return *images * PQ;
+}
+
+}  // namespace
+
+Tensor infer(const Model& m, const Tensor& x) {
+  const auto& nodes = m.nodes();
+  const int n = static_cast<int>(nodes.size());
+  check(n > 1, "infer: empty model graph");
+  const Shape& chw = m.input_shape();
+  check(x.ndim() == 4 && x.dim(1) == chw[0] && x.dim(2) == chw[1] && x.dim(3) == chw[2],
+        "infer: expected input (N, " + std::to_string(chw[0]) + ", " + std::to_string(chw[1]) + ", " +
+            std::to_string(chw[2]) + "), got " + shape_str(x.shape()));
+  check(x.device() == m.device(), std::string("infer: input is on ") + device_name(x.device()) + " but the model is on " +
+                                      device_name(m.device()));
+  const Plan plan = make_plan(m);
+  std::vector<int> pending = plan.readers;
+  std::vector<Tensor> acts(n);  // (nodes) live activations of this call only
+  acts[0] = x;
+  std::vector<Shape> in_shapes;
+  std::vector<const Tensor*> ins;
+  for (int i = 1; i < n; ++i) {
+    const Node& node = nodes[i];
+    check(eval_forward_is_stateless(node.layer->kind()),
+          "infer: node '" + node.name + "' has a layer kind not vetted for concurrent eval-mode inference");
+    in_shapes.clear();
+    ins.clear();
+    for (int j : node.inputs) {
+      in_shapes.push_back(acts[j].shape());
+      ins.push_back(&acts[j]);
+    }
+    Shape out_shape;
+    try {
+      out_shape = node.layer->output_shape(in_shapes);
+    } catch (const Error& e) {
+      throw Error("infer: node '" + node.name + "': " + e.what());
+    }
+    // Layer::forward is declared non-const for the training path; in eval mode every vetted
+    // layer only reads itself (see eval_forward_is_stateless), so this const_cast never
+    // leads to a write and concurrent calls on one model are safe.
+    Layer& layer = const_cast<Layer&>(*node.layer);
+    if (plan.in_place[i]) {
+      const int src = node.inputs[0];
+      acts[i] = acts[src];
+      layer.forward(ins, acts[i], false);
+      acts[src] = Tensor();
+    } else {
+      acts[i] = Tensor::uninit(out_shape, m.device());
+      layer.forward(ins, acts[i], false);
+    }
+    for (int j : node.inputs)
+      if (--pending[j] == 0 && j != 0 && j != plan.out_node) acts[j] = Tensor();
+  }
+  return acts[plan.out_node];
+}
+
+InferenceMemory inference_memory(const Model& m, int64_t batch) {
+  check(batch > 0, "inference_memory: batch must be positive, got " + std::to_string(batch));
+  InferenceMemory r;
+  for (const Node& node : m.nodes()) {
+    if (!node.layer) continue;
+    Layer& layer = const_cast<Layer&>(*node.layer);  // params()/buffers() only hand out pointers
+    for (Param* p : layer.params()) r.parameter_bytes += static_cast<int64_t>(p->value.bytes());
+    for (auto& [name, t] : layer.buffers()) r.buffer_bytes += static_cast<int64_t>(t->bytes());
+  }
+  const std::vector<Shape> shapes = m.infer_shapes(batch);
+  const Plan plan = make_plan(m);
+  const auto& nodes = m.nodes();
+  const int n = static_cast<int>(nodes.size());
+  auto bytes_of = [&](int i) { return shape_numel(shapes[i]) * static_cast<int64_t>(sizeof(float)); };
+  std::vector<int> pending = plan.readers;
+  int64_t live = bytes_of(0), peak = live;
+  int64_t slot0 = 0, slot1 = 0;  // floats of the two thread_local scratch slots the conv kernel grows
+  const int threads = num_threads();
+  for (int i = 1; i < n; ++i) {
+    if (!plan.in_place[i]) live += bytes_of(i);
+    peak = std::max(peak, live);  // inputs and output are all alive while node i runs
+    for (int j : nodes[i].inputs)  // an in-place ReLU's input storage lives on as its output
+      if (--pending[j] == 0 && j != 0 && j != plan.out_node && !plan.in_place[i]) live -= bytes_of(j);
+    if (auto* c = dynamic_cast<const Conv2d*>(nodes[i].layer.get())) {
+      if (c->in_channels == 0 || c->out_channels == 0) continue;
+      Conv2dParams p = c->conv_params(shapes[nodes[i].inputs[0]]);
+      int64_t images = 1;
+      const int64_t cols = conv_columns(p, threads, &images);
+      const bool pointwise = p.R == 1 && p.S == 1 && p.stride == 1 && p.pad == 0;
+      if (!(pointwise && images == 1)) slot0 = std::max<int64_t>(slot0, int64_t(p.C) * p.R * p.S * cols);
+      if (images > 1) slot1 = std::max<int64_t>(slot1, int64_t(p.K) * cols);
+    }
+  }
+  r.activation_bytes = peak;
+  r.workspace_bytes = (slot0 + slot1) * static_cast<int64_t>(sizeof(float));
+  return r;
+}
+
+int64_t model_resident_bytes(const Model& m) {
+  int64_t total = 0;
+  for (auto& [name, t] : const_cast<Model&>(m).state()) total += static_cast<int64_t>(t->bytes());
+  for (const auto& [name, t] : m.masks) total += static_cast<int64_t>(t.bytes());
+  return total;
+}
+
+}  // namespace dnns

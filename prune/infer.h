@@ -1,0 +1,38 @@
+// Stateless eval-mode inference: the path the shifter serves requests on.
+//
+// Model::forward keeps its activations in members of the Model, so two threads must never
+// run it on one Model object at the same time. `infer` walks the same graph with activations
+// held in local buffers, and reads the model only, so any number of threads may call it on
+// one `const Model&` at once (the shifter's variants are shared, immutable models). The
+// result equals Model::forward(x, false) bit for bit: the same layers run the same kernels
+// in the same order on the same inputs.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "nn/model.h"
+
+namespace dnns {
+
+// x: (N, C, H, W) on the model's device -> logits (N, classes). Throws Error on a wrong input
+// shape or device, or on a layer kind not vetted as stateless in eval mode.
+Tensor infer(const Model& m, const Tensor& x);
+
+// The working memory of one `infer` call at a batch size, computed from the graph's shapes
+// (no allocation is observed): what the model holds plus what the call allocates.
+struct InferenceMemory {
+  int64_t parameter_bytes = 0;   // every parameter tensor (float32)
+  int64_t buffer_bytes = 0;      // non-learned state (batchnorm running statistics)
+  int64_t activation_bytes = 0;  // the largest sum of live activations during the pass, the
+                                 // input batch included, under infer's release order (an
+                                 // activation is freed after its last reader; ReLU in place)
+  int64_t workspace_bytes = 0;   // the largest im2col column buffer one CPU worker thread
+                                 // allocates for a conv (kernels/cpu/conv.cpp's tiling)
+  int64_t total() const { return parameter_bytes + buffer_bytes + activation_bytes + workspace_bytes; }
+};
+InferenceMemory inference_memory(const Model& m, int64_t batch);
+
+// Bytes of every tensor the model holds (parameters, buffers and masks): its resident size.
+int64_t model_resident_bytes(const Model& m);
+
+}  // namespace dnns

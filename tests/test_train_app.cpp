@@ -1,0 +1,120 @@
+// `cifar_prune train` as a user runs it: a run killed with SIGKILL mid-epoch and resumed ends
+// with the same weights as an uninterrupted run; bad flags and a different run in --out are
+// refused with clear errors.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/archive.h"
+#include "core/fs.h"
+
+extern char** environ;
+using namespace dnns;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kBin = std::string(DNNS_BINARY_DIR) + "/bin/cifar_prune";
+
+pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, (log + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, kBin.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  REQUIRE(rc == 0);
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::vector<std::string> train_args(const std::string& out) {
+  return {kBin, "train", "--data", "synthetic", "--model", "resnet20", "--epochs", "3", "--batch-size", "64",
+          "--train-subset", "512", "--test-subset", "128", "--milestones", "2", "--threads", "2", "--out", out};
+}
+
+}  // namespace
+
+TEST_CASE("train: SIGKILL mid-epoch, then --resume, ends with the uninterrupted run's weights") {
+  REQUIRE(fs::exists(kBin));
+  fs::path dir = fs::temp_directory_path() / ("dnns_trainapp_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string a = (dir / "a").string(), b = (dir / "b").string(), log = (dir / "log").string();
+
+  REQUIRE(wait_exit(spawn(train_args(a), log)) == 0);
+
+  // Interrupted: wait for the first epoch's checkpoint, let it get into epoch 2, kill it.
+  pid_t pid = spawn(train_args(b), log);
+  auto t0 = std::chrono::steady_clock::now();
+  while (!fs::exists(b + "/checkpoint.dnns") && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(300))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(fs::exists(b + "/checkpoint.dnns"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  kill(pid, SIGKILL);
+  wait_exit(pid);
+  CHECK_FALSE(fs::exists(b + "/model.dnns"));  // it really was interrupted
+
+  // Without --resume the folder is refused, naming it; with it the run continues.
+  CHECK(wait_exit(spawn(train_args(b), log)) == 1);
+  CHECK(read_text(log + ".err").find("pass --resume") != std::string::npos);
+  auto args = train_args(b);
+  args.push_back("--resume");
+  REQUIRE(wait_exit(spawn(args, log)) == 0);
+  CHECK(read_text(log + ".err").find("resumed") != std::string::npos);
+
+  Archive ma = load_archive(a + "/model.dnns"), mb = load_archive(b + "/model.dnns");
+  REQUIRE(ma.tensors.size() == mb.tensors.size());
+  for (const auto& [name, t] : ma.tensors) {
+    CAPTURE(name);
+    REQUIRE(mb.tensors.count(name));
+    CHECK(t.to_vector() == mb.tensors.at(name).to_vector());
+  }
+  // The per-epoch log has one line per epoch of the run, none duplicated by the resume.
+  std::string lg = read_text(b + "/log.jsonl");
+  CHECK(std::count(lg.begin(), lg.end(), '\n') == 3);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("train: bad input is refused with a clear error") {
+  fs::path dir = fs::temp_directory_path() / ("dnns_trainapp2_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::string log = (dir / "log").string();
+  auto run = [&](std::vector<std::string> args) {
+    int rc = wait_exit(spawn(args, log));
+    return std::make_pair(rc, read_text(log + ".err"));
+  };
+  auto [rc1, e1] = run({kBin, "train", "--epochs", "ten"});
+  CHECK(rc1 == 1);
+  CHECK(e1.find("--epochs expects an integer") != std::string::npos);
+  auto [rc2, e2] = run({kBin, "train", "--no-such-flag"});
+  CHECK(rc2 == 1);
+  CHECK(e2.find("unknown flag --no-such-flag") != std::string::npos);
+  auto [rc3, e3] = run({kBin, "train", "--data", (dir / "missing").string(), "--out", (dir / "o").string()});
+  CHECK(rc3 == 1);
+  CHECK(e3.find("missing") != std::string::npos);
+  auto [rc4, e4] = run({kBin, "train", "--model", "resnet21", "--data", "synthetic", "--out", (dir / "o").string()});
+  CHECK(rc4 == 1);
+  CHECK(e4.find("unknown model 'resnet21'") != std::string::npos);
+  fs::remove_all(dir);
+}
