@@ -479,7 +479,10 @@ Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir
   std::vector<int> chosen = opt.levels.empty() ? default_portfolio_levels(levels) : opt.levels;
   check(!chosen.empty(), run_dir + ": no level chosen for the portfolio");
   std::string available;
-  for (const ImpLevel& l : levels) available += (available.empty() ? "" : ",") + std::to_string(l.level);
+  for (const ImpLevel& l : levels) {
+    if (!available.empty()) available += ',';
+    available += std::to_string(l.level);
+  }
   std::set<int> seen;
   for (int L : chosen) {
     check(seen.insert(L).second, "portfolio: level " + std::to_string(L) + " is listed twice");

@@ -130,6 +130,7 @@ class Shifter {
   NoFitPolicy policy_;
   std::atomic<std::shared_ptr<const Active>> active_;
   std::mutex mu_;  // serialises shift/activate
+  uint64_t generation_ = 0;  // the last generation published; guarded by mu_
   std::unique_ptr<std::atomic<int64_t>[]> served_;
   std::atomic<int64_t> swaps_{0};
 };

@@ -32,7 +32,8 @@ namespace {
 
 // The real-data run: sized to stay within the CI budget on 2 cores (see the test's MESSAGE
 // for its accuracy and time).
-constexpr int64_t kRealTrain = 2500, kRealTest = 500, kRealEpochs = 3;
+constexpr int64_t kRealTrain = 1500, kRealTest = 500, kRealEpochs = 2, kRealBatch = 32;
+constexpr float kRealLr = 0.05f;
 constexpr double kRealMinAccuracy = 0.30;  // chance is 0.10
 
 // A fresh folder under the temporary directory, removed at the end of the test.
@@ -434,7 +435,7 @@ TEST_CASE("IMP on real CIFAR-10 (JPEG copy) keeps accuracy far above chance at 4
   Dataset train_set = load_dataset(root, true).sample(kRealTrain, 1);
   Dataset test_set = load_dataset(root, false).sample(kRealTest, 2);
   LoaderOptions lo;
-  lo.batch_size = 64;
+  lo.batch_size = kRealBatch;
   lo.seed = 1;
   lo.normalize = cifar10_stats();
   LoaderOptions to = lo;
@@ -447,10 +448,10 @@ TEST_CASE("IMP on real CIFAR-10 (JPEG copy) keeps accuracy far above chance at 4
   init_model(init, rng);
   TrainConfig cfg;
   cfg.epochs = kRealEpochs;
-  cfg.sgd = {0.1f, 0.9f, 1e-4f, false};
+  cfg.sgd = {kRealLr, 0.9f, 1e-4f, false};
   cfg.schedule.kind = LrSchedule::Kind::MultiStep;
-  cfg.schedule.base_lr = 0.1f;
-  cfg.schedule.milestones = {(kRealEpochs - 1) * train.batches_per_epoch()};  // x0.1 for the last epoch
+  cfg.schedule.base_lr = kRealLr;
+  cfg.schedule.milestones = {(2 * kRealEpochs - 1) * train.batches_per_epoch() / 2};  // x0.1 for the last half epoch
 
   TmpDir dir("cifar");
   ImpOptions opt;

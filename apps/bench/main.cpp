@@ -22,6 +22,9 @@
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
 #include "prune/compact.h"
+#ifdef DNNS_HAVE_CUDA
+#include "kernels/cuda/cuda.h"
+#endif
 
 using namespace dnns;
 using Clock = std::chrono::steady_clock;
@@ -36,6 +39,34 @@ std::string cpu_name() {
   while (std::getline(f, line))
     if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
   return "unknown CPU";
+}
+
+// --device and --tf32: where the benchmark runs. Times on CUDA include a final synchronise.
+Device setup_device(const Flags& f) {
+  Device d = parse_device(f.str("device"));
+  if (d == Device::CUDA) {
+    check(cuda_available(), "--device cuda: no CUDA device available (or this build has no CUDA backend)");
+#ifdef DNNS_HAVE_CUDA
+    cuda::set_tf32(f.flag("tf32"));
+#endif
+  }
+  return d;
+}
+
+void sync(Device d) {
+#ifdef DNNS_HAVE_CUDA
+  if (d == Device::CUDA) cuda::synchronize();
+#else
+  (void)d;
+#endif
+}
+
+std::string device_description(Device d) {
+#ifdef DNNS_HAVE_CUDA
+  if (d == Device::CUDA) return cuda::device_name();
+#endif
+  (void)d;
+  return cpu_name();
 }
 
 double percentile(std::vector<double> v, double p) {
@@ -90,26 +121,32 @@ int bench_train(int argc, char** argv) {
   f.add("steps", "5", "timed steps (after 1 warm-up step)");
   f.add("threads", "0", "threads (0 = all cores)");
   f.add("backend", "cpu", "cpu (optimized) or ref (reference kernels)");
+  f.add("device", "cpu", "cpu or cuda");
+  f.add_bool("tf32", "CUDA: allow TF32 tensor-core GEMMs");
   if (!f.parse(argc, argv)) return 0;
   set_num_threads(static_cast<int>(f.integer("threads")));
+  Device dev = setup_device(f);
   if (f.str("backend") == "ref") set_cpu_backend(CpuBackend::Reference);
   Rng rng(1);
   Model m = build_model(f.str("model"));
   init_model(m, rng);
+  m.to(dev);
   int64_t batch = f.integer("batch"), steps = f.integer("steps");
-  Tensor x = random_batch(batch, m.input_shape(), rng);
+  Tensor x = random_batch(batch, m.input_shape(), rng).to(dev);
   Tensor labels({batch});
   for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<float>(rng.below(10));
+  labels = labels.to(dev);
   Sgd sgd({0.01f, 0.9f, 1e-4f, false});
   Tensor d;
   std::vector<double> times;
   for (int64_t s = 0; s <= steps; ++s) {
     auto t0 = Clock::now();
     Tensor y = m.forward(x, true);
-    if (!d.defined()) d = Tensor(y.shape());
+    if (!d.defined()) d = Tensor(y.shape(), dev);
     ops::softmax_cross_entropy(y, labels, 0.0f, &d, nullptr);
     m.backward(d);
     sgd.step(m, 0.01f);
+    sync(dev);
     if (s > 0) times.push_back(ms_since(t0));
   }
   double med = percentile(times, 0.5);
@@ -117,10 +154,11 @@ int bench_train(int argc, char** argv) {
                           .add("bench", "train")
                           .add("model", f.str("model"))
                           .add("batch", batch)
+                          .add("device", device_name(dev))
                           .add("threads", num_threads())
                           .add("ms_per_step_median", med)
                           .add("images_per_sec", batch * 1000.0 / med)
-                          .add("cpu", cpu_name())
+                          .add("hardware", device_description(dev))
                           .str()
                           .c_str());
   return 0;
@@ -132,30 +170,37 @@ int bench_infer(int argc, char** argv) {
   f.add("batch", "1", "batch size");
   f.add("runs", "50", "timed runs");
   f.add("threads", "0", "threads (0 = all cores)");
+  f.add("device", "cpu", "cpu or cuda");
+  f.add_bool("tf32", "CUDA: allow TF32 tensor-core GEMMs");
   if (!f.parse(argc, argv)) return 0;
   set_num_threads(static_cast<int>(f.integer("threads")));
+  Device dev = setup_device(f);
   Rng rng(1);
   std::string name = f.str("model");
   Model m = is_zoo_name(name) ? build_model(name) : Model::load(name);
   if (is_zoo_name(name)) init_model(m, rng);
   int64_t batch = f.integer("batch"), runs = f.integer("runs");
-  Tensor x = random_batch(batch, m.input_shape(), rng);
+  m.to(dev);
+  Tensor x = random_batch(batch, m.input_shape(), rng).to(dev);
   m.forward(x, false);
+  sync(dev);
   std::vector<double> times;
   for (int64_t r = 0; r < runs; ++r) {
     auto t0 = Clock::now();
     m.forward(x, false);
+    sync(dev);
     times.push_back(ms_since(t0));
   }
   std::printf("%s\n", Json()
                           .add("bench", "infer")
                           .add("model", name)
                           .add("batch", batch)
+                          .add("device", device_name(dev))
                           .add("threads", num_threads())
                           .add("params", m.num_params())
                           .add("p50_ms", percentile(times, 0.5))
                           .add("p99_ms", percentile(times, 0.99))
-                          .add("cpu", cpu_name())
+                          .add("hardware", device_description(dev))
                           .str()
                           .c_str());
   return 0;

@@ -1,0 +1,568 @@
+// dnns_portable_test: the portable runtime's own test, framework-free so that it builds and runs
+// wherever the runtime does (cross-compiled, under qemu, on a board).
+//
+//   dnns_portable_test               kernels against the definitions, the memory planner, the
+//                                    model-file reader (valid and damaged files), error paths
+//   dnns_portable_test --refs DIR    also every case of DIR/manifest.txt: a model file saved by
+//                                    the full build, input images and the full build's logits
+//                                    (written by tests/test_export.cpp, see scripts/cross_test.sh)
+//
+// Prints one line per failed check and a closing "N passed, M failed"; exits 1 on any failure.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "dnns_runtime.h"
+
+using namespace dnns::rt;
+
+namespace {
+
+int g_passed = 0, g_failed = 0;
+
+void expect(bool ok, const char* what, const std::string& detail = "") {
+  if (ok) {
+    ++g_passed;
+    return;
+  }
+  ++g_failed;
+  std::printf("FAILED: %s%s%s\n", what, detail.empty() ? "" : ": ", detail.c_str());
+}
+
+// Deterministic values in [-1, 1) (a 32-bit LCG), the same on every target.
+struct Lcg {
+  uint32_t s;
+  float next() {
+    s = s * 1664525u + 1013904223u;
+    return float(s >> 8) / float(1 << 23) - 1.0f;
+  }
+  std::vector<float> fill(size_t n) {
+    std::vector<float> v(n);
+    for (float& x : v) x = next();
+    return v;
+  }
+};
+
+float max_abs_diff(const float* a, const float* b, size_t n) {
+  float d = 0.0f;
+  for (size_t i = 0; i < n; ++i) d = std::fmax(d, std::fabs(a[i] - b[i]));
+  return d;
+}
+
+// Runs a graph held in a vector of nodes at batch N; returns the outputs (empty on failure).
+std::vector<float> run(const std::vector<Node>& nodes, int output, int c, int h, int w, const std::vector<float>& x,
+                       int N, Status* status = nullptr, std::string* message = nullptr) {
+  Graph g{nodes.data(), int32_t(nodes.size()), output, c, h, w};
+  std::vector<NodePlan> plan(nodes.size());
+  int64_t per_image = 0;
+  char err[256] = "";
+  Status s = plan_graph(g, plan.data(), &per_image, err, sizeof err);
+  std::vector<float> arena(size_t(per_image * N) + 1);
+  Engine e;
+  if (s == kOk) s = engine_init(&e, &g, plan.data(), arena.data(), per_image * N, N);
+  std::vector<float> y;
+  if (s == kOk) {
+    y.resize(size_t(engine_output_size(&e) * N));
+    s = engine_run(&e, x.data(), N, y.data());
+    if (s != kOk) y.clear();
+  }
+  if (status) *status = s;
+  if (message) *message = s == kOk ? "" : (err[0] ? err : e.error);
+  return y;
+}
+
+Node input_node() { return Node{"input", Op::Input, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr}; }
+
+Node conv_node(const char* name, int in, int C, int K, int R, int S, int stride, int pad, bool relu, const float* w,
+               const float* b, int pos_h = 0, int pos_w = 0, const float* pb = nullptr) {
+  return Node{name, Op::Conv, in, -1, C, K, R, S, stride, pad, relu ? 1 : 0, pos_h, pos_w, 0.0f, w, b, pb, nullptr, nullptr};
+}
+
+Node simple_node(const char* name, Op op, int in0, int in1 = -1) {
+  return Node{name, op, in0, in1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr};
+}
+
+// The definition of a convolution, in double: the test's independent reference.
+std::vector<float> conv_reference(const std::vector<float>& x, const std::vector<float>& w, const float* b, int N,
+                                  int C, int H, int W, int K, int R, int S, int stride, int pad) {
+  const int P = (H + 2 * pad - R) / stride + 1, Q = (W + 2 * pad - S) / stride + 1;
+  std::vector<float> y(size_t(N) * K * P * Q);
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < K; ++k)
+      for (int p = 0; p < P; ++p)
+        for (int q = 0; q < Q; ++q) {
+          double acc = b ? b[k] : 0.0;
+          for (int c = 0; c < C; ++c)
+            for (int r = 0; r < R; ++r)
+              for (int s = 0; s < S; ++s) {
+                const int ih = p * stride - pad + r, iw = q * stride - pad + s;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                acc += double(w[((size_t(k) * C + c) * R + r) * S + s]) * x[((size_t(n) * C + c) * H + ih) * W + iw];
+              }
+          y[((size_t(n) * K + k) * P + p) * Q + q] = float(acc);
+        }
+  return y;
+}
+
+void test_conv_against_definition() {
+  struct Case {
+    int C, H, W, K, R, S, stride, pad;
+  };
+  const Case cases[] = {{3, 8, 8, 4, 3, 3, 1, 1}, {2, 9, 7, 3, 3, 3, 2, 1}, {5, 6, 6, 2, 1, 1, 1, 0},
+                        {4, 7, 9, 3, 1, 1, 2, 0}, {2, 5, 5, 3, 5, 5, 1, 2}, {3, 6, 8, 2, 3, 1, 1, 2},
+                        {1, 3, 3, 2, 3, 3, 3, 0}, {2, 4, 4, 2, 3, 3, 1, 3}};
+  Lcg rng{7};
+  for (const Case& c : cases) {
+    const int N = 2;
+    std::vector<float> x = rng.fill(size_t(N) * c.C * c.H * c.W);
+    std::vector<float> w = rng.fill(size_t(c.K) * c.C * c.R * c.S);
+    std::vector<float> b = rng.fill(size_t(c.K));
+    for (size_t i = 0; i < w.size(); i += 3) w[i] = 0.0f;  // pruned weights are skipped
+    std::vector<Node> nodes = {input_node(),
+                               conv_node("conv", 0, c.C, c.K, c.R, c.S, c.stride, c.pad, false, w.data(), b.data())};
+    std::vector<float> y = run(nodes, 1, c.C, c.H, c.W, x, N);
+    std::vector<float> ref = conv_reference(x, w, b.data(), N, c.C, c.H, c.W, c.K, c.R, c.S, c.stride, c.pad);
+    char what[160];
+    std::snprintf(what, sizeof what, "conv C=%d %dx%d K=%d kernel %dx%d stride %d pad %d matches its definition", c.C,
+                  c.H, c.W, c.K, c.R, c.S, c.stride, c.pad);
+    const bool same_size = y.size() == ref.size();
+    expect(same_size && max_abs_diff(y.data(), ref.data(), ref.size()) <= 1e-5f, what,
+           same_size ? "max diff " + std::to_string(max_abs_diff(y.data(), ref.data(), ref.size())) : "wrong size");
+  }
+}
+
+void test_conv_extras() {
+  // 3x3 all-ones kernel, pad 1, on a 3x3 image of ones: each output counts its in-image taps.
+  const float ones[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+  const float bias[1] = {-4.5f};
+  const float pos[9] = {0, 0, 0, 0, 0, 0, 0, 0, 10};
+  std::vector<Node> nodes = {input_node(), conv_node("c", 0, 1, 1, 3, 3, 1, 1, true, ones, bias, 3, 3, pos)};
+  std::vector<float> y = run(nodes, 1, 1, 3, 3, std::vector<float>(ones, ones + 9), 1);
+  // taps 4 6 4 / 6 9 6 / 4 6 4, minus 4.5, plus the per-position bias, then ReLU
+  const float want[9] = {0, 1.5f, 0, 1.5f, 4.5f, 1.5f, 0, 1.5f, 10 - 0.5f};
+  expect(y.size() == 9 && max_abs_diff(y.data(), want, 9) == 0.0f, "conv with per-position bias and fused ReLU");
+
+  // Every input channel removed by compaction: the output is the bias and the per-position
+  // bias alone; every output channel removed: an empty output that still feeds a linear layer.
+  const float b2[2] = {0.25f, -1.0f};
+  const float pb2[2 * 2 * 2] = {1, 2, 3, 4, 0, 0, 0, 3};
+  const float fc_b[3] = {7, 8, 9};
+  std::vector<Node> g2 = {input_node(),
+                          conv_node("c0", 0, 1, 0, 3, 3, 1, 1, false, nullptr, nullptr),  // K = 0
+                          conv_node("c1", 1, 0, 2, 3, 3, 1, 1, true, nullptr, b2, 2, 2, pb2),  // C = 0
+                          simple_node("flat", Op::Flatten, 1),
+                          Node{"fc", Op::Linear, 3, -1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, fc_b, nullptr, nullptr, nullptr},
+                          simple_node("flat2", Op::Flatten, 2)};
+  std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8};  // two 1x2x2 images
+  std::vector<float> y2 = run(g2, 5, 1, 2, 2, x, 2);
+  const float want2[16] = {1.25f, 2.25f, 3.25f, 4.25f, 0, 0, 0, 2, 1.25f, 2.25f, 3.25f, 4.25f, 0, 0, 0, 2};
+  expect(y2.size() == 16 && max_abs_diff(y2.data(), want2, 16) == 0.0f, "conv with no input channels gives its biases");
+  std::vector<float> y3 = run(g2, 4, 1, 2, 2, x, 2);
+  const float want3[6] = {7, 8, 9, 7, 8, 9};
+  expect(y3.size() == 6 && max_abs_diff(y3.data(), want3, 6) == 0.0f, "linear with no input features gives its bias");
+}
+
+void test_other_kernels() {
+  // One 2x4x4 image through batchnorm, relu, max/avg pool, global pool, add, flatten, linear.
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = float(i % 7) - 3.0f + (i >= 16 ? 0.5f : 0.0f);
+  const float gamma[2] = {2.0f, 0.5f}, beta[2] = {1.0f, -1.0f}, mean[2] = {1.0f, 0.0f}, var[2] = {3.0f, 0.0f};
+  Node bn{"bn", Op::BatchNorm, 0, -1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 1.0f, gamma, beta, nullptr, mean, var};
+  Node mp = simple_node("mp", Op::MaxPool, 2);
+  mp.kernel_h = mp.kernel_w = 2, mp.stride = 2;
+  Node ap = simple_node("ap", Op::AvgPool, 2);
+  ap.kernel_h = ap.kernel_w = 3, ap.stride = 1;
+  const float w[2 * 8] = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  const float b[2] = {0.5f, -0.5f};
+  std::vector<Node> g = {input_node(),
+                         bn,
+                         simple_node("relu", Op::ReLU, 1),
+                         mp,
+                         ap,
+                         simple_node("sum", Op::Add, 3, 4),
+                         simple_node("flat", Op::Flatten, 5),
+                         Node{"fc", Op::Linear, 6, -1, 8, 2, 0, 0, 0, 0, 0, 0, 0, 0.0f, w, b, nullptr, nullptr, nullptr},
+                         simple_node("gap", Op::GlobalAvgPool, 2)};
+  // The expected values straight from the definitions.
+  float bnr[32], mpv[8], apv[8], sum[8];
+  for (int c = 0; c < 2; ++c)
+    for (int i = 0; i < 16; ++i) {
+      const float v = gamma[c] * (x[c * 16 + i] - mean[c]) / std::sqrt(var[c] + 1.0f) + beta[c];
+      bnr[c * 16 + i] = v > 0 ? v : 0;
+    }
+  for (int c = 0; c < 2; ++c)
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 2; ++j) {
+        float m = -1e30f, s = 0;
+        for (int r = 0; r < 2; ++r)
+          for (int t = 0; t < 2; ++t) m = std::fmax(m, bnr[c * 16 + (2 * i + r) * 4 + 2 * j + t]);
+        for (int r = 0; r < 3; ++r)
+          for (int t = 0; t < 3; ++t) s += bnr[c * 16 + (i + r) * 4 + j + t];
+        mpv[c * 4 + i * 2 + j] = m;
+        apv[c * 4 + i * 2 + j] = s / 9;
+        sum[c * 4 + i * 2 + j] = m + s / 9;
+      }
+  const float fc_want[2] = {sum[0] + 0.5f, sum[7] - 0.5f};
+  float gap_want[2] = {0, 0};
+  for (int i = 0; i < 32; ++i) gap_want[i / 16] += bnr[i] / 16;
+  std::vector<float> y = run(g, 7, 2, 4, 4, x, 1);
+  expect(y.size() == 2 && max_abs_diff(y.data(), fc_want, 2) <= 1e-5f, "batchnorm, relu, pools, add, flatten, linear");
+  std::vector<float> yg = run(g, 8, 2, 4, 4, x, 1);
+  expect(yg.size() == 2 && max_abs_diff(yg.data(), gap_want, 2) <= 1e-5f, "global average pool");
+  std::vector<float> ym = run(g, 3, 2, 4, 4, x, 1);
+  expect(ym.size() == 8 && max_abs_diff(ym.data(), mpv, 8) == 0.0f, "max pool");
+  std::vector<float> ya = run(g, 4, 2, 4, 4, x, 1);
+  expect(ya.size() == 8 && max_abs_diff(ya.data(), apv, 8) <= 1e-6f, "average pool");
+}
+
+void test_planner() {
+  // A residual chain: buffers alive at the same time must not share memory, and the arena is
+  // smaller than the sum of all outputs (memory is reused).
+  Lcg rng{3};
+  std::vector<float> w = rng.fill(8 * 8 * 9);
+  std::vector<Node> g = {input_node()};
+  int x = 0;
+  for (int block = 0; block < 4; ++block) {
+    static const char* names[] = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"};
+    const int in_ch = block == 0 ? 3 : 8;
+    g.push_back(conv_node(names[block * 3], x, in_ch, 8, 3, 3, 1, 1, true, w.data(), nullptr));
+    const int a = int(g.size()) - 1;
+    g.push_back(conv_node(names[block * 3 + 1], a, 8, 8, 3, 3, 1, 1, false, w.data(), nullptr));
+    g.push_back(simple_node(names[block * 3 + 2], Op::Add, a, int(g.size()) - 1));
+    x = int(g.size()) - 1;
+  }
+  Graph graph{g.data(), int32_t(g.size()), x, 3, 6, 6};
+  std::vector<NodePlan> plan(g.size());
+  int64_t per_image = 0;
+  char err[256];
+  expect(plan_graph(graph, plan.data(), &per_image, err, sizeof err) == kOk, "plan a residual chain", err);
+  int64_t sum = 0;
+  bool disjoint = true;
+  for (size_t i = 1; i < g.size(); ++i) {
+    const int64_t size_i = int64_t(plan[i].c) * plan[i].h * plan[i].w;
+    sum += size_i;
+    for (size_t j = 1; j < i; ++j) {
+      const int64_t size_j = int64_t(plan[j].c) * plan[j].h * plan[j].w;
+      const bool both_alive = plan[j].last_use >= int(i);
+      const bool overlap = plan[i].offset < plan[j].offset + size_j && plan[j].offset < plan[i].offset + size_i;
+      if (both_alive && overlap) disjoint = false;
+    }
+  }
+  expect(disjoint, "buffers alive at the same time do not overlap");
+  expect(per_image < sum, "the arena reuses memory", std::to_string(per_image) + " vs " + std::to_string(sum));
+  expect(per_image <= 3 * 8 * 36, "the arena holds at most three live maps", std::to_string(per_image));
+
+  // Batched runs equal single-image runs.
+  std::vector<float> img = rng.fill(3 * 36 * 3);
+  std::vector<float> y3 = run(g, x, 3, 6, 6, img, 3);
+  bool same = y3.size() == 3 * 8 * 36;
+  for (int n = 0; n < 3 && same; ++n) {
+    std::vector<float> one(img.begin() + n * 108, img.begin() + (n + 1) * 108);
+    std::vector<float> y1 = run(g, x, 3, 6, 6, one, 1);
+    same = y1.size() == 288 && max_abs_diff(y1.data(), y3.data() + n * 288, 288) == 0.0f;
+  }
+  expect(same, "a batch of 3 gives each image's single-image result");
+}
+
+void test_errors() {
+  const float w[27] = {0};
+  std::vector<Node> g = {input_node(), conv_node("conv1", 0, 4, 1, 3, 3, 1, 1, false, w, nullptr)};
+  Status s;
+  std::string msg;
+  run(g, 1, 3, 5, 5, std::vector<float>(75), 1, &s, &msg);
+  expect(s == kErrGraph && msg.find("conv1") != std::string::npos && msg.find("4 input channels") != std::string::npos,
+         "a channel mismatch is refused naming the node", msg);
+  std::vector<Node> g2 = {input_node(), conv_node("conv1", 0, 3, 1, 3, 3, 1, 1, false, w, nullptr)};
+  Graph graph{g2.data(), 2, 1, 3, 5, 5};
+  NodePlan plan[2];
+  float arena[8];
+  Engine e;
+  expect(engine_init(&e, &graph, plan, arena, 8, 1) == kErrMemory && std::strstr(e.error, "arena"),
+         "a too small arena is refused", e.error);
+  float big[40];  // one 5x5 output (rounded to 28 floats) fits, two do not
+  expect(engine_init(&e, &graph, plan, big, 40, 2) == kErrMemory, "an arena too small for the batch is refused");
+  expect(engine_init(&e, &graph, plan, big, 40, 1) == kOk, "an arena of the planned size is accepted", e.error);
+  float out[25];
+  std::vector<float> x(75 * 2);
+  expect(engine_run(&e, x.data(), 2, out) == kErrArgument, "a batch above max_batch is refused");
+  std::vector<Node> g3 = {input_node(), simple_node("fc", Op::Linear, 0)};
+  run(g3, 1, 3, 5, 5, std::vector<float>(75), 1, &s, &msg);
+  expect(s == kErrGraph && msg.find("fc") != std::string::npos, "a linear layer on a map is refused", msg);
+}
+
+// ---------------------------------------------------------------- model files
+
+// Writes the archive format of core/archive.h, as the full build does.
+struct ArchiveBuilder {
+  std::vector<unsigned char> b;
+  void u32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) b.push_back((unsigned char)(v >> (8 * i)));
+  }
+  void u64(uint64_t v) {
+    for (int i = 0; i < 8; ++i) b.push_back((unsigned char)(v >> (8 * i)));
+  }
+  void str32(const std::string& s) {
+    u32(uint32_t(s.size()));
+    b.insert(b.end(), s.begin(), s.end());
+  }
+  void str64(const std::string& s) {
+    u64(s.size());
+    b.insert(b.end(), s.begin(), s.end());
+  }
+  struct T {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::vector<float> data;
+  };
+  // tensors must be sorted by name (the format's order; the reader does not depend on it).
+  std::vector<unsigned char> build(const std::string& kind, const std::string& spec, const std::vector<T>& tensors,
+                                   uint32_t version = 1) {
+    b.clear();
+    const char magic[] = "DNNSHIFT";
+    b.insert(b.end(), magic, magic + 8);
+    u32(version);
+    u32(0);
+    str32(kind);
+    u64(2);
+    str32("arch");
+    str64("custom");
+    str32("graph");
+    str64(spec);
+    u64(tensors.size());
+    for (const T& t : tensors) {
+      str32(t.name);
+      u32(uint32_t(t.shape.size()));
+      for (int64_t d : t.shape) u64(uint64_t(d));
+      for (float v : t.data) {
+        uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        u32(bits);
+      }
+    }
+    u32(crc32_update(0, b.data(), b.size()));
+    const char end[] = "ENDSHIFT";
+    b.insert(b.end(), end, end + 8);
+    return b;
+  }
+};
+
+void test_model_file() {
+  const std::string spec =
+      "dnnshifter-graph 1\n"
+      "input input shape=2,5,5\n"
+      "conv conv1 inputs=input bias=1 in=2 kh=3 kw=3 out=3 pad=1 pos_h=5 pos_w=5 relu=1 stride=1\n"
+      "conv conv2 inputs=conv1 bias=0 in=3 kh=3 kw=3 out=4 pad=0 relu=0 stride=2\n"
+      "batchnorm bn inputs=conv2 channels=4 eps=1e-05 momentum=0.1\n"
+      "relu relu inputs=bn\n"
+      "global_avgpool pool inputs=relu\n"
+      "linear fc inputs=pool bias=1 in=4 out=3\n"
+      "output fc\n";
+  Lcg rng{11};
+  std::vector<ArchiveBuilder::T> tensors = {
+      {"bn.bias", {4}, rng.fill(4)},
+      {"bn.running_mean", {4}, rng.fill(4)},
+      {"bn.running_var", {4}, {0.5f, 1.0f, 1.5f, 2.0f}},
+      {"bn.weight", {4}, rng.fill(4)},
+      {"conv1.bias", {3}, rng.fill(3)},
+      {"conv1.pos_bias", {3, 5, 5}, rng.fill(75)},
+      {"conv1.weight", {3, 2, 3, 3}, rng.fill(54)},
+      {"conv2.weight", {4, 3, 3, 3}, rng.fill(108)},
+      {"fc.bias", {3}, rng.fill(3)},
+      {"fc.weight", {3, 4}, rng.fill(12)},
+      {"mask:conv2.weight", {4, 3, 3, 3}, std::vector<float>(108, 1.0f)},
+  };
+  ArchiveBuilder ab;
+  std::vector<unsigned char> file = ab.build("model", spec, tensors);
+  LoadedModel m;
+  Status s = load_model_memory(file.data(), file.size(), "tiny.dnns", &m);
+  expect(s == kOk, "a valid model file loads", m.error);
+  if (s != kOk) return;
+  expect(m.graph.num_nodes == 7 && m.graph.output == 6 && m.graph.in_c == 2 && m.graph.in_h == 5,
+         "the graph spec is parsed");
+  // Same result as the node table written by hand with the same weights.
+  auto find = [&](const char* name) -> const std::vector<float>& {
+    for (const auto& t : tensors)
+      if (t.name == name) return t.data;
+    static std::vector<float> none;
+    return none;
+  };
+  std::vector<Node> g = {
+      input_node(),
+      conv_node("conv1", 0, 2, 3, 3, 3, 1, 1, true, find("conv1.weight").data(), find("conv1.bias").data(), 5, 5,
+                find("conv1.pos_bias").data()),
+      conv_node("conv2", 1, 3, 4, 3, 3, 2, 0, false, find("conv2.weight").data(), nullptr),
+      Node{"bn", Op::BatchNorm, 2, -1, 4, 4, 0, 0, 0, 0, 0, 0, 0, 1e-5f, find("bn.weight").data(), find("bn.bias").data(),
+           nullptr, find("bn.running_mean").data(), find("bn.running_var").data()},
+      simple_node("relu", Op::ReLU, 3),
+      simple_node("pool", Op::GlobalAvgPool, 4),
+      Node{"fc", Op::Linear, 5, -1, 4, 3, 0, 0, 0, 0, 0, 0, 0, 0.0f, find("fc.weight").data(), find("fc.bias").data(),
+           nullptr, nullptr, nullptr}};
+  std::vector<float> x = rng.fill(2 * 50);
+  std::vector<float> want = run(g, 6, 2, 5, 5, x, 2);
+  std::vector<Node> loaded(m.graph.nodes, m.graph.nodes + m.graph.num_nodes);
+  std::vector<float> got = run(loaded, m.graph.output, 2, 5, 5, x, 2);
+  expect(got.size() == 6 && want.size() == 6 && max_abs_diff(got.data(), want.data(), 6) == 0.0f,
+         "the loaded model computes what its weights define");
+  free_model(&m);
+
+  // Damaged and foreign files are refused with the right status and a message naming them.
+  struct Bad {
+    const char* what;
+    std::vector<unsigned char> bytes;
+    Status status;
+    const char* message_part;
+  };
+  std::vector<unsigned char> flipped = file;
+  flipped[file.size() / 2] ^= 0x10;
+  std::vector<unsigned char> truncated(file.begin(), file.begin() + long(file.size()) - 20);
+  std::vector<unsigned char> magic = file;
+  magic[0] = 'X';
+  std::vector<unsigned char> trailing = file;
+  trailing.push_back(0);
+  auto without = [&](const char* name) {
+    std::vector<ArchiveBuilder::T> t;
+    for (const auto& e : tensors)
+      if (e.name != name) t.push_back(e);
+    return ArchiveBuilder().build("model", spec, t);
+  };
+  auto with_shape = [&](const char* name, std::vector<int64_t> shape, size_t n) {
+    std::vector<ArchiveBuilder::T> t = tensors;
+    for (auto& e : t)
+      if (e.name == name) e.shape = shape, e.data.assign(n, 0.5f);
+    return ArchiveBuilder().build("model", spec, t);
+  };
+  std::vector<ArchiveBuilder::T> extra = tensors;
+  extra.push_back({"stray.weight", {1}, {1.0f}});
+  std::string bad_spec = spec;
+  bad_spec.replace(bad_spec.find("relu relu"), 9, "gelu relu");
+  std::string mismatch_spec = spec;
+  mismatch_spec.replace(mismatch_spec.find("channels=4"), 10, "channels=5");
+  std::string chain_spec = spec;
+  chain_spec.replace(chain_spec.find("in=3 kh=3"), 9, "in=2 kh=3");
+  std::vector<ArchiveBuilder::T> chain_tensors = tensors;
+  for (auto& e : chain_tensors)
+    if (e.name == "conv2.weight" || e.name == "mask:conv2.weight") e.shape = {4, 2, 3, 3}, e.data.resize(72);
+  std::vector<unsigned char> chain_bad = ArchiveBuilder().build("model", chain_spec, chain_tensors);
+  std::vector<Bad> bad = {
+      {"a flipped bit", flipped, kErrChecksum, "checksum mismatch"},
+      {"a truncated file", truncated, kErrFormat, "truncated"},
+      {"a foreign file", magic, kErrFormat, "bad magic"},
+      {"trailing bytes", trailing, kErrFormat, "end marker"},
+      {"a newer format version", ArchiveBuilder().build("model", spec, tensors, 2), kErrFormat, "version 2"},
+      {"a checkpoint instead of a model", ArchiveBuilder().build("checkpoint", spec, tensors), kErrFormat, "'checkpoint'"},
+      {"a missing tensor", without("conv2.weight"), kErrFormat, "'conv2.weight' is missing"},
+      {"a tensor of the wrong shape", with_shape("fc.weight", {4, 3}, 12), kErrFormat, "'fc.weight' has shape (4, 3)"},
+      {"a tensor the graph does not use", ArchiveBuilder().build("model", spec, extra), kErrFormat, "'stray.weight'"},
+      {"an unknown layer kind", ArchiveBuilder().build("model", bad_spec, tensors), kErrGraph, "'gelu'"},
+      {"parameters that disagree with the graph", ArchiveBuilder().build("model", mismatch_spec, tensors), kErrFormat,
+       "'bn.weight' has shape (4), the graph expects (5)"},
+      {"layers whose channels do not chain", chain_bad,
+       kErrGraph, "node 'conv2' (conv): expected 2 input channels"},
+      {"an empty file", {}, kErrFormat, "empty"},
+  };
+  for (const Bad& b : bad) {
+    LoadedModel bm;
+    Status bs = load_model_memory(b.bytes.data(), b.bytes.size(), "bad.dnns", &bm);
+    const bool ok = bs == b.status && std::strstr(bm.error, "bad.dnns") && std::strstr(bm.error, b.message_part) &&
+                    bm.nodes == nullptr && bm.weights == nullptr;
+    expect(ok, (std::string(b.what) + " is refused").c_str(), std::string(status_name(bs)) + ": " + bm.error);
+    free_model(&bm);
+  }
+  LoadedModel none;
+  expect(load_model_file("/nonexistent/model.dnns", &none) == kErrIo && std::strstr(none.error, "/nonexistent/model.dnns"),
+         "a missing file is refused naming it", none.error);
+}
+
+// ---------------------------------------------------------------- reference cases
+
+bool read_file(const std::string& path, std::vector<float>* out) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  std::vector<unsigned char> raw;
+  unsigned char buf[65536];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) raw.insert(raw.end(), buf, buf + n);
+  std::fclose(f);
+  if (raw.size() % 4) return false;
+  out->resize(raw.size() / 4);
+  for (size_t i = 0; i < out->size(); ++i) {
+    const unsigned char* p = raw.data() + 4 * i;
+    const uint32_t bits = uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+    std::memcpy(out->data() + i, &bits, 4);
+  }
+  return true;
+}
+
+// manifest.txt: one case per line, "NAME MODEL INPUT EXPECTED TOLERANCE" (paths relative to DIR).
+void test_references(const std::string& dir) {
+  std::FILE* f = std::fopen((dir + "/manifest.txt").c_str(), "r");
+  expect(f != nullptr, "the reference manifest exists", dir + "/manifest.txt");
+  if (!f) return;
+  char name[256], model_file[512], input_file[512], expected_file[512];
+  double tol = 0;
+  int cases = 0;
+  while (std::fscanf(f, "%255s %511s %511s %511s %lf", name, model_file, input_file, expected_file, &tol) == 5) {
+    ++cases;
+    LoadedModel m;
+    Status s = load_model_file((dir + "/" + model_file).c_str(), &m);
+    expect(s == kOk, (std::string(name) + ": the model loads").c_str(), m.error);
+    if (s != kOk) continue;
+    std::vector<float> x, want;
+    const bool have = read_file(dir + "/" + input_file, &x) && read_file(dir + "/" + expected_file, &want);
+    expect(have, (std::string(name) + ": input and expected logits are readable").c_str());
+    const int64_t image = int64_t(m.graph.in_c) * m.graph.in_h * m.graph.in_w;
+    if (!have || x.empty() || x.size() % size_t(image)) {
+      free_model(&m);
+      continue;
+    }
+    const int N = int(x.size() / size_t(image));
+    std::vector<Node> nodes(m.graph.nodes, m.graph.nodes + m.graph.num_nodes);
+    std::string msg;
+    std::vector<float> got = run(nodes, m.graph.output, m.graph.in_c, m.graph.in_h, m.graph.in_w, x, N, &s, &msg);
+    float scale = 1.0f;
+    for (float v : want) scale = std::fmax(scale, std::fabs(v));
+    const float diff = got.size() == want.size() ? max_abs_diff(got.data(), want.data(), want.size()) : INFINITY;
+    std::printf("%-24s %2d image(s), %3d nodes: max |logit diff| %.3g at logit scale %.3g (relative %.2g, tolerance %.2g)\n",
+                name, N, m.graph.num_nodes, double(diff), double(scale), double(diff / scale), tol);
+    expect(s == kOk && diff <= float(tol) * scale, (std::string(name) + ": logits match the full build").c_str(), msg);
+    free_model(&m);
+  }
+  std::fclose(f);
+  expect(cases > 0, "the manifest lists reference cases");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string refs;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--refs") && i + 1 < argc) {
+      refs = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: dnns_portable_test [--refs DIR]\n");
+      return 2;
+    }
+  }
+  test_conv_against_definition();
+  test_conv_extras();
+  test_other_kernels();
+  test_planner();
+  test_errors();
+  test_model_file();
+  if (!refs.empty()) test_references(refs);
+  std::printf("dnns_portable_test (%d-bit %s): %d passed, %d failed\n", int(sizeof(void*) * 8),
+#if defined(__aarch64__)
+              "aarch64",
+#elif defined(__arm__)
+              "arm",
+#elif defined(__x86_64__)
+              "x86-64",
+#else
+              "cpu",
+#endif
+              g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}

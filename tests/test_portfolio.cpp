@@ -1,0 +1,377 @@
+// The portfolio: the JSON reader behind its manifest, DNNShifter's choice of levels, a real
+// portfolio built end to end from a fake IMP run (IMP-like masks on a small ResNet-20) and
+// loaded back, and every kind of damaged portfolio refused with an error naming the entry.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/rng.h"
+#include "datasets/dataset.h"
+#include "datasets/loader.h"
+#include "nn/models/zoo.h"
+#include "prune/infer.h"
+#include "prune/json_value.h"
+#include "prune/portfolio.h"
+#include "prune/report.h"
+
+using namespace dnns;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& tag) {
+    path = fs::temp_directory_path() / ("dnns_" + tag + "_" + std::to_string(::getpid()));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string str() const { return path.string(); }
+};
+
+void randomize_batchnorm(Model& m, Rng& rng) {
+  for (Node& n : m.nodes())
+    if (auto* bn = dynamic_cast<BatchNorm2d*>(n.layer.get()))
+      for (int c = 0; c < bn->channels; ++c) {
+        bn->gamma.value[c] = rng.uniform(0.5f, 1.5f);
+        bn->beta.value[c] = rng.uniform(-0.5f, 0.5f);
+        bn->running_mean[c] = rng.uniform(-0.2f, 0.2f);
+        bn->running_var[c] = rng.uniform(0.5f, 2.0f);
+      }
+}
+
+// IMP-like masks at `density` of the prunable weights: |w| times a random per-filter
+// importance, one global threshold, so whole filters die at high sparsity as in trained
+// IMP masks (and compaction has channels to remove). Returns the surviving weights.
+int64_t imp_like_masks(Model& m, double density, uint64_t seed, int64_t* total) {
+  Rng rng(seed);
+  std::vector<float> all;
+  std::vector<std::vector<float>> scores;
+  for (auto& p : m.params()) {
+    if (!p.param->prunable) continue;
+    const Tensor& w = p.param->value;
+    int64_t rows = w.dim(0), per = w.numel() / rows;
+    std::vector<float> s(w.numel());
+    for (int64_t k = 0; k < rows; ++k) {
+      float importance = std::exp(2.0f * rng.normal());
+      for (int64_t q = 0; q < per; ++q) s[k * per + q] = std::fabs(w[k * per + q]) * importance;
+    }
+    all.insert(all.end(), s.begin(), s.end());
+    scores.push_back(std::move(s));
+  }
+  *total = static_cast<int64_t>(all.size());
+  std::vector<float> sorted = all;
+  size_t cut = static_cast<size_t>((1.0 - density) * sorted.size());
+  float thr = 0;
+  if (cut > 0) {
+    std::nth_element(sorted.begin(), sorted.begin() + cut, sorted.end());
+    thr = sorted[cut];
+  }
+  int64_t kept = 0;
+  size_t idx = 0;
+  for (auto& p : m.params()) {
+    if (!p.param->prunable) continue;
+    const std::vector<float>& s = scores[idx++];
+    Tensor mask(p.param->value.shape());
+    for (int64_t i = 0; i < mask.numel(); ++i) {
+      mask[i] = (cut == 0 || s[i] >= thr) ? 1.0f : 0.0f;
+      kept += mask[i] != 0.0f;
+    }
+    m.masks[p.name] = mask;
+  }
+  m.apply_masks();
+  return kept;
+}
+
+Model small_resnet(uint64_t seed) {
+  Model m = build_model("resnet20", 10, {3, 8, 8});
+  Rng rng(seed);
+  init_model(m, rng);
+  randomize_batchnorm(m, rng);
+  return m;
+}
+
+// A fake IMP run: level L keeps 0.5^L of the prunable weights (compression about 2^L).
+void write_fake_run(const std::string& run, int levels) {
+  Model base = small_resnet(11);
+  make_dirs(run);
+  write_text_atomic(run + "/hparams.json", "{\"command\": \"imp\", \"model\": \"resnet20\"}\n");
+  for (int L = 0; L <= levels; ++L) {
+    Model m = base.clone();
+    int64_t total = 0;
+    int64_t kept = imp_like_masks(m, std::pow(0.5, L), 100 + L, &total);
+    std::string dir = run + "/level_" + std::to_string(L);
+    make_dirs(dir);
+    m.save(dir + "/model.dnns");
+    LevelRecord r;
+    r.level = L;
+    r.remaining = kept;
+    r.total = total;
+    r.test_accuracy = 0.5 - 0.01 * L;
+    r.test_examples = 64;
+    write_text_atomic(dir + "/metrics.json", level_record_json(r));
+  }
+}
+
+Loader synthetic_test_loader() {
+  SyntheticSpec spec;
+  spec.num_examples = 64;
+  spec.height = spec.width = 8;
+  spec.seed = 5;
+  Dataset d = make_synthetic(spec);
+  LoaderOptions lo;
+  lo.batch_size = 32;
+  lo.shuffle = false;
+  lo.prefetch = 0;
+  lo.normalize = channel_stats(d);
+  return Loader(std::move(d), lo);
+}
+
+PortfolioOptions quick_options() {
+  PortfolioOptions o;
+  o.latency_batch = 4;
+  o.latency_runs = 5;
+  o.latency_batch_runs = 2;
+  o.verify_images = 64;
+  o.normalize_mean = {0.5, 0.5, 0.5};
+  o.normalize_std = {0.25, 0.25, 0.25};
+  o.data = "synthetic";
+  o.progress = false;
+  return o;
+}
+
+// Replaces the first occurrence of `from` on the manifest line of variant `name`.
+void edit_manifest(const std::string& dir, const std::string& name, const std::string& from, const std::string& to) {
+  std::string path = dir + "/manifest.json", text = read_text(path);
+  size_t line = text.find("\"name\": \"" + name + "\"");
+  REQUIRE(line != std::string::npos);
+  size_t at = text.find(from, line);
+  REQUIRE(at != std::string::npos);
+  REQUIRE(at < text.find('\n', line));
+  text.replace(at, from.size(), to);
+  write_text_atomic(path, text);
+}
+
+}  // namespace
+
+TEST_CASE("the JSON reader parses what the manifest needs and refuses malformed text") {
+  JsonValue v = parse_json(R"( {"a": [1, -2.5e3, true, false, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}} )", "t");
+  REQUIRE(v.type == JsonValue::Type::Object);
+  const auto& a = json_array(json_field(v, "a", "t"), "t.a");
+  REQUIRE(a.size() == 5);
+  CHECK(json_int(a[0], "a0") == 1);
+  CHECK(json_double(a[1], "a1") == -2500.0);
+  CHECK(json_bool(a[2], "a2"));
+  CHECK(a[4].type == JsonValue::Type::Null);
+  CHECK(json_string(json_field(v, "s", "t"), "s") == "x\"\\/\n\xc3\xa9\xf0\x9f\x98\x80");
+  CHECK(json_field(v, "o", "t").members.empty());
+  CHECK(json_int(parse_json("9007199254740993", "t"), "big") == 9007199254740993LL);  // exact beyond 2^53
+
+  CHECK(contains(error_of([] { parse_json("{\"a\": 1,\n \"b\": }", "m.json"); }), "m.json: line 2, column 7"));
+  CHECK(contains(error_of([] { parse_json("{\"a\": 1, \"a\": 2}", "m"); }), "duplicate key \"a\""));
+  CHECK(contains(error_of([] { parse_json("[1, 2,]", "m"); }), "unexpected character ']'"));
+  CHECK(contains(error_of([] { parse_json("[01]", "m"); }), "leading zeros"));
+  CHECK(contains(error_of([] { parse_json("{\"a\": 1} x", "m"); }), "unexpected text after"));
+  CHECK(contains(error_of([] { parse_json("\"abc", "m"); }), "unterminated string"));
+  CHECK(contains(error_of([] { parse_json("NaN", "m"); }), "unexpected character 'N'"));
+  CHECK(contains(error_of([] { parse_json(std::string(300, '['), "m"); }), "nesting deeper"));
+  CHECK(contains(error_of([] { json_int(parse_json("1.5", "m"), "m: x"); }), "m: x: expected an integer"));
+  CHECK(contains(error_of([] { json_field(parse_json("{}", "m"), "params", "m: v"); }), "m: v: missing field 'params'"));
+  CHECK(contains(error_of([] { json_string(parse_json("3", "m"), "m: f"); }), "expected a string, got number '3'"));
+}
+
+TEST_CASE("DNNShifter's levels: dense plus the level nearest each power-of-two compression") {
+  // 20% pruning per level: compression 1.25^L of the prunable weights.
+  std::vector<ImpLevel> levels;
+  for (int L = 0; L <= 20; ++L) {
+    ImpLevel l;
+    l.level = L;
+    l.compression = std::pow(1.25, L);
+    levels.push_back(l);
+  }
+  // 2x: L=3 (1.95), 4x: L=6 (3.81), 8x: L=9 (7.45), 16x: L=12 (14.6), 32x: L=16 (35.5),
+  // 64x: L=19 (69.4); 128x is further than sqrt(2) from L=20 (86.7): skipped.
+  CHECK(default_portfolio_levels(levels) == std::vector<int>{0, 3, 6, 9, 12, 16, 19});
+  levels.resize(4);  // a short run: only 2x is reached
+  CHECK(default_portfolio_levels(levels) == std::vector<int>{0, 3});
+  CHECK(nearest_rank_percentile({5, 1, 4, 2, 3}, 0.5) == 3);
+  CHECK(nearest_rank_percentile({5, 1, 4, 2, 3}, 0.99) == 5);
+  CHECK(nearest_rank_percentile({}, 0.5) == 0);
+}
+
+TEST_CASE("a portfolio built end to end from a fake IMP run loads back and reproduces its models") {
+  TempDir tmp("portfolio");
+  const std::string run = tmp.str() + "/run", out = tmp.str() + "/portfolio";
+  write_fake_run(run, 4);
+  std::vector<ImpLevel> levels = list_imp_levels(run);
+  REQUIRE(levels.size() == 5);
+  for (const ImpLevel& l : levels) {
+    CAPTURE(l.level);
+    CHECK(l.compression == doctest::Approx(std::pow(2.0, l.level)).epsilon(0.05));
+  }
+
+  Loader test = synthetic_test_loader();
+  Portfolio built = build_portfolio(run, out, test, quick_options());
+  REQUIRE(built.variants.size() == 5);  // 0 and the levels nearest 2x, 4x, 8x, 16x
+  CHECK(file_exists(out + "/manifest.json"));
+
+  LoadedPortfolio lp = load_portfolio(out);
+  const Portfolio& p = lp.manifest;
+  REQUIRE(p.variants.size() == 5);
+  CHECK(p.arch == "resnet20");
+  CHECK(p.input_shape == Shape{3, 8, 8});
+  CHECK(p.num_classes == 10);
+  CHECK(p.latency_batch == 4);
+  CHECK(p.normalize_std == std::vector<double>{0.25, 0.25, 0.25});
+  CHECK(p.dense_params == small_resnet(1).num_params());
+  Rng rng(9);
+  Tensor x({3, 3, 8, 8});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  for (size_t i = 0; i < p.variants.size(); ++i) {
+    const VariantInfo& v = p.variants[i];
+    CAPTURE(v.name);
+    CHECK(v.name == "level_" + std::to_string(i));
+    CHECK(v.level == static_cast<int>(i));
+    CHECK(v.params == lp.models[i]->num_params());
+    CHECK(v.flops == 2 * lp.models[i]->forward_macs());
+    CHECK(v.accuracy >= 0.0);
+    CHECK(v.accuracy <= 1.0);
+    CHECK(v.test_examples == 64);
+    CHECK(v.verified_images == 64);
+    CHECK(v.imp_accuracy == doctest::Approx(0.5 - 0.01 * i));
+    CHECK(v.latency_ms_p50_b1 > 0);
+    CHECK(v.latency_ms_p99_b1 >= v.latency_ms_p50_b1);
+    CHECK(v.memory_bytes_b1 == inference_memory(*lp.models[i], 1).total());
+    CHECK(v.memory_bytes_batch > v.memory_bytes_b1);
+    CHECK(v.crc32 == file_crc32(out + "/" + v.file));
+    CHECK(v.compression == doctest::Approx(levels[i].compression).epsilon(0.02));
+    CHECK(lp.models[i]->masks.empty());
+    // The loaded compact model computes the masked model's logits.
+    Model masked = Model::load(run + "/level_" + std::to_string(i) + "/model.dnns");
+    Tensor want = masked.forward(x, false), got = infer(*lp.models[i], x);
+    float scale = 1;
+    for (int64_t k = 0; k < want.numel(); ++k) scale = std::max(scale, std::fabs(want[k]));
+    CHECK(max_abs_diff(want, got) <= 1e-4f * scale);
+    CHECK(v.max_logit_diff <= 1e-4 * scale);
+  }
+  // Sparser levels lose whole filters: the compact models shrink.
+  CHECK(p.variants[4].params < p.variants[0].params / 4);
+  CHECK(p.variants[4].flops < p.variants[0].flops);
+  CHECK(p.variants[0].params == p.dense_params);
+  // The manifest round-trips through its text.
+  Portfolio again = parse_portfolio_manifest(portfolio_manifest_json(p), "roundtrip");
+  CHECK(portfolio_manifest_json(again) == portfolio_manifest_json(p));
+
+  SUBCASE("explicit levels") {
+    PortfolioOptions o = quick_options();
+    o.levels = {0, 2};
+    Portfolio two = build_portfolio(run, tmp.str() + "/two", test, o);
+    REQUIRE(two.variants.size() == 2);
+    CHECK(two.variants[1].name == "level_2");
+    o.levels = {0, 7};
+    CHECK(contains(error_of([&] { build_portfolio(run, tmp.str() + "/bad", test, o); }),
+                   "level 7 is not a finished level of the magnitude chain (finished: 0,1,2,3,4)"));
+  }
+
+  SUBCASE("damaged portfolios are refused, naming the entry") {
+    auto copy = [&](const std::string& tag) {
+      std::string d = tmp.str() + "/" + tag;
+      fs::copy(out, d, fs::copy_options::recursive);
+      return d;
+    };
+    {
+      std::string d = copy("badjson");
+      std::string text = read_text(d + "/manifest.json");
+      write_text_atomic(d + "/manifest.json", text.substr(0, text.size() / 2));
+      std::string e = error_of([&] { load_portfolio(d); });
+      CHECK(contains(e, d + "/manifest.json: line "));
+    }
+    {
+      std::string d = copy("missingfield");
+      edit_manifest(d, "level_1", "\"params\": ", "\"parameters\": ");
+      std::string e = error_of([&] { load_portfolio(d); });
+      CHECK(contains(e, "variant 'level_1' (entry 1): missing field 'params'"));
+    }
+    {
+      std::string d = copy("checksum");
+      std::string f = d + "/level_2.dnns";
+      std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+      io.seekp(200);
+      char c = 0;
+      io.seekg(200);
+      io.get(c);
+      io.seekp(200);
+      io.put(static_cast<char>(c ^ 0x40));
+      io.close();
+      std::string e = error_of([&] { load_portfolio(d); });
+      CHECK(contains(e, "variant 'level_2': checksum mismatch"));
+    }
+    {
+      std::string d = copy("missingfile");
+      fs::remove(d + "/level_3.dnns");
+      std::string e = error_of([&] { load_portfolio(d); });
+      CHECK(contains(e, "variant 'level_3': model file " + d + "/level_3.dnns is missing"));
+    }
+    {
+      std::string d = copy("params");
+      std::string n = std::to_string(p.variants[2].params);
+      edit_manifest(d, "level_2", "\"params\": " + n, "\"params\": " + std::to_string(p.variants[2].params + 1));
+      std::string e = error_of([&] { load_portfolio(d); });
+      CHECK(contains(e, "variant 'level_2': parameter count of the model in level_2.dnns is " + n +
+                            ", the manifest says " + std::to_string(p.variants[2].params + 1)));
+    }
+    {
+      std::string d = copy("swapped");  // entries pointing at each other's files: sizes differ
+      edit_manifest(d, "level_0", "\"file\": \"level_0.dnns\"", "\"file\": \"level_x.dnns\"");
+      edit_manifest(d, "level_4", "\"file\": \"level_4.dnns\"", "\"file\": \"level_0.dnns\"");
+      fs::rename(d + "/level_4.dnns", d + "/level_x.dnns");
+      std::string e = error_of([&] { load_portfolio(d); });
+      CHECK(contains(e, "variant 'level_0': " + d + "/level_x.dnns has "));
+    }
+    {
+      std::string d = copy("escape");
+      edit_manifest(d, "level_1", "\"file\": \"level_1.dnns\"", "\"file\": \"../level_1.dnns\"");
+      CHECK(contains(error_of([&] { load_portfolio(d); }), "variant 'level_1' (entry 1): field 'file': '../level_1.dnns' "
+                                                           "must be a plain file name"));
+    }
+    {
+      std::string d = copy("dupname");
+      edit_manifest(d, "level_3", "\"name\": \"level_3\"", "\"name\": \"level_2\"");
+      CHECK(contains(error_of([&] { load_portfolio(d); }), "variant 'level_2' (entry 3): the name is used by an earlier entry"));
+    }
+    {
+      std::string d = copy("range");
+      edit_manifest(d, "level_1", "\"accuracy\": ", "\"accuracy\": 1");
+      CHECK(contains(error_of([&] { load_portfolio(d); }), "variant 'level_1' (entry 1): field 'accuracy'"));
+    }
+    {
+      std::string d = copy("version");
+      std::string text = read_text(d + "/manifest.json");
+      size_t at = text.find("\"format_version\": 1");
+      REQUIRE(at != std::string::npos);
+      text.replace(at, 19, "\"format_version\": 2");
+      write_text_atomic(d + "/manifest.json", text);
+      CHECK(contains(error_of([&] { load_portfolio(d); }), "format version 2 is not supported"));
+    }
+    CHECK(contains(error_of([&] { load_portfolio(tmp.str() + "/nothing"); }), "manifest.json not found"));
+  }
+}
