@@ -32,16 +32,23 @@ struct SliceStats {
   bool nz(int k, int c) const { return nonzero[size_t(k) * C + c]; }
 };
 
-// Whether any of the `S` floats at p is nonzero (a compile-time S unrolls fully).
+// Whether any of the `S` floats at p is nonzero (a compile-time S unrolls fully). Floats are
+// read in pairs as 64-bit words: half the loads of a float-by-float scan.
 template <int S>
 inline bool any_nonzero_fixed(const float* p) {
-  uint32_t any = 0;
-  for (int j = 0; j < S; ++j) {
-    uint32_t bits;
+  constexpr uint64_t kNoSigns = 0x7fffffff7fffffffull;
+  uint64_t any = 0;
+  for (int j = 0; j + 1 < S; j += 2) {
+    uint64_t bits;
     std::memcpy(&bits, p + j, sizeof bits);
     any |= bits;
   }
-  return (any & 0x7fffffffu) != 0;
+  if (S % 2) {
+    uint32_t last;
+    std::memcpy(&last, p + S - 1, sizeof last);
+    any |= last;
+  }
+  return (any & kNoSigns) != 0;
 }
 
 inline bool any_nonzero(const float* p, int64_t n) {

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -48,21 +50,32 @@ std::string cpu_model_name() {
   return "unknown CPU";
 }
 
-uint32_t file_crc32(const std::string& path, int64_t* bytes) {
+uint32_t model_file_crc32(const std::string& path, int64_t* bytes) {
+  constexpr int64_t kTrailer = 12;  // u32 CRC-32 + "ENDSHIFT"
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  check(!ec, path + ": cannot read (" + ec.message() + ")");
+  check(static_cast<int64_t>(size) > kTrailer, path + ": too short for a model archive");
   std::ifstream f(path, std::ios::binary);
   check(f.good(), path + ": cannot open");
   std::vector<char> buf(1 << 20);
   uint32_t crc = 0;
-  int64_t total = 0;
-  while (f) {
-    f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    std::streamsize n = f.gcount();
-    if (n <= 0) break;
-    crc = crc32_update(crc, buf.data(), static_cast<size_t>(n));
-    total += n;
+  int64_t left = static_cast<int64_t>(size) - kTrailer;
+  while (left > 0) {
+    const std::streamsize want = static_cast<std::streamsize>(std::min<int64_t>(left, static_cast<int64_t>(buf.size())));
+    f.read(buf.data(), want);
+    check(f.gcount() == want, path + ": read error");
+    crc = crc32_update(crc, buf.data(), static_cast<size_t>(want));
+    left -= want;
   }
-  check(f.eof(), path + ": read error");
-  if (bytes) *bytes = total;
+  unsigned char trailer[kTrailer];
+  f.read(reinterpret_cast<char*>(trailer), kTrailer);
+  check(f.gcount() == kTrailer && std::memcmp(trailer + 4, "ENDSHIFT", 8) == 0,
+        path + ": not a model archive (no end marker)");
+  const uint32_t stored = uint32_t(trailer[0]) | uint32_t(trailer[1]) << 8 | uint32_t(trailer[2]) << 16 |
+                          uint32_t(trailer[3]) << 24;
+  check(stored == crc, path + ": checksum mismatch (file corrupt)");
+  if (bytes) *bytes = static_cast<int64_t>(size);
   return crc;
 }
 
@@ -255,10 +268,16 @@ std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Po
   const std::string path = dir + "/" + v.file;
   const std::string w = dir + "/manifest.json: variant '" + v.name + "'";
   check(file_exists(path), w + ": model file " + path + " is missing");
-  int64_t bytes = 0;
-  uint32_t crc = file_crc32(path, &bytes);
-  check(bytes == v.file_bytes, w + ": " + path + " has " + std::to_string(bytes) + " bytes, the manifest says " +
-                                   std::to_string(v.file_bytes));
+  std::error_code ec;
+  const int64_t bytes = static_cast<int64_t>(std::filesystem::file_size(path, ec));
+  check(!ec && bytes == v.file_bytes, w + ": " + path + " has " + std::to_string(ec ? -1 : bytes) +
+                                          " bytes, the manifest says " + std::to_string(v.file_bytes));
+  uint32_t crc = 0;
+  try {
+    crc = model_file_crc32(path);
+  } catch (const Error& e) {
+    throw Error(w + ": " + e.what());
+  }
   char hex[64];
   std::snprintf(hex, sizeof hex, "0x%08x, the manifest says 0x%08x", crc, v.crc32);
   check(crc == v.crc32, w + ": checksum mismatch: " + path + " has CRC-32 " + hex + " (file altered or corrupt)");
@@ -359,18 +378,6 @@ Tensor random_input(int64_t n, const Shape& chw, Rng& rng) {
   return x;
 }
 
-// p50 and p99 of `runs` timed infer calls after `warmup` untimed ones.
-std::pair<double, double> time_infer(const Model& m, const Tensor& x, int warmup, int runs) {
-  for (int i = 0; i < warmup; ++i) infer(m, x);
-  std::vector<double> t;
-  for (int i = 0; i < runs; ++i) {
-    auto t0 = Clock::now();
-    infer(m, x);
-    t.push_back(ms_since(t0));
-  }
-  return {nearest_rank_percentile(t, 0.5), nearest_rank_percentile(t, 0.99)};
-}
-
 }  // namespace
 
 VariantInfo make_variant(const Model& masked_in, const std::string& name, int level, BatchSource& test,
@@ -451,26 +458,49 @@ VariantInfo make_variant(const Model& masked_in, const std::string& name, int le
     check(max_abs_diff(infer(back, x), infer(compact, x)) == 0.0f,
           path + ": the saved compact model does not reproduce its logits");
   }
-  v.crc32 = file_crc32(path, &v.file_bytes);
+  v.crc32 = model_file_crc32(path, &v.file_bytes);
   v.resident_bytes = model_resident_bytes(compact);
 
-  Rng rng(mix_seed(0x4C4154 /* "LAT" */, static_cast<uint64_t>(level)));
-  auto [p50, p99] = time_infer(compact, random_input(1, compact.input_shape(), rng), 3, opt.latency_runs);
-  v.latency_ms_p50_b1 = p50, v.latency_ms_p99_b1 = p99;
-  auto [bp50, bp99] = time_infer(compact, random_input(opt.latency_batch, compact.input_shape(), rng), 1,
-                                 opt.latency_batch_runs);
-  v.latency_ms_p50_batch = bp50, v.latency_ms_p99_batch = bp99;
   v.memory_bytes_b1 = inference_memory(compact, 1).total();
   v.memory_bytes_batch = inference_memory(compact, opt.latency_batch).total();
 
   if (opt.progress)
     std::fprintf(stderr,
-                 "portfolio: %-9s %10lld params (%.2fx), accuracy %.2f%%, p50 %.3f ms (batch 1), %.3f ms (batch %lld), "
-                 "memory %.2f MB, max |dlogit| %.2g on %lld images, %.1f s\n",
-                 name.c_str(), (long long)v.params, v.compression, 100.0 * v.accuracy, v.latency_ms_p50_b1,
-                 v.latency_ms_p50_batch, (long long)opt.latency_batch, v.memory_bytes_b1 / 1e6, v.max_logit_diff,
-                 (long long)v.verified_images, ms_since(t_start) / 1000.0);
+                 "portfolio: %-9s %10lld params (%.2fx), %.2f MFLOPs, accuracy %.2f%%, memory %.2f MB, "
+                 "max |dlogit| %.2g on %lld images, %.1f s\n",
+                 name.c_str(), (long long)v.params, v.compression, v.flops / 1e6, 100.0 * v.accuracy,
+                 v.memory_bytes_b1 / 1e6, v.max_logit_diff, (long long)v.verified_images, ms_since(t_start) / 1000.0);
   return v;
+}
+
+void measure_latency(const std::vector<const Model*>& models, std::vector<VariantInfo>& infos,
+                     const PortfolioOptions& opt) {
+  check(models.size() == infos.size() && !models.empty(), "measure_latency: one entry per model needed");
+  check(opt.latency_batch > 0 && opt.latency_runs > 0 && opt.latency_batch_runs > 0,
+        "portfolio: latency batch and run counts must be positive");
+  const size_t n = models.size();
+  Rng rng(0x4C4154 /* "LAT" */);
+  const Tensor x1 = random_input(1, models[0]->input_shape(), rng);                  // (1, C, H, W)
+  const Tensor xb = random_input(opt.latency_batch, models[0]->input_shape(), rng);  // (B, C, H, W)
+  // Round-robin: call r of every variant before call r + 1 of any, so a change in the machine's
+  // load (other processes, frequency) affects every variant alike.
+  auto run = [&](const Tensor& x, int warmup, int runs, double VariantInfo::*p50, double VariantInfo::*p99) {
+    for (int w = 0; w < warmup; ++w)
+      for (const Model* m : models) infer(*m, x);
+    std::vector<std::vector<double>> t(n);
+    for (int r = 0; r < runs; ++r)
+      for (size_t i = 0; i < n; ++i) {
+        auto t0 = Clock::now();
+        infer(*models[i], x);
+        t[i].push_back(ms_since(t0));
+      }
+    for (size_t i = 0; i < n; ++i) {
+      infos[i].*p50 = nearest_rank_percentile(t[i], 0.5);
+      infos[i].*p99 = nearest_rank_percentile(t[i], 0.99);
+    }
+  };
+  run(x1, 3, opt.latency_runs, &VariantInfo::latency_ms_p50_b1, &VariantInfo::latency_ms_p99_b1);
+  run(xb, 1, opt.latency_batch_runs, &VariantInfo::latency_ms_p50_batch, &VariantInfo::latency_ms_p99_batch);
 }
 
 Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir, BatchSource& test,
@@ -520,6 +550,15 @@ Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir
     v.imp_accuracy = lv.record.test_accuracy;
     p.variants.push_back(std::move(v));
   }
+  // Latency last, from the saved files, every variant measured in the same stretch of time.
+  std::vector<Model> compact;
+  std::vector<const Model*> ptrs;
+  for (const VariantInfo& v : p.variants) compact.push_back(Model::load(out_dir + "/" + v.file));
+  for (const Model& m : compact) ptrs.push_back(&m);
+  if (opt.progress)
+    std::fprintf(stderr, "portfolio: timing %zu variants, %d calls at batch 1 and %d at batch %lld each, interleaved\n",
+                 ptrs.size(), opt.latency_runs, opt.latency_batch_runs, (long long)opt.latency_batch);
+  measure_latency(ptrs, p.variants, opt);
   write_text_atomic(out_dir + "/manifest.json", portfolio_manifest_json(p));
   return p;
 }

@@ -11,7 +11,7 @@
 //                     inference-only: the masks are dropped (every weight they zeroed is gone
 //                     or still zero)
 //
-// A variant entry holds: name, level, file, file_bytes, crc32 (CRC-32 of the whole file),
+// A variant entry holds: name, level, file, file_bytes, crc32 (model_file_crc32),
 // params, unpruned_params, compression, flops, accuracy, test_examples, imp_accuracy,
 // latency_ms_p50_b1, latency_ms_p99_b1, latency_ms_p50_batch, latency_ms_p99_batch,
 // memory_bytes_b1, memory_bytes_batch, resident_bytes, max_logit_diff, verified_images
@@ -38,7 +38,7 @@ struct VariantInfo {
   int level = 0;                 // the IMP level it was made from (0 = the dense network)
   std::string file;              // the model file, a plain name inside the portfolio folder
   int64_t file_bytes = 0;        // size of that file
-  uint32_t crc32 = 0;            // CRC-32 (zlib's) of the whole file
+  uint32_t crc32 = 0;            // model_file_crc32 of that file
   int64_t params = 0;            // parameters of the compact model
   int64_t unpruned_params = 0;   // parameters of the masked model its mask keeps
   double compression = 1;        // dense parameters / unpruned_params
@@ -94,8 +94,13 @@ LoadedPortfolio load_portfolio(const std::string& dir);
 // One variant's model, checked against its entry in the same way.
 std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index);
 
-// CRC-32 and size of a whole file; throws Error naming the path when it cannot be read.
-uint32_t file_crc32(const std::string& path, int64_t* bytes = nullptr);
+// The checksum the manifest keeps of a model file: CRC-32 (zlib's) of every byte before the
+// archive's 12-byte trailer (its own CRC-32 field and the end marker, core/archive.h). The CRC
+// of a whole archive is useless: a message followed by its own CRC always has the same CRC, so
+// every valid archive would share one value. Also checks that the stored field agrees. Throws
+// Error naming the path when the file cannot be read or is not a well-formed archive; `bytes`
+// receives the file size.
+uint32_t model_file_crc32(const std::string& path, int64_t* bytes = nullptr);
 
 // ---- building from an IMP run ------------------------------------------------------------
 
@@ -132,12 +137,18 @@ struct PortfolioOptions {
 };
 
 // Makes one variant: compacts `masked` (its weights must be masked), verifies it on the first
-// opt.verify_images images of `test`, measures accuracy on all of `test`, latency and memory,
-// saves it as <out_dir>/<name>.dnns and fills the entry. Throws Error naming `name` when the
-// compaction is not exact.
+// opt.verify_images images of `test`, measures accuracy on all of `test` and working memory,
+// saves it as <out_dir>/<name>.dnns and fills the entry except the latencies (measure_latency).
+// Throws Error naming `name` when the compaction is not exact.
 // The masked model's own parameter count is the dense count the compression is taken against.
 VariantInfo make_variant(const Model& masked, const std::string& name, int level, BatchSource& test,
                          const std::string& out_dir, const PortfolioOptions& opt);
+
+// Fills the latency fields of `infos` (one per model): p50 and p99 of opt.latency_runs calls
+// of `infer` at batch 1 and opt.latency_batch_runs at opt.latency_batch, on random inputs,
+// taken round-robin over the models so that a change in the machine's load hits all alike.
+void measure_latency(const std::vector<const Model*>& models, std::vector<VariantInfo>& infos,
+                     const PortfolioOptions& opt);
 
 // Builds the portfolio of `run_dir` into `out_dir` (created if missing): the chosen levels
 // made with make_variant, then manifest.json. Returns the manifest.

@@ -172,25 +172,108 @@ std::string explain_selection(const std::vector<VariantInfo>& vs, const Conditio
   return out;
 }
 
+// ---------------------------------------------------------------- packed variants
+
+Residency parse_residency(const std::string& s) {
+  if (s == "dense") return Residency::Dense;
+  if (s == "packed") return Residency::Packed;
+  throw Error("residency must be 'dense' or 'packed', got '" + s + "'");
+}
+
+int64_t PackedModel::bytes() const {
+  int64_t total = static_cast<int64_t>(spec.size() + arch.size());
+  for (const PackedTensor& t : tensors)
+    total += static_cast<int64_t>(t.values.size() * sizeof(float) + t.index.size() * sizeof(uint32_t));
+  return total;
+}
+
+PackedModel pack_model(const Model& m) {
+  check(m.device() == Device::CPU, "pack_model: the model must be on the CPU");
+  PackedModel p;
+  p.spec = m.spec();
+  p.arch = m.arch;
+  for (auto& [name, t] : const_cast<Model&>(m).state()) {  // state() only hands out pointers
+    PackedModel::PackedTensor pt;
+    pt.name = name;
+    pt.shape = t->shape();
+    const float* v = t->data();  // (numel)
+    const int64_t numel = t->numel();
+    int64_t nnz = 0;
+    // -0.0 counts as a value to keep, so unpacking restores every bit.
+    auto kept = [](float x) { return x != 0.0f || std::signbit(x); };
+    for (int64_t i = 0; i < numel; ++i) nnz += kept(v[i]);
+    // (index, value) pairs cost 8 bytes a nonzero, a dense copy 4 bytes a value.
+    pt.sparse = numel < (int64_t(1) << 32) && 2 * nnz < numel;
+    if (pt.sparse) {
+      pt.index.reserve(nnz);
+      pt.values.reserve(nnz);
+      for (int64_t i = 0; i < numel; ++i)
+        if (kept(v[i])) pt.index.push_back(static_cast<uint32_t>(i)), pt.values.push_back(v[i]);
+    } else {
+      pt.values.assign(v, v + numel);
+    }
+    p.tensors.push_back(std::move(pt));
+  }
+  return p;
+}
+
+Model unpack_model(const PackedModel& p) {
+  Model m = Model::from_spec(p.spec);  // every tensor allocated and zero-filled
+  m.arch = p.arch;
+  auto state = m.state();
+  check(state.size() == p.tensors.size(), "unpack_model: the graph has " + std::to_string(state.size()) +
+                                              " tensors, the packed model " + std::to_string(p.tensors.size()));
+  for (size_t k = 0; k < state.size(); ++k) {
+    const PackedModel::PackedTensor& pt = p.tensors[k];
+    Tensor& t = *state[k].second;
+    check(state[k].first == pt.name && t.shape() == pt.shape,
+          "unpack_model: tensor " + std::to_string(k) + " is '" + state[k].first + "' " + shape_str(t.shape()) +
+              ", the packed model has '" + pt.name + "' " + shape_str(pt.shape));
+    float* dst = t.data();  // (numel)
+    if (pt.sparse)
+      for (size_t i = 0; i < pt.index.size(); ++i) dst[pt.index[i]] = pt.values[i];
+    else
+      std::copy(pt.values.begin(), pt.values.end(), dst);
+  }
+  return m;
+}
+
 // ---------------------------------------------------------------- the shifter
 
-Shifter::Shifter(LoadedPortfolio portfolio, NoFitPolicy policy) : p_(std::move(portfolio)), policy_(policy) {
+Shifter::Shifter(LoadedPortfolio portfolio, NoFitPolicy policy, Residency residency)
+    : p_(std::move(portfolio)), policy_(policy), residency_(residency) {
   check(!p_.models.empty() && p_.models.size() == p_.manifest.variants.size(),
         "shifter: portfolio " + p_.dir + " has " + std::to_string(p_.manifest.variants.size()) + " variants but " +
             std::to_string(p_.models.size()) + " models");
   for (size_t i = 0; i < p_.models.size(); ++i)
     check(p_.models[i] != nullptr && p_.models[i]->device() == Device::CPU,
           "shifter: variant '" + p_.manifest.variants[i].name + "' is not loaded on the CPU");
-  served_ = std::make_unique<std::atomic<int64_t>[]>(p_.models.size());
-  for (size_t i = 0; i < p_.models.size(); ++i) served_[i].store(0);
+  if (residency_ == Residency::Packed) {
+    for (auto& m : p_.models) {
+      packed_.push_back(pack_model(*m));
+      m.reset();  // the ready model goes; the packed one stays
+    }
+  }
+  served_ = std::make_unique<std::atomic<int64_t>[]>(p_.manifest.variants.size());
+  for (size_t i = 0; i < p_.manifest.variants.size(); ++i) served_[i].store(0);
   std::lock_guard<std::mutex> lock(mu_);
   publish(select_variant(p_.manifest.variants, Conditions{}).chosen);
   swaps_.store(0);  // the first activation is not a swap
 }
 
+std::shared_ptr<const Model> Shifter::model(int index) const {
+  check(index >= 0 && index < size(), "shifter: no variant " + std::to_string(index));
+  if (residency_ == Residency::Dense) return p_.models[index];
+  return std::make_shared<const Model>(unpack_model(packed_[index]));
+}
+
 double Shifter::publish(int index) {
   const auto t0 = Clock::now();
-  auto next = std::make_shared<const Active>(Active{index, ++generation_, p_.models[index]});
+  // The model is complete before anyone can see it: requests only ever reach it through the
+  // pointer stored below.
+  std::shared_ptr<const Model> model =
+      residency_ == Residency::Dense ? p_.models[index] : std::make_shared<const Model>(unpack_model(packed_[index]));
+  auto next = std::make_shared<const Active>(Active{index, ++generation_, std::move(model)});
   active_.store(std::move(next));
   const auto t1 = Clock::now();
   swaps_.fetch_add(1);
@@ -240,15 +323,19 @@ int Shifter::active() const { return active_.load()->index; }
 uint64_t Shifter::generation() const { return active_.load()->generation; }
 
 std::vector<int64_t> Shifter::served_counts() const {
-  std::vector<int64_t> out(p_.models.size());
+  std::vector<int64_t> out(p_.manifest.variants.size());
   for (size_t i = 0; i < out.size(); ++i) out[i] = served_[i].load();
   return out;
 }
 
 int64_t Shifter::resident_bytes() const {
   int64_t total = 0;
-  for (const auto& m : p_.models) total += model_resident_bytes(*m);
-  return total;
+  if (residency_ == Residency::Dense) {
+    for (const auto& m : p_.models) total += model_resident_bytes(*m);
+    return total;
+  }
+  for (const PackedModel& pm : packed_) total += pm.bytes();
+  return total + model_resident_bytes(*active_.load()->model);
 }
 
 // ---------------------------------------------------------------- traces

@@ -13,9 +13,9 @@
 // ((value - budget) / budget for latency and memory, (minimum - accuracy) / minimum for
 // accuracy), then the order above.
 //
-// Serving (Shifter). Every variant is loaded, checked and held as an immutable
-// shared_ptr<const Model> before it can be chosen; the active variant is one atomic
-// shared_ptr. A request takes a snapshot of it when it starts and runs `infer` (prune/
+// Serving (Shifter). Every variant is loaded and checked before it can be chosen, and served
+// as an immutable shared_ptr<const Model> that is complete before it is published; the active
+// variant is one atomic shared_ptr. A request takes a snapshot of it when it starts and runs `infer` (prune/
 // infer.h, safe on one model from many threads) on that snapshot, so a swap never stalls,
 // never drops a request, and never lets one see a half-loaded model: requests in flight
 // finish on the variant they started on, and keep it alive until they do. Every answer names
@@ -81,6 +81,32 @@ struct Answer {
 // What to do when no variant fits: serve the closest one, or keep the active one.
 enum class NoFitPolicy { Closest, KeepCurrent };
 
+// How the shifter holds the variants it is not serving.
+//   Dense:  every variant as a ready model; a swap only publishes a pointer (microseconds).
+//   Packed: every variant as a PackedModel (its nonzero weights with their positions where
+//           that is smaller), only the active one as a ready model; a swap unpacks the new
+//           variant first (a fresh, complete model) and then publishes it. Less memory for
+//           portfolios of sparse variants, a slower swap.
+enum class Residency { Dense, Packed };
+Residency parse_residency(const std::string& s);  // "dense" | "packed"
+
+// A model kept compactly: its graph spec and every state tensor, dense or as (index, value)
+// pairs of its nonzeros, whichever is smaller. Masks are not kept (inference only).
+struct PackedModel {
+  struct PackedTensor {
+    std::string name;
+    Shape shape;
+    bool sparse = false;
+    std::vector<uint32_t> index;  // (nnz) flat positions, sparse only
+    std::vector<float> values;    // (nnz) sparse, or (numel) dense
+  };
+  std::string spec, arch;
+  std::vector<PackedTensor> tensors;  // in Model::state() order
+  int64_t bytes() const;  // what it holds: values, indices and the spec text
+};
+PackedModel pack_model(const Model& m);
+Model unpack_model(const PackedModel& p);  // equal to the packed model, value for value
+
 struct ShiftResult {
   Selection selection;
   int previous = -1, active = -1;  // variant indices before and after
@@ -93,14 +119,17 @@ struct ShiftResult {
 class Shifter {
  public:
   // Starts with the most accurate variant active (ties as in select_variant).
-  explicit Shifter(LoadedPortfolio portfolio, NoFitPolicy policy = NoFitPolicy::Closest);
+  explicit Shifter(LoadedPortfolio portfolio, NoFitPolicy policy = NoFitPolicy::Closest,
+                   Residency residency = Residency::Dense);
   Shifter(const Shifter&) = delete;
   Shifter& operator=(const Shifter&) = delete;
 
   const Portfolio& portfolio() const { return p_.manifest; }
   const std::string& dir() const { return p_.dir; }
-  int size() const { return static_cast<int>(p_.models.size()); }
-  const Model& model(int index) const { return *p_.models.at(index); }
+  int size() const { return static_cast<int>(p_.manifest.variants.size()); }
+  Residency residency() const { return residency_; }
+  // Variant `index` as a ready model (the held one, or freshly unpacked when packed).
+  std::shared_ptr<const Model> model(int index) const;
 
   // Chooses for `c` and swaps when the choice differs from the active variant. Safe to call
   // while other threads call infer(); calls to shift/activate are serialised.
@@ -115,7 +144,9 @@ class Shifter {
   uint64_t generation() const;
   int64_t swaps() const { return swaps_.load(); }
   std::vector<int64_t> served_counts() const;  // (variants) answers served by each
-  // Bytes of every tensor of every held variant (the portfolio resident in memory).
+  // What the shifter holds: Dense, the tensors of every variant; Packed, every packed variant
+  // plus the active variant's ready model. (A request still running on the previous variant
+  // keeps that model alive until it finishes.)
   int64_t resident_bytes() const;
 
  private:
@@ -126,8 +157,10 @@ class Shifter {
   };
   double publish(int index);  // with mu_ held
 
-  LoadedPortfolio p_;
+  LoadedPortfolio p_;       // Packed: p_.models is emptied once packed
   NoFitPolicy policy_;
+  Residency residency_;
+  std::vector<PackedModel> packed_;  // (variants) Packed only
   std::atomic<std::shared_ptr<const Active>> active_;
   std::mutex mu_;  // serialises shift/activate
   uint64_t generation_ = 0;  // the last generation published; guarded by mu_

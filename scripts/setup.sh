@@ -32,6 +32,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# onnxruntime for the ONNX export test (tests/test_export.cpp skips that check without it; offline: no harm).
+python3 -m pip install -q --retries 1 --timeout 30 onnxruntime numpy >/dev/null 2>&1 || true
+
 # nvcc lives outside PATH on the CUDA images; AUTO picks it up from there.
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
 

@@ -30,11 +30,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The real-data run: sized to stay within the CI budget on 2 cores (see the test's MESSAGE
-// for its accuracy and time).
+// The real-data run, sized for the CI budget (about 100 s of CPU time). Measured: 33.8% dense,
+// then 31.2, 33.8, 36.6 and 34.2% at 80, 64, 51 and 41% of weights. The same run pruning the
+// largest weights instead of the smallest reached 25.0, 22.2, 17.0 and 11.0%: the threshold
+// sits between the two.
 constexpr int64_t kRealTrain = 1500, kRealTest = 500, kRealEpochs = 2, kRealBatch = 32;
 constexpr float kRealLr = 0.05f;
-constexpr double kRealMinAccuracy = 0.30;  // chance is 0.10
+constexpr double kRealMinAccuracy = 0.25;  // chance is 0.10
 
 // A fresh folder under the temporary directory, removed at the end of the test.
 struct TmpDir {
@@ -330,6 +332,25 @@ TEST_CASE("run_imp: each level is the previous one pruned, rewound and retrained
     CHECK(again[i].wall_seconds == doctest::Approx(recs[i].wall_seconds).epsilon(1e-12));
   }
   CHECK(read_text(imp_level_dir(out, "magnitude", 3) + "/metrics.json") == metrics3);
+  // A session killed after level 3's last checkpoint but before its metrics.json: resuming
+  // finishes the level without training, to the same model and record.
+  {
+    const std::string d3 = imp_level_dir(out, "magnitude", 3);
+    Model last = Model::load(d3 + "/model.dnns");
+    Trainer t(last, cfg);
+    t.set_step(48);
+    t.save_checkpoint(d3 + "/checkpoint.dnns");
+    fs::remove(d3 + "/metrics.json");
+    std::vector<LevelRecord> fin = run_imp(init, cfg, train, test, out, opt);
+    REQUIRE(fin.size() == recs.size());
+    CHECK(fin[5].resumed);
+    CHECK(fin[5].test_accuracy == recs[5].test_accuracy);
+    CHECK(fin[5].train_loss == recs[5].train_loss);
+    CHECK(fin[5].train_accuracy == recs[5].train_accuracy);
+    CHECK(fin[5].train_seconds == recs[5].train_seconds);
+    CHECK(file_bytes(d3 + "/model.dnns") == level3);
+    CHECK_FALSE(file_exists(d3 + "/checkpoint.dnns"));
+  }
   // Extending by one level adds level 4 and leaves the others alone.
   opt.levels = 4;
   opt.random_baseline = false;

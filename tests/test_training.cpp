@@ -189,3 +189,30 @@ TEST_CASE("a diverging run stops with a clear error") {
       },
       doctest::Contains("training diverged"), Error);
 }
+
+TEST_CASE("learning-rate schedules") {
+  LrSchedule ms;
+  ms.kind = LrSchedule::Kind::MultiStep;
+  ms.base_lr = 0.1f;
+  ms.milestones = {100, 150};
+  CHECK(ms.lr_at(0) == doctest::Approx(0.1));
+  CHECK(ms.lr_at(99) == doctest::Approx(0.1));
+  CHECK(ms.lr_at(100) == doctest::Approx(0.01));
+  CHECK(ms.lr_at(149) == doctest::Approx(0.01));
+  CHECK(ms.lr_at(150) == doctest::Approx(0.001));
+
+  LrSchedule cos;
+  cos.kind = LrSchedule::Kind::Cosine;
+  cos.base_lr = 0.2f;
+  cos.total_steps = 100;
+  CHECK(cos.lr_at(0) == doctest::Approx(0.2));
+  CHECK(cos.lr_at(50) == doctest::Approx(0.1));
+  CHECK(cos.lr_at(100) == doctest::Approx(0.0));
+
+  LrSchedule warm = ms;
+  warm.warmup_steps = 10;
+  CHECK(warm.lr_at(0) == doctest::Approx(0.0));
+  CHECK(warm.lr_at(5) == doctest::Approx(0.05));
+  CHECK(warm.lr_at(10) == doctest::Approx(0.1));
+  CHECK(warm.lr_at(120) == doctest::Approx(0.01));
+}

@@ -7,4 +7,6 @@ int cmd_train(int argc, char** argv);
 int cmd_imp(int argc, char** argv);
 int cmd_compact(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
+int cmd_export(int argc, char** argv);
+int cmd_portfolio(int argc, char** argv);
 }  // namespace dnns::app

@@ -18,6 +18,8 @@ const char* kUsage =
     "  imp       iterative magnitude pruning with weight rewinding (lottery tickets)\n"
     "  compact   exact structural compaction of IMP levels, verified on the test set\n"
     "  inspect   show what a model or checkpoint file holds\n"
+    "  export    export a model for edge deployment: ONNX, or C arrays + the portable runtime\n"
+    "  portfolio compact variants of chosen IMP levels, verified and measured, for the shifter\n"
     "\n"
     "Run `cifar_prune COMMAND --help` for the flags of a command.\n";
 
@@ -35,6 +37,8 @@ int main(int argc, char** argv) {
     if (cmd == "imp") return dnns::app::cmd_imp(argc - 1, argv + 1);
     if (cmd == "compact") return dnns::app::cmd_compact(argc - 1, argv + 1);
     if (cmd == "inspect") return dnns::app::cmd_inspect(argc - 1, argv + 1);
+    if (cmd == "export") return dnns::app::cmd_export(argc - 1, argv + 1);
+    if (cmd == "portfolio") return dnns::app::cmd_portfolio(argc - 1, argv + 1);
     std::fprintf(stderr, "cifar_prune: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {

@@ -3,10 +3,10 @@
 // the inner loop is contiguous; nothing here allocates, throws or touches a file.
 #include "dnns_runtime.h"
 
-#include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstring>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
 
 namespace dnns::rt {
 
@@ -16,7 +16,7 @@ void set_error(char* err, size_t len, const char* fmt, ...) {
   if (!err || len == 0) return;
   va_list args;
   va_start(args, fmt);
-  std::vsnprintf(err, len, fmt, args);
+  vsnprintf(err, len, fmt, args);
   va_end(args);
 }
 
@@ -54,38 +54,65 @@ void valid_range(int pad, int r, int stride, int size, int out, int* lo, int* hi
 
 // y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*stride - pad + r, q*stride - pad + s]
 //              (+ pos_bias[k,p,q]), then ReLU when fused; x reads zero outside the image.
-// Loop order: one output plane at a time, one weight at a time, so the inner loop runs along
-// an output row (contiguous, vectorisable at stride 1). Pruned (zero) weights are skipped.
+// Two loop orders, by output width. Wide maps: one output plane at a time, one weight at a
+// time, so the inner loop runs along an output row (contiguous, vectorisable at stride 1) and
+// pruned (zero) weights are skipped. Narrow maps (rows of fewer than 8 values, the deep layers
+// of a VGG): one dot product per output value, since there row loops of 1 to 4 iterations would
+// spend their time on bookkeeping.
 void conv2d(const Node& nd, int N, int C, int H, int W, int P, int Q, const float* x, float* y) {
   // x (N, C, H, W)   w (K, C, R, S)   y (N, K, P, Q)
   const int K = nd.out_ch, R = nd.kernel_h, S = nd.kernel_w, stride = nd.stride, pad = nd.pad;
   const int64_t plane = int64_t(P) * Q;
   for (int n = 0; n < N; ++n)
     for (int k = 0; k < K; ++k) {
-      float* yk = y + (int64_t(n) * K + k) * plane;  // (P, Q)
+      float* yk = y + (int64_t(n) * K + k) * plane;              // (P, Q)
+      const float* wk = nd.weight + int64_t(k) * C * R * S;      // (C, R, S)
+      const float* xn = x + int64_t(n) * C * H * W;              // (C, H, W)
       const float b = nd.bias ? nd.bias[k] : 0.0f;
-      for (int64_t i = 0; i < plane; ++i) yk[i] = b;
-      for (int c = 0; c < C; ++c) {
-        const float* xc = x + (int64_t(n) * C + c) * H * W;        // (H, W)
-        const float* wkc = nd.weight + (int64_t(k) * C + c) * R * S;  // (R, S)
-        for (int r = 0; r < R; ++r) {
-          int p0, p1;
-          valid_range(pad, r, stride, H, P, &p0, &p1);
-          for (int s = 0; s < S; ++s) {
-            const float wv = wkc[r * S + s];
-            if (wv == 0.0f) continue;
-            int q0, q1;
-            valid_range(pad, s, stride, W, Q, &q0, &q1);
-            for (int p = p0; p < p1; ++p) {
-              const float* xrow = xc + int64_t(p * stride - pad + r) * W;  // (W)
-              float* yrow = yk + int64_t(p) * Q;                            // (Q)
-              if (stride == 1) {
-                const int shift = s - pad;
-                for (int q = q0; q < q1; ++q) yrow[q] += wv * xrow[q + shift];
-              } else {
-                for (int q = q0; q < q1; ++q) yrow[q] += wv * xrow[q * stride - pad + s];
+      if (Q >= 8) {
+        for (int64_t i = 0; i < plane; ++i) yk[i] = b;
+        for (int c = 0; c < C; ++c) {
+          const float* xc = xn + int64_t(c) * H * W;  // (H, W)
+          const float* wkc = wk + int64_t(c) * R * S;  // (R, S)
+          for (int r = 0; r < R; ++r) {
+            int p0, p1;
+            valid_range(pad, r, stride, H, P, &p0, &p1);
+            for (int s = 0; s < S; ++s) {
+              const float wv = wkc[r * S + s];
+              if (wv == 0.0f) continue;
+              int q0, q1;
+              valid_range(pad, s, stride, W, Q, &q0, &q1);
+              for (int p = p0; p < p1; ++p) {
+                const float* xrow = xc + int64_t(p * stride - pad + r) * W;  // (W)
+                float* yrow = yk + int64_t(p) * Q;                            // (Q)
+                if (stride == 1) {
+                  const int shift = s - pad;
+                  for (int q = q0; q < q1; ++q) yrow[q] += wv * xrow[q + shift];
+                } else {
+                  for (int q = q0; q < q1; ++q) yrow[q] += wv * xrow[q * stride - pad + s];
+                }
               }
             }
+          }
+        }
+      } else {
+        for (int p = 0; p < P; ++p) {
+          const int h0 = p * stride - pad;  // input row of kernel row 0
+          const int r0 = h0 < 0 ? -h0 : 0, r1 = H - h0 < R ? H - h0 : R;
+          for (int q = 0; q < Q; ++q) {
+            const int w0 = q * stride - pad;
+            const int s0 = w0 < 0 ? -w0 : 0, s1 = W - w0 < S ? W - w0 : S;
+            float acc = 0.0f;
+            for (int c = 0; c < C; ++c) {
+              const float* xc = xn + int64_t(c) * H * W;   // (H, W)
+              const float* wkc = wk + int64_t(c) * R * S;  // (R, S)
+              for (int r = r0; r < r1; ++r) {
+                const float* xrow = xc + int64_t(h0 + r) * W;  // (W)
+                const float* wrow = wkc + r * S;                // (S)
+                for (int s = s0; s < s1; ++s) acc += wrow[s] * xrow[w0 + s];
+              }
+            }
+            yk[int64_t(p) * Q + q] = b + acc;
           }
         }
       }
@@ -102,7 +129,7 @@ void conv2d(const Node& nd, int N, int C, int H, int W, int P, int Q, const floa
 void batchnorm(const Node& nd, int N, int C, int64_t HW, const float* x, float* y) {
   // x, y (N, C, HW)
   for (int c = 0; c < C; ++c) {
-    const float scale = nd.weight[c] / std::sqrt(nd.var[c] + nd.eps);
+    const float scale = nd.weight[c] / sqrtf(nd.var[c] + nd.eps);
     const float mean = nd.mean[c], beta = nd.bias[c];
     for (int n = 0; n < N; ++n) {
       const float* xc = x + (int64_t(n) * C + c) * HW;  // (HW)
@@ -165,7 +192,7 @@ Status fail(char* err, size_t len, Status s, const Node& nd, const char* fmt, ..
   char detail[200];
   va_list args;
   va_start(args, fmt);
-  std::vsnprintf(detail, sizeof detail, fmt, args);
+  vsnprintf(detail, sizeof detail, fmt, args);
   va_end(args);
   set_error(err, len, "node '%s' (%s): %s", nd.name ? nd.name : "?", op_name(nd.op), detail);
   return s;
@@ -316,13 +343,26 @@ Status plan_graph(const Graph& g, NodePlan* plan, int64_t* floats_per_image, cha
   }
   plan[g.output].last_use = n;
   // First fit: each output goes to the lowest offset that overlaps no buffer still alive when
-  // it is written (its own inputs included: no kernel runs in place). The input images stay in
-  // the caller's memory.
+  // it is written, its own inputs included, except that an elementwise node (relu, batchnorm,
+  // add, flatten) writes over an input that nothing reads later: that halves the memory of the
+  // conv-batchnorm-relu chains of a dense graph. The input images stay in the caller's memory.
   int64_t total = 0;
   for (int i = 1; i < n; ++i) {
     const int64_t size = round_up4(plan_numel(plan[i]));
     plan[i].offset = 0;
     if (size == 0) continue;
+    const Node& nd = g.nodes[i];
+    const Op op = nd.op;
+    if (op == Op::ReLU || op == Op::BatchNorm || op == Op::Add || op == Op::Flatten) {
+      int reuse = -1;
+      const int32_t inputs[2] = {nd.in0, op == Op::Add ? nd.in1 : -1};
+      for (int32_t in : inputs)
+        if (reuse < 0 && in > 0 && plan[in].last_use == i && round_up4(plan_numel(plan[in])) == size) reuse = in;
+      if (reuse > 0) {
+        plan[i].offset = plan[reuse].offset;
+        continue;
+      }
+    }
     int64_t best = -1;
     // Candidates: 0 and the end of every live buffer; the lowest that fits wins.
     for (int cand = 0; cand < i; ++cand) {
@@ -413,7 +453,7 @@ Status engine_run(Engine* e, const float* input, int32_t batch, float* output) {
         break;
       case Op::GlobalAvgPool: global_avgpool(int64_t(N) * xp.c, int64_t(xp.h) * xp.w, x, y); break;
       case Op::Flatten:
-        if (x_numel > 0) std::memcpy(y, x, size_t(x_numel) * sizeof(float));
+        if (x_numel > 0 && x != y) memcpy(y, x, size_t(x_numel) * sizeof(float));
         break;
       case Op::Linear: linear(nd, N, x, y); break;
       case Op::Add: {
@@ -425,7 +465,7 @@ Status engine_run(Engine* e, const float* input, int32_t batch, float* output) {
     }
   }
   const int64_t out_numel = int64_t(N) * plan_numel(plan[g.output]);
-  if (out_numel > 0) std::memcpy(output, buffer(g.output), size_t(out_numel) * sizeof(float));
+  if (out_numel > 0) memcpy(output, buffer(g.output), size_t(out_numel) * sizeof(float));
   return kOk;
 }
 

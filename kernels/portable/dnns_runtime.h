@@ -17,10 +17,11 @@
 //
 // Semantics are the full build's eval-mode forward (nn/layers.h): the same node kinds, the
 // same shapes; results agree within float rounding (this runtime accumulates in float).
-// This file and dnns_runtime.cpp are self-contained: they include only C/C++ standard headers.
+// This file and dnns_runtime.cpp are self-contained: they include only C library headers and
+// use no C++ library, so a bare-metal toolchain with newlib (arm-none-eabi-g++) builds them.
 #pragma once
-#include <cstddef>
-#include <cstdint>
+#include <stddef.h>
+#include <stdint.h>
 
 namespace dnns::rt {
 

@@ -183,7 +183,7 @@ Status parse_body(Loading& L, const unsigned char* data, size_t size, const char
         return L.fail(kErrFormat, "malformed archive: tensor '%.*s' dimension %u is %llu", int(t.name_len), t.name, d,
                       (unsigned long long)dim);
       if (dim == 0) zero = true;
-      else if (!zero && numel <= max_numel) numel *= dim;
+      else if (numel <= max_numel) numel = dim <= max_numel / numel ? numel * dim : max_numel + 1;
     }
     t.numel = zero ? 0 : numel;
     t.data = t.numel <= max_numel ? r.take(4 * t.numel) : nullptr;
@@ -346,6 +346,8 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
       nd.op = Op::GlobalAvgPool;
     } else if (std::strcmp(kind, "flatten") == 0) {
       nd.op = Op::Flatten;
+    } else if (std::strcmp(kind, "add") == 0) {
+      nd.op = Op::Add;
     } else if (std::strcmp(kind, "linear") == 0) {
       nd.op = Op::Linear;
       nd.in_ch = attr("in", true, 0), nd.out_ch = attr("out", true, 0);

@@ -248,12 +248,28 @@ void test_planner() {
       const int64_t size_j = int64_t(plan[j].c) * plan[j].h * plan[j].w;
       const bool both_alive = plan[j].last_use >= int(i);
       const bool overlap = plan[i].offset < plan[j].offset + size_j && plan[j].offset < plan[i].offset + size_i;
-      if (both_alive && overlap) disjoint = false;
+      // An elementwise node may write over an input it is the last reader of.
+      const bool in_place = g[i].op == Op::Add && (g[i].in0 == int(j) || g[i].in1 == int(j)) &&
+                            plan[j].last_use == int(i) && plan[i].offset == plan[j].offset;
+      if (both_alive && overlap && !in_place) disjoint = false;
     }
   }
   expect(disjoint, "buffers alive at the same time do not overlap");
   expect(per_image < sum, "the arena reuses memory", std::to_string(per_image) + " vs " + std::to_string(sum));
   expect(per_image <= 3 * 8 * 36, "the arena holds at most three live maps", std::to_string(per_image));
+
+  // conv -> batchnorm -> relu -> conv: batchnorm and relu run in place, so two maps suffice.
+  const float ones[8] = {1, 1, 1, 1, 1, 1, 1, 1}, zeros[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<Node> chain = {input_node(), conv_node("c1", 0, 3, 8, 3, 3, 1, 1, false, w.data(), nullptr),
+                             Node{"bn", Op::BatchNorm, 1, -1, 8, 8, 0, 0, 0, 0, 0, 0, 0, 1e-5f, ones, zeros, nullptr,
+                                  zeros, ones},
+                             simple_node("relu", Op::ReLU, 2),
+                             conv_node("c2", 3, 8, 8, 3, 3, 1, 1, false, w.data(), nullptr)};
+  Graph cg{chain.data(), int32_t(chain.size()), 4, 3, 6, 6};
+  std::vector<NodePlan> cplan(chain.size());
+  expect(plan_graph(cg, cplan.data(), &per_image, err, sizeof err) == kOk && per_image == 2 * 8 * 36 &&
+             cplan[2].offset == cplan[1].offset && cplan[3].offset == cplan[1].offset,
+         "batchnorm and relu overwrite their input", std::to_string(per_image));
 
   // Batched runs equal single-image runs.
   std::vector<float> img = rng.fill(3 * 36 * 3);
@@ -471,6 +487,25 @@ void test_model_file() {
     expect(ok, (std::string(b.what) + " is refused").c_str(), std::string(status_name(bs)) + ": " + bm.error);
     free_model(&bm);
   }
+  // Every truncation and every flipped byte is refused (and, under a sanitizer, read nothing
+  // out of bounds).
+  bool all_refused = true;
+  for (size_t len = 0; len < file.size(); ++len) {
+    LoadedModel bm;
+    if (load_model_memory(file.data(), len, "cut.dnns", &bm) == kOk) all_refused = false;
+    free_model(&bm);
+  }
+  expect(all_refused, "a file cut at any length is refused");
+  all_refused = true;
+  for (size_t at = 0; at < file.size(); ++at) {
+    std::vector<unsigned char> damaged = file;
+    damaged[at] ^= 0x5A;
+    LoadedModel bm;
+    if (load_model_memory(damaged.data(), damaged.size(), "flip.dnns", &bm) == kOk) all_refused = false;
+    free_model(&bm);
+  }
+  expect(all_refused, "a file with any one byte changed is refused");
+
   LoadedModel none;
   expect(load_model_file("/nonexistent/model.dnns", &none) == kErrIo && std::strstr(none.error, "/nonexistent/model.dnns"),
          "a missing file is refused naming it", none.error);

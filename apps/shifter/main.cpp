@@ -1,0 +1,462 @@
+// shifter: run-time adaptation with a portfolio of compact variants (prune/shifter.h).
+//
+//   shifter show   --portfolio DIR                      the variants, every file checked
+//   shifter select --portfolio DIR --latency-ms 2 ...   which variant fits these conditions
+//   shifter replay --portfolio DIR --trace T.csv --data D   a trace of changing conditions
+//                  against a stream of inference requests; replay.json + front.svg
+//   shifter bench  --portfolio DIR                      decision, swap and memory overheads
+//                  against an ensemble of dense models (and the DNNShifter paper's figures)
+#include <malloc.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/cli.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/json.h"
+#include "core/rng.h"
+#include "core/threading.h"
+#include "datasets/dataset.h"
+#include "datasets/loader.h"
+#include "nn/models/zoo.h"
+#include "prune/infer.h"
+#include "prune/portfolio.h"
+#include "prune/shifter.h"
+
+using namespace dnns;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+const char* kUsage =
+    "usage: shifter COMMAND --portfolio DIR [flags]\n"
+    "\n"
+    "commands:\n"
+    "  show     list the portfolio's variants (every model file checked against the manifest)\n"
+    "  select   choose the variant for given conditions (latency, memory, accuracy)\n"
+    "  replay   replay a trace of changing conditions against a stream of inference requests\n"
+    "  bench    decision time, swap time and memory of the shifter vs an ensemble of dense models\n"
+    "\n"
+    "Build a portfolio with `cifar_prune portfolio --run RUN`. Run `shifter COMMAND --help` for flags.\n";
+
+void add_common(Flags& f) {
+  f.add("portfolio", "", "portfolio folder (cifar_prune portfolio --out)");
+  f.add("threads", "0", "worker threads (0 = all cores)");
+}
+
+void add_condition_flags(Flags& f) {
+  f.add("basis", "batch1", "which measured latency and memory the budgets apply to: batch1 or batch (the "
+                           "portfolio's latency batch)");
+  f.add("stat", "p99", "latency statistic the budget applies to: p50 or p99");
+}
+
+std::string portfolio_dir(const Flags& f) {
+  check(!f.str("portfolio").empty(), "--portfolio is required");
+  int64_t t = f.integer("threads");
+  check(t >= 0 && t <= 1024, "--threads must be between 0 and 1024");
+  set_num_threads(static_cast<int>(t));
+  return f.str("portfolio");
+}
+
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+// Resident set size of this process, from /proc/self/status (bytes; 0 when unavailable).
+int64_t rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
+  return 0;
+}
+
+// ---------------------------------------------------------------- show
+
+int cmd_show(int argc, char** argv) {
+  Flags f("shifter show", "Loads a portfolio, checks every model file against its manifest entry (size, CRC-32,\n"
+                          "parameters, FLOPs, shapes) and lists the variants.");
+  add_common(f);
+  if (!f.parse(argc, argv)) return 0;
+  LoadedPortfolio lp = load_portfolio(portfolio_dir(f));
+  const Portfolio& p = lp.manifest;
+  std::printf("portfolio %s: %s, input %s, %d classes, %lld parameters dense\n", lp.dir.c_str(), p.arch.c_str(),
+              shape_str(p.input_shape).c_str(), p.num_classes, (long long)p.dense_params);
+  std::printf("accuracy on %s; latency on %s with %d threads; from %s\n\n", p.data.c_str(), p.machine.c_str(), p.threads,
+              p.source_run.c_str());
+  std::printf("%s\nall %zu model files match their manifest entries\n", portfolio_table(p).c_str(), p.variants.size());
+  return 0;
+}
+
+// ---------------------------------------------------------------- select
+
+Conditions conditions_from_flags(const Flags& f) {
+  Conditions c;
+  if (!f.str("latency-ms").empty()) c.latency_ms = f.number("latency-ms");
+  if (!f.str("memory-mb").empty()) c.memory_bytes = std::llround(f.number("memory-mb") * 1e6);
+  if (!f.str("min-accuracy").empty()) c.min_accuracy = f.number("min-accuracy");
+  c.basis = parse_latency_basis(f.str("basis"));
+  c.stat = parse_latency_stat(f.str("stat"));
+  c.validate();
+  return c;
+}
+
+int cmd_select(int argc, char** argv) {
+  Flags f("shifter select",
+          "Chooses the variant for the given conditions: the most accurate within every budget (ties: lower\n"
+          "latency, then less memory, then a smaller file, then the lower index). When none fits it says\n"
+          "which budget excluded which variants and names the closest one. Prints one JSON line.");
+  add_common(f);
+  add_condition_flags(f);
+  f.add("latency-ms", "", "latency budget in ms (unset: none)");
+  f.add("memory-mb", "", "working-memory budget in MB, 10^6 bytes (unset: none)");
+  f.add("min-accuracy", "", "minimum test accuracy, a fraction in [0, 1] (unset: none)");
+  if (!f.parse(argc, argv)) return 0;
+  Portfolio p = load_portfolio_manifest(portfolio_dir(f));
+  Conditions c = conditions_from_flags(f);
+  const auto t0 = Clock::now();
+  Selection s = select_variant(p.variants, c);
+  const double us = ms_since(t0) * 1000.0;
+  std::fprintf(stderr, "%s\n", explain_selection(p.variants, c, s).c_str());
+  Json j;
+  j.add("conditions", c.str()).add("fits", s.fits());
+  if (s.fits()) j.add("chosen", p.variants[s.chosen].name);
+  else j.add_raw("chosen", "null");
+  j.add("closest", p.variants[s.closest].name)
+      .add("excluded_by_latency", s.excluded_by_latency)
+      .add("excluded_by_memory", s.excluded_by_memory)
+      .add("excluded_by_accuracy", s.excluded_by_accuracy)
+      .add("decision_us", us);
+  std::printf("%s\n", j.str().c_str());
+  return 0;
+}
+
+// ---------------------------------------------------------------- replay
+
+// The request stream: the first --requests-pool images of the test split, normalised as the
+// portfolio was measured.
+struct Requests {
+  Tensor images;  // (N, C, H, W)
+  std::vector<int> labels;
+  std::string description;
+};
+
+Requests load_requests(const Flags& f, const Portfolio& p) {
+  DatasetOptions o;
+  o.height = static_cast<int>(p.input_shape[1]);
+  o.width = static_cast<int>(p.input_shape[2]);
+  o.channels = static_cast<int>(p.input_shape[0]);
+  o.synthetic.channels = o.channels;
+  o.synthetic.height = o.height;
+  o.synthetic.width = o.width;
+  o.synthetic.num_classes = p.num_classes;
+  const int64_t pool = f.integer("requests-pool");
+  check(pool > 0, "--requests-pool must be positive");
+  o.synthetic_test_examples = pool;
+  Dataset test = load_dataset(f.str("data"), false, o);
+  check(test.channels == p.input_shape[0] && test.height == p.input_shape[1] && test.width == p.input_shape[2],
+        f.str("data") + ": images are " + std::to_string(test.channels) + "x" + std::to_string(test.height) + "x" +
+            std::to_string(test.width) + ", the portfolio takes " + shape_str(p.input_shape));
+  check(test.num_classes == p.num_classes, f.str("data") + ": " + std::to_string(test.num_classes) +
+                                               " classes, the portfolio has " + std::to_string(p.num_classes));
+  if (test.size() > pool) test = test.sample(pool, static_cast<uint64_t>(f.integer("seed")));
+  LoaderOptions lo;
+  lo.batch_size = test.size();
+  lo.shuffle = false;
+  lo.prefetch = 0;
+  lo.normalize.mean.assign(p.normalize_mean.begin(), p.normalize_mean.end());
+  lo.normalize.std.assign(p.normalize_std.begin(), p.normalize_std.end());
+  Requests r;
+  r.description = f.str("data") + " test split, " + std::to_string(test.size()) + " images";
+  Loader loader(std::move(test), lo);
+  Batch b;
+  loader.start_epoch(0);
+  check(loader.next(b), f.str("data") + ": empty test split");
+  r.images = b.images;
+  for (int64_t i = 0; i < b.labels.numel(); ++i) r.labels.push_back(static_cast<int>(b.labels[i]));
+  return r;
+}
+
+std::string budget_text(const std::optional<double>& v, const char* unit, double scale = 1.0) {
+  if (!v) return "-";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.4g%s", *v * scale, unit);
+  return b;
+}
+
+int cmd_replay(int argc, char** argv) {
+  Flags f("shifter replay",
+          "Replays a trace of changing conditions against a stream of inference requests. At each phase's\n"
+          "time the shifter chooses and hot-swaps the variant; --clients threads send requests back to back\n"
+          "meanwhile. Reports per phase the chosen variant, the requests' latency p50/p99 and accuracy, and\n"
+          "the swaps; writes replay.json and front.svg (latency vs accuracy, chosen variants marked) to --out.\n"
+          "Trace: CSV 'time_s,latency_ms,memory_mb,min_accuracy' with empty fields for unset budgets, or JSON.");
+  add_common(f);
+  add_condition_flags(f);
+  f.add("trace", "", "the conditions trace (.csv or .json)");
+  f.add("data", "synthetic", "where requests come from (as cifar_prune --data); its test split is used");
+  f.add("requests-pool", "2000", "test images requests are drawn from (in order, wrapping)");
+  f.add("seed", "1", "which images make the pool when the split is larger");
+  f.add("clients", "2", "threads sending requests");
+  f.add("batch", "1", "images per request");
+  f.add("time-scale", "1", "wall seconds per trace second");
+  f.add("last-phase-s", "2", "trace seconds the last phase lasts");
+  f.add("policy", "closest", "when no variant fits: closest (serve the closest) or keep (keep the active one)");
+  f.add("out", "shifter_replay", "output folder for replay.json and front.svg");
+  if (!f.parse(argc, argv)) return 0;
+  const std::string dir = portfolio_dir(f);
+  check(!f.str("trace").empty(), "--trace is required");
+  std::vector<TracePhase> trace = load_trace(f.str("trace"));
+  const std::string policy = f.str("policy");
+  check(policy == "closest" || policy == "keep", "--policy must be closest or keep, got '" + policy + "'");
+  Shifter shifter(load_portfolio(dir), policy == "closest" ? NoFitPolicy::Closest : NoFitPolicy::KeepCurrent);
+  const Portfolio& p = shifter.portfolio();
+  Requests req = load_requests(f, p);
+
+  ReplayOptions o;
+  o.clients = static_cast<int>(f.integer("clients"));
+  o.batch = f.integer("batch");
+  o.time_scale = f.number("time-scale");
+  o.last_phase_s = f.number("last-phase-s");
+  o.basis = parse_latency_basis(f.str("basis"));
+  o.stat = parse_latency_stat(f.str("stat"));
+  if (o.basis == LatencyBasis::Batch1 && o.batch != 1)
+    std::fprintf(stderr, "replay: requests carry %lld images but the budgets apply to batch-1 latency (--basis batch "
+                         "uses the portfolio's batch of %lld)\n", (long long)o.batch, (long long)p.latency_batch);
+  std::fprintf(stderr, "replay: %zu phases, %d clients, batch %lld, requests from %s; portfolio of %d variants\n",
+               trace.size(), o.clients, (long long)o.batch, req.description.c_str(), shifter.size());
+
+  ReplayReport r = replay_trace(shifter, trace, req.images, req.labels, o);
+
+  std::printf("| phase | start s | latency budget | memory budget | min accuracy | active | fits | swap | decision us | "
+              "requests | accuracy | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|\n");
+  for (const PhaseReport& ph : r.phases) {
+    std::printf("| %d | %.2f | %s | %s | %s | %s | %s | %s | %.2f | %lld | %.2f%% | %.3f | %.3f |\n", ph.phase,
+                ph.start_s, budget_text(ph.conditions.latency_ms, " ms").c_str(),
+                budget_text(ph.conditions.memory_bytes ? std::optional<double>(*ph.conditions.memory_bytes / 1e6)
+                                                       : std::nullopt, " MB").c_str(),
+                budget_text(ph.conditions.min_accuracy, "%", 100.0).c_str(), p.variants[ph.shift.active].name.c_str(),
+                ph.shift.selection.fits() ? "yes" : "no", ph.shift.swapped ? "yes" : "-", ph.shift.decision_us,
+                (long long)ph.requests, 100.0 * ph.accuracy, ph.latency_ms_p50, ph.latency_ms_p99);
+  }
+  for (const PhaseReport& ph : r.phases) std::printf("phase %d: %s\n", ph.phase, ph.explanation.c_str());
+  const std::string out = f.str("out");
+  make_dirs(out);
+  write_text_atomic(out + "/replay.json", replay_report_json(shifter, r, o));
+  write_text_atomic(out + "/front.svg", portfolio_front_svg(p, r.phases, o.basis, o.stat));
+  std::printf("\n%lld requests (%lld images) in %.2f s, %lld swaps; %s/replay.json, %s/front.svg\n",
+              (long long)r.requests, (long long)r.images, r.wall_s, (long long)r.swaps, out.c_str(), out.c_str());
+  return 0;
+}
+
+// ---------------------------------------------------------------- bench
+
+struct Stats {
+  double mean = 0, p50 = 0, p99 = 0, max = 0;
+};
+Stats stats_of(const std::vector<double>& v) {
+  Stats s;
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x, s.max = std::max(s.max, x);
+  s.mean /= static_cast<double>(v.size());
+  s.p50 = nearest_rank_percentile(v, 0.5);
+  s.p99 = nearest_rank_percentile(v, 0.99);
+  return s;
+}
+std::string stats_json(const Stats& s) {
+  return Json().add("mean", s.mean).add("p50", s.p50).add("p99", s.p99).add("max", s.max).str();
+}
+
+int cmd_bench(int argc, char** argv) {
+  Flags f("shifter bench",
+          "Overheads of the shifter, measured on this machine:\n"
+          "  decision: select_variant for random conditions over the portfolio's ranges\n"
+          "  swap:     publishing another variant as active (idle, and while --clients threads serve requests)\n"
+          "  cold load: reading and checking one variant from disk (what a swap would cost if not resident)\n"
+          "  memory:   tensor bytes of the whole portfolio held by the shifter, and the process's RSS growth,\n"
+          "            against an ensemble holding every variant as a dense model (the masked model at full\n"
+          "            size: dense parameters x 4 bytes per variant), computed and built for real.\n"
+          "Targets: decision < 1 ms, swap < 5 ms, memory <= half the ensemble's. DNNShifter's paper reports\n"
+          "43 ms / 47 MB, a model ensemble 49 ms / 115.8 MB, Dynamic-OFA 512 ms / 56.2 MB.");
+  add_common(f);
+  f.add("decisions", "20000", "timed decisions");
+  f.add("swaps", "2000", "timed swaps (idle and under load each)");
+  f.add("clients", "2", "request threads during the swaps under load");
+  f.add("out", "", "also write the results as JSON to this file");
+  if (!f.parse(argc, argv)) return 0;
+  const std::string dir = portfolio_dir(f);
+  const int64_t decisions = f.integer("decisions"), swaps = f.integer("swaps");
+  const int clients = static_cast<int>(f.integer("clients"));
+  check(decisions > 0 && swaps > 0 && clients >= 0, "--decisions and --swaps must be positive, --clients >= 0");
+
+  // Memory: the shifter's portfolio, then the ensemble, each measured as RSS growth.
+  malloc_trim(0);
+  const int64_t rss0 = rss_bytes();
+  Shifter shifter(load_portfolio(dir));
+  malloc_trim(0);
+  const int64_t rss_shifter = rss_bytes() - rss0;
+  const Portfolio& p = shifter.portfolio();
+  const int n = shifter.size();
+  const int64_t held = shifter.resident_bytes();
+  const int64_t ensemble_computed = int64_t(n) * p.dense_params * int64_t(sizeof(float));
+  int64_t ensemble_rss = 0, ensemble_held = 0;
+  if (!is_zoo_name(p.arch)) {
+    std::fprintf(stderr, "bench: '%s' is not a zoo architecture; the ensemble is only computed, not built\n",
+                 p.arch.c_str());
+  } else {
+    const int64_t before = rss_bytes();
+    std::vector<Model> ensemble;
+    for (int i = 0; i < n; ++i) {
+      ensemble.push_back(build_model(p.arch, p.num_classes, p.input_shape));  // zero-filled: pages are touched
+      ensemble_held += model_resident_bytes(ensemble.back());
+    }
+    malloc_trim(0);
+    ensemble_rss = rss_bytes() - before;
+  }
+  malloc_trim(0);
+
+  // Decisions over random conditions spanning the portfolio's ranges.
+  double lat_lo = 1e300, lat_hi = 0, acc_lo = 1, acc_hi = 0;
+  int64_t mem_lo = INT64_MAX, mem_hi = 0;
+  for (const VariantInfo& v : p.variants) {
+    lat_lo = std::min(lat_lo, v.latency_ms_p99_b1), lat_hi = std::max(lat_hi, v.latency_ms_p99_b1);
+    mem_lo = std::min(mem_lo, v.memory_bytes_b1), mem_hi = std::max(mem_hi, v.memory_bytes_b1);
+    acc_lo = std::min(acc_lo, v.accuracy), acc_hi = std::max(acc_hi, v.accuracy);
+  }
+  Rng rng(1);
+  std::vector<Conditions> conds(static_cast<size_t>(std::min<int64_t>(decisions, 4096)));
+  for (Conditions& c : conds) {
+    if (rng.uniform() < 0.7f) c.latency_ms = std::max(1e-3, (0.5 * lat_lo) + rng.uniform() * (1.5 * lat_hi - 0.5 * lat_lo));
+    if (rng.uniform() < 0.5f) c.memory_bytes = std::max<int64_t>(1, int64_t(0.5 * mem_lo + rng.uniform() * (1.5 * mem_hi - 0.5 * mem_lo)));
+    if (rng.uniform() < 0.5f) c.min_accuracy = std::clamp(acc_lo - 0.05 + rng.uniform() * (acc_hi - acc_lo + 0.05), 0.0, 1.0);
+  }
+  std::vector<double> decide_us;
+  int64_t fitted = 0;
+  for (int64_t k = 0; k < decisions; ++k) {
+    const Conditions& c = conds[static_cast<size_t>(k) % conds.size()];
+    const auto t0 = Clock::now();
+    Selection s = select_variant(p.variants, c);
+    decide_us.push_back(ms_since(t0) * 1000.0);
+    fitted += s.fits();
+  }
+  // shift(): decision plus the swap when the choice changes (the whole run-time overhead).
+  std::vector<double> shift_us;
+  for (int64_t k = 0; k < std::min<int64_t>(decisions, 2000); ++k) {
+    const auto t0 = Clock::now();
+    shifter.shift(conds[static_cast<size_t>(k) % conds.size()]);
+    shift_us.push_back(ms_since(t0) * 1000.0);
+  }
+
+  // Swaps, idle and under load.
+  std::vector<double> swap_idle, swap_load;
+  for (int64_t k = 0; k < swaps; ++k) swap_idle.push_back(shifter.activate(static_cast<int>((shifter.active() + 1) % n)));
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> served{0};
+  std::vector<std::thread> threads;
+  Tensor x({1, p.input_shape[0], p.input_shape[1], p.input_shape[2]});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  for (int t = 0; t < clients; ++t)
+    threads.emplace_back([&] {
+      while (!stop.load()) {
+        shifter.infer(x);
+        served.fetch_add(1);
+      }
+    });
+  const auto load_start = Clock::now();
+  for (int64_t k = 0; k < swaps; ++k) {
+    swap_load.push_back(shifter.activate(static_cast<int>((shifter.active() + 1) % n)));
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  stop.store(true);
+  for (std::thread& t : threads) t.join();
+  const double load_s = ms_since(load_start) / 1000.0;
+
+  // Cold loads: each variant read and checked from disk.
+  std::vector<double> cold_ms;
+  for (int i = 0; i < n; ++i) {
+    const auto t0 = Clock::now();
+    load_variant_model(dir, p, i);
+    cold_ms.push_back(ms_since(t0));
+  }
+
+  const Stats d = stats_of(decide_us), sh = stats_of(shift_us), si = stats_of(swap_idle), sl = stats_of(swap_load),
+              cl = stats_of(cold_ms);
+  const double ratio = static_cast<double>(held) / static_cast<double>(ensemble_computed);
+  std::printf("shifter bench: portfolio %s, %d variants of %s (%lld parameters dense), %d threads on %s\n\n",
+              dir.c_str(), n, p.arch.c_str(), (long long)p.dense_params, num_threads(), cpu_model_name().c_str());
+  std::printf("| overhead | mean | p50 | p99 | max |\n|---|---:|---:|---:|---:|\n");
+  auto row = [](const char* name, const Stats& s, const char* unit) {
+    std::printf("| %s | %.3f %s | %.3f %s | %.3f %s | %.3f %s |\n", name, s.mean, unit, s.p50, unit, s.p99, unit, s.max, unit);
+  };
+  row("decision (select_variant)", d, "us");
+  row("shift (decision + swap when needed)", sh, "us");
+  row("swap, idle", si, "us");
+  row("swap, while serving", sl, "us");
+  row("cold load of one variant from disk", cl, "ms");
+  std::printf("\n| memory | MB |\n|---|---:|\n");
+  std::printf("| shifter: tensors of all %d compact variants | %.3f |\n", n, held / 1e6);
+  std::printf("| shifter: RSS growth loading the portfolio | %.3f |\n", rss_shifter / 1e6);
+  std::printf("| ensemble: %d x %lld dense parameters x 4 B (computed) | %.3f |\n", n, (long long)p.dense_params,
+              ensemble_computed / 1e6);
+  std::printf("| ensemble: tensors of %d dense models (parameters + batchnorm buffers) | %.3f |\n", n, ensemble_held / 1e6);
+  std::printf("| ensemble: RSS growth building it | %.3f |\n", ensemble_rss / 1e6);
+  std::printf("\nrequests served during the swaps under load: %lld in %.2f s by %d threads; %lld of %lld random "
+              "conditions had a fitting variant\n", (long long)served.load(), load_s, clients, (long long)fitted,
+              (long long)decisions);
+  std::printf("\ntargets: decision < 1 ms: %s (p99 %.3f us); swap < 5 ms: %s (p99 under load %.3f us); memory <= half "
+              "the ensemble: %s (%.1f%%)\n", d.p99 < 1000 ? "met" : "MISSED", d.p99,
+              std::max(si.p99, sl.p99) < 5000 ? "met" : "MISSED", sl.p99, ratio <= 0.5 ? "met" : "MISSED", 100 * ratio);
+  std::printf("paper (DNNShifter, Table): DNNShifter 43 ms / 47 MB, model ensemble 49 ms / 115.8 MB, Dynamic-OFA "
+              "512 ms / 56.2 MB\n");
+  if (!f.str("out").empty()) {
+    Json j;
+    j.add("portfolio", dir)
+        .add("variants", n)
+        .add("arch", p.arch)
+        .add("threads", num_threads())
+        .add("machine", cpu_model_name())
+        .add_raw("decision_us", stats_json(d))
+        .add_raw("shift_us", stats_json(sh))
+        .add_raw("swap_idle_us", stats_json(si))
+        .add_raw("swap_under_load_us", stats_json(sl))
+        .add_raw("cold_load_ms", stats_json(cl))
+        .add("shifter_tensor_bytes", held)
+        .add("shifter_rss_bytes", rss_shifter)
+        .add("ensemble_computed_bytes", ensemble_computed)
+        .add("ensemble_tensor_bytes", ensemble_held)
+        .add("ensemble_rss_bytes", ensemble_rss)
+        .add("memory_ratio", ratio)
+        .add("requests_during_swaps", served.load());
+    write_text_atomic(f.str("out"), j.str() + "\n");
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "show") return cmd_show(argc - 1, argv + 1);
+    if (cmd == "select") return cmd_select(argc - 1, argv + 1);
+    if (cmd == "replay") return cmd_replay(argc - 1, argv + 1);
+    if (cmd == "bench") return cmd_bench(argc - 1, argv + 1);
+    std::fprintf(stderr, "shifter: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\nshifter %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}
