@@ -199,8 +199,9 @@ PackedModel pack_model(const Model& m) {
     const float* v = t->data();  // (numel)
     const int64_t numel = t->numel();
     int64_t nnz = 0;
-    // -0.0 counts as a value to keep, so unpacking restores every bit.
-    auto kept = [](float x) { return x != 0.0f || std::signbit(x); };
+    // Zeros of either sign are dropped: masking leaves -0.0 wherever a negative weight was
+    // pruned, and -0.0 unpacks as +0.0, which changes no sum that is not zero anyway.
+    auto kept = [](float x) { return x != 0.0f; };
     for (int64_t i = 0; i < numel; ++i) nnz += kept(v[i]);
     // (index, value) pairs cost 8 bytes a nonzero, a dense copy 4 bytes a value.
     pt.sparse = numel < (int64_t(1) << 32) && 2 * nnz < numel;

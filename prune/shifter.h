@@ -91,7 +91,8 @@ enum class Residency { Dense, Packed };
 Residency parse_residency(const std::string& s);  // "dense" | "packed"
 
 // A model kept compactly: its graph spec and every state tensor, dense or as (index, value)
-// pairs of its nonzeros, whichever is smaller. Masks are not kept (inference only).
+// pairs of its nonzeros, whichever is smaller. Masks are not kept (inference only); a zero
+// weight of either sign unpacks as +0.0.
 struct PackedModel {
   struct PackedTensor {
     std::string name;

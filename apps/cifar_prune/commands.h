@@ -9,4 +9,5 @@ int cmd_compact(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_portfolio(int argc, char** argv);
+int cmd_run(int argc, char** argv);
 }  // namespace dnns::app

@@ -13,6 +13,7 @@ const char* kUsage =
     "usage: cifar_prune COMMAND [flags]\n"
     "\n"
     "commands:\n"
+    "  run       the whole pipeline: train, IMP, compact, portfolio, report\n"
     "  models    list the model zoo with parameter counts and forward FLOPs\n"
     "  train     train a zoo model on a data set (checkpoints, --resume)\n"
     "  imp       iterative magnitude pruning with weight rewinding (lottery tickets)\n"
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
     if (cmd == "inspect") return dnns::app::cmd_inspect(argc - 1, argv + 1);
     if (cmd == "export") return dnns::app::cmd_export(argc - 1, argv + 1);
     if (cmd == "portfolio") return dnns::app::cmd_portfolio(argc - 1, argv + 1);
+    if (cmd == "run") return dnns::app::cmd_run(argc - 1, argv + 1);
     std::fprintf(stderr, "cifar_prune: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {

@@ -1,0 +1,112 @@
+// cifar_prune run: the whole pipeline in one command. Train the dense network with its rewind
+// point, run the IMP levels, compact every level exactly, build the portfolio with its
+// measurements, and write a final report. Each stage is the corresponding subcommand run on
+// the same folder, so each resumes (--resume) or can be rerun on its own.
+#include <cstdio>
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "apps/cifar_prune/commands.h"
+#include "core/error.h"
+#include "core/fs.h"
+
+namespace dnns::app {
+
+namespace {
+
+int call(int (*cmd)(int, char**), std::vector<std::string> args) {
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  return cmd(static_cast<int>(args.size()), argv.data());
+}
+
+std::string section(const std::string& title, const std::string& path) {
+  if (!file_exists(path)) return "";
+  return "## " + title + "\n\n" + read_text(path) + "\n";
+}
+
+const char* kHelp =
+    "usage: cifar_prune run [flags]\n"
+    "The whole pipeline in one command, into --out:\n"
+    "  1. train the dense model, keeping its state at the rewind step   (cifar_prune imp, level 0)\n"
+    "  2. IMP levels 1..N: prune 20%, rewind, retrain                 (cifar_prune imp)\n"
+    "  3. exact compaction of every level, verified on the test set     (cifar_prune compact)\n"
+    "  4. the portfolio of compact variants, measured on this machine    (cifar_prune portfolio)\n"
+    "  5. REPORT.md with the tables and links to the SVG plots\n"
+    "Every flag of `cifar_prune imp` is accepted (see `cifar_prune imp --help`: --data, --model,\n"
+    "--epochs, --levels, --rewind-step, --random-baseline, --threads, --device, --out, --resume, ...).\n"
+    "--resume continues an interrupted pipeline: finished IMP levels are kept, the level in\n"
+    "progress continues from its last epoch, and the later stages are redone.\n"
+    "Flags of the later stages:\n"
+    "  --portfolio-levels VALUE  levels in the portfolio (default: auto, the dense model and the level\n"
+    "                            nearest each power-of-two compression)\n"
+    "  --latency-batch VALUE     second batch size for portfolio latencies (default: 32)\n";
+
+}  // namespace
+
+int cmd_run(int argc, char** argv) {
+  std::vector<std::string> imp_args = {"imp"};
+  std::string out = "runs/imp", threads = "0", portfolio_levels = "auto", latency_batch = "32";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kHelp, stdout);
+      return 0;
+    }
+    auto value = [&](const std::string& name) -> std::string {
+      if (a.rfind(name + "=", 0) == 0) return a.substr(name.size() + 1);
+      check(i + 1 < argc, "cifar_prune run: " + name + " needs a value");
+      return argv[++i];
+    };
+    bool is = [&](const std::string& name) { return a == name || a.rfind(name + "=", 0) == 0; }("--portfolio-levels");
+    if (is) {
+      portfolio_levels = value("--portfolio-levels");
+      continue;
+    }
+    if (a == "--latency-batch" || a.rfind("--latency-batch=", 0) == 0) {
+      latency_batch = value("--latency-batch");
+      continue;
+    }
+    // Remember the folder and thread count for the later stages, and pass everything on.
+    if (a == "--out" || a.rfind("--out=", 0) == 0) {
+      out = value("--out");
+      imp_args.push_back("--out=" + out);
+      continue;
+    }
+    if (a == "--threads" || a.rfind("--threads=", 0) == 0) {
+      threads = value("--threads");
+      imp_args.push_back("--threads=" + threads);
+      continue;
+    }
+    imp_args.push_back(a);
+  }
+  if (std::find(imp_args.begin(), imp_args.end(), "--out=" + out) == imp_args.end()) imp_args.push_back("--out=" + out);
+
+  std::fprintf(stderr, "== pipeline 1-2/5: dense training and IMP levels into %s\n", out.c_str());
+  if (int rc = call(cmd_imp, imp_args)) return rc;
+  std::fprintf(stderr, "\n== pipeline 3/5: exact compaction of every level\n");
+  if (int rc = call(cmd_compact, {"compact", out, "--threads=" + threads})) return rc;
+  std::fprintf(stderr, "\n== pipeline 4/5: portfolio\n");
+  if (int rc = call(cmd_portfolio, {"portfolio", "--run=" + out, "--threads=" + threads, "--levels=" + portfolio_levels,
+                                    "--latency-batch=" + latency_batch}))
+    return rc;
+
+  std::fprintf(stderr, "\n== pipeline 5/5: report\n");
+  std::string report = "# dnnshifter pipeline report\n\nRun folder: `" + out + "`. Settings: `hparams.json`, `imp.json`.\n\n";
+  report += "![accuracy vs weights remaining](accuracy_vs_sparsity.svg)\n\n";
+  report += section("IMP levels (test accuracy against weights remaining)", out + "/report.md");
+  report += section("Exact compaction (masked vs compact model, on the test set)", out + "/compaction.md");
+  if (file_exists(out + "/compaction_random.md"))
+    report += section("Exact compaction, random-pruning baseline", out + "/compaction_random.md");
+  report += section("Portfolio (compact variants measured on this machine)", out + "/portfolio/portfolio.md");
+  report += "![portfolio latency-accuracy front](portfolio/front.svg)\n\n";
+  report += "Use the portfolio at run time with `shifter` (see `shifter --help`): `" + out + "/portfolio`.\n";
+  write_text_atomic(out + "/REPORT.md", report);
+  std::printf("pipeline finished: %s/REPORT.md\n", out.c_str());
+  return 0;
+}
+
+}  // namespace dnns::app
