@@ -320,8 +320,8 @@ std::string render_line_plot_svg(const LinePlot& plot) {
   if (ymax - ymin < 1e-9) ymin -= 1, ymax += 1;
   double ystep = nice_step((ymax - ymin) / 5);
   double y0 = std::floor(ymin / ystep) * ystep, y1 = std::ceil(ymax / ystep) * ystep;
-  if (y1 - ymax < 0.35 * ystep) y1 += ystep;
-  if (ymin - y0 < 0.35 * ystep) y0 -= ystep;
+  if (y1 - ymax < 0.5 * ystep) y1 += ystep;
+  if (ymin - y0 < 0.5 * ystep) y0 -= ystep;
   auto py = [&](double y) { return top + (1.0 - (y - y0) / (y1 - y0)) * ph; };
 
   std::ostringstream os;

@@ -458,6 +458,14 @@ TEST_CASE("level records, tables and the accuracy-vs-sparsity plot") {
   std::string one = accuracy_vs_sparsity_svg(mag, "dense only");
   CHECK(one.find("random") == std::string::npos);
   CHECK(one.find("<circle") != std::string::npos);
+  // A linear x axis, increasing to the right: ticks at multiples of a 1-2-5 step.
+  LinePlot lin;
+  lin.title = "latency";
+  lin.series.push_back({"a", "black", false, {{1.0, 10.0, "p"}, {9.0, 20.0, ""}}});
+  std::string ls = render_line_plot_svg(lin);
+  CHECK(ls.find(">2</text>") != std::string::npos);
+  CHECK(ls.find(">9</text>") != std::string::npos);
+  CHECK(ls.find(">p</text>") != std::string::npos);
   LinePlot bad;
   bad.log_x = true;
   bad.series.push_back({"s", "red", false, {{0.0, 1.0, ""}}});

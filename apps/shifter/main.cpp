@@ -210,6 +210,8 @@ int cmd_replay(int argc, char** argv) {
   f.add("time-scale", "1", "wall seconds per trace second");
   f.add("last-phase-s", "2", "trace seconds the last phase lasts");
   f.add("policy", "closest", "when no variant fits: closest (serve the closest) or keep (keep the active one)");
+  f.add("residency", "dense", "dense (every variant ready: fastest swaps) or packed (variants kept as their nonzero "
+                              "weights, the active one unpacked: less memory)");
   f.add("out", "shifter_replay", "output folder for replay.json and front.svg");
   if (!f.parse(argc, argv)) return 0;
   const std::string dir = portfolio_dir(f);
@@ -217,7 +219,8 @@ int cmd_replay(int argc, char** argv) {
   std::vector<TracePhase> trace = load_trace(f.str("trace"));
   const std::string policy = f.str("policy");
   check(policy == "closest" || policy == "keep", "--policy must be closest or keep, got '" + policy + "'");
-  Shifter shifter(load_portfolio(dir), policy == "closest" ? NoFitPolicy::Closest : NoFitPolicy::KeepCurrent);
+  Shifter shifter(load_portfolio(dir), policy == "closest" ? NoFitPolicy::Closest : NoFitPolicy::KeepCurrent,
+                  parse_residency(f.str("residency")));
   const Portfolio& p = shifter.portfolio();
   Requests req = load_requests(f, p);
 
@@ -275,55 +278,95 @@ std::string stats_json(const Stats& s) {
   return Json().add("mean", s.mean).add("p50", s.p50).add("p99", s.p99).add("max", s.max).str();
 }
 
+// One residency's figures.
+struct ResidencyBench {
+  std::string name;
+  int64_t held = 0, rss = 0;  // bytes: what the shifter holds (computed), RSS growth loading it
+  Stats shift_us, swap_idle_us, swap_load_us;
+  int64_t served = 0;
+  double load_s = 0;
+};
+
+ResidencyBench bench_residency(const std::string& dir, Residency residency, const std::vector<Conditions>& conds,
+                               int64_t shifts, int64_t swaps, int clients) {
+  ResidencyBench b;
+  b.name = residency == Residency::Dense ? "dense" : "packed";
+  malloc_trim(0);
+  const int64_t rss0 = rss_bytes();
+  Shifter shifter(load_portfolio(dir), NoFitPolicy::Closest, residency);
+  malloc_trim(0);
+  b.rss = rss_bytes() - rss0;
+  b.held = shifter.resident_bytes();
+  const int n = shifter.size();
+  const Shape& chw = shifter.portfolio().input_shape;
+
+  // shift(): the decision plus the swap when the choice changes (the whole run-time overhead).
+  std::vector<double> shift_us, idle, load;
+  for (int64_t k = 0; k < shifts; ++k) {
+    const auto t0 = Clock::now();
+    shifter.shift(conds[static_cast<size_t>(k) % conds.size()]);
+    shift_us.push_back(ms_since(t0) * 1000.0);
+  }
+  for (int64_t k = 0; k < swaps; ++k) idle.push_back(shifter.activate(static_cast<int>((shifter.active() + 1) % n)));
+  // Swaps while --clients threads serve batch-1 requests back to back.
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> served{0};
+  Rng rng(2);
+  Tensor x({1, chw[0], chw[1], chw[2]});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < clients; ++t)
+    threads.emplace_back([&] {
+      while (!stop.load()) {
+        shifter.infer(x);
+        served.fetch_add(1);
+      }
+    });
+  const auto t0 = Clock::now();
+  for (int64_t k = 0; k < swaps; ++k) {
+    load.push_back(shifter.activate(static_cast<int>((shifter.active() + 1) % n)));
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  stop.store(true);
+  for (std::thread& t : threads) t.join();
+  b.load_s = ms_since(t0) / 1000.0;
+  b.served = served.load();
+  b.shift_us = stats_of(shift_us);
+  b.swap_idle_us = stats_of(idle);
+  b.swap_load_us = stats_of(load);
+  return b;
+}
+
 int cmd_bench(int argc, char** argv) {
   Flags f("shifter bench",
           "Overheads of the shifter, measured on this machine:\n"
-          "  decision: select_variant for random conditions over the portfolio's ranges\n"
-          "  swap:     publishing another variant as active (idle, and while --clients threads serve requests)\n"
-          "  cold load: reading and checking one variant from disk (what a swap would cost if not resident)\n"
-          "  memory:   tensor bytes of the whole portfolio held by the shifter, and the process's RSS growth,\n"
-          "            against an ensemble holding every variant as a dense model (the masked model at full\n"
-          "            size: dense parameters x 4 bytes per variant), computed and built for real.\n"
+          "  decision:  select_variant for random conditions over the portfolio's ranges\n"
+          "  shift:     decision plus the swap when the choice changes\n"
+          "  swap:      making another variant active (idle, and while --clients threads serve requests);\n"
+          "             dense residency publishes a ready model, packed residency unpacks it first\n"
+          "  cold load: reading and checking one variant from disk (a swap if nothing were resident)\n"
+          "  memory:    what the shifter holds for the whole portfolio (computed tensor bytes, and the\n"
+          "             process's RSS growth loading it) against an ensemble holding every variant as a\n"
+          "             dense model (the masked model at full size: dense parameters x 4 bytes each),\n"
+          "             computed and built for real.\n"
           "Targets: decision < 1 ms, swap < 5 ms, memory <= half the ensemble's. DNNShifter's paper reports\n"
           "43 ms / 47 MB, a model ensemble 49 ms / 115.8 MB, Dynamic-OFA 512 ms / 56.2 MB.");
   add_common(f);
   f.add("decisions", "20000", "timed decisions");
-  f.add("swaps", "2000", "timed swaps (idle and under load each)");
+  f.add("shifts", "2000", "timed shift() calls per residency");
+  f.add("swaps", "1000", "timed swaps per residency (idle and under load each)");
   f.add("clients", "2", "request threads during the swaps under load");
   f.add("out", "", "also write the results as JSON to this file");
   if (!f.parse(argc, argv)) return 0;
   const std::string dir = portfolio_dir(f);
-  const int64_t decisions = f.integer("decisions"), swaps = f.integer("swaps");
+  const int64_t decisions = f.integer("decisions"), shifts = f.integer("shifts"), swaps = f.integer("swaps");
   const int clients = static_cast<int>(f.integer("clients"));
-  check(decisions > 0 && swaps > 0 && clients >= 0, "--decisions and --swaps must be positive, --clients >= 0");
+  check(decisions > 0 && shifts > 0 && swaps > 0 && clients >= 0,
+        "--decisions, --shifts and --swaps must be positive, --clients >= 0");
+  const Portfolio p = load_portfolio_manifest(dir);
+  const int n = static_cast<int>(p.variants.size());
 
-  // Memory: the shifter's portfolio, then the ensemble, each measured as RSS growth.
-  malloc_trim(0);
-  const int64_t rss0 = rss_bytes();
-  Shifter shifter(load_portfolio(dir));
-  malloc_trim(0);
-  const int64_t rss_shifter = rss_bytes() - rss0;
-  const Portfolio& p = shifter.portfolio();
-  const int n = shifter.size();
-  const int64_t held = shifter.resident_bytes();
-  const int64_t ensemble_computed = int64_t(n) * p.dense_params * int64_t(sizeof(float));
-  int64_t ensemble_rss = 0, ensemble_held = 0;
-  if (!is_zoo_name(p.arch)) {
-    std::fprintf(stderr, "bench: '%s' is not a zoo architecture; the ensemble is only computed, not built\n",
-                 p.arch.c_str());
-  } else {
-    const int64_t before = rss_bytes();
-    std::vector<Model> ensemble;
-    for (int i = 0; i < n; ++i) {
-      ensemble.push_back(build_model(p.arch, p.num_classes, p.input_shape));  // zero-filled: pages are touched
-      ensemble_held += model_resident_bytes(ensemble.back());
-    }
-    malloc_trim(0);
-    ensemble_rss = rss_bytes() - before;
-  }
-  malloc_trim(0);
-
-  // Decisions over random conditions spanning the portfolio's ranges.
+  // Random conditions spanning the portfolio's ranges (some budgets unset, some unmeetable).
   double lat_lo = 1e300, lat_hi = 0, acc_lo = 1, acc_hi = 0;
   int64_t mem_lo = INT64_MAX, mem_hi = 0;
   for (const VariantInfo& v : p.variants) {
@@ -332,10 +375,11 @@ int cmd_bench(int argc, char** argv) {
     acc_lo = std::min(acc_lo, v.accuracy), acc_hi = std::max(acc_hi, v.accuracy);
   }
   Rng rng(1);
-  std::vector<Conditions> conds(static_cast<size_t>(std::min<int64_t>(decisions, 4096)));
+  std::vector<Conditions> conds(4096);
   for (Conditions& c : conds) {
-    if (rng.uniform() < 0.7f) c.latency_ms = std::max(1e-3, (0.5 * lat_lo) + rng.uniform() * (1.5 * lat_hi - 0.5 * lat_lo));
-    if (rng.uniform() < 0.5f) c.memory_bytes = std::max<int64_t>(1, int64_t(0.5 * mem_lo + rng.uniform() * (1.5 * mem_hi - 0.5 * mem_lo)));
+    if (rng.uniform() < 0.7f) c.latency_ms = std::max(1e-3, 0.5 * lat_lo + rng.uniform() * (1.5 * lat_hi - 0.5 * lat_lo));
+    if (rng.uniform() < 0.5f)
+      c.memory_bytes = std::max<int64_t>(1, int64_t(0.5 * mem_lo + rng.uniform() * (1.5 * mem_hi - 0.5 * mem_lo)));
     if (rng.uniform() < 0.5f) c.min_accuracy = std::clamp(acc_lo - 0.05 + rng.uniform() * (acc_hi - acc_lo + 0.05), 0.0, 1.0);
   }
   std::vector<double> decide_us;
@@ -347,37 +391,28 @@ int cmd_bench(int argc, char** argv) {
     decide_us.push_back(ms_since(t0) * 1000.0);
     fitted += s.fits();
   }
-  // shift(): decision plus the swap when the choice changes (the whole run-time overhead).
-  std::vector<double> shift_us;
-  for (int64_t k = 0; k < std::min<int64_t>(decisions, 2000); ++k) {
-    const auto t0 = Clock::now();
-    shifter.shift(conds[static_cast<size_t>(k) % conds.size()]);
-    shift_us.push_back(ms_since(t0) * 1000.0);
-  }
+  const Stats d = stats_of(decide_us);
 
-  // Swaps, idle and under load.
-  std::vector<double> swap_idle, swap_load;
-  for (int64_t k = 0; k < swaps; ++k) swap_idle.push_back(shifter.activate(static_cast<int>((shifter.active() + 1) % n)));
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> served{0};
-  std::vector<std::thread> threads;
-  Tensor x({1, p.input_shape[0], p.input_shape[1], p.input_shape[2]});
-  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
-  for (int t = 0; t < clients; ++t)
-    threads.emplace_back([&] {
-      while (!stop.load()) {
-        shifter.infer(x);
-        served.fetch_add(1);
-      }
-    });
-  const auto load_start = Clock::now();
-  for (int64_t k = 0; k < swaps; ++k) {
-    swap_load.push_back(shifter.activate(static_cast<int>((shifter.active() + 1) % n)));
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  std::vector<ResidencyBench> rb;
+  for (Residency r : {Residency::Dense, Residency::Packed}) rb.push_back(bench_residency(dir, r, conds, shifts, swaps, clients));
+
+  // The ensemble: every variant as the dense network.
+  const int64_t ensemble_computed = int64_t(n) * p.dense_params * int64_t(sizeof(float));
+  int64_t ensemble_rss = 0, ensemble_held = 0;
+  if (!is_zoo_name(p.arch)) {
+    std::fprintf(stderr, "bench: '%s' is not a zoo architecture; the ensemble is only computed, not built\n",
+                 p.arch.c_str());
+  } else {
+    malloc_trim(0);
+    const int64_t before = rss_bytes();
+    std::vector<Model> ensemble;
+    for (int i = 0; i < n; ++i) {
+      ensemble.push_back(build_model(p.arch, p.num_classes, p.input_shape));  // zero-filled: pages are touched
+      ensemble_held += model_resident_bytes(ensemble.back());
+    }
+    malloc_trim(0);
+    ensemble_rss = rss_bytes() - before;
   }
-  stop.store(true);
-  for (std::thread& t : threads) t.join();
-  const double load_s = ms_since(load_start) / 1000.0;
 
   // Cold loads: each variant read and checked from disk.
   std::vector<double> cold_ms;
@@ -386,37 +421,59 @@ int cmd_bench(int argc, char** argv) {
     load_variant_model(dir, p, i);
     cold_ms.push_back(ms_since(t0));
   }
+  const Stats cl = stats_of(cold_ms);
 
-  const Stats d = stats_of(decide_us), sh = stats_of(shift_us), si = stats_of(swap_idle), sl = stats_of(swap_load),
-              cl = stats_of(cold_ms);
-  const double ratio = static_cast<double>(held) / static_cast<double>(ensemble_computed);
   std::printf("shifter bench: portfolio %s, %d variants of %s (%lld parameters dense), %d threads on %s\n\n",
               dir.c_str(), n, p.arch.c_str(), (long long)p.dense_params, num_threads(), cpu_model_name().c_str());
   std::printf("| overhead | mean | p50 | p99 | max |\n|---|---:|---:|---:|---:|\n");
-  auto row = [](const char* name, const Stats& s, const char* unit) {
-    std::printf("| %s | %.3f %s | %.3f %s | %.3f %s | %.3f %s |\n", name, s.mean, unit, s.p50, unit, s.p99, unit, s.max, unit);
+  auto row = [](const std::string& name, const Stats& s, const char* unit) {
+    std::printf("| %s | %.3f %s | %.3f %s | %.3f %s | %.3f %s |\n", name.c_str(), s.mean, unit, s.p50, unit, s.p99, unit,
+                s.max, unit);
   };
   row("decision (select_variant)", d, "us");
-  row("shift (decision + swap when needed)", sh, "us");
-  row("swap, idle", si, "us");
-  row("swap, while serving", sl, "us");
+  for (const ResidencyBench& b : rb) {
+    row("shift, " + b.name + " (decision + swap when needed)", b.shift_us, "us");
+    row("swap, " + b.name + ", idle", b.swap_idle_us, "us");
+    row("swap, " + b.name + ", while serving", b.swap_load_us, "us");
+  }
   row("cold load of one variant from disk", cl, "ms");
-  std::printf("\n| memory | MB |\n|---|---:|\n");
-  std::printf("| shifter: tensors of all %d compact variants | %.3f |\n", n, held / 1e6);
-  std::printf("| shifter: RSS growth loading the portfolio | %.3f |\n", rss_shifter / 1e6);
-  std::printf("| ensemble: %d x %lld dense parameters x 4 B (computed) | %.3f |\n", n, (long long)p.dense_params,
-              ensemble_computed / 1e6);
-  std::printf("| ensemble: tensors of %d dense models (parameters + batchnorm buffers) | %.3f |\n", n, ensemble_held / 1e6);
-  std::printf("| ensemble: RSS growth building it | %.3f |\n", ensemble_rss / 1e6);
-  std::printf("\nrequests served during the swaps under load: %lld in %.2f s by %d threads; %lld of %lld random "
-              "conditions had a fitting variant\n", (long long)served.load(), load_s, clients, (long long)fitted,
-              (long long)decisions);
-  std::printf("\ntargets: decision < 1 ms: %s (p99 %.3f us); swap < 5 ms: %s (p99 under load %.3f us); memory <= half "
-              "the ensemble: %s (%.1f%%)\n", d.p99 < 1000 ? "met" : "MISSED", d.p99,
-              std::max(si.p99, sl.p99) < 5000 ? "met" : "MISSED", sl.p99, ratio <= 0.5 ? "met" : "MISSED", 100 * ratio);
-  std::printf("paper (DNNShifter, Table): DNNShifter 43 ms / 47 MB, model ensemble 49 ms / 115.8 MB, Dynamic-OFA "
-              "512 ms / 56.2 MB\n");
+  std::printf("\n| memory | MB | of the ensemble |\n|---|---:|---:|\n");
+  const double ens = static_cast<double>(ensemble_computed);
+  for (const ResidencyBench& b : rb) {
+    std::printf("| shifter, %s: held for all %d variants (computed) | %.3f | %.1f%% |\n", b.name.c_str(), n, b.held / 1e6,
+                100.0 * b.held / ens);
+    std::printf("| shifter, %s: RSS growth loading the portfolio | %.3f | %.1f%% |\n", b.name.c_str(), b.rss / 1e6,
+                100.0 * b.rss / ens);
+  }
+  std::printf("| ensemble: %d x %lld dense parameters x 4 B (computed) | %.3f | 100%% |\n", n, (long long)p.dense_params,
+              ens / 1e6);
+  std::printf("| ensemble: tensors of %d dense models (parameters + batchnorm buffers) | %.3f | %.1f%% |\n", n,
+              ensemble_held / 1e6, 100.0 * ensemble_held / ens);
+  std::printf("| ensemble: RSS growth building it | %.3f | %.1f%% |\n", ensemble_rss / 1e6, 100.0 * ensemble_rss / ens);
+  std::printf("\n%lld of %lld random conditions had a fitting variant; during the swaps under load %d threads served ",
+              (long long)fitted, (long long)decisions, clients);
+  for (const ResidencyBench& b : rb) std::printf("%lld requests in %.2f s (%s) ", (long long)b.served, b.load_s, b.name.c_str());
+  std::printf("\n\ntargets: decision < 1 ms: %s (p99 %.3f us)\n", d.p99 < 1000 ? "met" : "MISSED", d.p99);
+  for (const ResidencyBench& b : rb)
+    std::printf("         %s: swap < 5 ms: %s (p99 under load %.3f us); memory <= half the ensemble: %s (%.1f%%)\n",
+                b.name.c_str(), std::max(b.swap_idle_us.p99, b.swap_load_us.p99) < 5000 ? "met" : "MISSED",
+                b.swap_load_us.p99, b.held <= ens / 2 ? "met" : "MISSED", 100.0 * b.held / ens);
+  std::printf("paper (DNNShifter): DNNShifter 43 ms / 47 MB, model ensemble 49 ms / 115.8 MB, Dynamic-OFA 512 ms / 56.2 MB\n");
   if (!f.str("out").empty()) {
+    std::string res = "[";
+    for (size_t i = 0; i < rb.size(); ++i) {
+      const ResidencyBench& b = rb[i];
+      res += std::string(i ? ", " : "") + Json()
+                                              .add("residency", b.name)
+                                              .add("held_bytes", b.held)
+                                              .add("rss_bytes", b.rss)
+                                              .add("memory_ratio", b.held / ens)
+                                              .add_raw("shift_us", stats_json(b.shift_us))
+                                              .add_raw("swap_idle_us", stats_json(b.swap_idle_us))
+                                              .add_raw("swap_under_load_us", stats_json(b.swap_load_us))
+                                              .add("requests_during_swaps", b.served)
+                                              .str();
+    }
     Json j;
     j.add("portfolio", dir)
         .add("variants", n)
@@ -424,17 +481,11 @@ int cmd_bench(int argc, char** argv) {
         .add("threads", num_threads())
         .add("machine", cpu_model_name())
         .add_raw("decision_us", stats_json(d))
-        .add_raw("shift_us", stats_json(sh))
-        .add_raw("swap_idle_us", stats_json(si))
-        .add_raw("swap_under_load_us", stats_json(sl))
         .add_raw("cold_load_ms", stats_json(cl))
-        .add("shifter_tensor_bytes", held)
-        .add("shifter_rss_bytes", rss_shifter)
+        .add_raw("residencies", res + "]")
         .add("ensemble_computed_bytes", ensemble_computed)
         .add("ensemble_tensor_bytes", ensemble_held)
-        .add("ensemble_rss_bytes", ensemble_rss)
-        .add("memory_ratio", ratio)
-        .add("requests_during_swaps", served.load());
+        .add("ensemble_rss_bytes", ensemble_rss);
     write_text_atomic(f.str("out"), j.str() + "\n");
   }
   return 0;

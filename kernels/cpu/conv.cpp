@@ -9,7 +9,9 @@
 //     (CRS, images * PQ) so the GEMM is wide enough to run at speed, and the result is
 //     scattered back to NCHW.
 // A 1x1 stride-1 unpadded convolution needs no im2col: the image (C, HW) is its own column
-// matrix. OpenBLAS runs single-threaded inside our tasks (core/threading.cpp).
+// matrix. backward_data is the transposed GEMM followed by col2im; backward_weights sums
+// dy_block * col_block^T over the batch (see there for how the sum stays deterministic).
+// OpenBLAS runs single-threaded inside our tasks (core/threading.cpp).
 #include <algorithm>
 #include <climits>
 #include <cstdint>
