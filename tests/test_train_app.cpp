@@ -104,10 +104,10 @@ TEST_CASE("train: bad input is refused with a clear error") {
     int rc = wait_exit(spawn(args, log));
     return std::make_pair(rc, read_text(log + ".err"));
   };
-  auto [rc1, e1] = run({kBin, "train", "--epochs", "ten"});
+  auto [rc1, e1] = run({kBin, "train", "--epochs", "ten", "--out", (dir / "o").string()});
   CHECK(rc1 == 1);
   CHECK(e1.find("--epochs expects an integer") != std::string::npos);
-  auto [rc2, e2] = run({kBin, "train", "--no-such-flag"});
+  auto [rc2, e2] = run({kBin, "train", "--no-such-flag", "--out", (dir / "o").string()});
   CHECK(rc2 == 1);
   CHECK(e2.find("unknown flag --no-such-flag") != std::string::npos);
   auto [rc3, e3] = run({kBin, "train", "--data", (dir / "missing").string(), "--out", (dir / "o").string()});
@@ -116,5 +116,6 @@ TEST_CASE("train: bad input is refused with a clear error") {
   auto [rc4, e4] = run({kBin, "train", "--model", "resnet21", "--data", "synthetic", "--out", (dir / "o").string()});
   CHECK(rc4 == 1);
   CHECK(e4.find("unknown model 'resnet21'") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "o"));  // a refused command leaves no run folder behind
   fs::remove_all(dir);
 }

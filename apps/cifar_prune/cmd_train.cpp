@@ -25,10 +25,9 @@ int cmd_train(int argc, char** argv) {
 
   DataPair data = load_data(f);
   std::fprintf(stderr, "data: %s\n", data.description.c_str());
-  prepare_run_dir(out, hp, f.flag("resume"));
-
   TrainConfig cfg = training_config(f, data.train->batches_per_epoch());
   Model model = make_model(f, *data.train);
+  prepare_run_dir(out, hp, f.flag("resume"));
   model.to(dev);
   Trainer trainer(model, cfg);
   std::string ckpt = out + "/checkpoint.dnns";

@@ -44,6 +44,8 @@ Device setup_system(const Flags& f) {
 }
 
 DataPair load_data(const Flags& f) {
+  // Refuse malformed hyper-parameters before any data is read or any folder is made.
+  training_config(f, 1);
   std::string spec = f.str("data");
   Dataset train = load_dataset(spec, true);
   Dataset test = load_dataset(spec, false);
