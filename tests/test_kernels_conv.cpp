@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/threading.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/params.h"
 #include "kernels/ref/ref.h"
@@ -200,6 +201,18 @@ TEST_CASE("cpu conv matches ref on chosen shapes") {
 TEST_CASE("cpu conv matches ref on random shapes") {
   Rng rng(2024);
   for (int i = 0; i < 40; ++i) compare_conv(random_conv(rng), rng);
+}
+
+TEST_CASE("cpu conv matches ref with 1 and 3 threads") {
+  // The thread count changes the task cut and the number of partial dw sums.
+  Rng rng(17);
+  for (int threads : {1, 3}) {
+    set_num_threads(threads);
+    for (const Conv2dParams& p : {conv(20, 5, 8, 8, 6, 3, 3, 1, 1), conv(7, 8, 2, 2, 8, 3, 3, 1, 1),
+                                  conv(3, 3, 24, 24, 4, 3, 3, 1, 1)})
+      compare_conv(p, rng);
+  }
+  set_num_threads(2);  // what test_main set
 }
 
 TEST_CASE("cpu conv2d_backward_weights is repeatable bit for bit") {
