@@ -30,6 +30,9 @@ struct DeviceAllocator {
   virtual void fill(float* dst, size_t n, float value) = 0;
 };
 void register_device_allocator(Device d, DeviceAllocator* alloc);  // CUDA backend calls this
+// Freed host blocks are kept (up to 2 GiB) for reuse by the next tensor of the same size.
+void release_host_cache();   // returns them to the system
+size_t host_cache_bytes();   // bytes currently kept
 DeviceAllocator* device_allocator(Device d);                       // nullptr if none
 
 class Storage {
