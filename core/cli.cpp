@@ -16,7 +16,7 @@ void Flags::add(const std::string& name, const std::string& def, const std::stri
 void Flags::add_bool(const std::string& name, const std::string& help) {
   order_.push_back(name);
   specs_[name] = {"", help, true};
-  values_[name] = "0";
+  values_[name] = std::string(1, '0');  // (not = "0": GCC 12 warns falsely, PR105329)
 }
 
 bool Flags::parse(int argc, char** argv, int first, int max_positional) {
@@ -32,10 +32,11 @@ bool Flags::parse(int argc, char** argv, int first, int max_positional) {
       positional_.push_back(a);
       continue;
     }
-    std::string name = a.substr(2), value;
-    bool has_value = false;
-    size_t eq = name.find('=');
-    if (eq != std::string::npos) value = name.substr(eq + 1), name = name.substr(0, eq), has_value = true;
+    const std::string body = a.substr(2);
+    const size_t eq = body.find('=');
+    const bool has_value = eq != std::string::npos;
+    const std::string name = has_value ? body.substr(0, eq) : body;
+    std::string value = has_value ? body.substr(eq + 1) : std::string();
     auto it = specs_.find(name);
     check(it != specs_.end(), program_ + ": unknown flag --" + name + " (see --help)");
     if (it->second.boolean) {
