@@ -3,6 +3,8 @@
 // masked weights held at zero through training, the sparsity and level reports.
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -16,6 +18,7 @@
 #include "prune/report.h"
 
 using namespace dnns;
+using dnns::testing::QuadrantData;
 
 namespace {
 
@@ -62,53 +65,6 @@ Model tiny_model(const std::vector<float>& a, const std::vector<float>& b) {
 
 std::vector<float> mask_values(const MaskSet& masks, const std::string& name) { return masks.at(name).to_vector(); }
 
-// Four classes of 8x8 RGB images (a bright quadrant on noise), shuffled per epoch from (seed, epoch).
-class QuadrantData : public BatchSource {
- public:
-  QuadrantData(int n, int batch, uint64_t seed) : n_(n), batch_(batch), seed_(seed), images_({n, 3, 8, 8}) {
-    Rng rng(seed);
-    for (int i = 0; i < n; ++i) {
-      labels_.push_back(static_cast<int>(rng.below(4)));
-      for (int k = 0; k < 192; ++k) {
-        int y = (k % 64) / 8, x = k % 8;
-        bool lit = (y / 4) * 2 + (x / 4) == labels_.back();
-        images_[int64_t(i) * 192 + k] = (lit ? 1.0f : 0.0f) + 0.5f * rng.normal();
-      }
-    }
-  }
-  int64_t num_examples() const override { return n_; }
-  int64_t batches_per_epoch() const override { return (n_ + batch_ - 1) / batch_; }
-  int num_classes() const override { return 4; }
-  Shape image_shape() const override { return {3, 8, 8}; }
-  void start_epoch(int64_t epoch, int64_t first_batch) override {
-    order_.resize(n_);
-    for (int i = 0; i < n_; ++i) order_[i] = i;
-    Rng rng(mix_seed(seed_, static_cast<uint64_t>(epoch)));
-    for (int i = n_ - 1; i > 0; --i) std::swap(order_[i], order_[rng.below(i + 1)]);
-    pos_ = static_cast<int>(first_batch) * batch_;
-  }
-  bool next(Batch& out) override {
-    if (pos_ >= n_) return false;
-    int b = std::min(batch_, n_ - pos_);
-    out.images = Tensor({b, 3, 8, 8});
-    out.labels = Tensor({b});
-    for (int k = 0; k < b; ++k) {
-      int i = order_[pos_ + k];
-      std::copy(images_.data() + int64_t(i) * 192, images_.data() + int64_t(i + 1) * 192,
-                out.images.data() + int64_t(k) * 192);
-      out.labels[k] = static_cast<float>(labels_[i]);
-    }
-    pos_ += b;
-    return true;
-  }
-
- private:
-  int n_, batch_;
-  uint64_t seed_;
-  Tensor images_;
-  std::vector<int> labels_, order_;
-  int pos_ = 0;
-};
 
 }  // namespace
 

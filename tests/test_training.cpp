@@ -2,6 +2,8 @@
 // a checkpoint resumes bit-exactly; a NaN loss stops training with a clear error.
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -13,61 +15,10 @@
 #include "nn/trainer.h"
 
 using namespace dnns;
+using dnns::testing::QuadrantData;
 
 namespace {
 
-// Four classes of 8x8 RGB images: a bright quadrant (which one is the class) on noise.
-// The order of epoch e is a seeded shuffle of (seed, e), as the real loader's.
-class QuadrantSource : public BatchSource {
- public:
-  QuadrantSource(int n, int batch, uint64_t seed) : n_(n), batch_(batch), seed_(seed) {
-    Rng rng(seed);
-    images_ = Tensor({n, 3, 8, 8});
-    labels_.resize(n);
-    for (int i = 0; i < n; ++i) {
-      int cls = static_cast<int>(rng.below(4));
-      labels_[i] = cls;
-      for (int c = 0; c < 3; ++c)
-        for (int y = 0; y < 8; ++y)
-          for (int x = 0; x < 8; ++x) {
-            bool in = (y / 4) * 2 + (x / 4) == cls;
-            images_[((int64_t(i) * 3 + c) * 8 + y) * 8 + x] = (in ? 1.0f : 0.0f) + 0.5f * rng.normal();
-          }
-    }
-  }
-  int64_t num_examples() const override { return n_; }
-  int64_t batches_per_epoch() const override { return (n_ + batch_ - 1) / batch_; }
-  int num_classes() const override { return 4; }
-  Shape image_shape() const override { return {3, 8, 8}; }
-  void start_epoch(int64_t epoch, int64_t first_batch) override {
-    order_.resize(n_);
-    for (int i = 0; i < n_; ++i) order_[i] = i;
-    Rng rng(mix_seed(seed_, static_cast<uint64_t>(epoch)));
-    for (int i = n_ - 1; i > 0; --i) std::swap(order_[i], order_[rng.below(i + 1)]);
-    pos_ = first_batch * batch_;
-  }
-  bool next(Batch& out) override {
-    if (pos_ >= n_) return false;
-    int b = std::min(batch_, n_ - pos_);
-    out.images = Tensor({b, 3, 8, 8});
-    out.labels = Tensor({b});
-    for (int k = 0; k < b; ++k) {
-      int i = order_[pos_ + k];
-      std::copy(images_.data() + int64_t(i) * 192, images_.data() + int64_t(i + 1) * 192, out.images.data() + int64_t(k) * 192);
-      out.labels[k] = static_cast<float>(labels_[i]);
-    }
-    pos_ += b;
-    return true;
-  }
-
- private:
-  int n_, batch_;
-  uint64_t seed_;
-  Tensor images_;
-  std::vector<int> labels_;
-  std::vector<int> order_;
-  int pos_ = 0;
-};
 
 Model small_net(uint64_t seed) {
   Model m;
@@ -107,7 +58,7 @@ std::vector<float> all_weights(Model& m) {
 }  // namespace
 
 TEST_CASE("a small network learns the synthetic task") {
-  QuadrantSource train(512, 32, 1), test(256, 64, 2);
+  QuadrantData train(512, 32, 1), test(256, 64, 2);
   Model m = small_net(3);
   EvalStats before = evaluate(m, test);
   Trainer t(m, small_config(6));
@@ -125,7 +76,7 @@ TEST_CASE("a small network learns the synthetic task") {
 }
 
 TEST_CASE("two runs with one seed give identical weights") {
-  QuadrantSource a(256, 32, 1), b(256, 32, 1);
+  QuadrantData a(256, 32, 1), b(256, 32, 1);
   Model m1 = small_net(9), m2 = small_net(9);
   Trainer t1(m1, small_config(2)), t2(m2, small_config(2));
   for (int e = 0; e < 2; ++e) {
@@ -142,7 +93,7 @@ TEST_CASE("resume from a checkpoint continues bit-exactly, also mid-epoch") {
   std::filesystem::create_directories(dir);
   std::string path = (dir / "ckpt.dnns").string();
 
-  QuadrantSource data(256, 32, 4);
+  QuadrantData data(256, 32, 4);
   Model ref = small_net(21);
   Trainer tr(ref, small_config(3));
   for (int e = 0; e < 3; ++e) tr.train_epoch(data);
@@ -178,7 +129,7 @@ TEST_CASE("a checkpoint of another graph is refused") {
 }
 
 TEST_CASE("a diverging run stops with a clear error") {
-  QuadrantSource data(128, 32, 1);
+  QuadrantData data(128, 32, 1);
   Model m = small_net(2);
   TrainConfig cfg = small_config(1);
   cfg.schedule.base_lr = 1e30f;
