@@ -1,5 +1,6 @@
 #include "nn/layers.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -143,8 +144,10 @@ void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, c
       for (int64_t k = 0; k < plane; ++k) acc[k] += g[i * plane + k];
     pos_bias.grad = acc.reshape(pos_bias.value.shape()).to(pos_bias.value.device());
   }
-  if (out_channels == 0 || dy->numel() == 0) {
+  if (out_channels == 0 || dy->numel() == 0) {  // nothing flows: every gradient is zero
     if (din[0]) din[0]->zero();
+    weight.grad.zero();
+    if (has_bias) bias.grad.zero();
     return;
   }
   if (in_channels == 0) {
@@ -408,13 +411,27 @@ static float attr_float(const std::map<std::string, std::string>& a, const char*
   auto it = a.find(key);
   if (it == a.end()) return def;
   try {
-    return std::stof(it->second);
+    size_t used = 0;
+    float v = std::stof(it->second, &used);
+    if (used == it->second.size()) return v;
   } catch (...) {
-    throw Error(std::string(layer) + ": attribute '" + key + "' is not a number: '" + it->second + "'");
   }
+  throw Error(std::string(layer) + ": attribute '" + key + "' is not a number: '" + it->second + "'");
 }
 
 std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, std::string>& a) {
+  // An attribute this build does not know would change the layer's meaning: refuse it.
+  static const std::map<LayerKind, std::vector<std::string>> known = {
+      {LayerKind::Conv, {"in", "out", "kh", "kw", "stride", "pad", "bias", "relu", "pos_h", "pos_w"}},
+      {LayerKind::BatchNorm, {"channels", "eps", "momentum"}},
+      {LayerKind::MaxPool, {"kernel", "stride"}},
+      {LayerKind::AvgPool, {"kernel", "stride"}},
+      {LayerKind::Linear, {"in", "out", "bias"}}};
+  for (const auto& [key, value] : a) {
+    auto it = known.find(kind);
+    bool ok = it != known.end() && std::find(it->second.begin(), it->second.end(), key) != it->second.end();
+    check(ok, std::string(layer_kind_name(kind)) + ": unknown attribute '" + key + "'");
+  }
   switch (kind) {
     case LayerKind::Conv:
       return std::make_unique<Conv2d>(attr_int(a, "in", "conv"), attr_int(a, "out", "conv"),

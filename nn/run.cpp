@@ -14,6 +14,7 @@ namespace dnns {
 RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, const RunOptions& opt) {
   RunResult res;
   const int64_t bpe = train.batches_per_epoch();
+  check(bpe > 0, "run_training: the training data yields no batches");
   const int64_t total_epochs = (opt.total_steps + bpe - 1) / bpe;
   auto t0 = std::chrono::steady_clock::now();
   ProgressLine progress;

@@ -47,8 +47,6 @@ class Trainer {
   Trainer(Model& model, TrainConfig cfg);
 
   int64_t step() const { return step_; }
-  // The epoch the next step belongs to (needs the number of batches per epoch).
-  int64_t epoch_of(int64_t step, const BatchSource& data) const { return step / data.batches_per_epoch(); }
   void set_step(int64_t s) { step_ = s; }
   Sgd& optimizer() { return sgd_; }
   Model& model() { return model_; }
@@ -56,8 +54,9 @@ class Trainer {
 
   // Trains from the current step to the end of its epoch. `on_step` runs after every
   // step; `stop_at` (>= 0) ends the epoch early once that global step is reached (IMP
-  // captures its rewind point this way). Throws Error on a non-finite loss, leaving the
-  // model as it was after the last good step.
+  // captures its rewind point this way). Throws Error on a non-finite loss, before the
+  // optimizer step (the batchnorm running statistics have seen that batch already: reload
+  // the last checkpoint to go on).
   EpochStats train_epoch(BatchSource& data, const std::function<void(const StepInfo&)>& on_step = {},
                          int64_t stop_at = -1);
 

@@ -104,4 +104,7 @@ TEST_CASE("bad graph specs are refused with the line and the reason") {
   std::string shape = good;
   shape.replace(shape.find("in=3 "), 5, "in=4 ");
   CHECK_THROWS_WITH_AS(Model::from_spec(shape), doctest::Contains("expected 4 input channels"), Error);
+  std::string unknown = good;
+  unknown.replace(unknown.find(" relu=0"), 7, " groups=2");
+  CHECK_THROWS_WITH_AS(Model::from_spec(unknown), doctest::Contains("unknown attribute 'groups'"), Error);
 }

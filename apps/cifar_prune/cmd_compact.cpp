@@ -3,7 +3,9 @@
 // FLOPs and per-layer channel counts before and after, as a table and JSON.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -44,7 +46,8 @@ void verify_on(BatchSource& test, Model& masked, Model& compact, LevelCompaction
   int64_t correct_a = 0, correct_b = 0;
   while (test.next(b)) {
     Tensor la = masked.forward(b.images, false), lb = compact.forward(b.images, false);
-    r.max_logit_diff = std::max(r.max_logit_diff, max_abs_diff(la, lb));
+    const float d = max_abs_diff(la, lb);  // NaN when either model produced one: kept, and refused below
+    if (std::isnan(d) || d > r.max_logit_diff) r.max_logit_diff = d;
     const int64_t n = la.dim(0), k = la.dim(1);
     for (int64_t i = 0; i < n; ++i) {
       int64_t pa = 0, pb = 0;
@@ -53,7 +56,7 @@ void verify_on(BatchSource& test, Model& masked, Model& compact, LevelCompaction
         if (la[i * k + c] > la[i * k + pa]) pa = c;
         if (lb[i * k + c] > lb[i * k + pb]) pb = c;
       }
-      int label = static_cast<int>(b.labels[i]);
+      const int label = static_cast<int>(b.labels[i]);
       correct_a += pa == label;
       correct_b += pb == label;
       r.prediction_mismatches += pa != pb;
@@ -77,6 +80,12 @@ std::string layers_json(const CompactReport& rep) {
                                .str();
   }
   return s + "]";
+}
+
+// compact.json holds flat fields and, last, the "layers" array: read the flat part.
+std::map<std::string, std::string> parse_flat_json_prefix(const std::string& json, const std::string& where) {
+  const size_t layers = json.find(", \"layers\":");
+  return parse_flat_json(layers == std::string::npos ? json : json.substr(0, layers) + "}", where);
 }
 
 }  // namespace
@@ -106,20 +115,21 @@ int cmd_compact(int argc, char** argv) {
   if (!f.str("level").empty()) {
     levels.push_back(static_cast<int>(f.integer("level")));
   } else {
-    for (int l = 0;; ++l) {
-      std::string d = imp_level_dir(run, chain, l);
-      if (l == 0 && chain == "random") d = imp_level_dir(run, "magnitude", 0);
-      if (!file_exists(d + "/metrics.json")) break;
+    // Level 0 (the dense network) belongs to the magnitude chain; the random chain starts at 1.
+    for (int l = chain == "random" ? 1 : 0;; ++l) {
+      if (!file_exists(imp_level_dir(run, chain, l) + "/metrics.json")) break;
       levels.push_back(l);
     }
   }
   check(!levels.empty(), run + ": no finished level to compact");
+  for (int level : levels)
+    check(level >= (chain == "random" ? 1 : 0), "--level " + std::to_string(level) + ": the random chain starts at level 1");
 
   DataPair data = load_data(f);
   std::fprintf(stderr, "verifying on %s\n", data.description.c_str());
   std::vector<LevelCompaction> results;
   for (int level : levels) {
-    std::string dir = imp_level_dir(run, level == 0 ? "magnitude" : chain, level);
+    std::string dir = imp_level_dir(run, chain, level);
     std::string path = dir + "/model.dnns";
     check(file_exists(path), path + ": missing (level " + std::to_string(level) + " not finished?)");
     Model masked = Model::load(path);
@@ -128,14 +138,16 @@ int cmd_compact(int argc, char** argv) {
     r.level = level;
     Model compact = compact_model(masked, &r.rep);
     verify_on(*data.test, masked, compact, r);
-    std::string out_path = dir + "/compact.dnns";
-    compact.save(out_path);
-    r.bytes_masked = file_bytes(path);
-    r.bytes_compact = file_bytes(out_path);
-    check(r.prediction_mismatches == 0,
+    // Refuse before writing anything: a compact model that is not exact must not be left
+    // where later stages would pick it up.
+    check(r.prediction_mismatches == 0 && !std::isnan(r.max_logit_diff),
           path + ": the compact model's predictions differ from the masked model's on " +
               std::to_string(r.prediction_mismatches) + " test images (max logit difference " +
               std::to_string(r.max_logit_diff) + "): compaction is not exact here, please report it");
+    std::string out_path = dir + "/compact.dnns";
+    compact.save(out_path);  // atomic: temporary file, then rename
+    r.bytes_masked = file_bytes(path);
+    r.bytes_compact = file_bytes(out_path);
     write_text_atomic(dir + "/compact.json",
                       Json()
                           .add("level", level)
@@ -172,8 +184,35 @@ int cmd_compact(int argc, char** argv) {
      << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   std::string json = "[";
   char buf[512];
-  for (size_t i = 0; i < results.size(); ++i) {
-    const LevelCompaction& r = results[i];
+  // The summary covers every compacted level on disk, not only those of this call.
+  std::vector<LevelCompaction> all;
+  for (int l = chain == "random" ? 1 : 0;; ++l) {
+    auto it = std::find_if(results.begin(), results.end(), [&](const LevelCompaction& r) { return r.level == l; });
+    if (it != results.end()) {
+      all.push_back(*it);
+      continue;
+    }
+    const std::string cj = imp_level_dir(run, chain, l) + "/compact.json";
+    if (!file_exists(imp_level_dir(run, chain, l) + "/metrics.json")) break;
+    if (!file_exists(cj)) continue;
+    auto kv = parse_flat_json_prefix(read_text(cj), cj);
+    LevelCompaction r;
+    r.level = l;
+    r.rep.params_before = std::stoll(kv.at("params_before"));
+    r.rep.nonzero_before = std::stoll(kv.at("nonzero_weights_before"));
+    r.rep.params_after = std::stoll(kv.at("params_after"));
+    r.rep.macs_before = std::stoll(kv.at("flops_before")) / 2;
+    r.rep.macs_after = std::stoll(kv.at("flops_after")) / 2;
+    r.rep.milliseconds = std::stod(kv.at("compact_ms"));
+    r.bytes_masked = std::stoll(kv.at("bytes_before"));
+    r.bytes_compact = std::stoll(kv.at("bytes_after"));
+    r.acc_masked = std::stod(kv.at("test_accuracy_masked"));
+    r.acc_compact = std::stod(kv.at("test_accuracy_compact"));
+    r.max_logit_diff = std::stof(kv.at("max_logit_difference"));
+    all.push_back(r);
+  }
+  for (size_t i = 0; i < all.size(); ++i) {
+    const LevelCompaction& r = all[i];
     std::snprintf(buf, sizeof buf, "| %d | %lld | %lld | %lld | %.2f | %lld | %lld | %lld | %lld | %.2f%% | %.2f%% | %.2g | %.2f |\n",
                   r.level, (long long)r.rep.params_before, (long long)r.rep.nonzero_before, (long long)r.rep.params_after,
                   double(r.rep.params_before) / std::max<int64_t>(1, r.rep.params_after),
@@ -182,7 +221,7 @@ int cmd_compact(int argc, char** argv) {
                   r.rep.milliseconds);
     md << buf;
     if (i) json += ",\n ";
-    json += read_text(imp_level_dir(run, r.level == 0 ? "magnitude" : chain, r.level) + "/compact.json");
+    json += read_text(imp_level_dir(run, chain, r.level) + "/compact.json");
     if (!json.empty() && json.back() == '\n') json.pop_back();
   }
   json += "]\n";

@@ -2,6 +2,7 @@
 // point, run the IMP levels, compact every level exactly, build the portfolio with its
 // measurements, and write a final report. Each stage is the corresponding subcommand run on
 // the same folder, so each resumes (--resume) or can be rerun on its own.
+#include <cctype>
 #include <cstdio>
 #include <algorithm>
 #include <cstring>
@@ -84,6 +85,18 @@ int cmd_run(int argc, char** argv) {
     imp_args.push_back(a);
   }
   if (std::find(imp_args.begin(), imp_args.end(), "--out=" + out) == imp_args.end()) imp_args.push_back("--out=" + out);
+  // The later stages' flags are checked now, not after hours of training.
+  try {
+    size_t used = 0;
+    long long b = std::stoll(latency_batch, &used);
+    check(used == latency_batch.size() && b > 0, "");
+  } catch (...) {
+    throw Error("cifar_prune run: --latency-batch expects a positive integer, got '" + latency_batch + "'");
+  }
+  if (portfolio_levels != "auto")
+    for (char ch : portfolio_levels)
+      check(std::isdigit(static_cast<unsigned char>(ch)) || ch == ',',
+            "cifar_prune run: --portfolio-levels expects 'auto' or comma-separated levels, got '" + portfolio_levels + "'");
 
   std::fprintf(stderr, "== pipeline 1-2/5: dense training and IMP levels into %s\n", out.c_str());
   if (int rc = call(cmd_imp, imp_args)) return rc;
@@ -99,8 +112,6 @@ int cmd_run(int argc, char** argv) {
   report += "![accuracy vs weights remaining](accuracy_vs_sparsity.svg)\n\n";
   report += section("IMP levels (test accuracy against weights remaining)", out + "/report.md");
   report += section("Exact compaction (masked vs compact model, on the test set)", out + "/compaction.md");
-  if (file_exists(out + "/compaction_random.md"))
-    report += section("Exact compaction, random-pruning baseline", out + "/compaction_random.md");
   report += section("Portfolio (compact variants measured on this machine)", out + "/portfolio/portfolio.md");
   report += "![portfolio latency-accuracy front](portfolio/front.svg)\n\n";
   report += "Use the portfolio at run time with `shifter` (see `shifter --help`): `" + out + "/portfolio`.\n";

@@ -27,13 +27,21 @@ int cmd_train(int argc, char** argv) {
   std::fprintf(stderr, "data: %s\n", data.description.c_str());
   TrainConfig cfg = training_config(f, data.train->batches_per_epoch());
   Model model = make_model(f, *data.train);
+  model.to(dev);  // fails here, before any folder is made, when the device is missing
   prepare_run_dir(out, hp, f.flag("resume"));
-  model.to(dev);
+  if (file_exists(out + "/metrics.json")) {
+    // A finished run: its results stay as they are.
+    std::printf("%s: this run is already finished; its results: %s/metrics.json\n", out.c_str(), out.c_str());
+    return 0;
+  }
   Trainer trainer(model, cfg);
   std::string ckpt = out + "/checkpoint.dnns";
   if (f.flag("resume") && file_exists(ckpt)) {
     trainer.load_checkpoint(ckpt);
     std::fprintf(stderr, "resumed %s at step %lld\n", ckpt.c_str(), (long long)trainer.step());
+  } else if (file_exists(out + "/log.jsonl")) {
+    // Interrupted before its first checkpoint: start again with a fresh log.
+    std::remove((out + "/log.jsonl").c_str());
   }
   std::fprintf(stderr, "model: %s, %lld parameters, device %s\n", f.str("model").c_str(),
                (long long)model.num_params(), device_name(dev));

@@ -291,9 +291,11 @@ ResidencyBench bench_residency(const std::string& dir, Residency residency, cons
                                int64_t shifts, int64_t swaps, int clients) {
   ResidencyBench b;
   b.name = residency == Residency::Dense ? "dense" : "packed";
+  release_host_cache();  // freed tensor blocks go back to malloc, then to the OS
   malloc_trim(0);
   const int64_t rss0 = rss_bytes();
   Shifter shifter(load_portfolio(dir), NoFitPolicy::Closest, residency);
+  release_host_cache();  // freed tensor blocks go back to malloc, then to the OS
   malloc_trim(0);
   b.rss = rss_bytes() - rss0;
   b.held = shifter.resident_bytes();
@@ -403,6 +405,7 @@ int cmd_bench(int argc, char** argv) {
     std::fprintf(stderr, "bench: '%s' is not a zoo architecture; the ensemble is only computed, not built\n",
                  p.arch.c_str());
   } else {
+    release_host_cache();  // freed tensor blocks go back to malloc, then to the OS
     malloc_trim(0);
     const int64_t before = rss_bytes();
     std::vector<Model> ensemble;
@@ -410,6 +413,7 @@ int cmd_bench(int argc, char** argv) {
       ensemble.push_back(build_model(p.arch, p.num_classes, p.input_shape));  // zero-filled: pages are touched
       ensemble_held += model_resident_bytes(ensemble.back());
     }
+    release_host_cache();  // freed tensor blocks go back to malloc, then to the OS
     malloc_trim(0);
     ensemble_rss = rss_bytes() - before;
   }
