@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/json.h"
+#include "prune/json_value.h"
 
 namespace dnns {
 
@@ -36,116 +37,6 @@ std::string level_record_json(const LevelRecord& r) {
 
 namespace {
 
-class FlatJsonParser {
- public:
-  FlatJsonParser(const std::string& s, const std::string& where) : s_(s), where_(where) {}
-
-  std::map<std::string, std::string> parse() {
-    std::map<std::string, std::string> out;
-    skip_ws();
-    expect('{');
-    skip_ws();
-    if (peek() == '}') {
-      ++i_;
-    } else {
-      for (;;) {
-        skip_ws();
-        std::string key = string_value();
-        skip_ws();
-        expect(':');
-        skip_ws();
-        std::string value;
-        char c = peek();
-        if (c == '"') value = string_value();
-        else if (c == '{' || c == '[') fail("nested objects and arrays are not supported");
-        else value = bare_value();
-        out[key] = value;
-        skip_ws();
-        if (peek() == ',') {
-          ++i_;
-          continue;
-        }
-        expect('}');
-        break;
-      }
-    }
-    skip_ws();
-    if (i_ != s_.size()) fail("unexpected text after the object");
-    return out;
-  }
-
- private:
-  [[noreturn]] void fail(const std::string& what) {
-    throw Error(where_ + ": malformed JSON at offset " + std::to_string(i_) + ": " + what);
-  }
-  char peek() {
-    if (i_ >= s_.size()) fail("unexpected end");
-    return s_[i_];
-  }
-  void expect(char c) {
-    if (peek() != c) fail(std::string("expected '") + c + "'");
-    ++i_;
-  }
-  void skip_ws() {
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t')) ++i_;
-  }
-  std::string string_value() {
-    expect('"');
-    std::string out;
-    for (;;) {
-      char c = peek();
-      ++i_;
-      if (c == '"') return out;
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      char e = peek();
-      ++i_;
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          if (i_ + 4 > s_.size()) fail("truncated \\u escape");
-          unsigned cp = static_cast<unsigned>(std::strtoul(s_.substr(i_, 4).c_str(), nullptr, 16));
-          i_ += 4;
-          // UTF-8 of a code point of the basic plane (surrogate pairs are not expected here).
-          if (cp < 0x80) {
-            out += static_cast<char>(cp);
-          } else if (cp < 0x800) {
-            out += static_cast<char>(0xC0 | (cp >> 6));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-          } else {
-            out += static_cast<char>(0xE0 | (cp >> 12));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-          }
-          break;
-        }
-        default: fail(std::string("bad escape '\\") + e + "'");
-      }
-    }
-  }
-  std::string bare_value() {
-    size_t start = i_;
-    while (i_ < s_.size() && s_[i_] != ',' && s_[i_] != '}' && s_[i_] != ' ' && s_[i_] != '\n' && s_[i_] != '\r' &&
-           s_[i_] != '\t')
-      ++i_;
-    if (i_ == start) fail("missing value");
-    return s_.substr(start, i_ - start);
-  }
-
-  const std::string& s_;
-  std::string where_;
-  size_t i_ = 0;
-};
-
 double to_number(const std::map<std::string, std::string>& m, const std::string& key, const std::string& where) {
   auto it = m.find(key);
   check(it != m.end(), where + ": missing key '" + key + "'");
@@ -168,7 +59,24 @@ int64_t to_integer(const std::map<std::string, std::string>& m, const std::strin
 }  // namespace
 
 std::map<std::string, std::string> parse_flat_json(const std::string& json, const std::string& where) {
-  return FlatJsonParser(json, where).parse();
+  JsonValue v;
+  try {
+    v = parse_json(json, where);
+  } catch (const Error& e) {
+    throw Error(where + ": malformed JSON (" + e.what() + ")");
+  }
+  check(v.type == JsonValue::Type::Object, where + ": malformed JSON: expected an object");
+  std::map<std::string, std::string> out;
+  for (const auto& [key, value] : v.members) {
+    switch (value.type) {
+      case JsonValue::Type::String:
+      case JsonValue::Type::Number: out[key] = value.text; break;  // unescaped text / literal as written
+      case JsonValue::Type::Bool: out[key] = value.boolean ? "true" : "false"; break;
+      case JsonValue::Type::Null: out[key] = "null"; break;
+      default: throw Error(where + ": key '" + key + "' holds a nested " + json_type_name(value.type) + " (flat object expected)");
+    }
+  }
+  return out;
 }
 
 LevelRecord parse_level_record(const std::string& json, const std::string& where) {

@@ -3,6 +3,8 @@
 // whole dead layers.
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -16,42 +18,16 @@
 #include "prune/compact.h"
 
 using namespace dnns;
+using dnns::testing::randomize_batchnorm;
+using dnns::testing::random_masks;
+using dnns::testing::random_images;
 
 namespace {
-
-// Random eval-mode batchnorm statistics, so folding is tested on something other than the
-// identity; beta spread around zero so dead filters give both positive and negative constants.
-void randomize_batchnorm(Model& m, Rng& rng) {
-  for (Node& n : m.nodes())
-    if (auto* bn = dynamic_cast<BatchNorm2d*>(n.layer.get()))
-      for (int c = 0; c < bn->channels; ++c) {
-        bn->gamma.value[c] = rng.uniform(0.5f, 1.5f);
-        bn->beta.value[c] = rng.uniform(-0.5f, 0.5f);
-        bn->running_mean[c] = rng.uniform(-0.2f, 0.2f);
-        bn->running_var[c] = rng.uniform(0.5f, 2.0f);
-      }
-}
 
 Conv2d& conv(Model& m, const std::string& name) {
   int i = m.find(name);
   REQUIRE(i >= 0);
   return dynamic_cast<Conv2d&>(*m.nodes()[i].layer);
-}
-
-// Masks every prunable weight: a fraction of whole filters dead, and unstructured zeros.
-void random_masks(Model& m, Rng& rng, float dead_filter_fraction, float weight_density) {
-  for (auto& p : m.params()) {
-    if (!p.param->prunable) continue;
-    Tensor mask = Tensor::full(p.param->value.shape(), 1.0f);
-    int64_t rows = mask.dim(0), per = mask.numel() / rows;
-    for (int64_t k = 0; k < rows; ++k) {
-      bool dead = rng.uniform() < dead_filter_fraction && p.name != "fc.weight";
-      for (int64_t q = 0; q < per; ++q)
-        if (dead || rng.uniform() > weight_density) mask[k * per + q] = 0.0f;
-    }
-    m.masks[p.name] = mask;
-  }
-  m.apply_masks();
 }
 
 // Zeroes filter k of a conv (its mask too), leaving the bias: the channel becomes a constant.
@@ -62,12 +38,6 @@ void kill_filter(Model& m, const std::string& name, int k) {
   int64_t per = c.weight.value.numel() / c.out_channels;
   for (int64_t q = 0; q < per; ++q) m.masks[key][k * per + q] = 0.0f;
   m.apply_masks();
-}
-
-Tensor random_images(int n, const Shape& chw, Rng& rng) {
-  Tensor x({n, chw[0], chw[1], chw[2]});
-  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
-  return x;
 }
 
 // Compacts and checks logits (relative to the logit scale) and identical predictions.

@@ -7,6 +7,8 @@
 // runtime to be checked against under qemu (scripts/cross_test.sh).
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #include <unistd.h>
 
 #include <bit>
@@ -27,6 +29,7 @@
 #include "prune/compact.h"
 
 using namespace dnns;
+using dnns::testing::randomize_batchnorm;
 namespace fs = std::filesystem;
 
 static_assert(std::endian::native == std::endian::little, "the raw .bin files below are written in host order");
@@ -34,19 +37,6 @@ static_assert(std::endian::native == std::endian::little, "the raw .bin files be
 namespace {
 
 constexpr float kTol = 1e-4f;  // relative to the logit scale max(1, max |logit|)
-
-// Random eval-mode batchnorm statistics, so that folding and the runtime's batchnorm are
-// tested on something other than the identity.
-void randomize_batchnorm(Model& m, Rng& rng) {
-  for (Node& n : m.nodes())
-    if (auto* bn = dynamic_cast<BatchNorm2d*>(n.layer.get()))
-      for (int c = 0; c < bn->channels; ++c) {
-        bn->gamma.value[c] = rng.uniform(0.5f, 1.5f);
-        bn->beta.value[c] = rng.uniform(-0.5f, 0.5f);
-        bn->running_mean[c] = rng.uniform(-0.2f, 0.2f);
-        bn->running_var[c] = rng.uniform(0.5f, 2.0f);
-      }
-}
 
 // Masks every prunable weight: a fraction of whole filters dead (their constants must then be
 // folded), and unstructured zeros in the rest.

@@ -3,6 +3,8 @@
 // loaded back, and every kind of damaged portfolio refused with an error naming the entry.
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -22,6 +24,8 @@
 #include "prune/report.h"
 
 using namespace dnns;
+using dnns::testing::randomize_batchnorm;
+using dnns::testing::contains;
 namespace fs = std::filesystem;
 
 namespace {
@@ -35,8 +39,6 @@ std::string error_of(const std::function<void()>& f) {
   return "(no error)";
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
 struct TempDir {
   fs::path path;
   explicit TempDir(const std::string& tag) {
@@ -47,17 +49,6 @@ struct TempDir {
   ~TempDir() { fs::remove_all(path); }
   std::string str() const { return path.string(); }
 };
-
-void randomize_batchnorm(Model& m, Rng& rng) {
-  for (Node& n : m.nodes())
-    if (auto* bn = dynamic_cast<BatchNorm2d*>(n.layer.get()))
-      for (int c = 0; c < bn->channels; ++c) {
-        bn->gamma.value[c] = rng.uniform(0.5f, 1.5f);
-        bn->beta.value[c] = rng.uniform(-0.5f, 0.5f);
-        bn->running_mean[c] = rng.uniform(-0.2f, 0.2f);
-        bn->running_var[c] = rng.uniform(0.5f, 2.0f);
-      }
-}
 
 // IMP-like masks at `density` of the prunable weights: |w| times a random per-filter
 // importance, one global threshold, so whole filters die at high sparsity as in trained

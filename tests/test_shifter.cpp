@@ -4,6 +4,8 @@
 // short replay.
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #include <atomic>
 #include <cmath>
 #include <functional>
@@ -18,6 +20,10 @@
 #include "prune/shifter.h"
 
 using namespace dnns;
+using dnns::testing::randomize_batchnorm;
+using dnns::testing::random_masks;
+using dnns::testing::random_images;
+using dnns::testing::contains;
 
 namespace {
 
@@ -28,41 +34,6 @@ std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "(no error)";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
-Tensor random_images(int64_t n, const Shape& chw, Rng& rng) {
-  Tensor x({n, chw[0], chw[1], chw[2]});
-  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
-  return x;
-}
-
-void randomize_batchnorm(Model& m, Rng& rng) {
-  for (Node& n : m.nodes())
-    if (auto* bn = dynamic_cast<BatchNorm2d*>(n.layer.get()))
-      for (int c = 0; c < bn->channels; ++c) {
-        bn->gamma.value[c] = rng.uniform(0.5f, 1.5f);
-        bn->beta.value[c] = rng.uniform(-0.5f, 0.5f);
-        bn->running_mean[c] = rng.uniform(-0.2f, 0.2f);
-        bn->running_var[c] = rng.uniform(0.5f, 2.0f);
-      }
-}
-
-// Kills a fraction of whole filters and some single weights, as IMP does at high sparsity.
-void random_masks(Model& m, Rng& rng, float dead_filters, float density) {
-  for (auto& p : m.params()) {
-    if (!p.param->prunable) continue;
-    Tensor mask = Tensor::full(p.param->value.shape(), 1.0f);
-    int64_t rows = mask.dim(0), per = mask.numel() / rows;
-    for (int64_t k = 0; k < rows; ++k) {
-      bool dead = rng.uniform() < dead_filters && p.name != "fc.weight";
-      for (int64_t q = 0; q < per; ++q)
-        if (dead || rng.uniform() > density) mask[k * per + q] = 0.0f;
-    }
-    m.masks[p.name] = mask;
-  }
-  m.apply_masks();
 }
 
 Model zoo(const std::string& name, uint64_t seed, const Shape& chw = {3, 8, 8}) {

@@ -4,8 +4,11 @@
 #include <cstdint>
 #include <vector>
 
+#include <string>
+
 #include "core/batch.h"
 #include "core/rng.h"
+#include "nn/model.h"
 
 namespace dnns::testing {
 
@@ -57,5 +60,44 @@ class QuadrantData : public BatchSource {
   std::vector<int> labels_, order_;
   int pos_ = 0;
 };
+
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// (n, C, H, W) standard-normal images.
+inline Tensor random_images(int64_t n, const Shape& chw, Rng& rng) {
+  Tensor x({n, chw[0], chw[1], chw[2]});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  return x;
+}
+
+// Random eval-mode batchnorm statistics, so that folding is tested on something other than
+// the identity; beta spread around zero so dead filters give positive and negative constants.
+inline void randomize_batchnorm(Model& m, Rng& rng) {
+  for (Node& n : m.nodes())
+    if (auto* bn = dynamic_cast<BatchNorm2d*>(n.layer.get()))
+      for (int c = 0; c < bn->channels; ++c) {
+        bn->gamma.value[c] = rng.uniform(0.5f, 1.5f);
+        bn->beta.value[c] = rng.uniform(-0.5f, 0.5f);
+        bn->running_mean[c] = rng.uniform(-0.2f, 0.2f);
+        bn->running_var[c] = rng.uniform(0.5f, 2.0f);
+      }
+}
+
+// Masks every prunable weight: a fraction of whole filters dead (except the final "fc"), and
+// unstructured zeros at `weight_density` in the rest; applies the masks.
+inline void random_masks(Model& m, Rng& rng, float dead_filter_fraction, float weight_density) {
+  for (auto& p : m.params()) {
+    if (!p.param->prunable) continue;
+    Tensor mask = Tensor::full(p.param->value.shape(), 1.0f);
+    int64_t rows = mask.dim(0), per = mask.numel() / rows;
+    for (int64_t k = 0; k < rows; ++k) {
+      bool dead = rng.uniform() < dead_filter_fraction && p.name != "fc.weight";
+      for (int64_t q = 0; q < per; ++q)
+        if (dead || rng.uniform() > weight_density) mask[k * per + q] = 0.0f;
+    }
+    m.masks[p.name] = mask;
+  }
+  m.apply_masks();
+}
 
 }  // namespace dnns::testing

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -19,6 +18,7 @@
 #include "kernels/ops.h"
 #include "prune/compact.h"
 #include "prune/imp.h"
+#include "prune/json_value.h"
 #include "prune/report.h"
 
 namespace dnns::app {
@@ -80,12 +80,6 @@ std::string layers_json(const CompactReport& rep) {
                                .str();
   }
   return s + "]";
-}
-
-// compact.json holds flat fields and, last, the "layers" array: read the flat part.
-std::map<std::string, std::string> parse_flat_json_prefix(const std::string& json, const std::string& where) {
-  const size_t layers = json.find(", \"layers\":");
-  return parse_flat_json(layers == std::string::npos ? json : json.substr(0, layers) + "}", where);
 }
 
 }  // namespace
@@ -195,20 +189,21 @@ int cmd_compact(int argc, char** argv) {
     const std::string cj = imp_level_dir(run, chain, l) + "/compact.json";
     if (!file_exists(imp_level_dir(run, chain, l) + "/metrics.json")) break;
     if (!file_exists(cj)) continue;
-    auto kv = parse_flat_json_prefix(read_text(cj), cj);
+    const JsonValue kv = parse_json(read_text(cj), cj);
+    auto num = [&](const char* key) { return json_double(json_field(kv, key, cj), cj + ": " + key); };
     LevelCompaction r;
     r.level = l;
-    r.rep.params_before = std::stoll(kv.at("params_before"));
-    r.rep.nonzero_before = std::stoll(kv.at("nonzero_weights_before"));
-    r.rep.params_after = std::stoll(kv.at("params_after"));
-    r.rep.macs_before = std::stoll(kv.at("flops_before")) / 2;
-    r.rep.macs_after = std::stoll(kv.at("flops_after")) / 2;
-    r.rep.milliseconds = std::stod(kv.at("compact_ms"));
-    r.bytes_masked = std::stoll(kv.at("bytes_before"));
-    r.bytes_compact = std::stoll(kv.at("bytes_after"));
-    r.acc_masked = std::stod(kv.at("test_accuracy_masked"));
-    r.acc_compact = std::stod(kv.at("test_accuracy_compact"));
-    r.max_logit_diff = std::stof(kv.at("max_logit_difference"));
+    r.rep.params_before = static_cast<int64_t>(num("params_before"));
+    r.rep.nonzero_before = static_cast<int64_t>(num("nonzero_weights_before"));
+    r.rep.params_after = static_cast<int64_t>(num("params_after"));
+    r.rep.macs_before = static_cast<int64_t>(num("flops_before")) / 2;
+    r.rep.macs_after = static_cast<int64_t>(num("flops_after")) / 2;
+    r.rep.milliseconds = num("compact_ms");
+    r.bytes_masked = static_cast<int64_t>(num("bytes_before"));
+    r.bytes_compact = static_cast<int64_t>(num("bytes_after"));
+    r.acc_masked = num("test_accuracy_masked");
+    r.acc_compact = num("test_accuracy_compact");
+    r.max_logit_diff = static_cast<float>(num("max_logit_difference"));
     all.push_back(r);
   }
   for (size_t i = 0; i < all.size(); ++i) {

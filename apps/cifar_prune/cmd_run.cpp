@@ -62,8 +62,7 @@ int cmd_run(int argc, char** argv) {
       check(i + 1 < argc, "cifar_prune run: " + name + " needs a value");
       return argv[++i];
     };
-    bool is = [&](const std::string& name) { return a == name || a.rfind(name + "=", 0) == 0; }("--portfolio-levels");
-    if (is) {
+    if (a == "--portfolio-levels" || a.rfind("--portfolio-levels=", 0) == 0) {
       portfolio_levels = value("--portfolio-levels");
       continue;
     }
