@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dnns {
@@ -19,6 +20,13 @@ std::string shape_str(const std::vector<int64_t>& shape);  // "(128, 3, 32, 32)"
 // Throws Error with `msg` when `cond` is false. Use for checks on user input and contracts.
 inline void check(bool cond, const std::string& msg) {
   if (!cond) throw Error(msg);
+}
+
+// The same with the message built only on failure, for checks on hot paths (every forward,
+// every layer construction): check(x == y, [&] { return "expected " + std::to_string(y); }).
+template <class MakeMsg, class = decltype(std::string(std::declval<MakeMsg&>()()))>
+inline void check(bool cond, MakeMsg&& make_msg) {
+  if (!cond) throw Error(make_msg());
 }
 
 // Throws "<where>: expected shape (a, b), got (c, d)" when the shapes differ.

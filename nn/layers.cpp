@@ -42,8 +42,8 @@ void Layer::to(Device dev) {
 }
 
 static void need_rank(const Shape& s, int rank, const char* layer) {
-  check(static_cast<int>(s.size()) == rank, std::string(layer) + ": expected a " + std::to_string(rank) +
-                                                "-D input, got " + shape_str(s));
+  check(static_cast<int>(s.size()) == rank,
+        [&] { return std::string(layer) + ": expected a " + std::to_string(rank) + "-D input, got " + shape_str(s); });
 }
 
 // ---------------------------------------------------------------- Conv2d
@@ -53,9 +53,11 @@ Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool 
       has_bias(bias_), fused_relu(fused), pos_h(ph), pos_w(pw) {
   check(in_c >= 0 && out_c >= 0 && kh > 0 && kw > 0 && stride > 0 && pad >= 0 && ph >= 0 && pw >= 0 &&
             (ph > 0) == (pw > 0),
-        "conv: invalid configuration in=" + std::to_string(in_c) + " out=" + std::to_string(out_c) +
-            " kernel=" + std::to_string(kh) + "x" + std::to_string(kw) + " stride=" + std::to_string(stride) +
-            " pad=" + std::to_string(pad));
+        [&] {
+          return "conv: invalid configuration in=" + std::to_string(in_c) + " out=" + std::to_string(out_c) +
+                 " kernel=" + std::to_string(kh) + "x" + std::to_string(kw) + " stride=" + std::to_string(stride) +
+                 " pad=" + std::to_string(pad);
+        });
   weight = {"weight", Tensor({out_c, in_c, kh, kw}), Tensor(), true};
   if (has_bias) bias = {"bias", Tensor({out_c}), Tensor(), false};
   if (pos_h > 0) pos_bias = {"pos_bias", Tensor({out_c, ph, pw}), Tensor(), false};
@@ -80,15 +82,19 @@ Conv2dParams Conv2d::conv_params(const Shape& x) const {
 Shape Conv2d::output_shape(const std::vector<Shape>& in) const {
   const Shape& x = in.at(0);
   need_rank(x, 4, "conv");
-  check(x[1] == in_channels, "conv: expected " + std::to_string(in_channels) + " input channels, got " +
-                                 shape_str(x));
+  check(x[1] == in_channels,
+        [&] { return "conv: expected " + std::to_string(in_channels) + " input channels, got " + shape_str(x); });
   check(x[2] + 2 * pad >= kernel_h && x[3] + 2 * pad >= kernel_w,
-        "conv: input " + shape_str(x) + " smaller than its " + std::to_string(kernel_h) + "x" +
-            std::to_string(kernel_w) + " kernel");
+        [&] {
+          return "conv: input " + shape_str(x) + " smaller than its " + std::to_string(kernel_h) + "x" +
+                 std::to_string(kernel_w) + " kernel";
+        });
   Conv2dParams p = conv_params(x);
   check(pos_h == 0 || (p.P() == pos_h && p.Q() == pos_w),
-        "conv: its per-position bias is " + std::to_string(pos_h) + "x" + std::to_string(pos_w) +
-            " but the output would be " + std::to_string(p.P()) + "x" + std::to_string(p.Q()));
+        [&] {
+          return "conv: its per-position bias is " + std::to_string(pos_h) + "x" + std::to_string(pos_w) +
+                 " but the output would be " + std::to_string(p.P()) + "x" + std::to_string(p.Q());
+        });
   return {x[0], out_channels, p.P(), p.Q()};
 }
 
@@ -194,7 +200,7 @@ std::map<std::string, std::string> BatchNorm2d::attrs() const {
 Shape BatchNorm2d::output_shape(const std::vector<Shape>& in) const {
   const Shape& x = in.at(0);
   check(x.size() >= 2 && x[1] == channels,
-        "batchnorm: expected " + std::to_string(channels) + " channels, got " + shape_str(x));
+        [&] { return "batchnorm: expected " + std::to_string(channels) + " channels, got " + shape_str(x); });
   return x;
 }
 
@@ -273,8 +279,10 @@ Shape Pool2d::output_shape(const std::vector<Shape>& in) const {
   const Shape& x = in.at(0);
   need_rank(x, 4, is_max ? "maxpool" : "avgpool");
   check(kernel > 0 && stride > 0 && x[2] >= kernel && x[3] >= kernel,
-        std::string(is_max ? "maxpool" : "avgpool") + ": input " + shape_str(x) + " smaller than the " +
-            std::to_string(kernel) + "x" + std::to_string(kernel) + " window");
+        [&] {
+          return std::string(is_max ? "maxpool" : "avgpool") + ": input " + shape_str(x) + " smaller than the " +
+                 std::to_string(kernel) + "x" + std::to_string(kernel) + " window";
+        });
   Pool2dParams p = pool_params(x);
   return {x[0], x[1], p.P(), p.Q()};
 }
@@ -327,8 +335,8 @@ void Flatten::backward(const std::vector<const Tensor*>&, const Tensor&, const T
 // ---------------------------------------------------------------- Linear
 
 Linear::Linear(int in_f, int out_f, bool bias_) : in_features(in_f), out_features(out_f), has_bias(bias_) {
-  check(in_f >= 0 && out_f > 0, "linear: invalid configuration in=" + std::to_string(in_f) +
-                                    " out=" + std::to_string(out_f));
+  check(in_f >= 0 && out_f > 0,
+        [&] { return "linear: invalid configuration in=" + std::to_string(in_f) + " out=" + std::to_string(out_f); });
   weight = {"weight", Tensor({out_f, in_f}), Tensor(), true};
   if (has_bias) bias = {"bias", Tensor({out_f}), Tensor(), false};
 }
@@ -341,7 +349,7 @@ std::map<std::string, std::string> Linear::attrs() const {
 Shape Linear::output_shape(const std::vector<Shape>& in) const {
   const Shape& x = in.at(0);
   check(x.size() == 2 && x[1] == in_features,
-        "linear: expected input (N, " + std::to_string(in_features) + "), got " + shape_str(x));
+        [&] { return "linear: expected input (N, " + std::to_string(in_features) + "), got " + shape_str(x); });
   return {x[0], out_features};
 }
 
@@ -377,7 +385,7 @@ std::vector<Param*> Linear::params() {
 
 Shape Add::output_shape(const std::vector<Shape>& in) const {
   check(in.size() == 2, "add: expected two inputs");
-  check(in[0] == in[1], "add: operand shapes differ: " + shape_str(in[0]) + " vs " + shape_str(in[1]));
+  check(in[0] == in[1], [&] { return "add: operand shapes differ: " + shape_str(in[0]) + " vs " + shape_str(in[1]); });
   return in[0];
 }
 

@@ -5,6 +5,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
@@ -12,7 +16,6 @@
 #include "kernels/ops.h"
 
 namespace dnns {
-
 namespace {
 
 int find_root(std::vector<int>& parent, int x) {
@@ -20,10 +23,9 @@ int find_root(std::vector<int>& parent, int x) {
   return x;
 }
 
-// For a weight viewed as (K, C, slice): per (k, c), whether any value is nonzero. For a conv
-// slice = R*S; for a linear after a flatten slice = H*W. This is the one full pass over the
-// weights, so it works on the bit patterns (any bit but the sign set = nonzero, so -0.0
-// counts as zero) in a loop the compiler vectorises.
+// For a weight viewed as (K, C, slice): per (k, c), whether any value is nonzero (any bit but
+// the sign set, so -0.0 counts as zero). For a conv slice = R*S; for a linear after a flatten
+// slice = H*W. Computing these is the one full pass over the weights (slice_stats below).
 struct SliceStats {
   int K = 0, C = 0;
   std::vector<uint8_t> nonzero;  // (K, C)
@@ -32,23 +34,31 @@ struct SliceStats {
   bool nz(int k, int c) const { return nonzero[size_t(k) * C + c]; }
 };
 
-// Whether any of the `S` floats at p is nonzero (a compile-time S unrolls fully). Floats are
-// read in pairs as 64-bit words: half the loads of a float-by-float scan.
-template <int S>
-inline bool any_nonzero_fixed(const float* p) {
-  constexpr uint64_t kNoSigns = 0x7fffffff7fffffffull;
-  uint64_t any = 0;
-  for (int j = 0; j + 1 < S; j += 2) {
-    uint64_t bits;
-    std::memcpy(&bits, p + j, sizeof bits);
-    any |= bits;
+// Bit i of `bits` = whether p[i] is nonzero, for i < n. `bits` holds n / 8 + 1 bytes.
+void nonzero_bits(const float* p, int64_t n, uint8_t* bits) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512i no_sign = _mm512_set1_epi32(0x7fffffff);
+  for (; i + 16 <= n; i += 16) {
+    const __mmask16 m = _mm512_test_epi32_mask(_mm512_loadu_si512(p + i), no_sign);
+    std::memcpy(bits + i / 8, &m, 2);
   }
-  if (S % 2) {
-    uint32_t last;
-    std::memcpy(&last, p + S - 1, sizeof last);
-    any |= last;
+#elif defined(__AVX2__)
+  const __m256i no_sign = _mm256_set1_epi32(0x7fffffff), zero = _mm256_setzero_si256();
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)), no_sign);
+    bits[i / 8] = static_cast<uint8_t>(~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))));
   }
-  return (any & kNoSigns) != 0;
+#endif
+  for (; i < n; i += 8) {
+    uint8_t b = 0;
+    for (int q = 0; q < 8 && i + q < n; ++q) {
+      uint32_t u;
+      std::memcpy(&u, p + i + q, sizeof u);
+      b |= uint8_t((u & 0x7fffffffu) != 0) << q;
+    }
+    bits[i / 8] = b;
+  }
 }
 
 inline bool any_nonzero(const float* p, int64_t n) {
@@ -61,31 +71,188 @@ inline bool any_nonzero(const float* p, int64_t n) {
   return any != 0;
 }
 
-SliceStats slice_stats(const float* w, int K, int C, int64_t slice) {
-  SliceStats s;
-  s.K = K, s.C = C;
-  s.nonzero.assign(size_t(K) * C, 0);
-  tbb::parallel_for(tbb::blocked_range<int>(0, K, 16), [&](const tbb::blocked_range<int>& r) {
-    for (int k = r.begin(); k < r.end(); ++k) {
-      const float* row = w + int64_t(k) * C * slice;  // (C, slice)
-      uint8_t* out = s.nonzero.data() + size_t(k) * C;
-      if (slice == 9)
-        for (int c = 0; c < C; ++c) out[c] = any_nonzero_fixed<9>(row + c * 9);
-      else if (slice == 1)
-        for (int c = 0; c < C; ++c) out[c] = any_nonzero_fixed<1>(row + c);
-      else
-        for (int c = 0; c < C; ++c) out[c] = any_nonzero(row + c * slice, slice);
+// out[t] = 1 when slice t of the n consecutive slices of `slice` floats at p has a nonzero
+// value. The floats stream through once into a bit buffer (1/32 of their size, n * slice /
+// 8 + 16 bytes at `bits`); slices are then read from the bits. For 3x3 kernels, 8 slices span
+// 9 bytes: slice c of the group starts at bit c of byte c and ends at bit c of byte c + 1, so
+// two masked 64-bit words give all 8 answers at once.
+void slice_flags(const float* p, int64_t n, int64_t slice, uint8_t* bits, uint8_t* o) {
+  if (slice == 1) {
+    for (int64_t t = 0; t < n; ++t) {
+      uint32_t u;
+      std::memcpy(&u, p + t, sizeof u);
+      o[t] = (u & 0x7fffffffu) != 0;
+    }
+    return;
+  }
+  if (slice > 57) {  // a slice's bits would not fit one 64-bit load
+    for (int64_t t = 0; t < n; ++t) o[t] = any_nonzero(p + t * slice, slice);
+    return;
+  }
+  nonzero_bits(p, n * slice, bits);
+  int64_t t = 0;
+  if (slice == 9) {
+    constexpr uint64_t kFrom = 0x80c0e0f0f8fcfeffull;  // byte c: bits c..7
+    constexpr uint64_t kTo = 0xff7f3f1f0f070301ull;    // byte c: bits 0..c
+    constexpr uint64_t kLow7 = 0x7f7f7f7f7f7f7f7full, kHigh = 0x8080808080808080ull;
+    for (; t + 8 <= n; t += 8) {
+      uint64_t x, y;
+      std::memcpy(&x, bits + t / 8 * 9, 8);
+      std::memcpy(&y, bits + t / 8 * 9 + 1, 8);
+      const uint64_t z = (x & kFrom) | (y & kTo);               // byte c nonzero iff slice c is
+      const uint64_t nz = (((z & kLow7) + kLow7) | z) & kHigh;  // 0x80 in each nonzero byte
+      const uint64_t flags = nz >> 7;
+      std::memcpy(o + t, &flags, 8);
+    }
+  }
+  const uint64_t low = (uint64_t(1) << slice) - 1;
+  for (; t < n; ++t) {
+    const int64_t bit = t * slice;
+    uint64_t word;
+    std::memcpy(&word, bits + bit / 8, sizeof word);
+    o[t] = ((word >> (bit % 8)) & low) != 0;
+  }
+}
+
+// Byte-flag helpers (restrict-qualified so the compiler vectorises them).
+inline void or_into(uint8_t* __restrict dst, const uint8_t* __restrict src, int n) {
+  for (int c = 0; c < n; ++c) dst[c] |= src[c];
+}
+// dst |= src & !fixed
+inline void or_unfixed_into(uint8_t* __restrict dst, const uint8_t* __restrict src, const uint8_t* __restrict fixed,
+                            int n) {
+  for (int c = 0; c < n; ++c) dst[c] |= src[c] & (fixed[c] ^ 1);
+}
+inline uint8_t any_set(const uint8_t* __restrict p, int n) {
+  uint8_t any = 0;
+  for (int c = 0; c < n; ++c) any |= p[c];
+  return any;
+}
+
+// A weight to scan, viewed as (K, C, slice).
+struct WeightView {
+  const float* w = nullptr;
+  int K = 0, C = 0;
+  int64_t slice = 0;
+};
+
+// The one full pass over the weights: slice statistics of every view, in one parallel loop
+// over blocks of whole rows of all of them (one hand-out of work instead of one per layer).
+std::vector<SliceStats> slice_stats(const std::vector<WeightView>& views) {
+  struct Task {
+    int v, r0, r1;
+  };
+  std::vector<SliceStats> out(views.size());
+  std::vector<Task> tasks;
+  int64_t max_block = 0;
+  for (size_t v = 0; v < views.size(); ++v) {
+    const WeightView& x = views[v];
+    SliceStats& s = out[v];
+    s.K = x.K, s.C = x.C;
+    s.nonzero.assign(size_t(x.K) * x.C, 0);
+    s.row_any.assign(x.K, 0);
+    s.read.assign(x.C, 0);
+    if (x.C == 0) continue;
+    const int rows = static_cast<int>(std::max<int64_t>(1, 4096 / x.C));  // ~4096 slices per task
+    for (int r0 = 0; r0 < x.K; r0 += rows) tasks.push_back({int(v), r0, std::min(x.K, r0 + rows)});
+    max_block = std::max(max_block, int64_t(rows) * x.C * x.slice);
+  }
+  tbb::parallel_for(tbb::blocked_range<size_t>(0, tasks.size(), 1), [&](const tbb::blocked_range<size_t>& tr) {
+    std::vector<uint8_t> bits(max_block / 8 + 16);  // + room for 8-byte loads
+    for (size_t t = tr.begin(); t < tr.end(); ++t) {
+      const WeightView& x = views[tasks[t].v];
+      SliceStats& s = out[tasks[t].v];
+      const int r0 = tasks[t].r0, r1 = tasks[t].r1;
+      const int64_t row_len = int64_t(x.C) * x.slice;
+      slice_flags(x.w + r0 * row_len, int64_t(r1 - r0) * x.C, x.slice, bits.data(), s.nonzero.data() + size_t(r0) * x.C);
+      for (int k = r0; k < r1; ++k) s.row_any[k] = any_set(s.nonzero.data() + size_t(k) * x.C, x.C);
     }
   });
-  s.read.assign(C, 0);
-  s.row_any.assign(K, 0);
-  for (int k = 0; k < K; ++k) {
-    const uint8_t* nz = s.nonzero.data() + size_t(k) * C;  // (C)
-    uint8_t any = 0;
-    for (int c = 0; c < C; ++c) s.read[c] |= nz[c], any |= nz[c];
-    s.row_any[k] = any;
+  for (SliceStats& s : out)
+    for (int k = 0; k < s.K; ++k) or_into(s.read.data(), s.nonzero.data() + size_t(k) * s.C, s.C);
+  return out;
+}
+
+// dst (rows.size(), cols.size(), slice) = src (., C, slice) at the given rows and columns,
+// row r multiplied by scale[r] when scale is given. With `nonzero` (., C) flags, slices
+// flagged all-zero are written as zeros without reading src (the reads are scattered, so
+// skipping them is most of the saving).
+template <int S>
+void gather_rows(const float* src, int C, int64_t slice, const std::vector<int>& rows, const std::vector<int>& cols,
+                 const float* scale, const uint8_t* nonzero, float* dst, int r0, int r1) {
+  const int64_t n = S > 0 ? S : slice;
+  const int Cn = static_cast<int>(cols.size());
+  for (int r = r0; r < r1; ++r) {
+    const float s = scale ? scale[r] : 1.0f;
+    const float* in = src + int64_t(rows[r]) * C * n;
+    const uint8_t* nz = nonzero ? nonzero + int64_t(rows[r]) * C : nullptr;
+    // The slices are scattered: ask for the next row's while copying this one.
+    const float* next = r + 1 < r1 ? src + int64_t(rows[r + 1]) * C * n : nullptr;
+    const uint8_t* next_nz = next && nonzero ? nonzero + int64_t(rows[r + 1]) * C : nullptr;
+    float* out = dst + int64_t(r) * Cn * n;
+    for (int q = 0; q < Cn; ++q, out += n) {
+      const int c = cols[q];
+      if (next && (!next_nz || next_nz[c])) __builtin_prefetch(next + int64_t(c) * n);
+      if (nz && !nz[c]) {
+        for (int64_t e = 0; e < n; ++e) out[e] = 0.0f;
+        continue;
+      }
+      const float* p = in + int64_t(c) * n;
+      if (scale)
+        for (int64_t e = 0; e < n; ++e) out[e] = p[e] * s;
+      else
+        for (int64_t e = 0; e < n; ++e) out[e] = p[e];
+    }
   }
-  return s;
+}
+
+void gather_slices(const float* src, int C, int64_t slice, const std::vector<int>& rows, const std::vector<int>& cols,
+                   const float* scale, const uint8_t* nonzero, float* dst) {
+  const int K = static_cast<int>(rows.size());
+  const int64_t per_row = std::max<int64_t>(1, int64_t(cols.size()) * slice);
+  const int grain = static_cast<int>(std::max<int64_t>(1, 16384 / per_row));
+  auto run = [&](int r0, int r1) {
+    if (slice == 9) gather_rows<9>(src, C, slice, rows, cols, scale, nonzero, dst, r0, r1);
+    else if (slice == 1) gather_rows<1>(src, C, slice, rows, cols, scale, nonzero, dst, r0, r1);
+    else gather_rows<0>(src, C, slice, rows, cols, scale, nonzero, dst, r0, r1);
+  };
+  if (K <= grain) return run(0, K);  // too little to share out
+  tbb::parallel_for(tbb::blocked_range<int>(0, K, grain), [&](const tbb::blocked_range<int>& r) { run(r.begin(), r.end()); });
+}
+
+// The conv or linear layer L restricted to output rows `rows` and input channels `cols`
+// (weights gathered; bias and per-position bias follow the rows).
+std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t fpc, const std::vector<int>& rows,
+                                 const std::vector<int>& cols) {
+  const int Kf = static_cast<int>(rows.size()), Cf = static_cast<int>(cols.size());
+  if (auto* cv = dynamic_cast<const Conv2d*>(&L)) {
+    auto sc = std::make_unique<Conv2d>(Cf, Kf, cv->kernel_h, cv->kernel_w, cv->stride, cv->pad, cv->has_bias,
+                                       cv->fused_relu, cv->pos_h, cv->pos_w);
+    const int64_t op = cv->pos_h * cv->pos_w;
+    for (int r = 0; r < Kf; ++r) {
+      if (cv->has_bias) sc->bias.value[r] = cv->bias.value[rows[r]];
+      if (op) std::copy_n(cv->pos_bias.value.data() + rows[r] * op, op, sc->pos_bias.value.data() + r * op);
+    }
+    gather_slices(cv->weight.value.data(), st.C, int64_t(cv->kernel_h) * cv->kernel_w, rows, cols, nullptr,
+                  st.nonzero.data(), sc->weight.value.data());
+    return sc;
+  }
+  const auto& ln = static_cast<const Linear&>(L);
+  auto sl = std::make_unique<Linear>(int(Cf * fpc), Kf, ln.has_bias);
+  if (ln.has_bias)
+    for (int r = 0; r < Kf; ++r) sl->bias.value[r] = ln.bias.value[rows[r]];
+  gather_slices(ln.weight.value.data(), st.C, fpc, rows, cols, nullptr, st.nonzero.data(), sl->weight.value.data());
+  return sl;
+}
+
+// Eval-mode forward of one layer on batch-1 inputs.
+Tensor run_layer(Layer& L, const std::vector<Tensor>& in) {
+  std::vector<Shape> shapes;
+  std::vector<const Tensor*> ptrs;
+  for (const Tensor& t : in) shapes.push_back(t.shape()), ptrs.push_back(&t);
+  Tensor out = Tensor::uninit(L.output_shape(shapes));
+  L.forward(ptrs, out, false);
+  return out;
 }
 
 bool is(const Node& n, LayerKind k) { return n.layer && n.layer->kind() == k; }
@@ -139,123 +306,126 @@ Analysis analyze(const Model& m) {
     sc = c;
   }
 
-  // Slice statistics of every conv and linear weight (the one full pass over the weights).
-  a.stats.resize(n);
-  for (int i = 1; i < n; ++i) {
-    if (auto* c = dynamic_cast<const Conv2d*>(nodes[i].layer.get())) {
-      check(c->weight.value.is_cpu(), "compaction runs on CPU models; move the model with to(Device::CPU)");
-      if (c->in_channels > 0)
-        a.stats[i] = slice_stats(c->weight.value.data(), c->out_channels, c->in_channels, int64_t(c->kernel_h) * c->kernel_w);
-      else
-        a.stats[i] = slice_stats(nullptr, c->out_channels, 0, 0);
-    } else if (auto* l = dynamic_cast<const Linear*>(nodes[i].layer.get())) {
-      int fpc = ca.features_per_channel[nodes[i].inputs[0]];
-      a.stats[i] = slice_stats(l->weight.value.data(), l->out_features, l->in_features / fpc, fpc);
+  // Slice statistics of every conv and linear weight.
+  {
+    std::vector<WeightView> views;
+    std::vector<int> owner;
+    for (int i = 1; i < n; ++i) {
+      if (auto* c = dynamic_cast<const Conv2d*>(nodes[i].layer.get())) {
+        check(c->weight.value.is_cpu(), "compaction runs on CPU models; move the model with to(Device::CPU)");
+        views.push_back({c->weight.value.data(), c->out_channels, c->in_channels, int64_t(c->kernel_h) * c->kernel_w});
+      } else if (auto* l = dynamic_cast<const Linear*>(nodes[i].layer.get())) {
+        check(l->weight.value.is_cpu(), "compaction runs on CPU models; move the model with to(Device::CPU)");
+        const int fpc = ca.features_per_channel[nodes[i].inputs[0]];
+        views.push_back({l->weight.value.data(), l->out_features, l->in_features / fpc, fpc});
+      } else {
+        continue;
+      }
+      owner.push_back(i);
     }
+    std::vector<SliceStats> stats = slice_stats(views);
+    a.stats.resize(n);
+    for (size_t v = 0; v < owner.size(); ++v) a.stats[owner[v]] = std::move(stats[v]);
   }
-
   // Input-independent channels, in eval mode and topological order. A filter with all-zero
   // weights emits its bias; batchnorm, ReLU, pooling and adds of such channels stay
   // input-independent; a conv or linear output is input-independent when every channel it
-  // reads is. Each node's batch-1 map holds those channels' exact values (zero elsewhere),
-  // computed with the layers themselves on the sub-network of fixed channels.
+  // reads is. Each node's batch-1 map holds only those channels' exact values, computed with
+  // the layers themselves on the sub-network of fixed channels (so the work follows the
+  // number of fixed channels, not the width of the network).
   ca.fixed.assign(n, {});
+  ca.slot.assign(n, {});
   ca.maps.assign(n, Tensor());
+  ca.map_plane.assign(n, 0);
+  // (1, |list|, H, W) or (1, |list| * plane): node j's fixed values of the listed channels.
+  auto gather_map = [&](int j, const std::vector<int>& list) {
+    const Shape& s = a.shapes[j];
+    const int64_t plane = ca.map_plane[j];
+    const int F = static_cast<int>(list.size());
+    if (F == static_cast<int>(ca.maps[j].numel() / std::max<int64_t>(plane, 1)) && ca.maps[j].defined())
+      return ca.maps[j];  // every fixed channel, in the same order
+    Tensor t = Tensor::uninit(s.size() == 4 ? Shape{1, F, s[2], s[3]} : Shape{1, F * plane});
+    for (int q = 0; q < F; ++q) std::copy_n(ca.map_of(j, list[q]), plane, t.data() + q * plane);
+    return t;
+  };
   for (int i = 0; i < n; ++i) {
-    int C = channels_of(a.shapes[i], ca.features_per_channel[i]);
-    auto& fx = ca.fixed[i];
-    fx.assign(C, 0);
+    const int C = channels_of(a.shapes[i], ca.features_per_channel[i]);
+    ca.fixed[i].assign(C, 0);
+    ca.slot[i].assign(C, -1);
     if (i == 0) continue;  // the images
     Layer& L = const_cast<Layer&>(*nodes[i].layer);
     const int j = nodes[i].inputs[0];
     const auto& fin = ca.fixed[j];
+    std::vector<int> list;  // the fixed channels of node i, ascending
+    Tensor out;             // their values
     if (L.kind() == LayerKind::Conv || L.kind() == LayerKind::Linear) {
       const SliceStats& st = a.stats[i];
-      std::vector<int> rows, cols;
+      const int K = st.K, Cin = st.C;
       const bool any_fixed_input = std::find(fin.begin(), fin.end(), 1) != fin.end();
-      for (int k = 0; k < st.K; ++k) {
-        bool ok = !st.row_any[k];  // a dead filter emits its bias
-        ca.dead_filters += ok;
-        if (!ok && any_fixed_input) {
-          ok = true;
-          const uint8_t* nz = st.nonzero.data() + size_t(k) * st.C;  // (C)
-          for (int c = 0; c < st.C && ok; ++c) ok = !nz[c] || fin[c];
+      std::vector<int> dead, live;        // fixed rows: all-zero filters / filters reading fixed inputs only
+      std::vector<uint8_t> read(Cin, 0);  // input channels the live fixed rows read
+      for (int k = 0; k < K; ++k) {
+        if (!st.row_any[k]) {  // a dead filter emits its bias
+          dead.push_back(k), list.push_back(k);
+          continue;
         }
-        if (ok) rows.push_back(k), fx[k] = 1;
+        if (!any_fixed_input) continue;
+        const uint8_t* nz = st.nonzero.data() + size_t(k) * Cin;  // (C)
+        bool ok = true;
+        for (int c = 0; c < Cin && ok; ++c) ok = !nz[c] || fin[c];
+        if (ok) live.push_back(k), list.push_back(k), or_into(read.data(), nz, Cin);
       }
-      if (!rows.empty()) {
-        std::vector<uint8_t> read(st.C, 0);
-        for (int k : rows) {
-          const uint8_t* nz = st.nonzero.data() + size_t(k) * st.C;
-          for (int c = 0; c < st.C; ++c) read[c] |= nz[c];
+      ca.dead_filters += static_cast<int64_t>(dead.size());
+      if (list.empty()) continue;
+      // Sub-layers of the fixed rows, run on the nonzero fixed inputs they read: the dead rows
+      // read nothing (a layer with no inputs yields its bias); the live ones read `cols`.
+      std::vector<int> cols;
+      for (int c = 0; c < Cin; ++c)
+        if (read[c] && ca.map_nonzero(j, c)) cols.push_back(c);
+      const Shape& os = a.shapes[i];
+      const int Kf = static_cast<int>(list.size());
+      out = Tensor::uninit(os.size() == 4 ? Shape{1, Kf, os[2], os[3]} : Shape{1, Kf});
+      const int64_t oplane = out.numel() / Kf;
+      for (const std::vector<int>* rows : {&dead, &live}) {
+        if (rows->empty()) continue;
+        const std::vector<int> none;
+        const std::vector<int>& in = rows == &dead ? none : cols;
+        auto sl = sub_layer(L, st, ca.features_per_channel[j], *rows, in);
+        auto gm = gather_map(j, in);
+        Tensor sub_out = run_layer(*sl, {gm});
+        // Both row lists ascend, so each row's place in `list` is found by one forward walk.
+        size_t at = 0;
+        for (size_t r = 0; r < rows->size(); ++r) {
+          while (list[at] != (*rows)[r]) ++at;
+          std::copy_n(sub_out.data() + r * oplane, oplane, out.data() + at * oplane);
         }
-        for (int c = 0; c < st.C; ++c)
-          if (read[c] && ca.map_nonzero(j, c)) cols.push_back(c);
       }
-      if (rows.empty()) continue;
-      // The sub-layer of the fixed rows and the nonzero fixed inputs they read.
-      const int Kf = static_cast<int>(rows.size()), Cf = static_cast<int>(cols.size());
-      const Shape& is = a.shapes[j];
-      const int64_t plane = ca.features_per_channel[j] * (is.size() == 4 ? is[2] * is[3] : 1);
-      Tensor sub_in(is.size() == 4 ? Shape{1, Cf, is[2], is[3]} : Shape{1, Cf * plane});
-      for (int q = 0; q < Cf; ++q)
-        std::copy_n(ca.maps[j].data() + cols[q] * plane, plane, sub_in.data() + q * plane);
-      std::unique_ptr<Layer> sub;
-      const Tensor* W;
-      int64_t slice;
-      if (auto* cv = dynamic_cast<Conv2d*>(&L)) {
-        auto sc = std::make_unique<Conv2d>(Cf, Kf, cv->kernel_h, cv->kernel_w, cv->stride, cv->pad, cv->has_bias,
-                                           cv->fused_relu, cv->pos_h, cv->pos_w);
-        const int64_t op = cv->pos_h * cv->pos_w;
-        for (int r = 0; r < Kf; ++r) {
-          if (cv->has_bias) sc->bias.value[r] = cv->bias.value[rows[r]];
-          if (op) std::copy_n(cv->pos_bias.value.data() + rows[r] * op, op, sc->pos_bias.value.data() + r * op);
+    } else {
+      for (int c = 0; c < C; ++c) {
+        bool f = fin[c];
+        if (L.kind() == LayerKind::Add) f = f && ca.fixed[nodes[i].inputs[1]][c];
+        if (f) list.push_back(c);
+      }
+      if (list.empty()) continue;
+      std::vector<Tensor> ins;
+      for (int q : nodes[i].inputs) ins.push_back(gather_map(q, list));
+      if (L.kind() == LayerKind::BatchNorm) {  // the statistics of the fixed channels
+        const auto& bn = static_cast<const BatchNorm2d&>(L);
+        BatchNorm2d sb(static_cast<int>(list.size()), bn.eps, bn.momentum);
+        for (size_t q = 0; q < list.size(); ++q) {
+          sb.gamma.value[q] = bn.gamma.value[list[q]];
+          sb.beta.value[q] = bn.beta.value[list[q]];
+          sb.running_mean[q] = bn.running_mean[list[q]];
+          sb.running_var[q] = bn.running_var[list[q]];
         }
-        W = &cv->weight.value, slice = int64_t(cv->kernel_h) * cv->kernel_w;
-        for (int r = 0; r < Kf; ++r)
-          for (int q = 0; q < Cf; ++q)
-            std::copy_n(W->data() + (int64_t(rows[r]) * st.C + cols[q]) * slice, slice,
-                        sc->weight.value.data() + (int64_t(r) * Cf + q) * slice);
-        sub = std::move(sc);
+        out = run_layer(sb, ins);
       } else {
-        auto& ln = static_cast<Linear&>(L);
-        auto sl = std::make_unique<Linear>(int(Cf * plane), Kf, ln.has_bias);
-        for (int r = 0; r < Kf; ++r)
-          if (ln.has_bias) sl->bias.value[r] = ln.bias.value[rows[r]];
-        W = &ln.weight.value, slice = plane;
-        for (int r = 0; r < Kf; ++r)
-          for (int q = 0; q < Cf; ++q)
-            std::copy_n(W->data() + (int64_t(rows[r]) * st.C + cols[q]) * slice, slice,
-                        sl->weight.value.data() + (int64_t(r) * Cf + q) * slice);
-        sub = std::move(sl);
+        out = run_layer(L, ins);  // ReLU, pooling, flatten and add work on any number of channels
       }
-      Tensor sub_out(sub->output_shape({sub_in.shape()}));
-      sub->forward({&sub_in}, sub_out, false);
-      Shape os = a.shapes[i];
-      Tensor map(os);
-      const int64_t oplane = map.numel() / C;
-      for (int r = 0; r < Kf; ++r) std::copy_n(sub_out.data() + r * oplane, oplane, map.data() + rows[r] * oplane);
-      ca.maps[i] = map;
-      continue;
     }
-    bool any = false;
-    for (int c = 0; c < C; ++c) {
-      fx[c] = fin[c];
-      if (L.kind() == LayerKind::Add) fx[c] &= ca.fixed[nodes[i].inputs[1]][c];
-      any |= fx[c];
-    }
-    if (!any) continue;
-    std::vector<Tensor> in_maps;
-    std::vector<const Tensor*> ins;
-    for (int q : nodes[i].inputs) in_maps.push_back(ca.maps[q].defined() ? ca.maps[q] : Tensor(a.shapes[q]));
-    for (auto& t : in_maps) ins.push_back(&t);
-    Tensor out(a.shapes[i]);
-    L.forward(ins, out, false);
-    // Channels that are not fixed hold meaningless values in `out`: zero them.
-    const int64_t oplane = out.numel() / C;
-    for (int c = 0; c < C; ++c)
-      if (!fx[c]) std::fill_n(out.data() + c * oplane, oplane, 0.0f);
-    ca.maps[i] = out;
+    for (size_t q = 0; q < list.size(); ++q) ca.fixed[i][list[q]] = 1, ca.slot[i][list[q]] = static_cast<int>(q);
+    ca.map_plane[i] = out.numel() / static_cast<int64_t>(list.size());
+    ca.maps[i] = std::move(out);
   }
 
   // Keep decisions per space: a channel goes when no consumer needs it live. A consumer's
@@ -277,13 +447,9 @@ Analysis analyze(const Model& m) {
       const SliceStats& st = a.stats[i];
       const auto& rows_kept = ca.keep[ca.space[i]];
       auto& keep = next[ca.space[j]];
-      const uint8_t* fixed = ca.fixed[j].data();  // (C)
-      uint8_t* kp = keep.data();                   // (C)
-      for (int r = 0; r < st.K; ++r) {
-        if (!rows_kept[r]) continue;
-        const uint8_t* nz = st.nonzero.data() + size_t(r) * st.C;  // (C)
-        for (int c = 0; c < st.C; ++c) kp[c] |= nz[c] & (fixed[c] ^ 1);
-      }
+      const int K = st.K, Cin = st.C;
+      for (int r = 0; r < K; ++r)
+        if (rows_kept[r]) or_unfixed_into(keep.data(), st.nonzero.data() + size_t(r) * Cin, ca.fixed[j].data(), Cin);
     }
     if (next != ca.keep) ca.keep = std::move(next), changed = true;
   }
@@ -311,11 +477,15 @@ void bn_affine(const BatchNorm2d& bn, std::vector<double>& scale, std::vector<do
 
 }  // namespace
 
+const float* ChannelAnalysis::map_of(int i, int c) const {
+  const int q = slot[i][c];
+  return q < 0 ? nullptr : maps[i].data() + q * map_plane[i];
+}
+
 bool ChannelAnalysis::map_nonzero(int i, int c) const {
-  if (!fixed[i][c] || !maps[i].defined()) return false;
-  const int64_t plane = maps[i].numel() / static_cast<int64_t>(fixed[i].size());
-  const float* p = maps[i].data() + c * plane;
-  for (int64_t q = 0; q < plane; ++q)
+  const float* p = map_of(i, c);
+  if (!p) return false;
+  for (int64_t q = 0; q < map_plane[i]; ++q)
     if (p[q] != 0.0f) return true;
   return false;
 }
@@ -384,26 +554,23 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
       if (had_bias)
         for (int k = 0; k < Kn; ++k) bias[k] = B[out_keep[k]];
       std::vector<int> removed_const;  // removed input channels read with a nonzero fixed map
-      {
-        std::vector<uint8_t> in_kept(Cold, 0);
-        for (int ch : in_keep) in_kept[ch] = 1;
-        for (int ch = 0; ch < Cold; ++ch)
-          if (!in_kept[ch] && st.read[ch] && ca.map_nonzero(j, ch)) {
-            check(ca.fixed[j][ch], "internal: a removed channel that is read depends on the input");
-            removed_const.push_back(ch);
-          }
-      }
+      const std::vector<uint8_t>& in_kept = ca.keep[ca.space[j]];
+      for (int ch = 0; ch < Cold; ++ch)
+        if (!in_kept[ch] && st.read[ch] && ca.map_nonzero(j, ch)) {
+          if (!ca.fixed[j][ch]) throw Error("internal: a removed channel that is read depends on the input");
+          removed_const.push_back(ch);
+        }
       rep.constants_folded += static_cast<int64_t>(removed_const.size());
       Tensor pos;  // (Kn, P, Q) or empty
       const Shape& os = a.shapes[i];
       const int Cr = static_cast<int>(removed_const.size());
       if (Cr > 0 && lin) {
         // bias[o] += sum over removed channels and their features of W * value
-        const float* map = ca.maps[j].data();  // (1, Cold * slice)
         for (int k = 0; k < Kn; ++k)
           for (int ch : removed_const) {
             const float* wr = W.data() + (int64_t(out_keep[k]) * Cold + ch) * slice;
-            for (int64_t q = 0; q < slice; ++q) bias[k] += double(wr[q]) * map[ch * slice + q];
+            const float* mp = ca.map_of(j, ch);  // (slice)
+            for (int64_t q = 0; q < slice; ++q) bias[k] += double(wr[q]) * mp[q];
           }
       } else if (Cr > 0) {
         // The exact contribution: convolve the removed channels' fixed maps (zero padded).
@@ -414,7 +581,7 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
         const int64_t iplane = is[2] * is[3];
         std::vector<int> uniform_ch, map_ch;
         for (int ch : removed_const) {
-          const float* mp = ca.maps[j].data() + ch * iplane;
+          const float* mp = ca.map_of(j, ch);
           bool u = std::all_of(mp, mp + iplane, [&](float v) { return v == mp[0]; });
           (u ? uniform_ch : map_ch).push_back(ch);
         }
@@ -422,18 +589,26 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
         Tensor img({1, planes, is[2], is[3]});  // (1, planes, H, W)
         std::fill_n(img.data(), iplane, 1.0f);
         for (size_t r = 0; r < map_ch.size(); ++r)
-          std::copy_n(ca.maps[j].data() + map_ch[r] * iplane, iplane, img.data() + (r + 1) * iplane);
+          std::copy_n(ca.map_of(j, map_ch[r]), iplane, img.data() + (r + 1) * iplane);
         Tensor wr({Kn, planes, conv->kernel_h, conv->kernel_w});  // (Kn, planes, R, S)
+        std::vector<float> value(uniform_ch.size());
+        for (size_t u = 0; u < uniform_ch.size(); ++u) value[u] = *ca.map_of(j, uniform_ch[u]);
         tbb::parallel_for(tbb::blocked_range<int>(0, Kn, 16), [&](const tbb::blocked_range<int>& rr) {
           for (int k = rr.begin(); k < rr.end(); ++k) {
             float* dst = wr.data() + int64_t(k) * planes * slice;
-            for (int ch : uniform_ch) {
-              const float v = ca.maps[j][ch * iplane];
-              const float* src = W.data() + (int64_t(out_keep[k]) * Cold + ch) * slice;
-              for (int64_t q = 0; q < slice; ++q) dst[q] += v * src[q];
+            const float* row = W.data() + int64_t(out_keep[k]) * Cold * slice;  // (Cold, slice)
+            const uint8_t* nz = st.nonzero.data() + size_t(out_keep[k]) * Cold;  // (Cold)
+            const int64_t next = k + 1 < rr.end() ? int64_t(out_keep[k + 1]) * Cold : -1;
+            for (size_t u = 0; u < uniform_ch.size(); ++u) {
+              const int ch = uniform_ch[u];
+              // The slices are scattered: ask for the next row's while summing this one.
+              if (next >= 0 && st.nonzero[next + ch]) __builtin_prefetch(W.data() + (next + ch) * slice);
+              if (!nz[ch]) continue;  // an all-zero slice adds nothing
+              const float* src = row + ch * slice;
+              for (int64_t q = 0; q < slice; ++q) dst[q] += value[u] * src[q];
             }
             for (size_t r = 0; r < map_ch.size(); ++r)
-              std::copy_n(W.data() + (int64_t(out_keep[k]) * Cold + map_ch[r]) * slice, slice, dst + (r + 1) * slice);
+              std::copy_n(row + map_ch[r] * slice, slice, dst + (r + 1) * slice);
           }
         });
         Conv2dParams p{1, planes, int(is[2]), int(is[3]), Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad};
@@ -493,32 +668,18 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
         layer = std::move(nl);
       }
       // Copy the kept (output, input) slices, scaled by the folded batchnorm.
-      const float* w = W.data();
-      float* wn = Wn->data();
-      tbb::parallel_for(tbb::blocked_range<int>(0, Kn, 8), [&](const tbb::blocked_range<int>& r) {
-        for (int k = r.begin(); k < r.end(); ++k) {
-          const float s = static_cast<float>(scale[k]);
-          for (int ci = 0; ci < Cn; ++ci) {
-            const float* src = w + (int64_t(out_keep[k]) * Cold + in_keep[ci]) * slice;
-            float* dst = wn + (int64_t(k) * Cn + ci) * slice;
-            if (bn_of[i] >= 0)
-              for (int64_t q = 0; q < slice; ++q) dst[q] = src[q] * s;
-            else
-              std::copy_n(src, slice, dst);
-          }
-        }
-      });
+      std::vector<float> fscale;
+      if (bn_of[i] >= 0) fscale.assign(scale.begin(), scale.end());
+      gather_slices(W.data(), Cold, slice, out_keep, in_keep, fscale.empty() ? nullptr : fscale.data(), st.nonzero.data(),
+                    Wn->data());
       if (Bn)
         for (int k = 0; k < Kn; ++k) (*Bn)[k] = static_cast<float>(bias[k] * scale[k] + shift[k]);
       // The pruning mask follows the kept slices (for further training of the compact model).
       auto mit = m.masks.find(node.name + ".weight");
       Tensor new_mask;
       if (mit != m.masks.end()) {
-        new_mask = Tensor(Wn->shape());
-        for (int k = 0; k < Kn; ++k)
-          for (int ci = 0; ci < Cn; ++ci)
-            std::copy_n(mit->second.data() + (int64_t(out_keep[k]) * Cold + in_keep[ci]) * slice, slice,
-                        new_mask.data() + (int64_t(k) * Cn + ci) * slice);
+        new_mask = Tensor::uninit(Wn->shape());
+        gather_slices(mit->second.data(), Cold, slice, out_keep, in_keep, nullptr, nullptr, new_mask.data());
       }
       LayerChannels lc;
       lc.name = node.name;

@@ -177,6 +177,55 @@ TEST_CASE("a whole dead layer") {
   CHECK(rep.macs_after == 0);
 }
 
+TEST_CASE("fixed maps that differ by position reach a linear layer through a flatten") {
+  // conv a -> bn -> relu -> maxpool -> conv b (padded) -> relu -> flatten (5 x 4 x 4) -> fc.
+  // Filter 2 of conv a is dead with a positive constant. Filter 1 of conv b reads only that
+  // channel, so it is input-independent but differs at the border; filter 3 of conv b is dead
+  // (its bias). Both reach the linear layer as 16 features each, folded into its bias.
+  Rng rng(21);
+  Model m;
+  int x = m.add_input({3, 8, 8});
+  int a = m.add("a", std::make_unique<Conv2d>(3, 6, 3, 3, 1, 1, true), {x});
+  int bn = m.add("a.bn", std::make_unique<BatchNorm2d>(6), {a});
+  int r1 = m.add("a.relu", std::make_unique<ReLU>(), {bn});
+  int pool = m.add("pool", std::make_unique<Pool2d>(true, 2, 2), {r1});
+  int b = m.add("b", std::make_unique<Conv2d>(6, 5, 3, 3, 1, 1, true), {pool});
+  int r2 = m.add("b.relu", std::make_unique<ReLU>(), {b});
+  int fl = m.add("flatten", std::make_unique<Flatten>(), {r2});
+  int fc = m.add("fc", std::make_unique<Linear>(80, 4, true), {fl});
+  m.set_output(fc);
+  init_model(m, rng);
+  randomize_batchnorm(m, rng);
+  for (Param* p : {&conv(m, "a").bias, &conv(m, "b").bias}) p->value.fill(0.5f);
+  kill_filter(m, "a", 2);
+  dynamic_cast<BatchNorm2d&>(*m.nodes()[bn].layer).beta.value[2] = 1.5f;
+  Conv2d& cb = conv(m, "b");
+  m.masks["b.weight"] = Tensor::full(cb.weight.value.shape(), 1.0f);
+  for (int c = 0; c < 6; ++c)
+    for (int q = 0; q < 9; ++q) {
+      if (c != 2) m.masks["b.weight"][(1 * 6 + c) * 9 + q] = 0.0f;  // filter 1 reads channel 2 only
+      m.masks["b.weight"][(3 * 6 + c) * 9 + q] = 0.0f;              // filter 3 is dead
+    }
+  for (int q = 0; q < 9; ++q) cb.weight.value[(1 * 6 + 2) * 9 + q] = 0.3f + 0.05f * q;  // positive: survives the ReLU
+  m.apply_masks();
+
+  ChannelAnalysis ca = analyze_channels(m);
+  CHECK(ca.fixed[b][1] == 1);
+  CHECK(ca.fixed[b][3] == 1);
+  const float* map = ca.map_of(r2, 1);  // 4 x 4 values of channel 1 after the ReLU
+  REQUIRE(map != nullptr);
+  CHECK(map[0] != map[5]);  // the corner sees the zero padding, the interior does not
+
+  Tensor images = random_images(3, {3, 8, 8}, rng);
+  CompactReport rep;
+  Model c = check_exact(m, images, &rep);
+  CHECK(conv(c, "a").out_channels == 5);
+  CHECK(conv(c, "b").in_channels == 5);
+  CHECK(conv(c, "b").out_channels == 3);
+  CHECK(dynamic_cast<Linear&>(*c.nodes()[c.find("fc")].layer).in_features == 48);
+  CHECK(rep.constants_folded >= 3);  // a's channel 2 into b; b's channels 1 and 3 into fc
+}
+
 TEST_CASE("compact models are ordinary models: save, load, run, train") {
   Rng rng(13);
   Model m = build_model("resnet20");
