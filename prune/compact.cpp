@@ -176,29 +176,52 @@ std::vector<SliceStats> slice_stats(const std::vector<WeightView>& views) {
 // dst (rows.size(), cols.size(), slice) = src (., C, slice) at the given rows and columns,
 // row r multiplied by scale[r] when scale is given. With `nonzero` (., C) flags, slices
 // flagged all-zero are written as zeros without reading src (the reads are scattered, so
-// skipping them is most of the saving).
+// skipping them is most of the saving). src2 -> dst2, when given, is gathered alongside in
+// full (the pruning mask, whose zero slices may still hold ones).
+struct Gather {
+  const float* src = nullptr;
+  int C = 0;
+  int64_t slice = 0;
+  const std::vector<int>* rows = nullptr;
+  const std::vector<int>* cols = nullptr;
+  float* dst = nullptr;
+  const float* scale = nullptr;
+  const uint8_t* nonzero = nullptr;
+  const float* src2 = nullptr;
+  float* dst2 = nullptr;
+};
+
 template <int S>
-void gather_rows(const float* src, int C, int64_t slice, const std::vector<int>& rows, const std::vector<int>& cols,
-                 const float* scale, const uint8_t* nonzero, float* dst, int r0, int r1) {
-  const int64_t n = S > 0 ? S : slice;
+void gather_rows(const Gather& g, int r0, int r1) {
+  const int64_t n = S > 0 ? S : g.slice;
+  const std::vector<int>& rows = *g.rows;
+  const std::vector<int>& cols = *g.cols;
   const int Cn = static_cast<int>(cols.size());
   for (int r = r0; r < r1; ++r) {
-    const float s = scale ? scale[r] : 1.0f;
-    const float* in = src + int64_t(rows[r]) * C * n;
-    const uint8_t* nz = nonzero ? nonzero + int64_t(rows[r]) * C : nullptr;
+    const float s = g.scale ? g.scale[r] : 1.0f;
+    const int64_t in = int64_t(rows[r]) * g.C;  // first slice of the source row
+    const uint8_t* nz = g.nonzero ? g.nonzero + in : nullptr;
     // The slices are scattered: ask for the next row's while copying this one.
-    const float* next = r + 1 < r1 ? src + int64_t(rows[r + 1]) * C * n : nullptr;
-    const uint8_t* next_nz = next && nonzero ? nonzero + int64_t(rows[r + 1]) * C : nullptr;
-    float* out = dst + int64_t(r) * Cn * n;
+    const int64_t next = r + 1 < r1 ? int64_t(rows[r + 1]) * g.C : -1;
+    float* out = g.dst + int64_t(r) * Cn * n;
+    float* out2 = g.dst2 ? g.dst2 + int64_t(r) * Cn * n : nullptr;
     for (int q = 0; q < Cn; ++q, out += n) {
       const int c = cols[q];
-      if (next && (!next_nz || next_nz[c])) __builtin_prefetch(next + int64_t(c) * n);
+      if (next >= 0) {
+        if (!g.nonzero || g.nonzero[next + c]) __builtin_prefetch(g.src + (next + c) * n);
+        if (g.src2) __builtin_prefetch(g.src2 + (next + c) * n);
+      }
+      if (out2) {
+        const float* p2 = g.src2 + (in + c) * n;
+        for (int64_t e = 0; e < n; ++e) out2[e] = p2[e];
+        out2 += n;
+      }
       if (nz && !nz[c]) {
         for (int64_t e = 0; e < n; ++e) out[e] = 0.0f;
         continue;
       }
-      const float* p = in + int64_t(c) * n;
-      if (scale)
+      const float* p = g.src + (in + c) * n;
+      if (g.scale)
         for (int64_t e = 0; e < n; ++e) out[e] = p[e] * s;
       else
         for (int64_t e = 0; e < n; ++e) out[e] = p[e];
@@ -206,15 +229,14 @@ void gather_rows(const float* src, int C, int64_t slice, const std::vector<int>&
   }
 }
 
-void gather_slices(const float* src, int C, int64_t slice, const std::vector<int>& rows, const std::vector<int>& cols,
-                   const float* scale, const uint8_t* nonzero, float* dst) {
-  const int K = static_cast<int>(rows.size());
-  const int64_t per_row = std::max<int64_t>(1, int64_t(cols.size()) * slice);
+void gather_slices(const Gather& g) {
+  const int K = static_cast<int>(g.rows->size());
+  const int64_t per_row = std::max<int64_t>(1, int64_t(g.cols->size()) * g.slice * (g.src2 ? 2 : 1));
   const int grain = static_cast<int>(std::max<int64_t>(1, 16384 / per_row));
   auto run = [&](int r0, int r1) {
-    if (slice == 9) gather_rows<9>(src, C, slice, rows, cols, scale, nonzero, dst, r0, r1);
-    else if (slice == 1) gather_rows<1>(src, C, slice, rows, cols, scale, nonzero, dst, r0, r1);
-    else gather_rows<0>(src, C, slice, rows, cols, scale, nonzero, dst, r0, r1);
+    if (g.slice == 9) gather_rows<9>(g, r0, r1);
+    else if (g.slice == 1) gather_rows<1>(g, r0, r1);
+    else gather_rows<0>(g, r0, r1);
   };
   if (K <= grain) return run(0, K);  // too little to share out
   tbb::parallel_for(tbb::blocked_range<int>(0, K, grain), [&](const tbb::blocked_range<int>& r) { run(r.begin(), r.end()); });
@@ -233,15 +255,20 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
       if (cv->has_bias) sc->bias.value[r] = cv->bias.value[rows[r]];
       if (op) std::copy_n(cv->pos_bias.value.data() + rows[r] * op, op, sc->pos_bias.value.data() + r * op);
     }
-    gather_slices(cv->weight.value.data(), st.C, int64_t(cv->kernel_h) * cv->kernel_w, rows, cols, nullptr,
-                  st.nonzero.data(), sc->weight.value.data());
+    Gather g;
+    g.src = cv->weight.value.data(), g.C = st.C, g.slice = int64_t(cv->kernel_h) * cv->kernel_w;
+    g.rows = &rows, g.cols = &cols, g.dst = sc->weight.value.data(), g.nonzero = st.nonzero.data();
+    gather_slices(g);
     return sc;
   }
   const auto& ln = static_cast<const Linear&>(L);
   auto sl = std::make_unique<Linear>(int(Cf * fpc), Kf, ln.has_bias);
   if (ln.has_bias)
     for (int r = 0; r < Kf; ++r) sl->bias.value[r] = ln.bias.value[rows[r]];
-  gather_slices(ln.weight.value.data(), st.C, fpc, rows, cols, nullptr, st.nonzero.data(), sl->weight.value.data());
+  Gather g;
+  g.src = ln.weight.value.data(), g.C = st.C, g.slice = fpc;
+  g.rows = &rows, g.cols = &cols, g.dst = sl->weight.value.data(), g.nonzero = st.nonzero.data();
+  gather_slices(g);
   return sl;
 }
 
@@ -667,20 +694,22 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
         Wn = &nl->weight.value, Bn = need_bias ? &nl->bias.value : nullptr;
         layer = std::move(nl);
       }
-      // Copy the kept (output, input) slices, scaled by the folded batchnorm.
+      // Copy the kept (output, input) slices, scaled by the folded batchnorm, and the pruning
+      // mask's with them (for further training of the compact model).
       std::vector<float> fscale;
       if (bn_of[i] >= 0) fscale.assign(scale.begin(), scale.end());
-      gather_slices(W.data(), Cold, slice, out_keep, in_keep, fscale.empty() ? nullptr : fscale.data(), st.nonzero.data(),
-                    Wn->data());
-      if (Bn)
-        for (int k = 0; k < Kn; ++k) (*Bn)[k] = static_cast<float>(bias[k] * scale[k] + shift[k]);
-      // The pruning mask follows the kept slices (for further training of the compact model).
       auto mit = m.masks.find(node.name + ".weight");
       Tensor new_mask;
+      Gather g;
+      g.src = W.data(), g.C = Cold, g.slice = slice, g.rows = &out_keep, g.cols = &in_keep, g.dst = Wn->data();
+      g.scale = fscale.empty() ? nullptr : fscale.data(), g.nonzero = st.nonzero.data();
       if (mit != m.masks.end()) {
         new_mask = Tensor::uninit(Wn->shape());
-        gather_slices(mit->second.data(), Cold, slice, out_keep, in_keep, nullptr, nullptr, new_mask.data());
+        g.src2 = mit->second.data(), g.dst2 = new_mask.data();
       }
+      gather_slices(g);
+      if (Bn)
+        for (int k = 0; k < Kn; ++k) (*Bn)[k] = static_cast<float>(bias[k] * scale[k] + shift[k]);
       LayerChannels lc;
       lc.name = node.name;
       lc.in_before = Cold, lc.in_after = Cn, lc.out_before = st.K, lc.out_after = Kn;

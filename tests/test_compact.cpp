@@ -59,6 +59,20 @@ Model check_exact(Model& masked, const Tensor& x, CompactReport* out_rep = nullp
     }
     CHECK(pa == pb);
   }
+  // The pruning masks follow the kept slices: a compact weight is nonzero only where its mask
+  // is one, and a mask exists for every masked layer that survives.
+  for (const auto& [key, mask] : masked.masks) {
+    std::string layer = key.substr(0, key.rfind('.'));
+    int i = c.find(layer);
+    if (i < 0) continue;  // folded away entirely
+    REQUIRE(c.masks.count(key) == 1);
+    const Tensor& cm = c.masks.at(key);
+    Param* w = c.nodes()[i].layer->params()[0];
+    REQUIRE(cm.shape() == w->value.shape());
+    int64_t bad = 0;
+    for (int64_t q = 0; q < cm.numel(); ++q) bad += cm[q] == 0.0f && w->value[q] != 0.0f;
+    CHECK(bad == 0);
+  }
   if (out_rep) *out_rep = rep;
   return c;
 }
