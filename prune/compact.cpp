@@ -173,65 +173,91 @@ std::vector<SliceStats> slice_stats(const std::vector<WeightView>& views) {
   return out;
 }
 
-// dst (rows.size(), cols.size(), slice) = src (., C, slice) at the given rows and columns,
-// row r multiplied by scale[r] when scale is given. With `nonzero` (., C) flags, slices
-// flagged all-zero are written as zeros without reading src (the reads are scattered, so
-// skipping them is most of the saving). src2 -> dst2, when given, is gathered alongside in
-// full (the pruning mask, whose zero slices may still hold ones).
+// One pass over chosen rows of a weight src (., C, slice): it copies the kept input slices
+// and folds removed constant ones, visiting each row's slices in ascending order (the reads
+// are scattered; one ordered walk per row, with the next row prefetched, is the cheap way).
+// For entry e of `walk`, in output row r (source row rows[r]):
+//   e.kept = q >= 0: dst[r, q, :] = scale[r] * src[rows[r], e.c, :] (scale when given), a slice
+//       flagged all-zero in `nonzero` being written as zeros unread; dst2[r, q, :] =
+//       src2[rows[r], e.c, :] when src2 is given (the pruning mask, copied in full: its zero
+//       slices may still hold ones);
+//   e.fold = 0: wr[r, 0, :] += e.value * src[rows[r], e.c, :] (all-zero slices skipped), the
+//       collapsed kernel of the removed channels of constant value;
+//   e.fold = p > 0: wr[r, p, :] = src[rows[r], e.c, :], a removed channel with its own map.
+struct WalkEntry {
+  int c = 0, kept = -1, fold = -1;
+  float value = 0.0f;
+};
+
 struct Gather {
   const float* src = nullptr;
   int C = 0;
   int64_t slice = 0;
   const std::vector<int>* rows = nullptr;
-  const std::vector<int>* cols = nullptr;
+  std::vector<WalkEntry> walk;
+  int kept = 0;  // entries with kept >= 0
   float* dst = nullptr;
   const float* scale = nullptr;
   const uint8_t* nonzero = nullptr;
   const float* src2 = nullptr;
   float* dst2 = nullptr;
+  float* wr = nullptr;
+  int planes = 0;
 };
+
+// A walk that keeps `cols` in order (kept = position).
+std::vector<WalkEntry> keep_walk(const std::vector<int>& cols) {
+  std::vector<WalkEntry> w(cols.size());
+  for (size_t q = 0; q < cols.size(); ++q) w[q].c = cols[q], w[q].kept = static_cast<int>(q);
+  return w;
+}
 
 template <int S>
 void gather_rows(const Gather& g, int r0, int r1) {
   const int64_t n = S > 0 ? S : g.slice;
   const std::vector<int>& rows = *g.rows;
-  const std::vector<int>& cols = *g.cols;
-  const int Cn = static_cast<int>(cols.size());
   for (int r = r0; r < r1; ++r) {
     const float s = g.scale ? g.scale[r] : 1.0f;
     const int64_t in = int64_t(rows[r]) * g.C;  // first slice of the source row
     const uint8_t* nz = g.nonzero ? g.nonzero + in : nullptr;
-    // The slices are scattered: ask for the next row's while copying this one.
     const int64_t next = r + 1 < r1 ? int64_t(rows[r + 1]) * g.C : -1;
-    float* out = g.dst + int64_t(r) * Cn * n;
-    float* out2 = g.dst2 ? g.dst2 + int64_t(r) * Cn * n : nullptr;
-    for (int q = 0; q < Cn; ++q, out += n) {
-      const int c = cols[q];
+    float* out = g.dst + int64_t(r) * g.kept * n;
+    float* out2 = g.dst2 ? g.dst2 + int64_t(r) * g.kept * n : nullptr;
+    float* w = g.wr ? g.wr + int64_t(r) * g.planes * n : nullptr;
+    for (const WalkEntry& e : g.walk) {
+      const int c = e.c;
       if (next >= 0) {
         if (!g.nonzero || g.nonzero[next + c]) __builtin_prefetch(g.src + (next + c) * n);
-        if (g.src2) __builtin_prefetch(g.src2 + (next + c) * n);
+        if (g.src2 && e.kept >= 0) __builtin_prefetch(g.src2 + (next + c) * n);
       }
-      if (out2) {
-        const float* p2 = g.src2 + (in + c) * n;
-        for (int64_t e = 0; e < n; ++e) out2[e] = p2[e];
-        out2 += n;
-      }
-      if (nz && !nz[c]) {
-        for (int64_t e = 0; e < n; ++e) out[e] = 0.0f;
-        continue;
-      }
+      const bool zero = nz && !nz[c];
       const float* p = g.src + (in + c) * n;
-      if (g.scale)
-        for (int64_t e = 0; e < n; ++e) out[e] = p[e] * s;
-      else
-        for (int64_t e = 0; e < n; ++e) out[e] = p[e];
+      if (e.kept >= 0) {
+        float* o = out + e.kept * n;
+        if (out2) {
+          const float* p2 = g.src2 + (in + c) * n;
+          float* o2 = out2 + e.kept * n;
+          for (int64_t q = 0; q < n; ++q) o2[q] = p2[q];
+        }
+        if (zero)
+          for (int64_t q = 0; q < n; ++q) o[q] = 0.0f;
+        else if (g.scale)
+          for (int64_t q = 0; q < n; ++q) o[q] = p[q] * s;
+        else
+          for (int64_t q = 0; q < n; ++q) o[q] = p[q];
+      } else if (e.fold == 0) {
+        if (!zero)
+          for (int64_t q = 0; q < n; ++q) w[q] += e.value * p[q];
+      } else {
+        for (int64_t q = 0; q < n; ++q) w[e.fold * n + q] = p[q];
+      }
     }
   }
 }
 
 void gather_slices(const Gather& g) {
   const int K = static_cast<int>(g.rows->size());
-  const int64_t per_row = std::max<int64_t>(1, int64_t(g.cols->size()) * g.slice * (g.src2 ? 2 : 1));
+  const int64_t per_row = std::max<int64_t>(1, int64_t(g.walk.size()) * g.slice * (g.src2 ? 2 : 1));
   const int grain = static_cast<int>(std::max<int64_t>(1, 16384 / per_row));
   auto run = [&](int r0, int r1) {
     if (g.slice == 9) gather_rows<9>(g, r0, r1);
@@ -257,7 +283,8 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
     }
     Gather g;
     g.src = cv->weight.value.data(), g.C = st.C, g.slice = int64_t(cv->kernel_h) * cv->kernel_w;
-    g.rows = &rows, g.cols = &cols, g.dst = sc->weight.value.data(), g.nonzero = st.nonzero.data();
+    g.rows = &rows, g.walk = keep_walk(cols), g.kept = Cf, g.dst = sc->weight.value.data();
+    g.nonzero = st.nonzero.data();
     gather_slices(g);
     return sc;
   }
@@ -267,7 +294,8 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
     for (int r = 0; r < Kf; ++r) sl->bias.value[r] = ln.bias.value[rows[r]];
   Gather g;
   g.src = ln.weight.value.data(), g.C = st.C, g.slice = fpc;
-  g.rows = &rows, g.cols = &cols, g.dst = sl->weight.value.data(), g.nonzero = st.nonzero.data();
+  g.rows = &rows, g.walk = keep_walk(cols), g.kept = Cf, g.dst = sl->weight.value.data();
+  g.nonzero = st.nonzero.data();
   gather_slices(g);
   return sl;
 }
@@ -599,46 +627,72 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
             const float* mp = ca.map_of(j, ch);  // (slice)
             for (int64_t q = 0; q < slice; ++q) bias[k] += double(wr[q]) * mp[q];
           }
-      } else if (Cr > 0) {
-        // The exact contribution: convolve the removed channels' fixed maps (zero padded).
-        // Channels of constant value v share one input plane of ones with the collapsed
-        // kernel sum_r v_r W[k, r] (cheap even when hundreds of channels are removed); other
-        // fixed maps get a plane each.
-        const Shape& is = a.shapes[j];
-        const int64_t iplane = is[2] * is[3];
-        std::vector<int> uniform_ch, map_ch;
-        for (int ch : removed_const) {
-          const float* mp = ca.map_of(j, ch);
-          bool u = std::all_of(mp, mp + iplane, [&](float v) { return v == mp[0]; });
-          (u ? uniform_ch : map_ch).push_back(ch);
+      }
+
+      // Batchnorm folded in: W' = scale * W, b' = scale * b + shift, pos' = scale * pos.
+      std::vector<double> scale(Kn, 1.0), shift(Kn, 0.0);
+      std::vector<float> fscale;
+      if (bn_of[i] >= 0) {
+        std::vector<double> sc, sh;
+        bn_affine(static_cast<const BatchNorm2d&>(*nodes[bn_of[i]].layer), sc, sh);
+        fscale.resize(Kn);
+        for (int k = 0; k < Kn; ++k) scale[k] = sc[out_keep[k]], shift[k] = sh[out_keep[k]], fscale[k] = float(scale[k]);
+      }
+
+      // One pass over the kept rows: the kept slices (scaled) and their mask, and for a conv
+      // the removed constant channels' slices. Their exact contribution is the convolution of
+      // their fixed maps (zero padded): channels of constant value v share one input plane of
+      // ones with the collapsed kernel sum_r v_r W[k, r] (cheap even when hundreds of channels
+      // are removed); other fixed maps get a plane each.
+      const bool fold = Cr > 0 && conv;
+      Gather g;
+      g.src = W.data(), g.C = Cold, g.slice = slice, g.rows = &out_keep, g.kept = Cn;
+      g.scale = fscale.empty() ? nullptr : fscale.data(), g.nonzero = st.nonzero.data();
+      const Shape& is = a.shapes[j];
+      const int64_t iplane = fold ? is[2] * is[3] : 0;
+      std::vector<int> map_ch;  // removed channels with a fixed map that is not one value
+      {
+        size_t q = 0, r = 0;
+        while (q < in_keep.size() || (fold && r < removed_const.size())) {
+          WalkEntry e;
+          if (fold && r < removed_const.size() && (q == in_keep.size() || removed_const[r] < in_keep[q])) {
+            const float* mp = ca.map_of(j, removed_const[r]);
+            e.c = removed_const[r++];
+            if (std::all_of(mp, mp + iplane, [&](float v) { return v == mp[0]; })) {
+              e.fold = 0, e.value = mp[0];
+            } else {
+              map_ch.push_back(e.c);
+              e.fold = static_cast<int>(map_ch.size());
+            }
+          } else {
+            e.c = in_keep[q], e.kept = static_cast<int>(q);
+            ++q;
+          }
+          g.walk.push_back(e);
         }
-        const int planes = 1 + static_cast<int>(map_ch.size());
-        Tensor img({1, planes, is[2], is[3]});  // (1, planes, H, W)
+      }
+      const Shape wshape = conv ? Shape{Kn, Cn, conv->kernel_h, conv->kernel_w} : Shape{Kn, Cn * slice};
+      Tensor new_w = Tensor::uninit(wshape);
+      g.dst = new_w.data();
+      auto mit = m.masks.find(node.name + ".weight");
+      Tensor new_mask;
+      if (mit != m.masks.end()) {
+        new_mask = Tensor::uninit(wshape);
+        g.src2 = mit->second.data(), g.dst2 = new_mask.data();
+      }
+      Tensor wr;  // (Kn, planes, R, S)
+      if (fold) {
+        g.planes = 1 + static_cast<int>(map_ch.size());
+        wr = Tensor({Kn, g.planes, conv->kernel_h, conv->kernel_w});
+        g.wr = wr.data();
+      }
+      gather_slices(g);
+      if (fold) {
+        Tensor img({1, g.planes, is[2], is[3]});  // (1, planes, H, W)
         std::fill_n(img.data(), iplane, 1.0f);
         for (size_t r = 0; r < map_ch.size(); ++r)
           std::copy_n(ca.map_of(j, map_ch[r]), iplane, img.data() + (r + 1) * iplane);
-        Tensor wr({Kn, planes, conv->kernel_h, conv->kernel_w});  // (Kn, planes, R, S)
-        std::vector<float> value(uniform_ch.size());
-        for (size_t u = 0; u < uniform_ch.size(); ++u) value[u] = *ca.map_of(j, uniform_ch[u]);
-        tbb::parallel_for(tbb::blocked_range<int>(0, Kn, 16), [&](const tbb::blocked_range<int>& rr) {
-          for (int k = rr.begin(); k < rr.end(); ++k) {
-            float* dst = wr.data() + int64_t(k) * planes * slice;
-            const float* row = W.data() + int64_t(out_keep[k]) * Cold * slice;  // (Cold, slice)
-            const uint8_t* nz = st.nonzero.data() + size_t(out_keep[k]) * Cold;  // (Cold)
-            const int64_t next = k + 1 < rr.end() ? int64_t(out_keep[k + 1]) * Cold : -1;
-            for (size_t u = 0; u < uniform_ch.size(); ++u) {
-              const int ch = uniform_ch[u];
-              // The slices are scattered: ask for the next row's while summing this one.
-              if (next >= 0 && st.nonzero[next + ch]) __builtin_prefetch(W.data() + (next + ch) * slice);
-              if (!nz[ch]) continue;  // an all-zero slice adds nothing
-              const float* src = row + ch * slice;
-              for (int64_t q = 0; q < slice; ++q) dst[q] += value[u] * src[q];
-            }
-            for (size_t r = 0; r < map_ch.size(); ++r)
-              std::copy_n(row + map_ch[r] * slice, slice, dst + (r + 1) * slice);
-          }
-        });
-        Conv2dParams p{1, planes, int(is[2]), int(is[3]), Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad};
+        Conv2dParams p{1, g.planes, int(is[2]), int(is[3]), Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad};
         Tensor corr({1, Kn, os[2], os[3]});
         if (Kn > 0) ops::conv2d_forward(p, img, wr, Tensor(), corr);
         const int64_t plane = os[2] * os[3];
@@ -664,18 +718,9 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
         if (pos.defined()) ops::accumulate(keep_pos, pos);
         else pos = keep_pos;
       }
-
-      // Batchnorm folded in: W' = scale * W, b' = scale * b + shift, pos' = scale * pos.
-      std::vector<double> scale(Kn, 1.0), shift(Kn, 0.0);
-      if (bn_of[i] >= 0) {
-        std::vector<double> sc, sh;
-        bn_affine(static_cast<const BatchNorm2d&>(*nodes[bn_of[i]].layer), sc, sh);
-        for (int k = 0; k < Kn; ++k) scale[k] = sc[out_keep[k]], shift[k] = sh[out_keep[k]];
-      }
       bool need_bias = had_bias || bn_of[i] >= 0 || !removed_const.empty();
 
       std::unique_ptr<Layer> layer;
-      Tensor* Wn;
       Tensor* Bn = nullptr;
       if (conv) {
         auto nc = std::make_unique<Conv2d>(Cn, Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad, need_bias,
@@ -687,27 +732,15 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
             for (int64_t q = 0; q < plane; ++q) pos[k * plane + q] = static_cast<float>(pos[k * plane + q] * scale[k]);
           nc->pos_bias.value = pos;
         }
-        Wn = &nc->weight.value, Bn = need_bias ? &nc->bias.value : nullptr;
+        nc->weight.value = new_w;
+        Bn = need_bias ? &nc->bias.value : nullptr;
         layer = std::move(nc);
       } else {
         auto nl = std::make_unique<Linear>(Cn * int(slice), Kn, need_bias);
-        Wn = &nl->weight.value, Bn = need_bias ? &nl->bias.value : nullptr;
+        nl->weight.value = new_w;
+        Bn = need_bias ? &nl->bias.value : nullptr;
         layer = std::move(nl);
       }
-      // Copy the kept (output, input) slices, scaled by the folded batchnorm, and the pruning
-      // mask's with them (for further training of the compact model).
-      std::vector<float> fscale;
-      if (bn_of[i] >= 0) fscale.assign(scale.begin(), scale.end());
-      auto mit = m.masks.find(node.name + ".weight");
-      Tensor new_mask;
-      Gather g;
-      g.src = W.data(), g.C = Cold, g.slice = slice, g.rows = &out_keep, g.cols = &in_keep, g.dst = Wn->data();
-      g.scale = fscale.empty() ? nullptr : fscale.data(), g.nonzero = st.nonzero.data();
-      if (mit != m.masks.end()) {
-        new_mask = Tensor::uninit(Wn->shape());
-        g.src2 = mit->second.data(), g.dst2 = new_mask.data();
-      }
-      gather_slices(g);
       if (Bn)
         for (int k = 0; k < Kn; ++k) (*Bn)[k] = static_cast<float>(bias[k] * scale[k] + shift[k]);
       LayerChannels lc;
