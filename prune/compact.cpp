@@ -174,28 +174,23 @@ std::vector<SliceStats> slice_stats(const std::vector<WeightView>& views) {
 }
 
 // One pass over chosen rows of a weight src (., C, slice): it copies the kept input slices
-// and folds removed constant ones, visiting each row's slices in ascending order (the reads
-// are scattered; one ordered walk per row, with the next row prefetched, is the cheap way).
-// For entry e of `walk`, in output row r (source row rows[r]):
-//   e.kept = q >= 0: dst[r, q, :] = scale[r] * src[rows[r], e.c, :] (scale when given), a slice
+// and folds removed constant ones. In output row r (source row rows[r]):
+//   kept (c, q): dst[r, q, :] = scale[r] * src[rows[r], c, :] (scale when given), a slice
 //       flagged all-zero in `nonzero` being written as zeros unread; dst2[r, q, :] =
-//       src2[rows[r], e.c, :] when src2 is given (the pruning mask, copied in full: its zero
+//       src2[rows[r], c, :] when src2 is given (the pruning mask, copied in full: its zero
 //       slices may still hold ones);
-//   e.fold = 0: wr[r, 0, :] += e.value * src[rows[r], e.c, :] (all-zero slices skipped), the
-//       collapsed kernel of the removed channels of constant value;
-//   e.fold = p > 0: wr[r, p, :] = src[rows[r], e.c, :], a removed channel with its own map.
-struct WalkEntry {
-  int c = 0, kept = -1, fold = -1;
-  float value = 0.0f;
-};
-
+//   folded (c, v): wr[r, 0, :] += v * src[rows[r], c, :] in list order (all-zero slices add
+//       nothing), the collapsed kernel of the removed channels of constant value;
+//   own_plane (c, p): wr[r, p, :] = src[rows[r], c, :], a removed channel with its own map.
+// The reads are scattered: the next row is prefetched while this one is copied.
 struct Gather {
   const float* src = nullptr;
   int C = 0;
   int64_t slice = 0;
   const std::vector<int>* rows = nullptr;
-  std::vector<WalkEntry> walk;
-  int kept = 0;  // entries with kept >= 0
+  std::vector<std::pair<int, int>> kept;
+  std::vector<std::pair<int, float>> folded;
+  std::vector<std::pair<int, int>> own_plane;
   float* dst = nullptr;
   const float* scale = nullptr;
   const uint8_t* nonzero = nullptr;
@@ -205,59 +200,64 @@ struct Gather {
   int planes = 0;
 };
 
-// A walk that keeps `cols` in order (kept = position).
-std::vector<WalkEntry> keep_walk(const std::vector<int>& cols) {
-  std::vector<WalkEntry> w(cols.size());
-  for (size_t q = 0; q < cols.size(); ++q) w[q].c = cols[q], w[q].kept = static_cast<int>(q);
-  return w;
+// `cols` kept in order.
+std::vector<std::pair<int, int>> keep_all(const std::vector<int>& cols) {
+  std::vector<std::pair<int, int>> k(cols.size());
+  for (size_t q = 0; q < cols.size(); ++q) k[q] = {cols[q], static_cast<int>(q)};
+  return k;
 }
 
 template <int S>
 void gather_rows(const Gather& g, int r0, int r1) {
   const int64_t n = S > 0 ? S : g.slice;
   const std::vector<int>& rows = *g.rows;
+  const int Cn = static_cast<int>(g.kept.size());
   for (int r = r0; r < r1; ++r) {
     const float s = g.scale ? g.scale[r] : 1.0f;
     const int64_t in = int64_t(rows[r]) * g.C;  // first slice of the source row
     const uint8_t* nz = g.nonzero ? g.nonzero + in : nullptr;
     const int64_t next = r + 1 < r1 ? int64_t(rows[r + 1]) * g.C : -1;
-    float* out = g.dst + int64_t(r) * g.kept * n;
-    float* out2 = g.dst2 ? g.dst2 + int64_t(r) * g.kept * n : nullptr;
-    float* w = g.wr ? g.wr + int64_t(r) * g.planes * n : nullptr;
-    for (const WalkEntry& e : g.walk) {
-      const int c = e.c;
-      if (next >= 0) {
-        if (!g.nonzero || g.nonzero[next + c]) __builtin_prefetch(g.src + (next + c) * n);
-        if (g.src2 && e.kept >= 0) __builtin_prefetch(g.src2 + (next + c) * n);
+    float* out = g.dst + int64_t(r) * Cn * n;
+    for (const auto& [c, q] : g.kept) {
+      if (next >= 0 && (!g.nonzero || g.nonzero[next + c])) __builtin_prefetch(g.src + (next + c) * n);
+      float* o = out + q * n;
+      if (nz && !nz[c]) {  // all zero: not read
+        for (int64_t e = 0; e < n; ++e) o[e] = 0.0f;
+        continue;
       }
-      const bool zero = nz && !nz[c];
       const float* p = g.src + (in + c) * n;
-      if (e.kept >= 0) {
-        float* o = out + e.kept * n;
-        if (out2) {
-          const float* p2 = g.src2 + (in + c) * n;
-          float* o2 = out2 + e.kept * n;
-          for (int64_t q = 0; q < n; ++q) o2[q] = p2[q];
-        }
-        if (zero)
-          for (int64_t q = 0; q < n; ++q) o[q] = 0.0f;
-        else if (g.scale)
-          for (int64_t q = 0; q < n; ++q) o[q] = p[q] * s;
-        else
-          for (int64_t q = 0; q < n; ++q) o[q] = p[q];
-      } else if (e.fold == 0) {
-        if (!zero)
-          for (int64_t q = 0; q < n; ++q) w[q] += e.value * p[q];
-      } else {
-        for (int64_t q = 0; q < n; ++q) w[e.fold * n + q] = p[q];
+      if (g.scale)
+        for (int64_t e = 0; e < n; ++e) o[e] = p[e] * s;
+      else
+        for (int64_t e = 0; e < n; ++e) o[e] = p[e];
+    }
+    if (g.dst2) {
+      float* out2 = g.dst2 + int64_t(r) * Cn * n;
+      for (const auto& [c, q] : g.kept) {
+        if (next >= 0) __builtin_prefetch(g.src2 + (next + c) * n);
+        const float* p2 = g.src2 + (in + c) * n;
+        for (int64_t e = 0; e < n; ++e) out2[q * n + e] = p2[e];
       }
+    }
+    if (!g.wr) continue;
+    float* w = g.wr + int64_t(r) * g.planes * n;
+    for (const auto& [c, v] : g.folded) {
+      if (next >= 0 && (!g.nonzero || g.nonzero[next + c])) __builtin_prefetch(g.src + (next + c) * n);
+      if (nz && !nz[c]) continue;  // adds nothing
+      const float* p = g.src + (in + c) * n;
+      for (int64_t e = 0; e < n; ++e) w[e] += v * p[e];
+    }
+    for (const auto& [c, plane] : g.own_plane) {
+      const float* p = g.src + (in + c) * n;
+      for (int64_t e = 0; e < n; ++e) w[plane * n + e] = p[e];
     }
   }
 }
 
 void gather_slices(const Gather& g) {
   const int K = static_cast<int>(g.rows->size());
-  const int64_t per_row = std::max<int64_t>(1, int64_t(g.walk.size()) * g.slice * (g.src2 ? 2 : 1));
+  const int64_t per_row =
+      std::max<int64_t>(1, int64_t(g.kept.size() * (g.src2 ? 2 : 1) + g.folded.size() + g.own_plane.size()) * g.slice);
   const int grain = static_cast<int>(std::max<int64_t>(1, 16384 / per_row));
   auto run = [&](int r0, int r1) {
     if (g.slice == 9) gather_rows<9>(g, r0, r1);
@@ -283,7 +283,7 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
     }
     Gather g;
     g.src = cv->weight.value.data(), g.C = st.C, g.slice = int64_t(cv->kernel_h) * cv->kernel_w;
-    g.rows = &rows, g.walk = keep_walk(cols), g.kept = Cf, g.dst = sc->weight.value.data();
+    g.rows = &rows, g.kept = keep_all(cols), g.dst = sc->weight.value.data();
     g.nonzero = st.nonzero.data();
     gather_slices(g);
     return sc;
@@ -294,7 +294,7 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
     for (int r = 0; r < Kf; ++r) sl->bias.value[r] = ln.bias.value[rows[r]];
   Gather g;
   g.src = ln.weight.value.data(), g.C = st.C, g.slice = fpc;
-  g.rows = &rows, g.walk = keep_walk(cols), g.kept = Cf, g.dst = sl->weight.value.data();
+  g.rows = &rows, g.kept = keep_all(cols), g.dst = sl->weight.value.data();
   g.nonzero = st.nonzero.data();
   gather_slices(g);
   return sl;
@@ -386,21 +386,36 @@ Analysis analyze(const Model& m) {
   // weights emits its bias; batchnorm, ReLU, pooling and adds of such channels stay
   // input-independent; a conv or linear output is input-independent when every channel it
   // reads is. Each node's batch-1 map holds only those channels' exact values, computed with
-  // the layers themselves on the sub-network of fixed channels (so the work follows the
-  // number of fixed channels, not the width of the network).
+  // the layers themselves on the sub-network of fixed channels, so the work follows the
+  // number of fixed channels, not the width of the network. While every fixed channel of a
+  // map holds one value at every position (dead filters, then batchnorm, ReLU, pooling) the
+  // map stores one value per channel and the layers run on 1x1 maps (pooling on one window);
+  // positions are spelled out where they can differ (a conv reading fixed channels through
+  // its zero padding) or are needed (flatten, global pooling).
   ca.fixed.assign(n, {});
   ca.slot.assign(n, {});
   ca.maps.assign(n, Tensor());
   ca.map_plane.assign(n, 0);
-  // (1, |list|, H, W) or (1, |list| * plane): node j's fixed values of the listed channels.
-  auto gather_map = [&](int j, const std::vector<int>& list) {
+  ca.map_uniform.assign(n, 0);
+  // Node j's fixed values of the listed channels: (1, F, 1, 1) when j stores one value per
+  // channel and `planes` is false, else (1, F, H, W) or (1, F * features).
+  auto gather_map = [&](int j, const std::vector<int>& list, bool planes) {
     const Shape& s = a.shapes[j];
-    const int64_t plane = ca.map_plane[j];
     const int F = static_cast<int>(list.size());
-    if (F == static_cast<int>(ca.maps[j].numel() / std::max<int64_t>(plane, 1)) && ca.maps[j].defined())
+    const bool expand = planes && ca.map_uniform[j];
+    const int64_t stored = ca.map_plane[j];  // floats per channel in maps[j]
+    if (!expand && ca.maps[j].defined() && F == ca.maps[j].numel() / stored)
       return ca.maps[j];  // every fixed channel, in the same order
-    Tensor t = Tensor::uninit(s.size() == 4 ? Shape{1, F, s[2], s[3]} : Shape{1, F * plane});
-    for (int q = 0; q < F; ++q) std::copy_n(ca.map_of(j, list[q]), plane, t.data() + q * plane);
+    Shape shape = s.size() != 4                       ? Shape{1, F * stored}
+                  : ca.map_uniform[j] && !expand ? Shape{1, F, 1, 1}
+                                                 : Shape{1, F, s[2], s[3]};
+    Tensor t = Tensor::uninit(shape);
+    const int64_t plane = F > 0 ? t.numel() / F : 0;
+    for (int q = 0; q < F; ++q) {
+      const float* src = ca.map_of(j, list[q]);
+      if (expand) std::fill_n(t.data() + q * plane, plane, src[0]);
+      else std::copy_n(src, plane, t.data() + q * plane);
+    }
     return t;
   };
   for (int i = 0; i < n; ++i) {
@@ -411,8 +426,10 @@ Analysis analyze(const Model& m) {
     Layer& L = const_cast<Layer&>(*nodes[i].layer);
     const int j = nodes[i].inputs[0];
     const auto& fin = ca.fixed[j];
+    const Shape& os = a.shapes[i];
     std::vector<int> list;  // the fixed channels of node i, ascending
     Tensor out;             // their values
+    bool uniform = false;   // out holds one value per channel
     if (L.kind() == LayerKind::Conv || L.kind() == LayerKind::Linear) {
       const SliceStats& st = a.stats[i];
       const int K = st.K, Cin = st.C;
@@ -433,26 +450,38 @@ Analysis analyze(const Model& m) {
       ca.dead_filters += static_cast<int64_t>(dead.size());
       if (list.empty()) continue;
       // Sub-layers of the fixed rows, run on the nonzero fixed inputs they read: the dead rows
-      // read nothing (a layer with no inputs yields its bias); the live ones read `cols`.
+      // read nothing (a layer with no inputs yields its bias, one value per channel unless a
+      // per-position bias says otherwise); the live ones read `cols` through the padding.
       std::vector<int> cols;
       for (int c = 0; c < Cin; ++c)
         if (read[c] && ca.map_nonzero(j, c)) cols.push_back(c);
-      const Shape& os = a.shapes[i];
+      const auto* cv = dynamic_cast<const Conv2d*>(&L);
+      uniform = cv && live.empty() && cv->pos_h == 0;
       const int Kf = static_cast<int>(list.size());
-      out = Tensor::uninit(os.size() == 4 ? Shape{1, Kf, os[2], os[3]} : Shape{1, Kf});
+      out = Tensor::uninit(os.size() != 4 ? Shape{1, Kf} : uniform ? Shape{1, Kf, 1, 1} : Shape{1, Kf, os[2], os[3]});
       const int64_t oplane = out.numel() / Kf;
       for (const std::vector<int>* rows : {&dead, &live}) {
         if (rows->empty()) continue;
         const std::vector<int> none;
-        const std::vector<int>& in = rows == &dead ? none : cols;
+        const bool dead_rows = rows == &dead;
+        const std::vector<int>& in = dead_rows ? none : cols;
         auto sl = sub_layer(L, st, ca.features_per_channel[j], *rows, in);
-        auto gm = gather_map(j, in);
-        Tensor sub_out = run_layer(*sl, {gm});
+        Tensor in_map = gather_map(j, in, true);
+        if (dead_rows && cv && cv->pos_h == 0) {
+          // One output position is enough: run the no-input sub-layer on a 1x1 map (with
+          // padding kept so that the kernel fits).
+          auto* sc = static_cast<Conv2d*>(sl.get());
+          sc->pad = std::max(sc->pad, (std::max(sc->kernel_h, sc->kernel_w) + 1) / 2);
+          in_map = Tensor::uninit({1, 0, 1, 1});
+        }
+        Tensor sub_out = run_layer(*sl, {in_map});
+        const int64_t sub_plane = sub_out.numel() / static_cast<int64_t>(rows->size());
         // Both row lists ascend, so each row's place in `list` is found by one forward walk.
         size_t at = 0;
         for (size_t r = 0; r < rows->size(); ++r) {
           while (list[at] != (*rows)[r]) ++at;
-          std::copy_n(sub_out.data() + r * oplane, oplane, out.data() + at * oplane);
+          if (sub_plane == oplane) std::copy_n(sub_out.data() + r * sub_plane, oplane, out.data() + at * oplane);
+          else std::fill_n(out.data() + at * oplane, oplane, sub_out[r * sub_plane]);  // spell out one value
         }
       }
     } else {
@@ -462,9 +491,22 @@ Analysis analyze(const Model& m) {
         if (f) list.push_back(c);
       }
       if (list.empty()) continue;
+      const LayerKind kind = L.kind();
+      bool in_uniform = true;
+      for (int q : nodes[i].inputs) in_uniform = in_uniform && ca.map_uniform[q];
+      // Flatten and global pooling need every position; the others keep one value per channel.
+      uniform = in_uniform && kind != LayerKind::Flatten && kind != LayerKind::GlobalAvgPool;
       std::vector<Tensor> ins;
-      for (int q : nodes[i].inputs) ins.push_back(gather_map(q, list));
-      if (L.kind() == LayerKind::BatchNorm) {  // the statistics of the fixed channels
+      for (int q : nodes[i].inputs) ins.push_back(gather_map(q, list, !uniform));
+      if (uniform && (kind == LayerKind::MaxPool || kind == LayerKind::AvgPool)) {
+        // Every window of a map of one value sees the same numbers: pool one window.
+        const auto& pool = static_cast<const Pool2d&>(L);
+        Tensor window = Tensor::uninit({1, static_cast<int64_t>(list.size()), pool.kernel, pool.kernel});
+        const int64_t area = int64_t(pool.kernel) * pool.kernel;
+        for (size_t q = 0; q < list.size(); ++q) std::fill_n(window.data() + q * area, area, ins[0][q]);
+        ins[0] = window;
+      }
+      if (kind == LayerKind::BatchNorm) {  // the statistics of the fixed channels
         const auto& bn = static_cast<const BatchNorm2d&>(L);
         BatchNorm2d sb(static_cast<int>(list.size()), bn.eps, bn.momentum);
         for (size_t q = 0; q < list.size(); ++q) {
@@ -480,6 +522,7 @@ Analysis analyze(const Model& m) {
     }
     for (size_t q = 0; q < list.size(); ++q) ca.fixed[i][list[q]] = 1, ca.slot[i][list[q]] = static_cast<int>(q);
     ca.map_plane[i] = out.numel() / static_cast<int64_t>(list.size());
+    ca.map_uniform[i] = uniform;
     ca.maps[i] = std::move(out);
   }
 
@@ -646,31 +689,21 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
       // are removed); other fixed maps get a plane each.
       const bool fold = Cr > 0 && conv;
       Gather g;
-      g.src = W.data(), g.C = Cold, g.slice = slice, g.rows = &out_keep, g.kept = Cn;
+      g.src = W.data(), g.C = Cold, g.slice = slice, g.rows = &out_keep, g.kept = keep_all(in_keep);
       g.scale = fscale.empty() ? nullptr : fscale.data(), g.nonzero = st.nonzero.data();
+      std::vector<int> map_ch;  // removed channels with a fixed map that is not one value
+      if (fold)
+        for (int ch : removed_const) {
+          const float* mp = ca.map_of(j, ch);
+          if (std::all_of(mp, mp + ca.map_plane[j], [&](float v) { return v == mp[0]; })) {
+            g.folded.push_back({ch, mp[0]});
+          } else {
+            map_ch.push_back(ch);
+            g.own_plane.push_back({ch, static_cast<int>(map_ch.size())});
+          }
+        }
       const Shape& is = a.shapes[j];
       const int64_t iplane = fold ? is[2] * is[3] : 0;
-      std::vector<int> map_ch;  // removed channels with a fixed map that is not one value
-      {
-        size_t q = 0, r = 0;
-        while (q < in_keep.size() || (fold && r < removed_const.size())) {
-          WalkEntry e;
-          if (fold && r < removed_const.size() && (q == in_keep.size() || removed_const[r] < in_keep[q])) {
-            const float* mp = ca.map_of(j, removed_const[r]);
-            e.c = removed_const[r++];
-            if (std::all_of(mp, mp + iplane, [&](float v) { return v == mp[0]; })) {
-              e.fold = 0, e.value = mp[0];
-            } else {
-              map_ch.push_back(e.c);
-              e.fold = static_cast<int>(map_ch.size());
-            }
-          } else {
-            e.c = in_keep[q], e.kept = static_cast<int>(q);
-            ++q;
-          }
-          g.walk.push_back(e);
-        }
-      }
       const Shape wshape = conv ? Shape{Kn, Cn, conv->kernel_h, conv->kernel_w} : Shape{Kn, Cn * slice};
       Tensor new_w = Tensor::uninit(wshape);
       g.dst = new_w.data();

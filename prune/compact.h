@@ -29,12 +29,15 @@ struct ChannelAnalysis {
   std::vector<std::vector<uint8_t>> fixed;     // (nodes, channels) 1 = does not depend on the input
   std::vector<std::vector<int>> slot;          // (nodes, channels) a fixed channel's index in maps, else -1
   std::vector<Tensor> maps;                    // (nodes) batch-1 values of the fixed channels only, in channel
-                                               // order: (1, F, H, W) or (1, F * features); undefined when none
+                                               // order: (1, F, H, W) or (1, F * features); (1, F, 1, 1) when
+                                               // map_uniform; undefined when none is fixed
   std::vector<int64_t> map_plane;              // (nodes) floats per fixed channel in maps
+  std::vector<uint8_t> map_uniform;            // (nodes) 1 = maps holds the one value of every position
   std::vector<std::vector<uint8_t>> keep;      // (spaces, channels) 1 = kept by compaction
   std::vector<int> space_channels;             // (spaces) channel count
   int64_t dead_filters = 0;                    // conv/linear output channels with all-zero weights
-  // The values of channel c of node i (map_plane[i] floats) when it is fixed, else nullptr.
+  // The values of channel c of node i (map_plane[i] floats: one when map_uniform[i]) when it
+  // is fixed, else nullptr.
   const float* map_of(int i, int c) const;
   // Whether channel c of node i is fixed with a map that is not all zero.
   bool map_nonzero(int i, int c) const;

@@ -224,6 +224,10 @@ TEST_CASE("fixed maps that differ by position reach a linear layer through a fla
   m.apply_masks();
 
   ChannelAnalysis ca = analyze_channels(m);
+  CHECK(ca.fixed[pool][2] == 1);
+  CHECK(ca.map_uniform[pool] == 1);  // the dead filter's constant: one value per channel
+  CHECK(ca.map_plane[pool] == 1);
+  CHECK(ca.map_uniform[b] == 0);     // spelled out: the border differs
   CHECK(ca.fixed[b][1] == 1);
   CHECK(ca.fixed[b][3] == 1);
   const float* map = ca.map_of(r2, 1);  // 4 x 4 values of channel 1 after the ReLU
