@@ -48,7 +48,8 @@ static void need_rank(const Shape& s, int rank, const char* layer) {
 
 // ---------------------------------------------------------------- Conv2d
 
-Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool bias_, bool fused, int ph, int pw)
+Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool bias_, bool fused, int ph, int pw,
+               bool zero_weight)
     : in_channels(in_c), out_channels(out_c), kernel_h(kh), kernel_w(kw), stride(stride_), pad(pad_),
       has_bias(bias_), fused_relu(fused), pos_h(ph), pos_w(pw) {
   check(in_c >= 0 && out_c >= 0 && kh > 0 && kw > 0 && stride > 0 && pad >= 0 && ph >= 0 && pw >= 0 &&
@@ -58,7 +59,8 @@ Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool 
                  " kernel=" + std::to_string(kh) + "x" + std::to_string(kw) + " stride=" + std::to_string(stride) +
                  " pad=" + std::to_string(pad);
         });
-  weight = {"weight", Tensor({out_c, in_c, kh, kw}), Tensor(), true};
+  weight = {"weight", zero_weight ? Tensor({out_c, in_c, kh, kw}) : Tensor::uninit({out_c, in_c, kh, kw}), Tensor(),
+            true};
   if (has_bias) bias = {"bias", Tensor({out_c}), Tensor(), false};
   if (pos_h > 0) pos_bias = {"pos_bias", Tensor({out_c, ph, pw}), Tensor(), false};
 }
@@ -334,10 +336,11 @@ void Flatten::backward(const std::vector<const Tensor*>&, const Tensor&, const T
 
 // ---------------------------------------------------------------- Linear
 
-Linear::Linear(int in_f, int out_f, bool bias_) : in_features(in_f), out_features(out_f), has_bias(bias_) {
+Linear::Linear(int in_f, int out_f, bool bias_, bool zero_weight)
+    : in_features(in_f), out_features(out_f), has_bias(bias_) {
   check(in_f >= 0 && out_f > 0,
         [&] { return "linear: invalid configuration in=" + std::to_string(in_f) + " out=" + std::to_string(out_f); });
-  weight = {"weight", Tensor({out_f, in_f}), Tensor(), true};
+  weight = {"weight", zero_weight ? Tensor({out_f, in_f}) : Tensor::uninit({out_f, in_f}), Tensor(), true};
   if (has_bias) bias = {"bias", Tensor({out_f}), Tensor(), false};
 }
 

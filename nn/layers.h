@@ -61,8 +61,9 @@ class Layer {
 // channel removed: the output is the bias alone; every output channel removed: nothing).
 class Conv2d : public Layer {
  public:
+  // zero_weight = false leaves the weight uninitialised, for a caller that fills it.
   Conv2d(int in_channels, int out_channels, int kernel_h, int kernel_w, int stride, int pad, bool bias,
-         bool fused_relu = false, int pos_h = 0, int pos_w = 0);
+         bool fused_relu = false, int pos_h = 0, int pos_w = 0, bool zero_weight = true);
   LayerKind kind() const override { return LayerKind::Conv; }
   std::map<std::string, std::string> attrs() const override;
   Shape output_shape(const std::vector<Shape>& in) const override;
@@ -161,7 +162,8 @@ class Flatten : public Layer {
 // Linear: weight (O, I), optional bias (O); input (N, I).
 class Linear : public Layer {
  public:
-  Linear(int in_features, int out_features, bool bias = true);
+  // zero_weight = false leaves the weight uninitialised, for a caller that fills it.
+  Linear(int in_features, int out_features, bool bias = true, bool zero_weight = true);
   LayerKind kind() const override { return LayerKind::Linear; }
   std::map<std::string, std::string> attrs() const override;
   Shape output_shape(const std::vector<Shape>& in) const override;

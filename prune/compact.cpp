@@ -175,20 +175,26 @@ std::vector<SliceStats> slice_stats(const std::vector<WeightView>& views) {
 
 // One pass over chosen rows of a weight src (., C, slice): it copies the kept input slices
 // and folds removed constant ones. In output row r (source row rows[r]):
-//   kept (c, q): dst[r, q, :] = scale[r] * src[rows[r], c, :] (scale when given), a slice
-//       flagged all-zero in `nonzero` being written as zeros unread; dst2[r, q, :] =
-//       src2[rows[r], c, :] when src2 is given (the pruning mask, copied in full: its zero
-//       slices may still hold ones);
+//   kept run (c, q, len): dst[r, q + i, :] = scale[r] * src[rows[r], c + i, :] for i < len
+//       (scale when given); in short runs a slice flagged all-zero in `nonzero` is written as
+//       zeros unread, long runs are copied straight; dst2[r, q + i, :] = src2[rows[r], c + i,
+//       :] when src2 is given (the pruning mask, copied in full: its zero slices may still
+//       hold ones);
 //   folded (c, v): wr[r, 0, :] += v * src[rows[r], c, :] in list order (all-zero slices add
 //       nothing), the collapsed kernel of the removed channels of constant value;
 //   own_plane (c, p): wr[r, p, :] = src[rows[r], c, :], a removed channel with its own map.
 // The reads are scattered: the next row is prefetched while this one is copied.
+struct KeptRun {
+  int c = 0, q = 0, len = 0;
+};
+
 struct Gather {
   const float* src = nullptr;
   int C = 0;
   int64_t slice = 0;
   const std::vector<int>* rows = nullptr;
-  std::vector<std::pair<int, int>> kept;
+  std::vector<KeptRun> kept;
+  int kept_count = 0;  // output channels: the runs' total length
   std::vector<std::pair<int, float>> folded;
   std::vector<std::pair<int, int>> own_plane;
   float* dst = nullptr;
@@ -200,43 +206,61 @@ struct Gather {
   int planes = 0;
 };
 
-// `cols` kept in order.
-std::vector<std::pair<int, int>> keep_all(const std::vector<int>& cols) {
-  std::vector<std::pair<int, int>> k(cols.size());
-  for (size_t q = 0; q < cols.size(); ++q) k[q] = {cols[q], static_cast<int>(q)};
-  return k;
+// Keeps `cols` (ascending), in runs of consecutive channels.
+void keep_all(Gather& g, const std::vector<int>& cols) {
+  g.kept.clear();
+  for (size_t q = 0; q < cols.size(); ++q) {
+    if (!g.kept.empty() && g.kept.back().c + g.kept.back().len == cols[q]) ++g.kept.back().len;
+    else g.kept.push_back({cols[q], static_cast<int>(q), 1});
+  }
+  g.kept_count = static_cast<int>(cols.size());
 }
+
+constexpr int kLongRun = 4;  // runs this long are copied straight, zero slices included
 
 template <int S>
 void gather_rows(const Gather& g, int r0, int r1) {
   const int64_t n = S > 0 ? S : g.slice;
   const std::vector<int>& rows = *g.rows;
-  const int Cn = static_cast<int>(g.kept.size());
+  const int Cn = g.kept_count;
   for (int r = r0; r < r1; ++r) {
     const float s = g.scale ? g.scale[r] : 1.0f;
     const int64_t in = int64_t(rows[r]) * g.C;  // first slice of the source row
     const uint8_t* nz = g.nonzero ? g.nonzero + in : nullptr;
     const int64_t next = r + 1 < r1 ? int64_t(rows[r + 1]) * g.C : -1;
     float* out = g.dst + int64_t(r) * Cn * n;
-    for (const auto& [c, q] : g.kept) {
-      if (next >= 0 && (!g.nonzero || g.nonzero[next + c])) __builtin_prefetch(g.src + (next + c) * n);
-      float* o = out + q * n;
-      if (nz && !nz[c]) {  // all zero: not read
-        for (int64_t e = 0; e < n; ++e) o[e] = 0.0f;
+    for (const KeptRun& run : g.kept) {
+      if (run.len >= kLongRun) {
+        const float* p = g.src + (in + run.c) * n;
+        float* o = out + run.q * n;
+        const int64_t count = run.len * n;
+        if (g.scale)
+          for (int64_t e = 0; e < count; ++e) o[e] = p[e] * s;
+        else
+          std::copy_n(p, count, o);
         continue;
       }
-      const float* p = g.src + (in + c) * n;
-      if (g.scale)
-        for (int64_t e = 0; e < n; ++e) o[e] = p[e] * s;
-      else
-        for (int64_t e = 0; e < n; ++e) o[e] = p[e];
+      for (int i = 0; i < run.len; ++i) {
+        const int c = run.c + i;
+        if (next >= 0 && (!g.nonzero || g.nonzero[next + c])) __builtin_prefetch(g.src + (next + c) * n);
+        float* o = out + (run.q + i) * n;
+        if (nz && !nz[c]) {  // all zero: not read
+          for (int64_t e = 0; e < n; ++e) o[e] = 0.0f;
+          continue;
+        }
+        const float* p = g.src + (in + c) * n;
+        if (g.scale)
+          for (int64_t e = 0; e < n; ++e) o[e] = p[e] * s;
+        else
+          for (int64_t e = 0; e < n; ++e) o[e] = p[e];
+      }
     }
     if (g.dst2) {
       float* out2 = g.dst2 + int64_t(r) * Cn * n;
-      for (const auto& [c, q] : g.kept) {
-        if (next >= 0) __builtin_prefetch(g.src2 + (next + c) * n);
-        const float* p2 = g.src2 + (in + c) * n;
-        for (int64_t e = 0; e < n; ++e) out2[q * n + e] = p2[e];
+      for (const KeptRun& run : g.kept) {
+        if (next >= 0 && run.len < kLongRun)
+          for (int i = 0; i < run.len; ++i) __builtin_prefetch(g.src2 + (next + run.c + i) * n);
+        std::copy_n(g.src2 + (in + run.c) * n, run.len * n, out2 + run.q * n);
       }
     }
     if (!g.wr) continue;
@@ -257,7 +281,7 @@ void gather_rows(const Gather& g, int r0, int r1) {
 void gather_slices(const Gather& g) {
   const int K = static_cast<int>(g.rows->size());
   const int64_t per_row =
-      std::max<int64_t>(1, int64_t(g.kept.size() * (g.src2 ? 2 : 1) + g.folded.size() + g.own_plane.size()) * g.slice);
+      std::max<int64_t>(1, int64_t(g.kept_count * (g.src2 ? 2 : 1) + g.folded.size() + g.own_plane.size()) * g.slice);
   const int grain = static_cast<int>(std::max<int64_t>(1, 16384 / per_row));
   auto run = [&](int r0, int r1) {
     if (g.slice == 9) gather_rows<9>(g, r0, r1);
@@ -283,7 +307,8 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
     }
     Gather g;
     g.src = cv->weight.value.data(), g.C = st.C, g.slice = int64_t(cv->kernel_h) * cv->kernel_w;
-    g.rows = &rows, g.kept = keep_all(cols), g.dst = sc->weight.value.data();
+    g.rows = &rows, g.dst = sc->weight.value.data();
+    keep_all(g, cols);
     g.nonzero = st.nonzero.data();
     gather_slices(g);
     return sc;
@@ -294,7 +319,8 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
     for (int r = 0; r < Kf; ++r) sl->bias.value[r] = ln.bias.value[rows[r]];
   Gather g;
   g.src = ln.weight.value.data(), g.C = st.C, g.slice = fpc;
-  g.rows = &rows, g.kept = keep_all(cols), g.dst = sl->weight.value.data();
+  g.rows = &rows, g.dst = sl->weight.value.data();
+  keep_all(g, cols);
   g.nonzero = st.nonzero.data();
   gather_slices(g);
   return sl;
@@ -689,7 +715,8 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
       // are removed); other fixed maps get a plane each.
       const bool fold = Cr > 0 && conv;
       Gather g;
-      g.src = W.data(), g.C = Cold, g.slice = slice, g.rows = &out_keep, g.kept = keep_all(in_keep);
+      g.src = W.data(), g.C = Cold, g.slice = slice, g.rows = &out_keep;
+      keep_all(g, in_keep);
       g.scale = fscale.empty() ? nullptr : fscale.data(), g.nonzero = st.nonzero.data();
       std::vector<int> map_ch;  // removed channels with a fixed map that is not one value
       if (fold)
@@ -758,7 +785,7 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
       if (conv) {
         auto nc = std::make_unique<Conv2d>(Cn, Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad, need_bias,
                                            conv->fused_relu || relu_of[i] >= 0, pos.defined() ? int(os[2]) : 0,
-                                           pos.defined() ? int(os[3]) : 0);
+                                           pos.defined() ? int(os[3]) : 0, /*zero_weight=*/false);
         if (pos.defined()) {
           const int64_t plane = os[2] * os[3];
           for (int k = 0; k < Kn; ++k)
@@ -769,7 +796,7 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
         Bn = need_bias ? &nc->bias.value : nullptr;
         layer = std::move(nc);
       } else {
-        auto nl = std::make_unique<Linear>(Cn * int(slice), Kn, need_bias);
+        auto nl = std::make_unique<Linear>(Cn * int(slice), Kn, need_bias, /*zero_weight=*/false);
         nl->weight.value = new_w;
         Bn = need_bias ? &nl->bias.value : nullptr;
         layer = std::move(nl);
