@@ -21,6 +21,9 @@ std::string shape_str(const std::vector<int64_t>& shape);  // "(128, 3, 32, 32)"
 inline void check(bool cond, const std::string& msg) {
   if (!cond) throw Error(msg);
 }
+inline void check(bool cond, const char* msg) {  // a literal: no string is built unless it fails
+  if (!cond) throw Error(msg);
+}
 
 // The same with the message built only on failure, for checks on hot paths (every forward,
 // every layer construction): check(x == y, [&] { return "expected " + std::to_string(y); }).

@@ -338,7 +338,7 @@ void Flatten::backward(const std::vector<const Tensor*>&, const Tensor&, const T
 
 Linear::Linear(int in_f, int out_f, bool bias_, bool zero_weight)
     : in_features(in_f), out_features(out_f), has_bias(bias_) {
-  check(in_f >= 0 && out_f > 0,
+  check(in_f >= 0 && out_f >= 0,
         [&] { return "linear: invalid configuration in=" + std::to_string(in_f) + " out=" + std::to_string(out_f); });
   weight = {"weight", zero_weight ? Tensor({out_f, in_f}) : Tensor::uninit({out_f, in_f}), Tensor(), true};
   if (has_bias) bias = {"bias", Tensor({out_f}), Tensor(), false};
@@ -357,6 +357,7 @@ Shape Linear::output_shape(const std::vector<Shape>& in) const {
 }
 
 void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
+  if (out.numel() == 0) return;  // every output feature was removed by compaction
   if (in_features == 0) {
     // Every input feature was removed by compaction: each row of the output is the bias
     // (the constant the removed features folded into it).
@@ -375,6 +376,10 @@ void Linear::backward(const std::vector<const Tensor*>& in, const Tensor&, const
   if (!weight.grad.defined()) weight.grad = Tensor::uninit(weight.value.shape(), weight.value.device());
   if (has_bias && !bias.grad.defined()) bias.grad = Tensor::uninit(bias.value.shape(), bias.value.device());
   check(in_features > 0, "linear: a layer with no input features cannot be trained");
+  if (out_features == 0) {  // no outputs: nothing reaches the input
+    if (din[0]) din[0]->zero();
+    return;
+  }
   ops::linear_backward_weights(*in[0], dout, weight.grad, bias.grad);
   if (din[0]) ops::linear_backward_data(dout, weight.value, *din[0]);
 }

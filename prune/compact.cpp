@@ -29,10 +29,11 @@ int find_root(std::vector<int>& parent, int x) {
 struct SliceStats {
   int K = 0, C = 0;
   std::vector<uint8_t> nonzero;  // (K, C)
-  std::vector<uint8_t> read;     // (C) some k reads channel c
   std::vector<uint8_t> row_any;  // (K) filter k has a nonzero weight
-  bool nz(int k, int c) const { return nonzero[size_t(k) * C + c]; }
 };
+
+// The bit buffer is read back as 64-bit words whose first byte holds the lowest bits.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "slice_flags assumes a little-endian machine");
 
 // Bit i of `bits` = whether p[i] is nonzero, for i < n. `bits` holds n / 8 + 1 bytes.
 void nonzero_bits(const float* p, int64_t n, uint8_t* bits) {
@@ -151,14 +152,14 @@ std::vector<SliceStats> slice_stats(const std::vector<WeightView>& views) {
     s.K = x.K, s.C = x.C;
     s.nonzero.assign(size_t(x.K) * x.C, 0);
     s.row_any.assign(x.K, 0);
-    s.read.assign(x.C, 0);
     if (x.C == 0) continue;
     const int rows = static_cast<int>(std::max<int64_t>(1, 4096 / x.C));  // ~4096 slices per task
     for (int r0 = 0; r0 < x.K; r0 += rows) tasks.push_back({int(v), r0, std::min(x.K, r0 + rows)});
-    max_block = std::max(max_block, int64_t(rows) * x.C * x.slice);
+    if (x.slice > 1 && x.slice <= 57)  // the bit-buffer paths of slice_flags
+      max_block = std::max(max_block, int64_t(std::min(rows, x.K)) * x.C * x.slice);
   }
   tbb::parallel_for(tbb::blocked_range<size_t>(0, tasks.size(), 1), [&](const tbb::blocked_range<size_t>& tr) {
-    std::vector<uint8_t> bits(max_block / 8 + 16);  // + room for 8-byte loads
+    std::vector<uint8_t> bits(max_block > 0 ? max_block / 8 + 16 : 0);  // + room for 8-byte loads
     for (size_t t = tr.begin(); t < tr.end(); ++t) {
       const WeightView& x = views[tasks[t].v];
       SliceStats& s = out[tasks[t].v];
@@ -168,8 +169,6 @@ std::vector<SliceStats> slice_stats(const std::vector<WeightView>& views) {
       for (int k = r0; k < r1; ++k) s.row_any[k] = any_set(s.nonzero.data() + size_t(k) * x.C, x.C);
     }
   });
-  for (SliceStats& s : out)
-    for (int k = 0; k < s.K; ++k) or_into(s.read.data(), s.nonzero.data() + size_t(k) * s.C, s.C);
   return out;
 }
 
@@ -299,7 +298,7 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
   const int Kf = static_cast<int>(rows.size()), Cf = static_cast<int>(cols.size());
   if (auto* cv = dynamic_cast<const Conv2d*>(&L)) {
     auto sc = std::make_unique<Conv2d>(Cf, Kf, cv->kernel_h, cv->kernel_w, cv->stride, cv->pad, cv->has_bias,
-                                       cv->fused_relu, cv->pos_h, cv->pos_w);
+                                       cv->fused_relu, cv->pos_h, cv->pos_w, /*zero_weight=*/false);
     const int64_t op = cv->pos_h * cv->pos_w;
     for (int r = 0; r < Kf; ++r) {
       if (cv->has_bias) sc->bias.value[r] = cv->bias.value[rows[r]];
@@ -314,7 +313,7 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
     return sc;
   }
   const auto& ln = static_cast<const Linear&>(L);
-  auto sl = std::make_unique<Linear>(int(Cf * fpc), Kf, ln.has_bias);
+  auto sl = std::make_unique<Linear>(int(Cf * fpc), Kf, ln.has_bias, /*zero_weight=*/false);
   if (ln.has_bias)
     for (int r = 0; r < Kf; ++r) sl->bias.value[r] = ln.bias.value[rows[r]];
   Gather g;
@@ -493,11 +492,12 @@ Analysis analyze(const Model& m) {
         const std::vector<int>& in = dead_rows ? none : cols;
         auto sl = sub_layer(L, st, ca.features_per_channel[j], *rows, in);
         Tensor in_map = gather_map(j, in, true);
-        if (dead_rows && cv && cv->pos_h == 0) {
-          // One output position is enough: run the no-input sub-layer on a 1x1 map (with
-          // padding kept so that the kernel fits).
+        // Dead rows without a per-position bias give their bias everywhere: run the no-input
+        // sub-layer on a 1x1 map (padded so that the kernel fits) and spread its one value.
+        const bool one_value = dead_rows && cv && cv->pos_h == 0;
+        if (one_value) {
           auto* sc = static_cast<Conv2d*>(sl.get());
-          sc->pad = std::max(sc->pad, (std::max(sc->kernel_h, sc->kernel_w) + 1) / 2);
+          sc->pad = std::max({sc->pad, sc->kernel_h / 2, sc->kernel_w / 2});
           in_map = Tensor::uninit({1, 0, 1, 1});
         }
         Tensor sub_out = run_layer(*sl, {in_map});
@@ -506,8 +506,8 @@ Analysis analyze(const Model& m) {
         size_t at = 0;
         for (size_t r = 0; r < rows->size(); ++r) {
           while (list[at] != (*rows)[r]) ++at;
-          if (sub_plane == oplane) std::copy_n(sub_out.data() + r * sub_plane, oplane, out.data() + at * oplane);
-          else std::fill_n(out.data() + at * oplane, oplane, sub_out[r * sub_plane]);  // spell out one value
+          if (one_value) std::fill_n(out.data() + at * oplane, oplane, sub_out[r * sub_plane]);
+          else std::copy_n(sub_out.data() + r * sub_plane, oplane, out.data() + at * oplane);
         }
       }
     } else {
@@ -677,10 +677,12 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
       std::vector<double> bias(Kn, 0.0);
       if (had_bias)
         for (int k = 0; k < Kn; ++k) bias[k] = B[out_keep[k]];
-      std::vector<int> removed_const;  // removed input channels read with a nonzero fixed map
+      std::vector<int> removed_const;  // removed input channels a kept row reads, with a nonzero fixed map
       const std::vector<uint8_t>& in_kept = ca.keep[ca.space[j]];
+      std::vector<uint8_t> read(Cold, 0);  // (Cold) read by a kept row
+      for (int k : out_keep) or_into(read.data(), st.nonzero.data() + size_t(k) * Cold, Cold);
       for (int ch = 0; ch < Cold; ++ch)
-        if (!in_kept[ch] && st.read[ch] && ca.map_nonzero(j, ch)) {
+        if (!in_kept[ch] && read[ch] && ca.map_nonzero(j, ch)) {
           if (!ca.fixed[j][ch]) throw Error("internal: a removed channel that is read depends on the input");
           removed_const.push_back(ch);
         }

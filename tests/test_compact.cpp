@@ -244,6 +244,78 @@ TEST_CASE("fixed maps that differ by position reach a linear layer through a fla
   CHECK(rep.constants_folded >= 3);  // a's channel 2 into b; b's channels 1 and 3 into fc
 }
 
+TEST_CASE("5x5 stride-2 convs, a flatten of 8x8 maps and a hidden linear layer") {
+  // conv 5x5 stride 2 (16x16 -> 8x8) -> bn -> relu -> conv 3x3 -> relu -> flatten (4 x 64
+  // features: the general slice path) -> fc1 -> relu -> fc.
+  auto build = [](Rng& rng) {
+    Model m;
+    int x = m.add_input({3, 16, 16});
+    int a = m.add("a", std::make_unique<Conv2d>(3, 6, 5, 5, 2, 2, true), {x});
+    int bn = m.add("a.bn", std::make_unique<BatchNorm2d>(6), {a});
+    int r1 = m.add("a.relu", std::make_unique<ReLU>(), {bn});
+    int b = m.add("b", std::make_unique<Conv2d>(6, 4, 3, 3, 1, 1, true), {r1});
+    int r2 = m.add("b.relu", std::make_unique<ReLU>(), {b});
+    int fl = m.add("flatten", std::make_unique<Flatten>(), {r2});
+    int h = m.add("fc1", std::make_unique<Linear>(256, 12, true), {fl});
+    int r3 = m.add("fc1.relu", std::make_unique<ReLU>(), {h});
+    int fc = m.add("fc", std::make_unique<Linear>(12, 5, true), {r3});
+    m.set_output(fc);
+    init_model(m, rng);
+    randomize_batchnorm(m, rng);
+    for (const char* name : {"a", "b"}) conv(m, name).bias.value.fill(0.2f);
+    kill_filter(m, "a", 1);
+    dynamic_cast<BatchNorm2d&>(*m.nodes()[bn].layer).beta.value[1] = 1.0f;
+    kill_filter(m, "b", 2);
+    return m;
+  };
+  Rng rng(31);
+  Tensor images = random_images(3, {3, 16, 16}, rng);
+  SUBCASE("some hidden rows dead") {
+    Model m = build(rng);
+    auto& fc1 = dynamic_cast<Linear&>(*m.nodes()[m.find("fc1")].layer);
+    m.masks["fc1.weight"] = Tensor::full(fc1.weight.value.shape(), 1.0f);
+    for (int o : {0, 5, 7})
+      for (int q = 0; q < 256; ++q) m.masks["fc1.weight"][o * 256 + q] = 0.0f;
+    m.apply_masks();
+    CompactReport rep;
+    Model c = check_exact(m, images, &rep);
+    CHECK(conv(c, "a").out_channels == 5);
+    CHECK(conv(c, "b").out_channels == 3);
+    CHECK(dynamic_cast<Linear&>(*c.nodes()[c.find("fc1")].layer).in_features == 192);
+    CHECK(dynamic_cast<Linear&>(*c.nodes()[c.find("fc1")].layer).out_features == 9);
+  }
+  SUBCASE("every hidden row dead: the logits are constant") {
+    Model m = build(rng);
+    auto& fc1 = dynamic_cast<Linear&>(*m.nodes()[m.find("fc1")].layer);
+    m.masks["fc1.weight"] = Tensor::zeros(fc1.weight.value.shape());
+    m.apply_masks();
+    CompactReport rep;
+    Model c = check_exact(m, images, &rep);
+    CHECK(rep.params_after == 5);  // the output layer's bias
+  }
+}
+
+TEST_CASE("compacting a compact model again") {
+  // The compact model carries fused ReLUs and per-position biases; pruning it further and
+  // compacting again must stay exact.
+  Rng rng(17);
+  Model m = build_model("vgg11");
+  init_model(m, rng);
+  randomize_batchnorm(m, rng);
+  kill_filter(m, "conv1", 5);
+  dynamic_cast<BatchNorm2d&>(*m.nodes()[m.find("conv1.bn")].layer).beta.value[5] = 2.0f;
+  Tensor x = random_images(3, {3, 32, 32}, rng);
+  Model c = check_exact(m, x);
+  REQUIRE(conv(c, "conv2").pos_h > 0);
+  for (const char* name : {"conv2", "conv4"}) {
+    Conv2d& cv = conv(c, name);
+    for (int k = 0; k < cv.out_channels; k += 3) kill_filter(c, name, k);
+  }
+  CompactReport rep;
+  Model c2 = check_exact(c, x, &rep);
+  CHECK(rep.channels_removed > 0);
+}
+
 TEST_CASE("compact models are ordinary models: save, load, run, train") {
   Rng rng(13);
   Model m = build_model("resnet20");

@@ -13,6 +13,9 @@
 #include <string>
 #include <vector>
 
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_reduce.h>
+
 #include "core/cli.h"
 #include "core/error.h"
 #include "core/json.h"
@@ -22,9 +25,6 @@
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
 #include "prune/compact.h"
-
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_reduce.h>
 #ifdef DNNS_HAVE_CUDA
 #include "kernels/cuda/cuda.h"
 #endif
@@ -226,8 +226,8 @@ int bench_compact(int argc, char** argv) {
   CompactReport rep;
   Model c = compact_model(m, &rep);
   // The memory floor, timed between the runs: one plain read of every weight compaction must
-  // scan (the same threads, split the same way). Compaction cannot beat it; the ratio says how
-  // close it gets, and both move together when the machine's memory bandwidth does.
+  // scan, on the same threads. Compaction cannot beat it; the ratio says how close it gets,
+  // and both move together when the machine's memory bandwidth does.
   std::vector<const Tensor*> weights;
   for (auto& p : m.params())
     if (p.param->prunable) weights.push_back(&p.param->value);
