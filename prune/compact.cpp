@@ -649,6 +649,177 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
   for (size_t s = 0; s < ca.keep.size(); ++s) kept[s] = kept_indices(ca.keep[s]);
   for (size_t s = 0; s < ca.keep.size(); ++s) rep.channels_removed += ca.space_channels[s] - int64_t(kept[s].size());
 
+  // Each conv and linear layer is built on its own (in parallel: the work is per layer), then
+  // the graph is assembled in order.
+  struct Built {
+    std::unique_ptr<Layer> layer;
+    Tensor mask;
+    LayerChannels channels;
+    int64_t constants_folded = 0;
+    int position_bias_layers = 0;
+  };
+  auto build_layer = [&](int i) {
+    Built b;
+    const Node& node = nodes[i];
+    const Layer& L = *node.layer;
+    const auto* conv = dynamic_cast<const Conv2d*>(&L);
+    const auto* lin = dynamic_cast<const Linear*>(&L);
+    const int j = node.inputs[0];
+    const std::vector<int>& in_keep = kept[ca.space[j]];
+    const std::vector<int>& out_keep = kept[ca.space[i]];
+    const SliceStats& st = a.stats[i];
+    const int Cold = st.C, Kn = static_cast<int>(out_keep.size()), Cn = static_cast<int>(in_keep.size());
+    const int64_t slice = conv ? int64_t(conv->kernel_h) * conv->kernel_w : ca.features_per_channel[j];
+    const Tensor& W = conv ? conv->weight.value : lin->weight.value;  // (K, Cold, slice)
+    const Tensor& B = conv ? conv->bias.value : lin->bias.value;
+    bool had_bias = conv ? conv->has_bias : lin->has_bias;
+
+    // Bias in double, and a per-position part when a padded conv folds a nonzero constant.
+    std::vector<double> bias(Kn, 0.0);
+    if (had_bias)
+      for (int k = 0; k < Kn; ++k) bias[k] = B[out_keep[k]];
+    std::vector<int> removed_const;  // removed input channels a kept row reads, with a nonzero fixed map
+    const std::vector<uint8_t>& in_kept = ca.keep[ca.space[j]];
+    std::vector<uint8_t> read(Cold, 0);  // (Cold) read by a kept row
+    for (int k : out_keep) or_into(read.data(), st.nonzero.data() + size_t(k) * Cold, Cold);
+    for (int ch = 0; ch < Cold; ++ch)
+      if (!in_kept[ch] && read[ch] && ca.map_nonzero(j, ch)) {
+        if (!ca.fixed[j][ch]) throw Error("internal: a removed channel that is read depends on the input");
+        removed_const.push_back(ch);
+      }
+    b.constants_folded = static_cast<int64_t>(removed_const.size());
+    Tensor pos;  // (Kn, P, Q) or empty
+    const Shape& os = a.shapes[i];
+    const int Cr = static_cast<int>(removed_const.size());
+    if (Cr > 0 && lin) {
+      // bias[o] += sum over removed channels and their features of W * value
+      for (int k = 0; k < Kn; ++k)
+        for (int ch : removed_const) {
+          const float* wr = W.data() + (int64_t(out_keep[k]) * Cold + ch) * slice;
+          const float* mp = ca.map_of(j, ch);  // (slice)
+          for (int64_t q = 0; q < slice; ++q) bias[k] += double(wr[q]) * mp[q];
+        }
+    }
+
+    // Batchnorm folded in: W' = scale * W, b' = scale * b + shift, pos' = scale * pos.
+    std::vector<double> scale(Kn, 1.0), shift(Kn, 0.0);
+    std::vector<float> fscale;
+    if (bn_of[i] >= 0) {
+      std::vector<double> sc, sh;
+      bn_affine(static_cast<const BatchNorm2d&>(*nodes[bn_of[i]].layer), sc, sh);
+      fscale.resize(Kn);
+      for (int k = 0; k < Kn; ++k) scale[k] = sc[out_keep[k]], shift[k] = sh[out_keep[k]], fscale[k] = float(scale[k]);
+    }
+
+    // One pass over the kept rows: the kept slices (scaled) and their mask, and for a conv
+    // the removed constant channels' slices. Their exact contribution is the convolution of
+    // their fixed maps (zero padded): channels of constant value v share one input plane of
+    // ones with the collapsed kernel sum_r v_r W[k, r] (cheap even when hundreds of channels
+    // are removed); other fixed maps get a plane each.
+    const bool fold = Cr > 0 && conv;
+    Gather g;
+    g.src = W.data(), g.C = Cold, g.slice = slice, g.rows = &out_keep;
+    keep_all(g, in_keep);
+    g.scale = fscale.empty() ? nullptr : fscale.data(), g.nonzero = st.nonzero.data();
+    std::vector<int> map_ch;  // removed channels with a fixed map that is not one value
+    if (fold)
+      for (int ch : removed_const) {
+        const float* mp = ca.map_of(j, ch);
+        if (std::all_of(mp, mp + ca.map_plane[j], [&](float v) { return v == mp[0]; })) {
+          g.folded.push_back({ch, mp[0]});
+        } else {
+          map_ch.push_back(ch);
+          g.own_plane.push_back({ch, static_cast<int>(map_ch.size())});
+        }
+      }
+    const Shape& is = a.shapes[j];
+    const int64_t iplane = fold ? is[2] * is[3] : 0;
+    const Shape wshape = conv ? Shape{Kn, Cn, conv->kernel_h, conv->kernel_w} : Shape{Kn, Cn * slice};
+    Tensor new_w = Tensor::uninit(wshape);
+    g.dst = new_w.data();
+    auto mit = m.masks.find(node.name + ".weight");
+    Tensor new_mask;
+    if (mit != m.masks.end()) {
+      new_mask = Tensor::uninit(wshape);
+      g.src2 = mit->second.data(), g.dst2 = new_mask.data();
+    }
+    Tensor wr;  // (Kn, planes, R, S)
+    if (fold) {
+      g.planes = 1 + static_cast<int>(map_ch.size());
+      wr = Tensor({Kn, g.planes, conv->kernel_h, conv->kernel_w});
+      g.wr = wr.data();
+    }
+    gather_slices(g);
+    if (fold) {
+      Tensor img({1, g.planes, is[2], is[3]});  // (1, planes, H, W)
+      std::fill_n(img.data(), iplane, 1.0f);
+      for (size_t r = 0; r < map_ch.size(); ++r)
+        std::copy_n(ca.map_of(j, map_ch[r]), iplane, img.data() + (r + 1) * iplane);
+      Conv2dParams p{1, g.planes, int(is[2]), int(is[3]), Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad};
+      Tensor corr({1, Kn, os[2], os[3]});
+      if (Kn > 0) ops::conv2d_forward(p, img, wr, Tensor(), corr);
+      const int64_t plane = os[2] * os[3];
+      bool uniform = true;
+      for (int k = 0; k < Kn && uniform; ++k)
+        for (int64_t q = 1; q < plane; ++q)
+          if (corr[k * plane + q] != corr[k * plane]) {
+            uniform = false;
+            break;
+          }
+      if (uniform) {
+        for (int k = 0; k < Kn; ++k) bias[k] += corr[k * plane];
+      } else {
+        pos = corr.reshape({Kn, os[2], os[3]});
+        ++b.position_bias_layers;
+      }
+    }
+    if (conv && conv->pos_h > 0) {  // compacting an already compacted model
+      Tensor keep_pos({Kn, os[2], os[3]});
+      const int64_t plane = os[2] * os[3];
+      for (int k = 0; k < Kn; ++k)
+        std::copy_n(conv->pos_bias.value.data() + out_keep[k] * plane, plane, keep_pos.data() + k * plane);
+      if (pos.defined()) ops::accumulate(keep_pos, pos);
+      else pos = keep_pos;
+    }
+    bool need_bias = had_bias || bn_of[i] >= 0 || !removed_const.empty();
+
+    std::unique_ptr<Layer> layer;
+    Tensor* Bn = nullptr;
+    if (conv) {
+      auto nc = std::make_unique<Conv2d>(Cn, Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad, need_bias,
+                                         conv->fused_relu || relu_of[i] >= 0, pos.defined() ? int(os[2]) : 0,
+                                         pos.defined() ? int(os[3]) : 0, /*zero_weight=*/false);
+      if (pos.defined()) {
+        const int64_t plane = os[2] * os[3];
+        for (int k = 0; k < Kn; ++k)
+          for (int64_t q = 0; q < plane; ++q) pos[k * plane + q] = static_cast<float>(pos[k * plane + q] * scale[k]);
+        nc->pos_bias.value = pos;
+      }
+      nc->weight.value = new_w;
+      Bn = need_bias ? &nc->bias.value : nullptr;
+      layer = std::move(nc);
+    } else {
+      auto nl = std::make_unique<Linear>(Cn * int(slice), Kn, need_bias, /*zero_weight=*/false);
+      nl->weight.value = new_w;
+      Bn = need_bias ? &nl->bias.value : nullptr;
+      layer = std::move(nl);
+    }
+    if (Bn)
+      for (int k = 0; k < Kn; ++k) (*Bn)[k] = static_cast<float>(bias[k] * scale[k] + shift[k]);
+    b.channels.name = node.name;
+    b.channels.in_before = Cold, b.channels.in_after = Cn, b.channels.out_before = st.K, b.channels.out_after = Kn;
+    b.layer = std::move(layer);
+    b.mask = new_mask;
+    return b;
+  };
+  std::vector<int> todo;
+  for (int i = 1; i < n; ++i)
+    if (!absorbed[i] && (is(nodes[i], LayerKind::Conv) || is(nodes[i], LayerKind::Linear))) todo.push_back(i);
+  std::vector<Built> built(n);
+  tbb::parallel_for(tbb::blocked_range<size_t>(0, todo.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
+    for (size_t t = r.begin(); t < r.end(); ++t) built[todo[t]] = build_layer(todo[t]);
+  });
+
   Model c;
   c.arch = m.arch.empty() ? "compact" : m.arch + "-compact";
   std::vector<int> map(n, -1);
@@ -661,156 +832,12 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
     const Layer& L = *node.layer;
 
     if (L.kind() == LayerKind::Conv || L.kind() == LayerKind::Linear) {
-      const auto* conv = dynamic_cast<const Conv2d*>(&L);
-      const auto* lin = dynamic_cast<const Linear*>(&L);
-      const int j = node.inputs[0];
-      const std::vector<int>& in_keep = kept[ca.space[j]];
-      const std::vector<int>& out_keep = kept[ca.space[i]];
-      const SliceStats& st = a.stats[i];
-      const int Cold = st.C, Kn = static_cast<int>(out_keep.size()), Cn = static_cast<int>(in_keep.size());
-      const int64_t slice = conv ? int64_t(conv->kernel_h) * conv->kernel_w : ca.features_per_channel[j];
-      const Tensor& W = conv ? conv->weight.value : lin->weight.value;  // (K, Cold, slice)
-      const Tensor& B = conv ? conv->bias.value : lin->bias.value;
-      bool had_bias = conv ? conv->has_bias : lin->has_bias;
-
-      // Bias in double, and a per-position part when a padded conv folds a nonzero constant.
-      std::vector<double> bias(Kn, 0.0);
-      if (had_bias)
-        for (int k = 0; k < Kn; ++k) bias[k] = B[out_keep[k]];
-      std::vector<int> removed_const;  // removed input channels a kept row reads, with a nonzero fixed map
-      const std::vector<uint8_t>& in_kept = ca.keep[ca.space[j]];
-      std::vector<uint8_t> read(Cold, 0);  // (Cold) read by a kept row
-      for (int k : out_keep) or_into(read.data(), st.nonzero.data() + size_t(k) * Cold, Cold);
-      for (int ch = 0; ch < Cold; ++ch)
-        if (!in_kept[ch] && read[ch] && ca.map_nonzero(j, ch)) {
-          if (!ca.fixed[j][ch]) throw Error("internal: a removed channel that is read depends on the input");
-          removed_const.push_back(ch);
-        }
-      rep.constants_folded += static_cast<int64_t>(removed_const.size());
-      Tensor pos;  // (Kn, P, Q) or empty
-      const Shape& os = a.shapes[i];
-      const int Cr = static_cast<int>(removed_const.size());
-      if (Cr > 0 && lin) {
-        // bias[o] += sum over removed channels and their features of W * value
-        for (int k = 0; k < Kn; ++k)
-          for (int ch : removed_const) {
-            const float* wr = W.data() + (int64_t(out_keep[k]) * Cold + ch) * slice;
-            const float* mp = ca.map_of(j, ch);  // (slice)
-            for (int64_t q = 0; q < slice; ++q) bias[k] += double(wr[q]) * mp[q];
-          }
-      }
-
-      // Batchnorm folded in: W' = scale * W, b' = scale * b + shift, pos' = scale * pos.
-      std::vector<double> scale(Kn, 1.0), shift(Kn, 0.0);
-      std::vector<float> fscale;
-      if (bn_of[i] >= 0) {
-        std::vector<double> sc, sh;
-        bn_affine(static_cast<const BatchNorm2d&>(*nodes[bn_of[i]].layer), sc, sh);
-        fscale.resize(Kn);
-        for (int k = 0; k < Kn; ++k) scale[k] = sc[out_keep[k]], shift[k] = sh[out_keep[k]], fscale[k] = float(scale[k]);
-      }
-
-      // One pass over the kept rows: the kept slices (scaled) and their mask, and for a conv
-      // the removed constant channels' slices. Their exact contribution is the convolution of
-      // their fixed maps (zero padded): channels of constant value v share one input plane of
-      // ones with the collapsed kernel sum_r v_r W[k, r] (cheap even when hundreds of channels
-      // are removed); other fixed maps get a plane each.
-      const bool fold = Cr > 0 && conv;
-      Gather g;
-      g.src = W.data(), g.C = Cold, g.slice = slice, g.rows = &out_keep;
-      keep_all(g, in_keep);
-      g.scale = fscale.empty() ? nullptr : fscale.data(), g.nonzero = st.nonzero.data();
-      std::vector<int> map_ch;  // removed channels with a fixed map that is not one value
-      if (fold)
-        for (int ch : removed_const) {
-          const float* mp = ca.map_of(j, ch);
-          if (std::all_of(mp, mp + ca.map_plane[j], [&](float v) { return v == mp[0]; })) {
-            g.folded.push_back({ch, mp[0]});
-          } else {
-            map_ch.push_back(ch);
-            g.own_plane.push_back({ch, static_cast<int>(map_ch.size())});
-          }
-        }
-      const Shape& is = a.shapes[j];
-      const int64_t iplane = fold ? is[2] * is[3] : 0;
-      const Shape wshape = conv ? Shape{Kn, Cn, conv->kernel_h, conv->kernel_w} : Shape{Kn, Cn * slice};
-      Tensor new_w = Tensor::uninit(wshape);
-      g.dst = new_w.data();
-      auto mit = m.masks.find(node.name + ".weight");
-      Tensor new_mask;
-      if (mit != m.masks.end()) {
-        new_mask = Tensor::uninit(wshape);
-        g.src2 = mit->second.data(), g.dst2 = new_mask.data();
-      }
-      Tensor wr;  // (Kn, planes, R, S)
-      if (fold) {
-        g.planes = 1 + static_cast<int>(map_ch.size());
-        wr = Tensor({Kn, g.planes, conv->kernel_h, conv->kernel_w});
-        g.wr = wr.data();
-      }
-      gather_slices(g);
-      if (fold) {
-        Tensor img({1, g.planes, is[2], is[3]});  // (1, planes, H, W)
-        std::fill_n(img.data(), iplane, 1.0f);
-        for (size_t r = 0; r < map_ch.size(); ++r)
-          std::copy_n(ca.map_of(j, map_ch[r]), iplane, img.data() + (r + 1) * iplane);
-        Conv2dParams p{1, g.planes, int(is[2]), int(is[3]), Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad};
-        Tensor corr({1, Kn, os[2], os[3]});
-        if (Kn > 0) ops::conv2d_forward(p, img, wr, Tensor(), corr);
-        const int64_t plane = os[2] * os[3];
-        bool uniform = true;
-        for (int k = 0; k < Kn && uniform; ++k)
-          for (int64_t q = 1; q < plane; ++q)
-            if (corr[k * plane + q] != corr[k * plane]) {
-              uniform = false;
-              break;
-            }
-        if (uniform) {
-          for (int k = 0; k < Kn; ++k) bias[k] += corr[k * plane];
-        } else {
-          pos = corr.reshape({Kn, os[2], os[3]});
-          ++rep.position_bias_layers;
-        }
-      }
-      if (conv && conv->pos_h > 0) {  // compacting an already compacted model
-        Tensor keep_pos({Kn, os[2], os[3]});
-        const int64_t plane = os[2] * os[3];
-        for (int k = 0; k < Kn; ++k)
-          std::copy_n(conv->pos_bias.value.data() + out_keep[k] * plane, plane, keep_pos.data() + k * plane);
-        if (pos.defined()) ops::accumulate(keep_pos, pos);
-        else pos = keep_pos;
-      }
-      bool need_bias = had_bias || bn_of[i] >= 0 || !removed_const.empty();
-
-      std::unique_ptr<Layer> layer;
-      Tensor* Bn = nullptr;
-      if (conv) {
-        auto nc = std::make_unique<Conv2d>(Cn, Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad, need_bias,
-                                           conv->fused_relu || relu_of[i] >= 0, pos.defined() ? int(os[2]) : 0,
-                                           pos.defined() ? int(os[3]) : 0, /*zero_weight=*/false);
-        if (pos.defined()) {
-          const int64_t plane = os[2] * os[3];
-          for (int k = 0; k < Kn; ++k)
-            for (int64_t q = 0; q < plane; ++q) pos[k * plane + q] = static_cast<float>(pos[k * plane + q] * scale[k]);
-          nc->pos_bias.value = pos;
-        }
-        nc->weight.value = new_w;
-        Bn = need_bias ? &nc->bias.value : nullptr;
-        layer = std::move(nc);
-      } else {
-        auto nl = std::make_unique<Linear>(Cn * int(slice), Kn, need_bias, /*zero_weight=*/false);
-        nl->weight.value = new_w;
-        Bn = need_bias ? &nl->bias.value : nullptr;
-        layer = std::move(nl);
-      }
-      if (Bn)
-        for (int k = 0; k < Kn; ++k) (*Bn)[k] = static_cast<float>(bias[k] * scale[k] + shift[k]);
-      LayerChannels lc;
-      lc.name = node.name;
-      lc.in_before = Cold, lc.in_after = Cn, lc.out_before = st.K, lc.out_after = Kn;
-      rep.layers.push_back(lc);
-      int id = c.add(node.name, std::move(layer), ins);
-      if (new_mask.defined()) c.masks[node.name + ".weight"] = new_mask;
+      Built& b = built[i];
+      rep.constants_folded += b.constants_folded;
+      rep.position_bias_layers += b.position_bias_layers;
+      rep.layers.push_back(b.channels);
+      int id = c.add(node.name, std::move(b.layer), ins);
+      if (b.mask.defined()) c.masks[node.name + ".weight"] = b.mask;
       map[i] = id;
       if (bn_of[i] >= 0) map[bn_of[i]] = id;
       if (relu_of[i] >= 0) map[relu_of[i]] = id;
