@@ -12,6 +12,18 @@
 
 namespace dnns {
 
+void check_conv_params(const Conv2dParams& p, const char* op) {
+  check(p.N >= 0 && p.C >= 1 && p.H >= 1 && p.W >= 1 && p.K >= 1 && p.R >= 1 && p.S >= 1 && p.stride >= 1 &&
+            p.pad >= 0 && p.H + 2 * p.pad >= p.R && p.W + 2 * p.pad >= p.S,
+        [&] {
+          return std::string(op) + ": invalid shape N=" + std::to_string(p.N) + " C=" + std::to_string(p.C) +
+                 " H=" + std::to_string(p.H) + " W=" + std::to_string(p.W) + " K=" + std::to_string(p.K) +
+                 " R=" + std::to_string(p.R) + " S=" + std::to_string(p.S) + " stride=" + std::to_string(p.stride) +
+                 " pad=" + std::to_string(p.pad) +
+                 " (need positive sizes, stride >= 1, pad >= 0, kernel no larger than the padded input)";
+        });
+}
+
 static std::atomic<CpuBackend> g_cpu_backend{CpuBackend::Optimized};
 void set_cpu_backend(CpuBackend b) { g_cpu_backend = b; }
 CpuBackend cpu_backend() { return g_cpu_backend; }

@@ -16,6 +16,10 @@ struct Conv2dParams {
   int Q() const { return (W + 2 * pad - S) / stride + 1; }
 };
 
+// Refuses shapes the conv kernels cannot handle (a zero stride, an empty output), naming `op`;
+// the message is built only on failure (every conv call passes through here).
+void check_conv_params(const Conv2dParams& p, const char* op);
+
 // Max/average pooling, square window, no padding.
 //   x: (N, C, H, W)   y: (N, C, P, Q),  P = (H - k) / stride + 1,  Q = (W - k) / stride + 1
 struct Pool2dParams {

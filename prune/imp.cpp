@@ -167,9 +167,7 @@ class ImpRun {
     }
     RunResult res = run_training(trainer, train_, test_, ro);
 
-    Model final_model = work.clone();
-    final_model.to(Device::CPU);
-    final_model.save(dir + "/model.dnns");
+    work.save(dir + "/model.dnns");  // the archive holds CPU copies of device tensors
     write_text_atomic(dir + "/sparsity.json", sparsity_json(sp));
     write_text_atomic(dir + "/sparsity.txt", sparsity_table(sp));
     LevelRecord r;
@@ -209,19 +207,15 @@ class ImpRun {
       if (!opt_.random_baseline) continue;
       // Random chain: random level L-1's survivors, thinned to magnitude level L's counts.
       MaskSet current = masks_in_model_file(imp_level_dir(out_, L == 1 ? "magnitude" : "random", L - 1) + "/model.dnns");
-      Model shape_model = initial_.clone();
       Rng rng(mix_seed(opt_.seed, static_cast<uint64_t>(L), 0x52414E44u /* "RAND" */));
-      LevelJob rnd{"random", L, prune_randomly_like(shape_model, current, mag.masks, rng)};
+      LevelJob rnd{"random", L, prune_randomly_like(initial_, current, mag.masks, rng)};
       records.push_back(level(rnd));
     }
     return records;
   }
 
  private:
-  MaskSet ones_masks_of_initial() {
-    Model m = initial_.clone();
-    return ones_masks(m);
-  }
+  MaskSet ones_masks_of_initial() { return ones_masks(initial_); }
 
   const Model& initial_;
   TrainConfig cfg_;
@@ -253,10 +247,7 @@ std::vector<LevelRecord> run_imp(const Model& initial, const TrainConfig& cfg, B
         "imp: the rewind step " + std::to_string(opt.rewind_step) + " is not before the end of training (" +
             std::to_string(cfg.epochs) + " epochs x " + std::to_string(bpe) + " batches = " + std::to_string(total) +
             " steps); pass a smaller --rewind-step");
-  {
-    Model probe = initial.clone();
-    check_prune_ignore(probe, opt.ignore);
-  }
+  check_prune_ignore(initial, opt.ignore);
   make_dirs(out);
   check(opt.resume || !file_exists(imp_level_dir(out, "magnitude", 0)),
         out + ": already holds IMP levels; pass --resume to continue or extend that run, or choose another folder");

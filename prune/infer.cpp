@@ -77,11 +77,14 @@ Tensor infer(const Model& m, const Tensor& x) {
   const int n = static_cast<int>(nodes.size());
   check(n > 1, "infer: empty model graph");
   const Shape& chw = m.input_shape();
-  check(x.ndim() == 4 && x.dim(1) == chw[0] && x.dim(2) == chw[1] && x.dim(3) == chw[2],
-        "infer: expected input (N, " + std::to_string(chw[0]) + ", " + std::to_string(chw[1]) + ", " +
-            std::to_string(chw[2]) + "), got " + shape_str(x.shape()));
-  check(x.device() == m.device(), std::string("infer: input is on ") + device_name(x.device()) + " but the model is on " +
-                                      device_name(m.device()));
+  check(x.ndim() == 4 && x.dim(1) == chw[0] && x.dim(2) == chw[1] && x.dim(3) == chw[2], [&] {
+    return "infer: expected input (N, " + std::to_string(chw[0]) + ", " + std::to_string(chw[1]) + ", " +
+           std::to_string(chw[2]) + "), got " + shape_str(x.shape());
+  });
+  check(x.device() == m.device(), [&] {
+    return std::string("infer: input is on ") + device_name(x.device()) + " but the model is on " +
+           device_name(m.device());
+  });
   const Plan plan = make_plan(m);
   std::vector<int> pending = plan.readers;
   std::vector<Tensor> acts(n);  // (nodes) live activations of this call only
@@ -91,7 +94,7 @@ Tensor infer(const Model& m, const Tensor& x) {
   for (int i = 1; i < n; ++i) {
     const Node& node = nodes[i];
     check(eval_forward_is_stateless(node.layer->kind()),
-          "infer: node '" + node.name + "' has a layer kind not vetted for concurrent eval-mode inference");
+          [&] { return "infer: node '" + node.name + "' has a layer kind not vetted for concurrent eval-mode inference"; });
     in_shapes.clear();
     ins.clear();
     for (int j : node.inputs) {

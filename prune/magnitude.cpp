@@ -102,9 +102,9 @@ MaskSet prune_by_magnitude(Model& m, double fraction, PruneStrategy strategy, co
   return masks;  // the views' masks share storage with these
 }
 
-MaskSet prune_randomly_like(Model& m, const MaskSet& current, const MaskSet& reference, Rng& rng) {
+MaskSet prune_randomly_like(const Model& m, const MaskSet& current, const MaskSet& reference, Rng& rng) {
   MaskSet out;
-  for (Model::NamedParam& p : prunable_weights(m)) {
+  for (Model::NamedParam& p : prunable_weights(const_cast<Model&>(m))) {  // names and shapes only
     auto cur = current.find(p.name), ref = reference.find(p.name);
     check(cur != current.end(), "random pruning: the current masks lack '" + p.name + "'");
     check(ref != reference.end(), "random pruning: the reference masks lack '" + p.name + "'");

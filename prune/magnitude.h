@@ -43,6 +43,6 @@ MaskSet prune_by_magnitude(Model& m, double fraction, PruneStrategy strategy, co
 // with reference = the magnitude masks of the same level, it prunes the same number of
 // weights per layer at random. Throws Error when a layer of `reference` has more ones than
 // `current`, or the two do not cover the same weights with the same shapes.
-MaskSet prune_randomly_like(Model& m, const MaskSet& current, const MaskSet& reference, Rng& rng);
+MaskSet prune_randomly_like(const Model& m, const MaskSet& current, const MaskSet& reference, Rng& rng);
 
 }  // namespace dnns

@@ -45,8 +45,8 @@ bool is_ignored(const std::string& weight_name, const std::vector<std::string>& 
   return false;
 }
 
-void check_prune_ignore(Model& m, const std::vector<std::string>& ignore) {
-  std::vector<Model::NamedParam> w = prunable_weights(m);
+void check_prune_ignore(const Model& m, const std::vector<std::string>& ignore) {
+  std::vector<Model::NamedParam> w = prunable_weights(const_cast<Model&>(m));  // names only
   for (const std::string& e : ignore) {
     bool found = false;
     for (const Model::NamedParam& p : w) found = found || is_ignored(p.name, {e});
@@ -59,9 +59,10 @@ void check_prune_ignore(Model& m, const std::vector<std::string>& ignore) {
   }
 }
 
-MaskSet ones_masks(Model& m) {
+MaskSet ones_masks(const Model& m) {
   MaskSet out;
-  for (Model::NamedParam& p : prunable_weights(m)) out[p.name] = Tensor::full(p.param->value.shape(), 1.0f);
+  for (Model::NamedParam& p : prunable_weights(const_cast<Model&>(m)))  // names and shapes only
+    out[p.name] = Tensor::full(p.param->value.shape(), 1.0f);
   return out;
 }
 

@@ -35,10 +35,10 @@ bool is_ignored(const std::string& weight_name, const std::vector<std::string>& 
 
 // Throws Error naming the entry when an ignore-list entry names no prunable weight of `m`
 // (a typo would otherwise silently prune a layer meant to stay dense).
-void check_prune_ignore(Model& m, const std::vector<std::string>& ignore);
+void check_prune_ignore(const Model& m, const std::vector<std::string>& ignore);
 
 // All-ones masks for every prunable weight of `m`, on the CPU.
-MaskSet ones_masks(Model& m);
+MaskSet ones_masks(const Model& m);
 
 // A copy of the masks of `m` on the CPU; a prunable weight without a mask gets an all-ones one.
 MaskSet current_masks(Model& m);

@@ -20,16 +20,11 @@
 #include "prune/imp.h"
 #include "prune/infer.h"
 #include "prune/json_value.h"
+#include "prune/mask.h"
 
 namespace dnns {
 
 using Clock = std::chrono::steady_clock;
-
-int Portfolio::find(const std::string& name) const {
-  for (size_t i = 0; i < variants.size(); ++i)
-    if (variants[i].name == name) return static_cast<int>(i);
-  return -1;
-}
 
 double nearest_rank_percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -399,10 +394,7 @@ VariantInfo make_variant(const Model& masked_in, const std::string& name, int le
   v.file = name + ".dnns";
   v.params = compact.num_params();
   int64_t pruned = 0;
-  for (const auto& [w, mask] : masked.masks) {
-    std::vector<float> mv = mask.to_vector();
-    for (float x : mv) pruned += x == 0.0f;
-  }
+  for (const auto& [w, mask] : masked.masks) pruned += mask.numel() - mask_count(mask);
   const int64_t dense = masked.num_params();
   v.unpruned_params = dense - pruned;
   check(v.unpruned_params > 0, "portfolio: variant '" + name + "': its mask prunes every parameter");

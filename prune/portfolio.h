@@ -67,8 +67,6 @@ struct Portfolio {
   std::string machine;              // CPU model the latencies were measured on
   int threads = 1;                  // worker threads during the measurement
   std::vector<VariantInfo> variants;
-
-  int find(const std::string& name) const;  // index, -1 when absent
 };
 
 // ---- manifest text --------------------------------------------------------------------

@@ -151,8 +151,6 @@ std::string levels_markdown(const std::vector<LevelRecord>& records) {
 
 // ---------------------------------------------------------------- SVG
 
-namespace {
-
 std::string xml_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
@@ -166,6 +164,8 @@ std::string xml_escape(const std::string& s) {
   }
   return out;
 }
+
+namespace {
 
 // 1, 2 or 5 times a power of ten, near `rough`.
 double nice_step(double rough) {

@@ -69,4 +69,7 @@ std::string render_line_plot_svg(const LinePlot& plot);
 // chain; the random chain starts from the shared dense level 0.
 std::string accuracy_vs_sparsity_svg(const std::vector<LevelRecord>& records, const std::string& title);
 
+// s with &, <, > and " as XML entities (SVG text).
+std::string xml_escape(const std::string& s);
+
 }  // namespace dnns

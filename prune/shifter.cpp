@@ -15,6 +15,7 @@
 #include "core/json.h"
 #include "prune/infer.h"
 #include "prune/json_value.h"
+#include "prune/report.h"
 
 namespace dnns {
 
@@ -272,8 +273,7 @@ double Shifter::publish(int index) {
   const auto t0 = Clock::now();
   // The model is complete before anyone can see it: requests only ever reach it through the
   // pointer stored below.
-  std::shared_ptr<const Model> model =
-      residency_ == Residency::Dense ? p_.models[index] : std::make_shared<const Model>(unpack_model(packed_[index]));
+  std::shared_ptr<const Model> model = this->model(index);
   auto next = std::make_shared<const Active>(Active{index, ++generation_, std::move(model)});
   active_.store(std::move(next));
   const auto t1 = Clock::now();
@@ -640,18 +640,6 @@ std::string replay_report_json(const Shifter& shifter, const ReplayReport& r, co
 
 namespace {
 
-std::string xml(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '&') o += "&amp;";
-    else if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '"') o += "&quot;";
-    else o += c;
-  }
-  return o;
-}
-
 double nice_step(double span) {
   double p = std::pow(10.0, std::floor(std::log10(span)));
   for (double m : {1.0, 2.0, 5.0, 10.0})
@@ -711,7 +699,7 @@ std::string portfolio_front_svg(const Portfolio& p, const std::vector<PhaseRepor
      << "\" height=\"" << H << "\" viewBox=\"0 0 " << W << " " << H
      << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   os << "<text x=\"" << left + pw / 2 << "\" y=\"26\" text-anchor=\"middle\" font-size=\"15\">"
-     << xml(p.arch + " portfolio: latency vs accuracy (" + std::to_string(n) + " variants)") << "</text>\n";
+     << xml_escape(p.arch + " portfolio: latency vs accuracy (" + std::to_string(n) + " variants)") << "</text>\n";
   os << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << pw << "\" height=\"" << ph
      << "\" fill=\"none\" stroke=\"black\"/>\n";
   // x ticks: decades x {1, 2, 5} on a log axis, nice steps on a linear one.
@@ -735,7 +723,7 @@ std::string portfolio_front_svg(const Portfolio& p, const std::vector<PhaseRepor
        << "\" stroke=\"#e0e0e0\"/><text x=\"" << left - 8 << "\" y=\"" << py(v) + 4 << "\" text-anchor=\"end\">"
        << json_number(v) << "</text>\n";
   os << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 18 << "\" text-anchor=\"middle\">"
-     << xml(std::string("latency, ms (") + stat_name + ", " + batch + (logx ? ", log scale" : "") + ")") << "</text>\n";
+     << xml_escape(std::string("latency, ms (") + stat_name + ", " + batch + (logx ? ", log scale" : "") + ")") << "</text>\n";
   os << "<text transform=\"translate(20 " << top + ph / 2 << ") rotate(-90)\" text-anchor=\"middle\">test accuracy (%)</text>\n";
   // Front, variants, chosen rings.
   os << "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"";
@@ -743,13 +731,13 @@ std::string portfolio_front_svg(const Portfolio& p, const std::vector<PhaseRepor
   os << "\"/>\n";
   for (int i = 0; i < n; ++i) {
     os << "<circle cx=\"" << px(xs[i]) << "\" cy=\"" << py(ys[i]) << "\" r=\"4\" fill=\"#555555\"/>"
-       << "<text x=\"" << px(xs[i]) + 7 << "\" y=\"" << py(ys[i]) - 6 << "\" font-size=\"10\">" << xml(p.variants[i].name)
+       << "<text x=\"" << px(xs[i]) + 7 << "\" y=\"" << py(ys[i]) - 6 << "\" font-size=\"10\">" << xml_escape(p.variants[i].name)
        << "</text>\n";
     auto it = chosen.find(i);
     if (it != chosen.end())
       os << "<circle cx=\"" << px(xs[i]) << "\" cy=\"" << py(ys[i]) << "\" r=\"9\" fill=\"none\" stroke=\"#d62728\" "
          << "stroke-width=\"2\"/><text x=\"" << px(xs[i]) + 7 << "\" y=\"" << py(ys[i]) + 16
-         << "\" font-size=\"10\" fill=\"#d62728\">" << xml(it->second) << "</text>\n";
+         << "\" font-size=\"10\" fill=\"#d62728\">" << xml_escape(it->second) << "</text>\n";
   }
   // Legend.
   const double lx = left + 12, ly = top + 16;

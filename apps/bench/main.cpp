@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +24,7 @@
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
 #include "prune/compact.h"
+#include "prune/portfolio.h"
 #ifdef DNNS_HAVE_CUDA
 #include "kernels/cuda/cuda.h"
 #endif
@@ -35,14 +35,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-
-std::string cpu_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
-}
 
 // --device and --tf32: where the benchmark runs. Times on CUDA include a final synchronise.
 Device setup_device(const Flags& f) {
@@ -69,10 +61,11 @@ std::string device_description(Device d) {
   if (d == Device::CUDA) return cuda::device_name();
 #endif
   (void)d;
-  return cpu_name();
+  return cpu_model_name();
 }
 
 double percentile(std::vector<double> v, double p) {
+  check(!v.empty(), "no timed runs: --runs/--steps must be at least 1");
   std::sort(v.begin(), v.end());
   size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
   return v[i];
@@ -272,7 +265,7 @@ int bench_compact(int argc, char** argv) {
                           .add("macs_before", rep.macs_before)
                           .add("macs_after", rep.macs_after)
                           .add("max_logit_diff", double(diff))
-                          .add("cpu", cpu_name())
+                          .add("cpu", cpu_model_name())
                           .str()
                           .c_str());
   return 0;

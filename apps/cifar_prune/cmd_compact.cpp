@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <sstream>
 
 #include "apps/cifar_prune/commands.h"
@@ -14,8 +13,6 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json.h"
-#include "core/threading.h"
-#include "kernels/ops.h"
 #include "prune/compact.h"
 #include "prune/imp.h"
 #include "prune/json_value.h"

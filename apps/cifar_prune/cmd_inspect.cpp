@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "nn/model.h"
+#include "prune/mask.h"
 
 namespace dnns::app {
 
@@ -28,7 +29,7 @@ int cmd_inspect(int argc, char** argv) {
     int64_t masked = 0, total = 0;
     for (const auto& [name, mask] : m.masks) {
       total += mask.numel();
-      for (int64_t i = 0; i < mask.numel(); ++i) masked += mask[i] == 0.0f;
+      masked += mask.numel() - mask_count(mask);
     }
     std::printf("arch %s, %zu nodes, %lld parameters, %lld forward FLOPs (one image)\n", m.arch.c_str(),
                 m.nodes().size(), (long long)m.num_params(), (long long)(2 * m.forward_macs()));

@@ -5,7 +5,6 @@
 #include <cctype>
 #include <cstdio>
 #include <algorithm>
-#include <cstring>
 #include <string>
 #include <vector>
 

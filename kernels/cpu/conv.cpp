@@ -13,7 +13,6 @@
 // dy_block * col_block^T over the batch (see there for how the sum stays deterministic).
 // OpenBLAS runs single-threaded inside our tasks (core/threading.cpp).
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -35,17 +34,6 @@ namespace {
 // Columns per GEMM we aim for: fewer and OpenBLAS runs skinny, slow kernels; many more and
 // the column buffer (CRS x cols) no longer stays in L2 between im2col and GEMM.
 constexpr int kTargetCols = 512;
-
-// Refuses shapes the tiling arithmetic cannot handle (a zero stride, an empty output).
-void check_params(const Conv2dParams& p, const char* op) {
-  check(p.N >= 0 && p.C >= 1 && p.H >= 1 && p.W >= 1 && p.K >= 1 && p.R >= 1 && p.S >= 1 &&
-            p.stride >= 1 && p.pad >= 0 && p.H + 2 * p.pad >= p.R && p.W + 2 * p.pad >= p.S,
-        std::string(op) + ": invalid shape N=" + std::to_string(p.N) + " C=" + std::to_string(p.C) +
-            " H=" + std::to_string(p.H) + " W=" + std::to_string(p.W) + " K=" + std::to_string(p.K) +
-            " R=" + std::to_string(p.R) + " S=" + std::to_string(p.S) + " stride=" +
-            std::to_string(p.stride) + " pad=" + std::to_string(p.pad) +
-            " (need positive sizes, stride >= 1, pad >= 0, kernel no larger than the padded input)");
-}
 
 bool is_pointwise(const Conv2dParams& p) {
   return p.R == 1 && p.S == 1 && p.stride == 1 && p.pad == 0;
@@ -256,7 +244,7 @@ void run_tasks(int tasks, const std::function<void(int)>& body) {
 
 void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   // x (N, C, H, W)   w (K, C*R*S)   b (K) or nullptr   y (N, K, P, Q)
-  check_params(p, "conv2d_forward");
+  check_conv_params(p, "conv2d_forward");
   const int K = p.K, CRS = p.C * p.R * p.S, Q = p.Q(), PQ = p.P() * Q;
   const Tiling t = plan_tiles(p);
   run_tasks(t.tasks, [&](int task) {
@@ -290,7 +278,7 @@ void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w
   // dy (N, K, P, Q)   w (K, C*R*S)   dx (N, C, H, W)
   // dcol (CRS, cols) = w^T dy_block, then col2im adds each column back onto the pixels it
   // was read from. All blocks of one image run in one task, so col2im never races.
-  check_params(p, "conv2d_backward_data");
+  check_conv_params(p, "conv2d_backward_data");
   const int K = p.K, CRS = p.C * p.R * p.S, PQ = p.P() * p.Q();
   const int64_t image = (int64_t)p.C * p.H * p.W;
   const Tiling t = plan_tiles(p);
@@ -322,7 +310,7 @@ void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float*
   // into G contiguous groups (G = threads); each group sums into its own dw (group 0 into dw
   // itself) and the partials are added at the end in a fixed order, so the result does not
   // depend on scheduling (only on the thread count).
-  check_params(p, "conv2d_backward_weights");
+  check_conv_params(p, "conv2d_backward_weights");
   const int K = p.K, CRS = p.C * p.R * p.S;
   const int64_t wsize = (int64_t)K * CRS;
   const Tiling t = plan_tiles(p);

@@ -260,7 +260,7 @@ Status infer_node(const Graph& g, int i, NodePlan* plan, char* err, size_t len) 
       if (x.rank != 2 || x.c != nd.in_ch)
         return fail(err, len, kErrGraph, nd, "expected input (N, %d), got %s(%d, %d, %d)", nd.in_ch,
                     x.rank == 2 ? "features " : "", x.c, x.h, x.w);
-      if (nd.out_ch < 1) return fail(err, len, kErrGraph, nd, "invalid configuration out=%d", nd.out_ch);
+      if (nd.out_ch < 0) return fail(err, len, kErrGraph, nd, "invalid configuration out=%d", nd.out_ch);
       if (!nd.weight && int64_t(nd.in_ch) * nd.out_ch > 0) return fail(err, len, kErrGraph, nd, "missing weights");
       y.c = nd.out_ch;
       return kOk;

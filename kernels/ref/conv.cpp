@@ -13,19 +13,9 @@
 
 namespace dnns::ref {
 
-static void check_params(const Conv2dParams& p, const char* op) {
-  check(p.N >= 0 && p.C >= 1 && p.H >= 1 && p.W >= 1 && p.K >= 1 && p.R >= 1 && p.S >= 1 &&
-            p.stride >= 1 && p.pad >= 0 && p.H + 2 * p.pad >= p.R && p.W + 2 * p.pad >= p.S,
-        std::string(op) + ": invalid shape (need positive sizes, stride >= 1, pad >= 0, kernel "
-                          "no larger than the padded input), got N=" + std::to_string(p.N) +
-            " C=" + std::to_string(p.C) + " H=" + std::to_string(p.H) + " W=" + std::to_string(p.W) +
-            " K=" + std::to_string(p.K) + " R=" + std::to_string(p.R) + " S=" + std::to_string(p.S) +
-            " stride=" + std::to_string(p.stride) + " pad=" + std::to_string(p.pad));
-}
-
 void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   // x (N, C, H, W)   w (K, C, R, S)   b (K) or nullptr   y (N, K, P, Q)
-  check_params(p, "conv2d_forward");
+  check_conv_params(p, "conv2d_forward");
   const int N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, R = p.R, S = p.S;
   const int P = p.P(), Q = p.Q();
   for (int n = 0; n < N; ++n)
@@ -53,7 +43,7 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
 // dx element is one double sum, like the forward.
 void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
   // dy (N, K, P, Q)   w (K, C, R, S)   dx (N, C, H, W)
-  check_params(p, "conv2d_backward_data");
+  check_conv_params(p, "conv2d_backward_data");
   const int N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, R = p.R, S = p.S;
   const int P = p.P(), Q = p.Q();
   for (int n = 0; n < N; ++n)
@@ -85,7 +75,7 @@ void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w
 void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float* dy, float* dw,
                              float* db) {
   // x (N, C, H, W)   dy (N, K, P, Q)   dw (K, C, R, S)   db (K) or nullptr
-  check_params(p, "conv2d_backward_weights");
+  check_conv_params(p, "conv2d_backward_weights");
   const int N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, R = p.R, S = p.S;
   const int P = p.P(), Q = p.Q();
   for (int k = 0; k < K; ++k)

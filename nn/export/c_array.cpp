@@ -17,7 +17,7 @@ namespace {
 // Decimal text that reads back as exactly `v` (9 significant digits round-trip any float),
 // as a float literal.
 std::string float_literal(float v, const std::string& what) {
-  check(std::isfinite(v), "c export: " + what + " holds a non-finite value");
+  check(std::isfinite(v), [&] { return "c export: " + what + " holds a non-finite value"; });
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.9g", double(v));
   std::string s = buf;

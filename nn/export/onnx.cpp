@@ -7,7 +7,6 @@
 // (ONNX IR version 7, opset 13).
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <map>
 
 #include "core/error.h"
@@ -192,7 +191,7 @@ std::vector<float> values(const Tensor& t) { return t.numel() > 0 ? t.to_vector(
 }  // namespace
 
 std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
-  Model& m = const_cast<Model&>(model);  // read-only use; Layer accessors are not const
+  const Model& m = model;
   const std::vector<Node>& nodes = m.nodes();
   const int n = static_cast<int>(nodes.size());
   check(n >= 2, "onnx export: empty model");
