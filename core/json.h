@@ -1,10 +1,21 @@
-// A minimal JSON writer for logs, reports and manifests (JSON lines, metrics files).
+// JSON, both ways, in one module: a minimal writer for logs, reports and manifests (JSON lines,
+// metrics files) and a strict reader for the files we read back (the portfolio manifest, the
+// shifter's condition traces, run records).
+//
+// Reader: strict RFC 8259: one value, no comments, no trailing commas, no NaN; a duplicate key
+// in an object is refused (a manifest must not be ambiguous). Errors name the source, the line
+// and the column. The typed accessors (`json_field`, `json_int`, ...) take a `where` that says
+// which value is read ("manifest.json: variants[2].params"), so a bad file is refused with a
+// message that names the entry and the field.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dnns {
+
+// ---- writing ----------------------------------------------------------------------------
 
 std::string json_escape(const std::string& s);  // with the surrounding quotes
 
@@ -27,5 +38,35 @@ class Json {
 };
 
 std::string json_number(double v);  // shortest round-trip form; NaN/inf become null
+
+// ---- reading ----------------------------------------------------------------------------
+
+struct JsonValue {
+  enum class Type { Null, Bool, Number, String, Array, Object };
+  Type type = Type::Null;
+  bool boolean = false;
+  double number = 0;
+  std::string text;  // String: the unescaped UTF-8 value; Number: the literal as written
+  std::vector<JsonValue> items;                            // Array
+  std::vector<std::pair<std::string, JsonValue>> members;  // Object, in file order
+
+  // The member `key` of an object; nullptr when absent (or when this is not an object).
+  const JsonValue* find(const std::string& key) const;
+};
+
+const char* json_type_name(JsonValue::Type t);  // "null", "boolean", "number", ...
+
+// Parses `text`; throws Error "<where>: line L, column C: <problem>". Nesting deeper than 200
+// levels is refused.
+JsonValue parse_json(const std::string& text, const std::string& where);
+
+// Typed access. Each throws Error starting with `where` when the value has another type or is
+// out of range.
+const JsonValue& json_field(const JsonValue& object, const std::string& key, const std::string& where);
+double json_double(const JsonValue& v, const std::string& where);    // a finite number
+int64_t json_int(const JsonValue& v, const std::string& where);      // an integer literal within int64
+std::string json_string(const JsonValue& v, const std::string& where);
+bool json_bool(const JsonValue& v, const std::string& where);
+const std::vector<JsonValue>& json_array(const JsonValue& v, const std::string& where);
 
 }  // namespace dnns

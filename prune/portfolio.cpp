@@ -19,7 +19,6 @@
 #include "prune/compact.h"
 #include "prune/imp.h"
 #include "prune/infer.h"
-#include "prune/json_value.h"
 #include "prune/mask.h"
 
 namespace dnns {

@@ -9,7 +9,6 @@
 
 #include "core/error.h"
 #include "core/json.h"
-#include "prune/json_value.h"
 
 namespace dnns {
 

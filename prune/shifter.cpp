@@ -14,7 +14,6 @@
 #include "core/fs.h"
 #include "core/json.h"
 #include "prune/infer.h"
-#include "prune/json_value.h"
 #include "prune/report.h"
 
 namespace dnns {

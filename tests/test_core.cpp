@@ -1,7 +1,11 @@
-// core/: tensors (shapes, views, copies), the host block cache, errors, the RNG.
+// core/: tensors (shapes, views, copies), the host block cache, errors, the RNG, JSON.
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <functional>
+
 #include "core/error.h"
+#include "core/json.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 
@@ -63,4 +67,66 @@ TEST_CASE("rng: same seed, same stream; saved state resumes the stream") {
   }
   CHECK(std::abs(sum / 50000) < 0.02);
   CHECK(std::abs(sq / 50000 - 1.0) < 0.03);
+}
+
+namespace {
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+}  // namespace
+
+TEST_CASE("JSON: the reader parses what the manifest needs and refuses malformed text") {
+  JsonValue v = parse_json(R"( {"a": [1, -2.5e3, true, false, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}} )", "t");
+  REQUIRE(v.type == JsonValue::Type::Object);
+  const auto& a = json_array(json_field(v, "a", "t"), "t.a");
+  REQUIRE(a.size() == 5);
+  CHECK(json_int(a[0], "a0") == 1);
+  CHECK(json_double(a[1], "a1") == -2500.0);
+  CHECK(json_bool(a[2], "a2"));
+  CHECK(a[4].type == JsonValue::Type::Null);
+  CHECK(json_string(json_field(v, "s", "t"), "s") == "x\"\\/\n\xc3\xa9\xf0\x9f\x98\x80");
+  CHECK(json_field(v, "o", "t").members.empty());
+  CHECK(json_int(parse_json("9007199254740993", "t"), "big") == 9007199254740993LL);  // exact beyond 2^53
+
+  CHECK(contains(error_of([] { parse_json("{\"a\": 1,\n \"b\": }", "m.json"); }), "m.json: line 2, column 7"));
+  CHECK(contains(error_of([] { parse_json("{\"a\": 1, \"a\": 2}", "m"); }), "duplicate key \"a\""));
+  CHECK(contains(error_of([] { parse_json("[1, 2,]", "m"); }), "unexpected character ']'"));
+  CHECK(contains(error_of([] { parse_json("[01]", "m"); }), "leading zeros"));
+  CHECK(contains(error_of([] { parse_json("{\"a\": 1} x", "m"); }), "unexpected text after"));
+  CHECK(contains(error_of([] { parse_json("\"abc", "m"); }), "unterminated string"));
+  CHECK(contains(error_of([] { parse_json("NaN", "m"); }), "unexpected character 'N'"));
+  CHECK(contains(error_of([] { parse_json(std::string(300, '['), "m"); }), "nesting deeper"));
+  CHECK(contains(error_of([] { json_int(parse_json("1.5", "m"), "m: x"); }), "m: x: expected an integer"));
+  CHECK(contains(error_of([] { json_field(parse_json("{}", "m"), "params", "m: v"); }), "m: v: missing field 'params'"));
+  CHECK(contains(error_of([] { json_string(parse_json("3", "m"), "m: f"); }), "expected a string, got number '3'"));
+}
+
+TEST_CASE("JSON: what the writer writes, the reader reads back") {
+  const std::string odd = std::string("q\"b\\s\n\t\r") + '\x01' + "\xc3\xa9";
+  const std::string text = Json()
+                               .add("name", odd)
+                               .add("third", 1.0 / 3.0)
+                               .add("big", int64_t{-9007199254740993LL})
+                               .add("yes", true)
+                               .add("nan", std::nan(""))
+                               .add("xs", std::vector<double>{0.1, -2e-300, 5})
+                               .add_raw("raw", Json().add("k", 1).str())
+                               .str();
+  JsonValue v = parse_json(text, "round trip");
+  CHECK(json_string(json_field(v, "name", "r"), "r") == odd);
+  CHECK(json_double(json_field(v, "third", "r"), "r") == 1.0 / 3.0);  // shortest form, exact
+  CHECK(json_int(json_field(v, "big", "r"), "r") == -9007199254740993LL);
+  CHECK(json_bool(json_field(v, "yes", "r"), "r"));
+  CHECK(json_field(v, "nan", "r").type == JsonValue::Type::Null);  // NaN is written as null
+  const auto& xs = json_array(json_field(v, "xs", "r"), "r");
+  REQUIRE(xs.size() == 3);
+  CHECK(json_double(xs[1], "r") == -2e-300);
+  CHECK(json_int(json_field(json_field(v, "raw", "r"), "k", "r"), "r") == 1);
+  CHECK(v.members[0].first == "name");  // keys in insertion order
 }

@@ -1,6 +1,5 @@
-// The portfolio: the JSON reader behind its manifest, DNNShifter's choice of levels, a real
-// portfolio built end to end from a fake IMP run (IMP-like masks on a small ResNet-20) and
-// loaded back, and every kind of damaged portfolio refused with an error naming the entry.
+// The portfolio: DNNShifter's choice of levels, a real portfolio built end to end from a fake
+// IMP run (IMP-like masks on a small ResNet-20) and loaded back, and every kind of damaged portfolio refused with an error naming the entry.
 #include <doctest/doctest.h>
 
 #include "tests/test_util.h"
@@ -19,7 +18,6 @@
 #include "datasets/loader.h"
 #include "nn/models/zoo.h"
 #include "prune/infer.h"
-#include "prune/json_value.h"
 #include "prune/portfolio.h"
 #include "prune/report.h"
 
@@ -163,32 +161,6 @@ void edit_manifest(const std::string& dir, const std::string& name, const std::s
 }
 
 }  // namespace
-
-TEST_CASE("the JSON reader parses what the manifest needs and refuses malformed text") {
-  JsonValue v = parse_json(R"( {"a": [1, -2.5e3, true, false, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}} )", "t");
-  REQUIRE(v.type == JsonValue::Type::Object);
-  const auto& a = json_array(json_field(v, "a", "t"), "t.a");
-  REQUIRE(a.size() == 5);
-  CHECK(json_int(a[0], "a0") == 1);
-  CHECK(json_double(a[1], "a1") == -2500.0);
-  CHECK(json_bool(a[2], "a2"));
-  CHECK(a[4].type == JsonValue::Type::Null);
-  CHECK(json_string(json_field(v, "s", "t"), "s") == "x\"\\/\n\xc3\xa9\xf0\x9f\x98\x80");
-  CHECK(json_field(v, "o", "t").members.empty());
-  CHECK(json_int(parse_json("9007199254740993", "t"), "big") == 9007199254740993LL);  // exact beyond 2^53
-
-  CHECK(contains(error_of([] { parse_json("{\"a\": 1,\n \"b\": }", "m.json"); }), "m.json: line 2, column 7"));
-  CHECK(contains(error_of([] { parse_json("{\"a\": 1, \"a\": 2}", "m"); }), "duplicate key \"a\""));
-  CHECK(contains(error_of([] { parse_json("[1, 2,]", "m"); }), "unexpected character ']'"));
-  CHECK(contains(error_of([] { parse_json("[01]", "m"); }), "leading zeros"));
-  CHECK(contains(error_of([] { parse_json("{\"a\": 1} x", "m"); }), "unexpected text after"));
-  CHECK(contains(error_of([] { parse_json("\"abc", "m"); }), "unterminated string"));
-  CHECK(contains(error_of([] { parse_json("NaN", "m"); }), "unexpected character 'N'"));
-  CHECK(contains(error_of([] { parse_json(std::string(300, '['), "m"); }), "nesting deeper"));
-  CHECK(contains(error_of([] { json_int(parse_json("1.5", "m"), "m: x"); }), "m: x: expected an integer"));
-  CHECK(contains(error_of([] { json_field(parse_json("{}", "m"), "params", "m: v"); }), "m: v: missing field 'params'"));
-  CHECK(contains(error_of([] { json_string(parse_json("3", "m"), "m: f"); }), "expected a string, got number '3'"));
-}
 
 TEST_CASE("DNNShifter's levels: dense plus the level nearest each power-of-two compression") {
   // 20% pruning per level: compression 1.25^L of the prunable weights.

@@ -16,7 +16,7 @@
 #include "nn/models/zoo.h"
 #include "prune/compact.h"
 #include "prune/infer.h"
-#include "prune/json_value.h"
+#include "core/json.h"
 #include "prune/shifter.h"
 
 using namespace dnns;

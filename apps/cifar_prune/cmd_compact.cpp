@@ -15,7 +15,6 @@
 #include "core/json.h"
 #include "prune/compact.h"
 #include "prune/imp.h"
-#include "prune/json_value.h"
 #include "prune/report.h"
 
 namespace dnns::app {
