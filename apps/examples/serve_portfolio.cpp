@@ -11,6 +11,7 @@
 #include "core/cli.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/threading.h"
 #include "datasets/loader.h"
 #include "nn/models/zoo.h"
 #include "nn/trainer.h"
@@ -36,11 +37,10 @@ void build_tiny_portfolio(const std::string& dir, int levels) {
   PortfolioOptions opt;  // few timing calls: this is about serving, not measuring
   opt.latency_batch = 8, opt.latency_runs = 10, opt.latency_batch_runs = 3, opt.progress = false;
   Portfolio p;
-  p.arch = m.arch, p.input_shape = m.input_shape(), p.num_classes = 10, p.dense_params = m.num_params();
-  p.latency_batch = opt.latency_batch, p.data = "synthetic 16x16", p.machine = cpu_model_name();
+  p.arch = m.arch, p.input_shape = m.input_shape(), p.num_classes = 10, p.machine = cpu_model_name();
+  p.dense_params = m.num_params(), p.latency_batch = opt.latency_batch, p.threads = num_threads(), p.data = "synthetic";
   p.normalize_mean.assign(lo.normalize.mean.begin(), lo.normalize.mean.end());
   p.normalize_std.assign(lo.normalize.std.begin(), lo.normalize.std.end());
-  make_dirs(dir);
   std::vector<Model> compact(levels + 1);  // the saved variants, timed together at the end
   std::vector<const Model*> ptrs;
   for (int level = 0; level <= levels; ++level) {
@@ -59,12 +59,12 @@ int main(int argc, char** argv) {
   try {
     if (!flags.parse(argc, argv)) return 0;
     std::string dir = flags.str("portfolio");
-    if (dir.empty()) build_tiny_portfolio(dir = flags.str("out"), 5);
+    if (dir.empty()) make_dirs(dir = flags.str("out")), build_tiny_portfolio(dir, 5);
     Shifter shifter(load_portfolio(dir));  // every model file checked against the manifest
     const std::vector<VariantInfo>& v = shifter.portfolio().variants;
     std::printf("%s", portfolio_table(shifter.portfolio()).c_str());
     double least = v[0].memory_bytes_b1, most = 0;  // the least working memory, the best accuracy
-    for (const VariantInfo& e : v) least = std::min<double>(least, e.memory_bytes_b1), most = std::max(most, e.accuracy);
+    for (const auto& e : v) least = std::min<double>(least, e.memory_bytes_b1), most = std::max(most, e.accuracy);
     std::vector<Conditions> phases(4);  // no budget; the least memory; the best accuracy; the least memory
     phases[1].memory_bytes = phases[3].memory_bytes = static_cast<int64_t>(least);
     phases[2].min_accuracy = most;
