@@ -5,6 +5,7 @@ same measurements, printed as JSON lines. Run by bench/run.sh beside our numbers
   torch_peer.py train  --model vgg16 --batch 128 --steps 5 --threads 2
   torch_peer.py infer  --model resnet20 --batch 1 --runs 50 --threads 2
   torch_peer.py infer  --spec FILE ...   (a graph spec written by our code: same shapes)
+  torch_peer.py train  --device cuda [--tf32] ...   (the GPU peer of `bench train --device cuda`)
 """
 import argparse
 import json
@@ -153,9 +154,22 @@ def main():
     ap.add_argument('--steps', type=int, default=5)
     ap.add_argument('--runs', type=int, default=50)
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    ap.add_argument('--tf32', action='store_true', help='allow TF32 in matmuls and convolutions (cuda)')
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
+    dev = torch.device(a.device)
+    if a.device == 'cuda':
+        if not torch.cuda.is_available():
+            sys.exit('torch_peer.py: --device cuda but torch sees no CUDA device')
+        torch.backends.cudnn.benchmark = True  # as a user tuning for speed would
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
+
+    def sync():
+        if a.device == 'cuda':
+            torch.cuda.synchronize()
     if a.spec:
         with open(a.spec) as f:
             model = SpecNet(f.read())
@@ -163,10 +177,12 @@ def main():
     else:
         model = build(a.model)
         shape = [3, 32, 32]
-    x = torch.randn(a.batch, *shape)
-    out = {'peer': 'pytorch ' + torch.__version__, 'model': a.spec or a.model, 'batch': a.batch, 'threads': a.threads}
+    model = model.to(dev)
+    x = torch.randn(a.batch, *shape).to(dev)
+    out = {'peer': 'pytorch ' + torch.__version__, 'model': a.spec or a.model, 'batch': a.batch, 'threads': a.threads,
+           'device': torch.cuda.get_device_name(0) if a.device == 'cuda' else 'cpu', 'tf32': a.tf32}
     if a.command == 'train':
-        y = torch.randint(0, 10, (a.batch,))
+        y = torch.randint(0, 10, (a.batch,)).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         model.train()
         times = []
@@ -175,6 +191,7 @@ def main():
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step()
+            sync()
             if s >= 3:  # three warm-up steps: oneDNN builds its kernels on first use
                 times.append((time.perf_counter() - t0) * 1000)
         med = statistics.median(times)
@@ -185,9 +202,11 @@ def main():
         with torch.no_grad():
             for _ in range(3):
                 model(x)
+            sync()
             for _ in range(a.runs):
                 t0 = time.perf_counter()
                 model(x)
+                sync()
                 times.append((time.perf_counter() - t0) * 1000)
         times.sort()
         out.update(bench='infer', p50_ms=times[len(times) // 2], p99_ms=times[min(len(times) - 1, int(0.99 * len(times)))])

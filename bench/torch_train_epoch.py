@@ -4,7 +4,7 @@ copy): open_lth's ResNet-20 and settings (SGD lr 0.1, momentum 0.9, weight decay
 batch 128, pad-4 random crop + flip, per-channel normalisation), then test accuracy.
 Decoding happens before the clock starts, as our cached loader does.
 
-  bench/torch_train_epoch.py DATA_DIR [--threads 2] [--epochs 1] [--model resnet20]
+  bench/torch_train_epoch.py DATA_DIR [--threads 2] [--epochs 1] [--model resnet20] [--device cuda]
 """
 import argparse
 import json
@@ -39,7 +39,12 @@ def main():
     ap.add_argument('--epochs', type=int, default=1)
     ap.add_argument('--model', default='resnet20')
     ap.add_argument('--seed', type=int, default=1)
+    ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     a = ap.parse_args()
+    if a.device == 'cuda' and not torch.cuda.is_available():
+        sys.exit('torch_train_epoch.py: --device cuda but torch sees no CUDA device')
+    dev = torch.device(a.device)
+    torch.backends.cudnn.benchmark = True
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     t0 = time.time()
@@ -61,13 +66,15 @@ def main():
         elif isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data = torch.rand(m.weight.shape)
             m.bias.data.zero_()
+    model = model.to(dev)
+    xtr_f, xte_f, ytr_t, yte_t, pad_value = (t.to(dev) for t in (xtr_f, xte_f, ytr_t, yte_t, pad_value))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     n = xtr_f.shape[0]
     results = []
     for epoch in range(a.epochs):
         model.train()
         t0 = time.time()
-        perm = torch.randperm(n)
+        perm = torch.randperm(n, device=dev)
         seen, correct, loss_sum = 0, 0, 0.0
         for i in range(0, n, 128):
             idx = perm[i:i + 128]
@@ -75,9 +82,9 @@ def main():
             b = xb.shape[0]
             padded = pad_value.expand(b, 3, 40, 40).clone()
             padded[:, :, 4:36, 4:36] = xb
-            dy = torch.randint(0, 9, (b,))
-            dx = torch.randint(0, 9, (b,))
-            flip = torch.rand(b) < 0.5
+            dy = torch.randint(0, 9, (b,)).tolist()
+            dx = torch.randint(0, 9, (b,)).tolist()
+            flip = (torch.rand(b) < 0.5).to(dev)
             crops = torch.stack([padded[k, :, dy[k]:dy[k] + 32, dx[k]:dx[k] + 32] for k in range(b)])
             crops[flip] = crops[flip].flip(3)
             opt.zero_grad()
@@ -88,12 +95,15 @@ def main():
             seen += b
             correct += (out.argmax(1) == ytr_t[idx]).sum().item()
             loss_sum += loss.item() * b
+        if a.device == 'cuda':
+            torch.cuda.synchronize()
         train_s = time.time() - t0
         model.eval()
         with torch.no_grad():
             acc = sum((model(xte_f[i:i + 500]).argmax(1) == yte_t[i:i + 500]).sum().item()
                       for i in range(0, xte_f.shape[0], 500)) / xte_f.shape[0]
         results.append({'peer': 'pytorch ' + torch.__version__, 'model': a.model, 'epoch': epoch + 1,
+                        'device': torch.cuda.get_device_name(0) if a.device == 'cuda' else 'cpu',
                         'threads': a.threads, 'train_seconds': train_s, 'images_per_sec': n / train_s,
                         'train_loss': loss_sum / seen, 'train_accuracy': correct / seen,
                         'test_accuracy': acc, 'decode_seconds': decode_s})

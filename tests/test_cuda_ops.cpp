@@ -29,6 +29,10 @@ TEST_CASE("cuda: backend") { MESSAGE("built without CUDA: CUDA tests skipped"); 
 #include "kernels/cuda/cuda.h"
 #include "kernels/ops.h"
 #include "kernels/ref/ref.h"
+#include "nn/model.h"
+#include "nn/models/zoo.h"
+#include "nn/optim.h"
+#include "prune/mask.h"
 
 namespace {
 
@@ -57,19 +61,35 @@ Tensor dev(const Vec& v) { return Tensor::from({int64_t(v.size())}, v).to(Device
 Tensor dev_garbage(int64_t n) { return Tensor::full({n}, 777.0f, Device::CUDA); }
 
 // max |got - want| <= rtol * max(1, max |want|)
+// The largest |got - want| and where, with NaN sticky: a NaN anywhere makes the error NaN and
+// stays the worst element, whatever finite differences come after it.
+struct MaxError {
+  double err = 0.0, scale = 1.0;
+  size_t worst = 0;
+  bool nan = false;
+};
+MaxError max_error(const Vec& got, const Vec& want) {
+  MaxError m;
+  for (size_t i = 0; i < want.size() && i < got.size(); i++) {
+    m.scale = std::max(m.scale, double(std::fabs(want[i])));
+    const double d = std::fabs(double(got[i]) - double(want[i]));
+    if (m.nan) continue;
+    if (std::isnan(d)) {
+      m.nan = true, m.err = d, m.worst = i;
+    } else if (d > m.err) {
+      m.err = d, m.worst = i;
+    }
+  }
+  return m;
+}
+
 void check_close(const std::string& what, const Vec& got, const Vec& want, double rtol) {
   REQUIRE_MESSAGE(got.size() == want.size(), what << ": size " << got.size() << " vs " << want.size());
-  double scale = 1.0, err = 0.0;
-  size_t worst = 0;
-  for (size_t i = 0; i < want.size(); i++) {
-    scale = std::max(scale, double(std::fabs(want[i])));
-    const double d = std::fabs(double(got[i]) - double(want[i]));
-    if (!(d <= err)) err = d, worst = i;  // also catches NaN
-  }
-  const double tol = rtol * scale;
-  CHECK_MESSAGE(err <= tol, what << ": max |cuda - ref| = " << err << " at " << worst << " (cuda "
-                                 << (got.empty() ? 0.f : got[worst]) << ", ref "
-                                 << (want.empty() ? 0.f : want[worst]) << "), tolerance " << tol);
+  const MaxError m = max_error(got, want);
+  const double tol = rtol * m.scale;
+  CHECK_MESSAGE((!m.nan && m.err <= tol), what << ": max |cuda - ref| = " << m.err << " at " << m.worst << " (cuda "
+                                               << (got.empty() ? 0.f : got[m.worst]) << ", ref "
+                                               << (want.empty() ? 0.f : want[m.worst]) << "), tolerance " << tol);
 }
 
 void check_equal(const std::string& what, const Vec& got, const Vec& want) {
@@ -130,6 +150,34 @@ void check_conv_ops(const Conv2dParams& p, bool bias, uint64_t seed, double rtol
   if (bias) check_close("conv2d_backward_weights db", gb.to_vector(), db_ref, rtol);
 }
 
+struct LinearShape { int N, I, O; };
+std::vector<LinearShape> linear_shapes() {
+  return {LinearShape{5, 7, 3}, LinearShape{1, 1, 1}, LinearShape{33, 65, 17}, LinearShape{128, 256, 10}};
+}
+
+// Forward, backward data and backward weights of one linear shape against the reference.
+void check_linear_ops(const LinearShape s, bool bias, uint64_t seed, double rtol) {
+  INFO("linear N=" << s.N << " I=" << s.I << " O=" << s.O << (bias ? " with bias" : ""));
+  Rng rng(seed);
+  const Vec x = random_vec(rng, int64_t(s.N) * s.I), w = random_vec(rng, int64_t(s.O) * s.I);
+  const Vec b = random_vec(rng, s.O), dy = random_vec(rng, int64_t(s.N) * s.O);
+  Vec y_ref(size_t(s.N) * s.O), dx_ref(size_t(s.N) * s.I), dw_ref(size_t(s.O) * s.I), db_ref(s.O);
+  ref::linear_forward(s.N, s.I, s.O, x.data(), w.data(), bias ? b.data() : nullptr, y_ref.data());
+  ref::linear_backward_data(s.N, s.I, s.O, dy.data(), w.data(), dx_ref.data());
+  ref::linear_backward_weights(s.N, s.I, s.O, x.data(), dy.data(), dw_ref.data(), bias ? db_ref.data() : nullptr);
+
+  Tensor dx_ = dev(x), dw_ = dev(w), db_ = dev(b), ddy = dev(dy);
+  Tensor y = dev_garbage(int64_t(y_ref.size())), gx = dev_garbage(int64_t(dx_ref.size()));
+  Tensor gw = dev_garbage(int64_t(dw_ref.size())), gb = dev_garbage(s.O);
+  cuda::linear_forward(s.N, s.I, s.O, dx_.data(), dw_.data(), bias ? db_.data() : nullptr, y.data());
+  cuda::linear_backward_data(s.N, s.I, s.O, ddy.data(), dw_.data(), gx.data());
+  cuda::linear_backward_weights(s.N, s.I, s.O, dx_.data(), ddy.data(), gw.data(), bias ? gb.data() : nullptr);
+  check_close("linear_forward y", y.to_vector(), y_ref, rtol);
+  check_close("linear_backward_data dx", gx.to_vector(), dx_ref, rtol);
+  check_close("linear_backward_weights dw", gw.to_vector(), dw_ref, rtol);
+  if (bias) check_close("linear_backward_weights db", gb.to_vector(), db_ref, rtol);
+}
+
 std::vector<Conv2dParams> conv_shapes() {
   return {
       conv(2, 3, 7, 5, 4, 3, 3, 1, 1),     // odd sizes, padding
@@ -144,6 +192,100 @@ std::vector<Conv2dParams> conv_shapes() {
 }
 
 }  // namespace
+
+TEST_CASE("cuda: the tolerance checker itself: NaN is sticky, the worst element is found") {
+  // Runs without a device: every op check below rests on max_error.
+  const Vec want = {1.0f, 2.0f, 3.0f, 4.0f};
+  MaxError m = max_error({1.0f, NAN, 3.5f, 4.0f}, want);  // a finite error after the NaN
+  CHECK(m.nan);
+  CHECK(m.worst == 1);
+  m = max_error({NAN, 2.0f, 3.0f, 4.0f}, want);
+  CHECK(m.nan);
+  CHECK(m.worst == 0);
+  m = max_error({1.0f, 2.0f, 3.0f, INFINITY}, want);
+  CHECK(!m.nan);
+  CHECK(std::isinf(m.err));
+  m = max_error({1.0f, 2.25f, 3.0f, 3.5f}, want);
+  CHECK(!m.nan);
+  CHECK(m.err == 0.5);
+  CHECK(m.worst == 3);
+  CHECK(m.scale == 4.0);
+}
+
+TEST_CASE("cuda: the conv shape check refuses what ref and cpu refuse (before touching the device)") {
+  // Stride 2 with a kernel one larger than the padded input: P() rounds to 1, but the window
+  // never fits. ref and cpu refuse it; so must the CUDA kernels.
+  const Conv2dParams p = conv(1, 2, 4, 4, 3, 5, 5, 2, 0);
+  REQUIRE(p.P() >= 1);
+  CHECK_THROWS_AS(ref::conv2d_forward(p, nullptr, nullptr, nullptr, nullptr), Error);
+  CHECK_THROWS_WITH_AS(cuda::conv2d_forward(p, nullptr, nullptr, nullptr, nullptr),
+                       doctest::Contains("kernel no larger than the padded input"), Error);
+  CHECK_THROWS_AS(cuda::conv2d_backward_data(p, nullptr, nullptr, nullptr), Error);
+  CHECK_THROWS_AS(cuda::conv2d_backward_weights(p, nullptr, nullptr, nullptr, nullptr), Error);
+}
+
+TEST_CASE("cuda: whole-model SGD steps match the CPU from the same weights and batches") {
+  // Where a host read of a device tensor, a missed copy or a wrong stream would show: the
+  // whole training step (forward in train mode, loss, backward, masks, SGD with momentum and
+  // weight decay) of zoo models, on the GPU and on the CPU, from one initialisation.
+  if (!gpu_present()) return;
+  for (const char* name : {"resnet20", "vgg11"}) {
+    INFO("model " << name);
+    Model cpu = build_model(name);
+    Rng init(7);
+    init_model(cpu, init);
+    MaskSet masks = ones_masks(cpu);  // prune every third weight: the masks must hold on the GPU too
+    for (auto& [weight, mask] : masks) {
+      Vec v = mask.to_vector();
+      for (size_t i = 0; i < v.size(); i += 3) v[i] = 0.0f;
+      mask = Tensor::from(mask.shape(), v);
+    }
+    set_masks(cpu, masks);
+    Model gpu = cpu.clone();
+    gpu.to(Device::CUDA);
+    SgdParams hp;
+    hp.momentum = 0.9f, hp.weight_decay = 5e-4f;
+    Sgd sgd_cpu(hp), sgd_gpu(hp);
+    Rng data(8);
+    const int N = 16;
+    for (int step = 0; step < 3; step++) {
+      INFO("step " << step);
+      const Tensor x = Tensor::from({N, 3, 32, 32}, random_vec(data, int64_t(N) * 3 * 32 * 32, -2.0f, 2.0f));
+      Vec labels(N);
+      for (float& l : labels) l = float(data.below(10));
+      const Tensor y = Tensor::from({N}, labels);
+      Tensor lc = cpu.forward(x, true);
+      Tensor dlc = Tensor::uninit(lc.shape(), Device::CPU);
+      const float loss_c = ops::softmax_cross_entropy(lc, y, 0.0f, &dlc, nullptr);
+      cpu.backward(dlc);
+      sgd_cpu.step(cpu, 0.05f);
+      Tensor lg = gpu.forward(x.to(Device::CUDA), true);
+      Tensor dlg = Tensor::uninit(lg.shape(), Device::CUDA);
+      const float loss_g = ops::softmax_cross_entropy(lg, y.to(Device::CUDA), 0.0f, &dlg, nullptr);
+      gpu.backward(dlg);
+      sgd_gpu.step(gpu, 0.05f);
+      CHECK(std::isfinite(loss_g));
+      CHECK(std::fabs(double(loss_g) - double(loss_c)) <= 1e-3 * std::max(1.0, double(std::fabs(loss_c))));
+      check_close("logits", lg.to(Device::CPU).to_vector(), lc.to_vector(), 1e-3);
+    }
+    // Every parameter and buffer (running statistics too), and the masked weights still zero.
+    auto sc = cpu.state();
+    auto sg = gpu.state();
+    REQUIRE(sc.size() == sg.size());
+    for (size_t i = 0; i < sc.size(); i++) {
+      REQUIRE(sc[i].first == sg[i].first);
+      REQUIRE(sg[i].second->device() == Device::CUDA);
+      check_close(sc[i].first, sg[i].second->to(Device::CPU).to_vector(), sc[i].second->to_vector(), 2e-3);
+    }
+    for (auto& np : gpu.params())
+      if (np.param->prunable) {
+        const Vec v = np.param->value.to(Device::CPU).to_vector();
+        bool zeros_kept = true;
+        for (size_t i = 0; i < v.size(); i += 3) zeros_kept = zeros_kept && v[i] == 0.0f;
+        CHECK_MESSAGE(zeros_kept, np.name << ": a masked weight moved on the GPU");
+      }
+  }
+}
 
 TEST_CASE("cuda: without a device the backend reports it and refuses CUDA tensors") {
   if (cuda::device_count() > 0) return;  // the other cases cover a present device
@@ -248,6 +390,8 @@ TEST_CASE("cuda: conv2d and linear with TF32 enabled") {
   CHECK(cuda::tf32());
   check_conv_ops(conv(4, 16, 8, 8, 32, 3, 3, 1, 1), true, 200, 1e-2);
   check_conv_ops(conv(2, 8, 5, 6, 7, 1, 1, 1, 0), true, 201, 1e-2);
+  uint64_t seed = 210;
+  for (const LinearShape s : linear_shapes()) check_linear_ops(s, true, seed++, 1e-2);
   cuda::set_tf32(false);
   CHECK(!cuda::tf32());
   check_conv_ops(conv(4, 16, 8, 8, 32, 3, 3, 1, 1), true, 202, 1e-3);
@@ -297,33 +441,9 @@ TEST_CASE("cuda: results are deterministic run to run") {
 
 TEST_CASE("cuda: linear forward and backward") {
   if (!gpu_present()) return;
-  struct Shape { int N, I, O; };
   uint64_t seed = 400;
-  for (const Shape s : {Shape{5, 7, 3}, Shape{1, 1, 1}, Shape{33, 65, 17}, Shape{128, 256, 10}}) {
-    for (bool bias : {true, false}) {
-      INFO("linear N=" << s.N << " I=" << s.I << " O=" << s.O << (bias ? " with bias" : ""));
-      Rng rng(seed++);
-      const Vec x = random_vec(rng, int64_t(s.N) * s.I), w = random_vec(rng, int64_t(s.O) * s.I);
-      const Vec b = random_vec(rng, s.O), dy = random_vec(rng, int64_t(s.N) * s.O);
-      Vec y_ref(size_t(s.N) * s.O), dx_ref(size_t(s.N) * s.I), dw_ref(size_t(s.O) * s.I), db_ref(s.O);
-      ref::linear_forward(s.N, s.I, s.O, x.data(), w.data(), bias ? b.data() : nullptr, y_ref.data());
-      ref::linear_backward_data(s.N, s.I, s.O, dy.data(), w.data(), dx_ref.data());
-      ref::linear_backward_weights(s.N, s.I, s.O, x.data(), dy.data(), dw_ref.data(),
-                                   bias ? db_ref.data() : nullptr);
-
-      Tensor dx_ = dev(x), dw_ = dev(w), db_ = dev(b), ddy = dev(dy);
-      Tensor y = dev_garbage(int64_t(y_ref.size())), gx = dev_garbage(int64_t(dx_ref.size()));
-      Tensor gw = dev_garbage(int64_t(dw_ref.size())), gb = dev_garbage(s.O);
-      cuda::linear_forward(s.N, s.I, s.O, dx_.data(), dw_.data(), bias ? db_.data() : nullptr, y.data());
-      cuda::linear_backward_data(s.N, s.I, s.O, ddy.data(), dw_.data(), gx.data());
-      cuda::linear_backward_weights(s.N, s.I, s.O, dx_.data(), ddy.data(), gw.data(),
-                                    bias ? gb.data() : nullptr);
-      check_close("linear_forward y", y.to_vector(), y_ref, 1e-3);
-      check_close("linear_backward_data dx", gx.to_vector(), dx_ref, 1e-3);
-      check_close("linear_backward_weights dw", gw.to_vector(), dw_ref, 1e-3);
-      if (bias) check_close("linear_backward_weights db", gb.to_vector(), db_ref, 1e-3);
-    }
-  }
+  for (const LinearShape s : linear_shapes())
+    for (bool bias : {true, false}) check_linear_ops(s, bias, seed++, 1e-3);
 }
 
 TEST_CASE("cuda: batchnorm train, eval and backward") {
