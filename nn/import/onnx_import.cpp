@@ -53,6 +53,13 @@ std::string dtype_name(int t) {
   return n.empty() ? "data type " + std::to_string(t) : n;
 }
 
+// Per-image dims with the symbolic batch dimension in front: "(N, 32, 2, 2)".
+std::string batch_str(const Shape& dims) {
+  std::string s = "(N";
+  for (int64_t d : dims) s += ", " + std::to_string(d);
+  return s + ")";
+}
+
 std::string ints_str(const std::vector<int64_t>& v) {
   std::string s = "[";
   for (size_t k = 0; k < v.size(); ++k) s += (k ? ", " : "") + std::to_string(v[k]);
@@ -330,6 +337,14 @@ class Importer {
     return unique_name(s);
   }
 
+  // Ops on images: x must be (N, C, H, W), not a pooled (N, C).
+  void need_image(const onnx::NodeProto& n, const Val& x) const {
+    if (x.squeezed)
+      fail(n, "reads the (N, C, 1, 1) output of a GlobalAveragePool; only Flatten, Reshape, Gemm, MatMul, Relu "
+              "and Add may read it");
+    if (x.dims.size() != 3) fail(n, "expects a (N, C, H, W) input, got " + batch_str(x.dims));
+  }
+
   // Adds a layer reading `inputs`; the output's ONNX dims are ours without the batch.
   Val add_layer(const onnx::NodeProto& n, const std::string& name, std::unique_ptr<Layer> layer, std::vector<int> inputs) {
     std::vector<Shape> in_shapes;
@@ -424,7 +439,7 @@ class Importer {
   void conv(const onnx::NodeProto& n, Attrs& a) {
     const Val& x = tensor_in(n, 0);
     const Const& w = const_in(n, 1, true);
-    if (x.dims.size() != 3 || x.squeezed) fail(n, "expects a (N, C, H, W) input, got (N" + shape_str(x.dims).substr(1));
+    need_image(n, x);
     if (w.dims.size() != 4) fail(n, "weight shape " + shape_str(w.dims) + ": only 2-D convolutions are supported");
     const int64_t K = w.dims[0], C = w.dims[1], R = w.dims[2], S = w.dims[3];
     if (a.i("group", 1) != 1) fail(n, "attribute 'group' = " + std::to_string(a.i("group", 1)) + ": grouped convolutions are not supported");
@@ -451,7 +466,7 @@ class Importer {
 
   void batchnorm(const onnx::NodeProto& n, Attrs& a) {
     const Val& x = tensor_in(n, 0);
-    if (x.dims.size() != 3 || x.squeezed) fail(n, "expects a (N, C, H, W) input, got (N" + shape_str(x.dims).substr(1));
+    need_image(n, x);
     const int64_t C = x.dims[0];
     const char* roles[] = {"scale", "bias", "mean", "var"};
     std::vector<float> p[4];
@@ -483,7 +498,7 @@ class Importer {
 
   void pool(const onnx::NodeProto& n, Attrs& a, bool is_max) {
     const Val& x = tensor_in(n, 0);
-    if (x.dims.size() != 3 || x.squeezed) fail(n, "expects a (N, C, H, W) input, got (N" + shape_str(x.dims).substr(1));
+    need_image(n, x);
     std::vector<int64_t> ks = a.ints("kernel_shape", {});
     if (ks.size() != 2 || ks[0] != ks[1]) fail(n, "attribute 'kernel_shape' = " + ints_str(ks) + ": only square 2-D windows are supported");
     std::vector<int64_t> st = a.ints("strides", {1, 1});
@@ -507,7 +522,7 @@ class Importer {
 
   void global_pool(const onnx::NodeProto& n) {
     const Val& x = tensor_in(n, 0);
-    if (x.dims.size() != 3 || x.squeezed) fail(n, "expects a (N, C, H, W) input, got (N" + shape_str(x.dims).substr(1));
+    need_image(n, x);
     Val v = add_layer(n, layer_name(n), std::make_unique<GlobalAvgPool>(), {x.node});
     v.dims = {x.dims[0], 1, 1};
     v.squeezed = true;
@@ -570,14 +585,14 @@ class Importer {
     if (is_same) alias(n, x);
     else if (is_flatten) flatten_to_features(n, x);
     else
-      fail(n, "reshape of (N" + shape_str(x.dims).substr(1) + ") to " + ints_str(target.i[0]) + " (at batch " +
+      fail(n, "reshape of " + batch_str(x.dims) + " to " + ints_str(target.i[0]) + " (at batch " +
                   std::to_string(kProbeBatch[0]) + ") is not supported: only a flatten to (N, -1)");
   }
 
   // A linear layer on (N, I) features: weight (O, I), optional bias (O).
   Val linear(const onnx::NodeProto& n, const Val& x, int64_t O, int64_t I, std::vector<float> w,
              const std::vector<float>* b, int weight_input) {
-    if (!(x.dims.size() == 1 || x.squeezed)) fail(n, "expects (N, features) input, got (N" + shape_str(x.dims).substr(1));
+    if (!(x.dims.size() == 1 || x.squeezed)) fail(n, "expects (N, features) input, got " + batch_str(x.dims));
     if (shape_numel(x.dims) != I)
       fail(n, "weight needs " + std::to_string(I) + " input features, the input has " + std::to_string(shape_numel(x.dims)));
     auto fc = std::make_unique<Linear>(int(I), int(O), b != nullptr, /*zero_weight=*/false);
@@ -623,8 +638,8 @@ class Importer {
     const Val& b = in(n, 1);
     if (!a.is_const && !b.is_const) {
       if (a.dims != b.dims || a.squeezed != b.squeezed)
-        fail(n, "adds tensors of shapes (N" + shape_str(a.dims).substr(1) + ") and (N" + shape_str(b.dims).substr(1) +
-                    "); broadcasting between computed tensors is not supported");
+        fail(n, "adds tensors of shapes " + batch_str(a.dims) + " and " + batch_str(b.dims) +
+                    "; broadcasting between computed tensors is not supported");
       Val v = add_layer(n, layer_name(n), std::make_unique<Add>(), {a.node, b.node});
       v.dims = a.dims, v.squeezed = a.squeezed;
       set_out(n, v);
