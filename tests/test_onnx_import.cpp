@@ -348,6 +348,156 @@ TEST_CASE("onnx import: unsupported ops, attributes and data types are refused b
   }
 }
 
+// The float32 values of an initializer stored as raw data.
+std::vector<float> initializer_values(const onnx::ModelProto& p, const std::string& name) {
+  for (const auto& t : p.graph().initializer())
+    if (t.name() == name) {
+      std::vector<float> v(t.raw_data().size() / 4);
+      std::memcpy(v.data(), t.raw_data().data(), 4 * v.size());
+      return v;
+    }
+  FAIL("no initializer " << name);
+  return {};
+}
+onnx::TensorProto* add_initializer(onnx::ModelProto& p, const std::string& name, const Shape& dims,
+                                   const std::vector<float>& v) {
+  onnx::TensorProto* t = p.mutable_graph()->add_initializer();
+  t->set_name(name);
+  t->set_data_type(onnx::TensorProto::FLOAT);
+  for (int64_t d : dims) t->add_dims(d);
+  t->set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), 4 * v.size()));
+  return t;
+}
+// Appends a node and moves it to position `at` of the node list.
+onnx::NodeProto* insert_node(onnx::ModelProto& p, int at) {
+  auto* nodes = p.mutable_graph()->mutable_node();
+  nodes->Add();
+  for (int k = nodes->size() - 1; k > at; --k) nodes->SwapElements(k, k - 1);
+  return nodes->Mutable(at);
+}
+
+TEST_CASE("onnx import: a linear layer as MatMul + Add, and a constant Add after a bias-free conv") {
+  const Tensor x = read_floats(kFixtures + "/input.bin", kInput);
+  {
+    // vgg_eval's last Gemm (transB = 1, with bias) rewritten as PyTorch writes a linear layer
+    // on a rank-3 input: MatMul by the transposed weight, then an Add of the bias.
+    onnx::ModelProto p = fixture_proto("vgg_eval.onnx");
+    onnx::NodeProto* gemm = nullptr;
+    for (auto& n : *p.mutable_graph()->mutable_node())
+      if (n.op_type() == "Gemm") gemm = &n;
+    REQUIRE(gemm != nullptr);
+    const std::vector<float> w = initializer_values(p, gemm->input(1));  // (O, I)
+    const std::string bias = gemm->input(2), out = gemm->output(0);
+    const int64_t O = 10, I = static_cast<int64_t>(w.size()) / O;
+    std::vector<float> wt(w.size());  // (I, O)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t i = 0; i < I; ++i) wt[i * O + o] = w[o * I + i];
+    add_initializer(p, "fc_t", {I, O}, wt);
+    gemm->set_op_type("MatMul");
+    gemm->clear_attribute();
+    gemm->set_input(1, "fc_t");
+    gemm->mutable_input()->RemoveLast();
+    gemm->set_output(0, "fc_mm");
+    onnx::NodeProto* add = p.mutable_graph()->add_node();
+    add->set_op_type("Add");
+    add->set_name("fc_bias");
+    add->add_input("fc_mm");
+    add->add_input(bias);
+    add->add_output(out);
+    OnnxImportInfo info;
+    Model m = import_onnx_bytes(p.SerializeAsString(), "matmul.onnx", &info);
+    const Tensor want = read_floats(kFixtures + "/vgg.logits.bin", kLogits);
+    CHECK(max_abs_diff(m.forward(x, false), want) <= kTol * logit_scale(want));
+    CHECK(info.folded_adds == 1);
+    CHECK(count_kind(m, LayerKind::Linear) == 2);
+    CHECK(count_kind(m, LayerKind::Add) == 0);
+    // The same as one Gemm with the (I, O) weight (transB = 0) and alpha = 2 on a halved weight.
+    for (auto& t : *p.mutable_graph()->mutable_initializer())
+      if (t.name() == "fc_t") {
+        std::vector<float> half(wt);
+        for (float& v : half) v *= 0.5f;
+        t.set_raw_data(std::string(reinterpret_cast<const char*>(half.data()), 4 * half.size()));
+      }
+    gemm->set_op_type("Gemm");
+    gemm->add_input(bias);
+    gemm->set_output(0, out);
+    onnx::AttributeProto* alpha = gemm->add_attribute();
+    alpha->set_name("alpha");
+    alpha->set_type(onnx::AttributeProto::FLOAT);
+    alpha->set_f(2.0f);
+    p.mutable_graph()->mutable_node()->RemoveLast();  // the Add
+    Model g = import_onnx_bytes(p.SerializeAsString(), "gemm.onnx");
+    CHECK(max_abs_diff(g.forward(x, false), want) <= kTol * logit_scale(want));
+  }
+  {
+    // resnet_bn's stem conv has no bias. Add a per-channel constant after it, and the same to
+    // the batchnorm's running mean: the logits must not change, and the conv gains the bias.
+    onnx::ModelProto p = fixture_proto("resnet_bn.onnx");
+    int conv_at = -1;
+    for (int k = 0; k < p.graph().node_size(); ++k)
+      if (p.graph().node(k).op_type() == "Conv" && conv_at < 0) conv_at = k;
+    REQUIRE(conv_at >= 0);
+    onnx::NodeProto* conv = p.mutable_graph()->mutable_node(conv_at);
+    REQUIRE(conv->input_size() == 2);
+    const std::string out = conv->output(0);
+    conv->set_output(0, "stem_nobias");
+    onnx::NodeProto* bn = nullptr;
+    for (auto& n : *p.mutable_graph()->mutable_node())
+      if (n.op_type() == "BatchNormalization" && n.input(0) == out) bn = &n;
+    REQUIRE(bn != nullptr);
+    std::vector<float> mean = initializer_values(p, bn->input(3)), shift(mean.size());
+    for (size_t k = 0; k < mean.size(); ++k) shift[k] = 0.25f * float(k % 3) - 0.25f, mean[k] += shift[k];
+    add_initializer(p, "stem_shift", {1, int64_t(mean.size()), 1, 1}, shift);
+    add_initializer(p, "stem_mean", {int64_t(mean.size())}, mean);
+    bn->set_input(3, "stem_mean");
+    onnx::NodeProto* add = insert_node(p, conv_at + 1);
+    add->set_op_type("Add");
+    add->set_name("stem_add");
+    add->add_input("stem_shift");  // constant first: either order is an Add of a bias
+    add->add_input("stem_nobias");
+    add->add_output(out);
+    OnnxImportInfo info;
+    Model m = import_onnx_bytes(p.SerializeAsString(), "conv_add.onnx", &info);
+    const Tensor want = read_floats(kFixtures + "/resnet.logits.bin", kLogits);
+    CHECK(max_abs_diff(m.forward(x, false), want) <= kTol * logit_scale(want));
+    CHECK(info.folded_adds == 1);
+    const auto* stem = dynamic_cast<const Conv2d*>(m.nodes()[1].layer.get());
+    REQUIRE(stem != nullptr);
+    CHECK(stem->has_bias);
+    CHECK(stem->bias.value[1] == doctest::Approx(0.0f));
+    CHECK(stem->bias.value[2] == doctest::Approx(0.25f));
+    // Read by a second node too, the constant cannot become the conv's bias: refused by name.
+    onnx::NodeProto* relu = insert_node(p, conv_at + 1);
+    relu->set_op_type("Relu");
+    relu->set_name("second_reader");
+    relu->add_input("stem_nobias");
+    relu->add_output("unused");
+    CHECK(contains(import_error(p), "node 'stem_add' (Add): adds a constant of shape (1, 8, 1, 1) to 'stem_nobias'"));
+  }
+}
+
+TEST_CASE("onnx import: damaged files give an Error or a model, never a crash") {
+  const std::string good = file_bytes(kFixtures + "/resnet_bn.onnx");
+  Rng rng(3);
+  int refused = 0, imported = 0;
+  for (int t = 0; t < 400; ++t) {
+    std::string b = good;
+    if (t % 4 == 0) b.resize(rng.below(b.size()));  // cut anywhere
+    const int flips = 1 + int(rng.below(3));
+    for (int k = 0; k < flips && !b.empty(); ++k) b[rng.below(b.size())] = static_cast<char>(rng.below(256));
+    try {
+      import_onnx_bytes(b, "damaged.onnx");
+      ++imported;
+    } catch (const Error& e) {
+      ++refused;
+      CHECK(contains(e.what(), "damaged.onnx: "));
+    }
+  }
+  MESSAGE("400 damaged copies of resnet_bn.onnx: " << refused << " refused with an Error, " << imported
+                                                   << " imported (the damage hit weight values)");
+  CHECK(refused >= 100);  // every cut one at least
+}
+
 TEST_CASE("onnx import: missing, truncated and corrupt files are refused by name") {
   TempDir tmp("files");
   const std::string good = file_bytes(kFixtures + "/vgg_bn.onnx");

@@ -185,7 +185,13 @@ class Importer {
         if (!s.empty() && !vals_.count(s))
           fail(n, "reads '" + s + "', which no earlier node, initializer or graph input defines");
       check(n.output_size() >= 1 && !n.output(0).empty(), [&] { return where_ + ": node " + node_label(n) + " has no output"; });
-      node(n);
+      try {
+        node(n);
+      } catch (const Error& e) {
+        // Errors from our layers (a kernel larger than its input, ...) get the node's name.
+        if (std::string(e.what()).rfind(where_ + ": ", 0) == 0) throw;
+        fail(n, e.what());
+      }
     }
 
     check(g.output_size() == 1, [&] {
@@ -267,6 +273,12 @@ class Importer {
     const onnx::NodeProto& n_;
     std::set<std::string> read_;
   };
+
+  // A size read from the file (kernel, stride, padding) that our layers hold as int.
+  int size_attr(const onnx::NodeProto& n, const std::string& what, int64_t v, int64_t min) const {
+    if (v < min || v > (1 << 16)) fail(n, what + " = " + std::to_string(v) + " is out of range");
+    return static_cast<int>(v);
+  }
 
   bool has_input(const onnx::NodeProto& n, int k) const { return n.input_size() > k && !n.input(k).empty(); }
   const Val& in(const onnx::NodeProto& n, int k) const {
@@ -457,7 +469,9 @@ class Importer {
       fail(n, "attribute 'pads' = " + ints_str(pads) + ": only the same padding on all four sides is supported");
     const Const* b = has_input(n, 2) ? &const_in(n, 2, true) : nullptr;
     if (b && b->numel() != K) fail(n, "bias shape " + shape_str(b->dims) + " does not match " + std::to_string(K) + " filters");
-    auto layer = std::make_unique<Conv2d>(int(C), int(K), int(R), int(S), int(st[0]), int(pads[0]), b != nullptr,
+    size_attr(n, "kernel size", std::max(R, S), 1);
+    auto layer = std::make_unique<Conv2d>(int(C), int(K), int(R), int(S), size_attr(n, "attribute 'strides'", st[0], 1),
+                                          size_attr(n, "attribute 'pads'", pads[0], 0), b != nullptr,
                                           false, 0, 0, /*zero_weight=*/false);
     layer->weight.value = tensor_of({K, C, R, S}, w.f);
     if (b) layer->bias.value = tensor_of({K}, b->f);
@@ -514,10 +528,12 @@ class Importer {
     a.i("count_include_pad", 0);  // no padding: either way the same
     // ceil_mode rounds the output size up; without padding it changes nothing when the
     // windows tile the input exactly.
+    if (st[0] < 1) fail(n, "attribute 'strides' = " + ints_str(st) + " is out of range");
     if (a.i("ceil_mode", 0) != 0 && ((x.dims[1] - ks[0]) % st[0] != 0 || (x.dims[2] - ks[0]) % st[0] != 0))
       fail(n, "attribute 'ceil_mode' = 1 adds a partial window on this " + shape_str(x.dims) + " input; not supported");
     only_first_output(n);
-    set_out(n, add_layer(n, layer_name(n), std::make_unique<Pool2d>(is_max, int(ks[0]), int(st[0])), {x.node}));
+    const int k = size_attr(n, "attribute 'kernel_shape'", ks[0], 1), s = size_attr(n, "attribute 'strides'", st[0], 1);
+    set_out(n, add_layer(n, layer_name(n), std::make_unique<Pool2d>(is_max, k, s), {x.node}));
   }
 
   void global_pool(const onnx::NodeProto& n) {
@@ -566,19 +582,16 @@ class Importer {
         } else if (out[k] == -1) {
           if (infer >= 0) fail(n, "target shape " + ints_str(target.i[p]) + " has two -1");
           infer = int(k);
-        } else if (out[k] < 0) {
+        } else if (out[k] < 0 || out[k] > kMaxElements) {
           fail(n, "target shape " + ints_str(target.i[p]) + " is invalid");
         }
       }
-      if (infer >= 0) {
-        int64_t rest = 1;
-        for (size_t k = 0; k < out.size(); ++k)
-          if (int(k) != infer) rest *= out[k];
-        if (rest == 0 || shape_numel(in) % rest != 0)
-          fail(n, "cannot reshape " + shape_str(in) + " to " + ints_str(target.i[p]));
-        out[infer] = shape_numel(in) / rest;
-      }
-      if (shape_numel(out) != shape_numel(in)) fail(n, "cannot reshape " + shape_str(in) + " to " + ints_str(target.i[p]));
+      int64_t rest = 1;  // the product of the given dims (each at most kMaxElements: no overflow)
+      for (size_t k = 0; k < out.size(); ++k)
+        if (int(k) != infer) rest = std::min(rest * out[k], kMaxElements + 1);
+      const int64_t total = shape_numel(in);
+      if (infer >= 0 && rest > 0 && total % rest == 0) out[infer] = total / rest, rest = total;
+      if (rest != total) fail(n, "cannot reshape " + shape_str(in) + " to " + ints_str(target.i[p]));
       is_flatten = is_flatten && out == Shape{in[0], shape_numel(in) / in[0]};
       is_same = is_same && out == in;
     }
