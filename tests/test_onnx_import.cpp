@@ -145,6 +145,7 @@ struct Fixture {
 };
 const Fixture kCases[] = {{"vgg_eval.onnx", "vgg.logits.bin", 0},
                           {"vgg_bn.onnx", "vgg.logits.bin", 4},
+                          {"vgg_default.onnx", "vgg.logits.bin", 0},  // every default: batch fixed at 2
                           {"resnet_eval.onnx", "resnet.logits.bin", 0},
                           {"resnet_bn.onnx", "resnet.logits.bin", 9}};
 const Shape kInput = {2, 3, 16, 16}, kLogits = {2, 10};
@@ -201,6 +202,16 @@ TEST_CASE("onnx import: the graphs map onto our layers") {
   CHECK(count_kind(res, LayerKind::GlobalAvgPool) == 1);
   CHECK(count_kind(res, LayerKind::Flatten) == 0);  // GlobalAveragePool + Flatten is our (N, C) pool
   CHECK(res.find("blocks.1.shortcut.0") > 0);
+  // Exported with the batch fixed at 2 (Reshape to the constant [2, -1]): the imported model
+  // still takes any batch size.
+  Model fixed = import_onnx(kFixtures + "/vgg_default.onnx");
+  CHECK(count_kind(fixed, LayerKind::Flatten) == 1);
+  const Tensor x = read_floats(kFixtures + "/input.bin", kInput);
+  Tensor one({1, 3, 16, 16});
+  std::memcpy(one.data(), x.data(), 4 * one.numel());
+  const Tensor want = read_floats(kFixtures + "/vgg.logits.bin", kLogits);
+  const Tensor got = fixed.forward(one, false);
+  for (int k = 0; k < 10; ++k) CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-4));
 }
 
 TEST_CASE("onnx import: pruned in PyTorch, compacted exactly here") {

@@ -6,7 +6,7 @@
 // constant known at import time (an initializer, or shape arithmetic on them). Shape
 // arithmetic may depend on the batch size, which ONNX leaves symbolic: constants hold their
 // integer values at two probe batch sizes, and a Reshape is accepted only when its target
-// is the same flatten (or no change) at both.
+// is the same flatten (or no change) at both (at the file's batch size where it fixes one).
 #include "nn/import/onnx_import.h"
 
 #include <onnx/onnx_pb.h>
@@ -26,7 +26,6 @@ namespace dnns {
 namespace {
 
 constexpr int kProbes = 2;
-constexpr int64_t kProbeBatch[kProbes] = {2, 3};
 constexpr int64_t kMaxElements = int64_t(1) << 31;  // any one tensor (the file could not hold more)
 
 // A value known at import time. Floats are weights (batch-independent); integers are shapes
@@ -408,6 +407,12 @@ class Importer {
             what + ": dimension " + std::to_string(k) + " of (N, C, H, W) must be a fixed positive size");
       chw.push_back(d.dim_value());
     }
+    // Exported with a fixed batch size (no dynamic axes), the shape arithmetic before a
+    // Reshape was folded to constants for that batch: probe it at that batch only. A flatten
+    // at one batch size is a flatten at every size, which is what our Flatten layer does.
+    const auto& batch = tt.shape().dim(0);
+    if (batch.has_dim_value() && batch.dim_value() > 0 && batch.dim_value() <= (1 << 16))
+      probe_batch_ = {batch.dim_value(), batch.dim_value()};
     std::string name = sanitize(input->name());
     m_.add_input(chw, name.empty() ? "input" : name);
     shapes_.push_back({1, chw[0], chw[1], chw[2]});
@@ -571,7 +576,7 @@ class Importer {
     const bool allowzero = a.i("allowzero", 0) != 0;
     bool is_flatten = true, is_same = true;
     for (int p = 0; p < kProbes; ++p) {
-      Shape in = {kProbeBatch[p]};
+      Shape in = {probe_batch_[p]};
       in.insert(in.end(), x.dims.begin(), x.dims.end());
       Shape out = target.i[p];
       int infer = -1;
@@ -599,7 +604,7 @@ class Importer {
     else if (is_flatten) flatten_to_features(n, x);
     else
       fail(n, "reshape of " + batch_str(x.dims) + " to " + ints_str(target.i[0]) + " (at batch " +
-                  std::to_string(kProbeBatch[0]) + ") is not supported: only a flatten to (N, -1)");
+                  std::to_string(probe_batch_[0]) + ") is not supported: only a flatten to (N, -1)");
   }
 
   // A linear layer on (N, I) features: weight (O, I), optional bias (O).
@@ -778,7 +783,7 @@ class Importer {
       std::vector<int64_t> s;
       if (x.is_const) s = x.c.dims;
       else {
-        s = {kProbeBatch[p]};
+        s = {probe_batch_[p]};
         s.insert(s.end(), x.dims.begin(), x.dims.end());
       }
       const int64_t r = int64_t(s.size());
@@ -919,6 +924,9 @@ class Importer {
   std::map<std::string, Val> vals_;
   std::map<std::string, int> uses_;
   int index_ = 0;
+  // The batch sizes shape arithmetic is evaluated at: two, so that what depends on the batch
+  // shows; one, when the file fixes the batch size.
+  std::array<int64_t, kProbes> probe_batch_ = {2, 3};
 };
 
 }  // namespace
