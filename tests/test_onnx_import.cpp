@@ -487,6 +487,39 @@ TEST_CASE("onnx import: a linear layer as MatMul + Add, and a constant Add after
   }
 }
 
+TEST_CASE("onnx import: Dropout (opset 12+, with a bool training_mode) is an identity in inference only") {
+  const Tensor x = read_floats(kFixtures + "/input.bin", kInput);
+  const Tensor want = read_floats(kFixtures + "/resnet.logits.bin", kLogits);
+  for (const bool training : {false, true}) {
+    CAPTURE(training);
+    onnx::ModelProto p = fixture_proto("resnet_eval.onnx");
+    int gemm_at = -1;
+    for (int k = 0; k < p.graph().node_size(); ++k)
+      if (p.graph().node(k).op_type() == "Gemm") gemm_at = k;
+    REQUIRE(gemm_at >= 0);
+    const std::string features = p.graph().node(gemm_at).input(0);
+    onnx::TensorProto* mode = p.mutable_graph()->add_initializer();
+    mode->set_name("drop_training");
+    mode->set_data_type(onnx::TensorProto::BOOL);
+    mode->set_raw_data(std::string(1, training ? '\1' : '\0'));
+    add_initializer(p, "drop_ratio", {}, {0.5f});
+    onnx::NodeProto* drop = insert_node(p, gemm_at);
+    drop->set_op_type("Dropout");
+    drop->set_name("drop");
+    drop->add_input(features);
+    drop->add_input("drop_ratio");
+    drop->add_input("drop_training");
+    drop->add_output("dropped");
+    p.mutable_graph()->mutable_node(gemm_at + 1)->set_input(0, "dropped");
+    if (training) {
+      CHECK(contains(import_error(p), "node 'drop' (Dropout): training_mode is true"));
+    } else {
+      Model m = import_onnx_bytes(p.SerializeAsString(), "dropout.onnx");
+      CHECK(max_abs_diff(m.forward(x, false), want) <= kTol * logit_scale(want));
+    }
+  }
+}
+
 TEST_CASE("onnx import: damaged files give an Error or a model, never a crash") {
   const std::string good = file_bytes(kFixtures + "/resnet_bn.onnx");
   Rng rng(3);

@@ -113,20 +113,23 @@ Const decode_tensor(const onnx::TensorProto& t, const std::string& what) {
       return c;
     }
     case onnx::TensorProto::INT64:
-    case onnx::TensorProto::INT32: {
+    case onnx::TensorProto::INT32:
+    case onnx::TensorProto::BOOL: {  // booleans: Dropout's training_mode
       c.is_float = false;
-      const int bytes = t.data_type() == onnx::TensorProto::INT64 ? 8 : 4;
+      const int bytes = t.data_type() == onnx::TensorProto::INT64 ? 8 : t.data_type() == onnx::TensorProto::INT32 ? 4 : 1;
       std::vector<int64_t> v;
       if (t.has_raw_data()) {
         check(int64_t(raw.size()) == bytes * n, [&] { return size_error(int64_t(raw.size()) / bytes); });
         for (int64_t k = 0; k < n; ++k) {
           uint64_t u = le_bytes(raw, bytes * k, bytes);
-          v.push_back(bytes == 8 ? static_cast<int64_t>(u) : int64_t(static_cast<int32_t>(static_cast<uint32_t>(u))));
+          v.push_back(bytes == 8   ? static_cast<int64_t>(u)
+                      : bytes == 4 ? int64_t(static_cast<int32_t>(static_cast<uint32_t>(u)))
+                                   : int64_t(u != 0));
         }
       } else if (bytes == 8) {
         check(t.int64_data_size() == n, [&] { return size_error(t.int64_data_size()); });
         v.assign(t.int64_data().begin(), t.int64_data().end());
-      } else {
+      } else {  // int32 and bool values live in int32_data
         check(t.int32_data_size() == n, [&] { return size_error(t.int32_data_size()); });
         v.assign(t.int32_data().begin(), t.int32_data().end());
       }
@@ -135,7 +138,7 @@ Const decode_tensor(const onnx::TensorProto& t, const std::string& what) {
     }
     default:
       throw Error(what + ": data type " + dtype_name(t.data_type()) +
-                  " is not supported (float32 weights, int64/int32 shapes and indices only)");
+                  " is not supported (float32 weights, int64/int32 shapes and indices, bool flags only)");
   }
 }
 
