@@ -2,7 +2,8 @@
 # Installs the Debian packages dnnshifter builds against and builds a Release tree in build/.
 #
 #   scripts/setup.sh              packages + build (CUDA backend compiled when nvcc is found)
-#   scripts/setup.sh --with-torch also installs python3-torch, the peer of bench/run.sh
+#   scripts/setup.sh --with-torch also installs python3-torch, the peer of bench/run.sh (and the
+#                                 maker of the ONNX import fixtures, re-run by test_onnx_import)
 #
 # Environment: BUILD_DIR (default build), DNNS_CUDA (AUTO|ON|OFF, default AUTO),
 # JOBS (default: number of cores).
@@ -13,12 +14,13 @@ with_torch=0
 for arg in "$@"; do
   case "$arg" in
     --with-torch) with_torch=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
 
-packages=(build-essential cmake pkg-config libopenblas-dev libtbb-dev libstb-dev doctest-dev zlib1g-dev dataset-fashion-mnist)
+packages=(build-essential cmake pkg-config libopenblas-dev libtbb-dev libstb-dev doctest-dev zlib1g-dev dataset-fashion-mnist
+          libonnx-dev libprotobuf-dev)  # the last two: ONNX import (cifar_prune import)
 [ "$with_torch" = 1 ] && packages+=(python3-torch)
 
 missing=()

@@ -8,6 +8,7 @@ int cmd_imp(int argc, char** argv);
 int cmd_compact(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
 int cmd_export(int argc, char** argv);
+int cmd_import(int argc, char** argv);
 int cmd_portfolio(int argc, char** argv);
 int cmd_run(int argc, char** argv);
 }  // namespace dnns::app

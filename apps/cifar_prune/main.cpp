@@ -20,6 +20,7 @@ const char* kUsage =
     "  compact   exact structural compaction of IMP levels, verified on the test set\n"
     "  inspect   show what a model or checkpoint file holds\n"
     "  export    export a model for edge deployment: ONNX, or C arrays + the portable runtime\n"
+    "  import    read a CNN from ONNX (e.g. exported by PyTorch) into a model file, zeros as masks\n"
     "  portfolio compact variants of chosen IMP levels, verified and measured, for the shifter\n"
     "\n"
     "Run `cifar_prune COMMAND --help` for the flags of a command.\n";
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
     if (cmd == "compact") return dnns::app::cmd_compact(argc - 1, argv + 1);
     if (cmd == "inspect") return dnns::app::cmd_inspect(argc - 1, argv + 1);
     if (cmd == "export") return dnns::app::cmd_export(argc - 1, argv + 1);
+    if (cmd == "import") return dnns::app::cmd_import(argc - 1, argv + 1);
     if (cmd == "portfolio") return dnns::app::cmd_portfolio(argc - 1, argv + 1);
     if (cmd == "run") return dnns::app::cmd_run(argc - 1, argv + 1);
     std::fprintf(stderr, "cifar_prune: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
