@@ -72,6 +72,12 @@ DataPair load_data(const Flags& f) {
   to.batch_size = std::max<int64_t>(lo.batch_size, 256);
 
   DataPair d;
+  d.info.dataset = spec;
+  d.info.class_names = train.class_names;
+  if (train.channels == 3) d.info.channel_order = "RGB";
+  if (train.channels == 1) d.info.channel_order = "L";
+  d.info.mean = lo.normalize.mean;
+  d.info.std = lo.normalize.std;
   std::ostringstream os;
   os << spec << ": " << train.size() << " train / " << test.size() << " test images, " << train.channels << "x"
      << train.height << "x" << train.width << ", " << train.num_classes << " classes"
@@ -128,10 +134,11 @@ TrainConfig training_config(const Flags& f, int64_t bpe) {
   return c;
 }
 
-Model make_model(const Flags& f, const BatchSource& data) {
-  Model m = build_model(f.str("model"), data.num_classes(), data.image_shape());
+Model make_model(const Flags& f, const DataPair& data) {
+  Model m = build_model(f.str("model"), data.train->num_classes(), data.train->image_shape());
   Rng rng(static_cast<uint64_t>(f.integer("seed")));
   init_model(m, rng);
+  m.data_info = data.info;
   return m;
 }
 

@@ -21,12 +21,14 @@ Device setup_system(const Flags& f);
 struct DataPair {
   std::unique_ptr<Loader> train, test;
   std::string description;
+  DataInfo info;  // what training records in the model file (data set, classes, normalisation)
 };
 // Loads --data (train and test splits, with --train-subset/--test-subset) into loaders.
 DataPair load_data(const Flags& f);
 
 TrainConfig training_config(const Flags& f, int64_t batches_per_epoch);
-Model make_model(const Flags& f, const BatchSource& data);  // built and initialised from --seed
+// Built for the data's input shape and classes, initialised from --seed, data.info recorded.
+Model make_model(const Flags& f, const DataPair& data);
 
 // The hyper-parameters that define a run, as JSON; a resumed run must have the same.
 std::string hparams_json(const Flags& f, const std::string& command);
