@@ -146,7 +146,8 @@ std::string fetch_dataset(const std::string& name, const FetchOptions& opt) {
       download(url, file, (tmp / "curl.log").string());
       const std::string expected = opt.md5.count(f.name) ? opt.md5.at(f.name) : f.md5;
       const std::string got = md5_file(file);
-      check(got == expected, "data fetch: " + url + ": MD5 " + got + " differs from the published " + expected + " (" +
+      check(got == expected, "data fetch: " + url + ": MD5 " + got + " differs from the " +
+                                 (opt.md5.count(f.name) ? "expected (--md5) " : "published ") + expected + " (" +
                                  std::to_string(fs::file_size(file, ec)) +
                                  " bytes received): a damaged download or not the official file; nothing was kept");
       if (opt.verbose) std::fprintf(stderr, "  %s: MD5 %s verified\n", f.name.c_str(), got.c_str());
