@@ -417,7 +417,8 @@ static void write_data_info(const DataInfo& d, Archive& a) {
     for (size_t i = 0; i < d.class_names.size(); ++i) {
       check(d.class_names[i].find('\n') == std::string::npos,
             "model: class name '" + d.class_names[i] + "' holds a line break");
-      joined += (i ? "\n" : "") + d.class_names[i];
+      joined += i ? "\n" : "";
+      joined += d.class_names[i];
     }
     a.meta["data.classes"] = joined;
   }

@@ -43,6 +43,7 @@
 #include "datasets/dataset.h"
 #include "datasets/fetch.h"
 #include "datasets/loader.h"
+#include "nn/export/export.h"
 #include "nn/models/zoo.h"
 #include "nn/trainer.h"
 #include "prune/compact.h"
@@ -184,6 +185,20 @@ TEST_CASE("DataInfo: round trip, clone, checkpoint, compaction; older files load
     check_same_info(c.data_info, m.data_info);
     c.save((d / "c.dnns").string());
     check_same_info(Model::load((d / "c.dnns").string()).data_info, m.data_info);
+  }
+
+  // Exports carry it: ONNX metadata_props, and arrays in the C header.
+  {
+    std::string onnx = onnx_model_bytes(m);
+    CHECK(testing::contains(onnx, "dnnshifter.class_names"));
+    CHECK(testing::contains(onnx, "[\"plane\",\"car\",\"bird with, comma\","));
+    CHECK(testing::contains(onnx, "dnnshifter.normalize_std"));
+    CHECK(testing::contains(onnx, "/data/my set"));
+    export_c(m, (d / "c").string(), "net");
+    std::string h = read_text((d / "c" / "net.h").string());
+    CHECK(testing::contains(h, "static const char* const net_class_names[10] = {"));
+    CHECK(testing::contains(h, "\"bird with, comma\","));
+    CHECK(testing::contains(h, "static const float net_input_mean[3] = {"));
   }
 
   // An older file: no data.* entries. It loads, with empty info; to_archive writes no keys.

@@ -145,11 +145,17 @@ int cmd_eval(int argc, char** argv) {
 
   std::string names_json = "[", counts_json = "[", correct_json = "[", cm_json = "[";
   for (int64_t k = 0; k < K; ++k) {
-    names_json += (k ? "," : "") + json_escape(names[k]);
-    counts_json += (k ? "," : "") + std::to_string(per_count[k]);
-    correct_json += (k ? "," : "") + std::to_string(per_correct[k]);
+    names_json += k ? "," : "";
+    names_json += json_escape(names[k]);
+    counts_json += k ? "," : "";
+    counts_json += std::to_string(per_count[k]);
+    correct_json += k ? "," : "";
+    correct_json += std::to_string(per_correct[k]);
     cm_json += k ? ",[" : "[";
-    for (int64_t p = 0; p < K; ++p) cm_json += (p ? "," : "") + std::to_string(cm[k * K + p]);
+    for (int64_t p = 0; p < K; ++p) {
+      cm_json += p ? "," : "";
+      cm_json += std::to_string(cm[k * K + p]);
+    }
     cm_json += "]";
   }
   names_json += "]", counts_json += "]", correct_json += "]", cm_json += "]";

@@ -92,20 +92,19 @@ int cmd_predict(int argc, char** argv) {
 
     if (f.flag("json")) {
       std::string tops = "[";
-      for (int64_t r = 0; r < top; ++r)
-        tops += (r ? "," : "") + Json()
-                                     .add("class", order[r])
-                                     .add("name", names[order[r]])
-                                     .add("probability", prob[order[r]])
-                                     .str();
+      for (int64_t r = 0; r < top; ++r) {
+        tops += r ? "," : "";
+        tops += Json().add("class", order[r]).add("name", names[order[r]]).add("probability", prob[order[r]]).str();
+      }
       tops += "]";
-      predictions += (i > 1 ? "," : "") + Json()
-                                              .add("image", image)
-                                              .add("width", iw)
-                                              .add("height", ih)
-                                              .add_raw("top", tops)
-                                              .add("probabilities", prob)
-                                              .str();
+      predictions += i > 1 ? "," : "";
+      predictions += Json()
+                         .add("image", image)
+                         .add("width", iw)
+                         .add("height", ih)
+                         .add_raw("top", tops)
+                         .add("probabilities", prob)
+                         .str();
     } else {
       std::printf("%s (%dx%d%s):\n", image.c_str(), iw, ih,
                   iw == W && ih == H ? "" : (", resized to " + std::to_string(W) + "x" + std::to_string(H)).c_str());
@@ -116,8 +115,14 @@ int cmd_predict(int argc, char** argv) {
   predictions += "]";
   if (f.flag("json")) {
     std::string classes = "[", notes = "[";
-    for (int64_t k = 0; k < K; ++k) classes += (k ? "," : "") + json_escape(names[k]);
-    for (size_t k = 0; k < assumed.size(); ++k) notes += (k ? "," : "") + json_escape(assumed[k]);
+    for (int64_t k = 0; k < K; ++k) {
+      classes += k ? "," : "";
+      classes += json_escape(names[k]);
+    }
+    for (size_t k = 0; k < assumed.size(); ++k) {
+      notes += k ? "," : "";
+      notes += json_escape(assumed[k]);
+    }
     classes += "]", notes += "]";
     std::printf("%s\n", Json()
                             .add("model", path)
