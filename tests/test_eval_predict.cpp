@@ -418,6 +418,17 @@ TEST_CASE("cifar_prune eval and predict: the numbers of the trainer, of a compac
     const JsonValue& top0 = json_field(json_field(jo, "predictions", "").items[0], "top", "").items[0];
     CHECK(json_string(json_field(top0, "name", ""), "") == std::to_string(json_int(json_field(top0, "class", ""), "")));
 
+    // --mean/--std: the normalisation given on the command line.
+    Run pm = run({kBin, "predict", opath, small, "--json", "--mean", "0.5,0.25,0.125", "--std", "0.3,0.2,0.1"}, d);
+    REQUIRE_MESSAGE(pm.status == 0, pm.err);
+    std::vector<double> want_m = expected_probs(small_chw, {0.5f, 0.25f, 0.125f}, {0.3f, 0.2f, 0.1f});
+    JsonValue jm = parse_json(pm.out, "predict stdout (--mean/--std)");
+    CHECK(json_array(json_field(jm, "assumed", ""), "").size() == 1);  // only the class names
+    const auto& got_m = json_array(json_field(json_field(jm, "predictions", "").items[0], "probabilities", ""), "");
+    for (int k = 0; k < 10; ++k) CHECK(json_double(got_m[k], "") == doctest::Approx(want_m[k]).epsilon(1e-6));
+    Run bad_m = run({kBin, "predict", opath, small, "--mean", "0.5,0.5", "--std", "0.3,0.2,0.1"}, d);
+    CHECK(bad_m.status == 1);
+    CHECK(testing::contains(bad_m.err, "--mean needs 3 values (one per input channel), got 2"));
     Run eo = run({kBin, "eval", opath, "--threads", "2", "--json"}, d);
     CHECK(eo.status == 1);
     CHECK(testing::contains(eo.err, "records no data set; give --data"));

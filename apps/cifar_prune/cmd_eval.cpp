@@ -53,7 +53,8 @@ int cmd_eval(int argc, char** argv) {
           "mean loss, per-class accuracy, the confusion matrix and images/s of the pass (eval mode).\n"
           "The input is normalised with the mean/std the model file records (what training used); a\n"
           "file without them (older versions) gets the statistics of --data's training split, as\n"
-          "training computes them, and eval says so. Image folders are read at the model's input size.\n"
+          "training computes them, and eval says so; --mean/--std override both (a model trained\n"
+          "elsewhere). Image folders are read at the model's input size.\n"
           "--out writes eval.json, confusion.md and confusion.svg (a heat map, rows = true classes,\n"
           "shaded by the share of the row).");
   f.add("data", "", "data set (as for train); default: the one the model file records");
@@ -63,6 +64,7 @@ int cmd_eval(int argc, char** argv) {
   f.add("batch-size", "256", "images per forward pass");
   f.add("out", "", "folder for eval.json, confusion.md and confusion.svg ('' = none)");
   f.add_bool("json", "print the results as one JSON object on stdout (progress and notes stay on stderr)");
+  add_normalization_flags(f);
   add_system_flags(f);
   if (!f.parse(argc, argv, 1, 1)) return 0;
   check(f.positional().size() == 1, "cifar_prune eval: give one model file (see --help)");
@@ -103,7 +105,9 @@ int cmd_eval(int argc, char** argv) {
   lo.shuffle = false;
   lo.augment = false;
   std::string normalization = "recorded in the model file";
-  if (!info.mean.empty()) {
+  if (normalization_from_flags(f, static_cast<int>(in[0]), &lo.normalize)) {
+    normalization = "given by --mean/--std";
+  } else if (!info.mean.empty()) {
     lo.normalize.mean = info.mean;
     lo.normalize.std = info.std;
   } else {

@@ -24,9 +24,11 @@ int cmd_predict(int argc, char** argv) {
           "not kept, nothing is cropped), then normalised as x = (pixel/255 - mean[c]) / std[c] with the\n"
           "mean/std the model file records. A file without them (written before they were recorded)\n"
           "gets CIFAR-10's statistics for RGB and Fashion-MNIST's for gray inputs, and class indices\n"
-          "instead of names; predict says so on stderr and in the JSON (\"assumed\").");
+          "instead of names; predict says so on stderr and in the JSON (\"assumed\"). --mean/--std give the\n"
+          "normalisation of a model trained elsewhere.");
   f.add("top", "5", "how many classes to show per image (at most the model's classes)");
   f.add_bool("json", "print one JSON object on stdout: every image's top classes and all probabilities");
+  add_normalization_flags(f);
   f.add("threads", "0", "worker threads (0 = all cores)");
   if (!f.parse(argc, argv, 1, 1 << 20)) return 0;
   check(f.positional().size() >= 2, "cifar_prune predict: give a model file and at least one image (see --help)");
@@ -46,7 +48,9 @@ int cmd_predict(int argc, char** argv) {
 
   std::vector<std::string> assumed;
   ChannelStats stats;
-  if (!info.mean.empty()) {
+  if (normalization_from_flags(f, C, &stats)) {
+    // given on the command line
+  } else if (!info.mean.empty()) {
     stats.mean = info.mean, stats.std = info.std;
   } else if (C == 3) {
     stats = cifar10_stats();

@@ -1,5 +1,7 @@
 #include "apps/cifar_prune/common.h"
 
+#include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include "core/error.h"
@@ -140,6 +142,37 @@ Model make_model(const Flags& f, const DataPair& data) {
   init_model(m, rng);
   m.data_info = data.info;
   return m;
+}
+
+void add_normalization_flags(Flags& f) {
+  f.add("mean", "", "input normalisation mean per channel, comma-separated (e.g. 0.4914,0.4822,0.4465); "
+                    "overrides what the model file records (with --std)");
+  f.add("std", "", "input normalisation std per channel, comma-separated (with --mean)");
+}
+
+bool normalization_from_flags(const Flags& f, int channels, ChannelStats* out) {
+  const std::string m = f.str("mean"), s = f.str("std");
+  if (m.empty() && s.empty()) return false;
+  check(!m.empty() && !s.empty(), "--mean and --std go together");
+  auto parse = [&](const std::string& text, const std::string& flag) {
+    std::vector<float> v;
+    std::stringstream ss(text);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      char* end = nullptr;
+      const float x = std::strtof(item.c_str(), &end);
+      check(!item.empty() && end == item.c_str() + item.size() && std::isfinite(x),
+            "--" + flag + " expects comma-separated numbers, got '" + text + "'");
+      v.push_back(x);
+    }
+    check(static_cast<int>(v.size()) == channels, "--" + flag + " needs " + std::to_string(channels) +
+                                                      " values (one per input channel), got " + std::to_string(v.size()));
+    return v;
+  };
+  out->mean = parse(m, "mean");
+  out->std = parse(s, "std");
+  for (float x : out->std) check(x > 0, "--std values must be positive");
+  return true;
 }
 
 std::string hparams_json(const Flags& f, const std::string& command) {

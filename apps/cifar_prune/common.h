@@ -30,6 +30,13 @@ TrainConfig training_config(const Flags& f, int64_t batches_per_epoch);
 // Built for the data's input shape and classes, initialised from --seed, data.info recorded.
 Model make_model(const Flags& f, const DataPair& data);
 
+// --mean / --std: an input normalisation given on the command line (a model trained elsewhere,
+// or one whose recorded statistics should be overridden). Declares the flags.
+void add_normalization_flags(Flags& f);
+// True with `out` set when --mean and --std were given (both, `channels` values each, std > 0);
+// throws Error naming the flag otherwise; false when neither was given.
+bool normalization_from_flags(const Flags& f, int channels, ChannelStats* out);
+
 // The hyper-parameters that define a run, as JSON; a resumed run must have the same.
 std::string hparams_json(const Flags& f, const std::string& command);
 // Creates `dir` for a new run, or checks it belongs to the same run when resuming. Refuses
