@@ -1,11 +1,14 @@
 #include "datasets/fetch.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "core/error.h"
@@ -131,6 +134,19 @@ std::string fetch_dataset(const std::string& name, const FetchOptions& opt) {
     return final_dir;
   }
   make_dirs(opt.dir);
+  // A fetch killed midway (Ctrl-C) leaves its hidden temporary folder: remove those whose
+  // process is gone (a fetch running now in another process keeps its own).
+  const std::string stale_prefix = ".fetch-" + name + ".";
+  for (const auto& e : fs::directory_iterator(opt.dir, ec)) {
+    const std::string fn = e.path().filename().string();
+    if (fn.rfind(stale_prefix, 0) != 0) continue;
+    const long pid = std::strtol(fn.c_str() + stale_prefix.size(), nullptr, 10);
+    if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+      std::error_code rm;
+      fs::remove_all(e.path(), rm);
+      if (opt.verbose) std::fprintf(stderr, "removed %s, left by an interrupted fetch\n", e.path().c_str());
+    }
+  }
   const fs::path tmp = fs::path(opt.dir) / (".fetch-" + name + "." + std::to_string(::getpid()));
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);

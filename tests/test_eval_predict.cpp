@@ -649,6 +649,14 @@ TEST_CASE("data fetch: a local server; checksums, a missing file, the server dow
     CHECK_FALSE(fs::exists(out / "cifar-100-binary"));
     CHECK(nothing_partial(out));
     CHECK_THROWS_WITH_AS(fetch_dataset("mnist", o), doctest::Contains("known: cifar10, cifar100, fashion-mnist"), Error);
+    // The temporary folder of a fetch killed midway (its process gone) is removed by the next
+    // fetch; one of a live process (this one's parent) is left alone.
+    fs::create_directories(out / ".fetch-cifar10.999999999" / "unpacked");
+    fs::create_directories(out / (".fetch-cifar10." + std::to_string(::getppid())));
+    o.md5["cifar-10-binary.tar.gz"] = md5_of("cifar-10-binary.tar.gz");
+    fetch_dataset("cifar10", o);
+    CHECK_FALSE(fs::exists(out / ".fetch-cifar10.999999999"));
+    CHECK(fs::exists(out / (".fetch-cifar10." + std::to_string(::getppid()))));
   }
   fs::remove_all(d);
 }

@@ -1,5 +1,6 @@
 #include "apps/cifar_prune/common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -76,6 +77,8 @@ DataPair load_data(const Flags& f) {
   DataPair d;
   d.info.dataset = spec;
   d.info.class_names = train.class_names;
+  for (std::string& name : d.info.class_names)  // a folder name may hold one; the model file's list may not
+    std::replace(name.begin(), name.end(), '\n', ' ');
   if (train.channels == 3) d.info.channel_order = "RGB";
   if (train.channels == 1) d.info.channel_order = "L";
   d.info.mean = lo.normalize.mean;
