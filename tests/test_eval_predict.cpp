@@ -653,7 +653,7 @@ TEST_CASE("data fetch: a local server; checksums, a missing file, the server dow
     // fetch; one of a live process (this one's parent) is left alone.
     fs::create_directories(out / ".fetch-cifar10.999999999" / "unpacked");
     fs::create_directories(out / (".fetch-cifar10." + std::to_string(::getppid())));
-    o.md5["cifar-10-binary.tar.gz"] = md5_of("cifar-10-binary.tar.gz");
+    o.md5 = {{"cifar-10-binary.tar.gz", md5_of("cifar-10-binary.tar.gz")}};
     fetch_dataset("cifar10", o);
     CHECK_FALSE(fs::exists(out / ".fetch-cifar10.999999999"));
     CHECK(fs::exists(out / (".fetch-cifar10." + std::to_string(::getppid()))));
