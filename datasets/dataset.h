@@ -83,6 +83,13 @@ Dataset load_image_folder(const std::string& dir, int height, int width, int cha
                           const ImageFolderOptions& options = {},
                           ImageFolderReport* report = nullptr);
 
+// One image file decoded (stb_image: JPEG, PNG, BMP, GIF, TGA, PPM/PGM) the way
+// load_image_folder decodes each image: converted to `channels` (1 = luminance, 3 = RGB),
+// resized to height x width with resize_image. Returns (C, H, W); the file's own size goes to
+// native_h / native_w. Throws Error "<path>: cannot decode image (<reason>)".
+std::vector<uint8_t> load_image_file(const std::string& path, int channels, int height, int width,
+                                     int* native_h = nullptr, int* native_w = nullptr);
+
 // $DNNS_CACHE_DIR, else ~/.cache/dnnshifter, else /tmp/dnnshifter-cache (HOME unset or not
 // writable).
 std::string default_cache_dir();

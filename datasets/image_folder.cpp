@@ -70,6 +70,43 @@ std::vector<std::vector<Tap>> axis_taps(int src, int dst) {
 
 }  // namespace
 
+// Decodes `path` into out (C, H, W); false with *error set when stb_image cannot read it.
+static bool decode_image(const std::string& path, int C, int H, int W, uint8_t* out, std::string* error,
+                         int* native_h = nullptr, int* native_w = nullptr) {
+  int w = 0, h = 0, file_channels = 0;
+  std::unique_ptr<uint8_t, void (*)(void*)> hwc(stbi_load(path.c_str(), &w, &h, &file_channels, C),
+                                                &stbi_image_free);  // (h, w, C)
+  if (!hwc) {
+    const char* why = stbi_failure_reason();
+    *error = path + ": cannot decode image (" + (why ? why : "unknown reason") + ")";
+    return false;
+  }
+  if (native_h) *native_h = h;
+  if (native_w) *native_w = w;
+  // out: (C, H, W)
+  if (h == H && w == W) {
+    for (int c = 0; c < C; ++c)
+      for (int p = 0; p < H * W; ++p) out[size_t(c) * H * W + p] = hwc.get()[size_t(p) * C + c];
+  } else {
+    std::vector<uint8_t> chw(size_t(C) * h * w);  // (C, h, w)
+    for (int c = 0; c < C; ++c)
+      for (int p = 0; p < h * w; ++p) chw[size_t(c) * h * w + p] = hwc.get()[size_t(p) * C + c];
+    resize_image(chw.data(), C, h, w, out, H, W);
+  }
+  return true;
+}
+
+std::vector<uint8_t> load_image_file(const std::string& path, int channels, int height, int width, int* native_h,
+                                     int* native_w) {
+  check(channels == 1 || channels == 3, path + ": images are read with 1 or 3 channels, not " + std::to_string(channels));
+  check(height > 0 && width > 0, path + ": target size must be positive, got " + std::to_string(height) + "x" +
+                                     std::to_string(width));
+  std::vector<uint8_t> out(size_t(channels) * height * width);  // (C, H, W)
+  std::string error;
+  if (!decode_image(path, channels, height, width, out.data(), &error, native_h, native_w)) throw Error(error);
+  return out;
+}
+
 void resize_image(const uint8_t* src, int channels, int sh, int sw, uint8_t* dst, int dh, int dw) {
   check(channels > 0 && sh > 0 && sw > 0 && dh > 0 && dw > 0,
         "resize_image: sizes must be positive (" + std::to_string(sh) + "x" + std::to_string(sw) +
@@ -367,27 +404,10 @@ Dataset decode_all(const Listing& listing, int C, int H, int W) {
   std::string first_error;
   tbb::parallel_for(int64_t(0), n, [&](int64_t i) {
     const std::string path = listing.files[i].string();
-    int w = 0, h = 0, file_channels = 0;
-    std::unique_ptr<uint8_t, void (*)(void*)> hwc(stbi_load(path.c_str(), &w, &h, &file_channels, C),
-                                                  &stbi_image_free);  // (h, w, C)
-    if (!hwc) {
-      const char* why = stbi_failure_reason();
+    std::string error;
+    if (!decode_image(path, C, H, W, d.pixels.data() + i * d.image_bytes(), &error)) {
       std::lock_guard<std::mutex> lock(mu);
-      if (i < first_bad) {
-        first_bad = i;
-        first_error = path + ": cannot decode image (" + (why ? why : "unknown reason") + ")";
-      }
-      return;
-    }
-    uint8_t* out = d.pixels.data() + i * d.image_bytes();  // (C, H, W)
-    if (h == H && w == W) {
-      for (int c = 0; c < C; ++c)
-        for (int p = 0; p < H * W; ++p) out[size_t(c) * H * W + p] = hwc.get()[size_t(p) * C + c];
-    } else {
-      std::vector<uint8_t> chw(size_t(C) * h * w);  // (C, h, w)
-      for (int c = 0; c < C; ++c)
-        for (int p = 0; p < h * w; ++p) chw[size_t(c) * h * w + p] = hwc.get()[size_t(p) * C + c];
-      resize_image(chw.data(), C, h, w, out, H, W);
+      if (i < first_bad) first_bad = i, first_error = error;
     }
   });
   if (first_bad < n) throw Error(first_error);

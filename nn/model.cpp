@@ -1,5 +1,8 @@
 #include "nn/model.h"
 
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <sstream>
 
@@ -76,6 +79,7 @@ Model Model::clone() const {
   m.output_ = output_;
   m.device_ = device_;
   m.arch = arch;
+  m.data_info = data_info;
   for (const Node& n : nodes_) {
     std::unique_ptr<Layer> l;
     if (n.layer) {
@@ -378,11 +382,89 @@ Model Model::from_spec(const std::string& spec) {
   return m;
 }
 
+// ---- data_info in archive meta: "data.dataset", "data.classes" (names joined by '\n'),
+// "data.channels" ("RGB" or "L"), "data.mean" and "data.std" (comma-separated, %.9g: every
+// float round-trips exactly). Keys are written only when set.
+
+static std::string float_list(const std::vector<float>& v) {
+  std::string out;
+  char buf[32];
+  for (size_t i = 0; i < v.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "%s%.9g", i ? "," : "", double(v[i]));
+    out += buf;
+  }
+  return out;
+}
+
+static std::vector<float> parse_float_list(const std::string& s, const std::string& where) {
+  std::vector<float> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    char* end = nullptr;
+    float v = std::strtof(item.c_str(), &end);
+    check(!item.empty() && end == item.c_str() + item.size() && std::isfinite(v),
+          where + ": '" + item + "' is not a finite number");
+    out.push_back(v);
+  }
+  return out;
+}
+
+static void write_data_info(const DataInfo& d, Archive& a) {
+  if (!d.dataset.empty()) a.meta["data.dataset"] = d.dataset;
+  if (!d.class_names.empty()) {
+    std::string joined;
+    for (size_t i = 0; i < d.class_names.size(); ++i) {
+      check(d.class_names[i].find('\n') == std::string::npos,
+            "model: class name '" + d.class_names[i] + "' holds a line break");
+      joined += i ? "\n" : "";
+      joined += d.class_names[i];
+    }
+    a.meta["data.classes"] = joined;
+  }
+  if (!d.channel_order.empty()) a.meta["data.channels"] = d.channel_order;
+  if (!d.mean.empty()) a.meta["data.mean"] = float_list(d.mean);
+  if (!d.std.empty()) a.meta["data.std"] = float_list(d.std);
+}
+
+// Reads and checks what write_data_info wrote against the model's input and output shapes.
+static DataInfo read_data_info(const Archive& a, const Model& m, const std::string& where) {
+  DataInfo d;
+  auto get = [&](const char* key) { auto it = a.meta.find(key); return it == a.meta.end() ? std::string() : it->second; };
+  d.dataset = get("data.dataset");
+  const int64_t C = m.input_shape()[0];
+  if (a.meta.count("data.classes")) {
+    std::stringstream ss(get("data.classes"));
+    std::string name;
+    while (std::getline(ss, name, '\n')) d.class_names.push_back(name);
+    if (!get("data.classes").empty() && get("data.classes").back() == '\n') d.class_names.push_back("");
+    const int64_t classes = m.infer_shapes(1)[m.output_node()].back();
+    check(static_cast<int64_t>(d.class_names.size()) == classes,
+          where + ": meta 'data.classes' names " + std::to_string(d.class_names.size()) + " classes, the model has " +
+              std::to_string(classes) + " outputs");
+  }
+  d.channel_order = get("data.channels");
+  if (!d.channel_order.empty())
+    check((d.channel_order == "RGB" && C == 3) || (d.channel_order == "L" && C == 1),
+          where + ": meta 'data.channels' is '" + d.channel_order + "', which does not fit an input of " +
+              std::to_string(C) + " channels (expected RGB for 3, L for 1)");
+  if (a.meta.count("data.mean") || a.meta.count("data.std")) {
+    d.mean = parse_float_list(get("data.mean"), where + ": meta 'data.mean'");
+    d.std = parse_float_list(get("data.std"), where + ": meta 'data.std'");
+    check(static_cast<int64_t>(d.mean.size()) == C && static_cast<int64_t>(d.std.size()) == C,
+          where + ": meta 'data.mean' and 'data.std' need one value per input channel (" + std::to_string(C) +
+              "), got " + std::to_string(d.mean.size()) + " and " + std::to_string(d.std.size()));
+    for (float s : d.std) check(s >= 0, where + ": meta 'data.std' holds a negative value");
+  }
+  return d;
+}
+
 Archive Model::to_archive() const {
   Archive a;
   a.kind = "model";
   a.meta["graph"] = spec();
   a.meta["arch"] = arch;
+  write_data_info(data_info, a);
   Model& self = const_cast<Model&>(*this);
   for (auto& [name, t] : self.state()) a.tensors[name] = t->is_cpu() ? *t : t->to(Device::CPU);
   for (const auto& [name, t] : masks) a.tensors["mask:" + name] = t.is_cpu() ? t : t.to(Device::CPU);
@@ -398,6 +480,7 @@ Model Model::from_archive(const Archive& a, const std::string& where) {
     throw Error(where + ": " + e.what());
   }
   if (a.meta.count("arch")) m.arch = a.meta.at("arch");
+  m.data_info = read_data_info(a, m, where);
   std::set<std::string> used;
   for (auto& [name, t] : m.state()) {
     auto it = a.tensors.find(name);

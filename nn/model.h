@@ -13,6 +13,18 @@
 
 namespace dnns {
 
+// What a program receiving a model file needs to feed it and to label its output, recorded by
+// training (`cifar_prune train`, `imp`, `run`) and carried along by clone, checkpoints,
+// compaction, portfolios and exports. Files written before it existed hold none of it: every
+// field is then empty and the reader says what it assumes instead.
+struct DataInfo {
+  std::string dataset;                   // the data set trained on, as given to --data
+  std::vector<std::string> class_names;  // (classes) the label of each output; no '\n' inside
+  std::string channel_order;             // "RGB" (3 channels) or "L" (1, luminance)
+  std::vector<float> mean, std;          // (C) the input is x = (pixel / 255 - mean[c]) / std[c]
+  bool empty() const { return dataset.empty() && class_names.empty() && channel_order.empty() && mean.empty(); }
+};
+
 struct Node {
   std::string name;
   std::unique_ptr<Layer> layer;  // nullptr for the input node
@@ -42,6 +54,7 @@ class Model {
   std::vector<std::vector<int>> consumers() const;         // per node: the nodes reading it
   std::vector<Shape> infer_shapes(int64_t batch) const;    // per node output shape
   std::string arch;  // zoo name ("vgg16", "resnet20") or "custom"; informational
+  DataInfo data_info;  // empty for models from older files
 
   // ---- execution
   // x: (N, C, H, W) on the model's device -> logits (N, classes). In training mode the
@@ -72,7 +85,10 @@ class Model {
   // ---- text spec and files
   std::string spec() const;
   static Model from_spec(const std::string& spec);
-  Archive to_archive() const;  // kind "model": graph spec, arch, state, masks
+  // kind "model": graph spec, arch, data_info (meta "data.*", only when set), state, masks.
+  // from_archive checks data_info against the graph (one class name per output, one mean and
+  // std per input channel) and refuses a file where they disagree.
+  Archive to_archive() const;
   static Model from_archive(const Archive& a, const std::string& where);
   void save(const std::string& path) const;
   static Model load(const std::string& path);

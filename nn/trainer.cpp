@@ -14,17 +14,33 @@ static double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-EvalStats evaluate(Model& m, BatchSource& data, float label_smoothing) {
+EvalStats evaluate(Model& m, BatchSource& data, float label_smoothing, std::vector<int64_t>* confusion) {
   EvalStats s;
   double loss_sum = 0;
   data.start_epoch(0, 0);
   Batch b;
+  int64_t K = -1;
   while (data.next(b)) {
     Tensor x = b.images.device() == m.device() ? b.images : b.images.to(m.device());
     Tensor y = b.labels.device() == m.device() ? b.labels : b.labels.to(m.device());
     Tensor logits = m.forward(x, false);
     int correct = 0;
     float loss = ops::softmax_cross_entropy(logits, y, label_smoothing, nullptr, &correct);
+    if (confusion) {
+      Tensor lc = logits.is_cpu() ? logits : logits.to(Device::CPU);  // (N, K)
+      Tensor yc = b.labels.is_cpu() ? b.labels : b.labels.to(Device::CPU);  // (N)
+      if (K < 0) confusion->assign(size_t(lc.dim(1)) * lc.dim(1), 0), K = lc.dim(1);
+      const float* l = lc.data();
+      for (int64_t r = 0; r < lc.dim(0); ++r) {
+        int64_t best = 0;
+        for (int64_t k = 1; k < K; ++k)
+          if (l[r * K + k] > l[r * K + best]) best = k;
+        const int64_t t = static_cast<int64_t>(yc[r]);
+        check(t >= 0 && t < K, "evaluate: label " + std::to_string(t) + " is outside the model's " +
+                                   std::to_string(K) + " classes");
+        ++(*confusion)[t * K + best];
+      }
+    }
     loss_sum += double(loss) * b.size();
     s.correct += correct;
     s.examples += b.size();
@@ -104,8 +120,10 @@ void Trainer::restore(const Archive& a, const std::string& where) {
   Device dev = model_.device();
   loaded.to(dev);
   std::string arch = model_.arch;
+  DataInfo info = model_.data_info;  // a checkpoint of an older version holds none
   model_ = std::move(loaded);
   model_.arch = arch;
+  model_.data_info = info;
   sgd_.load_from(a, model_, where);
   step_ = static_cast<int64_t>(meta_get_u64(a, "step"));
 }

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/archive.h"
 #include "core/batch.h"
@@ -39,8 +40,11 @@ struct EvalStats {
   int64_t examples = 0, correct = 0;
 };
 
-// Mean loss and accuracy of `m` in eval mode over one pass of `data`.
-EvalStats evaluate(Model& m, BatchSource& data, float label_smoothing = 0.0f);
+// Mean loss and accuracy of `m` in eval mode over one pass of `data`. With `confusion`, also
+// the confusion matrix (K, K), K = the model's outputs: confusion[t * K + p] counts the
+// examples of true class t predicted as p (the first largest logit, as the accuracy counts).
+EvalStats evaluate(Model& m, BatchSource& data, float label_smoothing = 0.0f,
+                   std::vector<int64_t>* confusion = nullptr);
 
 class Trainer {
  public:

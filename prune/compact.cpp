@@ -822,6 +822,7 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
 
   Model c;
   c.arch = m.arch.empty() ? "compact" : m.arch + "-compact";
+  c.data_info = m.data_info;  // same input and classes: a compact model still labels its outputs
   std::vector<int> map(n, -1);
   map[0] = c.add_input(m.input_shape(), nodes[0].name);
   for (int i = 1; i < n; ++i) {

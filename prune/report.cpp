@@ -294,6 +294,70 @@ std::string render_line_plot_svg(const LinePlot& plot) {
   return os.str();
 }
 
+std::string render_heatmap_svg(const HeatMap& map) {
+  const size_t R = map.row_labels.size(), C = map.col_labels.size();
+  check(R > 0 && C > 0, "heat map '" + map.title + "': nothing to draw");
+  check(map.shade.size() == R * C, "heat map '" + map.title + "': " + std::to_string(map.shade.size()) +
+                                       " shades for " + std::to_string(R) + " x " + std::to_string(C) + " cells");
+  check(map.text.empty() || map.text.size() == R * C, "heat map '" + map.title + "': text needs one entry per cell");
+  for (double v : map.shade)
+    check(v >= 0 && v <= 1, "heat map '" + map.title + "': shade " + tick_text(v) + " is outside [0, 1]");
+  size_t longest = 1;
+  for (const std::string& l : map.row_labels) longest = std::max(longest, l.size());
+  for (const std::string& l : map.col_labels) longest = std::max(longest, l.size());
+  const double cell = std::clamp(560.0 / double(std::max(R, C)), 6.0, 48.0);
+  const double label_w = 12 + 6.5 * double(std::min<size_t>(longest, 24));  // room for the labels
+  const double left = 36 + label_w, top = 48 + label_w, bar_w = 16, right = 90;
+  const double W = left + cell * C + right, H = top + cell * R + 50;
+  const bool show_text = !map.text.empty() && cell >= 14;
+  const double fs = std::min(12.0, std::max(6.0, cell * 0.6));  // label font size
+  // White -> #08306b (dark blue), linearly per channel.
+  auto colour = [](double v) {
+    char buf[8];
+    auto mix = [&](int a, int b) { return static_cast<int>(std::lround(a + (b - a) * v)); };
+    std::snprintf(buf, sizeof buf, "#%02x%02x%02x", mix(255, 8), mix(255, 48), mix(255, 107));
+    return std::string(buf);
+  };
+  std::ostringstream os;
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+     << " " << H << "\" font-family=\"sans-serif\" font-size=\"" << fs << "\">\n"
+     << "<rect x=\"0\" y=\"0\" width=\"" << W << "\" height=\"" << H << "\" fill=\"white\"/>\n"
+     << "<text x=\"" << left + cell * C / 2 << "\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">"
+     << xml_escape(map.title) << "</text>\n";
+  for (size_t r = 0; r < R; ++r)
+    for (size_t c = 0; c < C; ++c) {
+      const double v = map.shade[r * C + c], x = left + cell * c, y = top + cell * r;
+      os << "<rect class=\"cell\" x=\"" << x << "\" y=\"" << y << "\" width=\"" << cell << "\" height=\"" << cell
+         << "\" fill=\"" << colour(v) << "\"/>\n";
+      if (show_text && !map.text[r * C + c].empty())
+        os << "<text x=\"" << x + cell / 2 << "\" y=\"" << y + cell / 2 + fs / 3 << "\" text-anchor=\"middle\" fill=\""
+           << (v > 0.5 ? "white" : "black") << "\">" << xml_escape(map.text[r * C + c]) << "</text>\n";
+    }
+  os << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << cell * C << "\" height=\"" << cell * R
+     << "\" fill=\"none\" stroke=\"black\"/>\n";
+  for (size_t r = 0; r < R; ++r)
+    os << "<text x=\"" << left - 6 << "\" y=\"" << top + cell * r + cell / 2 + fs / 3 << "\" text-anchor=\"end\">"
+       << xml_escape(map.row_labels[r]) << "</text>\n";
+  for (size_t c = 0; c < C; ++c)
+    os << "<text transform=\"translate(" << left + cell * c + cell / 2 + fs / 3 << " " << top - 6
+       << ") rotate(-90)\" text-anchor=\"start\">" << xml_escape(map.col_labels[c]) << "</text>\n";
+  os << "<text x=\"" << left + cell * C / 2 << "\" y=\"" << H - 16 << "\" text-anchor=\"middle\" font-size=\"12\">"
+     << xml_escape(map.x_label) << "</text>\n";
+  os << "<text transform=\"translate(18 " << top + cell * R / 2 << ") rotate(-90)\" text-anchor=\"middle\" "
+     << "font-size=\"12\">" << xml_escape(map.y_label) << "</text>\n";
+  // Colour bar: 0 at the bottom, 1 at the top, in ten steps.
+  const double bx = left + cell * C + 20, bh = std::min(200.0, cell * R);
+  for (int i = 0; i < 10; ++i)
+    os << "<rect x=\"" << bx << "\" y=\"" << top + bh * (9 - i) / 10 << "\" width=\"" << bar_w << "\" height=\""
+       << bh / 10 << "\" fill=\"" << colour((i + 0.5) / 10) << "\"/>\n";
+  os << "<rect x=\"" << bx << "\" y=\"" << top << "\" width=\"" << bar_w << "\" height=\"" << bh
+     << "\" fill=\"none\" stroke=\"black\"/>\n"
+     << "<text x=\"" << bx + bar_w + 4 << "\" y=\"" << top + 4 << "\" font-size=\"10\">1</text>\n"
+     << "<text x=\"" << bx + bar_w + 4 << "\" y=\"" << top + bh + 4 << "\" font-size=\"10\">0</text>\n";
+  os << "</svg>\n";
+  return os.str();
+}
+
 std::string accuracy_vs_sparsity_svg(const std::vector<LevelRecord>& records, const std::string& title) {
   std::map<int, const LevelRecord*> mag, rnd;
   for (const LevelRecord& r : records) (r.chain == "random" ? rnd : mag)[r.level] = &r;

@@ -65,6 +65,20 @@ struct LinePlot {
 // an x <= 0.
 std::string render_line_plot_svg(const LinePlot& plot);
 
+// ---- SVG heat maps (a confusion matrix) -------------------------------------------------
+
+struct HeatMap {
+  std::string title, x_label, y_label;         // x: columns, y: rows
+  std::vector<std::string> row_labels, col_labels;  // (R), (C)
+  std::vector<double> shade;      // (R, C) row-major, in [0, 1]: white (0) to dark blue (1)
+  std::vector<std::string> text;  // (R, C) drawn in each cell, or empty for none
+};
+// A standalone SVG document: one square cell per value, row labels at the left, column labels
+// (rotated) on top, a colour bar. Cells shrink with many classes (100 classes: 6 px cells; the
+// cell text is left out below 14 px). Throws Error on mismatched sizes or a shade outside
+// [0, 1] (NaN included).
+std::string render_heatmap_svg(const HeatMap& map);
+
 // Test accuracy (%) against weights remaining (%, log scale, 100% at the left), one line per
 // chain; the random chain starts from the shared dense level 0.
 std::string accuracy_vs_sparsity_svg(const std::vector<LevelRecord>& records, const std::string& title);

@@ -19,8 +19,8 @@ for arg in "$@"; do
   esac
 done
 
-packages=(build-essential cmake pkg-config libopenblas-dev libtbb-dev libstb-dev doctest-dev zlib1g-dev dataset-fashion-mnist
-          libonnx-dev libprotobuf-dev)  # the last two: ONNX import (cifar_prune import)
+packages=(build-essential cmake pkg-config curl libopenblas-dev libtbb-dev libstb-dev doctest-dev zlib1g-dev
+          dataset-fashion-mnist libonnx-dev libprotobuf-dev)  # onnx + protobuf: ONNX import; curl: data fetch
 [ "$with_torch" = 1 ] && packages+=(python3-torch)
 
 missing=()

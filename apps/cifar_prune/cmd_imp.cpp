@@ -68,7 +68,7 @@ int cmd_imp(int argc, char** argv) {
   DataPair data = load_data(f);
   std::fprintf(stderr, "data: %s\n", data.description.c_str());
   TrainConfig cfg = training_config(f, data.train->batches_per_epoch());
-  Model model = make_model(f, *data.train);
+  Model model = make_model(f, data);
   opt.ignore = parse_prune_ignore(f.str("prune-ignore"), model.arch);
   check_prune_ignore(model, opt.ignore);
   opt.rewind_step = f.str("rewind-step") == "auto" ? default_rewind_step(model.arch) : f.integer("rewind-step");

@@ -36,6 +36,20 @@ int cmd_inspect(int argc, char** argv) {
     if (total)
       std::printf("masks on %zu weights: %lld of %lld masked (%.2f%% remaining)\n", m.masks.size(), (long long)masked,
                   (long long)total, 100.0 * (total - masked) / total);
+    const DataInfo& d = m.data_info;
+    if (d.empty()) {
+      std::printf("data: not recorded (a file from before models recorded their data set)\n");
+    } else {
+      std::printf("data: %s, input %s %s", d.dataset.empty() ? "(unnamed)" : d.dataset.c_str(),
+                  shape_str(m.input_shape()).c_str(), d.channel_order.c_str());
+      for (size_t c = 0; c < d.mean.size(); ++c) std::printf("%s%.4f/%.4f", c ? " " : ", mean/std ", d.mean[c], d.std[c]);
+      std::printf("\n");
+      if (!d.class_names.empty()) {
+        std::printf("classes (%zu):", d.class_names.size());
+        for (size_t k = 0; k < d.class_names.size(); ++k) std::printf("%s%s", k ? ", " : " ", d.class_names[k].c_str());
+        std::printf("\n");
+      }
+    }
     if (a.meta.count("step")) std::printf("training step %s\n", a.meta.at("step").c_str());
     if (f.flag("graph")) std::printf("\n%s", m.spec().c_str());
     if (!f.str("spec-out").empty()) write_text_atomic(f.str("spec-out"), m.spec());

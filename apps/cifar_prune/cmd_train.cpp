@@ -26,7 +26,7 @@ int cmd_train(int argc, char** argv) {
   DataPair data = load_data(f);
   std::fprintf(stderr, "data: %s\n", data.description.c_str());
   TrainConfig cfg = training_config(f, data.train->batches_per_epoch());
-  Model model = make_model(f, *data.train);
+  Model model = make_model(f, data);
   model.to(dev);  // fails here, before any folder is made, when the device is missing
   prepare_run_dir(out, hp, f.flag("resume"));
   if (file_exists(out + "/metrics.json")) {

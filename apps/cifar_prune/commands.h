@@ -11,4 +11,7 @@ int cmd_export(int argc, char** argv);
 int cmd_import(int argc, char** argv);
 int cmd_portfolio(int argc, char** argv);
 int cmd_run(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_predict(int argc, char** argv);
+int cmd_data(int argc, char** argv);
 }  // namespace dnns::app

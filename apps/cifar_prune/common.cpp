@@ -1,5 +1,8 @@
 #include "apps/cifar_prune/common.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include "core/error.h"
@@ -72,6 +75,14 @@ DataPair load_data(const Flags& f) {
   to.batch_size = std::max<int64_t>(lo.batch_size, 256);
 
   DataPair d;
+  d.info.dataset = spec;
+  d.info.class_names = train.class_names;
+  for (std::string& name : d.info.class_names)  // a folder name may hold one; the model file's list may not
+    std::replace(name.begin(), name.end(), '\n', ' ');
+  if (train.channels == 3) d.info.channel_order = "RGB";
+  if (train.channels == 1) d.info.channel_order = "L";
+  d.info.mean = lo.normalize.mean;
+  d.info.std = lo.normalize.std;
   std::ostringstream os;
   os << spec << ": " << train.size() << " train / " << test.size() << " test images, " << train.channels << "x"
      << train.height << "x" << train.width << ", " << train.num_classes << " classes"
@@ -128,11 +139,43 @@ TrainConfig training_config(const Flags& f, int64_t bpe) {
   return c;
 }
 
-Model make_model(const Flags& f, const BatchSource& data) {
-  Model m = build_model(f.str("model"), data.num_classes(), data.image_shape());
+Model make_model(const Flags& f, const DataPair& data) {
+  Model m = build_model(f.str("model"), data.train->num_classes(), data.train->image_shape());
   Rng rng(static_cast<uint64_t>(f.integer("seed")));
   init_model(m, rng);
+  m.data_info = data.info;
   return m;
+}
+
+void add_normalization_flags(Flags& f) {
+  f.add("mean", "", "input normalisation mean per channel, comma-separated (e.g. 0.4914,0.4822,0.4465); "
+                    "overrides what the model file records (with --std)");
+  f.add("std", "", "input normalisation std per channel, comma-separated (with --mean)");
+}
+
+bool normalization_from_flags(const Flags& f, int channels, ChannelStats* out) {
+  const std::string m = f.str("mean"), s = f.str("std");
+  if (m.empty() && s.empty()) return false;
+  check(!m.empty() && !s.empty(), "--mean and --std go together");
+  auto parse = [&](const std::string& text, const std::string& flag) {
+    std::vector<float> v;
+    std::stringstream ss(text);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      char* end = nullptr;
+      const float x = std::strtof(item.c_str(), &end);
+      check(!item.empty() && end == item.c_str() + item.size() && std::isfinite(x),
+            "--" + flag + " expects comma-separated numbers, got '" + text + "'");
+      v.push_back(x);
+    }
+    check(static_cast<int>(v.size()) == channels, "--" + flag + " needs " + std::to_string(channels) +
+                                                      " values (one per input channel), got " + std::to_string(v.size()));
+    return v;
+  };
+  out->mean = parse(m, "mean");
+  out->std = parse(s, "std");
+  for (float x : out->std) check(x > 0, "--std values must be positive");
+  return true;
 }
 
 std::string hparams_json(const Flags& f, const std::string& command) {

@@ -21,12 +21,21 @@ Device setup_system(const Flags& f);
 struct DataPair {
   std::unique_ptr<Loader> train, test;
   std::string description;
+  DataInfo info;  // what training records in the model file (data set, classes, normalisation)
 };
 // Loads --data (train and test splits, with --train-subset/--test-subset) into loaders.
 DataPair load_data(const Flags& f);
 
 TrainConfig training_config(const Flags& f, int64_t batches_per_epoch);
-Model make_model(const Flags& f, const BatchSource& data);  // built and initialised from --seed
+// Built for the data's input shape and classes, initialised from --seed, data.info recorded.
+Model make_model(const Flags& f, const DataPair& data);
+
+// --mean / --std: an input normalisation given on the command line (a model trained elsewhere,
+// or one whose recorded statistics should be overridden). Declares the flags.
+void add_normalization_flags(Flags& f);
+// True with `out` set when --mean and --std were given (both, `channels` values each, std > 0);
+// throws Error naming the flag otherwise; false when neither was given.
+bool normalization_from_flags(const Flags& f, int channels, ChannelStats* out);
 
 // The hyper-parameters that define a run, as JSON; a resumed run must have the same.
 std::string hparams_json(const Flags& f, const std::string& command);

@@ -22,6 +22,9 @@ const char* kUsage =
     "  export    export a model for edge deployment: ONNX, or C arrays + the portable runtime\n"
     "  import    read a CNN from ONNX (e.g. exported by PyTorch) into a model file, zeros as masks\n"
     "  portfolio compact variants of chosen IMP levels, verified and measured, for the shifter\n"
+    "  eval      accuracy, loss, per-class accuracy and confusion matrix of a model on a data set\n"
+    "  predict   the top classes of image files (JPEG, PNG, ...) with probabilities\n"
+    "  data      fetch a data set: `data fetch cifar10|cifar100|fashion-mnist [--dir D]`\n"
     "\n"
     "Run `cifar_prune COMMAND --help` for the flags of a command.\n";
 
@@ -43,6 +46,9 @@ int main(int argc, char** argv) {
     if (cmd == "import") return dnns::app::cmd_import(argc - 1, argv + 1);
     if (cmd == "portfolio") return dnns::app::cmd_portfolio(argc - 1, argv + 1);
     if (cmd == "run") return dnns::app::cmd_run(argc - 1, argv + 1);
+    if (cmd == "eval") return dnns::app::cmd_eval(argc - 1, argv + 1);
+    if (cmd == "predict") return dnns::app::cmd_predict(argc - 1, argv + 1);
+    if (cmd == "data") return dnns::app::cmd_data(argc - 1, argv + 1);
     std::fprintf(stderr, "cifar_prune: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {

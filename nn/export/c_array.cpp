@@ -1,5 +1,6 @@
 // C-array export: the model as constant arrays and a static node table of the portable runtime,
 // written next to the runtime's sources, for programs with no file system (see export.h).
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -139,6 +140,37 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
     << "#define " << macro << "_OUTPUT_SIZE " << int64_t(out.c) * out.h * out.w << "\n"
     << "// Activation floats one image needs (the arena of a batch of N is N times this).\n"
     << "#define " << macro << "_ARENA_FLOATS_PER_IMAGE " << per_image << "\n\n";
+  // What the model file records about its data (nn/model.h, DataInfo): labels of the outputs
+  // and the input normalisation x = (pixel / 255 - mean[c]) / std[c] the caller must apply.
+  const DataInfo& di = m.data_info;
+  if (!di.dataset.empty() || !di.channel_order.empty()) {
+    std::string ds = di.dataset;
+    std::replace(ds.begin(), ds.end(), '\n', ' ');
+    h << "// Trained on: " << (ds.empty() ? "(unnamed)" : ds) << "; input channels "
+      << (di.channel_order.empty() ? "(not recorded)" : di.channel_order) << ".\n";
+  }
+  if (!di.class_names.empty() && static_cast<int64_t>(di.class_names.size()) == int64_t(out.c) * out.h * out.w) {
+    h << "static const char* const " << name << "_class_names[" << di.class_names.size() << "] = {";
+    for (const std::string& cn : di.class_names) {
+      h << "\n    \"";
+      for (unsigned char ch : cn) {
+        if (ch == '"' || ch == '\\') h << '\\' << ch;
+        else if (ch < 32 || ch >= 127) h << '\\' << char('0' + (ch >> 6)) << char('0' + ((ch >> 3) & 7)) << char('0' + (ch & 7));
+        else h << ch;
+      }
+      h << "\",";
+    }
+    h << "\n};\n";
+  }
+  if (!di.mean.empty()) {
+    for (const auto& [label, values] : {std::pair<const char*, const std::vector<float>*>{"mean", &di.mean},
+                                        {"std", &di.std}}) {
+      h << "static const float " << name << "_input_" << label << "[" << values->size() << "] = {";
+      for (float v : *values) h << " " << float_literal(v, std::string("input ") + label) << ",";
+      h << " };\n";
+    }
+  }
+  h << "\n";
 
   // One array per parameter tensor; the node table refers to them by name.
   std::vector<std::vector<std::string>> refs(pg.nodes.size(), std::vector<std::string>(5, "nullptr"));

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "core/json.h"
 #include "core/fs.h"
 #include "nn/export/export.h"
 
@@ -56,7 +57,8 @@ class Message {
 // onnx.proto field numbers and enums used here.
 namespace f {
 constexpr int kModelIrVersion = 1, kModelProducerName = 2, kModelProducerVersion = 3, kModelGraph = 7,
-              kModelOpsetImport = 8;
+              kModelOpsetImport = 8, kModelMetadataProps = 14;
+constexpr int kEntryKey = 1, kEntryValue = 2;  // StringStringEntryProto
 constexpr int kOpsetDomain = 1, kOpsetVersion = 2;
 constexpr int kGraphNode = 1, kGraphName = 2, kGraphInitializer = 5, kGraphInput = 11, kGraphOutput = 12;
 constexpr int kNodeInput = 1, kNodeOutput = 2, kNodeName = 3, kNodeOpType = 4, kNodeAttribute = 5;
@@ -347,6 +349,32 @@ std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
   model_proto.string(f::kModelProducerVersion, "1");
   model_proto.message(f::kModelGraph, gb.graph());
   model_proto.message(f::kModelOpsetImport, opset);
+  // metadata_props: what the model file records about its data (nn/model.h, DataInfo), as
+  // "dnnshifter.*" keys; lists as JSON arrays.
+  auto meta = [&](const std::string& key, const std::string& value) {
+    Message entry;
+    entry.string(f::kEntryKey, key);
+    entry.string(f::kEntryValue, value);
+    model_proto.message(f::kModelMetadataProps, entry);
+  };
+  auto json_list = [](const auto& items, auto encode) {
+    std::string out = "[";
+    for (size_t i = 0; i < items.size(); ++i) {
+      out += i ? "," : "";
+      out += encode(items[i]);
+    }
+    return out + "]";
+  };
+  const DataInfo& di = m.data_info;
+  if (!di.dataset.empty()) meta("dnnshifter.dataset", di.dataset);
+  if (!di.class_names.empty())
+    meta("dnnshifter.class_names", json_list(di.class_names, [](const std::string& s) { return json_escape(s); }));
+  if (!di.channel_order.empty()) meta("dnnshifter.channel_order", di.channel_order);
+  if (!di.mean.empty()) {
+    auto num = [](float v) { return json_number(v); };
+    meta("dnnshifter.normalize_mean", json_list(di.mean, num));
+    meta("dnnshifter.normalize_std", json_list(di.std, num));
+  }
   gb.info.bytes = static_cast<int64_t>(model_proto.str().size());
   if (info_out) *info_out = gb.info;
   return model_proto.str();
