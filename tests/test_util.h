@@ -21,6 +21,7 @@
 #include "core/rng.h"
 #include "kernels/params.h"
 #include "nn/model.h"
+#include "nn/models/zoo.h"
 
 extern char** environ;
 
@@ -205,6 +206,26 @@ inline void random_masks(Model& m, Rng& rng, float dead_filter_fraction, float w
     m.masks[p.name] = mask;
   }
   m.apply_masks();
+}
+
+// A small hand-built graph with every node kind, a batchnorm that cannot be folded (its conv
+// feeds another node too), average pooling and flatten.
+inline Model every_kind_model() {
+  Model m;
+  int x = m.add_input({3, 12, 12});
+  int c1 = m.add("c1", std::make_unique<Conv2d>(3, 6, 3, 3, 1, 1, true), {x});
+  int bn = m.add("bn", std::make_unique<BatchNorm2d>(6), {c1});
+  int sum = m.add("sum", std::make_unique<Add>(), {c1, bn});
+  int relu = m.add("relu", std::make_unique<ReLU>(), {sum});
+  int c2 = m.add("c2", std::make_unique<Conv2d>(6, 4, 3, 3, 2, 0, false, true), {relu});  // fused ReLU, stride 2
+  int mp = m.add("mp", std::make_unique<Pool2d>(true, 2, 1), {c2});
+  int ap = m.add("ap", std::make_unique<Pool2d>(false, 2, 2), {mp});
+  int fl = m.add("flat", std::make_unique<Flatten>(), {ap});
+  m.add("fc", std::make_unique<Linear>(16, 5, true), {fl});
+  Rng rng(5);
+  init_model(m, rng);
+  randomize_batchnorm(m, rng);
+  return m;
 }
 
 }  // namespace dnns::testing
