@@ -1,6 +1,7 @@
 // core/: tensors (shapes, views, copies), the host block cache, errors, the RNG.
 #include <doctest/doctest.h>
 
+#include "core/cli.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -63,4 +64,28 @@ TEST_CASE("rng: same seed, same stream; saved state resumes the stream") {
   }
   CHECK(std::abs(sum / 50000) < 0.02);
   CHECK(std::abs(sq / 50000 - 1.0) < 0.03);
+}
+
+TEST_CASE("flags: set_default yields to the command line and reads switches as parse does") {
+  Flags f("prog", "test");
+  f.add("epochs", "10", "epochs");
+  f.add("lr", "0.1", "learning rate");
+  f.add_bool("nesterov", "switch");
+  f.add_bool("augment", "switch");
+  std::vector<std::string> args = {"prog", "--lr", "0.5", "--augment=false"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  REQUIRE(f.parse(static_cast<int>(argv.size()), argv.data()));
+  f.set_default("epochs", "3");  // not given: the stored value wins
+  f.set_default("lr", "0.9");    // given: the command line wins
+  f.set_default("nesterov", "true");
+  f.set_default("augment", "true");
+  CHECK(f.integer("epochs") == 3);
+  CHECK(f.number("lr") == 0.5);
+  CHECK(f.flag("nesterov"));
+  CHECK_FALSE(f.flag("augment"));
+  f.set_default("nesterov", "0");
+  CHECK_FALSE(f.flag("nesterov"));
+  CHECK_THROWS_WITH_AS(f.set_default("nesterov", "yes"), doctest::Contains("--nesterov is a switch"), Error);
+  CHECK_THROWS_WITH_AS(f.set_default("momentum", "0.9"), doctest::Contains("undeclared flag --momentum"), Error);
 }
