@@ -42,7 +42,7 @@ bool Flags::parse(int argc, char** argv, int first, int max_positional) {
     if (it->second.boolean) {
       check(!has_value || value == "0" || value == "1" || value == "true" || value == "false",
             program_ + ": --" + name + " takes no value");
-      values_[name] = (!has_value || value == "1" || value == "true") ? "1" : "0";
+      values_[name].assign(1, !has_value || value == "1" || value == "true" ? '1' : '0');
     } else {
       if (!has_value) {
         check(i + 1 < argc, program_ + ": --" + name + " needs a value");
@@ -88,8 +88,16 @@ bool Flags::flag(const std::string& name) const { return str(name) == "1"; }
 bool Flags::given(const std::string& name) const { return given_.count(name) > 0; }
 
 void Flags::set_default(const std::string& name, const std::string& value) {
-  check(specs_.count(name) > 0, program_ + ": internal: undeclared flag --" + name);
-  if (!given(name)) values_[name] = value;
+  auto it = specs_.find(name);
+  check(it != specs_.end(), program_ + ": internal: undeclared flag --" + name);
+  if (given(name)) return;
+  if (it->second.boolean) {  // as parse() reads --name=value
+    check(value == "0" || value == "1" || value == "true" || value == "false",
+          program_ + ": --" + name + " is a switch (0, 1, true or false), got '" + value + "'");
+    values_[name].assign(1, value == "1" || value == "true" ? '1' : '0');
+    return;
+  }
+  values_[name] = value;
 }
 
 std::string Flags::help() const {

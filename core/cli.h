@@ -26,7 +26,8 @@ class Flags {
   bool flag(const std::string& name) const;
   bool given(const std::string& name) const;        // set on the command line (not the default)
   // Replaces a flag's value unless it was given on the command line (e.g. a stored run's
-  // setting); throws Error for an undeclared flag.
+  // setting); a switch takes 0, 1, true or false as on the command line. Throws Error for an
+  // undeclared flag or a switch given another value.
   void set_default(const std::string& name, const std::string& value);
   const std::vector<std::string>& positional() const { return positional_; }
   std::string help() const;

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -306,15 +307,21 @@ std::string Model::spec() const {
   return os.str();
 }
 
+// Every field between separators, empty ones included ("a,", ",a" and "" have an empty field,
+// which no node name or dimension matches: refused, as the portable runtime's reader does).
 static std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
-  std::string cur;
-  std::istringstream is(s);
-  while (std::getline(is, cur, sep)) out.push_back(cur);
+  size_t start = 0;
+  for (size_t at = s.find(sep); at != std::string::npos; at = s.find(sep, start)) {
+    out.push_back(s.substr(start, at - start));
+    start = at + 1;
+  }
+  out.push_back(s.substr(start));
   return out;
 }
 
 Model Model::from_spec(const std::string& spec) {
+  check(spec.find('\0') == std::string::npos, "graph spec: holds a NUL byte");
   Model m;
   std::istringstream is(spec);
   std::string line;
@@ -330,41 +337,55 @@ Model Model::from_spec(const std::string& spec) {
     if (!header) {
       std::string version;
       ls >> version;
-      check(kind == "dnnshifter-graph" && version == "1", where + ": not a dnnshifter graph spec (version 1)");
+      check(kind == "dnnshifter-graph" && version == "1" && !(ls >> tok),
+            where + ": not a dnnshifter graph spec (version 1)");
       header = true;
       continue;
     }
     ls >> name;
     check(!name.empty(), where + ": missing node name");
     if (kind == "output") {
+      check(!(ls >> tok), where + ": unexpected '" + tok + "' after the output node");
       int o = m.find(name);
       check(o > 0, where + ": output node '" + name + "' does not exist");
       m.set_output(o);
       have_output = true;
       continue;
     }
+    // "inputs" (layers) and "shape" (the input) are the graph's; the rest go to the layer,
+    // which refuses what it does not know. An attribute given twice is refused.
     std::map<std::string, std::string> attrs;
     std::vector<int> inputs;
     Shape shape;
+    std::set<std::string> seen;
     while (ls >> tok) {
       size_t eq = tok.find('=');
       check(eq != std::string::npos, where + ": expected key=value, got '" + tok + "'");
       std::string key = tok.substr(0, eq), val = tok.substr(eq + 1);
-      if (key == "inputs") {
+      check(seen.insert(key).second, [&] { return where + ": " + kind + " '" + name + "': attribute '" + key + "' given twice"; });
+      if (key == "inputs" && kind != "input") {
         for (const std::string& in : split(val, ',')) {
           int j = m.find(in);
           check(j >= 0, where + ": node '" + name + "' reads unknown node '" + in + "'");
           inputs.push_back(j);
         }
-      } else if (key == "shape") {
+      } else if (key == "shape" && kind == "input") {
         for (const std::string& d : split(val, ',')) {
+          // Whole decimal numbers that fit an int, as the layers' integer attributes.
+          size_t used = 0;
+          long long v = 0;
           try {
-            shape.push_back(std::stoll(d));
+            v = std::stoll(d, &used);
           } catch (...) {
-            throw Error(where + ": bad shape '" + val + "'");
+            used = 0;
           }
+          check(used > 0 && used == d.size() && v <= std::numeric_limits<int>::max() &&
+                    v >= std::numeric_limits<int>::min(),
+                [&] { return where + ": bad shape '" + val + "'"; });
+          shape.push_back(v);
         }
       } else {
+        check(kind != "input", where + ": input: unknown attribute '" + key + "'");
         attrs[key] = val;
       }
     }

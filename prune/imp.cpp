@@ -107,6 +107,12 @@ class ImpRun {
     rewind_path_ = out + "/rewind.dnns";
   }
 
+  // Whether level `job` has finished (its metrics.json, written last, exists): level() then
+  // only reads its record and needs no masks.
+  bool finished(const LevelJob& job) const {
+    return file_exists(imp_level_dir(out_, job.chain, job.level) + "/metrics.json");
+  }
+
   // Trains (or resumes, or reads the finished) level `job`.
   LevelRecord level(const LevelJob& job) {
     const std::string dir = imp_level_dir(out_, job.chain, job.level);
@@ -197,18 +203,25 @@ class ImpRun {
     std::vector<LevelRecord> records;
     records.push_back(level({"magnitude", 0, ones_masks_of_initial()}));
     for (int L = 1; L <= opt_.levels; ++L) {
-      // Magnitude chain: prune level L-1's trained weights.
+      // Magnitude chain: prune level L-1's trained weights. A finished level (resumed run)
+      // is only read back: its masks are not recomputed.
       LevelJob mag{"magnitude", L, {}};
-      {
+      if (!finished(mag)) {
         Model prev = Model::load(imp_level_dir(out_, "magnitude", L - 1) + "/model.dnns");
         mag.masks = prune_by_magnitude(prev, opt_.prune_fraction, opt_.strategy, opt_.ignore);
       }
       records.push_back(level(mag));
       if (!opt_.random_baseline) continue;
-      // Random chain: random level L-1's survivors, thinned to magnitude level L's counts.
-      MaskSet current = masks_in_model_file(imp_level_dir(out_, L == 1 ? "magnitude" : "random", L - 1) + "/model.dnns");
-      Rng rng(mix_seed(opt_.seed, static_cast<uint64_t>(L), 0x52414E44u /* "RAND" */));
-      LevelJob rnd{"random", L, prune_randomly_like(initial_, current, mag.masks, rng)};
+      // Random chain: random level L-1's survivors, thinned to magnitude level L's counts
+      // (the masks of a finished magnitude level are those its model file holds).
+      LevelJob rnd{"random", L, {}};
+      if (!finished(rnd)) {
+        if (mag.masks.empty()) mag.masks = masks_in_model_file(imp_level_dir(out_, "magnitude", L) + "/model.dnns");
+        MaskSet current =
+            masks_in_model_file(imp_level_dir(out_, L == 1 ? "magnitude" : "random", L - 1) + "/model.dnns");
+        Rng rng(mix_seed(opt_.seed, static_cast<uint64_t>(L), 0x52414E44u /* "RAND" */));
+        rnd.masks = prune_randomly_like(initial_, current, mag.masks, rng);
+      }
       records.push_back(level(rnd));
     }
     return records;

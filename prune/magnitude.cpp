@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 
 #include "core/error.h"
 
@@ -130,6 +131,47 @@ MaskSet prune_randomly_like(const Model& m, const MaskSet& current, const MaskSe
   }
   for (const auto& [name, t] : reference)
     check(out.count(name), "random pruning: the reference mask '" + name + "' names no prunable weight");
+  return out;
+}
+
+MaskSet imp_like_masks(const Model& m, double density, Rng& rng) {
+  check(density >= 0.0 && density <= 1.0,
+        "imp_like_masks: density must be in [0, 1], got " + std::to_string(density));
+  std::vector<Model::NamedParam> weights = prunable_weights(const_cast<Model&>(m));  // read only
+  std::vector<float> scores;  // (total) every prunable weight's score, in graph order
+  for (const Model::NamedParam& p : weights) {
+    const std::vector<float> w = p.param->value.to_vector();
+    const int64_t rows = p.param->value.dim(0), per = rows > 0 ? int64_t(w.size()) / rows : 0;
+    for (int64_t k = 0; k < rows; ++k) {
+      const float importance = std::exp(2.0f * rng.normal());
+      for (int64_t q = 0; q < per; ++q) scores.push_back(std::fabs(w[size_t(k * per + q)]) * importance);
+    }
+  }
+  const int64_t total = static_cast<int64_t>(scores.size());
+  const int64_t keep = std::llround(density * static_cast<double>(total));
+  // The keep-th highest score is the threshold: every score above it survives, and of those
+  // equal to it only as many (the first ones) as fill the count.
+  float threshold = 0.0f;
+  int64_t equal_quota = 0;
+  if (keep > 0) {
+    std::vector<float> sorted = scores;
+    std::nth_element(sorted.begin(), sorted.begin() + (keep - 1), sorted.end(), std::greater<float>());
+    threshold = sorted[size_t(keep - 1)];
+    int64_t above = 0;
+    for (float s : scores) above += s > threshold;
+    equal_quota = keep - above;
+  }
+  MaskSet out;
+  size_t at = 0;
+  for (const Model::NamedParam& p : weights) {
+    Tensor mask(p.param->value.shape());  // (shape of the weight) 0/1
+    for (int64_t i = 0; i < mask.numel(); ++i, ++at) {
+      bool alive = keep > 0 && scores[at] > threshold;
+      if (keep > 0 && scores[at] == threshold && equal_quota > 0) alive = true, --equal_quota;
+      mask[i] = alive ? 1.0f : 0.0f;
+    }
+    out[p.name] = std::move(mask);
+  }
   return out;
 }
 

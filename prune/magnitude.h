@@ -45,4 +45,13 @@ MaskSet prune_by_magnitude(Model& m, double fraction, PruneStrategy strategy, co
 // `current`, or the two do not cover the same weights with the same shapes.
 MaskSet prune_randomly_like(const Model& m, const MaskSet& current, const MaskSet& reference, Rng& rng);
 
+// Masks that look like a trained IMP run's, for benchmarks and tests without the training:
+// every prunable weight is scored |w| times a random importance of its filter (row), drawn as
+// exp(2 N(0, 1)) from `rng` in graph order, and the round(density x total) highest scores
+// over all prunable weights survive (ties: the earlier in graph order, then in the tensor).
+// At high sparsity whole filters die, as in IMP masks, so compaction has channels to remove.
+// density 0 masks every weight, 1 none; the model is not changed (install with set_masks).
+// Throws Error when density is not in [0, 1].
+MaskSet imp_like_masks(const Model& m, double density, Rng& rng);
+
 }  // namespace dnns

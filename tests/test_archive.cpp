@@ -20,6 +20,7 @@
 #include "core/archive.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "tests/test_util.h"
 
 // The largest single operator-new request since the last reset: proves that a corrupt length
 // field cannot make the loader allocate more than the file could hold.
@@ -55,30 +56,12 @@ void operator delete[](void* p, size_t) noexcept { std::free(p); }
 
 namespace fs = std::filesystem;
 using namespace dnns;
+using dnns::testing::contains;
+using dnns::testing::error_of;
+using dnns::testing::same_bits;
+using dnns::testing::TempDir;
 
 namespace {
-
-// A fresh folder under the system temp folder, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("dnns_test_archive_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
-    return names;
-  }
-};
 
 std::vector<unsigned char> read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -92,17 +75,6 @@ void write_bytes(const std::string& path, const std::vector<unsigned char>& b) {
   f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 
-// The message of the Error that `f` throws ("" when it throws nothing). Any other exception
-// type fails the test: a refusal must be a dnns::Error.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
 
 // "<prefix><i>" (built by appending: GCC 12 warns falsely on `"literal" + std::string`).
@@ -110,11 +82,6 @@ std::string numbered(const char* prefix, size_t i) {
   std::string key = prefix;
   key += std::to_string(i);
   return key;
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.numel() == b.numel() &&
-         (a.numel() == 0 || std::memcmp(a.data(), b.data(), a.bytes()) == 0);
 }
 
 float float_from_bits(uint32_t bits) { return std::bit_cast<float>(bits); }
@@ -241,7 +208,7 @@ TEST_CASE("crc32_update matches the IEEE CRC-32 definition") {
 
 TEST_CASE("round trip keeps kind, meta bytes and tensor bits exactly") {
   TempDir tmp;
-  std::string path = tmp.file("model.dnns");
+  std::string path = (tmp / "model.dnns");
   Archive a = sample_archive(int64_t(1) << 20);  // ~1M floats of random bit patterns
   save_archive(path, a);
   Archive b = load_archive(path);
@@ -262,7 +229,7 @@ TEST_CASE("round trip keeps kind, meta bytes and tensor bits exactly") {
     CHECK(m.tensors.empty());
   }
   {  // an empty archive round-trips too
-    std::string p2 = tmp.file("empty.dnns");
+    std::string p2 = (tmp / "empty.dnns");
     save_archive(p2, Archive{});
     Archive e = load_archive(p2);
     CHECK(e.kind.empty());
@@ -274,7 +241,7 @@ TEST_CASE("round trip keeps kind, meta bytes and tensor bits exactly") {
 
 TEST_CASE("the file layout is the documented one") {
   TempDir tmp;
-  std::string path = tmp.file("layout.dnns");
+  std::string path = (tmp / "layout.dnns");
   Archive a;
   a.kind = "mask";
   a.meta["k"] = "vv";
@@ -310,7 +277,7 @@ TEST_CASE("CUDA tensors are copied to host to be written") {
   if (!real) register_device_allocator(Device::CUDA, &fake);
   {
     TempDir tmp;
-    std::string path = tmp.file("cuda.dnns");
+    std::string path = (tmp / "cuda.dnns");
     Tensor host = Tensor::from({2, 3}, {1, 2, 3, 4, 5, float_from_bits(0x7fc0beefu)});
     Archive a;
     a.tensors["w"] = host.to(Device::CUDA);
@@ -324,13 +291,13 @@ TEST_CASE("CUDA tensors are copied to host to be written") {
 
 TEST_CASE("missing, empty, foreign and newer files are refused with the reason") {
   TempDir tmp;
-  std::string path = tmp.file("x.dnns");
+  std::string path = (tmp / "x.dnns");
   std::string msg = error_of([&] { load_archive(path); });
   CHECK(starts_with(msg, path + ": "));
   CHECK(contains(msg, "not found"));
   CHECK(contains(error_of([&] { load_archive_meta(path); }), "not found"));
 
-  CHECK(contains(error_of([&] { load_archive(tmp.dir.string()); }), "is a directory"));
+  CHECK(contains(error_of([&] { load_archive(tmp.str()); }), "is a directory"));
 
   msg = refusal(path, {});
   CHECK(contains(msg, "empty file"));
@@ -366,8 +333,8 @@ TEST_CASE("missing, empty, foreign and newer files are refused with the reason")
 
 TEST_CASE("a file truncated at any point is refused as truncated") {
   TempDir tmp;
-  std::string src = tmp.file("full.dnns");
-  std::string path = tmp.file("cut.dnns");
+  std::string src = (tmp / "full.dnns");
+  std::string path = (tmp / "cut.dnns");
   Archive a = sample_archive(0);
   a.meta["long"] = "short";  // keeps the file small enough to cut at every offset
   save_archive(src, a);
@@ -406,8 +373,8 @@ TEST_CASE("a file truncated at any point is refused as truncated") {
 
 TEST_CASE("every single flipped bit is refused") {
   TempDir tmp;
-  std::string src = tmp.file("full.dnns");
-  std::string path = tmp.file("flipped.dnns");
+  std::string src = (tmp / "full.dnns");
+  std::string path = (tmp / "flipped.dnns");
   Archive a = sample_archive(0);
   a.meta["long"] = "short";
   save_archive(src, a);
@@ -453,7 +420,7 @@ TEST_CASE("every single flipped bit is refused") {
 
 TEST_CASE("trailing bytes after the end marker are refused") {
   TempDir tmp;
-  std::string path = tmp.file("padded.dnns");
+  std::string path = (tmp / "padded.dnns");
   save_archive(path, sample_archive(0));
   std::vector<unsigned char> good = read_bytes(path);
   std::vector<unsigned char> padded = good;
@@ -468,7 +435,7 @@ TEST_CASE("trailing bytes after the end marker are refused") {
 
 TEST_CASE("malformed entries with a valid checksum are refused without huge allocations") {
   TempDir tmp;
-  std::string path = tmp.file("crafted.dnns");
+  std::string path = (tmp / "crafted.dnns");
   auto with_tensor_header = [](const std::string& name, uint32_t ndim, std::vector<uint64_t> dims) {
     RawArchive r;
     r.str("model");
@@ -584,7 +551,7 @@ TEST_CASE("malformed entries with a valid checksum are refused without huge allo
 
 TEST_CASE("saving is atomic and leaves no temporary file") {
   TempDir tmp;
-  std::string path = tmp.file("ckpt.dnns");
+  std::string path = (tmp / "ckpt.dnns");
   Archive first = sample_archive(0);
   save_archive(path, first);
   CHECK(tmp.entries() == std::vector<std::string>{"ckpt.dnns"});
@@ -598,7 +565,7 @@ TEST_CASE("saving is atomic and leaves no temporary file") {
   check_same(load_archive(path), second);
 
   {  // a missing folder is a clear error, and nothing is created
-    std::string nowhere = tmp.file("no/such/folder/ckpt.dnns");
+    std::string nowhere = (tmp / "no/such/folder/ckpt.dnns");
     std::string msg = error_of([&] { save_archive(nowhere, second); });
     CHECK(starts_with(msg, nowhere + ": "));
     CHECK(contains(msg, "does not exist"));
@@ -623,17 +590,17 @@ TEST_CASE("saving is atomic and leaves no temporary file") {
   }
   {  // a path without a folder part saves in the current folder
     fs::path cwd = fs::current_path();
-    fs::current_path(tmp.dir);
+    fs::current_path(tmp.path);
     save_archive("plain.dnns", second);
     check_same(load_archive("plain.dnns"), second);
     fs::current_path(cwd);
-    CHECK(fs::exists(tmp.dir / "plain.dnns"));
+    CHECK(fs::exists(tmp.path / "plain.dnns"));
   }
 }
 
 TEST_CASE("run state in meta round-trips exactly") {
   TempDir tmp;
-  std::string path = tmp.file("state.dnns");
+  std::string path = (tmp / "state.dnns");
   Archive a;
   Rng rng(123);
   for (int i = 0; i < 10; ++i) rng.next_u64();

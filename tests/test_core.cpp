@@ -1,9 +1,12 @@
 // core/: tensors (shapes, views, copies), the host block cache, errors, the RNG, JSON.
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #include <cmath>
 #include <functional>
 
+#include "core/cli.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "core/rng.h"
@@ -69,18 +72,6 @@ TEST_CASE("rng: same seed, same stream; saved state resumes the stream") {
   CHECK(std::abs(sq / 50000 - 1.0) < 0.03);
 }
 
-namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-}  // namespace
-
 TEST_CASE("JSON: the reader parses what the manifest needs and refuses malformed text") {
   JsonValue v = parse_json(R"( {"a": [1, -2.5e3, true, false, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}} )", "t");
   REQUIRE(v.type == JsonValue::Type::Object);
@@ -129,4 +120,28 @@ TEST_CASE("JSON: what the writer writes, the reader reads back") {
   CHECK(json_double(xs[1], "r") == -2e-300);
   CHECK(json_int(json_field(json_field(v, "raw", "r"), "k", "r"), "r") == 1);
   CHECK(v.members[0].first == "name");  // keys in insertion order
+}
+
+TEST_CASE("flags: set_default yields to the command line and reads switches as parse does") {
+  Flags f("prog", "test");
+  f.add("epochs", "10", "epochs");
+  f.add("lr", "0.1", "learning rate");
+  f.add_bool("nesterov", "switch");
+  f.add_bool("augment", "switch");
+  std::vector<std::string> args = {"prog", "--lr", "0.5", "--augment=false"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  REQUIRE(f.parse(static_cast<int>(argv.size()), argv.data()));
+  f.set_default("epochs", "3");  // not given: the stored value wins
+  f.set_default("lr", "0.9");    // given: the command line wins
+  f.set_default("nesterov", "true");
+  f.set_default("augment", "true");
+  CHECK(f.integer("epochs") == 3);
+  CHECK(f.number("lr") == 0.5);
+  CHECK(f.flag("nesterov"));
+  CHECK_FALSE(f.flag("augment"));
+  f.set_default("nesterov", "0");
+  CHECK_FALSE(f.flag("nesterov"));
+  CHECK_THROWS_WITH_AS(f.set_default("nesterov", "yes"), doctest::Contains("--nesterov is a switch"), Error);
+  CHECK_THROWS_WITH_AS(f.set_default("momentum", "0.9"), doctest::Contains("undeclared flag --momentum"), Error);
 }

@@ -33,10 +33,13 @@ TEST_CASE("cuda: backend") { MESSAGE("built without CUDA: CUDA tests skipped"); 
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
 #include "prune/mask.h"
+#include "tests/test_util.h"
 
 namespace {
 
 using namespace dnns;
+using dnns::testing::conv;
+using dnns::testing::conv_str;
 using Vec = std::vector<float>;
 
 bool gpu_present() {
@@ -109,19 +112,6 @@ bool bitwise_equal(const Vec& a, const Vec& b) {
          std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) {
            return std::memcmp(&x, &y, sizeof(float)) == 0;
          });
-}
-
-std::string conv_str(const Conv2dParams& p) {
-  return "conv N=" + std::to_string(p.N) + " C=" + std::to_string(p.C) + " H=" + std::to_string(p.H) +
-         " W=" + std::to_string(p.W) + " K=" + std::to_string(p.K) + " R=" + std::to_string(p.R) +
-         " S=" + std::to_string(p.S) + " stride=" + std::to_string(p.stride) +
-         " pad=" + std::to_string(p.pad);
-}
-
-Conv2dParams conv(int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
-  Conv2dParams p;
-  p.N = N, p.C = C, p.H = H, p.W = W, p.K = K, p.R = R, p.S = S, p.stride = stride, p.pad = pad;
-  return p;
 }
 
 // The three conv ops through both backends, compared with `rtol`.

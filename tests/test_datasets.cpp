@@ -29,26 +29,15 @@
 
 #include "core/error.h"
 #include "datasets/dataset.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace dnns;
+using dnns::testing::contains;
+using dnns::testing::error_of;
+using dnns::testing::TempDir;
 
 namespace {
-
-// A fresh folder under the system temp dir, removed with everything in it at scope end.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "dnns-test-datasets-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
 
 void write_bytes(const fs::path& p, const std::vector<uint8_t>& bytes) {
   fs::create_directories(p.parent_path());
@@ -61,18 +50,6 @@ std::vector<uint8_t> read_bytes(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
-
-// The message of the Error `fn` throws ("" when it throws nothing; other exceptions fail).
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // ---- CIFAR fixtures ----------------------------------------------------------------------
 
@@ -253,7 +230,7 @@ TEST_CASE("make_synthetic: deterministic, balanced, learnable") {
 TEST_CASE("load_cifar10_binary: reads records, labels and class names") {
   TempDir tmp;
   write_cifar10(tmp.path);
-  const Dataset train = load_cifar10_binary(tmp.path.string(), true);
+  const Dataset train = load_cifar10_binary(tmp.str(), true);
   REQUIRE(train.size() == 15);
   CHECK(train.channels == 3);
   CHECK(train.height == 32);
@@ -271,7 +248,7 @@ TEST_CASE("load_cifar10_binary: reads records, labels and class names") {
       CHECK(px(train, i, 1, 2, 5) == cifar_pixel(b, r, 1024 + 2 * 32 + 5));
       CHECK(px(train, i, 2, 31, 31) == cifar_pixel(b, r, 3071));
     }
-  const Dataset test = load_cifar10_binary(tmp.path.string(), false);
+  const Dataset test = load_cifar10_binary(tmp.str(), false);
   CHECK(test.labels == std::vector<int32_t>{9, 0, 3, 3});
   CHECK(px(test, 3, 2, 10, 10) == cifar_pixel(0, 3, 2048 + 330));
 }
@@ -279,7 +256,7 @@ TEST_CASE("load_cifar10_binary: reads records, labels and class names") {
 TEST_CASE("load_cifar10_binary: damaged inputs name the file and the problem") {
   TempDir tmp;
   write_cifar10(tmp.path);
-  const std::string dir = tmp.path.string();
+  const std::string dir = tmp.str();
 
   std::vector<uint8_t> bytes = read_bytes(tmp / "test_batch.bin");
   bytes.pop_back();  // truncated
@@ -301,7 +278,7 @@ TEST_CASE("load_cifar10_binary: damaged inputs name the file and the problem") {
   msg = error_of([&] { load_cifar10_binary(dir, true); });
   CHECK(contains(msg, "data_batch_3.bin: missing"));
 
-  msg = error_of([&] { load_cifar10_binary((tmp / "nope").string(), true); });
+  msg = error_of([&] { load_cifar10_binary((tmp / "nope"), true); });
   CHECK(contains(msg, "nope: CIFAR-10 folder not found"));
 }
 
@@ -309,27 +286,27 @@ TEST_CASE("load_cifar100_binary: fine and coarse labels, range checks") {
   TempDir tmp;
   write_bytes(tmp / "train.bin", cifar_file(1, {{0, 99}, {19, 4}, {7, 58}}));
   write_bytes(tmp / "test.bin", cifar_file(2, {{3, 30}}));
-  const Dataset fine = load_cifar100_binary(tmp.path.string(), true, false);
+  const Dataset fine = load_cifar100_binary(tmp.str(), true, false);
   CHECK(fine.labels == std::vector<int32_t>{99, 4, 58});
   CHECK(fine.num_classes == 100);
   CHECK(fine.class_names.size() == 100);
   CHECK(fine.class_names[99] == "worm");
   CHECK(px(fine, 2, 0, 0, 1) == cifar_pixel(1, 2, 1));
-  const Dataset coarse = load_cifar100_binary(tmp.path.string(), true, true);
+  const Dataset coarse = load_cifar100_binary(tmp.str(), true, true);
   CHECK(coarse.labels == std::vector<int32_t>{0, 19, 7});
   CHECK(coarse.num_classes == 20);
   CHECK(coarse.class_names[19] == "vehicles_2");
-  CHECK(load_cifar100_binary(tmp.path.string(), false).labels == std::vector<int32_t>{30});
+  CHECK(load_cifar100_binary(tmp.str(), false).labels == std::vector<int32_t>{30});
 
   write_bytes(tmp / "train.bin", cifar_file(1, {{0, 100}}));
-  std::string msg = error_of([&] { load_cifar100_binary(tmp.path.string(), true, true); });
+  std::string msg = error_of([&] { load_cifar100_binary(tmp.str(), true, true); });
   CHECK(contains(msg, "train.bin: record 0 has fine label 100, expected < 100"));
   write_bytes(tmp / "train.bin", cifar_file(1, {{20, 1}}));
-  msg = error_of([&] { load_cifar100_binary(tmp.path.string(), true, false); });
+  msg = error_of([&] { load_cifar100_binary(tmp.str(), true, false); });
   CHECK(contains(msg, "train.bin: record 0 has coarse label 20, expected < 20"));
   // A CIFAR-10 file (3073-byte records) is the wrong size for CIFAR-100 (3074).
   write_bytes(tmp / "test.bin", cifar_file(1, {{1}, {2}}));
-  msg = error_of([&] { load_cifar100_binary(tmp.path.string(), false); });
+  msg = error_of([&] { load_cifar100_binary(tmp.str(), false); });
   CHECK(contains(msg, "test.bin: size 6146 bytes is not a multiple of the 3074-byte record"));
 }
 
@@ -347,7 +324,7 @@ TEST_CASE("load_idx: plain and gzip files") {
            {"img", "lab"}, {"img.gz", "lab.gz"}, {"img", "lab.gz"}, {"img.gz", "lab"}}) {
     CAPTURE(ip);
     CAPTURE(lp);
-    const Dataset d = load_idx((tmp / ip).string(), (tmp / lp).string());
+    const Dataset d = load_idx(tmp / ip, tmp / lp);
     CHECK(d.size() == 5);
     CHECK(d.channels == 1);
     CHECK(d.height == 4);
@@ -366,43 +343,43 @@ TEST_CASE("load_idx: damaged inputs name the file and the problem") {
   const std::vector<uint8_t> labels = idx_labels({2, 0, 7, 2, 1});
   write_bytes(tmp / "img", images);
   write_bytes(tmp / "lab", labels);
-  const std::string img = (tmp / "img").string(), lab = (tmp / "lab").string();
+  const std::string img = (tmp / "img"), lab = (tmp / "lab");
 
   std::string msg = error_of([&] { load_idx(lab, img); });  // swapped
   CHECK(contains(msg, lab + ": bad magic 0x00000801, expected 0x00000803"));
 
   std::vector<uint8_t> cut(images.begin(), images.end() - 1);
   write_bytes(tmp / "img_cut", cut);
-  msg = error_of([&] { load_idx((tmp / "img_cut").string(), lab); });
+  msg = error_of([&] { load_idx((tmp / "img_cut"), lab); });
   CHECK(contains(msg, "img_cut: truncated: header promises 60 data bytes, file holds 59"));
 
   std::vector<uint8_t> extra = images;
   extra.push_back(0);
   write_bytes(tmp / "img_extra", extra);
-  msg = error_of([&] { load_idx((tmp / "img_extra").string(), lab); });
+  msg = error_of([&] { load_idx((tmp / "img_extra"), lab); });
   CHECK(contains(msg, "img_extra: 1 unexpected bytes after the 60 data bytes"));
 
   write_bytes(tmp / "lab4", idx_labels({1, 2, 3, 4}));
-  msg = error_of([&] { load_idx(img, (tmp / "lab4").string()); });
+  msg = error_of([&] { load_idx(img, (tmp / "lab4")); });
   CHECK(contains(msg, "lab4: holds 4 labels but " + img + " holds 5 images"));
 
   write_bytes(tmp / "short", {0, 0, 8, 3, 0, 0});
-  msg = error_of([&] { load_idx((tmp / "short").string(), lab); });
+  msg = error_of([&] { load_idx((tmp / "short"), lab); });
   CHECK(contains(msg, "short: 6 bytes is too short for an IDX images header"));
 
-  msg = error_of([&] { load_idx((tmp / "absent").string(), lab); });
+  msg = error_of([&] { load_idx((tmp / "absent"), lab); });
   CHECK(contains(msg, "absent: cannot open"));
 
   // A gzip stream cut in half, and one with a damaged body.
   write_gzip(tmp / "img.gz", images);
   std::vector<uint8_t> gz = read_bytes(tmp / "img.gz");
   write_bytes(tmp / "half.gz", std::vector<uint8_t>(gz.begin(), gz.begin() + gz.size() / 2));
-  msg = error_of([&] { load_idx((tmp / "half.gz").string(), lab); });
+  msg = error_of([&] { load_idx((tmp / "half.gz"), lab); });
   CHECK(contains(msg, "half.gz: corrupt or truncated gzip data"));
   std::vector<uint8_t> damaged = gz;
   for (size_t i = 12; i < damaged.size() - 8; ++i) damaged[i] ^= 0x5a;
   write_bytes(tmp / "damaged.gz", damaged);
-  msg = error_of([&] { load_idx((tmp / "damaged.gz").string(), lab); });
+  msg = error_of([&] { load_idx((tmp / "damaged.gz"), lab); });
   CHECK(contains(msg, "damaged.gz: corrupt or truncated gzip data"));
 }
 
@@ -464,7 +441,7 @@ TEST_CASE("load_image_folder: classes, conversions, resizing, ignored files") {
   ImageFolderOptions opt;
   opt.use_cache = false;
   ImageFolderReport rep;
-  const Dataset d = load_image_folder((tmp / "set").string(), 8, 8, 3, opt, &rep);
+  const Dataset d = load_image_folder((tmp / "set"), 8, 8, 3, opt, &rep);
   CHECK(rep.images_decoded == 5);
   CHECK_FALSE(rep.cache_hit);
   CHECK(rep.cache_path.empty());
@@ -484,17 +461,17 @@ TEST_CASE("load_image_folder: classes, conversions, resizing, ignored files") {
       }
 
   // One channel: luminance of the RGB images, the grey image unchanged.
-  const Dataset grey = load_image_folder((tmp / "set").string(), 8, 8, 1, opt);
+  const Dataset grey = load_image_folder((tmp / "set"), 8, 8, 1, opt);
   CHECK(grey.channels == 1);
   CHECK(px(grey, 3, 0, 5, 6) == 56);
   const int r = pattern(2, 3, 0, 0), g = pattern(2, 3, 1, 0), b = pattern(2, 3, 2, 0);
   CHECK(std::abs(px(grey, 0, 0, 2, 3) - (0.299 * r + 0.587 * g + 0.114 * b)) <= 2.0);
 
   // Size 0x0: the first image's size (ant/a0.png, 8x8); another size resizes everything.
-  const Dataset native = load_image_folder((tmp / "set").string(), 0, 0, 3, opt);
+  const Dataset native = load_image_folder((tmp / "set"), 0, 0, 3, opt);
   CHECK(native.height == 8);
   CHECK(native.pixels == d.pixels);
-  const Dataset small = load_image_folder((tmp / "set").string(), 4, 2, 3, opt);
+  const Dataset small = load_image_folder((tmp / "set"), 4, 2, 3, opt);
   CHECK(small.height == 4);
   CHECK(small.width == 2);
   CHECK(small.pixels.size() == 5 * 3 * 4 * 2);
@@ -503,11 +480,11 @@ TEST_CASE("load_image_folder: classes, conversions, resizing, ignored files") {
 TEST_CASE("load_image_folder: JPEG files decode close to their source") {
   TempDir tmp;
   const auto img = make_hwc(16, 16, 3, [](int y, int, int c) { return 60 + 8 * y + 20 * c; });
-  fs::create_directories(tmp / "set" / "only");
-  REQUIRE(stbi_write_jpg((tmp / "set" / "only" / "x.jpg").c_str(), 16, 16, 3, img.data(), 100) != 0);
+  fs::create_directories(tmp.path / "set" / "only");
+  REQUIRE(stbi_write_jpg((tmp.path / "set" / "only" / "x.jpg").c_str(), 16, 16, 3, img.data(), 100) != 0);
   ImageFolderOptions opt;
   opt.use_cache = false;
-  const Dataset d = load_image_folder((tmp / "set").string(), 16, 16, 3, opt);
+  const Dataset d = load_image_folder((tmp / "set"), 16, 16, 3, opt);
   REQUIRE(d.size() == 1);
   int worst = 0;
   for (int c = 0; c < 3; ++c)
@@ -520,35 +497,35 @@ TEST_CASE("load_image_folder: errors name the folder or file") {
   TempDir tmp;
   ImageFolderOptions opt;
   opt.use_cache = false;
-  std::string msg = error_of([&] { load_image_folder((tmp / "missing").string(), 8, 8, 3, opt); });
+  std::string msg = error_of([&] { load_image_folder((tmp / "missing"), 8, 8, 3, opt); });
   CHECK(contains(msg, "missing: image folder not found"));
 
-  write_bytes(tmp / "flat" / "a.png", {1, 2, 3});
-  msg = error_of([&] { load_image_folder((tmp / "flat").string(), 8, 8, 3, opt); });
+  write_bytes(tmp.path / "flat" / "a.png", {1, 2, 3});
+  msg = error_of([&] { load_image_folder((tmp / "flat"), 8, 8, 3, opt); });
   CHECK(contains(msg, "flat: no class folders"));
 
   write_image_folder(tmp / "set");
-  fs::create_directories(tmp / "set" / "cat");
-  write_bytes(tmp / "set" / "cat" / "readme.txt", {'x'});
-  msg = error_of([&] { load_image_folder((tmp / "set").string(), 8, 8, 3, opt); });
-  CHECK(contains(msg, (tmp / "set" / "cat").string() + ": empty class folder"));
+  fs::create_directories(tmp.path / "set" / "cat");
+  write_bytes(tmp.path / "set" / "cat" / "readme.txt", {'x'});
+  msg = error_of([&] { load_image_folder((tmp / "set"), 8, 8, 3, opt); });
+  CHECK(contains(msg, (tmp.path / "set" / "cat").string() + ": empty class folder"));
 
-  write_bytes(tmp / "set" / "cat" / "bad.png", {'n', 'o', 't', ' ', 'p', 'n', 'g'});
-  msg = error_of([&] { load_image_folder((tmp / "set").string(), 8, 8, 3, opt); });
-  CHECK(contains(msg, (tmp / "set" / "cat" / "bad.png").string() + ": cannot decode image"));
+  write_bytes(tmp.path / "set" / "cat" / "bad.png", {'n', 'o', 't', ' ', 'p', 'n', 'g'});
+  msg = error_of([&] { load_image_folder((tmp / "set"), 8, 8, 3, opt); });
+  CHECK(contains(msg, (tmp.path / "set" / "cat" / "bad.png").string() + ": cannot decode image"));
 
-  msg = error_of([&] { load_image_folder((tmp / "set").string(), 8, 0, 3, opt); });
+  msg = error_of([&] { load_image_folder((tmp / "set"), 8, 0, 3, opt); });
   CHECK(contains(msg, "both positive or both 0"));
-  msg = error_of([&] { load_image_folder((tmp / "set").string(), 8, 8, 5, opt); });
+  msg = error_of([&] { load_image_folder((tmp / "set"), 8, 8, 5, opt); });
   CHECK(contains(msg, "channels must be 1..4"));
 }
 
 TEST_CASE("load_image_folder: decode cache hits, invalidation and corruption") {
   TempDir tmp;
   write_image_folder(tmp / "set");
-  const std::string dir = (tmp / "set").string();
+  const std::string dir = (tmp / "set");
   ImageFolderOptions opt;
-  opt.cache_dir = (tmp / "cache").string();
+  opt.cache_dir = (tmp / "cache");
   ImageFolderReport rep;
 
   const Dataset fresh = load_image_folder(dir, 8, 8, 3, opt, &rep);
@@ -585,7 +562,7 @@ TEST_CASE("load_image_folder: decode cache hits, invalidation and corruption") {
     CHECK_FALSE(rep.cache_hit);
   }
   SUBCASE("touching a file invalidates the cache") {
-    const fs::path f = tmp / "set" / "ant" / "a1.png";
+    const fs::path f = tmp.path / "set" / "ant" / "a1.png";
     fs::last_write_time(f, fs::last_write_time(f) + std::chrono::seconds(10));
     const Dataset again = load_image_folder(dir, 8, 8, 3, opt, &rep);
     CHECK_FALSE(rep.cache_hit);
@@ -597,7 +574,7 @@ TEST_CASE("load_image_folder: decode cache hits, invalidation and corruption") {
     CHECK(rep.cache_hit);
   }
   SUBCASE("adding a file invalidates the cache") {
-    write_png(tmp / "set" / "ant" / "a2.png", 8, 8, 3, make_hwc(8, 8, 3, [](int, int, int) { return 99; }));
+    write_png(tmp.path / "set" / "ant" / "a2.png", 8, 8, 3, make_hwc(8, 8, 3, [](int, int, int) { return 99; }));
     const Dataset again = load_image_folder(dir, 8, 8, 3, opt, &rep);
     CHECK_FALSE(rep.cache_hit);
     CHECK(again.size() == 6);
@@ -631,7 +608,7 @@ TEST_CASE("load_image_folder: decode cache hits, invalidation and corruption") {
   SUBCASE("an unwritable cache folder is reported, not an error") {
     write_bytes(tmp / "not-a-dir", {1});
     ImageFolderOptions bad = opt;
-    bad.cache_dir = (tmp / "not-a-dir" / "sub").string();
+    bad.cache_dir = (tmp.path / "not-a-dir" / "sub").string();
     expect_same(load_image_folder(dir, 8, 8, 3, bad, &rep));
     CHECK_FALSE(rep.cache_written);
     CHECK(contains(rep.cache_problem, "cannot create cache folder"));
@@ -646,11 +623,11 @@ TEST_CASE("default_cache_dir: environment, home, fallback") {
   const auto old_cache = saved("DNNS_CACHE_DIR"), old_home = saved("HOME");
   TempDir tmp;
   setenv("DNNS_CACHE_DIR", (tmp / "c").c_str(), 1);
-  CHECK(default_cache_dir() == (tmp / "c").string());
+  CHECK(default_cache_dir() == (tmp / "c"));
   unsetenv("DNNS_CACHE_DIR");
   setenv("HOME", tmp.path.c_str(), 1);
-  CHECK(default_cache_dir() == (tmp / ".cache" / "dnnshifter").string());
-  CHECK(fs::is_directory(tmp / ".cache" / "dnnshifter"));
+  CHECK(default_cache_dir() == (tmp.path / ".cache" / "dnnshifter").string());
+  CHECK(fs::is_directory(tmp.path / ".cache" / "dnnshifter"));
   setenv("HOME", "/proc/no-such-home", 1);
   CHECK(default_cache_dir() == "/tmp/dnnshifter-cache");
   unsetenv("HOME");
@@ -668,7 +645,7 @@ TEST_CASE("real data: the CIFAR-10 JPEG test split") {
   }
   TempDir tmp;
   ImageFolderOptions opt;
-  opt.cache_dir = (tmp / "cache").string();
+  opt.cache_dir = (tmp / "cache");
   ImageFolderReport rep;
   const Dataset d = load_image_folder(root + "/test", 32, 32, 3, opt, &rep);
   CHECK(rep.images_decoded == 10000);
@@ -700,32 +677,32 @@ TEST_CASE("real data: the CIFAR-10 JPEG test split") {
 TEST_CASE("load_dataset: recognises each kind of --data") {
   TempDir tmp;
   write_cifar10(tmp / "c10");
-  write_cifar10(tmp / "parent" / "cifar-10-batches-bin");
-  write_bytes(tmp / "c100" / "train.bin", cifar_file(1, {{0, 99}, {19, 4}}));
-  write_bytes(tmp / "c100" / "test.bin", cifar_file(2, {{3, 30}}));
-  write_image_folder(tmp / "imgs" / "train");
-  write_image_folder(tmp / "imgs" / "test");
-  write_gzip(tmp / "idx" / "train-images-idx3-ubyte.gz", idx_images(3, 2, 2));
-  write_gzip(tmp / "idx" / "train-labels-idx1-ubyte.gz", idx_labels({0, 1, 1}));
-  write_bytes(tmp / "idx" / "t10k-images-idx3-ubyte", idx_images(2, 2, 2));
-  write_bytes(tmp / "idx" / "t10k-labels-idx1-ubyte", idx_labels({1, 0}));
+  write_cifar10(tmp.path / "parent" / "cifar-10-batches-bin");
+  write_bytes(tmp.path / "c100" / "train.bin", cifar_file(1, {{0, 99}, {19, 4}}));
+  write_bytes(tmp.path / "c100" / "test.bin", cifar_file(2, {{3, 30}}));
+  write_image_folder(tmp.path / "imgs" / "train");
+  write_image_folder(tmp.path / "imgs" / "test");
+  write_gzip(tmp.path / "idx" / "train-images-idx3-ubyte.gz", idx_images(3, 2, 2));
+  write_gzip(tmp.path / "idx" / "train-labels-idx1-ubyte.gz", idx_labels({0, 1, 1}));
+  write_bytes(tmp.path / "idx" / "t10k-images-idx3-ubyte", idx_images(2, 2, 2));
+  write_bytes(tmp.path / "idx" / "t10k-labels-idx1-ubyte", idx_labels({1, 0}));
 
   DatasetOptions o;
-  o.image_folder.cache_dir = (tmp / "cache").string();
-  CHECK(load_dataset((tmp / "c10").string(), true, o).size() == 15);
-  CHECK(load_dataset((tmp / "c10").string(), false, o).size() == 4);
-  CHECK(load_dataset((tmp / "parent").string(), true, o).size() == 15);
-  CHECK(load_dataset((tmp / "c100").string(), true, o).num_classes == 100);
+  o.image_folder.cache_dir = (tmp / "cache");
+  CHECK(load_dataset((tmp / "c10"), true, o).size() == 15);
+  CHECK(load_dataset((tmp / "c10"), false, o).size() == 4);
+  CHECK(load_dataset((tmp / "parent"), true, o).size() == 15);
+  CHECK(load_dataset((tmp / "c100"), true, o).num_classes == 100);
   o.cifar100_coarse = true;
-  CHECK(load_dataset((tmp / "c100").string(), true, o).num_classes == 20);
-  const Dataset imgs = load_dataset((tmp / "imgs").string(), true, o);
+  CHECK(load_dataset((tmp / "c100"), true, o).num_classes == 20);
+  const Dataset imgs = load_dataset((tmp / "imgs"), true, o);
   CHECK(imgs.size() == 5);
   CHECK(imgs.height == 8);  // native size
   CHECK(imgs.name == "imgs:train");
   o.height = o.width = 4;
-  CHECK(load_dataset((tmp / "imgs").string(), false, o).width == 4);
-  CHECK(load_dataset((tmp / "idx").string(), true, o).size() == 3);
-  CHECK(load_dataset((tmp / "idx").string(), false, o).size() == 2);
+  CHECK(load_dataset((tmp / "imgs"), false, o).width == 4);
+  CHECK(load_dataset((tmp / "idx"), true, o).size() == 3);
+  CHECK(load_dataset((tmp / "idx"), false, o).size() == 2);
 
   o.synthetic.num_examples = 30;
   o.synthetic.height = o.synthetic.width = 5;
@@ -736,13 +713,13 @@ TEST_CASE("load_dataset: recognises each kind of --data") {
   CHECK(syn_train.name == "synthetic(seed 1):train");
   CHECK_FALSE(std::equal(syn_test.pixels.begin(), syn_test.pixels.end(), syn_train.pixels.begin()));
 
-  std::string msg = error_of([&] { load_dataset((tmp / "nothing-here").string(), true, o); });
+  std::string msg = error_of([&] { load_dataset((tmp / "nothing-here"), true, o); });
   CHECK(contains(msg, "nothing-here: no such folder"));
   fs::create_directories(tmp / "empty");
-  msg = error_of([&] { load_dataset((tmp / "empty").string(), true, o); });
+  msg = error_of([&] { load_dataset((tmp / "empty"), true, o); });
   CHECK(contains(msg, "empty: not a recognised data set folder"));
-  fs::remove(tmp / "idx" / "t10k-labels-idx1-ubyte");
-  msg = error_of([&] { load_dataset((tmp / "idx").string(), false, o); });
+  fs::remove(tmp.path / "idx" / "t10k-labels-idx1-ubyte");
+  msg = error_of([&] { load_dataset((tmp / "idx"), false, o); });
   CHECK(contains(msg, "no t10k-labels-idx1-ubyte[.gz]"));
 
   std::error_code ec;

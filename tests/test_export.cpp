@@ -29,7 +29,11 @@
 #include "prune/compact.h"
 
 using namespace dnns;
+using dnns::testing::logit_scale;
+using dnns::testing::every_kind_model;
+using dnns::testing::random_masks;
 using dnns::testing::randomize_batchnorm;
+using dnns::testing::TempDir;
 namespace fs = std::filesystem;
 
 static_assert(std::endian::native == std::endian::little, "the raw .bin files below are written in host order");
@@ -37,23 +41,6 @@ static_assert(std::endian::native == std::endian::little, "the raw .bin files be
 namespace {
 
 constexpr float kTol = 1e-4f;  // relative to the logit scale max(1, max |logit|)
-
-// Masks every prunable weight: a fraction of whole filters dead (their constants must then be
-// folded), and unstructured zeros in the rest.
-void random_masks(Model& m, Rng& rng, float dead_filter_fraction, float density) {
-  for (auto& p : m.params()) {
-    if (!p.param->prunable) continue;
-    Tensor mask = Tensor::full(p.param->value.shape(), 1.0f);
-    const int64_t rows = mask.dim(0), per = mask.numel() / rows;
-    for (int64_t k = 0; k < rows; ++k) {
-      const bool dead = p.name != "fc.weight" && rng.uniform() < dead_filter_fraction;
-      for (int64_t q = 0; q < per; ++q)
-        if (dead || rng.uniform() > density) mask[k * per + q] = 0.0f;
-    }
-    m.masks[p.name] = mask;
-  }
-  m.apply_masks();
-}
 
 Model zoo_model(const std::string& name, uint64_t seed) {
   Rng rng(seed);
@@ -65,15 +52,7 @@ Model zoo_model(const std::string& name, uint64_t seed) {
 
 Tensor random_images(int n, const Shape& chw, uint64_t seed) {
   Rng rng(seed);
-  Tensor x({n, chw[0], chw[1], chw[2]});
-  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
-  return x;
-}
-
-float logit_scale(const Tensor& t) {
-  float s = 1.0f;
-  for (int64_t i = 0; i < t.numel(); ++i) s = std::max(s, std::fabs(t[i]));
-  return s;
+  return dnns::testing::random_images(n, chw, rng);
 }
 
 struct Case {
@@ -113,26 +92,6 @@ std::vector<Case> deployment_cases() {
   return cases;
 }
 
-// A small hand-built graph with every node kind, a batchnorm that cannot be folded (its conv
-// feeds another node too), average pooling and flatten.
-Model every_kind_model() {
-  Model m;
-  int x = m.add_input({3, 12, 12});
-  int c1 = m.add("c1", std::make_unique<Conv2d>(3, 6, 3, 3, 1, 1, true), {x});
-  int bn = m.add("bn", std::make_unique<BatchNorm2d>(6), {c1});
-  int sum = m.add("sum", std::make_unique<Add>(), {c1, bn});
-  int relu = m.add("relu", std::make_unique<ReLU>(), {sum});
-  int c2 = m.add("c2", std::make_unique<Conv2d>(6, 4, 3, 3, 2, 0, false, true), {relu});  // fused ReLU, stride 2
-  int mp = m.add("mp", std::make_unique<Pool2d>(true, 2, 1), {c2});
-  int ap = m.add("ap", std::make_unique<Pool2d>(false, 2, 2), {mp});
-  int fl = m.add("flat", std::make_unique<Flatten>(), {ap});
-  m.add("fc", std::make_unique<Linear>(16, 5, true), {fl});
-  Rng rng(5);
-  init_model(m, rng);
-  randomize_batchnorm(m, rng);
-  return m;
-}
-
 void write_floats(const std::string& path, const Tensor& t) {
   std::ofstream f(path, std::ios::binary);
   f.write(reinterpret_cast<const char*>(t.data()), static_cast<std::streamsize>(t.bytes()));
@@ -155,17 +114,6 @@ float max_diff(const Tensor& a, const std::vector<float>& b) {
   return d;
 }
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag)
-      : path(fs::temp_directory_path() / ("dnns_export_" + tag + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& file) const { return (path / file).string(); }
-};
-
 // Runs a shell command; its output goes to `log`.
 int run_command(const std::string& cmd, const std::string& log) {
   const int rc = std::system((cmd + " >" + log + " 2>&1").c_str());
@@ -175,6 +123,41 @@ int run_command(const std::string& cmd, const std::string& log) {
 std::string file_text(const std::string& path) {
   std::ifstream f(path);
   return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Compiles the C export in `dir` (model `name`) with the host compiler as a user would, runs it
+// on `images` and returns its outputs (a REQUIRE fails on a compile or run error).
+std::vector<float> compile_and_run_c(const std::string& dir, const std::string& name, const Tensor& images) {
+  const std::string exe = dir + "/" + name;
+  const std::string compile = std::string(DNNS_HOST_CXX) + " -std=c++17 -O1 -Wall -Wextra -Werror -fno-exceptions " +
+                              "-fno-rtti -o " + exe + " " + dir + "/" + name + "_main.cpp " + dir + "/dnns_runtime.cpp";
+  REQUIRE_MESSAGE(run_command(compile, dir + "/compile.log") == 0, file_text(dir + "/compile.log"));
+  write_floats(dir + "/in.bin", images);
+  REQUIRE_MESSAGE(run_command(exe + " " + dir + "/in.bin " + dir + "/out.bin", dir + "/run.log") == 0,
+                  file_text(dir + "/run.log"));
+  return read_floats(dir + "/out.bin");
+}
+
+// The outputs onnxruntime computes for the ONNX file `onnx` on `images` (scripts/onnx_check.py,
+// files next to `onnx`); false, with a message, where onnxruntime cannot be imported.
+bool onnxruntime_logits(const std::string& onnx, const Tensor& images, std::vector<float>* out) {
+  const char* py_env = std::getenv("DNNS_PYTHON");
+  const std::string python = py_env ? py_env : "python3";
+  const std::string script = std::string(DNNS_SOURCE_DIR) + "/scripts/onnx_check.py";
+  write_floats(onnx + ".in.bin", images);
+  const Shape& s = images.shape();
+  const std::string cmd = python + " " + script + " " + onnx + " " + onnx + ".in.bin " + std::to_string(s[0]) + "," +
+                          std::to_string(s[1]) + "," + std::to_string(s[2]) + "," + std::to_string(s[3]) + " " + onnx +
+                          ".out.bin";
+  const int rc = run_command(cmd, onnx + ".log");
+  if (rc == 3 || rc == 127) {  // onnxruntime not importable, or no such python
+    MESSAGE("SKIPPED the onnxruntime comparison: " << file_text(onnx + ".log")
+                                                   << "(install it with: python3 -m pip install onnxruntime numpy)");
+    return false;
+  }
+  REQUIRE_MESSAGE(rc == 0, "onnx_check.py failed: " << file_text(onnx + ".log"));
+  *out = read_floats(onnx + ".out.bin");
+  return true;
 }
 
 // ---------------------------------------------------------------- a minimal protobuf reader
@@ -317,9 +300,6 @@ TEST_CASE("ONNX export: structure, and logits from onnxruntime") {
   std::vector<Case> cases = deployment_cases();
   cases.push_back({"every_kind", every_kind_model(), random_images(2, {3, 12, 12}, 51)});
   TempDir tmp("onnx");
-  const char* py_env = std::getenv("DNNS_PYTHON");
-  const std::string python = py_env ? py_env : "python3";
-  const std::string script = std::string(DNNS_SOURCE_DIR) + "/scripts/onnx_check.py";
   bool skipped = false;
   for (Case& c : cases) {
     CAPTURE(c.name);
@@ -362,26 +342,18 @@ TEST_CASE("ONNX export: structure, and logits from onnxruntime") {
 
     // Logits from a real ONNX consumer.
     if (skipped) continue;
-    write_floats(tmp / (c.name + ".in.bin"), c.images);
-    const Shape& s = c.images.shape();
-    const std::string cmd = python + " " + script + " " + onnx + " " + (tmp / (c.name + ".in.bin")) + " " +
-                            std::to_string(s[0]) + "," + std::to_string(s[1]) + "," + std::to_string(s[2]) + "," +
-                            std::to_string(s[3]) + " " + (tmp / (c.name + ".out.bin"));
-    const int rc = run_command(cmd, tmp / "ort.log");
-    if (rc == 3 || rc == 127) {  // onnxruntime not importable, or no such python
-      MESSAGE("SKIPPED the onnxruntime comparison: " << file_text(tmp / "ort.log")
-                                                     << "(install it with: python3 -m pip install onnxruntime numpy)");
+    std::vector<float> got;
+    if (!onnxruntime_logits(onnx, c.images, &got)) {
       skipped = true;
       continue;
     }
-    REQUIRE_MESSAGE(rc == 0, "onnx_check.py failed: " << file_text(tmp / "ort.log"));
     Tensor want = c.model.forward(c.images, false);
-    const float scale = logit_scale(want), diff = max_diff(want, read_floats(tmp / (c.name + ".out.bin")));
+    const float scale = logit_scale(want), diff = max_diff(want, got);
     MESSAGE(c.name << ": onnxruntime max |logit diff| " << diff << " at logit scale " << scale << " ("
                    << info.nodes << " ONNX nodes, " << info.bytes / 1024 << " KiB)");
     CHECK(diff <= kTol * scale);
   }
-  if (skipped) MESSAGE("onnxruntime not importable by '" << python << "': ONNX files were checked structurally only");
+  if (skipped) MESSAGE("onnxruntime not importable: ONNX files were checked structurally only");
 }
 
 TEST_CASE("C-array export compiles with the host compiler and gives the full build's logits") {
@@ -404,15 +376,8 @@ TEST_CASE("C-array export compiles with the host compiler and gives the full bui
       CHECK(header.find(std::string(c.name == "r20" ? "R20" : "EVERY_KIND") + macro) != std::string::npos);
     CHECK(file_text(dir + "/dnns_runtime.cpp").find("engine_run") != std::string::npos);
 
-    const std::string exe = dir + "/" + c.name;
-    const std::string compile = std::string(DNNS_HOST_CXX) + " -std=c++17 -O1 -Wall -Wextra -Werror -fno-exceptions " +
-                                "-fno-rtti -o " + exe + " " + dir + "/" + c.name + "_main.cpp " + dir + "/dnns_runtime.cpp";
-    REQUIRE_MESSAGE(run_command(compile, dir + "/compile.log") == 0, file_text(dir + "/compile.log"));
-    write_floats(dir + "/in.bin", c.images);
-    REQUIRE_MESSAGE(run_command(exe + " " + dir + "/in.bin " + dir + "/out.bin", dir + "/run.log") == 0,
-                    file_text(dir + "/run.log"));
     Tensor want = c.model.forward(c.images, false);
-    const float scale = logit_scale(want), diff = max_diff(want, read_floats(dir + "/out.bin"));
+    const float scale = logit_scale(want), diff = max_diff(want, compile_and_run_c(dir, c.name, c.images));
     MESSAGE(c.name << ": compiled C export, max |logit diff| " << diff << " at logit scale " << scale << "; "
                    << info.weight_floats << " weights, arena " << info.arena_floats_per_image * 4 / 1024.0
                    << " KiB per image, header " << header.size() / 1024 << " KiB");
@@ -438,13 +403,29 @@ TEST_CASE("cifar_prune export writes ONNX and C exports of a masked model, compa
                               tmp / "onnx.log") == 0,
                   file_text(tmp / "onnx.log"));
   CHECK(file_text(tmp / "onnx.log").find("batchnorms folded") != std::string::npos);
-  CHECK(fs::file_size(tmp / "m.onnx") > 1000);
+  // What the files hold: the ONNX file is the in-process export of the compacted masked model,
+  // byte for byte (the ONNX test above checks that export against onnxruntime), and it runs.
+  Model loaded = Model::load(tmp / "masked.dnns");
+  loaded.apply_masks();
+  Model compact = compact_model(loaded);
+  export_onnx(compact, tmp / "expected.onnx");
+  CHECK(file_text(tmp / "m.onnx") == file_text(tmp / "expected.onnx"));
+  const Tensor images = random_images(2, m.input_shape(), 73);
+  const Tensor want = m.forward(images, false);  // the masked model's logits
+  const float scale = logit_scale(want);
+  std::vector<float> got;
+  if (onnxruntime_logits(tmp / "m.onnx", images, &got)) CHECK(max_diff(want, got) <= kTol * scale);
   REQUIRE_MESSAGE(run_command(app + " export " + (tmp / "masked.dnns") + " --compact --format c --name r20 --out " +
                                   (tmp / "c"),
                               tmp / "c.log") == 0,
                   file_text(tmp / "c.log"));
-  for (const char* file : {"r20.h", "r20_main.cpp", "dnns_runtime.h", "dnns_runtime.cpp"})
-    CHECK(fs::exists(tmp / (std::string("c/") + file)));
+  // The C export: the header of the compact model (weights and node table) as the in-process
+  // export writes it, and the program compiled from the folder, as a user would, gives the
+  // masked model's logits.
+  CHECK(compact.num_params() < m.num_params());  // compaction had work to do
+  export_c(compact, tmp / "c_expected", "r20");
+  CHECK(file_text(tmp / "c/r20.h") == file_text(tmp / "c_expected/r20.h"));
+  CHECK(max_diff(want, compile_and_run_c(tmp / "c", "r20", images)) <= kTol * scale);
   CHECK(run_command(app + " export " + (tmp / "masked.dnns") + " --format tflite --out x", tmp / "bad.log") != 0);
   CHECK(file_text(tmp / "bad.log").find("--format must be onnx or c") != std::string::npos);
 }

@@ -26,9 +26,14 @@
 #include "nn/models/zoo.h"
 #include "nn/run.h"
 #include "prune/imp.h"
+#include "prune/json_value.h"
 
 using namespace dnns;
 using dnns::testing::QuadrantData;
+using dnns::testing::same_bits;
+using dnns::testing::spawn;
+using dnns::testing::TempDir;
+using dnns::testing::wait_exit;
 namespace fs = std::filesystem;
 
 namespace {
@@ -40,18 +45,6 @@ namespace {
 constexpr int64_t kRealTrain = 1500, kRealTest = 500, kRealEpochs = 2, kRealBatch = 32;
 constexpr float kRealLr = 0.05f;
 constexpr double kRealMinAccuracy = 0.25;  // chance is 0.10
-
-// A fresh folder under the temporary directory, removed at the end of the test.
-struct TmpDir {
-  fs::path path;
-  explicit TmpDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("dnns_imp_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TmpDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 
 // conv(bias) bn relu pool conv relu gap fc: prunable 216 + 576 + 32 = 824 weights.
@@ -84,12 +77,6 @@ TrainConfig small_config(float momentum, int64_t batches_per_epoch = 8) {
   return cfg;
 }
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return false;
-  auto x = a.to_vector(), y = b.to_vector();
-  return std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
-}
-
 // Every state tensor and mask of two models, bit for bit.
 bool same_model(Model& a, Model& b) {
   auto sa = a.state(), sb = b.state();
@@ -112,7 +99,7 @@ std::string file_bytes(const std::string& path) {
 }  // namespace
 
 TEST_CASE("rewinding restores the iteration-K state bit-exactly") {
-  TmpDir dir("rewind");
+  TempDir dir("rewind");
   QuadrantData train(128, 16, 1), test(64, 32, 2);
   Model m = small_net(5);
   set_masks(m, ones_masks(m));
@@ -170,7 +157,7 @@ TEST_CASE("retraining from the rewind point with a dense mask and no momentum re
   // Without momentum a fresh optimizer changes nothing, so a dense "level" rewound to K must
   // retrace level 0 exactly: same weights, batchnorm statistics, learning rates (the drop at
   // step 12) and batches (K = 5 is inside epoch 0).
-  TmpDir dir("retrace");
+  TempDir dir("retrace");
   QuadrantData train(128, 16, 3), test(64, 32, 4);
   Model m = small_net(6);
   set_masks(m, ones_masks(m));
@@ -205,7 +192,7 @@ TEST_CASE("retraining from the rewind point with a dense mask and no momentum re
 }
 
 TEST_CASE("run_imp: each level is the previous one pruned, rewound and retrained; the folder resumes and extends") {
-  TmpDir dir("driver");
+  TempDir dir("driver");
   const std::string out = dir / "run";
   QuadrantData train(512, 32, 1), test(64, 32, 2);
   Model init = small_net(3);
@@ -306,53 +293,34 @@ TEST_CASE("run_imp: each level is the previous one pruned, rewound and retrained
     CHECK(file_bytes(d3 + "/model.dnns") == level3);
     CHECK_FALSE(file_exists(d3 + "/checkpoint.dnns"));
   }
-  // Extending by one level adds level 4 and leaves the others alone.
+  // Extending by one level adds level 4 and leaves the others alone. It reads only the last
+  // finished levels' model files: the masks of finished levels are not recomputed, so the
+  // earlier model files may even be unreadable.
+  for (int L = 0; L <= 2; ++L)
+    for (const std::string& chain : std::vector<std::string>{"magnitude", "random"})
+      if (L > 0 || chain == "magnitude") write_text_atomic(imp_level_dir(out, chain, L) + "/model.dnns", "not read");
   opt.levels = 4;
-  opt.random_baseline = false;
   std::vector<LevelRecord> more = run_imp(init, cfg, train, test, out, opt);
-  CHECK(more.size() == 5);
-  CHECK(more.back().level == 4);
-  CHECK(more.back().remaining == 421 - 85);
+  REQUIRE(more.size() == 9);
+  CHECK(more[7].chain == "magnitude");
+  CHECK(more[7].level == 4);
+  CHECK(more[7].remaining == 421 - 85);
+  CHECK(more[8].chain == "random");
+  CHECK(more[8].level == 4);
+  CHECK(more[8].remaining == 421 - 85);
+  for (size_t i = 0; i < recs.size(); ++i) CHECK(more[i].test_accuracy == recs[i].test_accuracy);
   CHECK(file_bytes(imp_level_dir(out, "magnitude", 3) + "/model.dnns") == level3);
   // A rewind step past the end of training is refused.
   opt.rewind_step = 48;
   CHECK_THROWS_WITH_AS(run_imp(init, cfg, train, test, dir / "other", opt), doctest::Contains("rewind step 48"), Error);
 }
 
-namespace {
-
-// Starts the cifar_prune binary with `args`, stdout and stderr into `log`.
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  const std::string bin = DNNS_BINARY_DIR "/bin/cifar_prune";
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(bin.c_str()));
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(bin.c_str(), argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-}  // namespace
-
 TEST_CASE("a run killed with SIGKILL and resumed equals an uninterrupted one, bit for bit") {
   const std::string bin = DNNS_BINARY_DIR "/bin/cifar_prune";
   REQUIRE_MESSAGE(file_exists(bin), bin << " is missing: build the cifar_prune target first");
-  TmpDir dir("kill");
+  TempDir dir("kill");
   auto args = [&](const std::string& out) {
-    return std::vector<std::string>{"imp", "--data", "synthetic", "--model", "resnet20", "--train-subset", "64",
+    return std::vector<std::string>{bin, "imp", "--data", "synthetic", "--model", "resnet20", "--train-subset", "64",
                                     "--test-subset", "32", "--batch-size", "16", "--epochs", "3", "--milestones",
                                     "2", "--levels", "2", "--rewind-step", "2", "--threads", "2", "--out", out};
   };
@@ -400,6 +368,21 @@ TEST_CASE("a run killed with SIGKILL and resumed equals an uninterrupted one, bi
     CHECK_MESSAGE(a.size() > 1000000, "level " << L);  // a ResNet-20 with its masks
     CHECK_MESSAGE(a == b, "level " << L << " differs after kill and resume");
   }
+
+  // `cifar_prune portfolio` takes the flags the command line does not give from the run's
+  // hparams.json (here --test-subset 32), and the command line's over them.
+  auto portfolio = [&](const std::string& out, const std::vector<std::string>& extra) {
+    std::vector<std::string> a = {bin, "portfolio", "--run", whole, "--out", out, "--levels", "0", "--latency-batch",
+                                  "2", "--latency-runs", "1", "--latency-batch-runs", "1", "--threads", "2"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    REQUIRE_MESSAGE(wait_exit(spawn(a, out + ".log")) == 0, read_text(out + ".log"));
+    return parse_json(read_text(out + "/manifest.json"), out);
+  };
+  auto examples = [](const JsonValue& manifest) {
+    return json_int(json_field(json_array(json_field(manifest, "variants", "m"), "m").at(0), "test_examples", "m"), "m");
+  };
+  CHECK(examples(portfolio(dir / "pf_run", {})) == 32);
+  CHECK(examples(portfolio(dir / "pf_given", {"--test-subset", "16"})) == 16);
 }
 
 TEST_CASE("IMP on real CIFAR-10 (JPEG copy) keeps accuracy far above chance at 41% of weights") {
@@ -429,7 +412,7 @@ TEST_CASE("IMP on real CIFAR-10 (JPEG copy) keeps accuracy far above chance at 4
   cfg.schedule.base_lr = kRealLr;
   cfg.schedule.milestones = {(2 * kRealEpochs - 1) * train.batches_per_epoch() / 2};  // x0.1 for the last half epoch
 
-  TmpDir dir("cifar");
+  TempDir dir("cifar");
   ImpOptions opt;
   opt.levels = 4;
   opt.rewind_step = train.batches_per_epoch() / 2;

@@ -20,8 +20,11 @@
 #include "kernels/cpu/cpu.h"
 #include "kernels/params.h"
 #include "kernels/ref/ref.h"
+#include "tests/test_util.h"
 
 using namespace dnns;
+using dnns::testing::conv;
+using dnns::testing::conv_str;
 
 namespace {
 
@@ -58,24 +61,11 @@ double dot(const std::vector<float>& a, const std::vector<float>& b) {
 }
 double norm(const std::vector<float>& a) { return std::sqrt(dot(a, a)); }
 
-std::string describe(const Conv2dParams& p) {
-  return "N=" + std::to_string(p.N) + " C=" + std::to_string(p.C) + " H=" + std::to_string(p.H) +
-         " W=" + std::to_string(p.W) + " K=" + std::to_string(p.K) + " R=" + std::to_string(p.R) +
-         " S=" + std::to_string(p.S) + " stride=" + std::to_string(p.stride) +
-         " pad=" + std::to_string(p.pad);
-}
-
-Conv2dParams conv(int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
-  Conv2dParams p;
-  p.N = N, p.C = C, p.H = H, p.W = W, p.K = K, p.R = R, p.S = S, p.stride = stride, p.pad = pad;
-  return p;
-}
-
 // Runs forward, backward-data and backward-weights (with and without bias) on both backends.
 void compare_conv(const Conv2dParams& p, Rng& rng) {
   const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, nw = (int64_t)p.K * p.C * p.R * p.S;
   const int64_t ny = (int64_t)p.N * p.K * p.P() * p.Q();
-  const std::string name = describe(p);
+  const std::string name = conv_str(p);
   const auto x = randn(rng, nx), w = randn(rng, nw), b = randn(rng, p.K), dy = randn(rng, ny);
 
   for (bool bias : {true, false}) {
@@ -114,7 +104,7 @@ void check_conv_adjoints(const Conv2dParams& p, Rng& rng, Fwd fwd, BwdData bwd_d
   const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, nw = (int64_t)p.K * p.C * p.R * p.S;
   const int64_t ny = (int64_t)p.N * p.K * p.P() * p.Q();
   const auto x = randn(rng, nx), w = randn(rng, nw), dy = randn(rng, ny);
-  INFO(describe(p));
+  INFO(conv_str(p));
   std::vector<float> y(ny), dx(nx), dw(nw), db(p.K);
   fwd(p, x.data(), w.data(), nullptr, y.data());
   bwd_data(p, dy.data(), w.data(), dx.data());

@@ -18,7 +18,10 @@
 #include "prune/report.h"
 
 using namespace dnns;
+using dnns::testing::contains;
+using dnns::testing::error_of;
 using dnns::testing::QuadrantData;
+using dnns::testing::same_bits;
 
 namespace {
 
@@ -427,4 +430,70 @@ TEST_CASE("level records, tables and the accuracy-vs-sparsity plot") {
   bad.series.push_back({"s", "red", false, {{0.0, 1.0, ""}}});
   CHECK_THROWS_WITH_AS(render_line_plot_svg(bad), doctest::Contains("log x axis needs x > 0"), Error);
   CHECK_THROWS_WITH_AS(render_line_plot_svg(LinePlot{}), doctest::Contains("nothing to plot"), Error);
+}
+
+TEST_CASE("IMP-like masks: exactly round(density x total) survivors at any density, 0 and 1 included") {
+  Model m = initialised("resnet20");
+  Model before = m.clone();
+  const int64_t total = count_ones(ones_masks(m));
+  REQUIRE(total > 100000);
+  auto kept_at = [&](double density, uint64_t seed = 7) {
+    Rng rng(seed);
+    MaskSet masks = imp_like_masks(m, density, rng);
+    CHECK(masks.size() == ones_masks(m).size());  // a mask for every prunable weight
+    return count_ones(masks);
+  };
+  CHECK(kept_at(0.0) == 0);  // every weight pruned (read past the scores before the fix)
+  CHECK(kept_at(1.0) == total);
+  CHECK(kept_at(1.0 / double(total)) == 1);  // tiny: one survivor
+  CHECK(kept_at(0.4 / double(total)) == 0);
+  CHECK(kept_at(0.3) == std::llround(0.3 * double(total)));
+  CHECK(kept_at(0.05, 8) == std::llround(0.05 * double(total)));
+  // The model is not changed; the same seed gives the same masks.
+  {
+    auto now = m.params(), was = before.params();
+    for (size_t i = 0; i < now.size(); ++i) CHECK(same_bits(now[i].param->value, was[i].param->value));
+  }
+  {
+    Rng a(3), b(3);
+    MaskSet x = imp_like_masks(m, 0.2, a), y = imp_like_masks(m, 0.2, b);
+    for (const auto& [name, mask] : x) CHECK(same_bits(mask, y.at(name)));
+  }
+  // As in IMP masks at high sparsity, whole filters die (per-filter importance).
+  {
+    Rng rng(4);
+    MaskSet masks = imp_like_masks(m, 0.05, rng);
+    int dead_rows = 0;
+    for (const auto& [name, mask] : masks) {
+      const int64_t rows = mask.dim(0), per = mask.numel() / rows;
+      for (int64_t k = 0; k < rows; ++k) {
+        int64_t alive = 0;
+        for (int64_t q = 0; q < per; ++q) alive += mask[k * per + q] != 0.0f;
+        dead_rows += alive == 0;
+      }
+    }
+    CHECK(dead_rows > 0);
+  }
+  // Ties (every weight zero, so every score is 0): the earliest weights in graph order survive.
+  {
+    Model zero = m.clone();
+    for (auto& p : zero.params())
+      if (p.param->prunable) p.param->value.fill(0.0f);
+    Rng rng(5);
+    const int64_t keep = std::llround(0.1 * double(total));
+    MaskSet masks = imp_like_masks(zero, 0.1, rng);
+    int64_t seen = 0;
+    bool ordered = true;
+    for (auto& p : prunable_weights(zero)) {
+      const Tensor& mask = masks.at(p.name);
+      for (int64_t i = 0; i < mask.numel(); ++i, ++seen) ordered = ordered && (mask[i] != 0.0f) == (seen < keep);
+    }
+    CHECK(ordered);
+    CHECK(count_ones(masks) == keep);
+  }
+  // Densities outside [0, 1] are refused, naming the value.
+  for (double bad : {-0.1, 1.5, std::nan("")}) {
+    Rng rng(1);
+    CHECK(contains(error_of([&] { imp_like_masks(m, bad, rng); }), "imp_like_masks: density must be in [0, 1]"));
+  }
 }

@@ -3,11 +3,9 @@
 // refused with clear errors.
 #include <doctest/doctest.h>
 
-#include <fcntl.h>
+#include "tests/test_util.h"
+
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -19,34 +17,15 @@
 #include "core/archive.h"
 #include "core/fs.h"
 
-extern char** environ;
 using namespace dnns;
+using dnns::testing::spawn;
+using dnns::testing::TempDir;
+using dnns::testing::wait_exit;
 namespace fs = std::filesystem;
 
 namespace {
 
 const std::string kBin = std::string(DNNS_BINARY_DIR) + "/bin/cifar_prune";
-
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, (log + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, kBin.c_str(), &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE(rc == 0);
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 std::vector<std::string> train_args(const std::string& out) {
   return {kBin, "train", "--data", "synthetic", "--model", "resnet20", "--epochs", "3", "--batch-size", "64",
@@ -57,15 +36,13 @@ std::vector<std::string> train_args(const std::string& out) {
 
 TEST_CASE("train: SIGKILL mid-epoch, then --resume, ends with the uninterrupted run's weights") {
   REQUIRE(fs::exists(kBin));
-  fs::path dir = fs::temp_directory_path() / ("dnns_trainapp_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  std::string a = (dir / "a").string(), b = (dir / "b").string(), log = (dir / "log").string();
+  TempDir dir("trainapp");
+  const std::string a = dir / "a", b = dir / "b", log = dir / "log", err = dir / "log.err";
 
-  REQUIRE(wait_exit(spawn(train_args(a), log)) == 0);
+  REQUIRE(wait_exit(spawn(train_args(a), log, err)) == 0);
 
   // Interrupted: wait for the first epoch's checkpoint, let it get into epoch 2, kill it.
-  pid_t pid = spawn(train_args(b), log);
+  pid_t pid = spawn(train_args(b), log, err);
   auto t0 = std::chrono::steady_clock::now();
   while (!fs::exists(b + "/checkpoint.dnns") && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(300))
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -76,12 +53,12 @@ TEST_CASE("train: SIGKILL mid-epoch, then --resume, ends with the uninterrupted 
   CHECK_FALSE(fs::exists(b + "/model.dnns"));  // it really was interrupted
 
   // Without --resume the folder is refused, naming it; with it the run continues.
-  CHECK(wait_exit(spawn(train_args(b), log)) == 1);
-  CHECK(read_text(log + ".err").find("pass --resume") != std::string::npos);
+  CHECK(wait_exit(spawn(train_args(b), log, err)) == 1);
+  CHECK(read_text(err).find("pass --resume") != std::string::npos);
   auto args = train_args(b);
   args.push_back("--resume");
-  REQUIRE(wait_exit(spawn(args, log)) == 0);
-  CHECK(read_text(log + ".err").find("resumed") != std::string::npos);
+  REQUIRE(wait_exit(spawn(args, log, err)) == 0);
+  CHECK(read_text(err).find("resumed") != std::string::npos);
 
   Archive ma = load_archive(a + "/model.dnns"), mb = load_archive(b + "/model.dnns");
   REQUIRE(ma.tensors.size() == mb.tensors.size());
@@ -93,29 +70,26 @@ TEST_CASE("train: SIGKILL mid-epoch, then --resume, ends with the uninterrupted 
   // The per-epoch log has one line per epoch of the run, none duplicated by the resume.
   std::string lg = read_text(b + "/log.jsonl");
   CHECK(std::count(lg.begin(), lg.end(), '\n') == 3);
-  fs::remove_all(dir);
 }
 
 TEST_CASE("train: bad input is refused with a clear error") {
-  fs::path dir = fs::temp_directory_path() / ("dnns_trainapp2_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  std::string log = (dir / "log").string();
+  TempDir dir("trainapp");
+  const std::string log = dir / "log", err = dir / "log.err";
   auto run = [&](std::vector<std::string> args) {
-    int rc = wait_exit(spawn(args, log));
-    return std::make_pair(rc, read_text(log + ".err"));
+    int rc = wait_exit(spawn(args, log, err));
+    return std::make_pair(rc, read_text(err));
   };
-  auto [rc1, e1] = run({kBin, "train", "--epochs", "ten", "--out", (dir / "o").string()});
+  auto [rc1, e1] = run({kBin, "train", "--epochs", "ten", "--out", dir / "o"});
   CHECK(rc1 == 1);
   CHECK(e1.find("--epochs expects an integer") != std::string::npos);
-  auto [rc2, e2] = run({kBin, "train", "--no-such-flag", "--out", (dir / "o").string()});
+  auto [rc2, e2] = run({kBin, "train", "--no-such-flag", "--out", dir / "o"});
   CHECK(rc2 == 1);
   CHECK(e2.find("unknown flag --no-such-flag") != std::string::npos);
-  auto [rc3, e3] = run({kBin, "train", "--data", (dir / "missing").string(), "--out", (dir / "o").string()});
+  auto [rc3, e3] = run({kBin, "train", "--data", dir / "missing", "--out", dir / "o"});
   CHECK(rc3 == 1);
   CHECK(e3.find("missing") != std::string::npos);
-  auto [rc4, e4] = run({kBin, "train", "--model", "resnet21", "--data", "synthetic", "--out", (dir / "o").string()});
+  auto [rc4, e4] = run({kBin, "train", "--model", "resnet21", "--data", "synthetic", "--out", dir / "o"});
   CHECK(rc4 == 1);
   CHECK(e4.find("unknown model 'resnet21'") != std::string::npos);
   CHECK_FALSE(fs::exists(dir / "o"));  // a refused command leaves no run folder behind
-  fs::remove_all(dir);
 }

@@ -1,14 +1,29 @@
 // Helpers shared by the test programs.
 #pragma once
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <string>
 #include <vector>
 
-#include <string>
-
 #include "core/batch.h"
+#include "core/error.h"
 #include "core/rng.h"
+#include "kernels/params.h"
 #include "nn/model.h"
+#include "nn/models/zoo.h"
+
+extern char** environ;
 
 namespace dnns::testing {
 
@@ -63,6 +78,99 @@ class QuadrantData : public BatchSource {
 
 inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
+// A fresh folder under the system temp folder (mkdtemp: unique across processes and within
+// one), removed with everything in it at scope exit. `tag` only names it, for a reader of /tmp.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& tag = "test") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / ("dnns_" + tag + "_XXXXXX")).string();
+    REQUIRE_MESSAGE(::mkdtemp(tmpl.data()) != nullptr, "mkdtemp " << tmpl << ": " << std::strerror(errno));
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string str() const { return path.string(); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+  // The names of the entries directly inside, sorted.
+  std::vector<std::string> entries() const {
+    std::vector<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(path)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+};
+
+// The message of the dnns::Error that `f` throws, "" when it throws nothing. Any other
+// exception escapes and fails the test: a refusal must be a dnns::Error.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Starts the program argv[0] with arguments argv[1..], its stdout into the file `log` and its
+// stderr there too, or into `err_log` when one is given; returns its pid (posix_spawn: safe in
+// a test that already runs threads).
+inline pid_t spawn(const std::vector<std::string>& argv, const std::string& log, const std::string& err_log = "") {
+  REQUIRE(!argv.empty());
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (err_log.empty())
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  else
+    posix_spawn_file_actions_addopen(&fa, 2, err_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, argv[0].c_str(), &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  REQUIRE_MESSAGE(rc == 0, "cannot start " << argv[0] << ": " << std::strerror(rc));
+  return pid;
+}
+
+// Waits for `pid`; its exit status, or -1 when a signal ended it.
+inline int wait_exit(pid_t pid) {
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// A conv problem, and its description for failure messages.
+inline Conv2dParams conv(int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+  Conv2dParams p;
+  p.N = N, p.C = C, p.H = H, p.W = W, p.K = K, p.R = R, p.S = S, p.stride = stride, p.pad = pad;
+  return p;
+}
+inline std::string conv_str(const Conv2dParams& p) {
+  return "conv N=" + std::to_string(p.N) + " C=" + std::to_string(p.C) + " H=" + std::to_string(p.H) +
+         " W=" + std::to_string(p.W) + " K=" + std::to_string(p.K) + " R=" + std::to_string(p.R) +
+         " S=" + std::to_string(p.S) + " stride=" + std::to_string(p.stride) + " pad=" + std::to_string(p.pad);
+}
+
+// Same shape and the same bytes (NaN payloads and signed zeros included); device tensors are
+// compared through host copies.
+inline bool same_bits(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape()) return false;
+  const std::vector<float> x = a.to_vector(), y = b.to_vector();
+  return x.size() == y.size() && (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+}
+
+// The scale logit tolerances are relative to: max(1, max |logit|).
+inline float logit_scale(const Tensor& logits) {
+  float s = 1.0f;
+  for (int64_t i = 0; i < logits.numel(); ++i) s = std::max(s, std::fabs(logits[i]));
+  return s;
+}
+
 // (n, C, H, W) standard-normal images.
 inline Tensor random_images(int64_t n, const Shape& chw, Rng& rng) {
   Tensor x({n, chw[0], chw[1], chw[2]});
@@ -98,6 +206,26 @@ inline void random_masks(Model& m, Rng& rng, float dead_filter_fraction, float w
     m.masks[p.name] = mask;
   }
   m.apply_masks();
+}
+
+// A small hand-built graph with every node kind, a batchnorm that cannot be folded (its conv
+// feeds another node too), average pooling and flatten.
+inline Model every_kind_model() {
+  Model m;
+  int x = m.add_input({3, 12, 12});
+  int c1 = m.add("c1", std::make_unique<Conv2d>(3, 6, 3, 3, 1, 1, true), {x});
+  int bn = m.add("bn", std::make_unique<BatchNorm2d>(6), {c1});
+  int sum = m.add("sum", std::make_unique<Add>(), {c1, bn});
+  int relu = m.add("relu", std::make_unique<ReLU>(), {sum});
+  int c2 = m.add("c2", std::make_unique<Conv2d>(6, 4, 3, 3, 2, 0, false, true), {relu});  // fused ReLU, stride 2
+  int mp = m.add("mp", std::make_unique<Pool2d>(true, 2, 1), {c2});
+  int ap = m.add("ap", std::make_unique<Pool2d>(false, 2, 2), {mp});
+  int fl = m.add("flat", std::make_unique<Flatten>(), {ap});
+  m.add("fc", std::make_unique<Linear>(16, 5, true), {fl});
+  Rng rng(5);
+  init_model(m, rng);
+  randomize_batchnorm(m, rng);
+  return m;
 }
 
 }  // namespace dnns::testing

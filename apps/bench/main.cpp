@@ -24,6 +24,7 @@
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
 #include "prune/compact.h"
+#include "prune/magnitude.h"
 #include "prune/portfolio.h"
 #ifdef DNNS_HAVE_CUDA
 #include "kernels/cuda/cuda.h"
@@ -75,39 +76,6 @@ Tensor random_batch(int64_t n, const Shape& chw, Rng& rng) {
   Tensor x({n, chw[0], chw[1], chw[2]});
   for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
   return x;
-}
-
-// IMP-like sparsity: global magnitude pruning to `density` of the conv and linear weights,
-// ranked by |w| times a random per-filter importance so that, as in trained IMP masks at
-// high sparsity, some filters lose every weight. The weights themselves keep their scale.
-void imp_like_mask(Model& m, double density, Rng& rng) {
-  std::vector<float> scores;
-  std::vector<std::vector<float>> per_param;
-  for (auto& p : m.params()) {
-    if (!p.param->prunable) continue;
-    const Tensor& w = p.param->value;
-    int64_t rows = w.dim(0), per = w.numel() / rows;
-    std::vector<float> s(w.numel());
-    for (int64_t k = 0; k < rows; ++k) {
-      float importance = std::exp(2.0f * rng.normal());
-      for (int64_t q = 0; q < per; ++q) s[k * per + q] = std::fabs(w[k * per + q]) * importance;
-    }
-    scores.insert(scores.end(), s.begin(), s.end());
-    per_param.push_back(std::move(s));
-  }
-  if (scores.empty() || density >= 1.0) return;
-  size_t cut = static_cast<size_t>((1.0 - density) * scores.size());
-  std::nth_element(scores.begin(), scores.begin() + cut, scores.end());
-  float thr = scores[cut];
-  size_t idx = 0;
-  for (auto& p : m.params()) {
-    if (!p.param->prunable) continue;
-    const std::vector<float>& s = per_param[idx++];
-    Tensor mask(p.param->value.shape());
-    for (int64_t i = 0; i < mask.numel(); ++i) mask[i] = s[i] >= thr ? 1.0f : 0.0f;
-    m.masks[p.name] = mask;
-  }
-  m.apply_masks();
 }
 
 int bench_train(int argc, char** argv) {
@@ -217,7 +185,7 @@ int bench_compact(int argc, char** argv) {
   Rng rng(1);
   Model m = build_model(f.str("model"));
   init_model(m, rng);
-  imp_like_mask(m, f.number("density"), rng);
+  set_masks(m, imp_like_masks(m, f.number("density"), rng));  // prune/magnitude.h
   CompactReport rep;
   Model c = compact_model(m, &rep);
   // The memory floor, timed between the runs: one plain read of every weight compaction must

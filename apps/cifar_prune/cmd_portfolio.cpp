@@ -65,27 +65,20 @@ int cmd_portfolio(int argc, char** argv) {
       "portfolio.md (the table) and front.svg (latency vs accuracy).\n"
       "The data flags default to the run's hparams.json, so accuracy is measured on the run's test set\n"
       "with its normalisation.";
-  Flags first("cifar_prune portfolio", summary);
-  declare(first);
-  if (!first.parse(argc, argv)) return 0;
-  const std::string run = first.str("run");
+  Flags f("cifar_prune portfolio", summary);
+  declare(f);
+  if (!f.parse(argc, argv)) return 0;
+  const std::string run = f.str("run");
   check(!run.empty(), "cifar_prune portfolio: --run is required (an IMP run folder)");
 
   // Flags not given on the command line take the run's values (data, subsets, seed, ...).
-  std::vector<std::string> args = {argv[0]};
   const std::string hp_path = run + "/hparams.json";
   if (file_exists(hp_path)) {
     for (const auto& [key, value] : parse_flat_json(read_text(hp_path), hp_path))
-      if (first.values().count(key) && !first.given(key) && key != "run" && key != "out") args.push_back("--" + key + "=" + value);
+      if (f.values().count(key) && key != "run" && key != "out") f.set_default(key, value);
   } else {
     std::fprintf(stderr, "portfolio: %s not found; the data flags keep their defaults\n", hp_path.c_str());
   }
-  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
-  std::vector<char*> cargs;
-  for (std::string& a : args) cargs.push_back(a.data());
-  Flags f("cifar_prune portfolio", summary);
-  declare(f);
-  f.parse(static_cast<int>(cargs.size()), cargs.data());
   setup_system(f);
 
   PortfolioOptions opt;

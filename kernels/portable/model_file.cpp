@@ -2,8 +2,11 @@
 // into a runnable graph, with nothing but the C library: the whole file is read once, checked
 // (magic, version, flags, end marker, CRC-32, every length against the bytes that remain),
 // its graph spec parsed into a node table and the tensors the graph uses copied to one aligned
-// weight buffer. Everything is refused with a message naming the file and the problem, as the
-// full build's loader does; mask tensors ("mask:<weight>") are ignored, since the full build's
+// weight buffer. It accepts exactly the files the full build's Model::load accepts (checked on a
+// corpus of valid and damaged files by tests/test_model_readers.cpp), refusing the others with
+// a message naming the file and the problem: unknown or repeated attributes, junk after a
+// number, bad node names, duplicate meta keys or tensors, masks that are not 0/1 tensors of a
+// parameter's shape. Masks ("mask:<param>") are checked but not applied, since the full build's
 // forward does not apply them either (training leaves the weights masked).
 #include <cerrno>
 #include <cstdarg>
@@ -42,6 +45,13 @@ struct Reader {
   }
 };
 
+// A byte string inside the file (a meta key, a tensor name).
+struct Span {
+  const unsigned char* p;
+  uint64_t len;
+  uint64_t index;  // of its entry
+};
+
 struct TensorEntry {
   const char* name;  // not terminated: name_len bytes
   uint32_t name_len;
@@ -50,6 +60,7 @@ struct TensorEntry {
   const unsigned char* data;  // numel x f32 little-endian, unaligned
   uint64_t numel;
   bool used;
+  bool param;  // a parameter of its node (a mask may name it), not a buffer (running statistics)
 };
 
 // Everything the loader allocates, released together on failure.
@@ -59,6 +70,7 @@ struct Loading {
   size_t err_len;
   TensorEntry* tensors = nullptr;
   uint64_t num_tensors = 0;
+  Span* spans = nullptr;  // names, sorted to find duplicates
   char* text = nullptr;
   Node* nodes = nullptr;
   unsigned char* has_bias = nullptr;  // (nodes) conv/linear "bias=1"
@@ -67,6 +79,7 @@ struct Loading {
   NodePlan* plan = nullptr;
   ~Loading() {
     std::free(tensors);
+    std::free(spans);
     std::free(text);
     std::free(nodes);
     std::free(has_bias);
@@ -110,6 +123,50 @@ struct Attrs {
   }
 };
 
+// Whether two of the n byte strings are equal (*dup: one of them). Sorted in place, so a crafted
+// file with many entries costs n log n, not n^2.
+int compare_spans(const void* a, const void* b) {
+  const Span& x = *static_cast<const Span*>(a);
+  const Span& y = *static_cast<const Span*>(b);
+  const uint64_t n = x.len < y.len ? x.len : y.len;
+  const int c = n ? std::memcmp(x.p, y.p, size_t(n)) : 0;
+  if (c != 0) return c;
+  return x.len < y.len ? -1 : x.len > y.len ? 1 : 0;
+}
+bool find_duplicate(Span* spans, uint64_t n, Span* dup) {
+  if (n < 2) return false;
+  std::qsort(spans, size_t(n), sizeof(Span), compare_spans);
+  for (uint64_t i = 1; i < n; ++i)
+    if (compare_spans(&spans[i - 1], &spans[i]) == 0) {
+      *dup = spans[i];
+      return true;
+    }
+  return false;
+}
+
+// A whole decimal or hexadecimal float as std::stof reads it (strtof; no junk after it; not out
+// of float's range), the full build's attr_float.
+bool parse_float(const char* s, float* out) {
+  if (!s || !*s) return false;
+  char* end = nullptr;
+  errno = 0;
+  const float v = std::strtof(s, &end);
+  if (end == s || *end != '\0' || errno == ERANGE) return false;
+  *out = v;
+  return true;
+}
+
+// Node names as the full build allows them (nn/model.cpp: check_name): printable ASCII without
+// space, ',', '=' or ':'.
+bool valid_node_name(const char* name) {
+  if (!*name) return false;
+  for (const char* c = name; *c; ++c) {
+    const unsigned char u = static_cast<unsigned char>(*c);
+    if (u <= ' ' || u >= 127 || u == ',' || u == '=' || u == ':') return false;
+  }
+  return true;
+}
+
 Status parse_header(Loading& L, const unsigned char* data, size_t size) {
   static const char kMagic[8] = {'D', 'N', 'N', 'S', 'H', 'I', 'F', 'T'};
   static const char kEnd[8] = {'E', 'N', 'D', 'S', 'H', 'I', 'F', 'T'};
@@ -145,6 +202,9 @@ Status parse_body(Loading& L, const unsigned char* data, size_t size, const char
   const uint64_t n_meta = get_le64(p);
   if (n_meta > r.remaining() / 12) return L.fail(kErrFormat, "truncated: %llu meta entries cannot fit", (unsigned long long)n_meta);
   *graph = nullptr;
+  L.spans = static_cast<Span*>(std::calloc(size_t(n_meta) + 1, sizeof(Span)));
+  if (!L.spans) return L.fail(kErrMemory, "cannot allocate the meta directory");
+  Span* meta_keys = L.spans;
   for (uint64_t i = 0; i < n_meta; ++i) {
     const unsigned char* kl = r.take(4);
     const uint32_t klen = kl ? get_le32(kl) : 0;
@@ -154,7 +214,12 @@ Status parse_body(Loading& L, const unsigned char* data, size_t size, const char
     const unsigned char* value = vl ? r.take(vlen) : nullptr;
     if (!value) return L.fail(kErrFormat, "truncated or malformed meta entry %llu", (unsigned long long)i);
     if (klen == 5 && std::memcmp(key, "graph", 5) == 0) *graph = reinterpret_cast<const char*>(value), *graph_len = vlen;
+    meta_keys[i] = {key, klen, i};
   }
+  Span dup{};
+  if (find_duplicate(meta_keys, n_meta, &dup))
+    return L.fail(kErrFormat, "malformed archive: duplicate meta key '%.*s'", int(dup.len < 64 ? dup.len : 64),
+                  (const char*)dup.p);
   if (!*graph) return L.fail(kErrFormat, "holds no graph spec (not a model file?)");
 
   if (!(p = r.take(8))) return L.fail(kErrFormat, "truncated: no tensor count");
@@ -191,6 +256,15 @@ Status parse_body(Loading& L, const unsigned char* data, size_t size, const char
   }
   if (r.remaining() != 0)
     return L.fail(kErrFormat, "malformed archive: %zu unexplained bytes after the last tensor", r.remaining());
+  // L.spans: the tensor names, sorted (attach_tensors looks masks' weights up there).
+  std::free(L.spans);
+  L.spans = static_cast<Span*>(std::calloc(size_t(n_tensors) + 1, sizeof(Span)));
+  if (!L.spans) return L.fail(kErrMemory, "cannot allocate the tensor directory");
+  for (uint64_t i = 0; i < n_tensors; ++i)
+    L.spans[i] = {reinterpret_cast<const unsigned char*>(L.tensors[i].name), L.tensors[i].name_len, i};
+  if (find_duplicate(L.spans, n_tensors, &dup))
+    return L.fail(kErrFormat, "malformed archive: duplicate tensor '%.*s'", int(dup.len < 200 ? dup.len : 200),
+                  (const char*)dup.p);
   return kOk;
 }
 
@@ -224,6 +298,7 @@ Status find_tensor(Loading& L, const char* node, const char* param, int ndim, co
 
 // Parses the graph spec (nn/model.cpp: Model::spec) into L.nodes. Names point into L.text.
 Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
+  if (std::memchr(spec, '\0', size_t(spec_len))) return L.fail(kErrGraph, "graph spec: holds a NUL byte");
   L.text = static_cast<char*>(std::malloc(size_t(spec_len) + 1));
   if (!L.text) return L.fail(kErrMemory, "cannot allocate the graph spec");
   std::memcpy(L.text, spec, size_t(spec_len));
@@ -244,6 +319,7 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
     // Split the line into whitespace-separated tokens, terminated in place.
     char* tok[Attrs::kMax + 2];
     int ntok = 0;
+    const bool empty = *line == '\0';  // only an empty line is skipped (a blank one is refused, as in the full build)
     for (char* c = line; *c;) {
       while (is_space(*c)) *c++ = '\0';
       if (!*c) break;
@@ -252,9 +328,9 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
       while (*c && !is_space(*c)) ++c;
     }
     line = next;
-    if (ntok == 0) continue;
+    if (empty) continue;
     if (!header) {
-      if (ntok < 2 || std::strcmp(tok[0], "dnnshifter-graph") != 0 || std::strcmp(tok[1], "1") != 0)
+      if (ntok != 2 || std::strcmp(tok[0], "dnnshifter-graph") != 0 || std::strcmp(tok[1], "1") != 0)
         return L.fail(kErrGraph, "graph spec line %d: not a dnnshifter graph spec (version 1)", lineno);
       header = true;
       continue;
@@ -268,17 +344,41 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
       return -1;
     };
     if (std::strcmp(kind, "output") == 0) {
+      if (ntok != 2) return L.fail(kErrGraph, "graph spec line %d: unexpected '%s' after the output node", lineno, tok[2]);
       g->output = find_node(name);
       if (g->output < 1) return L.fail(kErrGraph, "graph spec line %d: output node '%s' does not exist", lineno, name);
       have_output = true;
       continue;
     }
+    if (!valid_node_name(name))
+      return L.fail(kErrGraph, "graph spec line %d: node name '%s' contains a space, ',', '=' or ':'", lineno, name);
     if (find_node(name) >= 0) return L.fail(kErrGraph, "graph spec line %d: duplicate node name '%s'", lineno, name);
+    // The attributes each kind takes (nn/layers.cpp: make_layer): any other would change the
+    // layer's meaning, so it is refused, as is an attribute given twice.
+    static const char* const kKnown[][12] = {
+        {"input", "shape"},
+        {"conv", "inputs", "in", "out", "kh", "kw", "stride", "pad", "bias", "relu", "pos_h", "pos_w"},
+        {"batchnorm", "inputs", "channels", "eps", "momentum"},
+        {"maxpool", "inputs", "kernel", "stride"},
+        {"avgpool", "inputs", "kernel", "stride"},
+        {"linear", "inputs", "in", "out", "bias"},
+        {"relu", "inputs"},
+        {"global_avgpool", "inputs"},
+        {"flatten", "inputs"},
+        {"add", "inputs"}};
+    const char* const* known = nullptr;
+    for (const auto& k : kKnown)
+      if (std::strcmp(k[0], kind) == 0) known = k;
+    if (!known) return L.fail(kErrGraph, "graph spec line %d: unknown layer kind '%s'", lineno, kind);
     Attrs a;
     for (int t = 2; t < ntok; ++t) {
       char* eq = std::strchr(tok[t], '=');
       if (!eq) return L.fail(kErrGraph, "graph spec line %d: expected key=value, got '%s'", lineno, tok[t]);
       *eq = '\0';
+      if (a.find(tok[t])) return L.fail(kErrGraph, "graph spec line %d: %s '%s': attribute '%s' given twice", lineno, kind, name, tok[t]);
+      bool ok = false;
+      for (int k = 1; k < 12 && known[k]; ++k) ok = ok || std::strcmp(known[k], tok[t]) == 0;
+      if (!ok) return L.fail(kErrGraph, "graph spec line %d: %s '%s': unknown attribute '%s'", lineno, kind, name, tok[t]);
       a.keys[a.count] = tok[t];
       a.values[a.count++] = eq + 1;
     }
@@ -331,11 +431,11 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
       nd.op = Op::BatchNorm;
       nd.in_ch = nd.out_ch = attr("channels", true, 0);
       nd.eps = 1e-5f;
-      if (const char* e = a.find("eps")) {
-        char* end = nullptr;
-        nd.eps = std::strtof(e, &end);
-        if (end == e) return L.fail(kErrGraph, "graph spec line %d: batchnorm '%s': eps is not a number: '%s'", lineno, name, e);
-      }
+      float momentum = 0.1f;  // training only: checked, not used
+      if (const char* e = a.find("eps"); e && !parse_float(e, &nd.eps))
+        return L.fail(kErrGraph, "graph spec line %d: batchnorm '%s': eps is not a number: '%s'", lineno, name, e);
+      if (const char* mo = a.find("momentum"); mo && !parse_float(mo, &momentum))
+        return L.fail(kErrGraph, "graph spec line %d: batchnorm '%s': momentum is not a number: '%s'", lineno, name, mo);
     } else if (std::strcmp(kind, "relu") == 0) {
       nd.op = Op::ReLU;
     } else if (std::strcmp(kind, "maxpool") == 0 || std::strcmp(kind, "avgpool") == 0) {
@@ -391,6 +491,7 @@ Status attach_tensors(Loading& L, int64_t* num_weights) {
     int ndim;
     int64_t shape[4];
     const float** slot;
+    bool is_param;  // a parameter (may have a mask), not a buffer
   };
   // Two passes over the same list: first find and size, then copy.
   int64_t total = 0;
@@ -402,17 +503,17 @@ Status attach_tensors(Loading& L, int64_t* num_weights) {
       int nw = 0;
       const int64_t K = nd.out_ch, C = nd.in_ch;
       if (nd.op == Op::Conv) {
-        w[nw++] = {&nd, "weight", 4, {K, C, nd.kernel_h, nd.kernel_w}, &nd.weight};
-        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias};
-        if (nd.pos_h > 0) w[nw++] = {&nd, "pos_bias", 3, {K, nd.pos_h, nd.pos_w}, &nd.pos_bias};
+        w[nw++] = {&nd, "weight", 4, {K, C, nd.kernel_h, nd.kernel_w}, &nd.weight, true};
+        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true};
+        if (nd.pos_h > 0) w[nw++] = {&nd, "pos_bias", 3, {K, nd.pos_h, nd.pos_w}, &nd.pos_bias, true};
       } else if (nd.op == Op::Linear) {
-        w[nw++] = {&nd, "weight", 2, {K, C}, &nd.weight};
-        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias};
+        w[nw++] = {&nd, "weight", 2, {K, C}, &nd.weight, true};
+        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true};
       } else if (nd.op == Op::BatchNorm) {
-        w[nw++] = {&nd, "weight", 1, {C}, &nd.weight};
-        w[nw++] = {&nd, "bias", 1, {C}, &nd.bias};
-        w[nw++] = {&nd, "running_mean", 1, {C}, &nd.mean};
-        w[nw++] = {&nd, "running_var", 1, {C}, &nd.var};
+        w[nw++] = {&nd, "weight", 1, {C}, &nd.weight, true};
+        w[nw++] = {&nd, "bias", 1, {C}, &nd.bias, true};
+        w[nw++] = {&nd, "running_mean", 1, {C}, &nd.mean, false};
+        w[nw++] = {&nd, "running_var", 1, {C}, &nd.var, false};
       }
       if (K < 0 || C < 0) return L.fail(kErrGraph, "node '%s': negative channel count", nd.name);
       for (int k = 0; k < nw; ++k) {
@@ -420,6 +521,7 @@ Status attach_tensors(Loading& L, int64_t* num_weights) {
         Status s = find_tensor(L, nd.name, w[k].param, w[k].ndim, w[k].shape, &t);
         if (s != kOk) return s;
         if (pass == 0) {
+          L.tensors[t - L.tensors].param = w[k].is_param;
           total += int64_t((t->numel + 3) / 4 * 4);  // keep every tensor 16-byte aligned
           continue;
         }
@@ -438,10 +540,25 @@ Status attach_tensors(Loading& L, int64_t* num_weights) {
       if (!L.weights) return L.fail(kErrMemory, "cannot allocate %lld weights", (long long)total);
     }
   }
+  // Every other tensor is the mask of a parameter ("mask:<param>"): of its shape, 0 and 1 only.
   for (uint64_t i = 0; i < L.num_tensors; ++i) {
     const TensorEntry& t = L.tensors[i];
-    if (!t.used && !(t.name_len >= 5 && std::memcmp(t.name, "mask:", 5) == 0))
-      return L.fail(kErrFormat, "tensor '%.*s' does not belong to the graph", int(t.name_len), t.name);
+    if (t.used) continue;
+    const TensorEntry* of = nullptr;
+    if (t.name_len > 5 && std::memcmp(t.name, "mask:", 5) == 0) {
+      const Span key{reinterpret_cast<const unsigned char*>(t.name) + 5, t.name_len - 5, 0};
+      const Span* hit = static_cast<const Span*>(
+          std::bsearch(&key, L.spans, size_t(L.num_tensors), sizeof(Span), compare_spans));
+      if (hit && L.tensors[hit->index].used && L.tensors[hit->index].param) of = &L.tensors[hit->index];
+    }
+    if (!of) return L.fail(kErrFormat, "tensor '%.*s' does not belong to the graph", int(t.name_len), t.name);
+    if (t.ndim != of->ndim || std::memcmp(t.dims, of->dims, 8 * size_t(t.ndim)) != 0)
+      return L.fail(kErrFormat, "mask of '%.*s' does not have the shape of its parameter", int(of->name_len), of->name);
+    for (uint64_t e = 0; e < t.numel; ++e) {
+      const uint32_t bits = get_le32(t.data + 4 * e);
+      if (bits != 0u && bits != 0x80000000u && bits != 0x3F800000u)  // 0, -0 and 1
+        return L.fail(kErrFormat, "mask of '%.*s' holds a value other than 0 and 1", int(of->name_len), of->name);
+    }
   }
   *num_weights = total;
   return kOk;
