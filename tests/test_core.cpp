@@ -13,6 +13,7 @@
 #include "core/tensor.h"
 
 using namespace dnns;
+using namespace dnns::testing;
 
 TEST_CASE("tensors: shape, zero fill, views share storage, clones do not") {
   Tensor t({2, 3, 4});

@@ -26,7 +26,7 @@
 #include "nn/models/zoo.h"
 #include "nn/run.h"
 #include "prune/imp.h"
-#include "prune/json_value.h"
+#include "core/json.h"
 
 using namespace dnns;
 using dnns::testing::QuadrantData;
