@@ -18,7 +18,8 @@ for arg in "$@"; do
   esac
 done
 
-packages=(build-essential cmake libopenblas-dev libtbb-dev libstb-dev doctest-dev zlib1g-dev dataset-fashion-mnist)
+packages=(build-essential cmake libopenblas-dev libtbb-dev libstb-dev doctest-dev zlib1g-dev dataset-fashion-mnist
+          libopenmpi-dev openmpi-bin)
 [ "$with_torch" = 1 ] && packages+=(python3-torch)
 
 missing=()

@@ -23,7 +23,9 @@ struct DataPair {
   std::string description;
 };
 // Loads --data (train and test splits, with --train-subset/--test-subset) into loaders.
-DataPair load_data(const Flags& f);
+// `shard_over_ranks` (train, imp): under mpirun each rank's loaders yield its shard of every
+// global batch; otherwise every rank reads whole batches.
+DataPair load_data(const Flags& f, bool shard_over_ranks = false);
 
 TrainConfig training_config(const Flags& f, int64_t batches_per_epoch);
 Model make_model(const Flags& f, const BatchSource& data);  // built and initialised from --seed
