@@ -32,7 +32,8 @@ bool built_with_mpi();
 
 // Starts MPI when an MPI launcher started this process (mpirun/mpiexec/srun leave their
 // variables in the environment; DNNS_MPI_INIT=1 forces it), and nothing otherwise: a plain run
-// is one process that never touches MPI. Ranks other than 0 stop writing files (core/fs.h).
+// is one process that never touches MPI. Ranks other than 0 stop writing files (core/fs.h)
+// and send stdout to /dev/null (results are printed once; DNNS_MPI_ALL_STDOUT=1 keeps it).
 // Idempotent; finalize() ends MPI (at the end of main).
 void init(int* argc, char*** argv);
 void finalize();
