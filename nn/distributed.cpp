@@ -311,9 +311,14 @@ GradientReducer::GradientReducer(size_t bucket_bytes) : impl_(std::make_unique<I
 }
 GradientReducer::~GradientReducer() {
 #if DNNS_HAVE_MPI
-  if (!g_started) return;
-  for (auto& b : impl_->buckets)  // an exception left buckets in flight: complete them
-    if (b.request != MPI_REQUEST_NULL) MPI_Wait(&b.request, MPI_STATUS_IGNORE);
+  // An exception left buckets in flight: waiting could hang (the other ranks may never join),
+  // and MPI may still write into the buffers, so they are left allocated; main() then stops
+  // every rank (abort_job).
+  for (auto& b : impl_->buckets)
+    if (b.request != MPI_REQUEST_NULL) {
+      (void)impl_.release();  // deliberately leaked
+      return;
+    }
 #endif
 }
 

@@ -12,6 +12,7 @@
 #include "apps/cifar_prune/commands.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/threading.h"
 #include "nn/distributed.h"
 
 namespace dnns::app {
@@ -111,6 +112,8 @@ int cmd_run(int argc, char** argv) {
       if (!std::uncaught_exceptions()) dist::wait_idle();  // on an error, main stops them all
     }
   } release_ranks;
+  // Rank 0 works alone now: "all cores" is the whole machine again, not its share.
+  if (threads == "0" && dist::local_size() > 1) threads = std::to_string(hardware_threads());
   std::fprintf(stderr, "\n== pipeline 3/5: exact compaction of every level\n");
   if (int rc = call(cmd_compact, {"compact", out, "--threads=" + threads})) return rc;
   std::fprintf(stderr, "\n== pipeline 4/5: portfolio\n");
