@@ -90,13 +90,16 @@ void last_logged_train_stats(const std::string& log_path, double& loss, double& 
 // Data-parallel IMP: rank 0's masks to every rank (names and shapes, then the values).
 void share_masks(MaskSet& masks) {
   if (dist::size() <= 1) return;
-  std::string layout;
-  if (dist::is_root())
+  std::string layout;  // per mask: its name, then "rank dims..." (one line each)
+  if (dist::is_root()) {
+    std::ostringstream os;
     for (const auto& [name, t] : masks) {
-      layout += name + "\n" + std::to_string(t.ndim());
-      for (int64_t d : t.shape()) layout += " " + std::to_string(d);
-      layout += "\n";
+      os << name << '\n' << t.ndim();
+      for (int64_t d : t.shape()) os << ' ' << d;
+      os << '\n';
     }
+    layout = os.str();
+  }
   dist::broadcast(layout);
   if (!dist::is_root()) {
     masks.clear();
