@@ -28,7 +28,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 int g_rank = 0, g_size = 1, g_local_size = 1;
-bool g_started = false;  // MPI initialised by init()
 double g_comm_seconds = 0;
 
 // Adds the wall time of its scope to g_comm_seconds.
@@ -38,6 +37,7 @@ struct CommTimer {
 };
 
 #if DNNS_HAVE_MPI
+bool g_started = false;  // MPI initialised by init()
 MPI_Comm g_world = MPI_COMM_NULL;  // collectives of the trainer, batchnorm and the apps
 MPI_Comm g_grads = MPI_COMM_NULL;  // gradient buckets only: they overlap with batchnorm's
 
