@@ -1,4 +1,5 @@
 #include "core/archive.h"
+#include "core/fs.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -481,6 +482,7 @@ void save_archive(const std::string& path, const Archive& a) {
         throw Error(path + ": cannot save: tensor " + quote_name(name) + " of shape " + shape_str(t.shape()) +
                     " has a dimension above 2^40");
   }
+  if (!is_file_writer()) return;  // another rank of a data-parallel run writes it
   fs::path folder = fs::path(path).parent_path();
   std::error_code ec;
   if (!folder.empty() && !fs::is_directory(folder, ec))

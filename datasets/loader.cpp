@@ -59,6 +59,8 @@ Loader::Loader(std::shared_ptr<const Dataset> data, const LoaderOptions& options
             std::to_string(data_->size()) + " examples");
   check(opt_.pad >= 0, who + ": pad must be >= 0");
   check(opt_.prefetch >= 0, who + ": prefetch must be >= 0");
+  check(opt_.shards >= 1 && opt_.shard >= 0 && opt_.shard < opt_.shards,
+        who + ": shard " + std::to_string(opt_.shard) + " of " + std::to_string(opt_.shards) + " does not exist");
   stats_ = opt_.normalize.mean.empty() && opt_.normalize.std.empty() ? channel_stats(*data_) : opt_.normalize;
   const int C = data_->channels;
   check(static_cast<int>(stats_.mean.size()) == C && static_cast<int>(stats_.std.size()) == C,
@@ -93,9 +95,13 @@ std::vector<int64_t> Loader::epoch_order(int64_t epoch) const {
 Batch Loader::assemble(int64_t epoch, int64_t batch, const std::vector<int64_t>& order) const {
   const Dataset& d = *data_;
   const int C = d.channels, H = d.height, W = d.width, pad = opt_.pad;
-  const int64_t first = batch * opt_.batch_size;
-  const int64_t count = std::min<int64_t>(opt_.batch_size, d.size() - first);
+  // This shard's rows [lo, hi) of the global batch at positions [batch*B, batch*B + global).
+  const int64_t global = std::min<int64_t>(opt_.batch_size, d.size() - batch * opt_.batch_size);
+  const int64_t lo = global * opt_.shard / opt_.shards, hi = global * (opt_.shard + 1) / opt_.shards;
+  const int64_t first = batch * opt_.batch_size + lo;
+  const int64_t count = hi - lo;
   Batch out;
+  if (opt_.shards > 1) out.global_size = global;
   out.images = Tensor({count, C, H, W});  // (B, C, H, W)
   out.labels = Tensor({count});           // (B)
   for (int64_t k = 0; k < count; ++k) {

@@ -41,6 +41,10 @@ struct LoaderOptions {
   ChannelStats normalize;   // empty: channel_stats() of the data set
   int pad = 4;              // augmentation: zero border around the image before the crop
   int prefetch = 2;         // batches assembled ahead on a background thread; 0: inside next()
+  // Data-parallel training: shard `shard` of `shards` holds rows [k*B/shards, (k+1)*B/shards)
+  // of each global batch of B rows (k = shard). Every global batch and the epoch order are
+  // those of the unsharded loader, so the union of the shards is exactly its batch.
+  int shard = 0, shards = 1;
 };
 
 // Augmentation (when on): the image is padded with `pad` black (raw 0) pixels on each side,
@@ -64,6 +68,7 @@ class Loader : public BatchSource {
   int64_t batches_per_epoch() const override;
   int num_classes() const override { return data_->num_classes; }
   Shape image_shape() const override { return {data_->channels, data_->height, data_->width}; }
+  int shards() const override { return opt_.shards; }
   // Stops any batches being prefetched for the previous epoch, then begins (epoch,
   // first_batch); first_batch may equal batches_per_epoch() (nothing left). next() before
   // any start_epoch begins epoch 0.

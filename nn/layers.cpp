@@ -1,4 +1,5 @@
 #include "nn/layers.h"
+#include "nn/distributed.h"
 
 #include <algorithm>
 #include <cmath>
@@ -234,6 +235,11 @@ void BatchNorm2d::forward(const std::vector<const Tensor*>& in, Tensor& out, boo
       save_mean = Tensor({channels}, d);
       save_invstd = Tensor({channels}, d);
     }
+    synced_forward_ = sync_stats && dist::size() > 1;
+    if (synced_forward_) {
+      forward_synced(p, *in[0], out);
+      return;
+    }
     ops::batchnorm_forward_train(p, *in[0], gamma.value, beta.value, running_mean, running_var, out, save_mean,
                                  save_invstd);
   } else {
@@ -252,8 +258,95 @@ void BatchNorm2d::backward(const std::vector<const Tensor*>& in, const Tensor&, 
     scratch = Tensor::uninit(in[0]->shape(), in[0]->device());
     dx = &scratch;
   }
+  if (synced_forward_) {
+    backward_synced(bn_params(in[0]->shape()), *in[0], dout, din[0] ? dx : nullptr);
+    return;
+  }
   ops::batchnorm_backward(bn_params(in[0]->shape()), *in[0], dout, gamma.value, save_mean, save_invstd, *dx,
                           gamma.grad, beta.grad);
+}
+
+// Global-batch statistics from every rank's (count m_r, mean_r, biased var_r) per channel,
+// combined in rank order (Chan et al.'s pairwise update, in double), so every rank computes
+// the same bits. The rank's own statistics come from the training kernel (on copies of the
+// running buffers); the output is then the eval kernel with the global mean and variance.
+void BatchNorm2d::forward_synced(const BatchNormParams& p, const Tensor& x, Tensor& out) {
+  const int C = channels, R = dist::size();
+  Tensor rm = running_mean.clone(), rv = running_var.clone();
+  ops::batchnorm_forward_train(p, x, gamma.value, beta.value, rm, rv, out, save_mean, save_invstd);
+  const std::vector<float> mean_r = save_mean.to_vector(), invstd_r = save_invstd.to_vector();  // (C)
+  std::vector<double> mine(1 + 2 * size_t(C)), all(size_t(R) * (1 + 2 * size_t(C)));
+  mine[0] = double(p.N) * p.HW;
+  for (int c = 0; c < C; ++c) {
+    mine[1 + c] = mean_r[c];
+    mine[1 + C + c] = std::max(0.0, 1.0 / (double(invstd_r[c]) * invstd_r[c]) - eps);
+  }
+  dist::allgather(mine.data(), static_cast<int>(mine.size()), all.data());
+  std::vector<float> mean(C), var(C), invstd(C), run_mean = running_mean.to_vector(), run_var = running_var.to_vector();
+  double count = 0;
+  for (int c = 0; c < C; ++c) {
+    double n = 0, mu = 0, m2 = 0;  // m2: sum of squared deviations so far
+    for (int r = 0; r < R; ++r) {
+      const double* g = all.data() + size_t(r) * (1 + 2 * size_t(C));  // (1 + 2C)
+      const double nr = g[0], delta = g[1 + c] - mu, total = n + nr;
+      mu += delta * nr / total;
+      m2 += g[1 + C + c] * nr + delta * delta * n * nr / total;
+      n = total;
+    }
+    count = n;
+    mean[c] = float(mu);
+    var[c] = float(m2 / n);
+    invstd[c] = float(1.0 / std::sqrt(m2 / n + double(eps)));
+    // As the kernel: the running variance takes the unbiased estimate over the global batch.
+    run_mean[c] = float((1.0 - momentum) * run_mean[c] + momentum * mu);
+    run_var[c] = float((1.0 - momentum) * run_var[c] + momentum * (m2 / (n - 1)));
+  }
+  global_count_ = static_cast<int64_t>(count);
+  Device d = x.device();
+  save_mean.copy_from(Tensor::from({C}, mean));
+  save_invstd.copy_from(Tensor::from({C}, invstd));
+  running_mean.copy_from(Tensor::from({C}, run_mean));
+  running_var.copy_from(Tensor::from({C}, run_var));
+  Tensor gvar = Tensor::from({C}, var).to(d);
+  ops::batchnorm_forward_eval(p, x, gamma.value, beta.value, save_mean, gvar, out);
+}
+
+// Backward over the global batch: with S1 = sum(dy), S2 = sum(dy * xhat) over all M values of
+// a channel on every rank, dx = gamma * invstd * (dy - S1/M - xhat * S2/M). The kernel gives
+// this rank's sums s1, s2 (as dbeta, dgamma) and dx with its own m values in place of M:
+//   dx = dx_kernel + gamma*invstd*(s1/m - S1/M) + gamma*invstd^2*(s2/m - S2/M) * (x - mean),
+// an affine map of x per channel, applied with the eval kernel (mean, variance 1, eps 0).
+// dgamma and dbeta stay this rank's sums: the gradient allreduce adds them up.
+void BatchNorm2d::backward_synced(const BatchNormParams& p, const Tensor& x, const Tensor& dout, Tensor* dx) {
+  const int C = channels, R = dist::size();
+  Tensor scratch;
+  Tensor& dxk = dx ? *dx : (scratch = Tensor::uninit(x.shape(), x.device()));
+  ops::batchnorm_backward(p, x, dout, gamma.value, save_mean, save_invstd, dxk, gamma.grad, beta.grad);
+  const std::vector<float> s1 = beta.grad.to_vector(), s2 = gamma.grad.to_vector();  // (C)
+  std::vector<double> mine(1 + 2 * size_t(C)), all(size_t(R) * (1 + 2 * size_t(C)));
+  mine[0] = double(p.N) * p.HW;
+  for (int c = 0; c < C; ++c) mine[1 + c] = s1[c], mine[1 + C + c] = s2[c];
+  dist::allgather(mine.data(), static_cast<int>(mine.size()), all.data());
+  if (!dx) return;
+  const std::vector<float> g = gamma.value.to_vector(), is = save_invstd.to_vector();
+  std::vector<float> shift(C), slope(C), ones(C, 1.0f);
+  const double m = mine[0], M = double(global_count_);
+  for (int c = 0; c < C; ++c) {
+    double S1 = 0, S2 = 0;
+    for (int r = 0; r < R; ++r) {
+      const double* a = all.data() + size_t(r) * (1 + 2 * size_t(C));
+      S1 += a[1 + c], S2 += a[1 + C + c];
+    }
+    shift[c] = float(double(g[c]) * is[c] * (s1[c] / m - S1 / M));
+    slope[c] = float(double(g[c]) * is[c] * is[c] * (s2[c] / m - S2 / M));
+  }
+  Device d = x.device();
+  BatchNormParams q = p;
+  q.eps = 0.0f;
+  Tensor correction = Tensor::uninit(x.shape(), d);
+  ops::batchnorm_forward_eval(q, x, Tensor::from({C}, slope).to(d), Tensor::from({C}, shift).to(d), save_mean,
+                              Tensor::from({C}, ones).to(d), correction);
+  ops::accumulate(correction, *dx);
 }
 
 // ---------------------------------------------------------------- ReLU

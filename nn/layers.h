@@ -103,6 +103,16 @@ class BatchNorm2d : public Layer {
   Param gamma, beta;
   Tensor running_mean, running_var;  // (C)
   Tensor save_mean, save_invstd;     // (C), from the last training forward
+  // Data-parallel training (nn/distributed.h): a training forward normalises with the
+  // statistics of the global batch, gathered from every rank, and backward sums the two
+  // per-channel reductions it needs over the ranks too. Set by the trainer for its epochs.
+  bool sync_stats = false;
+
+ private:
+  void forward_synced(const BatchNormParams& p, const Tensor& x, Tensor& out);
+  void backward_synced(const BatchNormParams& p, const Tensor& x, const Tensor& dout, Tensor* dx);
+  bool synced_forward_ = false;  // the last training forward used global statistics
+  int64_t global_count_ = 0;     // values per channel over all ranks in that forward
 };
 
 class ReLU : public Layer {

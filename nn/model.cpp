@@ -175,7 +175,7 @@ Tensor Model::forward(const Tensor& x, bool train) {
   return out;
 }
 
-void Model::backward(const Tensor& dlogits) {
+void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& grads_ready) {
   check(have_train_forward_, "model: backward needs a preceding forward in training mode");
   const int n = static_cast<int>(nodes_.size());
   const int out_node = output_node();
@@ -190,6 +190,7 @@ void Model::backward(const Tensor& dlogits) {
     if (!grads[i].defined()) {
       // No gradient reaches this node (it does not feed the output): its parameters get none.
       for (Param* p : node.layer->params()) p->grad = Tensor::zeros(p->value.shape(), device_);
+      if (grads_ready) grads_ready(*node.layer);
       continue;
     }
     ins.clear();
@@ -215,6 +216,7 @@ void Model::backward(const Tensor& dlogits) {
     } catch (const Error& e) {
       throw Error("backward of node '" + node.name + "': " + e.what());
     }
+    if (grads_ready) grads_ready(*node.layer);
     for (size_t k = 0; k < node.inputs.size(); ++k) {
       int j = node.inputs[k];
       if (j == 0) continue;

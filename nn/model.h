@@ -2,6 +2,7 @@
 // joins are explicit `add` nodes, so the channel dependencies the compactor needs are
 // visible in the graph. Node 0 is the input; nodes are stored in topological order.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -61,7 +62,9 @@ class Model {
   // activations backward needs are kept until `backward`.
   Tensor forward(const Tensor& x, bool train);
   // dlogits: gradient of the loss w.r.t. the last forward's output. Writes every Param::grad.
-  void backward(const Tensor& dlogits);
+  // `grads_ready` (optional) runs after each layer's parameter gradients are written, last
+  // layer first (data-parallel training starts their allreduce there).
+  void backward(const Tensor& dlogits, const std::function<void(Layer&)>& grads_ready = {});
   Device device() const { return device_; }
   void to(Device dev);
 

@@ -2,12 +2,14 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 
 #include "core/archive.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json.h"
 #include "core/progress.h"
+#include "nn/distributed.h"
 
 namespace dnns {
 
@@ -18,14 +20,18 @@ RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, 
   const int64_t total_epochs = (opt.total_steps + bpe - 1) / bpe;
   auto t0 = std::chrono::steady_clock::now();
   ProgressLine progress;
-  char buf[256];
+  const int ranks = dist::size();
+  const bool progress_on = opt.progress && dist::is_root();  // one progress line, rank 0's
+  char buf[384];
   while (trainer.step() < opt.total_steps) {
     const int64_t epoch = trainer.step() / bpe;
     auto on_step = [&](const StepInfo& s) {
-      if (!opt.progress) return;
-      std::snprintf(buf, sizeof buf, "%s epoch %lld/%lld step %lld/%lld loss %.4f acc %.1f%% lr %.4g %.0f img/s",
-                    opt.label.c_str(), (long long)s.epoch + 1, (long long)total_epochs, (long long)s.batch,
-                    (long long)s.batches, s.epoch_loss, 100.0 * s.epoch_accuracy, s.lr, s.images_per_sec);
+      if (!progress_on) return;
+      int n = std::snprintf(buf, sizeof buf, "%s epoch %lld/%lld step %lld/%lld loss %.4f acc %.1f%% lr %.4g %.0f img/s",
+                            opt.label.c_str(), (long long)s.epoch + 1, (long long)total_epochs, (long long)s.batch,
+                            (long long)s.batches, s.epoch_loss, 100.0 * s.epoch_accuracy, s.lr, s.images_per_sec);
+      if (ranks > 1 && n > 0 && n < int(sizeof buf))
+        std::snprintf(buf + n, sizeof buf - n, " (%d ranks, comm %.1f ms/step)", ranks, 1e3 * s.comm_seconds);
       progress.update(buf, double(s.step), double(opt.total_steps));
     };
     int64_t epoch_end = std::min((epoch + 1) * bpe, opt.total_steps);
@@ -42,6 +48,8 @@ RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, 
         st.accuracy = (a.accuracy * a.examples + b.accuracy * b.examples) / st.examples;
       }
       st.seconds = a.seconds + b.seconds;
+      st.steps = a.steps + b.steps;
+      st.comm_seconds = a.comm_seconds + b.comm_seconds;
       st.images_per_sec = st.examples / std::max(1e-9, st.seconds);
     } else {
       st = trainer.train_epoch(train, on_step, epoch_end);
@@ -54,7 +62,12 @@ RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, 
                   "%s epoch %lld/%lld  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  %.1f s (%.0f img/s)",
                   opt.label.c_str(), (long long)epoch + 1, (long long)total_epochs, st.loss, 100 * st.accuracy,
                   ev.loss, 100 * ev.accuracy, st.seconds, st.images_per_sec);
-    if (opt.progress) progress.finish(buf);
+    if (ranks > 1) {
+      const size_t n = std::strlen(buf);
+      std::snprintf(buf + n, sizeof buf - n, "  %d ranks, comm %.1f ms/step", ranks,
+                    1e3 * st.comm_seconds / std::max<int64_t>(1, st.steps));
+    }
+    if (progress_on) progress.finish(buf);
     // Checkpoint first, then the log line: a log line always has its checkpoint behind it.
     if (!opt.checkpoint_path.empty()) trainer.save_checkpoint(opt.checkpoint_path);
     if (!opt.log_path.empty())
@@ -68,6 +81,8 @@ RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, 
                                     .add("test_accuracy", ev.accuracy)
                                     .add("seconds", st.seconds)
                                     .add("images_per_sec", st.images_per_sec)
+                                    .add("ranks", static_cast<int64_t>(ranks))
+                                    .add("comm_seconds_per_step", st.comm_seconds / std::max<int64_t>(1, st.steps))
                                     .str());
   }
   if (res.epochs_run == 0) res.test = evaluate(trainer.model(), test, trainer.config().label_smoothing);

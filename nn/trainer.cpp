@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "nn/distributed.h"
 
 namespace dnns {
 
@@ -21,6 +22,7 @@ EvalStats evaluate(Model& m, BatchSource& data, float label_smoothing, std::vect
   Batch b;
   int64_t K = -1;
   while (data.next(b)) {
+    if (b.size() == 0) continue;  // a shard of a global batch smaller than the ranks
     Tensor x = b.images.device() == m.device() ? b.images : b.images.to(m.device());
     Tensor y = b.labels.device() == m.device() ? b.labels : b.labels.to(m.device());
     Tensor logits = m.forward(x, false);
@@ -45,6 +47,11 @@ EvalStats evaluate(Model& m, BatchSource& data, float label_smoothing, std::vect
     s.correct += correct;
     s.examples += b.size();
   }
+  if (data.shards() > 1) {  // (a confusion matrix stays this rank's: eval runs unsharded)
+    double sums[3] = {loss_sum, double(s.correct), double(s.examples)};
+    dist::allreduce_sum(sums, 3);
+    loss_sum = sums[0], s.correct = static_cast<int64_t>(sums[1]), s.examples = static_cast<int64_t>(sums[2]);
+  }
   if (s.examples) {
     s.loss = loss_sum / s.examples;
     s.accuracy = double(s.correct) / s.examples;
@@ -52,12 +59,44 @@ EvalStats evaluate(Model& m, BatchSource& data, float label_smoothing, std::vect
   return s;
 }
 
-Trainer::Trainer(Model& model, TrainConfig cfg) : model_(model), cfg_(cfg), sgd_(cfg.sgd) {}
+Trainer::Trainer(Model& model, TrainConfig cfg)
+    : model_(model), cfg_(cfg), sgd_(cfg.sgd), reducer_(std::make_unique<dist::GradientReducer>(cfg.bucket_bytes)) {}
+
+Trainer::~Trainer() = default;
+
+namespace {
+
+// Sets BatchNorm2d::sync_stats on every batchnorm layer for the scope (a restored model has
+// new layers, so it is set at every epoch).
+struct SyncBatchnorm {
+  Model& m;
+  SyncBatchnorm(Model& model, bool on) : m(model) { set(on); }
+  ~SyncBatchnorm() { set(false); }
+  void set(bool on) {
+    for (Node& n : m.nodes())
+      if (n.layer && n.layer->kind() == LayerKind::BatchNorm) static_cast<BatchNorm2d*>(n.layer.get())->sync_stats = on;
+  }
+};
+
+// dlogits *= factor (a few hundred values: on the host).
+void scale(Tensor& t, float factor) {
+  Tensor host = t.is_cpu() ? t : t.to(Device::CPU);
+  for (int64_t i = 0; i < host.numel(); ++i) host[i] *= factor;
+  if (!t.is_cpu()) t.copy_from(host);
+}
+
+}  // namespace
 
 EpochStats Trainer::train_epoch(BatchSource& data, const std::function<void(const StepInfo&)>& on_step,
                                 int64_t stop_at) {
   const int64_t bpe = data.batches_per_epoch();
   check(bpe > 0, "trainer: the data source yields no batches");
+  const int ranks = dist::size();
+  check(data.shards() == ranks,
+        "trainer: the training data is split into " + std::to_string(data.shards()) + " shard(s) but " +
+            std::to_string(ranks) + " rank(s) train (each rank needs its own shard: LoaderOptions::shard)");
+  const bool distributed = ranks > 1;
+  SyncBatchnorm sync_bn(model_, distributed && cfg_.sync_batchnorm);
   EpochStats st;
   st.epoch = step_ / bpe;
   int64_t first = step_ % bpe;
@@ -68,30 +107,64 @@ EpochStats Trainer::train_epoch(BatchSource& data, const std::function<void(cons
   Batch b;
   Tensor dlogits;
   while ((stop_at < 0 || step_ < stop_at) && data.next(b)) {
+    dist::fault_point(step_);
+    const double comm0 = dist::comm_seconds();
+    // Every rank tests the global batch, so all of them stop here together.
+    check(b.global() >= ranks, [&] {
+      return "trainer: global batch " + std::to_string(step_ - st.epoch * bpe) + " of epoch " +
+             std::to_string(st.epoch) + " holds " + std::to_string(b.global()) + " example(s), fewer than the " +
+             std::to_string(ranks) + " ranks (choose a --batch-size that leaves no such last batch)";
+    });
     Tensor x = b.images.device() == model_.device() ? b.images : b.images.to(model_.device());
     Tensor y = b.labels.device() == model_.device() ? b.labels : b.labels.to(model_.device());
     Tensor logits = model_.forward(x, true);
     if (!dlogits.defined() || dlogits.shape() != logits.shape()) dlogits = Tensor::uninit(logits.shape(), model_.device());
     int correct = 0;
     float loss = ops::softmax_cross_entropy(logits, y, cfg_.label_smoothing, &dlogits, &correct);
+    // The global batch's loss and accuracy: (sum of losses, correct, examples) over the ranks.
+    double sums[3] = {double(loss) * b.size(), double(correct), double(b.size())};
+    if (distributed) {
+      dist::allreduce_sum(sums, 3);
+      loss = static_cast<float>(sums[0] / sums[2]);
+      correct = static_cast<int>(sums[1]);
+      // The gradient of the global mean loss is the sum over ranks of (rows_r / rows) x theirs.
+      scale(dlogits, static_cast<float>(double(b.size()) / sums[2]));
+    }
     if (!std::isfinite(loss))
       throw Error("training diverged: loss is " + std::to_string(loss) + " at epoch " + std::to_string(st.epoch) +
                   ", step " + std::to_string(step_) + " (lower the learning rate?); the last checkpoint is intact");
-    model_.backward(dlogits);
+    if (distributed) {
+      reducer_->begin(model_);
+      model_.backward(dlogits, [&](Layer& l) { reducer_->layer_done(l); });
+      reducer_->finish();
+    } else {
+      model_.backward(dlogits);
+    }
     float lr = cfg_.schedule.lr_at(step_);
     sgd_.step(model_, lr);
     ++step_;
-    loss_sum += double(loss) * b.size();
+    const int64_t examples = static_cast<int64_t>(sums[2]);
+    loss_sum += double(loss) * examples;
     correct_sum += correct;
-    st.examples += b.size();
+    st.examples += examples;
+    ++st.steps;
+    const double comm = dist::comm_seconds() - comm0;
+    st.comm_seconds += comm;
     if (on_step) {
       StepInfo info;
       info.epoch = st.epoch, info.step = step_, info.batch = step_ - st.epoch * bpe, info.batches = bpe;
       info.loss = loss, info.lr = lr;
       info.epoch_loss = loss_sum / st.examples, info.epoch_accuracy = double(correct_sum) / st.examples;
       info.images_per_sec = st.examples / std::max(1e-9, seconds_since(t0));
+      info.comm_seconds = comm;
       on_step(info);
     }
+  }
+  if (distributed) {
+    if (!cfg_.sync_batchnorm)  // each rank's running statistics saw its rows: take rank 0's
+      for (auto& [name, t] : model_.state())
+        if (name.find("running_") != std::string::npos) dist::broadcast(*t);
+    dist::check_same(dist::fingerprint(model_), "the model state after step " + std::to_string(step_));
   }
   st.seconds = seconds_since(t0);
   if (st.examples) {

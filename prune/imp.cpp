@@ -9,6 +9,7 @@
 #include "core/fs.h"
 #include "core/json.h"
 #include "core/rng.h"
+#include "nn/distributed.h"
 #include "nn/run.h"
 
 namespace dnns {
@@ -86,6 +87,36 @@ void last_logged_train_stats(const std::string& log_path, double& loss, double& 
   if (m.count("train_accuracy")) accuracy = std::strtod(m.at("train_accuracy").c_str(), nullptr);
 }
 
+// Data-parallel IMP: rank 0's masks to every rank (names and shapes, then the values).
+void share_masks(MaskSet& masks) {
+  if (dist::size() <= 1) return;
+  std::string layout;  // per mask: its name, then "rank dims..." (one line each)
+  if (dist::is_root()) {
+    std::ostringstream os;
+    for (const auto& [name, t] : masks) {
+      os << name << '\n' << t.ndim();
+      for (int64_t d : t.shape()) os << ' ' << d;
+      os << '\n';
+    }
+    layout = os.str();
+  }
+  dist::broadcast(layout);
+  if (!dist::is_root()) {
+    masks.clear();
+    std::istringstream is(layout);
+    std::string name, dims;
+    while (std::getline(is, name) && std::getline(is, dims)) {
+      std::istringstream ds(dims);
+      int nd = 0;
+      ds >> nd;
+      Shape shape(nd);
+      for (int64_t& d : shape) ds >> d;
+      masks[name] = Tensor(shape);
+    }
+  }
+  for (auto& [name, t] : masks) dist::broadcast(t);
+}
+
 std::string pct(double d) {
   char b[32];
   std::snprintf(b, sizeof b, "%.2f%%", 100.0 * d);
@@ -103,6 +134,7 @@ class ImpRun {
   ImpRun(const Model& initial, const TrainConfig& cfg, BatchSource& train, BatchSource& test, const std::string& out,
          const ImpOptions& opt)
       : initial_(initial), cfg_(cfg), train_(train), test_(test), out_(out), opt_(opt) {
+    opt_.progress = opt.progress && dist::is_root();  // one voice in a data-parallel run
     total_steps_ = cfg.epochs * train.batches_per_epoch();
     rewind_path_ = out + "/rewind.dnns";
   }
@@ -156,6 +188,9 @@ class ImpRun {
                                            std::to_string(opt_.rewind_step) + " (delete " + dir +
                                            " to retrain the dense network)");
 
+    // Every rank starts the level from the same weights and mask (a run folder that is not
+    // shared between the machines, or a broken broadcast, stops here).
+    dist::check_same(dist::fingerprint(work), label + ": the model and mask at step " + std::to_string(trainer.step()));
     SparsityReport sp = sparsity_report(work, opt_.ignore);
     if (opt_.progress)
       std::fprintf(stderr, "%s: %s of %lld prunable weights remain, training steps %lld..%lld\n", label.c_str(),
@@ -192,7 +227,8 @@ class ImpRun {
     r.wall_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     r.resumed = resumed;
     write_text_atomic(metrics, level_record_json(r));  // last: the level is finished
-    std::remove(ckpt.c_str());
+    if (dist::is_root()) std::remove(ckpt.c_str());
+    dist::barrier();  // the other ranks read this level's files only once rank 0 wrote them
     if (opt_.progress)
       std::fprintf(stderr, "%s: done, %s of weights remain, test accuracy %.2f%%\n", label.c_str(),
                    pct(r.density()).c_str(), 100.0 * r.test_accuracy);
@@ -206,22 +242,25 @@ class ImpRun {
       // Magnitude chain: prune level L-1's trained weights. A finished level (resumed run)
       // is only read back: its masks are not recomputed.
       LevelJob mag{"magnitude", L, {}};
-      if (!finished(mag)) {
+      // The decision is made once, by rank 0, and sent to the others (share_masks).
+      if (!finished(mag) && dist::is_root()) {
         Model prev = Model::load(imp_level_dir(out_, "magnitude", L - 1) + "/model.dnns");
         mag.masks = prune_by_magnitude(prev, opt_.prune_fraction, opt_.strategy, opt_.ignore);
       }
+      share_masks(mag.masks);
       records.push_back(level(mag));
       if (!opt_.random_baseline) continue;
       // Random chain: random level L-1's survivors, thinned to magnitude level L's counts
       // (the masks of a finished magnitude level are those its model file holds).
       LevelJob rnd{"random", L, {}};
-      if (!finished(rnd)) {
+      if (!finished(rnd) && dist::is_root()) {
         if (mag.masks.empty()) mag.masks = masks_in_model_file(imp_level_dir(out_, "magnitude", L) + "/model.dnns");
         MaskSet current =
             masks_in_model_file(imp_level_dir(out_, L == 1 ? "magnitude" : "random", L - 1) + "/model.dnns");
         Rng rng(mix_seed(opt_.seed, static_cast<uint64_t>(L), 0x52414E44u /* "RAND" */));
         rnd.masks = prune_randomly_like(initial_, current, mag.masks, rng);
       }
+      share_masks(rnd.masks);
       records.push_back(level(rnd));
     }
     return records;
@@ -264,6 +303,7 @@ std::vector<LevelRecord> run_imp(const Model& initial, const TrainConfig& cfg, B
   make_dirs(out);
   check(opt.resume || !file_exists(imp_level_dir(out, "magnitude", 0)),
         out + ": already holds IMP levels; pass --resume to continue or extend that run, or choose another folder");
+  dist::barrier();  // every rank has looked at the folder before rank 0 adds to it
 
   write_text_atomic(out + "/imp.json", Json()
                                            .add("arch", initial.arch)

@@ -20,7 +20,8 @@ for arg in "$@"; do
 done
 
 packages=(build-essential cmake pkg-config curl libopenblas-dev libtbb-dev libstb-dev doctest-dev zlib1g-dev
-          dataset-fashion-mnist libonnx-dev libprotobuf-dev)  # onnx + protobuf: ONNX import; curl: data fetch
+          dataset-fashion-mnist libonnx-dev libprotobuf-dev libopenmpi-dev openmpi-bin)
+# onnx + protobuf: ONNX import; curl: data fetch; OpenMPI: data-parallel training (tests/test_mpi)
 [ "$with_torch" = 1 ] && packages+=(python3-torch)
 
 missing=()

@@ -65,7 +65,7 @@ int cmd_imp(int argc, char** argv) {
   opt.seed = static_cast<uint64_t>(f.integer("seed"));
   opt.resume = f.flag("resume");
 
-  DataPair data = load_data(f);
+  DataPair data = load_data(f, /*shard_over_ranks=*/true);
   std::fprintf(stderr, "data: %s\n", data.description.c_str());
   TrainConfig cfg = training_config(f, data.train->batches_per_epoch());
   Model model = make_model(f, data);

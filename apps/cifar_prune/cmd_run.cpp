@@ -4,6 +4,7 @@
 // the same folder, so each resumes (--resume) or can be rerun on its own.
 #include <cctype>
 #include <cstdio>
+#include <exception>
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -11,6 +12,8 @@
 #include "apps/cifar_prune/commands.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/threading.h"
+#include "nn/distributed.h"
 
 namespace dnns::app {
 
@@ -98,6 +101,19 @@ int cmd_run(int argc, char** argv) {
 
   std::fprintf(stderr, "== pipeline 1-2/5: dense training and IMP levels into %s\n", out.c_str());
   if (int rc = call(cmd_imp, imp_args)) return rc;
+  // Under mpirun the later stages are rank 0's alone (the portfolio measures latencies: the
+  // other ranks wait without spinning, so they leave it the cores).
+  if (!dist::is_root()) {
+    dist::wait_idle();
+    return 0;
+  }
+  struct ReleaseRanks {
+    ~ReleaseRanks() {
+      if (!std::uncaught_exceptions()) dist::wait_idle();  // on an error, main stops them all
+    }
+  } release_ranks;
+  // Rank 0 works alone now: "all cores" is the whole machine again, not its share.
+  if (threads == "0" && dist::local_size() > 1) threads = std::to_string(hardware_threads());
   std::fprintf(stderr, "\n== pipeline 3/5: exact compaction of every level\n");
   if (int rc = call(cmd_compact, {"compact", out, "--threads=" + threads})) return rc;
   std::fprintf(stderr, "\n== pipeline 4/5: portfolio\n");

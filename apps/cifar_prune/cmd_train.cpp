@@ -23,7 +23,7 @@ int cmd_train(int argc, char** argv) {
   std::string out = f.str("out");
   std::string hp = hparams_json(f, "train");
 
-  DataPair data = load_data(f);
+  DataPair data = load_data(f, /*shard_over_ranks=*/true);
   std::fprintf(stderr, "data: %s\n", data.description.c_str());
   TrainConfig cfg = training_config(f, data.train->batches_per_epoch());
   Model model = make_model(f, data);

@@ -9,6 +9,7 @@
 #include "core/fs.h"
 #include "core/json.h"
 #include "core/threading.h"
+#include "nn/distributed.h"
 
 namespace dnns::app {
 
@@ -35,6 +36,7 @@ void add_training_flags(Flags& f) {
   f.add("warmup-steps", "0", "linear LR warm-up over this many iterations");
   f.add("label-smoothing", "0", "label smoothing in [0, 1)");
   f.add("augment", "auto", "CIFAR augmentation (pad-4 crop + flip): on, off, or auto (on for 32x32 RGB)");
+  f.add("sync-bn", "on", "under mpirun: batchnorm statistics over the global batch (on) or each rank's rows (off)");
   f.add("train-subset", "0", "use only this many training examples (0 = all), drawn with --seed");
   f.add("test-subset", "0", "use only this many test examples (0 = all), drawn with --seed");
 }
@@ -42,11 +44,13 @@ void add_training_flags(Flags& f) {
 Device setup_system(const Flags& f) {
   int64_t t = f.integer("threads");
   check(t >= 0 && t <= 1024, "--threads must be between 0 and 1024, got " + std::to_string(t));
+  // Under mpirun, "all cores" means this rank's share of the machine's cores.
+  if (t == 0 && dist::local_size() > 1) t = std::max(1, hardware_threads() / dist::local_size());
   set_num_threads(static_cast<int>(t));
   return parse_device(f.str("device"));
 }
 
-DataPair load_data(const Flags& f) {
+DataPair load_data(const Flags& f, bool shard_over_ranks) {
   // Refuse malformed hyper-parameters before any data is read or any folder is made.
   training_config(f, 1);
   std::string spec = f.str("data");
@@ -69,6 +73,9 @@ DataPair load_data(const Flags& f) {
   lo.seed = seed;
   lo.augment = augment;
   lo.normalize = channel_stats(train);
+  // Under mpirun each rank reads its shard of every global batch (--batch-size is the global
+  // batch, as in one process).
+  if (shard_over_ranks) lo.shard = dist::rank(), lo.shards = dist::size();
   LoaderOptions to = lo;
   to.shuffle = false;
   to.augment = false;
@@ -119,6 +126,9 @@ TrainConfig training_config(const Flags& f, int64_t bpe) {
   c.sgd.weight_decay = static_cast<float>(f.number("weight-decay"));
   c.sgd.nesterov = f.flag("nesterov");
   check(c.sgd.lr > 0 && c.sgd.momentum >= 0 && c.sgd.weight_decay >= 0, "--lr must be > 0, --momentum and --weight-decay >= 0");
+  const std::string sync_bn = f.str("sync-bn");
+  check(sync_bn == "on" || sync_bn == "off", "--sync-bn must be on or off, got '" + sync_bn + "'");
+  c.sync_batchnorm = sync_bn == "on";
   c.label_smoothing = static_cast<float>(f.number("label-smoothing"));
   check(c.label_smoothing >= 0 && c.label_smoothing < 1, "--label-smoothing must be in [0, 1)");
   c.schedule.base_lr = c.sgd.lr;
@@ -188,7 +198,9 @@ std::string hparams_json(const Flags& f, const std::string& command) {
 
 void prepare_run_dir(const std::string& dir, const std::string& hparams, bool resume) {
   std::string hp = dir + "/hparams.json";
-  if (file_exists(hp)) {
+  const bool existed = file_exists(hp);
+  dist::barrier();  // under mpirun: every rank has looked before rank 0 writes
+  if (existed) {
     std::string old = read_text(hp);
     if (!old.empty() && old.back() == '\n') old.pop_back();
     check(old == hparams, dir + ": holds a run with other hyper-parameters (see " + hp +

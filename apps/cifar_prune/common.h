@@ -24,7 +24,9 @@ struct DataPair {
   DataInfo info;  // what training records in the model file (data set, classes, normalisation)
 };
 // Loads --data (train and test splits, with --train-subset/--test-subset) into loaders.
-DataPair load_data(const Flags& f);
+// `shard_over_ranks` (train, imp): under mpirun each rank's loaders yield its shard of every
+// global batch; otherwise every rank reads whole batches.
+DataPair load_data(const Flags& f, bool shard_over_ranks = false);
 
 TrainConfig training_config(const Flags& f, int64_t batches_per_epoch);
 // Built for the data's input shape and classes, initialised from --seed, data.info recorded.

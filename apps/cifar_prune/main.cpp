@@ -6,6 +6,7 @@
 #include <string>
 
 #include "apps/cifar_prune/commands.h"
+#include "nn/distributed.h"
 
 namespace {
 
@@ -31,6 +32,7 @@ const char* kUsage =
 }  // namespace
 
 int main(int argc, char** argv) {
+  dnns::dist::Session mpi(argc, argv);  // data-parallel under mpirun; nothing otherwise
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
@@ -53,6 +55,7 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\ncifar_prune %s: error: %s\n", cmd.c_str(), e.what());
+    dnns::dist::abort_job(1);  // under mpirun: the other ranks would wait for this one forever
     return 1;
   }
 }
