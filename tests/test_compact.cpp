@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "datasets/dataset.h"
 #include "datasets/loader.h"
@@ -292,6 +293,166 @@ TEST_CASE("5x5 stride-2 convs, a flatten of 8x8 maps and a hidden linear layer")
     CompactReport rep;
     Model c = check_exact(m, images, &rep);
     CHECK(rep.params_after == 5);  // the output layer's bias
+  }
+}
+
+// A chain input -> a (3x3 pad 1) -> relu -> b1 -> relu [-> pool] -> b2 -> ... -> global pool ->
+// fc, where filter 0 of a is dead with a positive constant and filter 0 of every b reads only
+// channel 0 before it (positive weights): channel 0 stays input-independent all along the
+// chain, a map that differs near the border in more rows and columns at every padded conv.
+struct ChainLayer {
+  int kernel, stride, pad;
+  char pool;  // 0, 'm' (2x2 max) or 'a' (2x2 average) after the layer's ReLU
+};
+Model border_chain(Rng& rng, int size, const std::vector<ChainLayer>& layers, int C = 5) {
+  Model m;
+  int x = m.add_input({3, size, size});
+  int t = m.add("a", std::make_unique<Conv2d>(3, C, 3, 3, 1, 1, true), {x});
+  t = m.add("a.relu", std::make_unique<ReLU>(), {t});
+  for (size_t d = 0; d < layers.size(); ++d) {
+    const ChainLayer& l = layers[d];
+    const std::string name = "b" + std::to_string(d + 1);
+    t = m.add(name, std::make_unique<Conv2d>(C, C, l.kernel, l.kernel, l.stride, l.pad, true), {t});
+    t = m.add(name + ".relu", std::make_unique<ReLU>(), {t});
+    if (l.pool) t = m.add(name + ".pool", std::make_unique<Pool2d>(l.pool == 'm', 2, 2), {t});
+  }
+  t = m.add("gap", std::make_unique<GlobalAvgPool>(), {t});
+  m.set_output(m.add("fc", std::make_unique<Linear>(C, 4, true), {t}));
+  init_model(m, rng);
+  conv(m, "a").bias.value.fill(0.5f);
+  kill_filter(m, "a", 0);
+  for (size_t d = 0; d < layers.size(); ++d) {
+    const std::string name = "b" + std::to_string(d + 1);
+    Conv2d& b = conv(m, name);
+    const int64_t area = int64_t(b.kernel_h) * b.kernel_w;
+    m.masks[name + ".weight"] = Tensor::full(b.weight.value.shape(), 1.0f);
+    for (int c = 1; c < C; ++c)
+      for (int64_t q = 0; q < area; ++q) m.masks[name + ".weight"][c * area + q] = 0.0f;  // filter 0 reads channel 0
+    for (int64_t q = 0; q < area; ++q) b.weight.value[q] = 0.1f + 0.37f * float((q * 7) % 5) / float(area);
+    b.bias.value[0] = 0.05f;
+  }
+  m.apply_masks();
+  return m;
+}
+
+TEST_CASE("border tables: deep chains of padded convs over constant channels") {
+  // Through d 3x3 pad-1 convs a constant reaches d rows into the map from each side: 2d + 1
+  // row classes (and column classes) at depth d, whatever the map size.
+  Rng rng(41);
+  const int depth = 5;
+  Model m = border_chain(rng, 16, std::vector<ChainLayer>(depth, {3, 1, 1, 0}));
+  Tensor x = random_images(3, {3, 16, 16}, rng);
+  CompactReport rep;
+  Model c = check_exact(m, x, &rep);
+  for (int d = 1; d <= depth; ++d) {
+    CAPTURE(d);
+    Conv2d& b = conv(c, "b" + std::to_string(d));
+    REQUIRE(b.pos_h == 16);
+    CHECK(b.table_rows() == 2 * d + 1);
+    CHECK(b.table_cols() == 2 * d + 1);
+    CHECK(b.pos_bias.value.shape() == Shape{b.out_channels, 2 * d + 1, 2 * d + 1});
+    CHECK(b.pos_rows[d] == d);
+    CHECK(b.pos_rows[8] == d);  // an interior row: class d (classes number by first appearance)
+    CHECK(b.pos_rows[15] == 2 * d);
+    CHECK(b.in_channels == 4);  // channel 0 folded at every depth
+  }
+  CHECK(rep.position_bias_layers == depth);
+  CHECK(rep.split_after.tables == 4 * (9 + 25 + 49 + 81 + 121));  // 4 filters x (2d + 1)^2
+  CHECK(rep.split_after.total() == rep.params_after);
+
+  SUBCASE("the table matters") {  // zeroing one table moves the logits
+    conv(c, "b3").pos_bias.value.zero();
+    CHECK(max_abs_diff(m.forward(x, false), c.forward(x, false)) > 1e-4f);
+  }
+  SUBCASE("wrong classes are caught by exactness") {  // one border row given the interior's class
+    Conv2d& b = conv(c, "b2");
+    b.pos_rows[0] = b.pos_rows[8];
+    CHECK(max_abs_diff(m.forward(x, false), c.forward(x, false)) > 1e-4f);
+  }
+}
+
+TEST_CASE("border tables: stride 2, 5x5 kernels and pooling") {
+  Rng rng(43);
+  Tensor x = random_images(3, {3, 24, 24}, rng);
+  SUBCASE("5x5 pad 2, then 5x5 stride 2, then 3x3 stride 2") {
+    Model m = border_chain(rng, 24, {{5, 1, 2, 0}, {5, 2, 2, 0}, {3, 2, 1, 0}});
+    Model c = check_exact(m, x);
+    // 5x5 pad 2 over a constant: rows 0, 1 and 22, 23 see padding: 5 classes.
+    CHECK(conv(c, "b1").table_rows() == 5);
+    // Then a stride-2 5x5 (24 -> 12): 12 rows, at most as many classes, fewer than positions.
+    CHECK(conv(c, "b2").pos_h == 12);
+    CHECK(conv(c, "b2").table_rows() < 12);
+    CHECK(conv(c, "b3").pos_h == 6);
+    CHECK(conv(c, "b3").pos_bias.value.numel() <= int64_t(conv(c, "b3").out_channels) * 6 * 6);
+  }
+  SUBCASE("max and average pooling of border tables") {
+    for (char pool : {'m', 'a'}) {
+      CAPTURE(pool);
+      Model m = border_chain(rng, 24, {{3, 1, 1, pool}, {3, 1, 1, pool}, {3, 1, 1, 0}});
+      Model c = check_exact(m, x);
+      // b1: 3 classes over 24 rows; pooled to 12 rows (2 classes there: the first row pools
+      // rows 0 and 1, which differ); b2 reads them through its padding.
+      CHECK(conv(c, "b1").table_rows() == 3);
+      CHECK(conv(c, "b2").pos_h == 12);
+      CHECK(conv(c, "b2").table_rows() >= 3);
+      CHECK(conv(c, "b2").table_rows() <= 5);
+      CHECK(conv(c, "b3").pos_h == 6);
+      CHECK(conv(c, "b3").table_rows() <= 6);
+    }
+  }
+}
+
+TEST_CASE("border tables: saved and loaded, and old files with full per-position maps") {
+  Rng rng(47);
+  Model m = border_chain(rng, 12, std::vector<ChainLayer>(3, {3, 1, 1, 0}));
+  Tensor x = random_images(2, {3, 12, 12}, rng);
+  Model c = check_exact(m, x);
+  auto dir = std::filesystem::temp_directory_path() / ("dnns_tables_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  c.save((dir / "c.dnns").string());
+  Model l = Model::load((dir / "c.dnns").string());
+  CHECK(c.spec().find("pos_rows=0,1,2,3,3,3,3,3,3,4,5,6") != std::string::npos);
+  CHECK(max_abs_diff(c.forward(x, false), l.forward(x, false)) == 0.0f);
+  CHECK(conv(l, "b3").table_rows() == 7);
+
+  // A file from before the tables: the same model with each table spread to a full (K, P, Q)
+  // map and no class attributes. It loads as a table of one class per row and column.
+  Model old = c.clone();
+  for (Node& n : old.nodes()) {
+    auto* cv = dynamic_cast<Conv2d*>(n.layer.get());
+    if (!cv || cv->pos_h == 0) continue;
+    auto full = std::make_unique<Conv2d>(cv->in_channels, cv->out_channels, cv->kernel_h, cv->kernel_w, cv->stride,
+                                         cv->pad, cv->has_bias, cv->fused_relu, cv->pos_h, cv->pos_w);
+    full->weight.value = cv->weight.value;
+    full->bias.value = cv->bias.value;
+    const int64_t TR = cv->table_rows(), TC = cv->table_cols();
+    for (int k = 0; k < cv->out_channels; ++k)
+      for (int p = 0; p < cv->pos_h; ++p)
+        for (int q = 0; q < cv->pos_w; ++q)
+          full->pos_bias.value[(int64_t(k) * cv->pos_h + p) * cv->pos_w + q] =
+              cv->pos_bias.value[(k * TR + cv->pos_rows[p]) * TC + cv->pos_cols[q]];
+    n.layer = std::move(full);
+  }
+  old.save((dir / "old.dnns").string());
+  CHECK(old.spec().find("pos_rows") == std::string::npos);  // written as the old format
+  CHECK(old.spec().find("pos_h=12") != std::string::npos);
+  Model lo = Model::load((dir / "old.dnns").string());
+  std::filesystem::remove_all(dir);
+  CHECK(conv(lo, "b3").pos_bias.value.shape() == Shape{conv(lo, "b3").out_channels, 12, 12});
+  CHECK(max_abs_diff(c.forward(x, false), lo.forward(x, false)) <= 1e-5f);
+  // Compacting the old model again converts its maps into small tables.
+  Model again = check_exact(lo, x);
+  CHECK(conv(again, "b3").table_rows() == 7);
+  CHECK(conv(again, "b3").table_cols() == 7);
+
+  SUBCASE("bad class attributes are refused with the layer named") {
+    std::string spec = c.spec();
+    std::string bad = spec;
+    bad.replace(bad.find("pos_rows=0,1,2"), 14, "pos_rows=0,1,x");
+    CHECK_THROWS_WITH_AS(Model::from_spec(bad), doctest::Contains("pos_rows"), Error);
+    bad = spec;
+    bad.replace(bad.find("pos_rows=0,1,2"), 14, "pos_rows=0,1");
+    CHECK_THROWS_WITH_AS(Model::from_spec(bad), doctest::Contains("border-table classes"), Error);
   }
 }
 

@@ -53,7 +53,8 @@ void valid_range(int pad, int r, int stride, int size, int out, int* lo, int* hi
 }
 
 // y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*stride - pad + r, q*stride - pad + s]
-//              (+ pos_bias[k,p,q]), then ReLU when fused; x reads zero outside the image.
+//              (+ pos_bias[k, row class of p, column class of q]), then ReLU when fused;
+//              x reads zero outside the image.
 // Two loop orders, by output width. Wide maps: one output plane at a time, one weight at a
 // time, so the inner loop runs along an output row (contiguous, vectorisable at stride 1) and
 // pruned (zero) weights are skipped. Narrow maps (rows of fewer than 8 values, the deep layers
@@ -117,8 +118,16 @@ void conv2d(const Node& nd, int N, int C, int H, int W, int P, int Q, const floa
         }
       }
       if (nd.pos_bias) {
-        const float* pb = nd.pos_bias + int64_t(k) * plane;  // (P, Q)
-        for (int64_t i = 0; i < plane; ++i) yk[i] += pb[i];
+        const int TR = nd.pos_row_class ? nd.pos_rows : P, TC = nd.pos_col_class ? nd.pos_cols : Q;
+        const float* tk = nd.pos_bias + int64_t(k) * TR * TC;  // (TR, TC)
+        for (int p = 0; p < P; ++p) {
+          const float* trow = tk + int64_t(nd.pos_row_class ? nd.pos_row_class[p] : p) * TC;  // (TC)
+          float* yrow = yk + int64_t(p) * Q;                                                  // (Q)
+          if (nd.pos_col_class)
+            for (int q = 0; q < Q; ++q) yrow[q] += trow[nd.pos_col_class[q]];
+          else
+            for (int q = 0; q < Q; ++q) yrow[q] += trow[q];
+        }
       }
       if (nd.fused_relu)
         for (int64_t i = 0; i < plane; ++i) yk[i] = yk[i] > 0.0f ? yk[i] : 0.0f;
@@ -228,6 +237,20 @@ Status infer_node(const Graph& g, int i, NodePlan* plan, char* err, size_t len) 
                     nd.pos_w, y.h, y.w);
       if ((!nd.weight && int64_t(nd.out_ch) * nd.in_ch > 0) || (!nd.pos_bias && nd.pos_h > 0 && nd.out_ch > 0))
         return fail(err, len, kErrGraph, nd, "missing weights");
+      if (nd.pos_h > 0 && (!nd.pos_row_class) != (!nd.pos_col_class))
+        return fail(err, len, kErrGraph, nd, "border table: row classes and column classes come together");
+      if (nd.pos_h > 0 && nd.pos_row_class) {
+        if (nd.pos_rows < 1 || nd.pos_cols < 1)
+          return fail(err, len, kErrGraph, nd, "border table of %dx%d classes", nd.pos_rows, nd.pos_cols);
+        for (int p = 0; p < nd.pos_h; ++p)
+          if (nd.pos_row_class[p] < 0 || nd.pos_row_class[p] >= nd.pos_rows)
+            return fail(err, len, kErrGraph, nd, "border table: row %d has class %d, not in [0, %d)", p,
+                        nd.pos_row_class[p], nd.pos_rows);
+        for (int q = 0; q < nd.pos_w; ++q)
+          if (nd.pos_col_class[q] < 0 || nd.pos_col_class[q] >= nd.pos_cols)
+            return fail(err, len, kErrGraph, nd, "border table: column %d has class %d, not in [0, %d)", q,
+                        nd.pos_col_class[q], nd.pos_cols);
+      }
       return kOk;
     }
     case Op::BatchNorm:

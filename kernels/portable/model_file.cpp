@@ -65,7 +65,10 @@ struct Loading {
   int num_nodes = 0;
   float* weights = nullptr;
   NodePlan* plan = nullptr;
+  int32_t* classes = nullptr;  // border-table classes of every conv, one after another
+  int64_t num_classes = 0;
   ~Loading() {
+    std::free(classes);
     std::free(tensors);
     std::free(text);
     std::free(nodes);
@@ -95,6 +98,23 @@ bool parse_int(const char* s, int32_t* out) {
   if (errno != 0 || *end != '\0' || v < -2147483647LL - 1 || v > 2147483647LL) return false;
   *out = int32_t(v);
   return true;
+}
+
+// Parses a border table's classes "0,1,1,2" (exactly `want` of them, each in [0, want)) into
+// out; *count = the largest class + 1. False on anything else.
+bool parse_classes(const char* s, int32_t want, int32_t* out, int32_t* count) {
+  int32_t n = 0, top = -1;
+  for (const char* p = s;; ++p) {
+    const char* start = p;
+    long long v = 0;
+    while (*p >= '0' && *p <= '9' && v <= 2147483647LL) v = v * 10 + (*p++ - '0');
+    if (p == start || v >= want || n == want || (*p != ',' && *p != '\0')) return false;
+    out[n++] = int32_t(v);
+    if (v > top) top = int32_t(v);
+    if (*p == '\0') break;
+  }
+  *count = top + 1;
+  return n == want;
 }
 
 // key=value attributes of one spec line (pointers into the line, terminated in place).
@@ -327,6 +347,28 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
       L.has_bias[L.num_nodes] = attr("bias", true, 0) != 0;
       nd.fused_relu = attr("relu", false, 0) != 0;
       nd.pos_h = attr("pos_h", false, 0), nd.pos_w = attr("pos_w", false, 0);
+      // A border table's classes; without them the table is a full (K, pos_h, pos_w) map.
+      const char* rows = a.find("pos_rows");
+      const char* cols = a.find("pos_cols");
+      if (st == kOk && (rows || cols)) {
+        if (!rows || !cols || nd.pos_h < 1 || nd.pos_w < 1)
+          return L.fail(kErrGraph, "graph spec line %d: conv '%s': pos_rows and pos_cols come together, with pos_h and pos_w",
+                        lineno, name);
+        if (!L.classes) {  // every class takes at least two characters of the spec ("0,")
+          L.classes = static_cast<int32_t*>(std::malloc((size_t(spec_len) / 2 + 2) * sizeof(int32_t)));
+          if (!L.classes) return L.fail(kErrMemory, "cannot allocate the border-table classes");
+        }
+        if (L.num_classes + nd.pos_h + nd.pos_w > int64_t(spec_len) / 2 + 2)
+          return L.fail(kErrGraph, "graph spec line %d: conv '%s': pos_h/pos_w do not match pos_rows/pos_cols", lineno, name);
+        int32_t* r = L.classes + L.num_classes;
+        int32_t* c = r + nd.pos_h;
+        if (!parse_classes(rows, nd.pos_h, r, &nd.pos_rows) || !parse_classes(cols, nd.pos_w, c, &nd.pos_cols))
+          return L.fail(kErrGraph,
+                        "graph spec line %d: conv '%s': pos_rows/pos_cols must list pos_h/pos_w classes, each in [0, pos_h/pos_w)",
+                        lineno, name);
+        nd.pos_row_class = r, nd.pos_col_class = c;
+        L.num_classes += nd.pos_h + nd.pos_w;
+      }
     } else if (std::strcmp(kind, "batchnorm") == 0) {
       nd.op = Op::BatchNorm;
       nd.in_ch = nd.out_ch = attr("channels", true, 0);
@@ -404,7 +446,10 @@ Status attach_tensors(Loading& L, int64_t* num_weights) {
       if (nd.op == Op::Conv) {
         w[nw++] = {&nd, "weight", 4, {K, C, nd.kernel_h, nd.kernel_w}, &nd.weight};
         if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias};
-        if (nd.pos_h > 0) w[nw++] = {&nd, "pos_bias", 3, {K, nd.pos_h, nd.pos_w}, &nd.pos_bias};
+        if (nd.pos_h > 0)
+          w[nw++] = {&nd, "pos_bias", 3,
+                     {K, nd.pos_row_class ? nd.pos_rows : nd.pos_h, nd.pos_col_class ? nd.pos_cols : nd.pos_w},
+                     &nd.pos_bias};
       } else if (nd.op == Op::Linear) {
         w[nw++] = {&nd, "weight", 2, {K, C}, &nd.weight};
         if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias};
@@ -477,6 +522,7 @@ Status load_model_memory(const unsigned char* data, size_t size, const char* whe
   m->nodes = L.nodes, L.nodes = nullptr;
   m->text = L.text, L.text = nullptr;
   m->weights = L.weights, L.weights = nullptr;
+  m->classes = L.classes, L.classes = nullptr;
   m->num_weights = num_weights;
   m->error[0] = '\0';
   return kOk;
@@ -512,6 +558,7 @@ void free_model(LoadedModel* m) {
   std::free(m->nodes);
   std::free(m->text);
   std::free(m->weights);
+  std::free(m->classes);
   *m = LoadedModel{};
 }
 
