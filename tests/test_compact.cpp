@@ -15,6 +15,7 @@
 #include "datasets/dataset.h"
 #include "datasets/loader.h"
 #include "kernels/ops.h"
+#include "nn/export/export.h"
 #include "nn/models/zoo.h"
 #include "prune/compact.h"
 
@@ -98,6 +99,39 @@ TEST_CASE("compaction of randomly masked zoo models is exact") {
     CHECK(rep.params_after < rep.params_before);
     CHECK(rep.channels_removed > 0);
     CHECK(rep.constants_folded > 0);
+  }
+}
+
+TEST_CASE("compaction targets: 40% of every conv's filters dead") {
+  // Random masks (40% dead filters, half of the other weights), batchnorm with positive and
+  // negative shifts: the compact model's parameters (border tables included) against the
+  // dense count, the share of the tables, and the portable runtime's arena per image.
+  struct Target {
+    const char* name;
+    double max_ratio;
+  };
+  for (Target t : {Target{"resnet20", 0.65}, Target{"resnet56", 0.65}, Target{"vgg16", 0.40}}) {
+    const std::string name = t.name;
+    CAPTURE(name);
+    Rng rng(2024);
+    Model m = build_model(t.name);
+    init_model(m, rng);
+    randomize_batchnorm(m, rng);
+    random_masks(m, rng, 0.4f, 0.5f);
+    Tensor x = random_images(2, {3, 32, 32}, rng);
+    CompactReport rep;
+    Model c = check_exact(m, x, &rep);
+    const double ratio = double(rep.params_after) / double(rep.params_before);
+    const double table_share = double(rep.split_after.tables) / double(rep.params_after);
+    const int64_t arena_masked = portable_arena_bytes(m), arena_compact = portable_arena_bytes(c);
+    MESSAGE(name << ": " << rep.params_before << " -> " << rep.params_after << " parameters (" << ratio
+                   << "x; weights " << rep.split_after.weights << ", biases " << rep.split_after.biases << ", tables "
+                   << rep.split_after.tables << " = " << 100 * table_share << "%), arena " << arena_masked / 1024.0
+                   << " -> " << arena_compact / 1024.0 << " KiB per image");
+    CHECK(rep.split_after.total() == rep.params_after);
+    CHECK(ratio <= t.max_ratio);
+    CHECK(table_share <= 0.02);
+    CHECK(arena_compact <= arena_masked);
   }
 }
 
@@ -300,6 +334,12 @@ TEST_CASE("5x5 stride-2 convs, a flatten of 8x8 maps and a hidden linear layer")
 // fc, where filter 0 of a is dead with a positive constant and filter 0 of every b reads only
 // channel 0 before it (positive weights): channel 0 stays input-independent all along the
 // chain, a map that differs near the border in more rows and columns at every padded conv.
+std::string bname(size_t d) {  // "b1", "b2", ...
+  std::string s = "b";
+  s += std::to_string(d);
+  return s;
+}
+
 struct ChainLayer {
   int kernel, stride, pad;
   char pool;  // 0, 'm' (2x2 max) or 'a' (2x2 average) after the layer's ReLU
@@ -311,7 +351,7 @@ Model border_chain(Rng& rng, int size, const std::vector<ChainLayer>& layers, in
   t = m.add("a.relu", std::make_unique<ReLU>(), {t});
   for (size_t d = 0; d < layers.size(); ++d) {
     const ChainLayer& l = layers[d];
-    const std::string name = "b" + std::to_string(d + 1);
+    const std::string name = bname(d + 1);
     t = m.add(name, std::make_unique<Conv2d>(C, C, l.kernel, l.kernel, l.stride, l.pad, true), {t});
     t = m.add(name + ".relu", std::make_unique<ReLU>(), {t});
     if (l.pool) t = m.add(name + ".pool", std::make_unique<Pool2d>(l.pool == 'm', 2, 2), {t});
@@ -322,7 +362,7 @@ Model border_chain(Rng& rng, int size, const std::vector<ChainLayer>& layers, in
   conv(m, "a").bias.value.fill(0.5f);
   kill_filter(m, "a", 0);
   for (size_t d = 0; d < layers.size(); ++d) {
-    const std::string name = "b" + std::to_string(d + 1);
+    const std::string name = bname(d + 1);
     Conv2d& b = conv(m, name);
     const int64_t area = int64_t(b.kernel_h) * b.kernel_w;
     m.masks[name + ".weight"] = Tensor::full(b.weight.value.shape(), 1.0f);
@@ -346,7 +386,7 @@ TEST_CASE("border tables: deep chains of padded convs over constant channels") {
   Model c = check_exact(m, x, &rep);
   for (int d = 1; d <= depth; ++d) {
     CAPTURE(d);
-    Conv2d& b = conv(c, "b" + std::to_string(d));
+    Conv2d& b = conv(c, bname(d));
     REQUIRE(b.pos_h == 16);
     CHECK(b.table_rows() == 2 * d + 1);
     CHECK(b.table_cols() == 2 * d + 1);
@@ -446,13 +486,12 @@ TEST_CASE("border tables: saved and loaded, and old files with full per-position
   CHECK(conv(again, "b3").table_cols() == 7);
 
   SUBCASE("bad class attributes are refused with the layer named") {
-    std::string spec = c.spec();
-    std::string bad = spec;
-    bad.replace(bad.find("pos_rows=0,1,2"), 14, "pos_rows=0,1,x");
-    CHECK_THROWS_WITH_AS(Model::from_spec(bad), doctest::Contains("pos_rows"), Error);
-    bad = spec;
-    bad.replace(bad.find("pos_rows=0,1,2"), 14, "pos_rows=0,1");
-    CHECK_THROWS_WITH_AS(Model::from_spec(bad), doctest::Contains("border-table classes"), Error);
+    const std::string spec = c.spec();
+    const size_t at = spec.find("pos_rows=0,1,2");
+    REQUIRE(at != std::string::npos);
+    auto with = [&](const std::string& classes) { return spec.substr(0, at) + classes + spec.substr(at + 14); };
+    CHECK_THROWS_WITH_AS(Model::from_spec(with("pos_rows=0,1,x")), doctest::Contains("pos_rows"), Error);
+    CHECK_THROWS_WITH_AS(Model::from_spec(with("pos_rows=0,1")), doctest::Contains("border-table classes"), Error);
   }
 }
 

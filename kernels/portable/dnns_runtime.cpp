@@ -352,7 +352,7 @@ Status plan_graph(const Graph& g, NodePlan* plan, int64_t* floats_per_image, cha
     set_error(err, err_len, "graph: output node %d is not a layer of the %d-node graph", g.output, n);
     return kErrGraph;
   }
-  plan[0] = NodePlan{4, g.in_c, g.in_h, g.in_w, 0, 0};
+  plan[0] = NodePlan{4, g.in_c, g.in_h, g.in_w, 0, 0, 0};
   for (int i = 1; i < n; ++i) {
     Status s = infer_node(g, i, plan, err, err_len);
     if (s != kOk) return s;
@@ -365,47 +365,71 @@ Status plan_graph(const Graph& g, NodePlan* plan, int64_t* floats_per_image, cha
     if (nd.op == Op::Add) plan[nd.in1].last_use = i;
   }
   plan[g.output].last_use = n;
-  // First fit: each output goes to the lowest offset that overlaps no buffer still alive when
-  // it is written, its own inputs included, except that an elementwise node (relu, batchnorm,
-  // add, flatten) writes over an input that nothing reads later: that halves the memory of the
-  // conv-batchnorm-relu chains of a dense graph. The input images stay in the caller's memory.
-  int64_t total = 0;
+  // Buffers: an elementwise node (relu, batchnorm, add, flatten) writes over an input that
+  // nothing reads later (that halves the memory of the conv-batchnorm-relu chains of a dense
+  // graph), so such chains share one buffer, a group named by its first node, alive from that
+  // node to the last reader of any member. Groups are placed largest first, each at the lowest
+  // offset that overlaps no placed group alive at the same time ("greedy by size"): big maps
+  // claim the low offsets and smaller ones fill the gaps between them, so that slimming some
+  // layers (a compacted model) never scatters the big maps. The input images stay in the
+  // caller's memory.
   for (int i = 1; i < n; ++i) {
     const int64_t size = round_up4(plan_numel(plan[i]));
-    plan[i].offset = 0;
-    if (size == 0) continue;
+    plan[i].group = i;
+    plan[i].offset = -1;  // not placed yet
     const Node& nd = g.nodes[i];
     const Op op = nd.op;
-    if (op == Op::ReLU || op == Op::BatchNorm || op == Op::Add || op == Op::Flatten) {
-      int reuse = -1;
+    if (size > 0 && (op == Op::ReLU || op == Op::BatchNorm || op == Op::Add || op == Op::Flatten)) {
       const int32_t inputs[2] = {nd.in0, op == Op::Add ? nd.in1 : -1};
       for (int32_t in : inputs)
-        if (reuse < 0 && in > 0 && plan[in].last_use == i && round_up4(plan_numel(plan[in])) == size) reuse = in;
-      if (reuse > 0) {
-        plan[i].offset = plan[reuse].offset;
-        continue;
-      }
+        if (plan[i].group == i && in > 0 && plan[in].last_use == i && round_up4(plan_numel(plan[in])) == size)
+          plan[i].group = plan[in].group;
     }
+  }
+  // The last node that reads a member of group L.
+  auto group_end = [&](int L) {
+    int32_t end = L;
+    for (int j = L; j < n; ++j)
+      if (plan[j].group == L && plan[j].last_use > end) end = plan[j].last_use;
+    return end;
+  };
+  int64_t total = 0;
+  for (;;) {
+    int L = -1;  // the largest group not placed yet (the earliest among equals)
+    int64_t size = 0;
+    for (int i = 1; i < n; ++i) {
+      const int64_t s = round_up4(plan_numel(plan[i]));
+      if (plan[i].group == i && plan[i].offset < 0 && (L < 0 || s > size)) L = i, size = s;
+    }
+    if (L < 0) break;
+    if (size == 0) {
+      plan[L].offset = 0;
+      continue;
+    }
+    const int32_t end = group_end(L);
+    // Candidates: 0 and the end of every placed group alive with L; the lowest that fits wins.
     int64_t best = -1;
-    // Candidates: 0 and the end of every live buffer; the lowest that fits wins.
-    for (int cand = 0; cand < i; ++cand) {
+    for (int cand = 0; cand < n; ++cand) {
       int64_t at = 0;
       if (cand > 0) {
-        if (plan[cand].last_use < i || plan_numel(plan[cand]) == 0) continue;
+        if (plan[cand].group != cand || plan[cand].offset < 0) continue;
+        if (cand > end || group_end(cand) < L) continue;  // never alive with L
         at = plan[cand].offset + round_up4(plan_numel(plan[cand]));
       }
       if (best >= 0 && at >= best) continue;
       bool fits = true;
-      for (int j = 1; j < i && fits; ++j) {
-        if (plan[j].last_use < i || plan_numel(plan[j]) == 0) continue;
+      for (int j = 1; j < n && fits; ++j) {
+        if (plan[j].group != j || plan[j].offset < 0 || j == L) continue;
+        if (j > end || group_end(j) < L) continue;
         const int64_t lo = plan[j].offset, hi = lo + round_up4(plan_numel(plan[j]));
         if (at < hi && lo < at + size) fits = false;
       }
       if (fits) best = at;
     }
-    plan[i].offset = best;
+    plan[L].offset = best;
     if (best + size > total) total = best + size;
   }
+  for (int i = 1; i < n; ++i) plan[i].offset = plan[plan[i].group].offset;
   *floats_per_image = total;
   return kOk;
 }

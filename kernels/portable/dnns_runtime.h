@@ -81,10 +81,12 @@ struct NodePlan {
   int32_t c, h, w;  // output shape per image
   int64_t offset;   // per-image float offset of its output in the arena (scaled by the batch)
   int32_t last_use; // index of the last node that reads it (num_nodes for the output)
+  int32_t group;    // the node whose buffer it writes (itself, or an input it runs in place over)
 };
 
 // Infers and validates every node's output shape and assigns arena offsets so that buffers
-// whose lifetimes overlap never share memory. plan: num_nodes entries. *floats_per_image: the
+// whose lifetimes overlap never share memory (largest buffers first, each at the lowest
+// offset free for its lifetime). plan: num_nodes entries. *floats_per_image: the
 // arena one image needs (a batch of N needs N times as much).
 Status plan_graph(const Graph& g, NodePlan* plan, int64_t* floats_per_image, char* err, size_t err_len);
 
