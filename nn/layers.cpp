@@ -445,20 +445,106 @@ std::vector<Param*> Linear::params() {
 
 // ---------------------------------------------------------------- Add
 
+Add::Add(int channels_, std::vector<int32_t> map0, std::vector<int32_t> map1, bool bias_)
+    : channels(channels_), map{std::move(map0), std::move(map1)}, has_bias(bias_) {
+  check(channels > 0, [&] { return "add: a mapped add needs a positive channel count, got " + std::to_string(channels); });
+  for (int i = 0; i < 2; ++i)
+    for (size_t c = 0; c < map[i].size(); ++c)
+      check(map[i][c] >= 0 && map[i][c] < channels && (c == 0 || map[i][c] > map[i][c - 1]), [&] {
+        return "add: channel map " + std::to_string(i) + " must list ascending channels in [0, " +
+               std::to_string(channels) + "), got " + join_ints(map[i]);
+      });
+  if (has_bias) bias = {"bias", Tensor({channels}), Tensor(), false};
+}
+
+std::map<std::string, std::string> Add::attrs() const {
+  if (!mapped()) return {};
+  std::map<std::string, std::string> a = {{"channels", std::to_string(channels)}, {"bias", has_bias ? "1" : "0"}};
+  for (int i = 0; i < 2; ++i)
+    if (!map[i].empty()) a[i == 0 ? "map0" : "map1"] = join_ints(map[i]);
+  return a;
+}
+
+std::vector<Param*> Add::params() {
+  if (has_bias) return {&bias};
+  return {};
+}
+
 Shape Add::output_shape(const std::vector<Shape>& in) const {
   check(in.size() == 2, "add: expected two inputs");
-  check(in[0] == in[1], [&] { return "add: operand shapes differ: " + shape_str(in[0]) + " vs " + shape_str(in[1]); });
-  return in[0];
+  if (!mapped()) {
+    check(in[0] == in[1], [&] { return "add: operand shapes differ: " + shape_str(in[0]) + " vs " + shape_str(in[1]); });
+    return in[0];
+  }
+  Shape out = in[0];
+  check(out.size() >= 2, "add: expected (N, C, ...) inputs");
+  out[1] = channels;
+  for (int i = 0; i < 2; ++i) {
+    Shape expect = out;
+    expect[1] = map[i].empty() ? channels : static_cast<int64_t>(map[i].size());
+    check(in[i] == expect, [&] {
+      return "add: input " + std::to_string(i) + " is " + shape_str(in[i]) + ", its channel map expects " +
+             shape_str(expect);
+    });
+  }
+  return out;
 }
 
 void Add::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
-  ops::add_forward(*in[0], *in[1], out);
+  if (!mapped()) {
+    ops::add_forward(*in[0], *in[1], out);
+    return;
+  }
+  // On the host: mapped adds appear only in compacted inference graphs. y = bias, then each
+  // input added into its channels (an unmapped input first, so that with a zero bias the sum
+  // is the plain add's, a + b).
+  const int64_t N = out.dim(0), plane = N > 0 && channels > 0 ? out.numel() / (N * channels) : 0;
+  Tensor y = Tensor::uninit(out.shape());
+  std::vector<float> b = has_bias ? bias.value.to_vector() : std::vector<float>(channels, 0.0f);
+  for (int64_t n = 0; n < N; ++n)
+    for (int k = 0; k < channels; ++k) std::fill_n(y.data() + (n * channels + k) * plane, plane, b[k]);
+  for (int i : {map[0].empty() ? 0 : 1, map[0].empty() ? 1 : 0}) {
+    Tensor x = in[i]->is_cpu() ? *in[i] : in[i]->to(Device::CPU);
+    const int64_t C = x.dim(1);
+    const float* xp = x.data();  // (N, C, plane)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t k = map[i].empty() ? c : map[i][c];
+        float* yk = y.data() + (n * channels + k) * plane;
+        const float* xc = xp + (n * C + c) * plane;
+        for (int64_t q = 0; q < plane; ++q) yk[q] += xc[q];
+      }
+  }
+  out.copy_from(y);
 }
 
 void Add::backward(const std::vector<const Tensor*>&, const Tensor&, const Tensor& dout,
                    const std::vector<Tensor*>& din) {
-  for (Tensor* d : din)
-    if (d) d->copy_from(dout);
+  if (!mapped()) {
+    for (Tensor* d : din)
+      if (d) d->copy_from(dout);
+    return;
+  }
+  Tensor g = dout.is_cpu() ? dout : dout.to(Device::CPU);  // (N, channels, plane)
+  const int64_t N = g.dim(0), plane = N > 0 ? g.numel() / (N * channels) : 0;
+  for (int i = 0; i < 2; ++i) {
+    if (!din[i]) continue;
+    const int64_t C = din[i]->dim(1);
+    Tensor d = Tensor::uninit(din[i]->shape());
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t k = map[i].empty() ? c : map[i][c];
+        std::copy_n(g.data() + (n * channels + k) * plane, plane, d.data() + (n * C + c) * plane);
+      }
+    din[i]->copy_from(d);
+  }
+  if (has_bias) {
+    Tensor db({channels});
+    for (int64_t n = 0; n < N; ++n)
+      for (int k = 0; k < channels; ++k)
+        for (int64_t q = 0; q < plane; ++q) db[k] += g[(n * channels + k) * plane + q];
+    bias.grad = db.to(bias.value.device());
+  }
 }
 
 // ---------------------------------------------------------------- factory
@@ -504,7 +590,7 @@ static std::vector<int32_t> attr_ints(const std::map<std::string, std::string>& 
       check(used == part.size() && !part.empty(), "");
       out.push_back(v);
     } catch (...) {
-      throw Error(std::string("conv: attribute '") + key + "' is not a list of integers: '" + s + "'");
+      throw Error(std::string("attribute '") + key + "' is not a list of integers: '" + s + "'");
     }
     at = comma + 1;
   }
@@ -518,7 +604,8 @@ std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, st
       {LayerKind::BatchNorm, {"channels", "eps", "momentum"}},
       {LayerKind::MaxPool, {"kernel", "stride"}},
       {LayerKind::AvgPool, {"kernel", "stride"}},
-      {LayerKind::Linear, {"in", "out", "bias"}}};
+      {LayerKind::Linear, {"in", "out", "bias"}},
+      {LayerKind::Add, {"channels", "map0", "map1", "bias"}}};
   for (const auto& [key, value] : a) {
     auto it = known.find(kind);
     bool ok = it != known.end() && std::find(it->second.begin(), it->second.end(), key) != it->second.end();
@@ -558,7 +645,11 @@ std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, st
     case LayerKind::Linear:
       return std::make_unique<Linear>(attr_int(a, "in", "linear"), attr_int(a, "out", "linear"),
                                       attr_int(a, "bias", "linear") != 0);
-    case LayerKind::Add: return std::make_unique<Add>();
+    case LayerKind::Add:
+      if (a.empty()) return std::make_unique<Add>();
+      return std::make_unique<Add>(attr_int(a, "channels", "add"), a.count("map0") ? attr_ints(a, "map0") : std::vector<int32_t>(),
+                                   a.count("map1") ? attr_ints(a, "map1") : std::vector<int32_t>(),
+                                   a.count("bias") ? attr_int(a, "bias", "add") != 0 : false);
   }
   throw Error("make_layer: unknown kind");
 }

@@ -193,15 +193,32 @@ class Linear : public Layer {
 
 // Elementwise sum of two tensors of one shape: the residual join. The compactor treats all
 // tensors joined by an Add as one channel group.
+//
+// A compacted residual join may also carry channel maps and a bias: a branch conv whose
+// filters are dead computes only its live channels, and the add puts them into their stream
+// channels: y[n, k] = bias[k] + sum over inputs i and their channels c with map_i[c] = k of
+// x_i[n, c] (a map is a strictly ascending list of output channels, one per input channel;
+// an empty map is the identity). The dead filters' constants are in the bias.
 class Add : public Layer {
  public:
+  Add() = default;
+  // channels: the output's; map0/map1: the inputs' channel maps (empty: identity); bias: a
+  // per-channel bias (zero until set).
+  Add(int channels, std::vector<int32_t> map0, std::vector<int32_t> map1, bool bias);
   LayerKind kind() const override { return LayerKind::Add; }
-  std::map<std::string, std::string> attrs() const override { return {}; }
+  std::map<std::string, std::string> attrs() const override;
   Shape output_shape(const std::vector<Shape>& in) const override;
   void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
   void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
                 const std::vector<Tensor*>& din) override;
+  std::vector<Param*> params() override;
   std::unique_ptr<Layer> clone() const override { return std::make_unique<Add>(*this); }
+  bool mapped() const { return channels > 0; }  // channel maps or a bias: not a plain sum
+
+  int channels = 0;                   // > 0: the output's channel count (maps or bias present)
+  std::vector<int32_t> map[2];        // (input channels) output channel of each, or empty
+  bool has_bias = false;
+  Param bias;                         // (channels)
 };
 
 // Builds a layer from its kind and attributes (as stored in a graph spec).

@@ -436,7 +436,10 @@ Analysis analyze(const Model& m) {
   for (int i = 1; i < n; ++i) {
     LayerKind k = nodes[i].layer->kind();
     if (k == LayerKind::Conv || k == LayerKind::Linear) continue;
-    for (int j : nodes[i].inputs) parent[find_root(parent, i)] = find_root(parent, j);
+    const auto* add = dynamic_cast<const Add*>(nodes[i].layer.get());
+    for (int s = 0; s < static_cast<int>(nodes[i].inputs.size()); ++s)
+      if (!add || add->map[s].empty())  // a channel-mapped input has channels of its own
+        parent[find_root(parent, i)] = find_root(parent, nodes[i].inputs[s]);
     int j = nodes[i].inputs[0];
     if (k == LayerKind::Flatten && a.shapes[j].size() == 4)
       ca.features_per_channel[i] = int(a.shapes[j][2] * a.shapes[j][3]);
@@ -619,6 +622,46 @@ Analysis analyze(const Model& m) {
           else std::copy_n(sub_out.data() + r * sub_plane, oplane, out.data() + at * oplane);
         }
       }
+    } else if (auto* add = dynamic_cast<const Add*>(&L); add && add->mapped()) {
+      // A channel-mapped add (a compacted residual join): output channel k is bias[k] plus the
+      // input channels mapped to it; fixed when all of those are.
+      std::vector<int> from[2];  // (C) input channel feeding output channel k, or -1
+      for (int s = 0; s < 2; ++s) {
+        from[s].assign(C, -1);
+        const int Cs = static_cast<int>(ca.fixed[nodes[i].inputs[s]].size());
+        for (int c = 0; c < Cs; ++c) from[s][add->map[s].empty() ? c : add->map[s][c]] = c;
+      }
+      bool in_uniform = true;
+      for (int k = 0; k < C; ++k) {
+        bool f = true;
+        for (int s = 0; s < 2; ++s)
+          if (from[s][k] >= 0) {
+            f = f && ca.fixed[nodes[i].inputs[s]][from[s][k]];
+            in_uniform = in_uniform && ca.map_uniform[nodes[i].inputs[s]];
+          }
+        if (f) list.push_back(k);
+      }
+      if (list.empty()) {
+        set_classes(i, true);
+        continue;
+      }
+      uniform = in_uniform && os.size() == 4;
+      const int F = static_cast<int>(list.size());
+      const int64_t plane = uniform ? 1 : os.size() == 4 ? os[2] * os[3] : 1;
+      out = uniform || os.size() != 4 ? Tensor({1, F * plane}) : Tensor({1, F, os[2], os[3]});
+      if (uniform) out = out.reshape({1, F, 1, 1});
+      for (int q = 0; q < F; ++q) {
+        const int k = list[q];
+        float* o = out.data() + q * plane;
+        std::fill_n(o, plane, add->has_bias ? add->bias.value[k] : 0.0f);
+        for (int s = 0; s < 2; ++s) {
+          if (from[s][k] < 0) continue;
+          const int j2 = nodes[i].inputs[s];
+          const float* v = ca.map_of(j2, from[s][k]);
+          const bool one = ca.map_plane[j2] == 1 && plane > 1;
+          for (int64_t e = 0; e < plane; ++e) o[e] += one ? v[0] : v[e];
+        }
+      }
     } else {
       for (int c = 0; c < C; ++c) {
         bool f = fin[c];
@@ -679,6 +722,19 @@ Analysis analyze(const Model& m) {
     for (int s = 0; s < spaces; ++s) next[s].assign(ca.space_channels[s], pinned[s]);
     for (int i = 1; i < n; ++i) {
       LayerKind k = nodes[i].layer->kind();
+      if (auto* add = dynamic_cast<const Add*>(nodes[i].layer.get())) {
+        // A channel-mapped input channel is needed when its output channel is kept, unless
+        // it is fixed at one value (which goes into the add's bias).
+        const auto& out_kept = ca.keep[ca.space[i]];
+        for (int s = 0; s < 2; ++s) {
+          if (add->map[s].empty()) continue;
+          const int j = nodes[i].inputs[s];
+          auto& keep = next[ca.space[j]];
+          for (size_t c = 0; c < add->map[s].size(); ++c)
+            if (out_kept[add->map[s][c]] && !ca.map_one_value(j, int(c))) keep[c] = 1;
+        }
+        continue;
+      }
       if (k != LayerKind::Conv && k != LayerKind::Linear) continue;
       const int j = nodes[i].inputs[0];
       const SliceStats& st = a.stats[i];
@@ -727,6 +783,14 @@ bool ChannelAnalysis::map_nonzero(int i, int c) const {
   return false;
 }
 
+bool ChannelAnalysis::map_one_value(int i, int c) const {
+  const float* p = map_of(i, c);
+  if (!p) return false;
+  for (int64_t q = 1; q < map_plane[i]; ++q)
+    if (p[q] != p[0]) return false;
+  return true;
+}
+
 ChannelAnalysis analyze_channels(const Model& masked) { return analyze(masked).pub; }
 
 Model compact_model(const Model& masked_in, CompactReport* report) {
@@ -762,6 +826,31 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
   for (size_t s = 0; s < ca.keep.size(); ++s) kept[s] = kept_indices(ca.keep[s]);
   for (size_t s = 0; s < ca.keep.size(); ++s) rep.channels_removed += ca.space_channels[s] - int64_t(kept[s].size());
 
+  // The channels each node's compact tensor holds (indices of the node's own channels): its
+  // space's kept channels, except for a conv (or its folded batchnorm, fused ReLU) read only
+  // by an add: there a kept channel that is fixed at one value is not computed (a dead filter
+  // whose residual-stream channel lives); the add puts it into its bias and the computed
+  // channels into their stream channels (a channel map).
+  std::vector<const std::vector<int>*> holds(n);
+  for (int i = 0; i < n; ++i) holds[i] = &kept[ca.space[i]];
+  std::vector<std::vector<int>> branch_rows(n);  // for such convs: the rows computed
+  int64_t branch_rows_dropped = 0;
+  for (int i = 1; i < n; ++i) {
+    if (absorbed[i] || !is(nodes[i], LayerKind::Conv)) continue;
+    const int t = relu_of[i] >= 0 ? relu_of[i] : bn_of[i] >= 0 ? bn_of[i] : i;  // the conv's compact output
+    if (t == out_node || a.consumers[t].size() != 1 || !is(nodes[a.consumers[t][0]], LayerKind::Add)) continue;
+    const std::vector<int>& all = kept[ca.space[t]];
+    std::vector<int> rows;
+    for (int k : all)
+      if (!ca.map_one_value(t, k)) rows.push_back(k);
+    if (rows.empty() && !all.empty()) rows.push_back(all[0]);  // an input of no channels reads as identity
+    if (rows.size() == all.size()) continue;
+    branch_rows_dropped += int64_t(all.size() - rows.size());
+    branch_rows[i] = std::move(rows);
+    holds[i] = holds[t] = &branch_rows[i];
+  }
+  rep.branch_rows_dropped = branch_rows_dropped;
+
   // Each conv and linear layer is built on its own (in parallel: the work is per layer), then
   // the graph is assembled in order.
   struct Built {
@@ -779,7 +868,7 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
     const auto* lin = dynamic_cast<const Linear*>(&L);
     const int j = node.inputs[0];
     const std::vector<int>& in_keep = kept[ca.space[j]];
-    const std::vector<int>& out_keep = kept[ca.space[i]];
+    const std::vector<int>& out_keep = *holds[i];
     const SliceStats& st = a.stats[i];
     const int Cold = st.C, Kn = static_cast<int>(out_keep.size()), Cn = static_cast<int>(in_keep.size());
     const int64_t slice = conv ? int64_t(conv->kernel_h) * conv->kernel_w : ca.features_per_channel[j];
@@ -948,6 +1037,50 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
     for (size_t t = r.begin(); t < r.end(); ++t) built[todo[t]] = build_layer(todo[t]);
   });
 
+  // The compact add of node i: output channels kept[space], each input's held channels
+  // mapped into them (no map where an input holds exactly those), the input channels it does
+  // not hold (fixed at one value) and any bias it had folded into its bias.
+  auto build_add = [&](int i) -> std::unique_ptr<Layer> {
+    const auto& add = static_cast<const Add&>(*nodes[i].layer);
+    const std::vector<int>& out = kept[ca.space[i]];
+    const int C = static_cast<int>(out.size());
+    const int Cold = ca.space_channels[ca.space[i]];
+    std::vector<int> out_index(Cold, -1);  // original output channel -> compact one
+    for (int q = 0; q < C; ++q) out_index[out[q]] = q;
+    std::vector<double> bias(C, 0.0);
+    bool need_bias = false;
+    if (add.has_bias)
+      for (int q = 0; q < C; ++q) bias[q] = add.bias.value[out[q]], need_bias = true;
+    std::vector<int32_t> maps[2];
+    bool identity[2] = {true, true};
+    for (int s = 0; s < 2; ++s) {
+      const int j = nodes[i].inputs[s];
+      const std::vector<int>& held = *holds[j];
+      const int Cj = static_cast<int>(ca.fixed[j].size());
+      auto to_out = [&](int c) { return add.map[s].empty() ? c : add.map[s][c]; };
+      std::vector<uint8_t> is_held(Cj, 0);
+      for (int c : held) is_held[c] = 1;
+      for (int c = 0; c < Cj; ++c) {
+        const int k = out_index[to_out(c)];
+        if (is_held[c]) {
+          if (k < 0) throw Error("internal: add '" + nodes[i].name + "' input holds a channel its output drops");
+          maps[s].push_back(k);
+        } else if (k >= 0 && ca.map_nonzero(j, c)) {
+          if (!ca.map_one_value(j, c))
+            throw Error("internal: add '" + nodes[i].name + "' loses an input channel that is not one constant");
+          bias[k] += ca.map_of(j, c)[0];
+          need_bias = true;
+        }
+      }
+      identity[s] = static_cast<int>(maps[s].size()) == C;
+      if (identity[s]) maps[s].clear();
+    }
+    if (identity[0] && identity[1] && !need_bias) return std::make_unique<Add>();
+    auto na = std::make_unique<Add>(std::max(C, 1), std::move(maps[0]), std::move(maps[1]), need_bias);
+    for (int q = 0; q < C && need_bias; ++q) na->bias.value[q] = static_cast<float>(bias[q]);
+    return na;
+  };
+
   Model c;
   c.arch = m.arch.empty() ? "compact" : m.arch + "-compact";
   std::vector<int> map(n, -1);
@@ -985,7 +1118,11 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
       map[i] = c.add(node.name, std::move(nb), ins);
       continue;
     }
-    // Pooling, flatten, ReLU, add: no parameters, the channel count follows the inputs.
+    if (L.kind() == LayerKind::Add) {
+      map[i] = c.add(node.name, build_add(i), ins);
+      continue;
+    }
+    // Pooling, flatten, ReLU: no parameters, the channel count follows the inputs.
     map[i] = c.add(node.name, L.clone(), ins);
   }
   c.set_output(map[out_node]);

@@ -42,6 +42,8 @@ struct ChannelAnalysis {
   const float* map_of(int i, int c) const;
   // Whether channel c of node i is fixed with a map that is not all zero.
   bool map_nonzero(int i, int c) const;
+  // Whether channel c of node i is fixed with the same value at every position.
+  bool map_one_value(int i, int c) const;
 };
 
 // The weights must already be masked (training leaves them so; Model::apply_masks does it).
@@ -68,6 +70,7 @@ struct CompactReport {
   int64_t macs_before = 0, macs_after = 0;
   int64_t channels_removed = 0;
   int64_t constants_folded = 0;     // (consumer, removed channel) pairs whose nonzero constant was folded
+  int64_t branch_rows_dropped = 0;  // residual-branch conv filters not computed (their constant goes into the add)
   int64_t position_bias_layers = 0; // convs that needed a border table (a correction differing by position)
   double milliseconds = 0;          // time compact_model took
 };

@@ -289,9 +289,30 @@ Status infer_node(const Graph& g, int i, NodePlan* plan, char* err, size_t len) 
       return kOk;
     case Op::Add: {
       const NodePlan& b = plan[nd.in1];
-      if (b.rank != x.rank || b.c != x.c || b.h != x.h || b.w != x.w)
-        return fail(err, len, kErrGraph, nd, "operand shapes differ: (%d, %d, %d) vs (%d, %d, %d)", x.c, x.h, x.w, b.c,
-                    b.h, b.w);
+      if (nd.out_ch == 0) {
+        if (b.rank != x.rank || b.c != x.c || b.h != x.h || b.w != x.w)
+          return fail(err, len, kErrGraph, nd, "operand shapes differ: (%d, %d, %d) vs (%d, %d, %d)", x.c, x.h, x.w,
+                      b.c, b.h, b.w);
+        return kOk;
+      }
+      if (nd.out_ch < 0 || b.rank != x.rank || b.h != x.h || b.w != x.w)
+        return fail(err, len, kErrGraph, nd, "operands (%d, %d, %d) and (%d, %d, %d) do not join into %d channels", x.c,
+                    x.h, x.w, b.c, b.h, b.w, nd.out_ch);
+      const NodePlan* ins[2] = {&x, &b};
+      const int32_t* maps[2] = {nd.map0, nd.map1};
+      for (int s = 0; s < 2; ++s) {
+        if (!maps[s]) {
+          if (ins[s]->c != nd.out_ch)
+            return fail(err, len, kErrGraph, nd, "input %d has %d channels; without a channel map it needs %d", s,
+                        ins[s]->c, nd.out_ch);
+          continue;
+        }
+        for (int c = 0; c < ins[s]->c; ++c)
+          if (maps[s][c] < 0 || maps[s][c] >= nd.out_ch || (c > 0 && maps[s][c] <= maps[s][c - 1]))
+            return fail(err, len, kErrGraph, nd, "channel map %d: entry %d is %d; it must ascend within [0, %d)", s, c,
+                        maps[s][c], nd.out_ch);
+      }
+      y.c = nd.out_ch;
       return kOk;
     }
     case Op::Input: break;
@@ -382,7 +403,7 @@ Status plan_graph(const Graph& g, NodePlan* plan, int64_t* floats_per_image, cha
     if (size > 0 && (op == Op::ReLU || op == Op::BatchNorm || op == Op::Add || op == Op::Flatten)) {
       const int32_t inputs[2] = {nd.in0, op == Op::Add ? nd.in1 : -1};
       for (int32_t in : inputs)
-        if (plan[i].group == i && in > 0 && plan[in].last_use == i && round_up4(plan_numel(plan[in])) == size)
+        if (plan[i].group == i && in > 0 && plan[in].last_use == i && plan_numel(plan[in]) == plan_numel(plan[i]))
           plan[i].group = plan[in].group;
     }
   }
@@ -505,7 +526,39 @@ Status engine_run(Engine* e, const float* input, int32_t batch, float* output) {
       case Op::Linear: linear(nd, N, x, y); break;
       case Op::Add: {
         const float* b = buffer(nd.in1);
-        for (int64_t k = 0; k < y_numel; ++k) y[k] = x[k] + b[k];
+        if (nd.out_ch == 0) {
+          for (int64_t k = 0; k < y_numel; ++k) y[k] = x[k] + b[k];
+          break;
+        }
+        // y = base + bias, base the input without a map (the one y may share memory with);
+        // then each mapped input added into its channels.
+        const float* xs[2] = {x, b};
+        const int32_t* maps[2] = {nd.map0, nd.map1};
+        const int32_t chans[2] = {plan[nd.in0].c, plan[nd.in1].c};
+        const int C = nd.out_ch;
+        const int64_t plane = C > 0 ? y_numel / (int64_t(N) * C) : 0;
+        int base = !maps[0] ? 0 : !maps[1] ? 1 : -1;
+        if (base == 0 && !maps[1] && xs[1] == y) base = 1;
+        for (int n = 0; n < N; ++n)
+          for (int k = 0; k < C; ++k) {
+            float* yk = y + (int64_t(n) * C + k) * plane;                                   // (plane)
+            const float bk = nd.bias ? nd.bias[k] : 0.0f;
+            if (base < 0) {
+              for (int64_t q = 0; q < plane; ++q) yk[q] = bk;
+            } else {
+              const float* xk = xs[base] + (int64_t(n) * C + k) * plane;
+              for (int64_t q = 0; q < plane; ++q) yk[q] = xk[q] + bk;
+            }
+          }
+        for (int s = 0; s < 2; ++s) {
+          if (s == base) continue;
+          for (int n = 0; n < N; ++n)
+            for (int c = 0; c < chans[s]; ++c) {
+              const float* xc = xs[s] + (int64_t(n) * chans[s] + c) * plane;                       // (plane)
+              float* yk = y + (int64_t(n) * C + (maps[s] ? maps[s][c] : c)) * plane;              // (plane)
+              for (int64_t q = 0; q < plane; ++q) yk[q] += xc[q];
+            }
+        }
         break;
       }
       case Op::Input: break;

@@ -66,6 +66,11 @@ struct Node {
   const int32_t* pos_row_class;  // (pos_h) or nullptr
   const int32_t* pos_col_class;  // (pos_w) or nullptr
   int32_t pos_rows, pos_cols;
+  // add with out_ch > 0 (a compacted residual join): y[n, k] = bias[k] (bias may be nullptr)
+  // plus, for each input, its channel c added into channel map[c] (strictly ascending; nullptr:
+  // the identity, the input has out_ch channels). out_ch = 0: the plain sum of two equal shapes.
+  const int32_t* map0;  // (channels of in0) or nullptr
+  const int32_t* map1;  // (channels of in1) or nullptr
 };
 
 struct Graph {

@@ -102,13 +102,14 @@ bool parse_int(const char* s, int32_t* out) {
 
 // Parses a border table's classes "0,1,1,2" (exactly `want` of them, each in [0, want)) into
 // out; *count = the largest class + 1. False on anything else.
-bool parse_classes(const char* s, int32_t want, int32_t* out, int32_t* count) {
+bool parse_classes(const char* s, int32_t want, int32_t* out, int32_t* count, int32_t bound = -1) {
+  if (bound < 0) bound = want;
   int32_t n = 0, top = -1;
   for (const char* p = s;; ++p) {
     const char* start = p;
     long long v = 0;
     while (*p >= '0' && *p <= '9' && v <= 2147483647LL) v = v * 10 + (*p++ - '0');
-    if (p == start || v >= want || n == want || (*p != ',' && *p != '\0')) return false;
+    if (p == start || v >= bound || n == want || (*p != ',' && *p != '\0')) return false;
     out[n++] = int32_t(v);
     if (v > top) top = int32_t(v);
     if (*p == '\0') break;
@@ -242,6 +243,19 @@ Status find_tensor(Loading& L, const char* node, const char* param, int ndim, co
   return L.fail(kErrFormat, "tensor '%s' is missing", name);
 }
 
+// Room for `count` more integers of the spec's lists (border-table classes, channel maps) in
+// L.classes, allocated on first use: every entry takes at least two characters ("0,").
+Status class_room(Loading& L, uint64_t spec_len, int64_t count, int lineno, const char* name) {
+  const int64_t capacity = int64_t(spec_len) / 2 + 2;
+  if (!L.classes) {
+    L.classes = static_cast<int32_t*>(std::malloc(size_t(capacity) * sizeof(int32_t)));
+    if (!L.classes) return L.fail(kErrMemory, "cannot allocate the graph's integer lists");
+  }
+  if (count < 0 || L.num_classes + count > capacity)
+    return L.fail(kErrGraph, "graph spec line %d: '%s': its sizes do not match its integer lists", lineno, name);
+  return kOk;
+}
+
 // Parses the graph spec (nn/model.cpp: Model::spec) into L.nodes. Names point into L.text.
 Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
   L.text = static_cast<char*>(std::malloc(size_t(spec_len) + 1));
@@ -354,12 +368,7 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
         if (!rows || !cols || nd.pos_h < 1 || nd.pos_w < 1)
           return L.fail(kErrGraph, "graph spec line %d: conv '%s': pos_rows and pos_cols come together, with pos_h and pos_w",
                         lineno, name);
-        if (!L.classes) {  // every class takes at least two characters of the spec ("0,")
-          L.classes = static_cast<int32_t*>(std::malloc((size_t(spec_len) / 2 + 2) * sizeof(int32_t)));
-          if (!L.classes) return L.fail(kErrMemory, "cannot allocate the border-table classes");
-        }
-        if (L.num_classes + nd.pos_h + nd.pos_w > int64_t(spec_len) / 2 + 2)
-          return L.fail(kErrGraph, "graph spec line %d: conv '%s': pos_h/pos_w do not match pos_rows/pos_cols", lineno, name);
+        if (Status cs = class_room(L, spec_len, int64_t(nd.pos_h) + nd.pos_w, lineno, name); cs != kOk) return cs;
         int32_t* r = L.classes + L.num_classes;
         int32_t* c = r + nd.pos_h;
         if (!parse_classes(rows, nd.pos_h, r, &nd.pos_rows) || !parse_classes(cols, nd.pos_w, c, &nd.pos_cols))
@@ -390,6 +399,28 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
       nd.op = Op::Flatten;
     } else if (std::strcmp(kind, "add") == 0) {
       nd.op = Op::Add;
+      // A compacted residual join: channels, channel maps (ascending output channels, one per
+      // input channel) and a bias.
+      if (a.find("channels")) {
+        nd.out_ch = attr("channels", true, 0);
+        L.has_bias[L.num_nodes] = attr("bias", false, 0) != 0;
+        const char* lists[2] = {a.find("map0"), a.find("map1")};
+        const int32_t** slots[2] = {&nd.map0, &nd.map1};
+        for (int s = 0; s < 2 && st == kOk; ++s) {
+          if (!lists[s]) continue;
+          int32_t count = 1;
+          for (const char* p = lists[s]; *p; ++p) count += *p == ',';
+          if (Status cs = class_room(L, spec_len, count, lineno, name); cs != kOk) return cs;
+          int32_t* out = L.classes + L.num_classes;
+          int32_t top = 0;
+          // Entries in [0, count * big): the planner checks them against the channel count.
+          if (nd.out_ch < 1 || !parse_classes(lists[s], count, out, &top, nd.out_ch))
+            return L.fail(kErrGraph, "graph spec line %d: add '%s': map%d must list channels in [0, %d)", lineno, name, s,
+                          nd.out_ch);
+          *slots[s] = out;
+          L.num_classes += count;
+        }
+      }
     } else if (std::strcmp(kind, "linear") == 0) {
       nd.op = Op::Linear;
       nd.in_ch = attr("in", true, 0), nd.out_ch = attr("out", true, 0);
@@ -452,6 +483,8 @@ Status attach_tensors(Loading& L, int64_t* num_weights) {
                      &nd.pos_bias};
       } else if (nd.op == Op::Linear) {
         w[nw++] = {&nd, "weight", 2, {K, C}, &nd.weight};
+        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias};
+      } else if (nd.op == Op::Add) {
         if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias};
       } else if (nd.op == Op::BatchNorm) {
         w[nw++] = {&nd, "weight", 1, {C}, &nd.weight};

@@ -341,10 +341,43 @@ std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
         value[i] = name;
         break;
       }
-      case LayerKind::Add:
-        gb.node("Add", {x, value[node.inputs[1]]}, name);
+      case LayerKind::Add: {
+        const auto& a = static_cast<const Add&>(l);
+        if (!a.mapped()) {
+          gb.node("Add", {x, value[node.inputs[1]]}, name);
+          value[i] = name;
+          break;
+        }
+        // A compacted residual join: each mapped input gets a zero channel appended (Pad) and
+        // is spread to the output's channels by a Gather (axis 1) whose index names, per
+        // output channel, its input channel or that zero channel; then the sum and the bias.
+        const int C = a.channels;
+        const int rank = static_cast<int>(shapes[i].size());
+        std::string ins[2];
+        for (int s = 0; s < 2; ++s) {
+          ins[s] = value[node.inputs[s]];
+          if (a.map[s].empty()) continue;
+          const int64_t Cs = static_cast<int64_t>(a.map[s].size());
+          std::vector<int64_t> pads(2 * rank, 0);
+          pads[rank + 1] = 1;  // one channel at the end
+          const std::string tag = name + ":in" + std::to_string(s);
+          gb.node("Pad", {ins[s], gb.initializer_i64(tag + ":pads", pads)}, tag + ":padded");
+          std::vector<int64_t> index(C, Cs);
+          for (int64_t c = 0; c < Cs; ++c) index[a.map[s][c]] = c;
+          gb.node("Gather", {tag + ":padded", gb.initializer_i64(tag + ":map", index)}, tag, {attr_int("axis", 1)});
+          ins[s] = tag;
+        }
+        if (a.has_bias) {
+          Shape bshape(rank, 1);
+          bshape[1] = C;
+          gb.node("Add", {ins[0], ins[1]}, name + ":sum");
+          gb.node("Add", {name + ":sum", gb.initializer(name + ".bias", bshape, values(a.bias.value))}, name);
+        } else {
+          gb.node("Add", {ins[0], ins[1]}, name);
+        }
         value[i] = name;
         break;
+      }
     }
   }
   check(!value[out_node].empty(), "onnx export: internal: no value for the output node");

@@ -74,7 +74,17 @@ PortableGraph portable_graph(const Model& m) {
         r.bias = f.has_bias ? data_or_null(f.bias.value) : nullptr;
         break;
       }
-      case LayerKind::Add: r.op = rt::Op::Add; break;
+      case LayerKind::Add: {
+        const auto& a = static_cast<const Add&>(l);
+        r.op = rt::Op::Add;
+        if (a.mapped()) {
+          r.out_ch = a.channels;
+          r.map0 = a.map[0].empty() ? nullptr : a.map[0].data();
+          r.map1 = a.map[1].empty() ? nullptr : a.map[1].data();
+          r.bias = a.has_bias ? data_or_null(a.bias.value) : nullptr;
+        }
+        break;
+      }
     }
     pg.nodes.push_back(r);
   }
