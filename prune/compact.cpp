@@ -730,8 +730,13 @@ Analysis analyze(const Model& m) {
           if (add->map[s].empty()) continue;
           const int j = nodes[i].inputs[s];
           auto& keep = next[ca.space[j]];
-          for (size_t c = 0; c < add->map[s].size(); ++c)
-            if (out_kept[add->map[s][c]] && !ca.map_one_value(j, int(c))) keep[c] = 1;
+          int needed = -1, any = 0;  // an input of no channels would read as the identity: keep one
+          for (size_t c = 0; c < add->map[s].size(); ++c) {
+            if (!out_kept[add->map[s][c]]) continue;
+            if (needed < 0) needed = static_cast<int>(c);
+            if (!ca.map_one_value(j, int(c))) keep[c] = 1, any = 1;
+          }
+          if (!any && needed >= 0) keep[needed] = 1;
         }
         continue;
       }

@@ -128,6 +128,10 @@ TEST_CASE("compaction targets: 40% of every conv's filters dead") {
                    << "x; weights " << rep.split_after.weights << ", biases " << rep.split_after.biases << ", tables "
                    << rep.split_after.tables << " = " << 100 * table_share << "%), arena " << arena_masked / 1024.0
                    << " -> " << arena_compact / 1024.0 << " KiB per image");
+    const int64_t onnx_masked = static_cast<int64_t>(onnx_model_bytes(m).size());
+    const int64_t onnx_compact = static_cast<int64_t>(onnx_model_bytes(c).size());
+    MESSAGE(name << ": ONNX " << onnx_masked << " -> " << onnx_compact << " bytes");
+    CHECK(onnx_compact < onnx_masked);
     CHECK(rep.split_after.total() == rep.params_after);
     CHECK(ratio <= t.max_ratio);
     CHECK(table_share <= 0.02);
@@ -214,6 +218,14 @@ TEST_CASE("residual channel groups") {
       Model l3 = check_exact(l2, x);  // and once more: a fixpoint
       CHECK(conv(l3, "blocks.1.conv2").out_channels == 14);
     }
+  }
+  SUBCASE("a branch whose filters are all dead: the add holds its constants") {
+    for (int k = 0; k < 16; ++k) kill_filter(m, "blocks.1.conv2", k);
+    Model c = check_exact(m, x);
+    CHECK(conv(c, "blocks.1.conv2").out_channels == 1);  // one kept: a channel map needs a channel
+    CHECK(conv(c, "blocks.1.conv2").in_channels == 0);   // it reads nothing: its bias alone
+    Model again = check_exact(c, x);
+    CHECK(conv(again, "blocks.1.conv2").out_channels == 1);
   }
   SUBCASE("a dead projection-shortcut filter: the shortcut conv drops it") {
     kill_filter(m, "blocks.3.shortcut.conv", 5);
