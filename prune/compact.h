@@ -11,8 +11,12 @@
 // nn/layers.h Conv2d) when zero padding (or a fixed map that is not constant) makes positions
 // differ. Tensors joined
 // by an `add` (and by the channel-preserving ops between) form one channel space: a channel of
-// a ResNet's residual stream is removed only when it is removable in every member. Batchnorm
-// is folded into the conv before it, and a following ReLU is fused.
+// a ResNet's residual stream is removed only when it is removable in every member. A stream
+// channel that lives may still have a branch writer (a conv read only by an add: ResNet conv2,
+// projection shortcuts) whose filter for it is constant: that conv does not compute it, the
+// compact add maps the conv's computed channels into their stream channels and holds the
+// constant in its bias (nn/layers.h Add). Batchnorm is folded into the conv before it, and a
+// following ReLU is fused.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -168,6 +168,7 @@ int cmd_compact(int argc, char** argv) {
                           .add("channels_removed", r.rep.channels_removed)
                           .add("constants_folded", r.rep.constants_folded)
                           .add("position_bias_layers", r.rep.position_bias_layers)
+                          .add("branch_filters_dropped", r.rep.branch_rows_dropped)
                           .add("test_examples", r.examples)
                           .add("test_accuracy_masked", r.acc_masked)
                           .add("test_accuracy_compact", r.acc_compact)
