@@ -63,7 +63,47 @@ Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool 
   weight = {"weight", zero_weight ? Tensor({out_c, in_c, kh, kw}) : Tensor::uninit({out_c, in_c, kh, kw}), Tensor(),
             true};
   if (has_bias) bias = {"bias", Tensor({out_c}), Tensor(), false};
-  if (pos_h > 0) pos_bias = {"pos_bias", Tensor({out_c, ph, pw}), Tensor(), false};
+  if (pos_h > 0) {  // one class per row and column: a full (K, P, Q) map
+    std::vector<int32_t> rows(ph), cols(pw);
+    for (int p = 0; p < ph; ++p) rows[p] = p;
+    for (int q = 0; q < pw; ++q) cols[q] = q;
+    set_border_table(std::move(rows), std::move(cols));
+  }
+}
+
+void Conv2d::set_border_table(std::vector<int32_t> rows, std::vector<int32_t> cols) {
+  auto classes = [&](const std::vector<int32_t>& v, const char* what) {
+    check(!v.empty(), std::string("conv: empty border-table ") + what + " classes");
+    int32_t top = 0;
+    for (int32_t c : v) {
+      check(c >= 0 && c < static_cast<int32_t>(v.size()), [&] {
+        return std::string("conv: border-table ") + what + " class " + std::to_string(c) + " out of range [0, " +
+               std::to_string(v.size()) + ")";
+      });
+      top = std::max(top, c);
+    }
+    return top + 1;
+  };
+  const int rh = classes(rows, "row"), rw = classes(cols, "column");
+  pos_h = static_cast<int>(rows.size()), pos_w = static_cast<int>(cols.size());
+  pos_rows = std::move(rows), pos_cols = std::move(cols);
+  pos_bias = {"pos_bias", Tensor({out_channels, rh, rw}), Tensor(), false};
+}
+
+// "0,1,1,2" for a class list.
+static std::string join_ints(const std::vector<int32_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
+  return s;
+}
+
+static bool is_identity(const std::vector<int32_t>& v) {
+  for (size_t i = 0; i < v.size(); ++i)
+    if (v[i] != static_cast<int32_t>(i)) return false;
+  return true;
 }
 
 std::map<std::string, std::string> Conv2d::attrs() const {
@@ -71,7 +111,11 @@ std::map<std::string, std::string> Conv2d::attrs() const {
       {"in", std::to_string(in_channels)}, {"out", std::to_string(out_channels)}, {"kh", std::to_string(kernel_h)},
       {"kw", std::to_string(kernel_w)},    {"stride", std::to_string(stride)},    {"pad", std::to_string(pad)},
       {"bias", has_bias ? "1" : "0"},      {"relu", fused_relu ? "1" : "0"}};
-  if (pos_h > 0) a["pos_h"] = std::to_string(pos_h), a["pos_w"] = std::to_string(pos_w);
+  if (pos_h > 0) {
+    a["pos_h"] = std::to_string(pos_h), a["pos_w"] = std::to_string(pos_w);
+    // A table with one class per row and column is written as before the tables existed.
+    if (!is_identity(pos_rows) || !is_identity(pos_cols)) a["pos_rows"] = join_ints(pos_rows), a["pos_cols"] = join_ints(pos_cols);
+  }
   return a;
 }
 
@@ -95,22 +139,29 @@ Shape Conv2d::output_shape(const std::vector<Shape>& in) const {
   Conv2dParams p = conv_params(x);
   check(pos_h == 0 || (p.P() == pos_h && p.Q() == pos_w),
         [&] {
-          return "conv: its per-position bias is " + std::to_string(pos_h) + "x" + std::to_string(pos_w) +
+          return "conv: its border table covers " + std::to_string(pos_h) + "x" + std::to_string(pos_w) +
                  " but the output would be " + std::to_string(p.P()) + "x" + std::to_string(p.Q());
         });
   return {x[0], out_channels, p.P(), p.Q()};
 }
 
-// out[n] += pos_bias (K, P, Q) for every image n. Other devices go through the host: the
-// per-position bias only appears in compacted inference graphs, where it is rare.
-static void add_pos_bias(const Tensor& pos_bias, Tensor& out) {
-  const int64_t n = out.dim(0), plane = pos_bias.numel();
+// y[n, k, p, q] += table[k, rows[p], cols[q]] for every image n. Other devices go through the
+// host: border tables only appear in compacted inference graphs, on few layers.
+static void add_border_table(const Tensor& table, const std::vector<int32_t>& rows, const std::vector<int32_t>& cols,
+                             Tensor& out) {
+  const int64_t N = out.dim(0), K = out.dim(1), P = out.dim(2), Q = out.dim(3);
+  const int64_t TR = table.dim(1), TC = table.dim(2);
   Tensor host = out.is_cpu() ? out : out.to(Device::CPU);
-  Tensor pb = pos_bias.is_cpu() ? pos_bias : pos_bias.to(Device::CPU);
-  float* y = host.data();        // (N, K*P*Q)
-  const float* b = pb.data();    // (K*P*Q)
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < plane; ++k) y[i * plane + k] += b[k];
+  Tensor tb = table.is_cpu() ? table : table.to(Device::CPU);
+  float* y = host.data();       // (N, K, P, Q)
+  const float* t = tb.data();   // (K, TR, TC)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t p = 0; p < P; ++p) {
+        const float* trow = t + (k * TR + rows[p]) * TC;  // (TC)
+        float* yrow = y + ((n * K + k) * P + p) * Q;       // (Q)
+        for (int64_t q = 0; q < Q; ++q) yrow[q] += trow[cols[q]];
+      }
   if (!out.is_cpu()) out.copy_from(host);
 }
 
@@ -128,7 +179,7 @@ void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
   } else {
     ops::conv2d_forward(conv_params(in[0]->shape()), *in[0], weight.value, bias.value, out);
   }
-  if (pos_h > 0) add_pos_bias(pos_bias.value, out);
+  if (pos_h > 0) add_border_table(pos_bias.value, pos_rows, pos_cols, out);
   if (fused_relu) ops::relu_forward(out, out);
 }
 
@@ -145,13 +196,16 @@ void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, c
   if (!weight.grad.defined()) weight.grad = Tensor::uninit(weight.value.shape(), weight.value.device());
   if (has_bias && !bias.grad.defined()) bias.grad = Tensor::uninit(bias.value.shape(), bias.value.device());
   if (pos_h > 0) {
-    // d pos_bias = sum over the batch of dy.
-    std::vector<float> g = dy->to_vector();
-    const int64_t n = dy->dim(0), plane = pos_bias.value.numel();
-    Tensor acc({plane});
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t k = 0; k < plane; ++k) acc[k] += g[i * plane + k];
-    pos_bias.grad = acc.reshape(pos_bias.value.shape()).to(pos_bias.value.device());
+    // d pos_bias[k, r, c] = sum of dy over the batch and the positions of row class r, column class c.
+    std::vector<float> g = dy->to_vector();  // (N, K, P, Q)
+    const int64_t N = dy->dim(0), K = out_channels, TR = table_rows(), TC = table_cols();
+    Tensor acc({K, TR, TC});
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k)
+        for (int p = 0; p < pos_h; ++p)
+          for (int q = 0; q < pos_w; ++q)
+            acc[(k * TR + pos_rows[p]) * TC + pos_cols[q]] += g[((n * K + k) * pos_h + p) * pos_w + q];
+    pos_bias.grad = acc.to(pos_bias.value.device());
   }
   if (out_channels == 0 || dy->numel() == 0) {  // nothing flows: every gradient is zero
     if (din[0]) din[0]->zero();
@@ -484,20 +538,106 @@ std::vector<Param*> Linear::params() {
 
 // ---------------------------------------------------------------- Add
 
+Add::Add(int channels_, std::vector<int32_t> map0, std::vector<int32_t> map1, bool bias_)
+    : channels(channels_), map{std::move(map0), std::move(map1)}, has_bias(bias_) {
+  check(channels > 0, [&] { return "add: a mapped add needs a positive channel count, got " + std::to_string(channels); });
+  for (int i = 0; i < 2; ++i)
+    for (size_t c = 0; c < map[i].size(); ++c)
+      check(map[i][c] >= 0 && map[i][c] < channels && (c == 0 || map[i][c] > map[i][c - 1]), [&] {
+        return "add: channel map " + std::to_string(i) + " must list ascending channels in [0, " +
+               std::to_string(channels) + "), got " + join_ints(map[i]);
+      });
+  if (has_bias) bias = {"bias", Tensor({channels}), Tensor(), false};
+}
+
+std::map<std::string, std::string> Add::attrs() const {
+  if (!mapped()) return {};
+  std::map<std::string, std::string> a = {{"channels", std::to_string(channels)}, {"bias", has_bias ? "1" : "0"}};
+  for (int i = 0; i < 2; ++i)
+    if (!map[i].empty()) a[i == 0 ? "map0" : "map1"] = join_ints(map[i]);
+  return a;
+}
+
+std::vector<Param*> Add::params() {
+  if (has_bias) return {&bias};
+  return {};
+}
+
 Shape Add::output_shape(const std::vector<Shape>& in) const {
   check(in.size() == 2, "add: expected two inputs");
-  check(in[0] == in[1], [&] { return "add: operand shapes differ: " + shape_str(in[0]) + " vs " + shape_str(in[1]); });
-  return in[0];
+  if (!mapped()) {
+    check(in[0] == in[1], [&] { return "add: operand shapes differ: " + shape_str(in[0]) + " vs " + shape_str(in[1]); });
+    return in[0];
+  }
+  Shape out = in[0];
+  check(out.size() >= 2, "add: expected (N, C, ...) inputs");
+  out[1] = channels;
+  for (int i = 0; i < 2; ++i) {
+    Shape expect = out;
+    expect[1] = map[i].empty() ? channels : static_cast<int64_t>(map[i].size());
+    check(in[i] == expect, [&] {
+      return "add: input " + std::to_string(i) + " is " + shape_str(in[i]) + ", its channel map expects " +
+             shape_str(expect);
+    });
+  }
+  return out;
 }
 
 void Add::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
-  ops::add_forward(*in[0], *in[1], out);
+  if (!mapped()) {
+    ops::add_forward(*in[0], *in[1], out);
+    return;
+  }
+  // On the host: mapped adds appear only in compacted inference graphs. y = bias, then each
+  // input added into its channels (an unmapped input first, so that with a zero bias the sum
+  // is the plain add's, a + b).
+  const int64_t N = out.dim(0), plane = N > 0 && channels > 0 ? out.numel() / (N * channels) : 0;
+  Tensor y = Tensor::uninit(out.shape());
+  std::vector<float> b = has_bias ? bias.value.to_vector() : std::vector<float>(channels, 0.0f);
+  for (int64_t n = 0; n < N; ++n)
+    for (int k = 0; k < channels; ++k) std::fill_n(y.data() + (n * channels + k) * plane, plane, b[k]);
+  for (int i : {map[0].empty() ? 0 : 1, map[0].empty() ? 1 : 0}) {
+    Tensor x = in[i]->is_cpu() ? *in[i] : in[i]->to(Device::CPU);
+    const int64_t C = x.dim(1);
+    const float* xp = x.data();  // (N, C, plane)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t k = map[i].empty() ? c : map[i][c];
+        float* yk = y.data() + (n * channels + k) * plane;
+        const float* xc = xp + (n * C + c) * plane;
+        for (int64_t q = 0; q < plane; ++q) yk[q] += xc[q];
+      }
+  }
+  out.copy_from(y);
 }
 
 void Add::backward(const std::vector<const Tensor*>&, const Tensor&, const Tensor& dout,
                    const std::vector<Tensor*>& din) {
-  for (Tensor* d : din)
-    if (d) d->copy_from(dout);
+  if (!mapped()) {
+    for (Tensor* d : din)
+      if (d) d->copy_from(dout);
+    return;
+  }
+  Tensor g = dout.is_cpu() ? dout : dout.to(Device::CPU);  // (N, channels, plane)
+  const int64_t N = g.dim(0), plane = N > 0 ? g.numel() / (N * channels) : 0;
+  for (int i = 0; i < 2; ++i) {
+    if (!din[i]) continue;
+    const int64_t C = din[i]->dim(1);
+    Tensor d = Tensor::uninit(din[i]->shape());
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t k = map[i].empty() ? c : map[i][c];
+        std::copy_n(g.data() + (n * channels + k) * plane, plane, d.data() + (n * C + c) * plane);
+      }
+    din[i]->copy_from(d);
+  }
+  if (has_bias) {
+    Tensor db({channels});
+    for (int64_t n = 0; n < N; ++n)
+      for (int k = 0; k < channels; ++k)
+        for (int64_t q = 0; q < plane; ++q) db[k] += g[(n * channels + k) * plane + q];
+    bias.grad = db.to(bias.value.device());
+  }
 }
 
 // ---------------------------------------------------------------- factory
@@ -528,28 +668,62 @@ static float attr_float(const std::map<std::string, std::string>& a, const char*
   throw Error(std::string(layer) + ": attribute '" + key + "' is not a number: '" + it->second + "'");
 }
 
+// A comma-separated list of integers ("0,1,1,2").
+static std::vector<int32_t> attr_ints(const std::map<std::string, std::string>& a, const char* key) {
+  const std::string& s = a.at(key);
+  std::vector<int32_t> out;
+  size_t at = 0;
+  while (at <= s.size()) {
+    size_t comma = s.find(',', at);
+    if (comma == std::string::npos) comma = s.size();
+    std::string part = s.substr(at, comma - at);
+    try {
+      size_t used = 0;
+      int v = std::stoi(part, &used);
+      check(used == part.size() && !part.empty(), "");
+      out.push_back(v);
+    } catch (...) {
+      throw Error(std::string("attribute '") + key + "' is not a list of integers: '" + s + "'");
+    }
+    at = comma + 1;
+  }
+  return out;
+}
+
 std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, std::string>& a) {
   // An attribute this build does not know would change the layer's meaning: refuse it.
   static const std::map<LayerKind, std::vector<std::string>> known = {
-      {LayerKind::Conv, {"in", "out", "kh", "kw", "stride", "pad", "bias", "relu", "pos_h", "pos_w"}},
+      {LayerKind::Conv, {"in", "out", "kh", "kw", "stride", "pad", "bias", "relu", "pos_h", "pos_w", "pos_rows", "pos_cols"}},
       {LayerKind::BatchNorm, {"channels", "eps", "momentum"}},
       {LayerKind::MaxPool, {"kernel", "stride"}},
       {LayerKind::AvgPool, {"kernel", "stride"}},
-      {LayerKind::Linear, {"in", "out", "bias"}}};
+      {LayerKind::Linear, {"in", "out", "bias"}},
+      {LayerKind::Add, {"channels", "map0", "map1", "bias"}}};
   for (const auto& [key, value] : a) {
     auto it = known.find(kind);
     bool ok = it != known.end() && std::find(it->second.begin(), it->second.end(), key) != it->second.end();
     check(ok, std::string(layer_kind_name(kind)) + ": unknown attribute '" + key + "'");
   }
   switch (kind) {
-    case LayerKind::Conv:
-      return std::make_unique<Conv2d>(attr_int(a, "in", "conv"), attr_int(a, "out", "conv"),
+    case LayerKind::Conv: {
+      auto c = std::make_unique<Conv2d>(attr_int(a, "in", "conv"), attr_int(a, "out", "conv"),
                                       attr_int(a, "kh", "conv"), attr_int(a, "kw", "conv"),
                                       attr_int(a, "stride", "conv"), attr_int(a, "pad", "conv"),
                                       attr_int(a, "bias", "conv") != 0,
                                       a.count("relu") ? attr_int(a, "relu", "conv") != 0 : false,
                                       a.count("pos_h") ? attr_int(a, "pos_h", "conv") : 0,
                                       a.count("pos_w") ? attr_int(a, "pos_w", "conv") : 0);
+      check(a.count("pos_rows") == a.count("pos_cols"), "conv: 'pos_rows' and 'pos_cols' come together");
+      if (a.count("pos_rows")) {
+        std::vector<int32_t> rows = attr_ints(a, "pos_rows"), cols = attr_ints(a, "pos_cols");
+        check(static_cast<int>(rows.size()) == c->pos_h && static_cast<int>(cols.size()) == c->pos_w, [&] {
+          return "conv: border-table classes for " + std::to_string(rows.size()) + "x" + std::to_string(cols.size()) +
+                 " positions, but pos_h=" + std::to_string(c->pos_h) + " pos_w=" + std::to_string(c->pos_w);
+        });
+        c->set_border_table(std::move(rows), std::move(cols));
+      }
+      return c;
+    }
     case LayerKind::BatchNorm:
       return std::make_unique<BatchNorm2d>(attr_int(a, "channels", "batchnorm"),
                                            attr_float(a, "eps", "batchnorm", 1e-5f),
@@ -564,7 +738,11 @@ std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, st
     case LayerKind::Linear:
       return std::make_unique<Linear>(attr_int(a, "in", "linear"), attr_int(a, "out", "linear"),
                                       attr_int(a, "bias", "linear") != 0);
-    case LayerKind::Add: return std::make_unique<Add>();
+    case LayerKind::Add:
+      if (a.empty()) return std::make_unique<Add>();
+      return std::make_unique<Add>(attr_int(a, "channels", "add"), a.count("map0") ? attr_ints(a, "map0") : std::vector<int32_t>(),
+                                   a.count("map1") ? attr_ints(a, "map1") : std::vector<int32_t>(),
+                                   a.count("bias") ? attr_int(a, "bias", "add") != 0 : false);
   }
   throw Error("make_layer: unknown kind");
 }

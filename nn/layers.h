@@ -56,9 +56,14 @@ class Layer {
 
 // Conv2d: weight (K, C, R, S), optional bias (K). `fused_relu` applies ReLU to the output in
 // the same pass (inference graphs made by the compactor). The compactor may also give it a
-// per-position bias (K, P, Q): the exact contribution of removed constant input channels,
-// which differs at the zero-padded border. C or K may be 0 in a compacted model (every input
-// channel removed: the output is the bias alone; every output channel removed: nothing).
+// border table: the exact contribution of removed constant input channels, which differs
+// near the zero-padded border. It depends on the output position (p, q) only through a row
+// class and a column class (which kernel taps, at any depth, fell into padding), so it is
+// stored as pos_bias (K, row classes, column classes) with the class of each output row and
+// column: y[n, k, p, q] += pos_bias[k, pos_rows[p], pos_cols[q]]. A model file from before
+// the tables holds a full (K, P, Q) map: the same thing with one class per row and column.
+// C or K may be 0 in a compacted model (every input channel removed: the output is the bias
+// alone; every output channel removed: nothing).
 class Conv2d : public Layer {
  public:
   // zero_weight = false leaves the weight uninitialised, for a caller that fills it.
@@ -74,11 +79,18 @@ class Conv2d : public Layer {
   std::vector<Param*> params() override;
   std::unique_ptr<Layer> clone() const override { return std::make_unique<Conv2d>(*this); }
   Conv2dParams conv_params(const Shape& x) const;
+  // Gives the conv a border table for outputs of pos_h = rows.size() by pos_w = cols.size()
+  // positions, row class rows[p] and column class cols[q]: pos_bias becomes a zero table
+  // (K, max(rows) + 1, max(cols) + 1). Throws on an empty list or a negative class.
+  void set_border_table(std::vector<int32_t> rows, std::vector<int32_t> cols);
+  int64_t table_rows() const { return pos_h > 0 ? pos_bias.value.dim(1) : 0; }
+  int64_t table_cols() const { return pos_h > 0 ? pos_bias.value.dim(2) : 0; }
 
   int in_channels, out_channels, kernel_h, kernel_w, stride, pad;
   bool has_bias, fused_relu;
-  int pos_h, pos_w;  // > 0: a per-position bias of shape (K, pos_h, pos_w)
-  Param weight, bias, pos_bias;
+  int pos_h, pos_w;                         // > 0: the output size its border table covers
+  std::vector<int32_t> pos_rows, pos_cols;  // (pos_h), (pos_w): class of each output row, column
+  Param weight, bias, pos_bias;             // pos_bias: (K, row classes, column classes)
 };
 
 // BatchNorm2d over channels: gamma ("weight"), beta ("bias"), running mean/var buffers.
@@ -191,15 +203,32 @@ class Linear : public Layer {
 
 // Elementwise sum of two tensors of one shape: the residual join. The compactor treats all
 // tensors joined by an Add as one channel group.
+//
+// A compacted residual join may also carry channel maps and a bias: a branch conv whose
+// filters are dead computes only its live channels, and the add puts them into their stream
+// channels: y[n, k] = bias[k] + sum over inputs i and their channels c with map_i[c] = k of
+// x_i[n, c] (a map is a strictly ascending list of output channels, one per input channel;
+// an empty map is the identity). The dead filters' constants are in the bias.
 class Add : public Layer {
  public:
+  Add() = default;
+  // channels: the output's; map0/map1: the inputs' channel maps (empty: identity); bias: a
+  // per-channel bias (zero until set).
+  Add(int channels, std::vector<int32_t> map0, std::vector<int32_t> map1, bool bias);
   LayerKind kind() const override { return LayerKind::Add; }
-  std::map<std::string, std::string> attrs() const override { return {}; }
+  std::map<std::string, std::string> attrs() const override;
   Shape output_shape(const std::vector<Shape>& in) const override;
   void forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) override;
   void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
                 const std::vector<Tensor*>& din) override;
+  std::vector<Param*> params() override;
   std::unique_ptr<Layer> clone() const override { return std::make_unique<Add>(*this); }
+  bool mapped() const { return channels > 0; }  // channel maps or a bias: not a plain sum
+
+  int channels = 0;                   // > 0: the output's channel count (maps or bias present)
+  std::vector<int32_t> map[2];        // (input channels) output channel of each, or empty
+  bool has_bias = false;
+  Param bias;                         // (channels)
 };
 
 // Builds a layer from its kind and attributes (as stored in a graph spec).

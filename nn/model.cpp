@@ -395,7 +395,7 @@ Model Model::from_spec(const std::string& spec) {
       if (kind == "input") m.add_input(shape, name);
       else m.add(name, make_layer(parse_layer_kind(kind), attrs), inputs);
     } catch (const Error& e) {
-      throw Error(where + ": " + e.what());
+      throw Error(where + " (node '" + name + "'): " + e.what());
     }
   }
   check(header, "graph spec: empty");

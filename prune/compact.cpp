@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <map>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -298,8 +299,9 @@ std::unique_ptr<Layer> sub_layer(const Layer& L, const SliceStats& st, int64_t f
   const int Kf = static_cast<int>(rows.size()), Cf = static_cast<int>(cols.size());
   if (auto* cv = dynamic_cast<const Conv2d*>(&L)) {
     auto sc = std::make_unique<Conv2d>(Cf, Kf, cv->kernel_h, cv->kernel_w, cv->stride, cv->pad, cv->has_bias,
-                                       cv->fused_relu, cv->pos_h, cv->pos_w, /*zero_weight=*/false);
-    const int64_t op = cv->pos_h * cv->pos_w;
+                                       cv->fused_relu, 0, 0, /*zero_weight=*/false);
+    if (cv->pos_h > 0) sc->set_border_table(cv->pos_rows, cv->pos_cols);
+    const int64_t op = cv->table_rows() * cv->table_cols();  // (row classes, column classes) per filter
     for (int r = 0; r < Kf; ++r) {
       if (cv->has_bias) sc->bias.value[r] = cv->bias.value[rows[r]];
       if (op) std::copy_n(cv->pos_bias.value.data() + rows[r] * op, op, sc->pos_bias.value.data() + r * op);
@@ -337,9 +339,81 @@ Tensor run_layer(Layer& L, const std::vector<Tensor>& in) {
 
 bool is(const Node& n, LayerKind k) { return n.layer && n.layer->kind() == k; }
 
+// ---------------------------------------------------------------- border classes
+// A fixed map that is constant away from the zero-padded border depends on the position only
+// through which kernel taps (of this conv and of every padded conv or pool before it) fell into
+// padding. The class of an output row is found from the classes of the input rows its window
+// reads ("signature"); rows of one signature see the same values. Columns likewise. Classes are
+// numbered in order of first appearance, so class c's first position is a representative.
+
+// Classes of `out` positions of a window of `kernel` taps at `stride`, `pad` over positions of
+// class in[.] (padding reads as class -1).
+std::vector<int32_t> window_classes(const std::vector<int32_t>& in, int64_t out, int kernel, int stride, int pad) {
+  std::map<std::vector<int32_t>, int32_t> id;
+  std::vector<int32_t> sig(kernel), cls(out);
+  const int64_t size = static_cast<int64_t>(in.size());
+  for (int64_t o = 0; o < out; ++o) {
+    for (int r = 0; r < kernel; ++r) {
+      const int64_t at = o * stride - pad + r;
+      sig[r] = at < 0 || at >= size ? -1 : in[at];
+    }
+    cls[o] = id.emplace(sig, static_cast<int32_t>(id.size())).first->second;
+  }
+  return cls;
+}
+
+// The common refinement of two class lists of one length: a class per pair that occurs.
+std::vector<int32_t> join_classes(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  std::map<std::pair<int32_t, int32_t>, int32_t> id;
+  std::vector<int32_t> cls(a.size());
+  for (size_t i = 0; i < a.size(); ++i) cls[i] = id.emplace(std::pair{a[i], b[i]}, static_cast<int32_t>(id.size())).first->second;
+  return cls;
+}
+
+int32_t class_count(const std::vector<int32_t>& v) {
+  int32_t top = -1;
+  for (int32_t c : v) top = std::max(top, c);
+  return top + 1;
+}
+
+// Merges classes whose table slices are equal (exactly), renumbering in order of first
+// appearance. table: (K, R, C) in row-major, rows/cols: the position classes; along = 0 merges
+// row classes, 1 column classes. Returns the reduced table.
+std::vector<double> merge_equal_classes(std::vector<double> table, int K, std::vector<int32_t>& rows,
+                                        std::vector<int32_t>& cols, int along) {
+  const int R = class_count(rows), C = class_count(cols);
+  const int n = along == 0 ? R : C;
+  auto at = [&](int k, int r, int c) { return table[(int64_t(k) * R + r) * C + c]; };
+  auto same = [&](int x, int y) {
+    for (int k = 0; k < K; ++k)
+      for (int t = 0; t < (along == 0 ? C : R); ++t)
+        if (along == 0 ? at(k, x, t) != at(k, y, t) : at(k, t, x) != at(k, t, y)) return false;
+    return true;
+  };
+  std::vector<int32_t> to(n, -1), first;  // old class -> new class; new class -> an old one
+  for (int x = 0; x < n; ++x) {
+    for (size_t y = 0; y < first.size() && to[x] < 0; ++y)
+      if (same(x, first[y])) to[x] = static_cast<int32_t>(y);
+    if (to[x] < 0) to[x] = static_cast<int32_t>(first.size()), first.push_back(x);
+  }
+  std::vector<int32_t>& v = along == 0 ? rows : cols;
+  for (int32_t& c : v) c = to[c];
+  const int m = static_cast<int>(first.size());
+  const int NR = along == 0 ? m : R, NC = along == 0 ? C : m;
+  std::vector<double> out(size_t(K) * NR * NC);
+  for (int k = 0; k < K; ++k)
+    for (int r = 0; r < NR; ++r)
+      for (int c = 0; c < NC; ++c)
+        out[(int64_t(k) * NR + r) * NC + c] = along == 0 ? at(k, first[r], c) : at(k, r, first[c]);
+  return out;
+}
+
 // Everything the analysis computes, kept for the builder.
 struct Analysis {
   ChannelAnalysis pub;
+  // (nodes) for 4-D outputs: every fixed channel of the node is a function of (row class of
+  // the position's row, column class of its column).
+  std::vector<std::vector<int32_t>> row_class, col_class;
   std::vector<Shape> shapes;               // (nodes) output shape for a batch of 1
   std::vector<SliceStats> stats;           // (nodes) for conv and linear nodes
   std::vector<std::vector<int>> consumers;
@@ -362,7 +436,10 @@ Analysis analyze(const Model& m) {
   for (int i = 1; i < n; ++i) {
     LayerKind k = nodes[i].layer->kind();
     if (k == LayerKind::Conv || k == LayerKind::Linear) continue;
-    for (int j : nodes[i].inputs) parent[find_root(parent, i)] = find_root(parent, j);
+    const auto* add = dynamic_cast<const Add*>(nodes[i].layer.get());
+    for (int s = 0; s < static_cast<int>(nodes[i].inputs.size()); ++s)
+      if (!add || add->map[s].empty())  // a channel-mapped input has channels of its own
+        parent[find_root(parent, i)] = find_root(parent, nodes[i].inputs[s]);
     int j = nodes[i].inputs[0];
     if (k == LayerKind::Flatten && a.shapes[j].size() == 4)
       ca.features_per_channel[i] = int(a.shapes[j][2] * a.shapes[j][3]);
@@ -443,11 +520,43 @@ Analysis analyze(const Model& m) {
     }
     return t;
   };
+  // Border classes of node i's maps (valid for every fixed channel; one class when they hold
+  // one value per channel).
+  a.row_class.assign(n, {});
+  a.col_class.assign(n, {});
+  auto set_classes = [&](int i, bool one_value) {
+    const Shape& s = a.shapes[i];
+    if (s.size() != 4) return;
+    std::vector<int32_t>& rows = a.row_class[i];
+    std::vector<int32_t>& cols = a.col_class[i];
+    if (i == 0 || one_value) {
+      rows.assign(s[2], 0), cols.assign(s[3], 0);
+      return;
+    }
+    const Layer& L = *nodes[i].layer;
+    const int j = nodes[i].inputs[0];
+    if (auto* cv = dynamic_cast<const Conv2d*>(&L)) {
+      rows = window_classes(a.row_class[j], s[2], cv->kernel_h, cv->stride, cv->pad);
+      cols = window_classes(a.col_class[j], s[3], cv->kernel_w, cv->stride, cv->pad);
+      if (cv->pos_h > 0) rows = join_classes(rows, cv->pos_rows), cols = join_classes(cols, cv->pos_cols);
+    } else if (auto* pool = dynamic_cast<const Pool2d*>(&L)) {
+      rows = window_classes(a.row_class[j], s[2], pool->kernel, pool->stride, 0);
+      cols = window_classes(a.col_class[j], s[3], pool->kernel, pool->stride, 0);
+    } else if (L.kind() == LayerKind::Add) {
+      const int j2 = nodes[i].inputs[1];
+      rows = join_classes(a.row_class[j], a.row_class[j2]), cols = join_classes(a.col_class[j], a.col_class[j2]);
+    } else {  // batchnorm, ReLU: position by position
+      rows = a.row_class[j], cols = a.col_class[j];
+    }
+  };
   for (int i = 0; i < n; ++i) {
     const int C = channels_of(a.shapes[i], ca.features_per_channel[i]);
     ca.fixed[i].assign(C, 0);
     ca.slot[i].assign(C, -1);
-    if (i == 0) continue;  // the images
+    if (i == 0) {  // the images
+      set_classes(0, true);
+      continue;
+    }
     Layer& L = const_cast<Layer&>(*nodes[i].layer);
     const int j = nodes[i].inputs[0];
     const auto& fin = ca.fixed[j];
@@ -473,7 +582,10 @@ Analysis analyze(const Model& m) {
         if (ok) live.push_back(k), list.push_back(k), or_into(read.data(), nz, Cin);
       }
       ca.dead_filters += static_cast<int64_t>(dead.size());
-      if (list.empty()) continue;
+      if (list.empty()) {  // nothing fixed: any classes will do
+        set_classes(i, true);
+        continue;
+      }
       // Sub-layers of the fixed rows, run on the nonzero fixed inputs they read: the dead rows
       // read nothing (a layer with no inputs yields its bias, one value per channel unless a
       // per-position bias says otherwise); the live ones read `cols` through the padding.
@@ -510,13 +622,56 @@ Analysis analyze(const Model& m) {
           else std::copy_n(sub_out.data() + r * sub_plane, oplane, out.data() + at * oplane);
         }
       }
+    } else if (auto* add = dynamic_cast<const Add*>(&L); add && add->mapped()) {
+      // A channel-mapped add (a compacted residual join): output channel k is bias[k] plus the
+      // input channels mapped to it; fixed when all of those are.
+      std::vector<int> from[2];  // (C) input channel feeding output channel k, or -1
+      for (int s = 0; s < 2; ++s) {
+        from[s].assign(C, -1);
+        const int Cs = static_cast<int>(ca.fixed[nodes[i].inputs[s]].size());
+        for (int c = 0; c < Cs; ++c) from[s][add->map[s].empty() ? c : add->map[s][c]] = c;
+      }
+      bool in_uniform = true;
+      for (int k = 0; k < C; ++k) {
+        bool f = true;
+        for (int s = 0; s < 2; ++s)
+          if (from[s][k] >= 0) {
+            f = f && ca.fixed[nodes[i].inputs[s]][from[s][k]];
+            in_uniform = in_uniform && ca.map_uniform[nodes[i].inputs[s]];
+          }
+        if (f) list.push_back(k);
+      }
+      if (list.empty()) {
+        set_classes(i, true);
+        continue;
+      }
+      uniform = in_uniform && os.size() == 4;
+      const int F = static_cast<int>(list.size());
+      const int64_t plane = uniform ? 1 : os.size() == 4 ? os[2] * os[3] : 1;
+      out = uniform || os.size() != 4 ? Tensor({1, F * plane}) : Tensor({1, F, os[2], os[3]});
+      if (uniform) out = out.reshape({1, F, 1, 1});
+      for (int q = 0; q < F; ++q) {
+        const int k = list[q];
+        float* o = out.data() + q * plane;
+        std::fill_n(o, plane, add->has_bias ? add->bias.value[k] : 0.0f);
+        for (int s = 0; s < 2; ++s) {
+          if (from[s][k] < 0) continue;
+          const int j2 = nodes[i].inputs[s];
+          const float* v = ca.map_of(j2, from[s][k]);
+          const bool one = ca.map_plane[j2] == 1 && plane > 1;
+          for (int64_t e = 0; e < plane; ++e) o[e] += one ? v[0] : v[e];
+        }
+      }
     } else {
       for (int c = 0; c < C; ++c) {
         bool f = fin[c];
         if (L.kind() == LayerKind::Add) f = f && ca.fixed[nodes[i].inputs[1]][c];
         if (f) list.push_back(c);
       }
-      if (list.empty()) continue;
+      if (list.empty()) {  // nothing fixed: any classes will do
+        set_classes(i, true);
+        continue;
+      }
       const LayerKind kind = L.kind();
       bool in_uniform = true;
       for (int q : nodes[i].inputs) in_uniform = in_uniform && ca.map_uniform[q];
@@ -546,6 +701,7 @@ Analysis analyze(const Model& m) {
         out = run_layer(L, ins);  // ReLU, pooling, flatten and add work on any number of channels
       }
     }
+    set_classes(i, uniform);
     for (size_t q = 0; q < list.size(); ++q) ca.fixed[i][list[q]] = 1, ca.slot[i][list[q]] = static_cast<int>(q);
     ca.map_plane[i] = out.numel() / static_cast<int64_t>(list.size());
     ca.map_uniform[i] = uniform;
@@ -566,6 +722,24 @@ Analysis analyze(const Model& m) {
     for (int s = 0; s < spaces; ++s) next[s].assign(ca.space_channels[s], pinned[s]);
     for (int i = 1; i < n; ++i) {
       LayerKind k = nodes[i].layer->kind();
+      if (auto* add = dynamic_cast<const Add*>(nodes[i].layer.get())) {
+        // A channel-mapped input channel is needed when its output channel is kept, unless
+        // it is fixed at one value (which goes into the add's bias).
+        const auto& out_kept = ca.keep[ca.space[i]];
+        for (int s = 0; s < 2; ++s) {
+          if (add->map[s].empty()) continue;
+          const int j = nodes[i].inputs[s];
+          auto& keep = next[ca.space[j]];
+          int needed = -1, any = 0;  // an input of no channels would read as the identity: keep one
+          for (size_t c = 0; c < add->map[s].size(); ++c) {
+            if (!out_kept[add->map[s][c]]) continue;
+            if (needed < 0) needed = static_cast<int>(c);
+            if (!ca.map_one_value(j, int(c))) keep[c] = 1, any = 1;
+          }
+          if (!any && needed >= 0) keep[needed] = 1;
+        }
+        continue;
+      }
       if (k != LayerKind::Conv && k != LayerKind::Linear) continue;
       const int j = nodes[i].inputs[0];
       const SliceStats& st = a.stats[i];
@@ -614,6 +788,14 @@ bool ChannelAnalysis::map_nonzero(int i, int c) const {
   return false;
 }
 
+bool ChannelAnalysis::map_one_value(int i, int c) const {
+  const float* p = map_of(i, c);
+  if (!p) return false;
+  for (int64_t q = 1; q < map_plane[i]; ++q)
+    if (p[q] != p[0]) return false;
+  return true;
+}
+
 ChannelAnalysis analyze_channels(const Model& masked) { return analyze(masked).pub; }
 
 Model compact_model(const Model& masked_in, CompactReport* report) {
@@ -649,6 +831,31 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
   for (size_t s = 0; s < ca.keep.size(); ++s) kept[s] = kept_indices(ca.keep[s]);
   for (size_t s = 0; s < ca.keep.size(); ++s) rep.channels_removed += ca.space_channels[s] - int64_t(kept[s].size());
 
+  // The channels each node's compact tensor holds (indices of the node's own channels): its
+  // space's kept channels, except for a conv (or its folded batchnorm, fused ReLU) read only
+  // by an add: there a kept channel that is fixed at one value is not computed (a dead filter
+  // whose residual-stream channel lives); the add puts it into its bias and the computed
+  // channels into their stream channels (a channel map).
+  std::vector<const std::vector<int>*> holds(n);
+  for (int i = 0; i < n; ++i) holds[i] = &kept[ca.space[i]];
+  std::vector<std::vector<int>> branch_rows(n);  // for such convs: the rows computed
+  int64_t branch_rows_dropped = 0;
+  for (int i = 1; i < n; ++i) {
+    if (absorbed[i] || !is(nodes[i], LayerKind::Conv)) continue;
+    const int t = relu_of[i] >= 0 ? relu_of[i] : bn_of[i] >= 0 ? bn_of[i] : i;  // the conv's compact output
+    if (t == out_node || a.consumers[t].size() != 1 || !is(nodes[a.consumers[t][0]], LayerKind::Add)) continue;
+    const std::vector<int>& all = kept[ca.space[t]];
+    std::vector<int> rows;
+    for (int k : all)
+      if (!ca.map_one_value(t, k)) rows.push_back(k);
+    if (rows.empty() && !all.empty()) rows.push_back(all[0]);  // an input of no channels reads as identity
+    if (rows.size() == all.size()) continue;
+    branch_rows_dropped += int64_t(all.size() - rows.size());
+    branch_rows[i] = std::move(rows);
+    holds[i] = holds[t] = &branch_rows[i];
+  }
+  rep.branch_rows_dropped = branch_rows_dropped;
+
   // Each conv and linear layer is built on its own (in parallel: the work is per layer), then
   // the graph is assembled in order.
   struct Built {
@@ -666,7 +873,7 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
     const auto* lin = dynamic_cast<const Linear*>(&L);
     const int j = node.inputs[0];
     const std::vector<int>& in_keep = kept[ca.space[j]];
-    const std::vector<int>& out_keep = kept[ca.space[i]];
+    const std::vector<int>& out_keep = *holds[i];
     const SliceStats& st = a.stats[i];
     const int Cold = st.C, Kn = static_cast<int>(out_keep.size()), Cn = static_cast<int>(in_keep.size());
     const int64_t slice = conv ? int64_t(conv->kernel_h) * conv->kernel_w : ca.features_per_channel[j];
@@ -688,7 +895,6 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
         removed_const.push_back(ch);
       }
     b.constants_folded = static_cast<int64_t>(removed_const.size());
-    Tensor pos;  // (Kn, P, Q) or empty
     const Shape& os = a.shapes[i];
     const int Cr = static_cast<int>(removed_const.size());
     if (Cr > 0 && lin) {
@@ -750,36 +956,52 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
       g.wr = wr.data();
     }
     gather_slices(g);
-    if (fold) {
-      Tensor img({1, g.planes, is[2], is[3]});  // (1, planes, H, W)
-      std::fill_n(img.data(), iplane, 1.0f);
-      for (size_t r = 0; r < map_ch.size(); ++r)
-        std::copy_n(ca.map_of(j, map_ch[r]), iplane, img.data() + (r + 1) * iplane);
-      Conv2dParams p{1, g.planes, int(is[2]), int(is[3]), Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad};
-      Tensor corr({1, Kn, os[2], os[3]});
-      if (Kn > 0) ops::conv2d_forward(p, img, wr, Tensor(), corr);
-      const int64_t plane = os[2] * os[3];
-      bool uniform = true;
-      for (int k = 0; k < Kn && uniform; ++k)
-        for (int64_t q = 1; q < plane; ++q)
-          if (corr[k * plane + q] != corr[k * plane]) {
-            uniform = false;
-            break;
-          }
-      if (uniform) {
-        for (int k = 0; k < Kn; ++k) bias[k] += corr[k * plane];
+    // The border table: the folded constants' contribution where it differs by position, plus
+    // the table the conv already had (compacting a compact model). Both depend on the output
+    // position only through its border classes; each class is evaluated at its first position.
+    const bool old_table = conv && conv->pos_h > 0;
+    std::vector<int32_t> trows, tcols;  // (P), (Q) classes of the table built below
+    std::vector<double> table;          // (Kn, row classes, column classes), before batchnorm
+    if (fold || old_table) {
+      const int64_t P = os[2], Q = os[3];
+      Tensor corr;  // (1, Kn, P, Q): the folded constants' contribution
+      if (fold) {
+        Tensor img({1, g.planes, is[2], is[3]});  // (1, planes, H, W)
+        std::fill_n(img.data(), iplane, 1.0f);
+        for (size_t r = 0; r < map_ch.size(); ++r)
+          std::copy_n(ca.map_of(j, map_ch[r]), iplane, img.data() + (r + 1) * iplane);
+        Conv2dParams p{1, g.planes, int(is[2]), int(is[3]), Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad};
+        corr = Tensor({1, Kn, P, Q});
+        if (Kn > 0) ops::conv2d_forward(p, img, wr, Tensor(), corr);
+        trows = window_classes(a.row_class[j], P, conv->kernel_h, conv->stride, conv->pad);
+        tcols = window_classes(a.col_class[j], Q, conv->kernel_w, conv->stride, conv->pad);
       } else {
-        pos = corr.reshape({Kn, os[2], os[3]});
+        trows.assign(P, 0), tcols.assign(Q, 0);
+      }
+      if (old_table) trows = join_classes(trows, conv->pos_rows), tcols = join_classes(tcols, conv->pos_cols);
+      const int TR = class_count(trows), TC = class_count(tcols);
+      std::vector<int64_t> rep_r(TR, -1), rep_c(TC, -1);  // first position of each class
+      for (int64_t p = P - 1; p >= 0; --p) rep_r[trows[p]] = p;
+      for (int64_t q = Q - 1; q >= 0; --q) rep_c[tcols[q]] = q;
+      table.assign(size_t(Kn) * TR * TC, 0.0);
+      const int64_t OTR = conv->table_rows(), OTC = conv->table_cols();
+      for (int k = 0; k < Kn; ++k)
+        for (int r = 0; r < TR; ++r)
+          for (int c = 0; c < TC; ++c) {
+            const int64_t p = rep_r[r], q = rep_c[c];
+            double v = fold ? corr[(k * P + p) * Q + q] : 0.0;
+            if (old_table)
+              v += conv->pos_bias.value[(out_keep[k] * OTR + conv->pos_rows[p]) * OTC + conv->pos_cols[q]];
+            table[(int64_t(k) * TR + r) * TC + c] = v;
+          }
+      table = merge_equal_classes(std::move(table), Kn, trows, tcols, 0);
+      table = merge_equal_classes(std::move(table), Kn, trows, tcols, 1);
+      if (class_count(trows) == 1 && class_count(tcols) == 1) {  // the same everywhere: a bias
+        for (int k = 0; k < Kn; ++k) bias[k] += table[k];
+        table.clear(), trows.clear(), tcols.clear();
+      } else {
         ++b.position_bias_layers;
       }
-    }
-    if (conv && conv->pos_h > 0) {  // compacting an already compacted model
-      Tensor keep_pos({Kn, os[2], os[3]});
-      const int64_t plane = os[2] * os[3];
-      for (int k = 0; k < Kn; ++k)
-        std::copy_n(conv->pos_bias.value.data() + out_keep[k] * plane, plane, keep_pos.data() + k * plane);
-      if (pos.defined()) ops::accumulate(keep_pos, pos);
-      else pos = keep_pos;
     }
     bool need_bias = had_bias || bn_of[i] >= 0 || !removed_const.empty();
 
@@ -787,13 +1009,13 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
     Tensor* Bn = nullptr;
     if (conv) {
       auto nc = std::make_unique<Conv2d>(Cn, Kn, conv->kernel_h, conv->kernel_w, conv->stride, conv->pad, need_bias,
-                                         conv->fused_relu || relu_of[i] >= 0, pos.defined() ? int(os[2]) : 0,
-                                         pos.defined() ? int(os[3]) : 0, /*zero_weight=*/false);
-      if (pos.defined()) {
-        const int64_t plane = os[2] * os[3];
+                                         conv->fused_relu || relu_of[i] >= 0, 0, 0, /*zero_weight=*/false);
+      if (!trows.empty()) {  // batchnorm scales the table as it scales the bias
+        nc->set_border_table(trows, tcols);
+        const int64_t cells = nc->table_rows() * nc->table_cols();
         for (int k = 0; k < Kn; ++k)
-          for (int64_t q = 0; q < plane; ++q) pos[k * plane + q] = static_cast<float>(pos[k * plane + q] * scale[k]);
-        nc->pos_bias.value = pos;
+          for (int64_t q = 0; q < cells; ++q)
+            nc->pos_bias.value[k * cells + q] = static_cast<float>(table[k * cells + q] * scale[k]);
       }
       nc->weight.value = new_w;
       Bn = need_bias ? &nc->bias.value : nullptr;
@@ -819,6 +1041,50 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
   tbb::parallel_for(tbb::blocked_range<size_t>(0, todo.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
     for (size_t t = r.begin(); t < r.end(); ++t) built[todo[t]] = build_layer(todo[t]);
   });
+
+  // The compact add of node i: output channels kept[space], each input's held channels
+  // mapped into them (no map where an input holds exactly those), the input channels it does
+  // not hold (fixed at one value) and any bias it had folded into its bias.
+  auto build_add = [&](int i) -> std::unique_ptr<Layer> {
+    const auto& add = static_cast<const Add&>(*nodes[i].layer);
+    const std::vector<int>& out = kept[ca.space[i]];
+    const int C = static_cast<int>(out.size());
+    const int Cold = ca.space_channels[ca.space[i]];
+    std::vector<int> out_index(Cold, -1);  // original output channel -> compact one
+    for (int q = 0; q < C; ++q) out_index[out[q]] = q;
+    std::vector<double> bias(C, 0.0);
+    bool need_bias = false;
+    if (add.has_bias)
+      for (int q = 0; q < C; ++q) bias[q] = add.bias.value[out[q]], need_bias = true;
+    std::vector<int32_t> maps[2];
+    bool identity[2] = {true, true};
+    for (int s = 0; s < 2; ++s) {
+      const int j = nodes[i].inputs[s];
+      const std::vector<int>& held = *holds[j];
+      const int Cj = static_cast<int>(ca.fixed[j].size());
+      auto to_out = [&](int c) { return add.map[s].empty() ? c : add.map[s][c]; };
+      std::vector<uint8_t> is_held(Cj, 0);
+      for (int c : held) is_held[c] = 1;
+      for (int c = 0; c < Cj; ++c) {
+        const int k = out_index[to_out(c)];
+        if (is_held[c]) {
+          if (k < 0) throw Error("internal: add '" + nodes[i].name + "' input holds a channel its output drops");
+          maps[s].push_back(k);
+        } else if (k >= 0 && ca.map_nonzero(j, c)) {
+          if (!ca.map_one_value(j, c))
+            throw Error("internal: add '" + nodes[i].name + "' loses an input channel that is not one constant");
+          bias[k] += ca.map_of(j, c)[0];
+          need_bias = true;
+        }
+      }
+      identity[s] = static_cast<int>(maps[s].size()) == C;
+      if (identity[s]) maps[s].clear();
+    }
+    if (identity[0] && identity[1] && !need_bias) return std::make_unique<Add>();
+    auto na = std::make_unique<Add>(std::max(C, 1), std::move(maps[0]), std::move(maps[1]), need_bias);
+    for (int q = 0; q < C && need_bias; ++q) na->bias.value[q] = static_cast<float>(bias[q]);
+    return na;
+  };
 
   Model c;
   c.arch = m.arch.empty() ? "compact" : m.arch + "-compact";
@@ -858,7 +1124,11 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
       map[i] = c.add(node.name, std::move(nb), ins);
       continue;
     }
-    // Pooling, flatten, ReLU, add: no parameters, the channel count follows the inputs.
+    if (L.kind() == LayerKind::Add) {
+      map[i] = c.add(node.name, build_add(i), ins);
+      continue;
+    }
+    // Pooling, flatten, ReLU: no parameters, the channel count follows the inputs.
     map[i] = c.add(node.name, L.clone(), ins);
   }
   c.set_output(map[out_node]);
@@ -868,6 +1138,8 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
   if (report) {
     rep.params_before = m.num_params();
     rep.params_after = c.num_params();
+    rep.split_before = param_split(m);
+    rep.split_after = param_split(c);
     rep.macs_before = m.forward_macs();
     rep.macs_after = c.forward_macs();
     for (int i = 1; i < n; ++i)
@@ -882,6 +1154,19 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
   }
   if (report) *report = std::move(rep);
   return c;
+}
+
+ParamSplit param_split(const Model& m) {
+  ParamSplit s;
+  for (const Node& node : m.nodes()) {
+    if (!node.layer) continue;
+    for (Param* p : const_cast<Layer&>(*node.layer).params()) {
+      if (p->prunable) s.weights += p->value.numel();
+      else if (p->name == "pos_bias") s.tables += p->value.numel();
+      else s.biases += p->value.numel();
+    }
+  }
+  return s;
 }
 
 float max_logit_difference(Model& a, Model& b, const Tensor& x) {

@@ -7,11 +7,16 @@
 // values are propagated through the graph in eval mode. A channel is removed when every
 // consumer (conv or linear reading it) either reads it with all-zero weights or sees it fixed,
 // in which case its contribution is folded into the consumer: into its bias when it is the
-// same at every output position, into a per-position bias when zero padding (or a fixed map
-// that is not constant) makes positions differ. Tensors joined
+// same at every output position, into a border table (K x row classes x column classes, see
+// nn/layers.h Conv2d) when zero padding (or a fixed map that is not constant) makes positions
+// differ. Tensors joined
 // by an `add` (and by the channel-preserving ops between) form one channel space: a channel of
-// a ResNet's residual stream is removed only when it is removable in every member. Batchnorm
-// is folded into the conv before it, and a following ReLU is fused.
+// a ResNet's residual stream is removed only when it is removable in every member. A stream
+// channel that lives may still have a branch writer (a conv read only by an add: ResNet conv2,
+// projection shortcuts) whose filter for it is constant: that conv does not compute it, the
+// compact add maps the conv's computed channels into their stream channels and holds the
+// constant in its bias (nn/layers.h Add). Batchnorm is folded into the conv before it, and a
+// following ReLU is fused.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -41,6 +46,8 @@ struct ChannelAnalysis {
   const float* map_of(int i, int c) const;
   // Whether channel c of node i is fixed with a map that is not all zero.
   bool map_nonzero(int i, int c) const;
+  // Whether channel c of node i is fixed with the same value at every position.
+  bool map_one_value(int i, int c) const;
 };
 
 // The weights must already be masked (training leaves them so; Model::apply_masks does it).
@@ -51,14 +58,24 @@ struct LayerChannels {
   int in_before = 0, in_after = 0, out_before = 0, out_after = 0;
 };
 
+// Parameters by role: conv and linear weights; biases (conv, linear, and batchnorm's scale and
+// shift); border tables (conv pos_bias). The three add up to Model::num_params.
+struct ParamSplit {
+  int64_t weights = 0, biases = 0, tables = 0;
+  int64_t total() const { return weights + biases + tables; }
+};
+ParamSplit param_split(const Model& m);
+
 struct CompactReport {
   std::vector<LayerChannels> layers;
   int64_t params_before = 0, params_after = 0;
+  ParamSplit split_before, split_after;
   int64_t nonzero_before = 0;  // surviving (unmasked) weights of the masked model
   int64_t macs_before = 0, macs_after = 0;
   int64_t channels_removed = 0;
   int64_t constants_folded = 0;     // (consumer, removed channel) pairs whose nonzero constant was folded
-  int64_t position_bias_layers = 0; // consumers that needed a per-position bias
+  int64_t branch_rows_dropped = 0;  // residual-branch conv filters not computed (their constant goes into the add)
+  int64_t position_bias_layers = 0; // convs that needed a border table (a correction differing by position)
   double milliseconds = 0;          // time compact_model took
 };
 

@@ -10,10 +10,12 @@
 #include <cmath>
 #include <filesystem>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "datasets/dataset.h"
 #include "datasets/loader.h"
 #include "kernels/ops.h"
+#include "nn/export/export.h"
 #include "nn/models/zoo.h"
 #include "prune/compact.h"
 
@@ -100,6 +102,43 @@ TEST_CASE("compaction of randomly masked zoo models is exact") {
   }
 }
 
+TEST_CASE("compaction targets: 40% of every conv's filters dead") {
+  // Random masks (40% dead filters, half of the other weights), batchnorm with positive and
+  // negative shifts: the compact model's parameters (border tables included) against the
+  // dense count, the share of the tables, and the portable runtime's arena per image.
+  struct Target {
+    const char* name;
+    double max_ratio;
+  };
+  for (Target t : {Target{"resnet20", 0.55}, Target{"resnet56", 0.55}, Target{"vgg16", 0.40}}) {
+    const std::string name = t.name;
+    CAPTURE(name);
+    Rng rng(2024);
+    Model m = build_model(t.name);
+    init_model(m, rng);
+    randomize_batchnorm(m, rng);
+    random_masks(m, rng, 0.4f, 0.5f);
+    Tensor x = random_images(2, {3, 32, 32}, rng);
+    CompactReport rep;
+    Model c = check_exact(m, x, &rep);
+    const double ratio = double(rep.params_after) / double(rep.params_before);
+    const double table_share = double(rep.split_after.tables) / double(rep.params_after);
+    const int64_t arena_masked = portable_arena_bytes(m), arena_compact = portable_arena_bytes(c);
+    MESSAGE(name << ": " << rep.params_before << " -> " << rep.params_after << " parameters (" << ratio
+                   << "x; weights " << rep.split_after.weights << ", biases " << rep.split_after.biases << ", tables "
+                   << rep.split_after.tables << " = " << 100 * table_share << "%), arena " << arena_masked / 1024.0
+                   << " -> " << arena_compact / 1024.0 << " KiB per image");
+    const int64_t onnx_masked = static_cast<int64_t>(onnx_model_bytes(m).size());
+    const int64_t onnx_compact = static_cast<int64_t>(onnx_model_bytes(c).size());
+    MESSAGE(name << ": ONNX " << onnx_masked << " -> " << onnx_compact << " bytes");
+    CHECK(onnx_compact < onnx_masked);
+    CHECK(rep.split_after.total() == rep.params_after);
+    CHECK(ratio <= t.max_ratio);
+    CHECK(table_share <= 0.02);
+    CHECK(arena_compact <= arena_masked);
+  }
+}
+
 TEST_CASE("a dead filter with a positive constant feeding a padded conv needs the border correction") {
   Rng rng(3);
   Model m = build_model("vgg11");
@@ -133,12 +172,72 @@ TEST_CASE("residual channel groups") {
   randomize_batchnorm(m, rng);
   Tensor x = random_images(3, {3, 32, 32}, rng);
 
-  SUBCASE("a channel dead in only one member of the group is kept") {
+  SUBCASE("a dead conv2 filter whose stream channel lives: conv2 drops it, the add maps") {
     kill_filter(m, "blocks.1.conv2", 3);
-    Model c = check_exact(m, x);
+    CompactReport rep;
+    Model c = check_exact(m, x, &rep);
     CHECK(conv(c, "conv").out_channels == 16);
-    CHECK(conv(c, "blocks.1.conv2").out_channels == 16);
     CHECK(conv(c, "blocks.0.conv1").in_channels == 16);
+    CHECK(conv(c, "blocks.1.conv2").out_channels == 15);  // computes its 15 live filters only
+    CHECK(rep.branch_rows_dropped == 1);
+    auto& add = dynamic_cast<Add&>(*c.nodes()[c.find("blocks.1.add")].layer);
+    REQUIRE(add.mapped());
+    CHECK(add.channels == 16);
+    CHECK(add.map[1].empty());  // the identity shortcut: every stream channel
+    REQUIRE(add.map[0].size() == 15);
+    CHECK(add.map[0][2] == 2);
+    CHECK(add.map[0][3] == 4);  // stream channel 3 comes from the bias
+    REQUIRE(add.has_bias);
+    // The dead filter's constant (batchnorm shift of bn2, channel 3) is the add's bias there.
+    auto& bn2 = dynamic_cast<BatchNorm2d&>(*m.nodes()[m.find("blocks.1.bn2")].layer);
+    const double constant = bn2.beta.value[3] - bn2.running_mean[3] * bn2.gamma.value[3] / std::sqrt(bn2.running_var[3] + bn2.eps);
+    CHECK(add.bias.value[3] == doctest::Approx(constant).epsilon(1e-5));
+    CHECK(add.bias.value[2] == 0.0f);
+    SUBCASE("the constant matters") {
+      add.bias.value[3] = 0.0f;
+      CHECK(max_abs_diff(m.forward(x, false), c.forward(x, false)) > 1e-4f);
+    }
+    SUBCASE("a bad channel map is refused with the layer named") {
+      const std::string spec = c.spec();
+      const size_t at = spec.find("map0=0,1,2,4");
+      REQUIRE(at != std::string::npos);
+      const std::string bad = spec.substr(0, at) + "map0=0,2,1,4" + spec.substr(at + 12);
+      CHECK_THROWS_WITH_AS(Model::from_spec(bad), doctest::Contains("blocks.1.add"), Error);
+    }
+    SUBCASE("saved, loaded, compacted again") {
+      auto path = std::filesystem::temp_directory_path() / ("dnns_mapped_add_" + std::to_string(::getpid()) + ".dnns");
+      c.save(path.string());
+      Model l = Model::load(path.string());
+      std::filesystem::remove(path);
+      CHECK(max_abs_diff(c.forward(x, false), l.forward(x, false)) == 0.0f);
+      kill_filter(l, "blocks.1.conv2", 0);  // another filter of the mapped branch
+      kill_filter(l, "blocks.3.shortcut.conv", 5);
+      Model l2 = check_exact(l, x);
+      CHECK(conv(l2, "blocks.1.conv2").out_channels == 14);
+      CHECK(conv(l2, "blocks.3.shortcut.conv").out_channels == 31);
+      Model l3 = check_exact(l2, x);  // and once more: a fixpoint
+      CHECK(conv(l3, "blocks.1.conv2").out_channels == 14);
+    }
+  }
+  SUBCASE("a branch whose filters are all dead: the add holds its constants") {
+    for (int k = 0; k < 16; ++k) kill_filter(m, "blocks.1.conv2", k);
+    Model c = check_exact(m, x);
+    CHECK(conv(c, "blocks.1.conv2").out_channels == 1);  // one kept: a channel map needs a channel
+    CHECK(conv(c, "blocks.1.conv2").in_channels == 0);   // it reads nothing: its bias alone
+    Model again = check_exact(c, x);
+    CHECK(conv(again, "blocks.1.conv2").out_channels == 1);
+  }
+  SUBCASE("a dead projection-shortcut filter: the shortcut conv drops it") {
+    kill_filter(m, "blocks.3.shortcut.conv", 5);
+    kill_filter(m, "blocks.3.conv2", 9);
+    Model c = check_exact(m, x);
+    CHECK(conv(c, "blocks.3.shortcut.conv").out_channels == 31);
+    CHECK(conv(c, "blocks.3.conv2").out_channels == 31);
+    auto& add = dynamic_cast<Add&>(*c.nodes()[c.find("blocks.3.add")].layer);
+    REQUIRE(add.mapped());
+    CHECK(add.map[0].size() == 31);
+    CHECK(add.map[1].size() == 31);
+    CHECK(conv(c, "blocks.4.conv1").in_channels == 32);  // the stream keeps all its channels
   }
   SUBCASE("a channel dead in every member of the stage-1 stream is removed everywhere") {
     for (const char* name : {"conv", "blocks.0.conv2", "blocks.1.conv2", "blocks.2.conv2"}) kill_filter(m, name, 3);
@@ -292,6 +391,171 @@ TEST_CASE("5x5 stride-2 convs, a flatten of 8x8 maps and a hidden linear layer")
     CompactReport rep;
     Model c = check_exact(m, images, &rep);
     CHECK(rep.params_after == 5);  // the output layer's bias
+  }
+}
+
+// A chain input -> a (3x3 pad 1) -> relu -> b1 -> relu [-> pool] -> b2 -> ... -> global pool ->
+// fc, where filter 0 of a is dead with a positive constant and filter 0 of every b reads only
+// channel 0 before it (positive weights): channel 0 stays input-independent all along the
+// chain, a map that differs near the border in more rows and columns at every padded conv.
+std::string bname(size_t d) {  // "b1", "b2", ...
+  std::string s = "b";
+  s += std::to_string(d);
+  return s;
+}
+
+struct ChainLayer {
+  int kernel, stride, pad;
+  char pool;  // 0, 'm' (2x2 max) or 'a' (2x2 average) after the layer's ReLU
+};
+Model border_chain(Rng& rng, int size, const std::vector<ChainLayer>& layers, int C = 5) {
+  Model m;
+  int x = m.add_input({3, size, size});
+  int t = m.add("a", std::make_unique<Conv2d>(3, C, 3, 3, 1, 1, true), {x});
+  t = m.add("a.relu", std::make_unique<ReLU>(), {t});
+  for (size_t d = 0; d < layers.size(); ++d) {
+    const ChainLayer& l = layers[d];
+    const std::string name = bname(d + 1);
+    t = m.add(name, std::make_unique<Conv2d>(C, C, l.kernel, l.kernel, l.stride, l.pad, true), {t});
+    t = m.add(name + ".relu", std::make_unique<ReLU>(), {t});
+    if (l.pool) t = m.add(name + ".pool", std::make_unique<Pool2d>(l.pool == 'm', 2, 2), {t});
+  }
+  t = m.add("gap", std::make_unique<GlobalAvgPool>(), {t});
+  m.set_output(m.add("fc", std::make_unique<Linear>(C, 4, true), {t}));
+  init_model(m, rng);
+  conv(m, "a").bias.value.fill(0.5f);
+  kill_filter(m, "a", 0);
+  for (size_t d = 0; d < layers.size(); ++d) {
+    const std::string name = bname(d + 1);
+    Conv2d& b = conv(m, name);
+    const int64_t area = int64_t(b.kernel_h) * b.kernel_w;
+    m.masks[name + ".weight"] = Tensor::full(b.weight.value.shape(), 1.0f);
+    for (int c = 1; c < C; ++c)
+      for (int64_t q = 0; q < area; ++q) m.masks[name + ".weight"][c * area + q] = 0.0f;  // filter 0 reads channel 0
+    for (int64_t q = 0; q < area; ++q) b.weight.value[q] = 0.1f + 0.37f * float((q * 7) % 5) / float(area);
+    b.bias.value[0] = 0.05f;
+  }
+  m.apply_masks();
+  return m;
+}
+
+TEST_CASE("border tables: deep chains of padded convs over constant channels") {
+  // Through d 3x3 pad-1 convs a constant reaches d rows into the map from each side: 2d + 1
+  // row classes (and column classes) at depth d, whatever the map size.
+  Rng rng(41);
+  const int depth = 5;
+  Model m = border_chain(rng, 16, std::vector<ChainLayer>(depth, {3, 1, 1, 0}));
+  Tensor x = random_images(3, {3, 16, 16}, rng);
+  CompactReport rep;
+  Model c = check_exact(m, x, &rep);
+  for (int d = 1; d <= depth; ++d) {
+    CAPTURE(d);
+    Conv2d& b = conv(c, bname(d));
+    REQUIRE(b.pos_h == 16);
+    CHECK(b.table_rows() == 2 * d + 1);
+    CHECK(b.table_cols() == 2 * d + 1);
+    CHECK(b.pos_bias.value.shape() == Shape{b.out_channels, 2 * d + 1, 2 * d + 1});
+    CHECK(b.pos_rows[d] == d);
+    CHECK(b.pos_rows[8] == d);  // an interior row: class d (classes number by first appearance)
+    CHECK(b.pos_rows[15] == 2 * d);
+    CHECK(b.in_channels == 4);  // channel 0 folded at every depth
+  }
+  CHECK(rep.position_bias_layers == depth);
+  CHECK(rep.split_after.tables == 4 * (9 + 25 + 49 + 81 + 121));  // 4 filters x (2d + 1)^2
+  CHECK(rep.split_after.total() == rep.params_after);
+
+  SUBCASE("the table matters") {  // zeroing one table moves the logits
+    conv(c, "b3").pos_bias.value.zero();
+    CHECK(max_abs_diff(m.forward(x, false), c.forward(x, false)) > 1e-4f);
+  }
+  SUBCASE("wrong classes are caught by exactness") {  // one border row given the interior's class
+    Conv2d& b = conv(c, "b2");
+    b.pos_rows[0] = b.pos_rows[8];
+    CHECK(max_abs_diff(m.forward(x, false), c.forward(x, false)) > 1e-4f);
+  }
+}
+
+TEST_CASE("border tables: stride 2, 5x5 kernels and pooling") {
+  Rng rng(43);
+  Tensor x = random_images(3, {3, 24, 24}, rng);
+  SUBCASE("5x5 pad 2, then 5x5 stride 2, then 3x3 stride 2") {
+    Model m = border_chain(rng, 24, {{5, 1, 2, 0}, {5, 2, 2, 0}, {3, 2, 1, 0}});
+    Model c = check_exact(m, x);
+    // 5x5 pad 2 over a constant: rows 0, 1 and 22, 23 see padding: 5 classes.
+    CHECK(conv(c, "b1").table_rows() == 5);
+    // Then a stride-2 5x5 (24 -> 12): 12 rows, at most as many classes, fewer than positions.
+    CHECK(conv(c, "b2").pos_h == 12);
+    CHECK(conv(c, "b2").table_rows() < 12);
+    CHECK(conv(c, "b3").pos_h == 6);
+    CHECK(conv(c, "b3").pos_bias.value.numel() <= int64_t(conv(c, "b3").out_channels) * 6 * 6);
+  }
+  SUBCASE("max and average pooling of border tables") {
+    for (char pool : {'m', 'a'}) {
+      CAPTURE(pool);
+      Model m = border_chain(rng, 24, {{3, 1, 1, pool}, {3, 1, 1, pool}, {3, 1, 1, 0}});
+      Model c = check_exact(m, x);
+      // b1: 3 classes over 24 rows; pooled to 12 rows (2 classes there: the first row pools
+      // rows 0 and 1, which differ); b2 reads them through its padding.
+      CHECK(conv(c, "b1").table_rows() == 3);
+      CHECK(conv(c, "b2").pos_h == 12);
+      CHECK(conv(c, "b2").table_rows() >= 3);
+      CHECK(conv(c, "b2").table_rows() <= 5);
+      CHECK(conv(c, "b3").pos_h == 6);
+      CHECK(conv(c, "b3").table_rows() <= 6);
+    }
+  }
+}
+
+TEST_CASE("border tables: saved and loaded, and old files with full per-position maps") {
+  Rng rng(47);
+  Model m = border_chain(rng, 12, std::vector<ChainLayer>(3, {3, 1, 1, 0}));
+  Tensor x = random_images(2, {3, 12, 12}, rng);
+  Model c = check_exact(m, x);
+  auto dir = std::filesystem::temp_directory_path() / ("dnns_tables_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  c.save((dir / "c.dnns").string());
+  Model l = Model::load((dir / "c.dnns").string());
+  CHECK(c.spec().find("pos_rows=0,1,2,3,3,3,3,3,3,4,5,6") != std::string::npos);
+  CHECK(max_abs_diff(c.forward(x, false), l.forward(x, false)) == 0.0f);
+  CHECK(conv(l, "b3").table_rows() == 7);
+
+  // A file from before the tables: the same model with each table spread to a full (K, P, Q)
+  // map and no class attributes. It loads as a table of one class per row and column.
+  Model old = c.clone();
+  for (Node& n : old.nodes()) {
+    auto* cv = dynamic_cast<Conv2d*>(n.layer.get());
+    if (!cv || cv->pos_h == 0) continue;
+    auto full = std::make_unique<Conv2d>(cv->in_channels, cv->out_channels, cv->kernel_h, cv->kernel_w, cv->stride,
+                                         cv->pad, cv->has_bias, cv->fused_relu, cv->pos_h, cv->pos_w);
+    full->weight.value = cv->weight.value;
+    full->bias.value = cv->bias.value;
+    const int64_t TR = cv->table_rows(), TC = cv->table_cols();
+    for (int k = 0; k < cv->out_channels; ++k)
+      for (int p = 0; p < cv->pos_h; ++p)
+        for (int q = 0; q < cv->pos_w; ++q)
+          full->pos_bias.value[(int64_t(k) * cv->pos_h + p) * cv->pos_w + q] =
+              cv->pos_bias.value[(k * TR + cv->pos_rows[p]) * TC + cv->pos_cols[q]];
+    n.layer = std::move(full);
+  }
+  old.save((dir / "old.dnns").string());
+  CHECK(old.spec().find("pos_rows") == std::string::npos);  // written as the old format
+  CHECK(old.spec().find("pos_h=12") != std::string::npos);
+  Model lo = Model::load((dir / "old.dnns").string());
+  std::filesystem::remove_all(dir);
+  CHECK(conv(lo, "b3").pos_bias.value.shape() == Shape{conv(lo, "b3").out_channels, 12, 12});
+  CHECK(max_abs_diff(c.forward(x, false), lo.forward(x, false)) <= 1e-5f);
+  // Compacting the old model again converts its maps into small tables.
+  Model again = check_exact(lo, x);
+  CHECK(conv(again, "b3").table_rows() == 7);
+  CHECK(conv(again, "b3").table_cols() == 7);
+
+  SUBCASE("bad class attributes are refused with the layer named") {
+    const std::string spec = c.spec();
+    const size_t at = spec.find("pos_rows=0,1,2");
+    REQUIRE(at != std::string::npos);
+    auto with = [&](const std::string& classes) { return spec.substr(0, at) + classes + spec.substr(at + 14); };
+    CHECK_THROWS_WITH_AS(Model::from_spec(with("pos_rows=0,1,x")), doctest::Contains("pos_rows"), Error);
+    CHECK_THROWS_WITH_AS(Model::from_spec(with("pos_rows=0,1")), doctest::Contains("border-table classes"), Error);
   }
 }
 

@@ -32,6 +32,7 @@ TEST_CASE("cuda: backend") { MESSAGE("built without CUDA: CUDA tests skipped"); 
 #include "nn/model.h"
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
+#include "prune/compact.h"
 #include "prune/mask.h"
 #include "tests/test_util.h"
 
@@ -672,6 +673,28 @@ TEST_CASE("cuda: ops dispatch CUDA tensors to the CUDA backend") {
   Tensor r_ref({p.N, p.K, p.P(), p.Q()});
   ref::relu_forward(r_ref.numel(), y.to(Device::CPU).data(), r_ref.data());
   check_equal("ops::relu_forward on CUDA tensors", r.to_vector(), r_ref.to_vector());
+}
+
+TEST_CASE("cuda: a compact ResNet (border tables, channel-mapped adds) gives the CPU's logits") {
+  if (!gpu_present()) return;
+  Rng rng(9);
+  Model m = build_model("resnet20");
+  init_model(m, rng);
+  dnns::testing::randomize_batchnorm(m, rng);
+  dnns::testing::random_masks(m, rng, 0.4f, 0.5f);
+  Model c = compact_model(m);
+  int tables = 0, mapped = 0;
+  for (const Node& n : c.nodes()) {
+    if (auto* cv = dynamic_cast<const Conv2d*>(n.layer.get())) tables += cv->pos_h > 0;
+    if (auto* a = dynamic_cast<const Add*>(n.layer.get())) mapped += a->mapped();
+  }
+  REQUIRE(tables > 0);
+  REQUIRE(mapped > 0);
+  Tensor x = dnns::testing::random_images(3, {3, 32, 32}, rng);
+  Tensor want = c.forward(x, false);
+  c.to(Device::CUDA);
+  Tensor got = c.forward(x.to(Device::CUDA), false).to(Device::CPU);
+  CHECK(max_abs_diff(want, got) <= 1e-4f);
 }
 
 #endif  // DNNS_HAVE_CUDA

@@ -209,16 +209,21 @@ std::vector<Field> parse_message(const std::string& buf) {
 
 TEST_CASE("the portable runtime gives the full build's logits, in-process and from model files") {
   std::vector<Case> cases = deployment_cases();
-  // The cases cover what compaction produces: per-position biases, convs with no input or no
-  // output channels, a linear layer with no input features.
-  int pos_bias = 0, no_input = 0, no_output = 0, linear_no_input = 0;
+  // The cases cover what compaction produces: border tables (with fewer classes than
+  // positions), convs with no input or no output channels, a linear layer with no input
+  // features, residual joins with channel maps and a bias.
+  int pos_bias = 0, small_tables = 0, no_input = 0, no_output = 0, linear_no_input = 0, mapped_adds = 0;
   for (const Case& c : cases)
     for (const Node& n : c.model.nodes()) {
       if (auto* cv = dynamic_cast<const Conv2d*>(n.layer.get()))
-        pos_bias += cv->pos_h > 0, no_input += cv->in_channels == 0, no_output += cv->out_channels == 0;
+        pos_bias += cv->pos_h > 0, no_input += cv->in_channels == 0, no_output += cv->out_channels == 0,
+            small_tables += cv->pos_h > 0 && cv->table_rows() < cv->pos_h;
+      if (auto* add = dynamic_cast<const Add*>(n.layer.get())) mapped_adds += add->mapped() && add->has_bias;
       if (auto* fc = dynamic_cast<const Linear*>(n.layer.get())) linear_no_input += fc->in_features == 0;
     }
   CHECK(pos_bias > 0);
+  CHECK(small_tables > 0);
+  CHECK(mapped_adds > 0);
   CHECK(no_input > 0);
   CHECK(no_output > 0);
   CHECK(linear_no_input > 0);

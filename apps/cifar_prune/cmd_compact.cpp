@@ -1,6 +1,7 @@
 // cifar_prune compact RUN_DIR: exact compaction of the levels of an IMP run, verified on the
-// run's test set (identical predictions, maximum logit difference), with parameters, bytes,
-// FLOPs and per-layer channel counts before and after, as a table and JSON.
+// run's test set (identical predictions, maximum logit difference), with parameters (weights,
+// biases, border tables), bytes, FLOPs, the portable runtime's arena per image and per-layer
+// channel counts before and after, as a table and JSON.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/json.h"
+#include "nn/export/export.h"
 #include "prune/compact.h"
 #include "prune/imp.h"
 #include "prune/report.h"
@@ -33,6 +35,7 @@ struct LevelCompaction {
   int64_t examples = 0, prediction_mismatches = 0;
   float max_logit_diff = 0, logit_scale = 0;
   int64_t bytes_masked = 0, bytes_compact = 0;
+  int64_t arena_masked = 0, arena_compact = 0;  // portable runtime activation bytes per image
 };
 
 // Runs both models over the test set; counts differing predictions and the largest logit gap.
@@ -83,8 +86,9 @@ std::string layers_json(const CompactReport& rep) {
 int cmd_compact(int argc, char** argv) {
   Flags f("cifar_prune compact RUN_DIR",
           "Compacts the levels of an IMP run into dense models (exact: batchnorm folded, dead channels\n"
-          "removed, their constants folded), verifies them on the run's test set and reports parameters,\n"
-          "bytes, FLOPs and channels before and after. Writes level_L/compact.dnns and compact.json per\n"
+          "removed, their constants folded), verifies them on the run's test set and reports parameters\n"
+          "(weights, biases, border tables), bytes, FLOPs, the portable runtime's activation arena per image\n"
+          "and channels before and after. Writes level_L/compact.dnns and compact.json per\n"
           "level, and compaction.md / compaction.json in the run directory.");
   f.add("level", "", "compact this level only (default: every finished level)");
   f.add("chain", "magnitude", "magnitude or random (the baseline chain)");
@@ -138,6 +142,8 @@ int cmd_compact(int argc, char** argv) {
     compact.save(out_path);  // atomic: temporary file, then rename
     r.bytes_masked = file_bytes(path);
     r.bytes_compact = file_bytes(out_path);
+    r.arena_masked = portable_arena_bytes(masked);
+    r.arena_compact = portable_arena_bytes(compact);
     write_text_atomic(dir + "/compact.json",
                       Json()
                           .add("level", level)
@@ -145,6 +151,14 @@ int cmd_compact(int argc, char** argv) {
                           .add("compact_ms", r.rep.milliseconds)
                           .add("params_before", r.rep.params_before)
                           .add("params_after", r.rep.params_after)
+                          .add("weights_before", r.rep.split_before.weights)
+                          .add("biases_before", r.rep.split_before.biases)
+                          .add("tables_before", r.rep.split_before.tables)
+                          .add("weights_after", r.rep.split_after.weights)
+                          .add("biases_after", r.rep.split_after.biases)
+                          .add("tables_after", r.rep.split_after.tables)
+                          .add("arena_bytes_per_image_before", r.arena_masked)
+                          .add("arena_bytes_per_image_after", r.arena_compact)
                           .add("nonzero_weights_before", r.rep.nonzero_before)
                           .add("flops_before", 2 * r.rep.macs_before)
                           .add("flops_after", 2 * r.rep.macs_after)
@@ -153,6 +167,7 @@ int cmd_compact(int argc, char** argv) {
                           .add("channels_removed", r.rep.channels_removed)
                           .add("constants_folded", r.rep.constants_folded)
                           .add("position_bias_layers", r.rep.position_bias_layers)
+                          .add("branch_filters_dropped", r.rep.branch_rows_dropped)
                           .add("test_examples", r.examples)
                           .add("test_accuracy_masked", r.acc_masked)
                           .add("test_accuracy_compact", r.acc_compact)
@@ -163,15 +178,20 @@ int cmd_compact(int argc, char** argv) {
                           .str() +
                           "\n");
     results.push_back(r);
-    std::fprintf(stderr, "level %d: %lld -> %lld parameters in %.2f ms, max logit difference %.3g\n", level,
-                 (long long)r.rep.params_before, (long long)r.rep.params_after, r.rep.milliseconds, r.max_logit_diff);
+    std::fprintf(stderr,
+                 "level %d: %lld -> %lld parameters (%lld weights, %lld biases, %lld in border tables) in %.2f ms, "
+                 "arena %.1f -> %.1f KiB per image, max logit difference %.3g\n",
+                 level, (long long)r.rep.params_before, (long long)r.rep.params_after, (long long)r.rep.split_after.weights,
+                 (long long)r.rep.split_after.biases, (long long)r.rep.split_after.tables, r.rep.milliseconds,
+                 r.arena_masked / 1024.0, r.arena_compact / 1024.0, r.max_logit_diff);
   }
 
   // The summary table, also written as compaction.md.
   std::ostringstream md;
-  md << "| level | params | surviving weights | compact params | x smaller | FLOPs | compact FLOPs | file bytes | compact bytes | "
-        "test acc masked | test acc compact | max logit diff | compact ms |\n"
-     << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  md << "| level | params | surviving weights | compact params | weights | biases | tables | x smaller | FLOPs | "
+        "compact FLOPs | file bytes | compact bytes | arena/image | compact arena/image | test acc masked | "
+        "test acc compact | max logit diff | compact ms |\n"
+     << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   std::string json = "[";
   char buf[512];
   // The summary covers every compacted level on disk, not only those of this call.
@@ -192,6 +212,13 @@ int cmd_compact(int argc, char** argv) {
     r.rep.params_before = static_cast<int64_t>(num("params_before"));
     r.rep.nonzero_before = static_cast<int64_t>(num("nonzero_weights_before"));
     r.rep.params_after = static_cast<int64_t>(num("params_after"));
+    // Files written before the split and the arena were reported: "-" in the table.
+    auto opt = [&](const char* key) { return kv.find(key) ? static_cast<int64_t>(num(key)) : int64_t(-1); };
+    r.rep.split_after.weights = opt("weights_after");
+    r.rep.split_after.biases = opt("biases_after");
+    r.rep.split_after.tables = opt("tables_after");
+    r.arena_masked = opt("arena_bytes_per_image_before");
+    r.arena_compact = opt("arena_bytes_per_image_after");
     r.rep.macs_before = static_cast<int64_t>(num("flops_before")) / 2;
     r.rep.macs_after = static_cast<int64_t>(num("flops_after")) / 2;
     r.rep.milliseconds = num("compact_ms");
@@ -204,12 +231,22 @@ int cmd_compact(int argc, char** argv) {
   }
   for (size_t i = 0; i < all.size(); ++i) {
     const LevelCompaction& r = all[i];
-    std::snprintf(buf, sizeof buf, "| %d | %lld | %lld | %lld | %.2f | %lld | %lld | %lld | %lld | %.2f%% | %.2f%% | %.2g | %.2f |\n",
+    auto count = [](int64_t v) { return v < 0 ? std::string("-") : std::to_string(v); };
+    auto kib = [](int64_t v) {
+      char t[32];
+      std::snprintf(t, sizeof t, "%.1f KiB", v / 1024.0);
+      return v < 0 ? std::string("-") : std::string(t);
+    };
+    std::snprintf(buf, sizeof buf,
+                  "| %d | %lld | %lld | %lld | %s | %s | %s | %.2f | %lld | %lld | %lld | %lld | %s | %s | %.2f%% | %.2f%% | "
+                  "%.2g | %.2f |\n",
                   r.level, (long long)r.rep.params_before, (long long)r.rep.nonzero_before, (long long)r.rep.params_after,
+                  count(r.rep.split_after.weights).c_str(), count(r.rep.split_after.biases).c_str(),
+                  count(r.rep.split_after.tables).c_str(),
                   double(r.rep.params_before) / std::max<int64_t>(1, r.rep.params_after),
                   (long long)(2 * r.rep.macs_before), (long long)(2 * r.rep.macs_after), (long long)r.bytes_masked,
-                  (long long)r.bytes_compact, 100 * r.acc_masked, 100 * r.acc_compact, double(r.max_logit_diff),
-                  r.rep.milliseconds);
+                  (long long)r.bytes_compact, kib(r.arena_masked).c_str(), kib(r.arena_compact).c_str(),
+                  100 * r.acc_masked, 100 * r.acc_compact, double(r.max_logit_diff), r.rep.milliseconds);
     md << buf;
     if (i) json += ",\n ";
     json += read_text(imp_level_dir(run, chain, r.level) + "/compact.json");

@@ -53,7 +53,8 @@ void valid_range(int pad, int r, int stride, int size, int out, int* lo, int* hi
 }
 
 // y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*stride - pad + r, q*stride - pad + s]
-//              (+ pos_bias[k,p,q]), then ReLU when fused; x reads zero outside the image.
+//              (+ pos_bias[k, row class of p, column class of q]), then ReLU when fused;
+//              x reads zero outside the image.
 // Two loop orders, by output width. Wide maps: one output plane at a time, one weight at a
 // time, so the inner loop runs along an output row (contiguous, vectorisable at stride 1) and
 // pruned (zero) weights are skipped. Narrow maps (rows of fewer than 8 values, the deep layers
@@ -117,8 +118,16 @@ void conv2d(const Node& nd, int N, int C, int H, int W, int P, int Q, const floa
         }
       }
       if (nd.pos_bias) {
-        const float* pb = nd.pos_bias + int64_t(k) * plane;  // (P, Q)
-        for (int64_t i = 0; i < plane; ++i) yk[i] += pb[i];
+        const int TR = nd.pos_row_class ? nd.pos_rows : P, TC = nd.pos_col_class ? nd.pos_cols : Q;
+        const float* tk = nd.pos_bias + int64_t(k) * TR * TC;  // (TR, TC)
+        for (int p = 0; p < P; ++p) {
+          const float* trow = tk + int64_t(nd.pos_row_class ? nd.pos_row_class[p] : p) * TC;  // (TC)
+          float* yrow = yk + int64_t(p) * Q;                                                  // (Q)
+          if (nd.pos_col_class)
+            for (int q = 0; q < Q; ++q) yrow[q] += trow[nd.pos_col_class[q]];
+          else
+            for (int q = 0; q < Q; ++q) yrow[q] += trow[q];
+        }
       }
       if (nd.fused_relu)
         for (int64_t i = 0; i < plane; ++i) yk[i] = yk[i] > 0.0f ? yk[i] : 0.0f;
@@ -228,6 +237,20 @@ Status infer_node(const Graph& g, int i, NodePlan* plan, char* err, size_t len) 
                     nd.pos_w, y.h, y.w);
       if ((!nd.weight && int64_t(nd.out_ch) * nd.in_ch > 0) || (!nd.pos_bias && nd.pos_h > 0 && nd.out_ch > 0))
         return fail(err, len, kErrGraph, nd, "missing weights");
+      if (nd.pos_h > 0 && (!nd.pos_row_class) != (!nd.pos_col_class))
+        return fail(err, len, kErrGraph, nd, "border table: row classes and column classes come together");
+      if (nd.pos_h > 0 && nd.pos_row_class) {
+        if (nd.pos_rows < 1 || nd.pos_cols < 1)
+          return fail(err, len, kErrGraph, nd, "border table of %dx%d classes", nd.pos_rows, nd.pos_cols);
+        for (int p = 0; p < nd.pos_h; ++p)
+          if (nd.pos_row_class[p] < 0 || nd.pos_row_class[p] >= nd.pos_rows)
+            return fail(err, len, kErrGraph, nd, "border table: row %d has class %d, not in [0, %d)", p,
+                        nd.pos_row_class[p], nd.pos_rows);
+        for (int q = 0; q < nd.pos_w; ++q)
+          if (nd.pos_col_class[q] < 0 || nd.pos_col_class[q] >= nd.pos_cols)
+            return fail(err, len, kErrGraph, nd, "border table: column %d has class %d, not in [0, %d)", q,
+                        nd.pos_col_class[q], nd.pos_cols);
+      }
       return kOk;
     }
     case Op::BatchNorm:
@@ -266,9 +289,30 @@ Status infer_node(const Graph& g, int i, NodePlan* plan, char* err, size_t len) 
       return kOk;
     case Op::Add: {
       const NodePlan& b = plan[nd.in1];
-      if (b.rank != x.rank || b.c != x.c || b.h != x.h || b.w != x.w)
-        return fail(err, len, kErrGraph, nd, "operand shapes differ: (%d, %d, %d) vs (%d, %d, %d)", x.c, x.h, x.w, b.c,
-                    b.h, b.w);
+      if (nd.out_ch == 0) {
+        if (b.rank != x.rank || b.c != x.c || b.h != x.h || b.w != x.w)
+          return fail(err, len, kErrGraph, nd, "operand shapes differ: (%d, %d, %d) vs (%d, %d, %d)", x.c, x.h, x.w,
+                      b.c, b.h, b.w);
+        return kOk;
+      }
+      if (nd.out_ch < 0 || b.rank != x.rank || b.h != x.h || b.w != x.w)
+        return fail(err, len, kErrGraph, nd, "operands (%d, %d, %d) and (%d, %d, %d) do not join into %d channels", x.c,
+                    x.h, x.w, b.c, b.h, b.w, nd.out_ch);
+      const NodePlan* ins[2] = {&x, &b};
+      const int32_t* maps[2] = {nd.map0, nd.map1};
+      for (int s = 0; s < 2; ++s) {
+        if (!maps[s]) {
+          if (ins[s]->c != nd.out_ch)
+            return fail(err, len, kErrGraph, nd, "input %d has %d channels; without a channel map it needs %d", s,
+                        ins[s]->c, nd.out_ch);
+          continue;
+        }
+        for (int c = 0; c < ins[s]->c; ++c)
+          if (maps[s][c] < 0 || maps[s][c] >= nd.out_ch || (c > 0 && maps[s][c] <= maps[s][c - 1]))
+            return fail(err, len, kErrGraph, nd, "channel map %d: entry %d is %d; it must ascend within [0, %d)", s, c,
+                        maps[s][c], nd.out_ch);
+      }
+      y.c = nd.out_ch;
       return kOk;
     }
     case Op::Input: break;
@@ -329,7 +373,7 @@ Status plan_graph(const Graph& g, NodePlan* plan, int64_t* floats_per_image, cha
     set_error(err, err_len, "graph: output node %d is not a layer of the %d-node graph", g.output, n);
     return kErrGraph;
   }
-  plan[0] = NodePlan{4, g.in_c, g.in_h, g.in_w, 0, 0};
+  plan[0] = NodePlan{4, g.in_c, g.in_h, g.in_w, 0, 0, 0};
   for (int i = 1; i < n; ++i) {
     Status s = infer_node(g, i, plan, err, err_len);
     if (s != kOk) return s;
@@ -342,47 +386,71 @@ Status plan_graph(const Graph& g, NodePlan* plan, int64_t* floats_per_image, cha
     if (nd.op == Op::Add) plan[nd.in1].last_use = i;
   }
   plan[g.output].last_use = n;
-  // First fit: each output goes to the lowest offset that overlaps no buffer still alive when
-  // it is written, its own inputs included, except that an elementwise node (relu, batchnorm,
-  // add, flatten) writes over an input that nothing reads later: that halves the memory of the
-  // conv-batchnorm-relu chains of a dense graph. The input images stay in the caller's memory.
-  int64_t total = 0;
+  // Buffers: an elementwise node (relu, batchnorm, add, flatten) writes over an input that
+  // nothing reads later (that halves the memory of the conv-batchnorm-relu chains of a dense
+  // graph), so such chains share one buffer, a group named by its first node, alive from that
+  // node to the last reader of any member. Groups are placed largest first, each at the lowest
+  // offset that overlaps no placed group alive at the same time ("greedy by size"): big maps
+  // claim the low offsets and smaller ones fill the gaps between them, so that slimming some
+  // layers (a compacted model) never scatters the big maps. The input images stay in the
+  // caller's memory.
   for (int i = 1; i < n; ++i) {
     const int64_t size = round_up4(plan_numel(plan[i]));
-    plan[i].offset = 0;
-    if (size == 0) continue;
+    plan[i].group = i;
+    plan[i].offset = -1;  // not placed yet
     const Node& nd = g.nodes[i];
     const Op op = nd.op;
-    if (op == Op::ReLU || op == Op::BatchNorm || op == Op::Add || op == Op::Flatten) {
-      int reuse = -1;
+    if (size > 0 && (op == Op::ReLU || op == Op::BatchNorm || op == Op::Add || op == Op::Flatten)) {
       const int32_t inputs[2] = {nd.in0, op == Op::Add ? nd.in1 : -1};
       for (int32_t in : inputs)
-        if (reuse < 0 && in > 0 && plan[in].last_use == i && round_up4(plan_numel(plan[in])) == size) reuse = in;
-      if (reuse > 0) {
-        plan[i].offset = plan[reuse].offset;
-        continue;
-      }
+        if (plan[i].group == i && in > 0 && plan[in].last_use == i && plan_numel(plan[in]) == plan_numel(plan[i]))
+          plan[i].group = plan[in].group;
     }
+  }
+  // The last node that reads a member of group L.
+  auto group_end = [&](int L) {
+    int32_t end = L;
+    for (int j = L; j < n; ++j)
+      if (plan[j].group == L && plan[j].last_use > end) end = plan[j].last_use;
+    return end;
+  };
+  int64_t total = 0;
+  for (;;) {
+    int L = -1;  // the largest group not placed yet (the earliest among equals)
+    int64_t size = 0;
+    for (int i = 1; i < n; ++i) {
+      const int64_t s = round_up4(plan_numel(plan[i]));
+      if (plan[i].group == i && plan[i].offset < 0 && (L < 0 || s > size)) L = i, size = s;
+    }
+    if (L < 0) break;
+    if (size == 0) {
+      plan[L].offset = 0;
+      continue;
+    }
+    const int32_t end = group_end(L);
+    // Candidates: 0 and the end of every placed group alive with L; the lowest that fits wins.
     int64_t best = -1;
-    // Candidates: 0 and the end of every live buffer; the lowest that fits wins.
-    for (int cand = 0; cand < i; ++cand) {
+    for (int cand = 0; cand < n; ++cand) {
       int64_t at = 0;
       if (cand > 0) {
-        if (plan[cand].last_use < i || plan_numel(plan[cand]) == 0) continue;
+        if (plan[cand].group != cand || plan[cand].offset < 0) continue;
+        if (cand > end || group_end(cand) < L) continue;  // never alive with L
         at = plan[cand].offset + round_up4(plan_numel(plan[cand]));
       }
       if (best >= 0 && at >= best) continue;
       bool fits = true;
-      for (int j = 1; j < i && fits; ++j) {
-        if (plan[j].last_use < i || plan_numel(plan[j]) == 0) continue;
+      for (int j = 1; j < n && fits; ++j) {
+        if (plan[j].group != j || plan[j].offset < 0 || j == L) continue;
+        if (j > end || group_end(j) < L) continue;
         const int64_t lo = plan[j].offset, hi = lo + round_up4(plan_numel(plan[j]));
         if (at < hi && lo < at + size) fits = false;
       }
       if (fits) best = at;
     }
-    plan[i].offset = best;
+    plan[L].offset = best;
     if (best + size > total) total = best + size;
   }
+  for (int i = 1; i < n; ++i) plan[i].offset = plan[plan[i].group].offset;
   *floats_per_image = total;
   return kOk;
 }
@@ -458,7 +526,39 @@ Status engine_run(Engine* e, const float* input, int32_t batch, float* output) {
       case Op::Linear: linear(nd, N, x, y); break;
       case Op::Add: {
         const float* b = buffer(nd.in1);
-        for (int64_t k = 0; k < y_numel; ++k) y[k] = x[k] + b[k];
+        if (nd.out_ch == 0) {
+          for (int64_t k = 0; k < y_numel; ++k) y[k] = x[k] + b[k];
+          break;
+        }
+        // y = base + bias, base the input without a map (the one y may share memory with);
+        // then each mapped input added into its channels.
+        const float* xs[2] = {x, b};
+        const int32_t* maps[2] = {nd.map0, nd.map1};
+        const int32_t chans[2] = {plan[nd.in0].c, plan[nd.in1].c};
+        const int C = nd.out_ch;
+        const int64_t plane = C > 0 ? y_numel / (int64_t(N) * C) : 0;
+        int base = !maps[0] ? 0 : !maps[1] ? 1 : -1;
+        if (base == 0 && !maps[1] && xs[1] == y) base = 1;
+        for (int n = 0; n < N; ++n)
+          for (int k = 0; k < C; ++k) {
+            float* yk = y + (int64_t(n) * C + k) * plane;                                   // (plane)
+            const float bk = nd.bias ? nd.bias[k] : 0.0f;
+            if (base < 0) {
+              for (int64_t q = 0; q < plane; ++q) yk[q] = bk;
+            } else {
+              const float* xk = xs[base] + (int64_t(n) * C + k) * plane;
+              for (int64_t q = 0; q < plane; ++q) yk[q] = xk[q] + bk;
+            }
+          }
+        for (int s = 0; s < 2; ++s) {
+          if (s == base) continue;
+          for (int n = 0; n < N; ++n)
+            for (int c = 0; c < chans[s]; ++c) {
+              const float* xc = xs[s] + (int64_t(n) * chans[s] + c) * plane;                       // (plane)
+              float* yk = y + (int64_t(n) * C + (maps[s] ? maps[s][c] : c)) * plane;              // (plane)
+              for (int64_t q = 0; q < plane; ++q) yk[q] += xc[q];
+            }
+        }
         break;
       }
       case Op::Input: break;

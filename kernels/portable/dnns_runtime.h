@@ -53,13 +53,24 @@ struct Node {
   int32_t kernel_h, kernel_w;  // conv kernel; pools: the square window in kernel_h
   int32_t stride, pad;         // conv: both; pools: stride (no padding)
   int32_t fused_relu;          // conv: 1 = ReLU applied to its output
-  int32_t pos_h, pos_w;        // conv: per-position bias (out_ch, pos_h, pos_w); 0 = none
+  int32_t pos_h, pos_w;        // conv: output size its border table covers; 0 = no table
   float eps;                   // batchnorm
   const float* weight;         // conv (K, C, kh, kw); linear (out, in); batchnorm gamma (C)
   const float* bias;           // conv, linear (K) or nullptr; batchnorm beta (C)
-  const float* pos_bias;       // conv (K, pos_h, pos_w) or nullptr
+  const float* pos_bias;       // conv border table (K, pos_rows, pos_cols) or nullptr
   const float* mean;           // batchnorm running mean (C)
   const float* var;            // batchnorm running variance (C)
+  // conv border table: y[n, k, p, q] += pos_bias[k, pos_row_class[p], pos_col_class[q]], with
+  // pos_rows x pos_cols classes. nullptr class lists: one class per row and column (a full
+  // (K, pos_h, pos_w) map, as model files from before the tables hold).
+  const int32_t* pos_row_class;  // (pos_h) or nullptr
+  const int32_t* pos_col_class;  // (pos_w) or nullptr
+  int32_t pos_rows, pos_cols;
+  // add with out_ch > 0 (a compacted residual join): y[n, k] = bias[k] (bias may be nullptr)
+  // plus, for each input, its channel c added into channel map[c] (strictly ascending; nullptr:
+  // the identity, the input has out_ch channels). out_ch = 0: the plain sum of two equal shapes.
+  const int32_t* map0;  // (channels of in0) or nullptr
+  const int32_t* map1;  // (channels of in1) or nullptr
 };
 
 struct Graph {
@@ -75,10 +86,12 @@ struct NodePlan {
   int32_t c, h, w;  // output shape per image
   int64_t offset;   // per-image float offset of its output in the arena (scaled by the batch)
   int32_t last_use; // index of the last node that reads it (num_nodes for the output)
+  int32_t group;    // the node whose buffer it writes (itself, or an input it runs in place over)
 };
 
 // Infers and validates every node's output shape and assigns arena offsets so that buffers
-// whose lifetimes overlap never share memory. plan: num_nodes entries. *floats_per_image: the
+// whose lifetimes overlap never share memory (largest buffers first, each at the lowest
+// offset free for its lifetime). plan: num_nodes entries. *floats_per_image: the
 // arena one image needs (a batch of N needs N times as much).
 Status plan_graph(const Graph& g, NodePlan* plan, int64_t* floats_per_image, char* err, size_t err_len);
 
@@ -113,6 +126,7 @@ struct LoadedModel {
   Node* nodes = nullptr;
   char* text = nullptr;      // the graph spec, split into the node names
   float* weights = nullptr;  // every tensor the graph uses, 4-byte aligned, host byte order
+  int32_t* classes = nullptr;  // the border tables' row and column classes (conv pos_rows, pos_cols)
   int64_t num_weights = 0;
   char error[512] = {0};
 };

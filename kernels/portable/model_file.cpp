@@ -77,7 +77,10 @@ struct Loading {
   int num_nodes = 0;
   float* weights = nullptr;
   NodePlan* plan = nullptr;
+  int32_t* classes = nullptr;  // border-table classes of every conv, one after another
+  int64_t num_classes = 0;
   ~Loading() {
+    std::free(classes);
     std::free(tensors);
     std::free(spans);
     std::free(text);
@@ -108,6 +111,24 @@ bool parse_int(const char* s, int32_t* out) {
   if (errno != 0 || *end != '\0' || v < -2147483647LL - 1 || v > 2147483647LL) return false;
   *out = int32_t(v);
   return true;
+}
+
+// Parses a border table's classes "0,1,1,2" (exactly `want` of them, each in [0, want)) into
+// out; *count = the largest class + 1. False on anything else.
+bool parse_classes(const char* s, int32_t want, int32_t* out, int32_t* count, int32_t bound = -1) {
+  if (bound < 0) bound = want;
+  int32_t n = 0, top = -1;
+  for (const char* p = s;; ++p) {
+    const char* start = p;
+    long long v = 0;
+    while (*p >= '0' && *p <= '9' && v <= 2147483647LL) v = v * 10 + (*p++ - '0');
+    if (p == start || v >= bound || n == want || (*p != ',' && *p != '\0')) return false;
+    out[n++] = int32_t(v);
+    if (v > top) top = int32_t(v);
+    if (*p == '\0') break;
+  }
+  *count = top + 1;
+  return n == want;
 }
 
 // key=value attributes of one spec line (pointers into the line, terminated in place).
@@ -296,6 +317,19 @@ Status find_tensor(Loading& L, const char* node, const char* param, int ndim, co
   return L.fail(kErrFormat, "tensor '%s' is missing", name);
 }
 
+// Room for `count` more integers of the spec's lists (border-table classes, channel maps) in
+// L.classes, allocated on first use: every entry takes at least two characters ("0,").
+Status class_room(Loading& L, uint64_t spec_len, int64_t count, int lineno, const char* name) {
+  const int64_t capacity = int64_t(spec_len) / 2 + 2;
+  if (!L.classes) {
+    L.classes = static_cast<int32_t*>(std::malloc(size_t(capacity) * sizeof(int32_t)));
+    if (!L.classes) return L.fail(kErrMemory, "cannot allocate the graph's integer lists");
+  }
+  if (count < 0 || L.num_classes + count > capacity)
+    return L.fail(kErrGraph, "graph spec line %d: '%s': its sizes do not match its integer lists", lineno, name);
+  return kOk;
+}
+
 // Parses the graph spec (nn/model.cpp: Model::spec) into L.nodes. Names point into L.text.
 Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
   if (std::memchr(spec, '\0', size_t(spec_len))) return L.fail(kErrGraph, "graph spec: holds a NUL byte");
@@ -355,9 +389,9 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
     if (find_node(name) >= 0) return L.fail(kErrGraph, "graph spec line %d: duplicate node name '%s'", lineno, name);
     // The attributes each kind takes (nn/layers.cpp: make_layer): any other would change the
     // layer's meaning, so it is refused, as is an attribute given twice.
-    static const char* const kKnown[][12] = {
+    static const char* const kKnown[][14] = {
         {"input", "shape"},
-        {"conv", "inputs", "in", "out", "kh", "kw", "stride", "pad", "bias", "relu", "pos_h", "pos_w"},
+        {"conv", "inputs", "in", "out", "kh", "kw", "stride", "pad", "bias", "relu", "pos_h", "pos_w", "pos_rows", "pos_cols"},
         {"batchnorm", "inputs", "channels", "eps", "momentum"},
         {"maxpool", "inputs", "kernel", "stride"},
         {"avgpool", "inputs", "kernel", "stride"},
@@ -365,7 +399,7 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
         {"relu", "inputs"},
         {"global_avgpool", "inputs"},
         {"flatten", "inputs"},
-        {"add", "inputs"}};
+        {"add", "inputs", "channels", "map0", "map1", "bias"}};
     const char* const* known = nullptr;
     for (const auto& k : kKnown)
       if (std::strcmp(k[0], kind) == 0) known = k;
@@ -377,7 +411,7 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
       *eq = '\0';
       if (a.find(tok[t])) return L.fail(kErrGraph, "graph spec line %d: %s '%s': attribute '%s' given twice", lineno, kind, name, tok[t]);
       bool ok = false;
-      for (int k = 1; k < 12 && known[k]; ++k) ok = ok || std::strcmp(known[k], tok[t]) == 0;
+      for (int k = 1; k < 14 && known[k]; ++k) ok = ok || std::strcmp(known[k], tok[t]) == 0;
       if (!ok) return L.fail(kErrGraph, "graph spec line %d: %s '%s': unknown attribute '%s'", lineno, kind, name, tok[t]);
       a.keys[a.count] = tok[t];
       a.values[a.count++] = eq + 1;
@@ -427,6 +461,23 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
       L.has_bias[L.num_nodes] = attr("bias", true, 0) != 0;
       nd.fused_relu = attr("relu", false, 0) != 0;
       nd.pos_h = attr("pos_h", false, 0), nd.pos_w = attr("pos_w", false, 0);
+      // A border table's classes; without them the table is a full (K, pos_h, pos_w) map.
+      const char* rows = a.find("pos_rows");
+      const char* cols = a.find("pos_cols");
+      if (st == kOk && (rows || cols)) {
+        if (!rows || !cols || nd.pos_h < 1 || nd.pos_w < 1)
+          return L.fail(kErrGraph, "graph spec line %d: conv '%s': pos_rows and pos_cols come together, with pos_h and pos_w",
+                        lineno, name);
+        if (Status cs = class_room(L, spec_len, int64_t(nd.pos_h) + nd.pos_w, lineno, name); cs != kOk) return cs;
+        int32_t* r = L.classes + L.num_classes;
+        int32_t* c = r + nd.pos_h;
+        if (!parse_classes(rows, nd.pos_h, r, &nd.pos_rows) || !parse_classes(cols, nd.pos_w, c, &nd.pos_cols))
+          return L.fail(kErrGraph,
+                        "graph spec line %d: conv '%s': pos_rows/pos_cols must list pos_h/pos_w classes, each in [0, pos_h/pos_w)",
+                        lineno, name);
+        nd.pos_row_class = r, nd.pos_col_class = c;
+        L.num_classes += nd.pos_h + nd.pos_w;
+      }
     } else if (std::strcmp(kind, "batchnorm") == 0) {
       nd.op = Op::BatchNorm;
       nd.in_ch = nd.out_ch = attr("channels", true, 0);
@@ -448,6 +499,28 @@ Status parse_spec(Loading& L, const char* spec, uint64_t spec_len, Graph* g) {
       nd.op = Op::Flatten;
     } else if (std::strcmp(kind, "add") == 0) {
       nd.op = Op::Add;
+      // A compacted residual join: channels, channel maps (ascending output channels, one per
+      // input channel) and a bias.
+      if (a.find("channels")) {
+        nd.out_ch = attr("channels", true, 0);
+        L.has_bias[L.num_nodes] = attr("bias", false, 0) != 0;
+        const char* lists[2] = {a.find("map0"), a.find("map1")};
+        const int32_t** slots[2] = {&nd.map0, &nd.map1};
+        for (int s = 0; s < 2 && st == kOk; ++s) {
+          if (!lists[s]) continue;
+          int32_t count = 1;
+          for (const char* p = lists[s]; *p; ++p) count += *p == ',';
+          if (Status cs = class_room(L, spec_len, count, lineno, name); cs != kOk) return cs;
+          int32_t* out = L.classes + L.num_classes;
+          int32_t top = 0;
+          // Entries in [0, count * big): the planner checks them against the channel count.
+          if (nd.out_ch < 1 || !parse_classes(lists[s], count, out, &top, nd.out_ch))
+            return L.fail(kErrGraph, "graph spec line %d: add '%s': map%d must list channels in [0, %d)", lineno, name, s,
+                          nd.out_ch);
+          *slots[s] = out;
+          L.num_classes += count;
+        }
+      }
     } else if (std::strcmp(kind, "linear") == 0) {
       nd.op = Op::Linear;
       nd.in_ch = attr("in", true, 0), nd.out_ch = attr("out", true, 0);
@@ -505,9 +578,14 @@ Status attach_tensors(Loading& L, int64_t* num_weights) {
       if (nd.op == Op::Conv) {
         w[nw++] = {&nd, "weight", 4, {K, C, nd.kernel_h, nd.kernel_w}, &nd.weight, true};
         if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true};
-        if (nd.pos_h > 0) w[nw++] = {&nd, "pos_bias", 3, {K, nd.pos_h, nd.pos_w}, &nd.pos_bias, true};
+        if (nd.pos_h > 0)
+          w[nw++] = {&nd, "pos_bias", 3,
+                     {K, nd.pos_row_class ? nd.pos_rows : nd.pos_h, nd.pos_col_class ? nd.pos_cols : nd.pos_w},
+                     &nd.pos_bias, true};
       } else if (nd.op == Op::Linear) {
         w[nw++] = {&nd, "weight", 2, {K, C}, &nd.weight, true};
+        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true};
+      } else if (nd.op == Op::Add) {
         if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true};
       } else if (nd.op == Op::BatchNorm) {
         w[nw++] = {&nd, "weight", 1, {C}, &nd.weight, true};
@@ -594,6 +672,7 @@ Status load_model_memory(const unsigned char* data, size_t size, const char* whe
   m->nodes = L.nodes, L.nodes = nullptr;
   m->text = L.text, L.text = nullptr;
   m->weights = L.weights, L.weights = nullptr;
+  m->classes = L.classes, L.classes = nullptr;
   m->num_weights = num_weights;
   m->error[0] = '\0';
   return kOk;
@@ -629,6 +708,7 @@ void free_model(LoadedModel* m) {
   std::free(m->nodes);
   std::free(m->text);
   std::free(m->weights);
+  std::free(m->classes);
   *m = LoadedModel{};
 }
 

@@ -74,15 +74,15 @@ std::vector<float> run(const std::vector<Node>& nodes, int output, int c, int h,
   return y;
 }
 
-Node input_node() { return Node{"input", Op::Input, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr}; }
+Node input_node() { return Node{"input", Op::Input, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr}; }
 
 Node conv_node(const char* name, int in, int C, int K, int R, int S, int stride, int pad, bool relu, const float* w,
                const float* b, int pos_h = 0, int pos_w = 0, const float* pb = nullptr) {
-  return Node{name, Op::Conv, in, -1, C, K, R, S, stride, pad, relu ? 1 : 0, pos_h, pos_w, 0.0f, w, b, pb, nullptr, nullptr};
+  return Node{name, Op::Conv, in, -1, C, K, R, S, stride, pad, relu ? 1 : 0, pos_h, pos_w, 0.0f, w, b, pb, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr};
 }
 
 Node simple_node(const char* name, Op op, int in0, int in1 = -1) {
-  return Node{name, op, in0, in1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return Node{name, op, in0, in1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr};
 }
 
 // The definition of a convolution, in double: the test's independent reference.
@@ -154,7 +154,7 @@ void test_conv_extras() {
                           conv_node("c0", 0, 1, 0, 3, 3, 1, 1, false, nullptr, nullptr),  // K = 0
                           conv_node("c1", 1, 0, 2, 3, 3, 1, 1, true, nullptr, b2, 2, 2, pb2),  // C = 0
                           simple_node("flat", Op::Flatten, 1),
-                          Node{"fc", Op::Linear, 3, -1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, fc_b, nullptr, nullptr, nullptr},
+                          Node{"fc", Op::Linear, 3, -1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, fc_b, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr},
                           simple_node("flat2", Op::Flatten, 2)};
   std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8};  // two 1x2x2 images
   std::vector<float> y2 = run(g2, 5, 1, 2, 2, x, 2);
@@ -170,7 +170,7 @@ void test_other_kernels() {
   std::vector<float> x(32);
   for (int i = 0; i < 32; ++i) x[i] = float(i % 7) - 3.0f + (i >= 16 ? 0.5f : 0.0f);
   const float gamma[2] = {2.0f, 0.5f}, beta[2] = {1.0f, -1.0f}, mean[2] = {1.0f, 0.0f}, var[2] = {3.0f, 0.0f};
-  Node bn{"bn", Op::BatchNorm, 0, -1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 1.0f, gamma, beta, nullptr, mean, var};
+  Node bn{"bn", Op::BatchNorm, 0, -1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 1.0f, gamma, beta, nullptr, mean, var, nullptr, nullptr, 0, 0, nullptr, nullptr};
   Node mp = simple_node("mp", Op::MaxPool, 2);
   mp.kernel_h = mp.kernel_w = 2, mp.stride = 2;
   Node ap = simple_node("ap", Op::AvgPool, 2);
@@ -184,7 +184,7 @@ void test_other_kernels() {
                          ap,
                          simple_node("sum", Op::Add, 3, 4),
                          simple_node("flat", Op::Flatten, 5),
-                         Node{"fc", Op::Linear, 6, -1, 8, 2, 0, 0, 0, 0, 0, 0, 0, 0.0f, w, b, nullptr, nullptr, nullptr},
+                         Node{"fc", Op::Linear, 6, -1, 8, 2, 0, 0, 0, 0, 0, 0, 0, 0.0f, w, b, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr},
                          simple_node("gap", Op::GlobalAvgPool, 2)};
   // The expected values straight from the definitions.
   float bnr[32], mpv[8], apv[8], sum[8];
@@ -262,7 +262,7 @@ void test_planner() {
   const float ones[8] = {1, 1, 1, 1, 1, 1, 1, 1}, zeros[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::vector<Node> chain = {input_node(), conv_node("c1", 0, 3, 8, 3, 3, 1, 1, false, w.data(), nullptr),
                              Node{"bn", Op::BatchNorm, 1, -1, 8, 8, 0, 0, 0, 0, 0, 0, 0, 1e-5f, ones, zeros, nullptr,
-                                  zeros, ones},
+                                  zeros, ones, nullptr, nullptr, 0, 0, nullptr, nullptr},
                              simple_node("relu", Op::ReLU, 2),
                              conv_node("c2", 3, 8, 8, 3, 3, 1, 1, false, w.data(), nullptr)};
   Graph cg{chain.data(), int32_t(chain.size()), 4, 3, 6, 6};
@@ -411,11 +411,11 @@ void test_model_file() {
                 find("conv1.pos_bias").data()),
       conv_node("conv2", 1, 3, 4, 3, 3, 2, 0, false, find("conv2.weight").data(), nullptr),
       Node{"bn", Op::BatchNorm, 2, -1, 4, 4, 0, 0, 0, 0, 0, 0, 0, 1e-5f, find("bn.weight").data(), find("bn.bias").data(),
-           nullptr, find("bn.running_mean").data(), find("bn.running_var").data()},
+           nullptr, find("bn.running_mean").data(), find("bn.running_var").data(), nullptr, nullptr, 0, 0, nullptr, nullptr},
       simple_node("relu", Op::ReLU, 3),
       simple_node("pool", Op::GlobalAvgPool, 4),
       Node{"fc", Op::Linear, 5, -1, 4, 3, 0, 0, 0, 0, 0, 0, 0, 0.0f, find("fc.weight").data(), find("fc.bias").data(),
-           nullptr, nullptr, nullptr}};
+           nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr}};
   std::vector<float> x = rng.fill(2 * 50);
   std::vector<float> want = run(g, 6, 2, 5, 5, x, 2);
   std::vector<Node> loaded(m.graph.nodes, m.graph.nodes + m.graph.num_nodes);
@@ -423,6 +423,51 @@ void test_model_file() {
   expect(got.size() == 6 && want.size() == 6 && max_abs_diff(got.data(), want.data(), 6) == 0.0f,
          "the loaded model computes what its weights define");
   free_model(&m);
+
+  // A border table: conv1's correction as a (3, 3, 3) table over row and column classes
+  // 0,1,1,1,2; it computes what the same table spread to a full (3, 5, 5) map computes.
+  {
+    std::string table_spec = spec;
+    table_spec.replace(table_spec.find("pos_h=5 pos_w=5"), 15,
+                       "pos_h=5 pos_w=5 pos_rows=0,1,1,1,2 pos_cols=0,1,1,1,2");
+    std::vector<float> table = rng.fill(27);  // (3, 3, 3)
+    const int cls[5] = {0, 1, 1, 1, 2};
+    std::vector<float> spread(75);  // (3, 5, 5)
+    for (int k = 0; k < 3; ++k)
+      for (int p = 0; p < 5; ++p)
+        for (int q = 0; q < 5; ++q) spread[(k * 5 + p) * 5 + q] = table[(k * 3 + cls[p]) * 3 + cls[q]];
+    std::vector<ArchiveBuilder::T> table_tensors = tensors;
+    for (auto& e : table_tensors)
+      if (e.name == "conv1.pos_bias") e.shape = {3, 3, 3}, e.data = table;
+    std::vector<unsigned char> tf = ArchiveBuilder().build("model", table_spec, table_tensors);
+    LoadedModel tm;
+    Status ts = load_model_memory(tf.data(), tf.size(), "table.dnns", &tm);
+    expect(ts == kOk && tm.nodes[1].pos_rows == 3 && tm.nodes[1].pos_cols == 3 && tm.nodes[1].pos_row_class &&
+               tm.nodes[1].pos_row_class[4] == 2,
+           "a model file with a border table loads", tm.error);
+    if (ts == kOk) {
+      std::vector<Node> full = g;
+      full[1].pos_bias = spread.data();
+      std::vector<float> want_t = run(full, 6, 2, 5, 5, x, 2);
+      std::vector<Node> tn(tm.graph.nodes, tm.graph.nodes + tm.graph.num_nodes);
+      std::vector<float> got_t = run(tn, tm.graph.output, 2, 5, 5, x, 2);
+      expect(got_t.size() == 6 && want_t.size() == 6 && max_abs_diff(got_t.data(), want_t.data(), 6) == 0.0f,
+             "a border table adds its value at every position of its classes");
+    }
+    free_model(&tm);
+    // Class lists that do not fit the conv are refused.
+    for (const char* bad_classes : {"pos_rows=0,1,1,2 pos_cols=0,1,1,1,2", "pos_rows=0,1,1,1,5 pos_cols=0,1,1,1,2",
+                                    "pos_rows=0,1,1,1,2", "pos_rows=0,1,x,1,2 pos_cols=0,1,1,1,2"}) {
+      std::string bs = spec;
+      bs.replace(bs.find("pos_h=5 pos_w=5"), 15, std::string("pos_h=5 pos_w=5 ") + bad_classes);
+      std::vector<unsigned char> bf = ArchiveBuilder().build("model", bs, table_tensors);
+      LoadedModel bm;
+      Status st = load_model_memory(bf.data(), bf.size(), "bad.dnns", &bm);
+      expect(st == kErrGraph && std::strstr(bm.error, "pos_rows") && bm.nodes == nullptr,
+             (std::string("border-table classes '") + bad_classes + "' are refused").c_str(), bm.error);
+      free_model(&bm);
+    }
+  }
 
   // Damaged and foreign files are refused with the right status and a message naming them.
   struct Bad {

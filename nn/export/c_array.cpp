@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <array>
 #include <sstream>
 
 #include "core/error.h"
@@ -174,7 +175,9 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
 
   // One array per parameter tensor; the node table refers to them by name.
   std::vector<std::vector<std::string>> refs(pg.nodes.size(), std::vector<std::string>(5, "nullptr"));
-  int arrays = 0;
+  std::vector<std::array<std::string, 2>> class_refs(pg.nodes.size(), {"nullptr", "nullptr"});
+  std::vector<std::array<std::string, 2>> map_refs(pg.nodes.size(), {"nullptr", "nullptr"});
+  int arrays = 0, class_arrays = 0;
   for (size_t i = 1; i < pg.nodes.size(); ++i) {
     const rt::Node& nd = pg.nodes[i];
     const int64_t K = nd.out_ch, C = nd.in_ch;
@@ -182,11 +185,14 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
     int64_t sizes[5] = {0, 0, 0, 0, 0};
     const char* labels[5] = {"weight", "bias", "pos_bias", "running_mean", "running_var"};
     if (nd.op == rt::Op::Conv) {
-      sizes[0] = K * C * nd.kernel_h * nd.kernel_w, sizes[1] = K, sizes[2] = K * nd.pos_h * nd.pos_w;
+      sizes[0] = K * C * nd.kernel_h * nd.kernel_w, sizes[1] = K;
+      sizes[2] = K * (nd.pos_row_class ? int64_t(nd.pos_rows) * nd.pos_cols : int64_t(nd.pos_h) * nd.pos_w);
     } else if (nd.op == rt::Op::Linear) {
       sizes[0] = K * C, sizes[1] = K;
     } else if (nd.op == rt::Op::BatchNorm) {
       for (int64_t& s : sizes) s = C;
+    } else if (nd.op == rt::Op::Add) {
+      sizes[1] = K;  // a compacted join's bias (out_ch channels)
     }
     for (int k = 0; k < 5; ++k) {
       if (!ptrs[k] || sizes[k] == 0) continue;
@@ -200,10 +206,41 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
       refs[i][k] = array;
       info.weight_floats += sizes[k];
     }
+    // A border table's row and column classes.
+    class_refs[i] = {"nullptr", "nullptr"};
+    if (nd.op == rt::Op::Conv && nd.pos_row_class) {
+      const int32_t* lists[2] = {nd.pos_row_class, nd.pos_col_class};
+      const int32_t lengths[2] = {nd.pos_h, nd.pos_w};
+      for (int k = 0; k < 2; ++k) {
+        const std::string array = name + "_c" + std::to_string(class_arrays++);
+        h << "// " << nd.name << (k == 0 ? ".pos_rows" : ".pos_cols") << ": border-table class of each output "
+          << (k == 0 ? "row" : "column") << "\n"
+          << "static const int32_t " << array << "[" << lengths[k] << "] = {";
+        for (int32_t e = 0; e < lengths[k]; ++e) h << (e % 16 == 0 ? "\n    " : " ") << lists[k][e] << ",";
+        h << "\n};\n";
+        class_refs[i][k] = array;
+      }
+    }
+    // A compacted join's channel maps.
+    map_refs[i] = {"nullptr", "nullptr"};
+    if (nd.op == rt::Op::Add && nd.out_ch > 0) {
+      const int32_t* maps[2] = {nd.map0, nd.map1};
+      const int32_t lengths[2] = {plan[nd.in0].c, plan[nd.in1].c};
+      for (int k = 0; k < 2; ++k) {
+        if (!maps[k]) continue;
+        const std::string array = name + "_c" + std::to_string(class_arrays++);
+        h << "// " << nd.name << ".map" << k << ": the output channel of each channel of input " << k << "\n"
+          << "static const int32_t " << array << "[" << lengths[k] << "] = {";
+        for (int32_t e = 0; e < lengths[k]; ++e) h << (e % 16 == 0 ? "\n    " : " ") << maps[k][e] << ",";
+        h << "\n};\n";
+        map_refs[i][k] = array;
+      }
+    }
   }
 
   h << "\n// name, op, in0, in1, in_ch, out_ch, kernel_h, kernel_w, stride, pad, fused_relu, pos_h, pos_w, eps,\n"
-    << "// weight, bias, pos_bias, mean, var (dnns_runtime.h: struct Node)\n"
+    << "// weight, bias, pos_bias, mean, var, pos_row_class, pos_col_class, pos_rows, pos_cols, map0, map1\n"
+    << "// (dnns_runtime.h: struct Node)\n"
     << "static const dnns::rt::Node " << name << "_nodes[" << pg.nodes.size() << "] = {\n";
   for (size_t i = 0; i < pg.nodes.size(); ++i) {
     const rt::Node& nd = pg.nodes[i];
@@ -212,7 +249,8 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
       << ", " << nd.pad << ", " << nd.fused_relu << ", " << nd.pos_h << ", " << nd.pos_w << ", "
       << float_literal(nd.eps, std::string(nd.name) + " eps");
     for (const std::string& r : refs[i]) h << ", " << r;
-    h << "},\n";
+    h << ", " << class_refs[i][0] << ", " << class_refs[i][1] << ", " << nd.pos_rows << ", " << nd.pos_cols << ", "
+      << map_refs[i][0] << ", " << map_refs[i][1] << "},\n";
   }
   h << "};\n\n"
     << "static const dnns::rt::Graph " << name << "_graph = {" << name << "_nodes, " << pg.nodes.size() << ", "

@@ -33,14 +33,18 @@ PortableGraph portable_graph(const Model& m);
 // memory the runtime planned for this batch.
 Tensor run_portable(const Model& m, const Tensor& x, int64_t* arena_bytes = nullptr);
 
+// Activation bytes the portable runtime plans for one image of the model (its arena per image).
+int64_t portable_arena_bytes(const Model& m);
+
 // ONNX export. Batchnorm is folded into the conv before it when that conv feeds only the
 // batchnorm (the zoo's conv-bn pairs; the exported graph is an inference graph); any other
-// batchnorm becomes a BatchNormalization node. Conv with fused ReLU -> Conv + Relu; a
-// per-position bias -> Add of a (1, K, P, Q) initializer; global_avgpool -> GlobalAveragePool +
+// batchnorm becomes a BatchNormalization node. Conv with fused ReLU -> Conv + Relu; a border
+// table -> its (1, K, row classes, column classes) initializer, spread to (1, K, P, Q) by two
+// Gathers of int64 class initializers (axis 2, then 3), then Add; global_avgpool -> GlobalAveragePool +
 // Flatten (our layer yields (N, C)); linear -> Gemm (transB = 1). Zero-channel tensors of a
 // compacted model never appear: ops on them are dropped, and a conv or linear layer with no
-// input channels (its output is its bias) becomes a constant initializer broadcast to the
-// batch by Expand. The batch dimension is symbolic ("N"); the graph's input and output are
+// input channels (its output is its bias) becomes a constant broadcast to the batch by Expand
+// (for a conv: its table, or one value per channel, spread by the Gathers). The batch dimension is symbolic ("N"); the graph's input and output are
 // named after the model's input and output nodes, initializers after the model's tensors.
 struct OnnxExportInfo {
   int nodes = 0;               // ONNX nodes written

@@ -236,7 +236,7 @@ std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
           std::vector<float> gamma = values(bn.gamma.value), beta = values(bn.beta.value);
           std::vector<float> mean = values(bn.running_mean), var = values(bn.running_var);
           const int64_t per_filter = K > 0 ? static_cast<int64_t>(w.size()) / K : 0;
-          const int64_t plane = P * Q;
+          const int64_t plane = c.table_rows() * c.table_cols();
           for (int k = 0; k < K; ++k) {
             const double s = gamma[k] / std::sqrt(double(var[k]) + double(bn.eps));
             for (int64_t j = 0; j < per_filter; ++j) w[k * per_filter + j] = float(w[k * per_filter + j] * s);
@@ -248,17 +248,31 @@ std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
           ++gb.info.folded_batchnorms;
         }
         const std::string& out_name = nodes[out].name;
+        // The border table (1, K, TR, TC) spread to (1, K, P, Q) by two Gathers of its row and
+        // column classes: exact, and only the table and the classes are stored.
+        auto spread = [&](const std::string& table_name, const std::vector<float>& table, int64_t TR, int64_t TC,
+                          const std::vector<int32_t>& rows, const std::vector<int32_t>& cols) {
+          std::string t = gb.initializer(table_name, {1, K, TR, TC}, table);
+          std::string r = gb.initializer_i64(name + ".pos_rows", std::vector<int64_t>(rows.begin(), rows.end()));
+          std::string cl = gb.initializer_i64(name + ".pos_cols", std::vector<int64_t>(cols.begin(), cols.end()));
+          gb.node("Gather", {t, r}, name + ":table_rows", {attr_int("axis", 2)});
+          gb.node("Gather", {name + ":table_rows", cl}, name + ":table", {attr_int("axis", 3)});
+          return name + ":table";
+        };
         if (c.in_channels == 0) {
-          // No input channels: the output is bias (+ per-position bias), then the ReLU, the
-          // same at every image. Exported as that constant broadcast to the batch.
-          std::vector<float> map(static_cast<size_t>(K * P * Q));
+          // No input channels: the output is bias (+ border table), then the ReLU, the same at
+          // every image: that table (one class when there is none), spread and broadcast to the batch.
+          const int64_t TR = pos.empty() ? 1 : c.table_rows(), TC = pos.empty() ? 1 : c.table_cols();
+          std::vector<float> table(static_cast<size_t>(K * TR * TC));
           for (int k = 0; k < K; ++k)
-            for (int64_t j = 0; j < P * Q; ++j) {
-              float v = b[k] + (pos.empty() ? 0.0f : pos[k * P * Q + j]);
-              map[k * P * Q + j] = c.fused_relu && !(v > 0.0f) ? 0.0f : v;
+            for (int64_t j = 0; j < TR * TC; ++j) {
+              float v = b[k] + (pos.empty() ? 0.0f : pos[k * TR * TC + j]);
+              table[k * TR * TC + j] = c.fused_relu && !(v > 0.0f) ? 0.0f : v;
             }
-          std::string cst = gb.initializer(name + ":constant", {1, K, P, Q}, map);
-          gb.node("Expand", {cst, gb.batch_ones_shape(input_name, 4)}, out_name);
+          std::string map = pos.empty() ? spread(name + ":constant", table, 1, 1, std::vector<int32_t>(P, 0),
+                                                 std::vector<int32_t>(Q, 0))
+                                        : spread(name + ":constant", table, TR, TC, c.pos_rows, c.pos_cols);
+          gb.node("Expand", {map, gb.batch_ones_shape(input_name, 4)}, out_name);
           ++gb.info.constant_layers;
           value[out] = out_name;
           break;
@@ -271,7 +285,7 @@ std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
                 {attr_ints("kernel_shape", {c.kernel_h, c.kernel_w}), attr_ints("strides", {c.stride, c.stride}),
                  attr_ints("pads", {c.pad, c.pad, c.pad, c.pad})});
         if (!pos.empty()) {
-          std::string pb = gb.initializer(name + ".pos_bias", {1, K, P, Q}, pos);
+          std::string pb = spread(name + ".pos_bias", pos, c.table_rows(), c.table_cols(), c.pos_rows, c.pos_cols);
           std::string z = c.fused_relu ? name + ":pos" : out_name;
           gb.node("Add", {y, pb}, z);
           y = z;
@@ -329,10 +343,43 @@ std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
         value[i] = name;
         break;
       }
-      case LayerKind::Add:
-        gb.node("Add", {x, value[node.inputs[1]]}, name);
+      case LayerKind::Add: {
+        const auto& a = static_cast<const Add&>(l);
+        if (!a.mapped()) {
+          gb.node("Add", {x, value[node.inputs[1]]}, name);
+          value[i] = name;
+          break;
+        }
+        // A compacted residual join: each mapped input gets a zero channel appended (Pad) and
+        // is spread to the output's channels by a Gather (axis 1) whose index names, per
+        // output channel, its input channel or that zero channel; then the sum and the bias.
+        const int C = a.channels;
+        const int rank = static_cast<int>(shapes[i].size());
+        std::string ins[2];
+        for (int s = 0; s < 2; ++s) {
+          ins[s] = value[node.inputs[s]];
+          if (a.map[s].empty()) continue;
+          const int64_t Cs = static_cast<int64_t>(a.map[s].size());
+          std::vector<int64_t> pads(2 * rank, 0);
+          pads[rank + 1] = 1;  // one channel at the end
+          const std::string tag = name + ":in" + std::to_string(s);
+          gb.node("Pad", {ins[s], gb.initializer_i64(tag + ":pads", pads)}, tag + ":padded");
+          std::vector<int64_t> index(C, Cs);
+          for (int64_t c = 0; c < Cs; ++c) index[a.map[s][c]] = c;
+          gb.node("Gather", {tag + ":padded", gb.initializer_i64(tag + ":map", index)}, tag, {attr_int("axis", 1)});
+          ins[s] = tag;
+        }
+        if (a.has_bias) {
+          Shape bshape(rank, 1);
+          bshape[1] = C;
+          gb.node("Add", {ins[0], ins[1]}, name + ":sum");
+          gb.node("Add", {name + ":sum", gb.initializer(name + ".bias", bshape, values(a.bias.value))}, name);
+        } else {
+          gb.node("Add", {ins[0], ins[1]}, name);
+        }
         value[i] = name;
         break;
+      }
     }
   }
   check(!value[out_node].empty(), "onnx export: internal: no value for the output node");

@@ -41,6 +41,10 @@ PortableGraph portable_graph(const Model& m) {
         r.weight = data_or_null(c.weight.value);
         r.bias = c.has_bias ? data_or_null(c.bias.value) : nullptr;
         r.pos_bias = c.pos_h > 0 ? data_or_null(c.pos_bias.value) : nullptr;
+        if (c.pos_h > 0) {
+          r.pos_row_class = c.pos_rows.data(), r.pos_col_class = c.pos_cols.data();
+          r.pos_rows = static_cast<int32_t>(c.table_rows()), r.pos_cols = static_cast<int32_t>(c.table_cols());
+        }
         break;
       }
       case LayerKind::BatchNorm: {
@@ -70,7 +74,17 @@ PortableGraph portable_graph(const Model& m) {
         r.bias = f.has_bias ? data_or_null(f.bias.value) : nullptr;
         break;
       }
-      case LayerKind::Add: r.op = rt::Op::Add; break;
+      case LayerKind::Add: {
+        const auto& a = static_cast<const Add&>(l);
+        r.op = rt::Op::Add;
+        if (a.mapped()) {
+          r.out_ch = a.channels;
+          r.map0 = a.map[0].empty() ? nullptr : a.map[0].data();
+          r.map1 = a.map[1].empty() ? nullptr : a.map[1].data();
+          r.bias = a.has_bias ? data_or_null(a.bias.value) : nullptr;
+        }
+        break;
+      }
     }
     pg.nodes.push_back(r);
   }
@@ -78,6 +92,16 @@ PortableGraph portable_graph(const Model& m) {
   pg.graph = rt::Graph{pg.nodes.data(), static_cast<int32_t>(pg.nodes.size()), m.output_node(),
                        static_cast<int32_t>(in[0]), static_cast<int32_t>(in[1]), static_cast<int32_t>(in[2])};
   return pg;
+}
+
+int64_t portable_arena_bytes(const Model& m) {
+  PortableGraph pg = portable_graph(m);
+  std::vector<rt::NodePlan> plan(pg.nodes.size());
+  int64_t per_image = 0;
+  char err[256];
+  check(rt::plan_graph(pg.graph, plan.data(), &per_image, err, sizeof err) == rt::kOk,
+        std::string("portable runtime: ") + err);
+  return per_image * static_cast<int64_t>(sizeof(float));
 }
 
 Tensor run_portable(const Model& m, const Tensor& x, int64_t* arena_bytes) {
