@@ -1,4 +1,6 @@
 #include "nn/layers.h"
+
+#include <cstdint>
 #include "nn/distributed.h"
 
 #include <algorithm>
@@ -677,14 +679,17 @@ static std::vector<int32_t> attr_ints(const std::map<std::string, std::string>& 
     size_t comma = s.find(',', at);
     if (comma == std::string::npos) comma = s.size();
     std::string part = s.substr(at, comma - at);
-    try {
-      size_t used = 0;
-      int v = std::stoi(part, &used);
-      check(used == part.size() && !part.empty(), "");
-      out.push_back(v);
-    } catch (...) {
-      throw Error(std::string("attribute '") + key + "' is not a list of integers: '" + s + "'");
+    // Plain digits only (class and channel indices are never negative; no '+', no spaces), as
+    // the portable runtime's reader takes them.
+    bool digits = !part.empty();
+    int64_t v = 0;
+    for (char ch : part) {
+      digits = digits && ch >= '0' && ch <= '9' && v <= INT32_MAX;
+      if (digits) v = v * 10 + (ch - '0');
     }
+    if (!digits || v > INT32_MAX)
+      throw Error(std::string("attribute '") + key + "' is not a list of non-negative integers: '" + s + "'");
+    out.push_back(static_cast<int32_t>(v));
     at = comma + 1;
   }
   return out;
