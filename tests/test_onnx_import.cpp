@@ -112,6 +112,22 @@ int position_bias_convs(const Model& m) {
   return c;
 }
 
+// The mapped residual joins of a model in node order: channels, maps, bias flag and values.
+struct MappedAdd {
+  int channels;
+  std::vector<int32_t> map0, map1;
+  bool has_bias;
+  std::vector<float> bias;
+};
+std::vector<MappedAdd> mapped_adds(const Model& m) {
+  std::vector<MappedAdd> v;
+  for (const Node& n : m.nodes())
+    if (auto* a = dynamic_cast<const Add*>(n.layer.get()); a && a->mapped())
+      v.push_back({a->channels, a->map[0], a->map[1], a->has_bias,
+                   a->has_bias ? a->bias.value.to_vector() : std::vector<float>()});
+  return v;
+}
+
 // The message of the Error `f` throws ("" when it throws none).
 template <typename F>
 std::string error_of(F&& f) {
@@ -274,8 +290,44 @@ TEST_CASE("onnx import: our own exports come back with the same logits") {
         CHECK(info.zero_weights == masked);
         CHECK(count_kind(back, LayerKind::BatchNorm) == 0);
       } else {
-        CHECK(info.folded_adds == position_bias_convs(compact));  // the border corrections return
+        // The border corrections come back as border tables, the residual joins' channel maps
+        // and biases as mapped Adds: nothing is folded away or spread out into a full map.
+        const std::vector<MappedAdd> want = mapped_adds(compact), got = mapped_adds(back);
+        int biased = 0;
+        for (const MappedAdd& a : want) biased += a.has_bias;
+        CHECK(info.folded_adds == position_bias_convs(compact) + biased);
         CHECK(position_bias_convs(back) == position_bias_convs(compact));
+        int tables = 0;
+        for (const Node& n : compact.nodes()) {
+          auto* conv = dynamic_cast<const Conv2d*>(n.layer.get());
+          if (!conv || conv->pos_h == 0) continue;
+          CAPTURE(n.name);
+          const int j = back.find(n.name);
+          REQUIRE(j >= 0);
+          auto* conv_back = dynamic_cast<const Conv2d*>(back.nodes()[j].layer.get());
+          REQUIRE(conv_back != nullptr);
+          CHECK(conv_back->pos_h == conv->pos_h);
+          CHECK(conv_back->pos_w == conv->pos_w);
+          CHECK(conv_back->table_rows() <= conv->table_rows());
+          CHECK(conv_back->table_cols() <= conv->table_cols());
+          tables += conv->table_rows() < conv->pos_h && conv_back->table_rows() < conv_back->pos_h;
+        }
+        REQUIRE(got.size() == want.size());
+        for (size_t k = 0; k < want.size(); ++k) {
+          CAPTURE(k);
+          CHECK(got[k].channels == want[k].channels);
+          CHECK(got[k].map0 == want[k].map0);
+          CHECK(got[k].map1 == want[k].map1);
+          CHECK(got[k].has_bias == want[k].has_bias);
+          REQUIRE(got[k].bias.size() == want[k].bias.size());
+          for (size_t c = 0; c < want[k].bias.size(); ++c) CHECK(got[k].bias[c] == doctest::Approx(want[k].bias[c]));
+        }
+        MESSAGE(c.name << " compact: " << position_bias_convs(compact) << " border-table convs (" << tables
+                       << " smaller than their map), " << want.size() << " mapped adds (" << biased << " with a bias)");
+        if (c.name == "resnet20") {  // the new forms really are in this model
+          CHECK(tables > 0);
+          CHECK(!want.empty());
+        }
       }
     }
   }

@@ -45,6 +45,13 @@ struct Val {
   Shape dims;             // tensors: per-image ONNX dims, (C, H, W) or (F)
   bool squeezed = false;  // the node holds (N, C) where ONNX has (N, C, 1, 1): GlobalAveragePool
   bool direct = false;    // the node's own output (not an alias): a constant Add may fold into it
+  // The channel spread of a compacted residual join (our exporter's Pad + Gather + Add):
+  // `padded`: the node's tensor with one zero channel appended (dims count it), readable only
+  // by a Gather along axis 1; `mapped`: that Gather's result, the node's channel c standing at
+  // channel map[c] of dims[0] (the others zero), readable only by an Add of two tensors.
+  bool padded = false;
+  bool mapped = false;
+  std::vector<int32_t> map;
 };
 
 std::string dtype_name(int t) {
@@ -291,7 +298,15 @@ class Importer {
     const Val& v = in(n, k);
     if (v.is_const)
       fail(n, "input '" + n.input(k) + "' is a constant; this op is supported only on tensors computed from the graph input");
+    if (v.padded || v.mapped) refuse_spread(n, n.input(k), v);
     return v;
+  }
+  // A reader other than the next step of the residual join's channel spread.
+  [[noreturn]] void refuse_spread(const onnx::NodeProto& n, const std::string& name, const Val& v) const {
+    fail(n, "reads '" + name + "', " +
+                (v.padded ? "a tensor padded by one channel, which only a Gather along axis 1 may read"
+                          : "a tensor spread over channels by a Gather, which only an Add of two tensors may read") +
+                " (the channel map of a residual join: Pad of one zero channel, Gather along axis 1, Add)");
   }
   const Const& const_in(const onnx::NodeProto& n, int k, bool want_float) const {
     const Val& v = in(n, k);
@@ -657,11 +672,18 @@ class Importer {
   void add(const onnx::NodeProto& n) {
     const Val& a = in(n, 0);
     const Val& b = in(n, 1);
+    for (int k = 0; k < 2; ++k) {
+      const Val& v = k == 0 ? a : b;
+      if (v.padded || (v.mapped && (a.is_const || b.is_const))) refuse_spread(n, n.input(k), v);
+    }
     if (!a.is_const && !b.is_const) {
       if (a.dims != b.dims || a.squeezed != b.squeezed)
         fail(n, "adds tensors of shapes " + batch_str(a.dims) + " and " + batch_str(b.dims) +
                     "; broadcasting between computed tensors is not supported");
-      Val v = add_layer(n, layer_name(n), std::make_unique<Add>(), {a.node, b.node});
+      // A residual join with channel maps: our Add puts each input's channels into place.
+      std::unique_ptr<Add> layer = a.mapped || b.mapped ? std::make_unique<Add>(int(a.dims[0]), a.map, b.map, false)
+                                                        : std::make_unique<Add>();
+      Val v = add_layer(n, layer_name(n), std::move(layer), {a.node, b.node});
       v.dims = a.dims, v.squeezed = a.squeezed;
       set_out(n, v);
       return;
@@ -674,13 +696,52 @@ class Importer {
     fold_bias(n, x, xname, c);
   }
 
+  // Gives `conv` the border table of a (K, P, Q) position bias: rows (and columns) that hold
+  // the same values at every channel and column (row) share a class, so the table is exact
+  // and as small as the map allows (our exporter's spread table comes back to its classes).
+  static void set_border_table(Conv2d& conv, const std::vector<float>& pos, int64_t P, int64_t Q) {
+    const int64_t K = conv.out_channels;
+    auto at = [&](int64_t k, int64_t p, int64_t q) { return pos[(k * P + p) * Q + q]; };
+    // classes[i] for i < n: the class of the first earlier i' whose slice equals i's, else a new one.
+    auto classes = [&](int64_t n, auto same, std::vector<int64_t>& first) {
+      std::vector<int32_t> cls(n);
+      for (int64_t i = 0; i < n; ++i) {
+        int32_t c = -1;
+        for (size_t r = 0; r < first.size() && c < 0; ++r)
+          if (same(first[r], i)) c = int32_t(r);
+        if (c < 0) c = int32_t(first.size()), first.push_back(i);
+        cls[i] = c;
+      }
+      return cls;
+    };
+    std::vector<int64_t> row_of, col_of;  // a representative row / column per class
+    std::vector<int32_t> rows = classes(P, [&](int64_t a, int64_t b) {
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t q = 0; q < Q; ++q)
+          if (!(at(k, a, q) == at(k, b, q))) return false;
+      return true;
+    }, row_of);
+    std::vector<int32_t> cols = classes(Q, [&](int64_t a, int64_t b) {
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t p = 0; p < P; ++p)
+          if (!(at(k, p, a) == at(k, p, b))) return false;
+      return true;
+    }, col_of);
+    conv.set_border_table(std::move(rows), std::move(cols));
+    const int64_t TR = int64_t(row_of.size()), TC = int64_t(col_of.size());
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t r = 0; r < TR; ++r)
+        for (int64_t c = 0; c < TC; ++c) conv.pos_bias.value[(k * TR + r) * TC + c] = at(k, row_of[r], col_of[c]);
+  }
+
   // x + c where x is the output of a conv or linear layer nobody else reads: c joins its
   // bias (per channel, or per position for a conv: what our exporter writes for a compacted
-  // model's border correction).
+  // model's border correction, which becomes the conv's border table), or of a residual join
+  // (per channel: the bias of a compacted join).
   void fold_bias(const onnx::NodeProto& n, const Val& x, const std::string& xname, const Const& c) {
     auto refuse = [&](const std::string& why) {
       fail(n, "adds a constant of shape " + shape_str(c.dims) + " to '" + xname + "': " + why +
-                  " (a constant Add is supported only as the bias of the Conv, Gemm or MatMul right before it)");
+                  " (a constant Add is supported only as the bias of the Conv, Gemm, MatMul or residual Add right before it)");
     };
     if (!x.direct || x.node <= 0 || uses_[xname] != 1) refuse("it is not the sole use of a layer's own output");
     Node& node = m_.nodes()[x.node];
@@ -703,8 +764,17 @@ class Importer {
       const bool per_channel = (cd[0] == K || cd[0] == 1) && cd[1] == 1 && cd[2] == 1;
       const bool per_position = cd == Shape{K, P, Q};
       if (!per_channel && !per_position) refuse("it is neither one value per channel nor a (K, P, Q) map");
+      if (cv->pos_h > 0 && (cv->pos_h != P || cv->pos_w != Q)) refuse("the conv's border table covers another output size");
       std::vector<float> bias = cv->has_bias ? cv->bias.value.to_vector() : std::vector<float>(K, 0.0f);
-      std::vector<float> pos = cv->pos_h > 0 ? cv->pos_bias.value.to_vector() : std::vector<float>();
+      std::vector<float> pos;  // (K, P, Q): the conv's border table spread out, or empty
+      if (cv->pos_h > 0) {
+        pos.resize(K * P * Q);
+        const int64_t TR = cv->table_rows(), TC = cv->table_cols();
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t p = 0; p < P; ++p)
+            for (int64_t q = 0; q < Q; ++q)
+              pos[(k * P + p) * Q + q] = cv->pos_bias.value[(k * TR + cv->pos_rows[p]) * TC + cv->pos_cols[q]];
+      }
       if (per_channel) {
         for (int64_t k = 0; k < K; ++k) bias[k] += c.f[cd[0] == 1 ? 0 : k];
       } else {
@@ -712,11 +782,20 @@ class Importer {
         for (int64_t j = 0; j < K * P * Q; ++j) pos[j] += c.f[j];
       }
       auto nc = std::make_unique<Conv2d>(cv->in_channels, int(K), cv->kernel_h, cv->kernel_w, cv->stride, cv->pad, true,
-                                         false, pos.empty() ? 0 : int(P), pos.empty() ? 0 : int(Q), false);
+                                         false, 0, 0, false);
       nc->weight.value = cv->weight.value;
       nc->bias.value = tensor_of({K}, bias);
-      if (!pos.empty()) nc->pos_bias.value = tensor_of({K, P, Q}, pos);
+      if (!pos.empty()) set_border_table(*nc, pos, P, Q);
       node.layer = std::move(nc);
+    } else if (auto* ad = dynamic_cast<Add*>(node.layer.get())) {
+      // The bias of a residual join (our exporter writes one after a mapped Add).
+      const int64_t C = x.dims[0];
+      if (!((cd[0] == C || cd[0] == 1) && shape_numel(cd) == cd[0])) refuse("it is not one value per channel");
+      std::vector<float> bias = ad->has_bias ? ad->bias.value.to_vector() : std::vector<float>(C, 0.0f);
+      for (int64_t k = 0; k < C; ++k) bias[k] += c.f[cd[0] == 1 ? 0 : k];
+      auto na = std::make_unique<Add>(int(C), ad->map[0], ad->map[1], true);
+      na->bias.value = tensor_of({C}, bias);
+      node.layer = std::move(na);
     } else {
       refuse(std::string("it is the output of a ") + layer_kind_name(node.layer->kind()) + " layer");
     }
@@ -738,15 +817,36 @@ class Importer {
     alias(n, tensor_in(n, 0));
   }
 
-  // Only zero padding (PyTorch's AvgPool2d writes a Pad of zeros before the AveragePool).
+  // Zero padding (PyTorch's AvgPool2d writes a Pad of zeros before the AveragePool), or one
+  // zero channel appended: the first step of a residual join's channel spread (see Val).
   void pad(const onnx::NodeProto& n, Attrs& a) {
     const Val& x = tensor_in(n, 0);
     std::vector<int64_t> pads = has_input(n, 1) ? ints_in(n, 1) : a.ints("pads", {});
-    a.s("mode", "constant");
-    a.f("value", 0.0f);
+    const std::string mode = a.s("mode", "constant");
+    float value = a.f("value", 0.0f);
+    if (has_input(n, 2)) {
+      const Const& v = const_in(n, 2, true);
+      if (v.numel() != 1) fail(n, "constant_value has shape " + shape_str(v.dims) + ", expected one value");
+      value = v.f[0];
+    }
     if (has_input(n, 3)) fail(n, "the 'axes' input is not supported");
+    const int64_t rank = int64_t(x.dims.size()) + 1;
+    std::vector<int64_t> channel_pad(2 * rank, 0);
+    channel_pad[rank + 1] = 1;
+    if (pads == channel_pad) {
+      if (mode != "constant" || value != 0.0f)
+        fail(n, "pads one channel with mode '" + mode + "' and value " + std::to_string(value) +
+                    "; only zeros are supported (the channel map of a residual join)");
+      Val v = x;
+      v.padded = true;
+      v.dims[0] += 1;
+      alias(n, v);
+      return;
+    }
     for (int64_t p : pads)
-      if (p != 0) fail(n, "pads " + ints_str(pads) + ": nonzero padding outside a Conv is not supported");
+      if (p != 0)
+        fail(n, "pads " + ints_str(pads) + ": nonzero padding outside a Conv is supported only as one zero channel "
+                "appended (" + ints_str(channel_pad) + ") before a Gather along axis 1");
     alias(n, x);
   }
 
@@ -800,21 +900,81 @@ class Importer {
     set_out(n, constant(std::move(c)));
   }
 
+  // Gather along any axis of a constant (float weights or integer shapes: PyTorch's shape
+  // arithmetic, our exporter's spread border tables), or the channel spread of a residual join.
   void gather(const onnx::NodeProto& n, Attrs& a) {
-    const Const& data = const_in(n, 0, false);
+    if (!in(n, 0).is_const) {
+      gather_channels(n, a);
+      return;
+    }
+    const Const& data = in(n, 0).c;
     const Const& idx = const_in(n, 1, false);
-    if (data.dims.size() != 1) fail(n, "gathers from a constant of shape " + shape_str(data.dims) + "; only 1-D is supported");
-    if (a.i("axis", 0) != 0) fail(n, "attribute 'axis' must be 0 for a 1-D input");
+    const int64_t rank = int64_t(data.dims.size());
+    int64_t axis = a.i("axis", 0);
+    if (rank == 0) fail(n, "gathers from a scalar");
+    if (axis < -rank || axis >= rank)
+      fail(n, "attribute 'axis' = " + std::to_string(axis) + " is out of range for a constant of shape " + shape_str(data.dims));
+    if (axis < 0) axis += rank;
+    if (data.is_float && idx.i[0] != idx.i[1]) fail(n, "input '" + n.input(1) + "' depends on the batch size");
+    // data (outer, len, inner) -> (outer, indices, inner)
+    int64_t outer = 1, inner = 1;
+    for (int64_t k = 0; k < axis; ++k) outer *= data.dims[k];
+    for (int64_t k = axis + 1; k < rank; ++k) inner *= data.dims[k];
+    const int64_t len = data.dims[axis], count = int64_t(idx.i[0].size());
     Const c;
-    c.is_float = false;
-    c.dims = idx.dims;
-    const int64_t len = data.dims[0];
-    for (int p = 0; p < kProbes; ++p)
-      for (int64_t k : idx.i[p]) {
-        if (k < -len || k >= len) fail(n, "index " + std::to_string(k) + " out of range for " + std::to_string(len) + " values");
-        c.i[p].push_back(data.i[p][k < 0 ? k + len : k]);
-      }
+    c.is_float = data.is_float;
+    c.dims.assign(data.dims.begin(), data.dims.begin() + axis);
+    c.dims.insert(c.dims.end(), idx.dims.begin(), idx.dims.end());
+    c.dims.insert(c.dims.end(), data.dims.begin() + axis + 1, data.dims.end());
+    if (count > 0 && outer * inner > 0 && outer * inner > kMaxElements / count)
+      fail(n, "its result of shape " + shape_str(c.dims) + " is too large");
+    for (int p = 0; p < (data.is_float ? 1 : kProbes); ++p) {
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t k : idx.i[p]) {
+          if (k < -len || k >= len) fail(n, "index " + std::to_string(k) + " out of range for " + std::to_string(len) + " values");
+          const int64_t from = (o * len + (k < 0 ? k + len : k)) * inner;
+          if (data.is_float) c.f.insert(c.f.end(), data.f.begin() + from, data.f.begin() + from + inner);
+          else c.i[p].insert(c.i[p].end(), data.i[p].begin() + from, data.i[p].begin() + from + inner);
+        }
+    }
     set_out(n, constant(std::move(c)));
+  }
+
+  // Gather (axis 1, constant 1-D indices) from a tensor padded by one zero channel: index k
+  // names, per output channel, an input channel or the zero channel. Every input channel must
+  // appear once, in ascending order: our Add's channel map.
+  void gather_channels(const onnx::NodeProto& n, Attrs& a) {
+    const Val& x = in(n, 0);
+    const std::string pattern = " (a Gather on a computed tensor is supported only as the channel map of a residual "
+                                "join: Pad of one zero channel, Gather along axis 1 with constant indices, Add)";
+    if (!x.padded)
+      fail(n, "gathers from the computed tensor '" + n.input(0) + "', which is not padded by one zero channel" + pattern);
+    const int64_t rank = int64_t(x.dims.size()) + 1;
+    int64_t axis = a.i("axis", 0);
+    if (axis < 0) axis += rank;
+    if (axis != 1) fail(n, "attribute 'axis' = " + std::to_string(a.i("axis", 0)) + ", expected 1 (channels)" + pattern);
+    const Const& ic = const_in(n, 1, false);
+    if (ic.dims.size() != 1) fail(n, "indices of shape " + shape_str(ic.dims) + ", expected a 1-D list" + pattern);
+    std::vector<int64_t> idx = ints_in(n, 1);
+    const int64_t Cs = x.dims[0] - 1, C = int64_t(idx.size());
+    if (C == 0) fail(n, "gathers no channels" + pattern);
+    std::vector<int32_t> map(Cs, -1);
+    for (int64_t k = 0; k < C; ++k) {
+      int64_t c = idx[k] < 0 ? idx[k] + Cs + 1 : idx[k];
+      if (c < 0 || c > Cs) fail(n, "index " + std::to_string(idx[k]) + " out of range for " + std::to_string(Cs + 1) + " channels");
+      if (c == Cs) continue;  // the zero channel
+      if (map[c] >= 0) fail(n, "gathers channel " + std::to_string(c) + " twice" + pattern);
+      if (c > 0 && map[c - 1] < 0) fail(n, "gathers channel " + std::to_string(c) + " before channel " + std::to_string(c - 1) + pattern);
+      map[c] = int32_t(k);
+    }
+    for (int64_t c = 0; c < Cs; ++c)
+      if (map[c] < 0) fail(n, "drops channel " + std::to_string(c) + " of '" + n.input(0) + "'" + pattern);
+    Val v = x;
+    v.padded = false;
+    v.mapped = true;
+    v.map = std::move(map);
+    v.dims[0] = C;
+    alias(n, v);
   }
 
   void squeeze(const onnx::NodeProto& n, Attrs& a, bool unsqueeze) {
