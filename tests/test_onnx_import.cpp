@@ -439,6 +439,106 @@ onnx::NodeProto* insert_node(onnx::ModelProto& p, int at) {
   return nodes->Mutable(at);
 }
 
+// The int64 values of an initializer stored as raw data, read and written.
+std::vector<int64_t> initializer_ints(const onnx::ModelProto& p, const std::string& name) {
+  for (const auto& t : p.graph().initializer())
+    if (t.name() == name) {
+      std::vector<int64_t> v(t.raw_data().size() / 8);
+      std::memcpy(v.data(), t.raw_data().data(), 8 * v.size());
+      return v;
+    }
+  FAIL("no initializer " << name);
+  return {};
+}
+void set_initializer_ints(onnx::ModelProto& p, const std::string& name, const std::vector<int64_t>& v) {
+  for (auto& t : *p.mutable_graph()->mutable_initializer())
+    if (t.name() == name) t.set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), 8 * v.size()));
+}
+
+TEST_CASE("onnx import: a residual join's channel map that is not our Add's is refused by name") {
+  // A compact resnet20 export (mapped residual Adds), broken in one place at a time.
+  Rng rng(11);
+  Model m = build_model("resnet20", 10, {3, 16, 16});
+  init_model(m, rng);
+  dnns::testing::randomize_batchnorm(m, rng);
+  dnns::testing::random_masks(m, rng, 0.3f, 0.3f);
+  Model compact = compact_model(m);
+  onnx::ModelProto base;
+  REQUIRE(base.ParseFromString(onnx_model_bytes(compact)));
+  import_onnx_bytes(base.SerializeAsString(), "good.onnx");  // intact, it imports
+  int gather_at = -1, pad_at = -1;  // the first Gather reading a Pad's output, and that Pad
+  for (int k = 0; k < base.graph().node_size() && gather_at < 0; ++k)
+    if (base.graph().node(k).op_type() == "Gather")
+      for (int j = 0; j < k; ++j)
+        if (base.graph().node(j).op_type() == "Pad" && base.graph().node(j).output(0) == base.graph().node(k).input(0))
+          gather_at = k, pad_at = j;
+  REQUIRE(gather_at >= 0);
+  const onnx::NodeProto& g0 = base.graph().node(gather_at);
+  const std::string gname = g0.name(), map_name = g0.input(1);
+  const std::vector<int64_t> index = initializer_ints(base, map_name);
+  const int64_t zero = *std::max_element(index.begin(), index.end());  // the appended zero channel
+  REQUIRE(zero >= 1);
+  REQUIRE(std::count(index.begin(), index.end(), zero) >= 1);
+  const std::string label = "bad.onnx: node '" + gname + "' (Gather): ";
+  {
+    // A Gather on a tensor that was not padded: the Pad became an Identity.
+    onnx::ModelProto p = base;
+    onnx::NodeProto* pad = p.mutable_graph()->mutable_node(pad_at);
+    pad->set_op_type("Identity");
+    pad->mutable_input()->DeleteSubrange(1, pad->input_size() - 1);
+    const std::string e = import_error(p);
+    CHECK(contains(e, label + "gathers from the computed tensor '" + g0.input(0) + "', which is not padded by one zero channel"));
+    CHECK(contains(e, "supported only as the channel map of a residual join"));
+  }
+  {
+    // Along another axis.
+    onnx::ModelProto p = base;
+    for (auto& a : *p.mutable_graph()->mutable_node(gather_at)->mutable_attribute())
+      if (a.name() == "axis") a.set_i(2);
+    CHECK(contains(import_error(p), label + "attribute 'axis' = 2, expected 1 (channels)"));
+  }
+  {
+    // One input channel twice, one dropped, two out of order.
+    std::vector<int64_t> twice = index, dropped = index, swapped = index;
+    std::vector<size_t> live;
+    for (size_t k = 0; k < index.size(); ++k)
+      if (index[k] != zero) live.push_back(k);
+    REQUIRE(live.size() >= 2);
+    twice[live[1]] = index[live[0]];
+    dropped[live.back()] = zero;  // the last: an earlier one would read as "out of order" first
+    std::swap(swapped[live[0]], swapped[live[1]]);
+    const std::pair<std::vector<int64_t>, std::string> cases[] = {
+        {twice, "gathers channel " + std::to_string(index[live[0]]) + " twice"},
+        {dropped, "drops channel " + std::to_string(index[live.back()]) + " of '" + g0.input(0) + "'"},
+        {swapped, "gathers channel " + std::to_string(index[live[1]]) + " before channel " + std::to_string(index[live[0]])}};
+    for (const auto& [v, why] : cases) {
+      CAPTURE(why);
+      onnx::ModelProto p = base;
+      set_initializer_ints(p, map_name, v);
+      CHECK(contains(import_error(p), label + why));
+    }
+  }
+  {
+    // The spread tensor read by something other than the join's Add.
+    onnx::ModelProto p = base;
+    onnx::NodeProto* relu = insert_node(p, gather_at + 1);
+    relu->set_op_type("Relu");
+    relu->set_name("reads_spread");
+    relu->add_input(g0.output(0));
+    relu->add_output("unused");
+    CHECK(contains(import_error(p), "node 'reads_spread' (Relu): reads '" + g0.output(0) +
+                                        "', a tensor spread over channels by a Gather, which only an Add of two tensors may read"));
+  }
+  {
+    // A Pad of one channel that is not zero.
+    onnx::ModelProto p = base;
+    onnx::NodeProto* pad = p.mutable_graph()->mutable_node(pad_at);
+    add_initializer(p, "one_value", {}, {1.0f});
+    pad->add_input("one_value");
+    CHECK(contains(import_error(p), "node '" + pad->name() + "' (Pad): pads one channel with mode 'constant' and value 1"));
+  }
+}
+
 TEST_CASE("onnx import: a linear layer as MatMul + Add, and a constant Add after a bias-free conv") {
   const Tensor x = read_floats(kFixtures + "/input.bin", kInput);
   {
