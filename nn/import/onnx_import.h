@@ -12,7 +12,11 @@
 //   or of a constant folded into the conv or linear layer before it: its bias), Identity,
 //   Dropout (inference: identity), Pad with zero padding (PyTorch's AvgPool2d exports one).
 //   What PyTorch puts around a Reshape is evaluated at import time: Constant, Shape, Gather,
-//   Unsqueeze, Squeeze, Concat, Slice and Cast on constants.
+//   Unsqueeze, Squeeze, Concat, Slice and Cast on constants. Our exporter's compact forms:
+//   a constant (K, P, Q) Add after a conv (a spread border table: Gather of constants, any
+//   axis) becomes the conv's border table; Pad of one zero channel + Gather along axis 1 +
+//   Add (+ a per-channel constant Add) becomes a residual Add with channel maps (and bias).
+//   A Gather on a computed tensor is refused unless it is that channel spread.
 // Anything else is refused with an Error naming the node, its op and the unsupported op,
 // attribute or data type; nothing is silently dropped.
 //
