@@ -19,6 +19,8 @@ for arg in "$@"; do
 done
 
 packages=(build-essential cmake libopenblas-dev libtbb-dev libstb-dev doctest-dev zlib1g-dev dataset-fashion-mnist)
+# clang + libFuzzer for the fuzz targets (scripts/fuzz.sh, run by .ci/run); the default build stays GCC.
+packages+=(clang-14 libfuzzer-14-dev libclang-rt-14-dev)
 [ "$with_torch" = 1 ] && packages+=(python3-torch)
 
 missing=()
