@@ -25,6 +25,7 @@
 
 #include "core/error.h"
 #include "datasets/dataset.h"
+#include "datasets/io.h"
 
 namespace fs = std::filesystem;
 
@@ -350,6 +351,159 @@ std::string write_cache(const fs::path& path, const std::string& folder, const D
   return "";
 }
 
+// ---- what stb_image is given --------------------------------------------------------------
+//
+// stb_image decodes whatever format it recognises in the bytes, whatever the extension says,
+// and Debian's stb_image (2.27, packaged 2022-09) has decoders that trust what a file claims.
+// Image files come from strangers, so before stb sees one it must: be one of the formats the
+// folder reader documents (JPEG, PNG, BMP, GIF, TGA, PPM/PGM; PSD, PIC and HDR content is refused
+// even in a file named .png), claim at most kMaxImagePixels pixels (stb would allocate whatever a
+// 30-byte header asks for), and pass the JPEG check below. Each check was found by the fuzz
+// target tests/fuzz/fuzz_image.cpp; its inputs are kept in tests/fuzz/image/.
+
+constexpr int64_t kMaxImagePixels = int64_t(1) << 25;  // 32 Mpx, e.g. 8192 x 4096
+
+// stb takes a file for JPEG when it starts with the SOI marker, FF D8, any number of FF fill
+// bytes between the two included. Returns the offset after the marker, or 0 when it is not there.
+size_t jpeg_soi_end(const std::vector<uint8_t>& b) {
+  if (b.empty() || b[0] != 0xFF) return 0;
+  size_t i = 1;
+  while (i < b.size() && b[i] == 0xFF) ++i;
+  return i < b.size() && b[i] == 0xD8 ? i + 1 : 0;
+}
+
+// A JPEG Huffman table (DHT segment) declaring more than 256 codes makes stb 2.27 write past its
+// 257-entry size list and 256-entry value table (stbi__build_huffman; later stb releases check).
+// Walks the segments as stb reads them (a DHT is read table by table, 17 bytes + its codes,
+// while its length lasts; entropy-coded data runs to the next marker) and returns "" or the
+// problem.
+std::string jpeg_problem(const std::vector<uint8_t>& b) {
+  const size_t n = b.size();
+  size_t i = jpeg_soi_end(b);
+  if (i == 0) return "";
+  while (i + 1 < n) {
+    if (b[i] != 0xFF || b[i + 1] == 0xFF) {  // entropy-coded data or a fill byte
+      ++i;
+      continue;
+    }
+    const uint8_t m = b[i + 1];
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) {  // stuffed 0xFF, TEM, RSTn, SOI
+      i += 2;
+      continue;
+    }
+    if (m == 0xD9 || i + 4 > n) break;  // end of image
+    const size_t length = size_t(b[i + 2]) << 8 | b[i + 3];
+    if (m != 0xC4) {
+      i += 2 + length;
+      continue;
+    }
+    int64_t left = int64_t(length) - 2;
+    size_t j = i + 4;
+    while (left > 0 && j < n) {
+      int codes = 0;  // stb reads zeros past the end of the file
+      for (size_t k = j + 1; k <= j + 16 && k < n; ++k) codes += b[k];
+      if (codes > 256)
+        return "corrupt JPEG: a Huffman table declares " + std::to_string(codes) + " codes (at most 256)";
+      j += 17 + size_t(codes);
+      left -= 17 + codes;
+    }
+    i = j;
+  }
+  return "";
+}
+
+// stb 2.27 reads a PNM with a maximum value above 255 as 16-bit and then converts it to 8 bits
+// reading past its buffer (stbi__convert_16_to_8), sums header digits into an int without an
+// overflow check, and ignores a short read of the pixels. Reads the header as stb does (whitespace, '#' comments to the end of the
+// line, a byte past the end reads as 0) and returns "" or the problem.
+std::string pnm_problem(const std::vector<uint8_t>& b) {
+  const size_t n = b.size();
+  if (n < 2 || b[0] != 'P' || (b[1] != '5' && b[1] != '6')) return "";
+  size_t pos = 2;
+  auto eof = [&] { return pos >= n; };
+  auto next = [&] { return pos < n ? char(b[pos++]) : '\0'; };
+  char c = next();
+  auto skip_space = [&] {
+    for (;;) {
+      while (!eof() && (c == ' ' || (c >= '\t' && c <= '\r'))) c = next();
+      if (eof() || c != '#') break;
+      while (!eof() && c != '\n' && c != '\r') c = next();
+    }
+  };
+  auto number = [&]() -> int64_t {  // -1: more than 2^31 - 1
+    int64_t v = 0;
+    while (!eof() && c >= '0' && c <= '9') {
+      v = v * 10 + (c - '0');
+      if (v > INT32_MAX) return -1;
+      c = next();
+    }
+    return v;
+  };
+  int64_t fields[3];  // width, height, maximum value
+  for (int64_t& f : fields) {
+    skip_space();
+    f = number();
+    if (f < 0) return "PNM header holds a number above 2^31 - 1";
+  }
+  if (fields[2] > 255)
+    return "16-bit PNM (maximum value " + std::to_string(fields[2]) + "): only 8-bit PPM and PGM images are read";
+  // stb does not check that the pixels are there: a truncated file would decode to whatever
+  // memory its buffer held. The pixels start right after the one byte that ends the header.
+  const int64_t need = fields[0] * fields[1] * (b[1] == '6' ? 3 : 1);
+  if (int64_t(n - pos) < need)
+    return "truncated PNM: the header promises " + std::to_string(need) + " bytes of pixels, the file holds " +
+           std::to_string(n - pos);
+  return "";
+}
+
+// The format stb_image would decode `b` as (its own order of tests), or "" when none of the
+// signatured formats matches (stb then tries TGA, which has no signature).
+const char* stb_format(const std::vector<uint8_t>& b) {
+  auto starts = [&](const char* sig, size_t len) { return b.size() >= len && std::memcmp(b.data(), sig, len) == 0; };
+  if (jpeg_soi_end(b) != 0) return "JPEG";
+  if (starts("\x89PNG\r\n\x1A\n", 8)) return "PNG";
+  if (starts("BM", 2)) return "BMP";
+  if (starts("GIF87a", 6) || starts("GIF89a", 6)) return "GIF";
+  if (starts("8BPS", 4)) return "PSD";
+  if (starts("\x53\x80\xF6\x34", 4)) return "PIC";
+  if (starts("P5", 2) || starts("P6", 2)) return "PNM";
+  if (starts("#?RADIANCE\n", 11) || starts("#?RGBE\n", 7)) return "HDR";
+  return "";
+}
+
+// "" when stb may decode `b` (then *w, *h are its size), else why not.
+std::string undecodable(const std::vector<uint8_t>& b, int* w, int* h) {
+  const std::string format = stb_format(b);
+  if (format == "PSD" || format == "PIC" || format == "HDR")
+    return format + " content (image folders hold JPEG, PNG, BMP, GIF, TGA, PPM or PGM images)";
+  if (format == "JPEG" || format == "PNM") {
+    std::string problem = format == "JPEG" ? jpeg_problem(b) : pnm_problem(b);
+    if (!problem.empty()) return problem;
+  }
+  int n = 0;
+  if (b.size() > size_t(INT32_MAX) || stbi_info_from_memory(b.data(), static_cast<int>(b.size()), w, h, &n) == 0)
+    return stbi_failure_reason() ? stbi_failure_reason() : "unknown reason";
+  if (*w <= 0 || *h <= 0 || int64_t(*w) * *h > kMaxImagePixels)
+    return "image of " + std::to_string(*w) + "x" + std::to_string(*h) + " pixels, more than the limit of " +
+           std::to_string(kMaxImagePixels) + " pixels";
+  return "";
+}
+
+// Decodes one file to (h, w, C) interleaved pixels; throws Error naming the file.
+std::unique_ptr<uint8_t, void (*)(void*)> decode_image(const std::string& path, int C, int* w, int* h) {
+  const std::vector<uint8_t> bytes = detail::read_file(path);
+  const std::string problem = undecodable(bytes, w, h);
+  if (!problem.empty()) throw Error(path + ": cannot decode image (" + problem + ")");
+  int file_channels = 0;
+  std::unique_ptr<uint8_t, void (*)(void*)> hwc(
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), w, h, &file_channels, C), &stbi_image_free);
+  if (!hwc) {
+    const char* why = stbi_failure_reason();
+    throw Error(path + ": cannot decode image (" + (why ? why : "unknown reason") + ")");
+  }
+  return hwc;
+}
+
 // The decoded set; throws Error naming the first (in file order) file that fails.
 Dataset decode_all(const Listing& listing, int C, int H, int W) {
   Dataset d;
@@ -367,15 +521,15 @@ Dataset decode_all(const Listing& listing, int C, int H, int W) {
   std::string first_error;
   tbb::parallel_for(int64_t(0), n, [&](int64_t i) {
     const std::string path = listing.files[i].string();
-    int w = 0, h = 0, file_channels = 0;
-    std::unique_ptr<uint8_t, void (*)(void*)> hwc(stbi_load(path.c_str(), &w, &h, &file_channels, C),
-                                                  &stbi_image_free);  // (h, w, C)
-    if (!hwc) {
-      const char* why = stbi_failure_reason();
+    int w = 0, h = 0;
+    std::unique_ptr<uint8_t, void (*)(void*)> hwc(nullptr, &stbi_image_free);  // (h, w, C)
+    try {
+      hwc = decode_image(path, C, &w, &h);
+    } catch (const Error& e) {
       std::lock_guard<std::mutex> lock(mu);
       if (i < first_bad) {
         first_bad = i;
-        first_error = path + ": cannot decode image (" + (why ? why : "unknown reason") + ")";
+        first_error = e.what();
       }
       return;
     }
@@ -423,9 +577,9 @@ Dataset load_image_folder(const std::string& dir, int height, int width, int cha
   }
   if (height == 0) {
     const std::string first = listing.files.front().string();
-    int w = 0, h = 0, n = 0;
-    check(stbi_info(first.c_str(), &w, &h, &n) != 0,
-          first + ": cannot decode image (" + std::string(stbi_failure_reason() ? stbi_failure_reason() : "unknown reason") + ")");
+    int w = 0, h = 0;
+    const std::string problem = undecodable(detail::read_file(first), &w, &h);
+    check(problem.empty(), [&] { return first + ": cannot decode image (" + problem + ")"; });
     height = h;
     width = w;
   }
