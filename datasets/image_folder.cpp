@@ -376,11 +376,15 @@ size_t jpeg_soi_end(const std::vector<uint8_t>& b) {
 // 257-entry size list and 256-entry value table (stbi__build_huffman; later stb releases check).
 // Walks the segments as stb reads them (a DHT is read table by table, 17 bytes + its codes,
 // while its length lasts; entropy-coded data runs to the next marker) and returns "" or the
-// problem.
+// problem. A scan that decodes with a Huffman table no DHT segment defined makes stb read far
+// outside its tables (stbi__jpeg_huff_decode on a zeroed table); refused as well. Progressive
+// scans use the DC table only in a first DC scan and the AC table only in AC scans.
 std::string jpeg_problem(const std::vector<uint8_t>& b) {
   const size_t n = b.size();
   size_t i = jpeg_soi_end(b);
   if (i == 0) return "";
+  bool defined[2][4] = {};  // [DC, AC][table]: Huffman tables seen so far
+  bool progressive = false;
   while (i + 1 < n) {
     if (b[i] != 0xFF || b[i + 1] == 0xFF) {  // entropy-coded data or a fill byte
       ++i;
@@ -393,6 +397,18 @@ std::string jpeg_problem(const std::vector<uint8_t>& b) {
     }
     if (m == 0xD9 || i + 4 > n) break;  // end of image
     const size_t length = size_t(b[i + 2]) << 8 | b[i + 3];
+    if (m == 0xC0 || m == 0xC1 || m == 0xC2) progressive = m == 0xC2;
+    if (m == 0xDA && i + 5 <= n) {  // start of scan: Ls, Ns, Ns x (Cs, Td:Ta), Ss, Se, Ah:Al
+      const size_t ns = b[i + 4];
+      if (i + 8 + 2 * ns > n) break;
+      const int ss = b[i + 5 + 2 * ns], ah = b[i + 7 + 2 * ns] >> 4;
+      for (size_t c = 0; c < ns; ++c) {
+        const int td = b[i + 6 + 2 * c] >> 4, ta = b[i + 6 + 2 * c] & 15;
+        const bool uses_dc = progressive ? ss == 0 && ah == 0 : true, uses_ac = progressive ? ss > 0 : true;
+        if (uses_dc && td < 4 && !defined[0][td]) return "corrupt JPEG: a scan uses DC Huffman table " + std::to_string(td) + ", which is not defined";
+        if (uses_ac && ta < 4 && !defined[1][ta]) return "corrupt JPEG: a scan uses AC Huffman table " + std::to_string(ta) + ", which is not defined";
+      }
+    }
     if (m != 0xC4) {
       i += 2 + length;
       continue;
@@ -404,6 +420,8 @@ std::string jpeg_problem(const std::vector<uint8_t>& b) {
       for (size_t k = j + 1; k <= j + 16 && k < n; ++k) codes += b[k];
       if (codes > 256)
         return "corrupt JPEG: a Huffman table declares " + std::to_string(codes) + " codes (at most 256)";
+      const int tc = b[j] >> 4, th = b[j] & 15;
+      if (tc <= 1 && th <= 3) defined[tc][th] = true;
       j += 17 + size_t(codes);
       left -= 17 + codes;
     }
