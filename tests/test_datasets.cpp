@@ -562,6 +562,7 @@ TEST_CASE("load_image_folder: refuses the files that break stb_image (fuzz corpu
     CHECK(contains(refusal(jpeg, 8, 8), "cannot decode image (corrupt JPEG: a Huffman table declares"));
     CHECK(contains(refusal(jpeg, 0, 0), "Huffman table declares"));  // the size probe is guarded too
   }
+  CHECK(contains(refusal("crash-jpeg-undefined-huffman-table", 8, 8), "DC Huffman table 3, which is not defined"));
   CHECK(contains(refusal("crash-pnm-16bit", 8, 8), "16-bit PNM (maximum value 525)"));
   CHECK(contains(refusal("crash-pnm-truncated", 8, 8), "truncated PNM"));
   CHECK(contains(refusal("seed.hdr", 8, 8), "HDR content"));
@@ -576,6 +577,13 @@ TEST_CASE("load_image_folder: refuses the files that break stb_image (fuzz corpu
     CHECK(d.size() == 1);
     CHECK(d.height == 4);
     CHECK(d.width == 6);
+  }
+  {  // a progressive JPEG (libjpeg): its DC scans name an AC table not yet defined, as they may
+    std::vector<uint8_t> bytes = read_bytes(corpus / "seed-progressive.jpg");
+    write_bytes(tmp / "prog" / "a" / "0.jpg", std::vector<uint8_t>(bytes.begin() + 1, bytes.end()));
+    Dataset d = load_image_folder((tmp / "prog").string(), 0, 0, 3, opt);
+    CHECK(d.height == 16);
+    CHECK(d.width == 24);
   }
   // A PPM one byte short of its pixels is refused; the same PPM whole is read.
   std::string ppm = "P6\n2 1\n255\n";
