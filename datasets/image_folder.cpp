@@ -474,6 +474,22 @@ std::string pnm_problem(const std::vector<uint8_t>& b) {
   return "";
 }
 
+// stb 2.27 grows its buffer to the length an IDAT chunk claims before reading it: a 148-byte
+// file asked for 2 GB. Every chunk up to IEND must fit in the file. Returns "" or the problem.
+std::string png_problem(const std::vector<uint8_t>& b) {
+  size_t pos = 8;  // after the signature
+  while (pos + 8 <= b.size()) {  // length (4, big-endian), type (4), data, CRC (4)
+    const uint64_t length = uint64_t(b[pos]) << 24 | uint64_t(b[pos + 1]) << 16 | uint64_t(b[pos + 2]) << 8 | b[pos + 3];
+    const std::string type(reinterpret_cast<const char*>(b.data() + pos + 4), 4);
+    if (pos + 12 + length > b.size())
+      return "truncated PNG: chunk of " + std::to_string(length) + " bytes at offset " + std::to_string(pos) +
+             " runs past the end of the file (" + std::to_string(b.size()) + " bytes)";
+    if (type == "IEND") break;
+    pos += 12 + size_t(length);
+  }
+  return "";
+}
+
 // The format stb_image would decode `b` as (its own order of tests), or "" when none of the
 // signatured formats matches (stb then tries TGA, which has no signature).
 const char* stb_format(const std::vector<uint8_t>& b) {
@@ -494,8 +510,8 @@ std::string undecodable(const std::vector<uint8_t>& b, int* w, int* h) {
   const std::string format = stb_format(b);
   if (format == "PSD" || format == "PIC" || format == "HDR")
     return format + " content (image folders hold JPEG, PNG, BMP, GIF, TGA, PPM or PGM images)";
-  if (format == "JPEG" || format == "PNM") {
-    std::string problem = format == "JPEG" ? jpeg_problem(b) : pnm_problem(b);
+  if (format == "JPEG" || format == "PNM" || format == "PNG") {
+    std::string problem = format == "JPEG" ? jpeg_problem(b) : format == "PNM" ? pnm_problem(b) : png_problem(b);
     if (!problem.empty()) return problem;
   }
   int n = 0;

@@ -563,6 +563,7 @@ TEST_CASE("load_image_folder: refuses the files that break stb_image (fuzz corpu
     CHECK(contains(refusal(jpeg, 0, 0), "Huffman table declares"));  // the size probe is guarded too
   }
   CHECK(contains(refusal("crash-jpeg-undefined-huffman-table", 8, 8), "DC Huffman table 3, which is not defined"));
+  CHECK(contains(refusal("crash-png-huge-idat", 8, 8), "truncated PNG: chunk of"));
   CHECK(contains(refusal("crash-pnm-16bit", 8, 8), "16-bit PNM (maximum value 525)"));
   CHECK(contains(refusal("crash-pnm-truncated", 8, 8), "truncated PNM"));
   CHECK(contains(refusal("seed.hdr", 8, 8), "HDR content"));
