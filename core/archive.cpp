@@ -305,7 +305,7 @@ class ArchiveReader {
         std::fread(trailer, 1, kTrailerBytes, file_) != kTrailerBytes ||
         std::memcmp(trailer + 4, kEndMarker, 8) != 0 || ::fseeko(file_, 0, SEEK_SET) != 0)
       return Integrity::NoTrailer;
-    std::vector<unsigned char> chunk(kIoChunk);
+    std::vector<unsigned char> chunk(static_cast<size_t>(std::min<uint64_t>(body, kIoChunk)));
     uint32_t crc = 0;
     for (uint64_t done = 0; done < body;) {
       size_t m = static_cast<size_t>(std::min<uint64_t>(body - done, chunk.size()));

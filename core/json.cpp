@@ -167,7 +167,7 @@ class Parser {
         if (peek() != ':') fail("expected ':' after the key \"" + key + "\"");
         ++pos_;
         skip_space();
-        v.members.emplace_back(std::move(key), value(depth + 1));
+        v.members.push_back({std::move(key), value(depth + 1)});
         skip_space();
         if (peek() == ',') {
           ++pos_;

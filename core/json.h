@@ -48,10 +48,18 @@ struct JsonValue {
   double number = 0;
   std::string text;  // String: the unescaped UTF-8 value; Number: the literal as written
   std::vector<JsonValue> items;                            // Array
-  std::vector<std::pair<std::string, JsonValue>> members;  // Object, in file order
+  struct Member;                                           // {key, value}, defined below
+  std::vector<Member> members;                             // Object, in file order
 
   // The member `key` of an object; nullptr when absent (or when this is not an object).
   const JsonValue* find(const std::string& key) const;
+};
+
+// A named struct, not std::pair<std::string, JsonValue>: a pair of the type being defined is
+// instantiated too early by clang with libstdc++ (the fuzz build, scripts/fuzz.sh).
+struct JsonValue::Member {
+  std::string key;
+  JsonValue value;
 };
 
 const char* json_type_name(JsonValue::Type t);  // "null", "boolean", "number", ...

@@ -25,6 +25,7 @@
 
 #include "core/error.h"
 #include "datasets/dataset.h"
+#include "datasets/io.h"
 
 namespace fs = std::filesystem;
 
@@ -69,43 +70,6 @@ std::vector<std::vector<Tap>> axis_taps(int src, int dst) {
 }
 
 }  // namespace
-
-// Decodes `path` into out (C, H, W); false with *error set when stb_image cannot read it.
-static bool decode_image(const std::string& path, int C, int H, int W, uint8_t* out, std::string* error,
-                         int* native_h = nullptr, int* native_w = nullptr) {
-  int w = 0, h = 0, file_channels = 0;
-  std::unique_ptr<uint8_t, void (*)(void*)> hwc(stbi_load(path.c_str(), &w, &h, &file_channels, C),
-                                                &stbi_image_free);  // (h, w, C)
-  if (!hwc) {
-    const char* why = stbi_failure_reason();
-    *error = path + ": cannot decode image (" + (why ? why : "unknown reason") + ")";
-    return false;
-  }
-  if (native_h) *native_h = h;
-  if (native_w) *native_w = w;
-  // out: (C, H, W)
-  if (h == H && w == W) {
-    for (int c = 0; c < C; ++c)
-      for (int p = 0; p < H * W; ++p) out[size_t(c) * H * W + p] = hwc.get()[size_t(p) * C + c];
-  } else {
-    std::vector<uint8_t> chw(size_t(C) * h * w);  // (C, h, w)
-    for (int c = 0; c < C; ++c)
-      for (int p = 0; p < h * w; ++p) chw[size_t(c) * h * w + p] = hwc.get()[size_t(p) * C + c];
-    resize_image(chw.data(), C, h, w, out, H, W);
-  }
-  return true;
-}
-
-std::vector<uint8_t> load_image_file(const std::string& path, int channels, int height, int width, int* native_h,
-                                     int* native_w) {
-  check(channels == 1 || channels == 3, path + ": images are read with 1 or 3 channels, not " + std::to_string(channels));
-  check(height > 0 && width > 0, path + ": target size must be positive, got " + std::to_string(height) + "x" +
-                                     std::to_string(width));
-  std::vector<uint8_t> out(size_t(channels) * height * width);  // (C, H, W)
-  std::string error;
-  if (!decode_image(path, channels, height, width, out.data(), &error, native_h, native_w)) throw Error(error);
-  return out;
-}
 
 void resize_image(const uint8_t* src, int channels, int sh, int sw, uint8_t* dst, int dh, int dw) {
   check(channels > 0 && sh > 0 && sw > 0 && dh > 0 && dw > 0,
@@ -387,6 +351,219 @@ std::string write_cache(const fs::path& path, const std::string& folder, const D
   return "";
 }
 
+// ---- what stb_image is given --------------------------------------------------------------
+//
+// stb_image decodes whatever format it recognises in the bytes, whatever the extension says,
+// and Debian's stb_image (2.27, packaged 2022-09) has decoders that trust what a file claims.
+// Image files come from strangers, so before stb sees one it must: be one of the formats the
+// folder reader documents (JPEG, PNG, BMP, GIF, TGA, PPM/PGM; PSD, PIC and HDR content is refused
+// even in a file named .png), claim at most kMaxImagePixels pixels (stb would allocate whatever a
+// 30-byte header asks for), and pass the JPEG check below. Each check was found by the fuzz
+// target tests/fuzz/fuzz_image.cpp; its inputs are kept in tests/fuzz/image/.
+
+constexpr int64_t kMaxImagePixels = int64_t(1) << 25;  // 32 Mpx, e.g. 8192 x 4096
+
+// stb takes a file for JPEG when it starts with the SOI marker, FF D8, any number of FF fill
+// bytes between the two included. Returns the offset after the marker, or 0 when it is not there.
+size_t jpeg_soi_end(const std::vector<uint8_t>& b) {
+  if (b.empty() || b[0] != 0xFF) return 0;
+  size_t i = 1;
+  while (i < b.size() && b[i] == 0xFF) ++i;
+  return i < b.size() && b[i] == 0xD8 ? i + 1 : 0;
+}
+
+// A JPEG Huffman table (DHT segment) declaring more than 256 codes makes stb 2.27 write past its
+// 257-entry size list and 256-entry value table (stbi__build_huffman; later stb releases check).
+// Walks the segments as stb reads them (a DHT is read table by table, 17 bytes + its codes,
+// while its length lasts; entropy-coded data runs to the next marker) and returns "" or the
+// problem. A scan that decodes with a Huffman table no DHT segment defined makes stb read far
+// outside its tables (stbi__jpeg_huff_decode on a zeroed table); refused as well. Progressive
+// scans use the DC table only in a first DC scan and the AC table only in AC scans.
+std::string jpeg_problem(const std::vector<uint8_t>& b) {
+  const size_t n = b.size();
+  size_t i = jpeg_soi_end(b);
+  if (i == 0) return "";
+  bool defined[2][4] = {};  // [DC, AC][table]: Huffman tables seen so far
+  bool progressive = false;
+  while (i + 1 < n) {
+    if (b[i] != 0xFF || b[i + 1] == 0xFF) {  // entropy-coded data or a fill byte
+      ++i;
+      continue;
+    }
+    const uint8_t m = b[i + 1];
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) {  // stuffed 0xFF, TEM, RSTn, SOI
+      i += 2;
+      continue;
+    }
+    if (m == 0xD9 || i + 4 > n) break;  // end of image
+    const size_t length = size_t(b[i + 2]) << 8 | b[i + 3];
+    if (m == 0xC0 || m == 0xC1 || m == 0xC2) progressive = m == 0xC2;
+    if (m == 0xDA && i + 5 <= n) {  // start of scan: Ls, Ns, Ns x (Cs, Td:Ta), Ss, Se, Ah:Al
+      const size_t ns = b[i + 4];
+      if (i + 8 + 2 * ns > n) break;
+      const int ss = b[i + 5 + 2 * ns], ah = b[i + 7 + 2 * ns] >> 4;
+      for (size_t c = 0; c < ns; ++c) {
+        const int td = b[i + 6 + 2 * c] >> 4, ta = b[i + 6 + 2 * c] & 15;
+        const bool uses_dc = progressive ? ss == 0 && ah == 0 : true, uses_ac = progressive ? ss > 0 : true;
+        if (uses_dc && td < 4 && !defined[0][td]) return "corrupt JPEG: a scan uses DC Huffman table " + std::to_string(td) + ", which is not defined";
+        if (uses_ac && ta < 4 && !defined[1][ta]) return "corrupt JPEG: a scan uses AC Huffman table " + std::to_string(ta) + ", which is not defined";
+      }
+    }
+    if (m != 0xC4) {
+      i += 2 + length;
+      continue;
+    }
+    int64_t left = int64_t(length) - 2;
+    size_t j = i + 4;
+    while (left > 0 && j < n) {
+      int codes = 0;  // stb reads zeros past the end of the file
+      for (size_t k = j + 1; k <= j + 16 && k < n; ++k) codes += b[k];
+      if (codes > 256)
+        return "corrupt JPEG: a Huffman table declares " + std::to_string(codes) + " codes (at most 256)";
+      const int tc = b[j] >> 4, th = b[j] & 15;
+      if (tc <= 1 && th <= 3) defined[tc][th] = true;
+      j += 17 + size_t(codes);
+      left -= 17 + codes;
+    }
+    i = j;
+  }
+  return "";
+}
+
+// stb 2.27 reads a PNM with a maximum value above 255 as 16-bit and then converts it to 8 bits
+// reading past its buffer (stbi__convert_16_to_8), sums header digits into an int without an
+// overflow check, and ignores a short read of the pixels. Reads the header as stb does (whitespace, '#' comments to the end of the
+// line, a byte past the end reads as 0) and returns "" or the problem.
+std::string pnm_problem(const std::vector<uint8_t>& b) {
+  const size_t n = b.size();
+  if (n < 2 || b[0] != 'P' || (b[1] != '5' && b[1] != '6')) return "";
+  size_t pos = 2;
+  auto eof = [&] { return pos >= n; };
+  auto next = [&] { return pos < n ? char(b[pos++]) : '\0'; };
+  char c = next();
+  auto skip_space = [&] {
+    for (;;) {
+      while (!eof() && (c == ' ' || (c >= '\t' && c <= '\r'))) c = next();
+      if (eof() || c != '#') break;
+      while (!eof() && c != '\n' && c != '\r') c = next();
+    }
+  };
+  auto number = [&]() -> int64_t {  // -1: more than 2^31 - 1
+    int64_t v = 0;
+    while (!eof() && c >= '0' && c <= '9') {
+      v = v * 10 + (c - '0');
+      if (v > INT32_MAX) return -1;
+      c = next();
+    }
+    return v;
+  };
+  int64_t fields[3];  // width, height, maximum value
+  for (int64_t& f : fields) {
+    skip_space();
+    f = number();
+    if (f < 0) return "PNM header holds a number above 2^31 - 1";
+  }
+  if (fields[2] > 255)
+    return "16-bit PNM (maximum value " + std::to_string(fields[2]) + "): only 8-bit PPM and PGM images are read";
+  // stb does not check that the pixels are there: a truncated file would decode to whatever
+  // memory its buffer held. The pixels start right after the one byte that ends the header.
+  const int64_t need = fields[0] * fields[1] * (b[1] == '6' ? 3 : 1);
+  if (int64_t(n - pos) < need)
+    return "truncated PNM: the header promises " + std::to_string(need) + " bytes of pixels, the file holds " +
+           std::to_string(n - pos);
+  return "";
+}
+
+// stb 2.27 grows its buffer to the length an IDAT chunk claims before reading it: a 148-byte
+// file asked for 2 GB. Every chunk up to IEND must fit in the file. Returns "" or the problem.
+std::string png_problem(const std::vector<uint8_t>& b) {
+  size_t pos = 8;  // after the signature
+  while (pos + 8 <= b.size()) {  // length (4, big-endian), type (4), data, CRC (4)
+    const uint64_t length = uint64_t(b[pos]) << 24 | uint64_t(b[pos + 1]) << 16 | uint64_t(b[pos + 2]) << 8 | b[pos + 3];
+    const std::string type(reinterpret_cast<const char*>(b.data() + pos + 4), 4);
+    if (pos + 12 + length > b.size())
+      return "truncated PNG: chunk of " + std::to_string(length) + " bytes at offset " + std::to_string(pos) +
+             " runs past the end of the file (" + std::to_string(b.size()) + " bytes)";
+    if (type == "IEND") break;
+    pos += 12 + size_t(length);
+  }
+  return "";
+}
+
+// The format stb_image would decode `b` as (its own order of tests), or "" when none of the
+// signatured formats matches (stb then tries TGA, which has no signature).
+const char* stb_format(const std::vector<uint8_t>& b) {
+  auto starts = [&](const char* sig, size_t len) { return b.size() >= len && std::memcmp(b.data(), sig, len) == 0; };
+  if (jpeg_soi_end(b) != 0) return "JPEG";
+  if (starts("\x89PNG\r\n\x1A\n", 8)) return "PNG";
+  if (starts("BM", 2)) return "BMP";
+  if (starts("GIF87a", 6) || starts("GIF89a", 6)) return "GIF";
+  if (starts("8BPS", 4)) return "PSD";
+  if (starts("\x53\x80\xF6\x34", 4)) return "PIC";
+  if (starts("P5", 2) || starts("P6", 2)) return "PNM";
+  if (starts("#?RADIANCE\n", 11) || starts("#?RGBE\n", 7)) return "HDR";
+  return "";
+}
+
+// "" when stb may decode `b` (then *w, *h are its size), else why not.
+std::string undecodable(const std::vector<uint8_t>& b, int* w, int* h) {
+  const std::string format = stb_format(b);
+  if (format == "PSD" || format == "PIC" || format == "HDR")
+    return format + " content (image folders hold JPEG, PNG, BMP, GIF, TGA, PPM or PGM images)";
+  if (format == "JPEG" || format == "PNM" || format == "PNG") {
+    std::string problem = format == "JPEG" ? jpeg_problem(b) : format == "PNM" ? pnm_problem(b) : png_problem(b);
+    if (!problem.empty()) return problem;
+  }
+  int n = 0;
+  if (b.size() > size_t(INT32_MAX) || stbi_info_from_memory(b.data(), static_cast<int>(b.size()), w, h, &n) == 0)
+    return stbi_failure_reason() ? stbi_failure_reason() : "unknown reason";
+  if (*w <= 0 || *h <= 0 || int64_t(*w) * *h > kMaxImagePixels)
+    return "image of " + std::to_string(*w) + "x" + std::to_string(*h) + " pixels, more than the limit of " +
+           std::to_string(kMaxImagePixels) + " pixels";
+  return "";
+}
+
+// Decodes one file to (h, w, C) interleaved pixels; throws Error naming the file.
+std::unique_ptr<uint8_t, void (*)(void*)> decode_hwc(const std::string& path, int C, int* w, int* h) {
+  const std::vector<uint8_t> bytes = detail::read_file(path);
+  const std::string problem = undecodable(bytes, w, h);
+  if (!problem.empty()) throw Error(path + ": cannot decode image (" + problem + ")");
+  int file_channels = 0;
+  std::unique_ptr<uint8_t, void (*)(void*)> hwc(
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), w, h, &file_channels, C), &stbi_image_free);
+  if (!hwc) {
+    const char* why = stbi_failure_reason();
+    throw Error(path + ": cannot decode image (" + (why ? why : "unknown reason") + ")");
+  }
+  return hwc;
+}
+
+// Decodes `path` into out (C, H, W), resized to H x W when its size differs (resize_image);
+// false with *error set when it cannot be read. *native_h, *native_w: the file's own size.
+bool decode_image(const std::string& path, int C, int H, int W, uint8_t* out, std::string* error,
+                  int* native_h = nullptr, int* native_w = nullptr) {
+  int w = 0, h = 0;
+  std::unique_ptr<uint8_t, void (*)(void*)> hwc(nullptr, &stbi_image_free);  // (h, w, C)
+  try {
+    hwc = decode_hwc(path, C, &w, &h);
+  } catch (const Error& e) {
+    *error = e.what();
+    return false;
+  }
+  if (native_h) *native_h = h;
+  if (native_w) *native_w = w;
+  if (h == H && w == W) {
+    for (int c = 0; c < C; ++c)
+      for (int p = 0; p < H * W; ++p) out[size_t(c) * H * W + p] = hwc.get()[size_t(p) * C + c];
+  } else {
+    std::vector<uint8_t> chw(size_t(C) * h * w);  // (C, h, w)
+    for (int c = 0; c < C; ++c)
+      for (int p = 0; p < h * w; ++p) chw[size_t(c) * h * w + p] = hwc.get()[size_t(p) * C + c];
+    resize_image(chw.data(), C, h, w, out, H, W);
+  }
+  return true;
+}
+
 // The decoded set; throws Error naming the first (in file order) file that fails.
 Dataset decode_all(const Listing& listing, int C, int H, int W) {
   Dataset d;
@@ -443,9 +620,9 @@ Dataset load_image_folder(const std::string& dir, int height, int width, int cha
   }
   if (height == 0) {
     const std::string first = listing.files.front().string();
-    int w = 0, h = 0, n = 0;
-    check(stbi_info(first.c_str(), &w, &h, &n) != 0,
-          first + ": cannot decode image (" + std::string(stbi_failure_reason() ? stbi_failure_reason() : "unknown reason") + ")");
+    int w = 0, h = 0;
+    const std::string problem = undecodable(detail::read_file(first), &w, &h);
+    check(problem.empty(), [&] { return first + ": cannot decode image (" + problem + ")"; });
     height = h;
     width = w;
   }
@@ -484,6 +661,17 @@ Dataset load_image_folder(const std::string& dir, int height, int width, int cha
       rep.cache_problem = rep.cache_problem.empty() ? problem : rep.cache_problem + "; " + problem;
   }
   return d;
+}
+
+std::vector<uint8_t> load_image_file(const std::string& path, int channels, int height, int width, int* native_h,
+                                     int* native_w) {
+  check(channels == 1 || channels == 3, path + ": images are read with 1 or 3 channels, not " + std::to_string(channels));
+  check(height > 0 && width > 0, path + ": target size must be positive, got " + std::to_string(height) + "x" +
+                                     std::to_string(width));
+  std::vector<uint8_t> out(size_t(channels) * height * width);  // (C, H, W)
+  std::string error;
+  if (!decode_image(path, channels, height, width, out.data(), &error, native_h, native_w)) throw Error(error);
+  return out;
 }
 
 }  // namespace dnns

@@ -31,7 +31,7 @@ std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
   gzFile gz = gzopen(path.c_str(), "rb");
   if (!gz) throw Error(path + ": cannot open as gzip (" + std::strerror(errno) + ")");
   std::vector<uint8_t> out;
-  std::vector<uint8_t> chunk(1 << 20);
+  std::vector<uint8_t> chunk(1 << 16);
   int errnum = Z_OK;
   for (;;) {
     const int n = gzread(gz, chunk.data(), static_cast<unsigned>(chunk.size()));

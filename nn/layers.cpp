@@ -695,6 +695,39 @@ static std::vector<int32_t> attr_ints(const std::map<std::string, std::string>& 
   return out;
 }
 
+int64_t declared_params(LayerKind kind, const std::map<std::string, std::string>& a) {
+  constexpr int64_t kOver = kMaxSpecParams + 1;
+  auto product = [&](std::initializer_list<int64_t> factors) {  // saturating; 0 for a non-positive factor
+    int64_t p = 1;
+    for (int64_t f : factors) {
+      if (f <= 0) return int64_t(0);
+      p = p > kOver / f ? kOver : p * f;
+    }
+    return p;
+  };
+  auto sum = [&](int64_t x, int64_t y) { return std::min(kOver, x + y); };
+  switch (kind) {
+    case LayerKind::Conv: {
+      const int64_t out = attr_int(a, "out", "conv");
+      int64_t n = product({out, attr_int(a, "in", "conv"), attr_int(a, "kh", "conv"), attr_int(a, "kw", "conv")});
+      if (attr_int(a, "bias", "conv") != 0) n = sum(n, std::max<int64_t>(out, 0));
+      if (a.count("pos_h") && a.count("pos_w"))
+        n = sum(n, product({out, attr_int(a, "pos_h", "conv"), attr_int(a, "pos_w", "conv")}));
+      return n;
+    }
+    case LayerKind::BatchNorm: return product({4, attr_int(a, "channels", "batchnorm")});  // gamma, beta, mean, var
+    case LayerKind::Linear: {
+      const int64_t out = attr_int(a, "out", "linear");
+      int64_t n = product({out, attr_int(a, "in", "linear")});
+      if (attr_int(a, "bias", "linear") != 0) n = sum(n, std::max<int64_t>(out, 0));
+      return n;
+    }
+    case LayerKind::Add:  // a compacted residual join's bias (nn/layers.h Add)
+      return a.count("bias") && attr_int(a, "bias", "add") != 0 ? product({attr_int(a, "channels", "add")}) : 0;
+    default: return 0;
+  }
+}
+
 std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, std::string>& a) {
   // An attribute this build does not know would change the layer's meaning: refuse it.
   static const std::map<LayerKind, std::vector<std::string>> known = {

@@ -234,4 +234,15 @@ class Add : public Layer {
 // Builds a layer from its kind and attributes (as stored in a graph spec).
 std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, std::string>& attrs);
 
+// The most parameters a graph spec may declare, all layers together: 2^27 (512 MiB of float32;
+// VGG-19, the zoo's largest, has 20M). A spec comes from a file, and make_layer allocates what
+// the attributes say before the graph's shapes are checked: without a bound, one line of a
+// stranger's file ("conv ... in=122222222") asks for gigabytes (found by tests/fuzz/fuzz_spec).
+constexpr int64_t kMaxSpecParams = int64_t(1) << 27;
+
+// The parameters (and batchnorm statistics) a layer of this kind and these attributes would
+// hold, computed from the attributes without building it; saturates at kMaxSpecParams + 1.
+// Throws Error like make_layer for a missing or non-integer size attribute.
+int64_t declared_params(LayerKind kind, const std::map<std::string, std::string>& attrs);
+
 }  // namespace dnns

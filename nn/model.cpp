@@ -329,6 +329,7 @@ Model Model::from_spec(const std::string& spec) {
   std::string line;
   int lineno = 0;
   bool header = false, have_output = false;
+  int64_t params = 0;  // declared so far, against kMaxSpecParams
   while (std::getline(is, line)) {
     ++lineno;
     if (line.empty()) continue;
@@ -392,8 +393,17 @@ Model Model::from_spec(const std::string& spec) {
       }
     }
     try {
-      if (kind == "input") m.add_input(shape, name);
-      else m.add(name, make_layer(parse_layer_kind(kind), attrs), inputs);
+      if (kind == "input") {
+        m.add_input(shape, name);
+      } else {
+        const LayerKind k = parse_layer_kind(kind);
+        params += declared_params(k, attrs);  // checked before anything is allocated
+        check(params <= kMaxSpecParams, [&] {
+          return "node '" + name + "' brings the parameters declared to more than the limit of " +
+                 std::to_string(kMaxSpecParams) + " (2^27)";
+        });
+        m.add(name, make_layer(k, attrs), inputs);
+      }
     } catch (const Error& e) {
       throw Error(where + " (node '" + name + "'): " + e.what());
     }

@@ -22,6 +22,8 @@ done
 packages=(build-essential cmake pkg-config curl libopenblas-dev libtbb-dev libstb-dev doctest-dev zlib1g-dev
           dataset-fashion-mnist libonnx-dev libprotobuf-dev libopenmpi-dev openmpi-bin)
 # onnx + protobuf: ONNX import; curl: data fetch; OpenMPI: data-parallel training (tests/test_mpi)
+# clang + libFuzzer for the fuzz targets (scripts/fuzz.sh, run by .ci/run); the default build stays GCC.
+packages+=(clang-14 libfuzzer-14-dev libclang-rt-14-dev)
 [ "$with_torch" = 1 ] && packages+=(python3-torch)
 
 missing=()

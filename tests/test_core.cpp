@@ -120,7 +120,7 @@ TEST_CASE("JSON: what the writer writes, the reader reads back") {
   REQUIRE(xs.size() == 3);
   CHECK(json_double(xs[1], "r") == -2e-300);
   CHECK(json_int(json_field(json_field(v, "raw", "r"), "k", "r"), "r") == 1);
-  CHECK(v.members[0].first == "name");  // keys in insertion order
+  CHECK(v.members[0].key == "name");  // keys in insertion order
 }
 
 TEST_CASE("flags: set_default yields to the command line and reads switches as parse does") {

@@ -520,6 +520,61 @@ TEST_CASE("load_image_folder: errors name the folder or file") {
   CHECK(contains(msg, "channels must be 1..4"));
 }
 
+// The inputs tests/fuzz/fuzz_image.cpp found (byte 0 of each is the target's mode byte): stb_image
+// 2.27 writes or reads out of bounds on them, so the reader must refuse them before stb decodes.
+TEST_CASE("load_image_folder: refuses the files that break stb_image (fuzz corpus)") {
+  TempDir tmp;
+  ImageFolderOptions opt;
+  opt.use_cache = false;
+  const fs::path corpus = fs::path(DNNS_SOURCE_DIR) / "tests" / "fuzz" / "image";
+  auto refusal = [&](const std::string& file, int h, int w) {
+    std::vector<uint8_t> bytes = read_bytes(corpus / file);
+    REQUIRE(bytes.size() > 1);
+    const fs::path root = tmp / file;
+    write_bytes(root / "a" / "0.png", std::vector<uint8_t>(bytes.begin() + 1, bytes.end()));
+    return error_of([&] { load_image_folder(root.string(), h, w, 3, opt); });
+  };
+  for (const char* jpeg : {"crash-jpeg-huffman-codes", "crash-jpeg-huffman-codes-truncated", "crash-jpeg-fill-before-soi"}) {
+    CAPTURE(jpeg);
+    CHECK(contains(refusal(jpeg, 8, 8), "cannot decode image (corrupt JPEG: a Huffman table declares"));
+    CHECK(contains(refusal(jpeg, 0, 0), "Huffman table declares"));  // the size probe is guarded too
+  }
+  CHECK(contains(refusal("crash-jpeg-undefined-huffman-table", 8, 8), "DC Huffman table 3, which is not defined"));
+  CHECK(contains(refusal("crash-png-huge-idat", 8, 8), "truncated PNG: chunk of"));
+  CHECK(contains(refusal("crash-pnm-16bit", 8, 8), "16-bit PNM (maximum value 525)"));
+  CHECK(contains(refusal("crash-pnm-truncated", 8, 8), "truncated PNM"));
+  CHECK(contains(refusal("seed.hdr", 8, 8), "HDR content"));
+
+  // The same checks let the valid files of those formats through.
+  for (const char* ok : {"seed.ppm", "seed.pgm", "seed.jpg", "seed.png", "seed.bmp", "seed.tga"}) {
+    CAPTURE(ok);
+    std::vector<uint8_t> bytes = read_bytes(corpus / ok);
+    const fs::path root = tmp / (std::string("ok-") + ok);
+    write_bytes(root / "a" / "0.png", std::vector<uint8_t>(bytes.begin() + 1, bytes.end()));
+    Dataset d = load_image_folder(root.string(), 0, 0, 3, opt);
+    CHECK(d.size() == 1);
+    CHECK(d.height == 4);
+    CHECK(d.width == 6);
+  }
+  {  // a progressive JPEG (libjpeg): its DC scans name an AC table not yet defined, as they may
+    std::vector<uint8_t> bytes = read_bytes(corpus / "seed-progressive.jpg");
+    write_bytes(tmp / "prog" / "a" / "0.jpg", std::vector<uint8_t>(bytes.begin() + 1, bytes.end()));
+    Dataset d = load_image_folder((tmp / "prog").string(), 0, 0, 3, opt);
+    CHECK(d.height == 16);
+    CHECK(d.width == 24);
+  }
+  // A PPM one byte short of its pixels is refused; the same PPM whole is read.
+  std::string ppm = "P6\n2 1\n255\n";
+  ppm += std::string("\x01\x02\x03\x04\x05", 5);
+  write_bytes(tmp / "short" / "a" / "0.ppm", std::vector<uint8_t>(ppm.begin(), ppm.end()));
+  CHECK(contains(error_of([&] { load_image_folder((tmp / "short").string(), 0, 0, 3, opt); }),
+                 "the header promises 6 bytes of pixels, the file holds 5"));
+  ppm += '\x06';
+  write_bytes(tmp / "whole" / "a" / "0.ppm", std::vector<uint8_t>(ppm.begin(), ppm.end()));
+  Dataset d = load_image_folder((tmp / "whole").string(), 0, 0, 3, opt);
+  CHECK(d.pixels == std::vector<uint8_t>{1, 4, 2, 5, 3, 6});  // (C, H, W)
+}
+
 TEST_CASE("load_image_folder: decode cache hits, invalidation and corruption") {
   TempDir tmp;
   write_image_folder(tmp / "set");
