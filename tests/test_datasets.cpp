@@ -530,7 +530,7 @@ TEST_CASE("load_image_folder: refuses the files that break stb_image (fuzz corpu
   auto refusal = [&](const std::string& file, int h, int w) {
     std::vector<uint8_t> bytes = read_bytes(corpus / file);
     REQUIRE(bytes.size() > 1);
-    const fs::path root = tmp / file;
+    const fs::path root = tmp.path / file;
     write_bytes(root / "a" / "0.png", std::vector<uint8_t>(bytes.begin() + 1, bytes.end()));
     return error_of([&] { load_image_folder(root.string(), h, w, 3, opt); });
   };
@@ -549,7 +549,7 @@ TEST_CASE("load_image_folder: refuses the files that break stb_image (fuzz corpu
   for (const char* ok : {"seed.ppm", "seed.pgm", "seed.jpg", "seed.png", "seed.bmp", "seed.tga"}) {
     CAPTURE(ok);
     std::vector<uint8_t> bytes = read_bytes(corpus / ok);
-    const fs::path root = tmp / (std::string("ok-") + ok);
+    const fs::path root = tmp.path / (std::string("ok-") + ok);
     write_bytes(root / "a" / "0.png", std::vector<uint8_t>(bytes.begin() + 1, bytes.end()));
     Dataset d = load_image_folder(root.string(), 0, 0, 3, opt);
     CHECK(d.size() == 1);
@@ -558,20 +558,20 @@ TEST_CASE("load_image_folder: refuses the files that break stb_image (fuzz corpu
   }
   {  // a progressive JPEG (libjpeg): its DC scans name an AC table not yet defined, as they may
     std::vector<uint8_t> bytes = read_bytes(corpus / "seed-progressive.jpg");
-    write_bytes(tmp / "prog" / "a" / "0.jpg", std::vector<uint8_t>(bytes.begin() + 1, bytes.end()));
-    Dataset d = load_image_folder((tmp / "prog").string(), 0, 0, 3, opt);
+    write_bytes(tmp.path / "prog" / "a" / "0.jpg", std::vector<uint8_t>(bytes.begin() + 1, bytes.end()));
+    Dataset d = load_image_folder((tmp.path / "prog").string(), 0, 0, 3, opt);
     CHECK(d.height == 16);
     CHECK(d.width == 24);
   }
   // A PPM one byte short of its pixels is refused; the same PPM whole is read.
   std::string ppm = "P6\n2 1\n255\n";
   ppm += std::string("\x01\x02\x03\x04\x05", 5);
-  write_bytes(tmp / "short" / "a" / "0.ppm", std::vector<uint8_t>(ppm.begin(), ppm.end()));
-  CHECK(contains(error_of([&] { load_image_folder((tmp / "short").string(), 0, 0, 3, opt); }),
+  write_bytes(tmp.path / "short" / "a" / "0.ppm", std::vector<uint8_t>(ppm.begin(), ppm.end()));
+  CHECK(contains(error_of([&] { load_image_folder((tmp.path / "short").string(), 0, 0, 3, opt); }),
                  "the header promises 6 bytes of pixels, the file holds 5"));
   ppm += '\x06';
-  write_bytes(tmp / "whole" / "a" / "0.ppm", std::vector<uint8_t>(ppm.begin(), ppm.end()));
-  Dataset d = load_image_folder((tmp / "whole").string(), 0, 0, 3, opt);
+  write_bytes(tmp.path / "whole" / "a" / "0.ppm", std::vector<uint8_t>(ppm.begin(), ppm.end()));
+  Dataset d = load_image_folder((tmp.path / "whole").string(), 0, 0, 3, opt);
   CHECK(d.pixels == std::vector<uint8_t>{1, 4, 2, 5, 3, 6});  // (C, H, W)
 }
 
