@@ -13,7 +13,6 @@
 #include <mutex>
 #include <optional>
 
-#include <tbb/parallel_for.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -24,6 +23,7 @@
 #include <stb_image.h>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "datasets/dataset.h"
 
 namespace fs = std::filesystem;
@@ -365,7 +365,7 @@ Dataset decode_all(const Listing& listing, int C, int H, int W) {
   std::mutex mu;
   int64_t first_bad = n;
   std::string first_error;
-  tbb::parallel_for(int64_t(0), n, [&](int64_t i) {
+  parallel_for(int64_t(0), n, [&](int64_t i) {
     const std::string path = listing.files[i].string();
     int w = 0, h = 0, file_channels = 0;
     std::unique_ptr<uint8_t, void (*)(void*)> hwc(stbi_load(path.c_str(), &w, &h, &file_channels, C),
