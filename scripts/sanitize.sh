@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the suite with sanitizers and runs it; the first finding fails the run (exit 1).
+# Builds the suite with sanitizers and runs it; the first finding fails the run (non-zero exit).
 #
 #   scripts/sanitize.sh [asan|tsan|all] [--full]     (default: all)
 #
@@ -22,7 +22,7 @@ for arg in "$@"; do
   case "$arg" in
     asan|tsan|all) what=$arg ;;
     --full) full=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "sanitize.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
