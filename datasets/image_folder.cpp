@@ -13,7 +13,6 @@
 #include <mutex>
 #include <optional>
 
-#include <tbb/parallel_for.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -24,6 +23,7 @@
 #include <stb_image.h>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "datasets/dataset.h"
 #include "datasets/io.h"
 
@@ -579,7 +579,7 @@ Dataset decode_all(const Listing& listing, int C, int H, int W) {
   std::mutex mu;
   int64_t first_bad = n;
   std::string first_error;
-  tbb::parallel_for(int64_t(0), n, [&](int64_t i) {
+  parallel_for(int64_t(0), n, [&](int64_t i) {
     const std::string path = listing.files[i].string();
     std::string error;
     if (!decode_image(path, C, H, W, d.pixels.data() + i * d.image_bytes(), &error)) {

@@ -5,9 +5,8 @@
 #include <cmath>
 #include <numeric>
 
-#include <tbb/parallel_for.h>
-
 #include "core/error.h"
+#include "core/parallel.h"
 #include "core/rng.h"
 
 namespace dnns {
@@ -115,7 +114,7 @@ Batch Loader::assemble(int64_t epoch, int64_t batch, const std::vector<int64_t>&
 
   float* images = out.images.data();
   const float* lut = lut_.data();
-  tbb::parallel_for(int64_t(0), count, [&](int64_t k) {
+  parallel_for(int64_t(0), count, [&](int64_t k) {
     const int64_t pos = first + k;
     const uint8_t* src = d.image(order[pos]);     // (C, H, W) raw
     float* dst = images + k * d.image_bytes();    // (C, H, W) normalised

@@ -10,10 +10,8 @@
 #include <immintrin.h>
 #endif
 
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
-
 #include "core/error.h"
+#include "core/parallel.h"
 #include "kernels/ops.h"
 
 namespace dnns {
@@ -159,9 +157,9 @@ std::vector<SliceStats> slice_stats(const std::vector<WeightView>& views) {
     if (x.slice > 1 && x.slice <= 57)  // the bit-buffer paths of slice_flags
       max_block = std::max(max_block, int64_t(std::min(rows, x.K)) * x.C * x.slice);
   }
-  tbb::parallel_for(tbb::blocked_range<size_t>(0, tasks.size(), 1), [&](const tbb::blocked_range<size_t>& tr) {
+  parallel_for(size_t(0), tasks.size(), size_t(1), [&](size_t t0, size_t t1) {
     std::vector<uint8_t> bits(max_block > 0 ? max_block / 8 + 16 : 0);  // + room for 8-byte loads
-    for (size_t t = tr.begin(); t < tr.end(); ++t) {
+    for (size_t t = t0; t < t1; ++t) {
       const WeightView& x = views[tasks[t].v];
       SliceStats& s = out[tasks[t].v];
       const int r0 = tasks[t].r0, r1 = tasks[t].r1;
@@ -289,7 +287,7 @@ void gather_slices(const Gather& g) {
     else gather_rows<0>(g, r0, r1);
   };
   if (K <= grain) return run(0, K);  // too little to share out
-  tbb::parallel_for(tbb::blocked_range<int>(0, K, grain), [&](const tbb::blocked_range<int>& r) { run(r.begin(), r.end()); });
+  parallel_for(0, K, grain, run);
 }
 
 // The conv or linear layer L restricted to output rows `rows` and input channels `cols`
@@ -1038,8 +1036,8 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
   for (int i = 1; i < n; ++i)
     if (!absorbed[i] && (is(nodes[i], LayerKind::Conv) || is(nodes[i], LayerKind::Linear))) todo.push_back(i);
   std::vector<Built> built(n);
-  tbb::parallel_for(tbb::blocked_range<size_t>(0, todo.size(), 1), [&](const tbb::blocked_range<size_t>& r) {
-    for (size_t t = r.begin(); t < r.end(); ++t) built[todo[t]] = build_layer(todo[t]);
+  parallel_for(size_t(0), todo.size(), size_t(1), [&](size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; ++t) built[todo[t]] = build_layer(todo[t]);
   });
 
   // The compact add of node i: output channels kept[space], each input's held channels

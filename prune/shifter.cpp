@@ -273,18 +273,28 @@ double Shifter::publish(int index) {
   // The model is complete before anyone can see it: requests only ever reach it through the
   // pointer stored below.
   std::shared_ptr<const Model> model = this->model(index);
-  auto next = std::make_shared<const Active>(Active{index, ++generation_, std::move(model)});
-  active_.store(std::move(next));
+  std::shared_ptr<const Active> next =
+      std::make_shared<const Active>(Active{index, ++generation_, std::move(model)});
+  {
+    std::lock_guard<std::mutex> lock(active_mu_);
+    active_.swap(next);
+  }
+  next.reset();  // the previous variant, freed here unless a request still holds it
   const auto t1 = Clock::now();
   swaps_.fetch_add(1);
   return us_between(t0, t1);
+}
+
+std::shared_ptr<const Shifter::Active> Shifter::snapshot() const {
+  std::lock_guard<std::mutex> lock(active_mu_);
+  return active_;
 }
 
 double Shifter::activate(int index) {
   check(index >= 0 && index < size(), "shifter: no variant " + std::to_string(index) + " (the portfolio has " +
                                           std::to_string(size()) + ")");
   std::lock_guard<std::mutex> lock(mu_);
-  if (active_.load()->index == index) return 0;
+  if (snapshot()->index == index) return 0;
   return publish(index);
 }
 
@@ -294,14 +304,14 @@ ShiftResult Shifter::shift(const Conditions& c) {
   const auto t0 = Clock::now();
   r.selection = select_variant(p_.manifest.variants, c);
   r.decision_us = us_between(t0, Clock::now());
-  r.previous = active_.load()->index;
+  r.previous = snapshot()->index;
   int target = r.selection.chosen;
   if (target < 0) target = policy_ == NoFitPolicy::Closest ? r.selection.closest : r.previous;
   if (target != r.previous) {
     r.swap_us = publish(target);
     r.swapped = true;
   }
-  std::shared_ptr<const Active> now = active_.load();
+  std::shared_ptr<const Active> now = snapshot();
   r.active = now->index;
   r.generation = now->generation;
   return r;
@@ -310,7 +320,7 @@ ShiftResult Shifter::shift(const Conditions& c) {
 Answer Shifter::infer(const Tensor& x) const {
   // The snapshot keeps this variant alive and fixed for the whole request, whatever swaps
   // happen meanwhile.
-  std::shared_ptr<const Active> a = active_.load();
+  std::shared_ptr<const Active> a = snapshot();
   Answer ans;
   ans.logits = ::dnns::infer(*a->model, x);
   ans.variant = a->index;
@@ -319,8 +329,8 @@ Answer Shifter::infer(const Tensor& x) const {
   return ans;
 }
 
-int Shifter::active() const { return active_.load()->index; }
-uint64_t Shifter::generation() const { return active_.load()->generation; }
+int Shifter::active() const { return snapshot()->index; }
+uint64_t Shifter::generation() const { return snapshot()->generation; }
 
 std::vector<int64_t> Shifter::served_counts() const {
   std::vector<int64_t> out(p_.manifest.variants.size());
@@ -335,7 +345,7 @@ int64_t Shifter::resident_bytes() const {
     return total;
   }
   for (const PackedModel& pm : packed_) total += pm.bytes();
-  return total + model_resident_bytes(*active_.load()->model);
+  return total + model_resident_bytes(*snapshot()->model);
 }
 
 // ---------------------------------------------------------------- traces

@@ -15,7 +15,8 @@
 //
 // Serving (Shifter). Every variant is loaded and checked before it can be chosen, and served
 // as an immutable shared_ptr<const Model> that is complete before it is published; the active
-// variant is one atomic shared_ptr. A request takes a snapshot of it when it starts and runs `infer` (prune/
+// variant is one shared_ptr, copied or replaced under a mutex held for nothing else. A request
+// takes a snapshot of it when it starts and runs `infer` (prune/
 // infer.h, safe on one model from many threads) on that snapshot, so a swap never stalls,
 // never drops a request, and never lets one see a half-loaded model: requests in flight
 // finish on the variant they started on, and keep it alive until they do. Every answer names
@@ -157,12 +158,18 @@ class Shifter {
     std::shared_ptr<const Model> model;
   };
   double publish(int index);  // with mu_ held
+  std::shared_ptr<const Active> snapshot() const;  // the active variant, kept alive by the copy
 
   LoadedPortfolio p_;       // Packed: p_.models is emptied once packed
   NoFitPolicy policy_;
   Residency residency_;
   std::vector<PackedModel> packed_;  // (variants) Packed only
-  std::atomic<std::shared_ptr<const Active>> active_;
+  // The active variant. active_mu_ is held only to copy or replace this pointer, never while a
+  // model runs or is freed. (Not std::atomic<std::shared_ptr>: GCC 12's libstdc++ ends its
+  // load() with a relaxed unlock, so the pointer read in a load is not ordered before the next
+  // store's write; ThreadSanitizer reported that race between serving clients and a hot swap.)
+  mutable std::mutex active_mu_;
+  std::shared_ptr<const Active> active_;
   std::mutex mu_;  // serialises shift/activate
   uint64_t generation_ = 0;  // the last generation published; guarded by mu_
   std::unique_ptr<std::atomic<int64_t>[]> served_;

@@ -3,14 +3,13 @@
 // bit-identical from run to run, whatever the thread count. Reductions accumulate in double
 // over a fixed number of lanes, which lets the compiler vectorise them without reordering
 // anything at run time.
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
 
 #include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "kernels/cpu/cpu.h"
 
 namespace dnns::cpu {
@@ -71,8 +70,8 @@ template <class F>
 void for_channels(const BatchNormParams& p, F&& f) {
   const int64_t per_channel = std::max<int64_t>(1, int64_t(p.N) * p.HW);
   const int grain = int(std::max<int64_t>(1, (int64_t(1) << 15) / per_channel));
-  tbb::parallel_for(tbb::blocked_range<int>(0, p.C, grain), [&](const tbb::blocked_range<int>& r) {
-    for (int c = r.begin(); c < r.end(); c++) f(c);
+  parallel_for(0, p.C, grain, [&](int c0, int c1) {
+    for (int c = c0; c < c1; c++) f(c);
   });
 }
 

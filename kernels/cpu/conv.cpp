@@ -20,10 +20,8 @@
 #include <string>
 #include <vector>
 
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
-
 #include "core/error.h"
+#include "core/parallel.h"
 #include "core/threading.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm_util.h"
@@ -235,8 +233,8 @@ const float* output_grad_of(const Conv2dParams& p, const Block& bl, const float*
 }
 
 void run_tasks(int tasks, const std::function<void(int)>& body) {
-  tbb::parallel_for(tbb::blocked_range<int>(0, tasks, 1), [&](const tbb::blocked_range<int>& r) {
-    for (int t = r.begin(); t != r.end(); ++t) body(t);
+  parallel_for(0, tasks, 1, [&](int t0, int t1) {
+    for (int t = t0; t != t1; ++t) body(t);
   });
 }
 
@@ -323,7 +321,7 @@ void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float*
   // Allocated per call (not thread scratch): it lives across the parallel_for below.
   std::unique_ptr<float[]> partial_dw(new float[(size_t)(G - 1) * wsize]);  // (G-1, K, CRS)
   std::vector<double> partial_db((size_t)G * K, 0.0);                        // (G, K)
-  tbb::parallel_for(0, G, [&](int g) {
+  parallel_for(0, G, [&](int g) {
     float* acc = g == 0 ? dw : partial_dw.get() + (g - 1) * wsize;  // (K, CRS)
     double* acc_db = partial_db.data() + (int64_t)g * K;             // (K)
     const int first = (int)((int64_t)t.tasks * g / G), last = (int)((int64_t)t.tasks * (g + 1) / G);
@@ -346,13 +344,12 @@ void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float*
       });
   });
   if (G > 1)
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, wsize, 16384),
-                      [&](const tbb::blocked_range<int64_t>& r) {
-                        for (int g = 1; g < G; ++g) {
-                          const float* src = partial_dw.get() + (g - 1) * wsize;
-                          for (int64_t i = r.begin(); i < r.end(); ++i) dw[i] += src[i];
-                        }
-                      });
+    parallel_for(int64_t(0), wsize, int64_t(16384), [&](int64_t i0, int64_t i1) {
+      for (int g = 1; g < G; ++g) {
+        const float* src = partial_dw.get() + (g - 1) * wsize;
+        for (int64_t i = i0; i < i1; ++i) dw[i] += src[i];
+      }
+    });
   if (db)
     for (int k = 0; k < K; ++k) {
       double s = 0.0;

@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
-
+#include "core/parallel.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm_util.h"
 
@@ -24,8 +22,7 @@ void for_row_blocks(int M, int64_t macs, F&& gemm_rows) {
     gemm_rows(0, M);
     return;
   }
-  tbb::parallel_for(tbb::blocked_range<int>(0, M, kRowsPerTask),
-                    [&](const tbb::blocked_range<int>& r) { gemm_rows(r.begin(), r.end()); });
+  parallel_for(0, M, kRowsPerTask, gemm_rows);
 }
 
 }  // namespace

@@ -2,8 +2,6 @@
 // threads, each row's loss goes to its own slot and the slots are summed in row order on the
 // calling thread, which makes the result independent of the thread count. One exp per logit
 // (the reference computes it twice when it also writes the gradient).
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
 
 #include <algorithm>
 #include <cmath>
@@ -11,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "kernels/cpu/cpu.h"
 
 namespace dnns::cpu {
@@ -58,8 +57,7 @@ float softmax_cross_entropy(int N, int K, const float* logits, const float* labe
   if (N <= grain) {
     rows(0, N);
   } else {
-    tbb::parallel_for(tbb::blocked_range<int>(0, N, grain),
-                      [&](const tbb::blocked_range<int>& r) { rows(r.begin(), r.end()); });
+    parallel_for(0, N, grain, rows);
   }
   double total = 0.0;
   int hits = 0;

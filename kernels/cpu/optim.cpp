@@ -1,8 +1,7 @@
 // Optimized SGD step and mask application: one fused pass over w, g and buf, in blocks
 // across oneTBB threads. Elementwise, so results do not depend on the partitioning.
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
 
+#include "core/parallel.h"
 #include "kernels/cpu/cpu.h"
 
 namespace dnns::cpu {
@@ -13,8 +12,7 @@ template <class F>
 void for_blocks(int64_t n, F&& f) {
   constexpr int64_t kGrain = int64_t(1) << 15;
   if (n <= kGrain) return f(int64_t(0), n);
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, kGrain),
-                    [&](const tbb::blocked_range<int64_t>& r) { f(r.begin(), r.end()); });
+  parallel_for(int64_t(0), n, kGrain, f);
 }
 
 }  // namespace

@@ -1,11 +1,10 @@
 // Optimized pooling: the (N*C) planes are independent, so they are spread over oneTBB threads
 // and each plane is computed by one task, comparing and summing in the reference's order.
 // Inner loops run along an output row, where the compiler can vectorise them.
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
 
 #include <algorithm>
 
+#include "core/parallel.h"
 #include "kernels/cpu/cpu.h"
 
 namespace dnns::cpu {
@@ -20,8 +19,8 @@ void for_planes(int64_t planes, int64_t plane_size, F&& f) {
     for (int64_t i = 0; i < planes; i++) f(i);
     return;
   }
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, planes, grain), [&](const tbb::blocked_range<int64_t>& r) {
-    for (int64_t i = r.begin(); i < r.end(); i++) f(i);
+  parallel_for(int64_t(0), planes, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) f(i);
   });
 }
 
