@@ -55,6 +55,12 @@ bool Flags::parse(int argc, char** argv, int first, int max_positional) {
   return true;
 }
 
+std::string Flags::default_of(const std::string& name) const {
+  auto it = specs_.find(name);
+  check(it != specs_.end(), program_ + ": undeclared flag --" + name);
+  return it->second.boolean ? "0" : it->second.def;
+}
+
 std::string Flags::str(const std::string& name) const {
   auto it = values_.find(name);
   check(it != values_.end(), program_ + ": internal: undeclared flag --" + name);

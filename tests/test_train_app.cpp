@@ -93,3 +93,35 @@ TEST_CASE("train: bad input is refused with a clear error") {
   CHECK(e4.find("unknown model 'resnet21'") != std::string::npos);
   CHECK_FALSE(fs::exists(dir / "o"));  // a refused command leaves no run folder behind
 }
+
+TEST_CASE("train --resume: a run stored before a flag existed is the same run when that flag holds its default") {
+  REQUIRE(fs::exists(kBin));
+  TempDir dir("trainapp_hp");
+  const std::string out = dir / "r", log = dir / "log", err = dir / "log.err";
+  std::vector<std::string> args = {kBin, "train", "--data", "synthetic", "--model", "resnet20", "--epochs", "1",
+                                   "--train-subset", "128", "--test-subset", "64", "--threads", "2", "--out", out};
+  REQUIRE(wait_exit(spawn(args, log, err)) == 0);
+  const std::string hp = out + "/hparams.json", stored = read_text(hp);
+  auto without = [&](const std::string& text, const std::string& key) {  // drops `"key": "value", `
+    const size_t at = text.find("\"" + key + "\": ");
+    REQUIRE(at != std::string::npos);
+    const size_t end = text.find(", ", at);
+    return text.substr(0, at) + text.substr(end + 2);
+  };
+  args.push_back("--resume");
+  // Older build: no --sync-bn (default on): the same run.
+  write_text_atomic(hp, without(stored, "sync-bn"));
+  CHECK(wait_exit(spawn(args, log, err)) == 0);
+  // A stored run without --epochs (default 160) is not this run of 1 epoch.
+  write_text_atomic(hp, without(stored, "epochs"));
+  CHECK(wait_exit(spawn(args, log, err)) == 1);
+  CHECK(read_text(err).find("other hyper-parameters") != std::string::npos);
+  // A stored value that differs is refused as before.
+  std::string other = stored;
+  const size_t lr = other.find("\"lr\": \"0.1\"");
+  REQUIRE(lr != std::string::npos);
+  other.replace(lr, 11, "\"lr\": \"0.2\"");
+  write_text_atomic(hp, other);
+  CHECK(wait_exit(spawn(args, log, err)) == 1);
+  CHECK(read_text(err).find("other hyper-parameters") != std::string::npos);
+}

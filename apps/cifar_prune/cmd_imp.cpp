@@ -79,7 +79,7 @@ int cmd_imp(int argc, char** argv) {
             std::to_string(data.train->batches_per_epoch()) + " batches = " + std::to_string(total) +
             " steps); pass a smaller --rewind-step or train longer");
   model.to(dev);
-  prepare_run_dir(out, imp_identity_json(f), opt.resume);
+  prepare_run_dir(out, imp_identity_json(f), opt.resume, f);
   std::fprintf(stderr, "model: %s, %lld parameters, device %s; %d levels, rewind to step %lld of %lld\n",
                f.str("model").c_str(), (long long)model.num_params(), device_name(dev), opt.levels,
                (long long)opt.rewind_step, (long long)total);

@@ -28,7 +28,7 @@ int cmd_train(int argc, char** argv) {
   TrainConfig cfg = training_config(f, data.train->batches_per_epoch());
   Model model = make_model(f, data);
   model.to(dev);  // fails here, before any folder is made, when the device is missing
-  prepare_run_dir(out, hp, f.flag("resume"));
+  prepare_run_dir(out, hp, f.flag("resume"), f);
   if (file_exists(out + "/metrics.json")) {
     // A finished run: its results stay as they are.
     std::printf("%s: this run is already finished; its results: %s/metrics.json\n", out.c_str(), out.c_str());

@@ -1,5 +1,7 @@
 #include "apps/cifar_prune/common.h"
 
+#include "prune/report.h"  // parse_flat_json
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -196,14 +198,28 @@ std::string hparams_json(const Flags& f, const std::string& command) {
   return j.str();
 }
 
-void prepare_run_dir(const std::string& dir, const std::string& hparams, bool resume) {
+// Same run: the same settings, where a setting the stored run lacks (a flag added since it was
+// made) holds that flag's default, the value the older build used without naming it.
+static bool same_run(const std::string& stored, const std::string& now, const std::string& where, const Flags& f) {
+  if (stored == now) return true;
+  const auto old_map = parse_flat_json(stored, where), new_map = parse_flat_json(now, "the command line");
+  for (const auto& [k, v] : old_map) {
+    auto it = new_map.find(k);
+    if (it == new_map.end() || it->second != v) return false;
+  }
+  for (const auto& [k, v] : new_map)
+    if (!old_map.count(k) && (k == "command" || v != f.default_of(k))) return false;
+  return true;
+}
+
+void prepare_run_dir(const std::string& dir, const std::string& hparams, bool resume, const Flags& f) {
   std::string hp = dir + "/hparams.json";
   const bool existed = file_exists(hp);
   dist::barrier();  // under mpirun: every rank has looked before rank 0 writes
   if (existed) {
     std::string old = read_text(hp);
     if (!old.empty() && old.back() == '\n') old.pop_back();
-    check(old == hparams, dir + ": holds a run with other hyper-parameters (see " + hp +
+    check(same_run(old, hparams, hp, f), dir + ": holds a run with other hyper-parameters (see " + hp +
                               "); choose another --out or delete that folder");
     check(resume, dir + ": already holds this run; pass --resume to continue it, or choose another --out");
     return;

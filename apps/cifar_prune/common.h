@@ -43,6 +43,8 @@ bool normalization_from_flags(const Flags& f, int channels, ChannelStats* out);
 std::string hparams_json(const Flags& f, const std::string& command);
 // Creates `dir` for a new run, or checks it belongs to the same run when resuming. Refuses
 // to touch a folder holding a different or a finished run unless told so.
-void prepare_run_dir(const std::string& dir, const std::string& hparams, bool resume);
+// A run stored with fewer flags (made before some flag existed) is the same run when each flag
+// it lacks holds its default now: `f` gives those defaults.
+void prepare_run_dir(const std::string& dir, const std::string& hparams, bool resume, const Flags& f);
 
 }  // namespace dnns::app
