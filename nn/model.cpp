@@ -399,7 +399,7 @@ Model Model::from_spec(const std::string& spec) {
         const LayerKind k = parse_layer_kind(kind);
         params += declared_params(k, attrs);  // checked before anything is allocated
         check(params <= kMaxSpecParams, [&] {
-          return "node '" + name + "' brings the parameters declared to more than the limit of " +
+          return "this node brings the parameters declared to more than the limit of " +
                  std::to_string(kMaxSpecParams) + " (2^27)";
         });
         m.add(name, make_layer(k, attrs), inputs);

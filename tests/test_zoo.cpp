@@ -110,10 +110,10 @@ TEST_CASE("bad graph specs are refused with the line and the reason") {
   // Sizes are checked before anything is allocated (tests/fuzz/spec/crash-conv-huge-in-channels):
   // one line asking for 8.8 GB, and two lines each within the limit but over it together.
   std::string huge = "dnnshifter-graph 1\ninput x shape=1,5,5\nconv c inputs=x bias=0 in=122222222 kh=3 kw=3 out=2 pad=1 stride=1\noutput c\n";
-  CHECK_THROWS_WITH_AS(Model::from_spec(huge), doctest::Contains("graph spec line 3: node 'c' brings the parameters declared to more than the limit"), Error);
+  CHECK_THROWS_WITH_AS(Model::from_spec(huge), doctest::Contains("graph spec line 3 (node 'c'): this node brings the parameters declared to more than the limit"), Error);
   // A 2-weight layer, then one of exactly 2^27 weights (allowed alone): refused together, and
   // before the big one is allocated.
   std::string two = "dnnshifter-graph 1\ninput x shape=1,1,2\nflatten f inputs=x\nlinear a inputs=f bias=0 in=2 out=1\n"
                     "linear b inputs=a bias=0 in=1 out=134217728\noutput b\n";
-  CHECK_THROWS_WITH_AS(Model::from_spec(two), doctest::Contains("graph spec line 5: node 'b' brings"), Error);
+  CHECK_THROWS_WITH_AS(Model::from_spec(two), doctest::Contains("graph spec line 5 (node 'b'): this node brings"), Error);
 }
