@@ -232,7 +232,8 @@ TEST_CASE("a portfolio built end to end from a fake IMP run loads back and repro
     // The loaded compact model computes the masked model's logits.
     Model masked = Model::load(run + "/level_" + std::to_string(i) + "/model.dnns");
     int64_t compact_params = 0;
-    for (auto& q : compact_model(masked).params()) compact_params += q.param->value.numel();
+    Model compact = compact_model(masked);  // named: params() points into it
+    for (auto& q : compact.params()) compact_params += q.param->value.numel();
     CHECK(v.params == compact_params);
     Tensor want = masked.forward(x, false), got = infer(*lp.models[i], x);
     const float scale = logit_scale(want);
