@@ -57,13 +57,15 @@ grep -q '"case":"cuda tests","side":"ours","result":{"exit_status":0' "$work/che
 echo "--- 4. libraries of the copy (lib/ unpacked by the check)"
 provided='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libnvidia-[a-z-]*)\.so'
 for b in "$copy"/gpu_bundle/bin/*; do
+  deps=$(env -u LD_LIBRARY_PATH ldd "$b" | awk '/=>/ {print $1, $3}') || fail "ldd $b failed"
+  [ -n "$deps" ] || fail "ldd lists no libraries for $b"
   while read -r name path; do
     [[ "$name" =~ $provided ]] && continue
     case "$(realpath "$path")" in
       "$(realpath "$copy")/gpu_bundle/lib/"*) ;;
       *) fail "$(basename "$b") resolves $name to $path, outside the bundle" ;;
     esac
-  done < <(env -u LD_LIBRARY_PATH ldd "$b" | awk '/=>/ {print $1, $3}')
+  done <<< "$deps"
 done
 echo "every bundled program resolves its libraries inside the copy (or from the CUDA toolkit / C runtime)"
 

@@ -37,7 +37,12 @@ run_case() {
   local case=$1 side=$2 limit=$3; shift 3
   local l; l=$(left)
   [ "$l" -lt "$limit" ] && limit=$l
-  if [ "$limit" -lt 5 ]; then echo "skipped ($case, $side): the check's time is up"; return; fi
+  if [ "$limit" -lt 5 ]; then  # a figure not measured is a failed check, not a pass
+    echo "NOT RUN ($case, $side): the check's time is up"
+    printf '{"case":"%s","side":"%s","error":"not run: time up"}\n' "$case" "$side" >> "$results"
+    failures=$((failures + 1))
+    return
+  fi
   local o rc
   o=$(timeout "$limit" "$@" 2>"$out/stderr.tmp"); rc=$?
   local line; line=$(printf '%s\n' "$o" | grep '^{' | tail -n 1)
@@ -86,8 +91,8 @@ if [ -x gpu_bundle/bin/cifar_prune ]; then
 else
   echo "no gpu_bundle/ (made by scripts/gpu_bundle.sh): building here instead (needs our build dependencies)"
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DDNNS_CUDA=ON >/dev/null || exit 1
-  cmake --build build-gpu -j "$(nproc)" --target cifar_prune bench test_cuda_ops 2>&1 | grep -E "error|warning" || true
-  [ -x build-gpu/bin/bench ] || { echo "build failed"; exit 1; }
+  cmake --build build-gpu -j "$(nproc)" --target cifar_prune bench test_cuda_ops > "$out/build.log" 2>&1 ||
+    { tail -n 40 "$out/build.log"; echo "build failed"; exit 1; }
   mkdir -p build-gpu/tests
   bin=build-gpu/bin
   cp build-gpu/tests/test_cuda_ops "$bin/" 2>/dev/null
@@ -99,6 +104,9 @@ fi
 # /usr/local/cuda/lib64, /usr/local/cuda/lib), else in the toolkit's other folders or PyTorch's
 # nvidia wheels, and put that folder on LD_LIBRARY_PATH. If none has them, the GPU steps are
 # skipped with the list of what is missing (the PyTorch peer still runs).
+for p in cifar_prune bench test_cuda_ops; do
+  [ -x "$bin/$p" ] || { echo "$bin/$p is missing: the bundle or build is incomplete"; exit 1; }
+done
 missing() { ldd "$bin"/cifar_prune "$bin"/bench "$bin"/test_cuda_ops 2>/dev/null | awk '/not found/ {print $1}' | sort -u; }
 miss=$(missing)
 if [ -n "$miss" ]; then
@@ -179,7 +187,7 @@ elif [ "$ours" = 1 ]; then
 fi
 
 step "table"
-python3 bench/gpu_table.py "$results" > "$out/table.md" && cat "$out/table.md"
+if python3 bench/gpu_table.py "$results" > "$out/table.md"; then cat "$out/table.md"; else failures=$((failures + 1)); fi
 rm -f "$out/stderr.tmp"
 step "done: $failures failed step(s)"
 [ "$failures" = 0 ]

