@@ -18,6 +18,7 @@
 #include "core/rng.h"
 #include "core/threading.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/params.h"
 #include "kernels/ref/ref.h"
 #include "tests/test_util.h"
@@ -186,6 +187,67 @@ TEST_CASE("cpu conv matches ref on chosen shapes") {
       conv(2, 3, 5, 5, 2, 1, 1, 1, 2),     // 1x1 with padding larger than the kernel
   };
   for (const Conv2dParams& p : shapes) compare_conv(p, rng);
+}
+
+// Every instruction-set path this CPU has (avx512, avx2, generic), each with the direct kernels
+// where they apply and with im2col + sgemm forced, against the reference. The shapes are the
+// direct kernels' cases: odd channel counts (compaction leaves 37, 54, 113), rows that are not
+// a whole number of vectors (the masked tail), rows of exactly 8 and of 9 (the two AVX-512
+// vector widths), a filter count that is not a multiple of the filter block, no padding,
+// non-square kernels, batch 1 split into filter groups, and dead (all-zero) filters.
+TEST_CASE("every ISA path and convolution algorithm matches ref") {
+  struct Restore {
+    ~Restore() {
+      cpu::set_cpu_isa(cpu::best_cpu_isa());
+      cpu::set_conv_algo(cpu::ConvAlgo::Auto);
+    }
+  } restore;
+  const Conv2dParams direct_shapes[] = {
+      conv(3, 37, 11, 13, 54, 3, 3, 1, 1),  // odd channels, 13 = 8 + 5 columns (masked tail)
+      conv(2, 5, 8, 8, 7, 3, 3, 1, 1),      // rows of exactly 8; K = 7, not a multiple of 4
+      conv(2, 4, 9, 9, 9, 3, 3, 1, 1),      // rows of 9: 16-wide vectors on AVX-512, 7 lanes masked
+      conv(1, 113, 16, 16, 6, 3, 3, 1, 1),  // batch 1: filter groups split the image
+      conv(2, 3, 32, 32, 16, 3, 3, 1, 1),   // a ResNet-20 stage-1 shape (first layer)
+      conv(2, 6, 12, 20, 5, 3, 3, 1, 0),    // no padding
+      conv(2, 4, 10, 17, 3, 3, 5, 1, 2),    // 3x5 kernel, pad 2
+      conv(2, 3, 9, 12, 4, 5, 5, 1, 1),     // 5x5 kernel, pad 1 < 2 (25 taps: 9 + 9 + 7)
+      conv(2, 3, 8, 10, 4, 1, 3, 1, 0),     // 1x3 kernel
+  };
+  Rng rng(29);
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    for (cpu::ConvAlgo algo : {cpu::ConvAlgo::Auto, cpu::ConvAlgo::Gemm}) {
+      cpu::set_conv_algo(algo);
+      INFO("isa " << cpu::isa_name((cpu::Isa)isa) << ", algorithm " << cpu::conv_algo_name(algo));
+      for (const Conv2dParams& p : direct_shapes) {
+        // The shape must take the path under test, or the comparison says nothing about it.
+        const std::string path = cpu::conv_path(p);
+        INFO(conv_str(p) << " took " << path);
+        CHECK((path.rfind("direct", 0) == 0) == (isa != (int)cpu::Isa::Generic && algo != cpu::ConvAlgo::Gemm));
+        compare_conv(p, rng);
+      }
+      // Dead filters: whole filters of w zero (what pruning leaves before compaction).
+      const Conv2dParams p = conv(2, 6, 10, 10, 9, 3, 3, 1, 1);
+      auto x = randn(rng, (int64_t)p.N * p.C * p.H * p.W), w = randn(rng, (int64_t)p.K * p.C * 9);
+      for (int k : {0, 4, 8}) std::fill(w.begin() + k * p.C * 9, w.begin() + (k + 1) * p.C * 9, 0.0f);
+      const int64_t ny = (int64_t)p.N * p.K * p.P() * p.Q();
+      auto y_ref = poisoned(ny), y_cpu = poisoned(ny);
+      ref::conv2d_forward(p, x.data(), w.data(), nullptr, y_ref.data());
+      cpu::conv2d_forward(p, x.data(), w.data(), nullptr, y_cpu.data());
+      check_close(y_cpu, y_ref, "forward with dead filters");
+    }
+  }
+}
+
+TEST_CASE("ISA and algorithm settings refuse what this CPU cannot run, naming it") {
+  CHECK_THROWS_WITH_AS(cpu::parse_isa("sse9"), doctest::Contains("unknown instruction set 'sse9'"), Error);
+  CHECK_THROWS_WITH_AS(cpu::parse_conv_algo("fft"), doctest::Contains("unknown convolution algorithm 'fft'"), Error);
+  CHECK(cpu::parse_isa(cpu::isa_name(cpu::Isa::Avx2)) == cpu::Isa::Avx2);
+  CHECK(cpu::parse_conv_algo("gemm") == cpu::ConvAlgo::Gemm);
+  if (cpu::best_cpu_isa() != cpu::Isa::Avx512) {
+    CHECK_THROWS_WITH_AS(cpu::set_cpu_isa(cpu::Isa::Avx512), doctest::Contains("supports at most"), Error);
+    CHECK(cpu::cpu_isa() == cpu::best_cpu_isa());
+  }
 }
 
 TEST_CASE("cpu conv matches ref on random shapes") {

@@ -4,11 +4,14 @@
 //   bench train   --model vgg16 --batch 128 --steps 5     training img/s (forward+backward+SGD)
 //   bench infer   --model resnet20 --batch 1              inference latency (p50/p99)
 //   bench compact --model vgg16 --density 0.05            compaction time of an IMP-like mask
+//   bench conv    --model resnet20 --batch 128            each conv shape of a model: the
+//                 direct kernels against im2col + sgemm, per op, alternated in one process
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -20,6 +23,8 @@
 #include "core/json.h"
 #include "core/rng.h"
 #include "core/threading.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/ops.h"
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
@@ -241,10 +246,116 @@ int bench_compact(int argc, char** argv) {
   return 0;
 }
 
+// Every distinct conv shape of a model at a batch size, each op (forward, backward data,
+// backward weights) timed with the automatic choice (direct kernels where they apply) and with
+// im2col + sgemm forced, alternating, so both see the same machine load; the best of --reps.
+int bench_conv(int argc, char** argv) {
+  Flags f("bench conv", "Convolution kernels per layer shape: the automatic path against im2col + sgemm.");
+  f.add("model", "resnet20", "zoo model or model file whose conv shapes are timed");
+  f.add("batch", "128", "batch size");
+  f.add("reps", "5", "timed repetitions per op and algorithm (the minimum is reported)");
+  f.add("threads", "0", "threads (0 = all cores)");
+  f.add("clock", "wall", "wall (elapsed time) or cpu (CPU time of the process, all threads: on a loaded machine it "
+                         "still compares the work each path does)");
+  if (!f.parse(argc, argv)) return 0;
+  set_num_threads(static_cast<int>(f.integer("threads")));
+  const std::string name = f.str("model"), clock_name = f.str("clock");
+  check(clock_name == "wall" || clock_name == "cpu", "--clock must be wall or cpu, got '" + clock_name + "'");
+  const bool cpu_clock = clock_name == "cpu";
+  auto now_ms = [&] {
+    if (!cpu_clock) return std::chrono::duration<double, std::milli>(Clock::now().time_since_epoch()).count();
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+  };
+  Model m = is_zoo_name(name) ? build_model(name) : Model::load(name);
+  const int64_t batch = f.integer("batch"), reps = f.integer("reps");
+  check(batch >= 1 && reps >= 1, "--batch and --reps must be at least 1");
+  const std::vector<Shape> shapes = m.infer_shapes(batch);
+  std::vector<Conv2dParams> convs;
+  std::vector<int> counts;
+  for (size_t i = 0; i < m.nodes().size(); ++i) {
+    const Node& n = m.nodes()[i];
+    auto* c = dynamic_cast<const Conv2d*>(n.layer.get());
+    if (!c) continue;
+    const Conv2dParams p = c->conv_params(shapes[n.inputs.at(0)]);
+    auto same = [&](const Conv2dParams& q) {
+      return q.N == p.N && q.C == p.C && q.H == p.H && q.W == p.W && q.K == p.K && q.R == p.R && q.S == p.S &&
+             q.stride == p.stride && q.pad == p.pad;
+    };
+    auto it = std::find_if(convs.begin(), convs.end(), same);
+    if (it == convs.end()) convs.push_back(p), counts.push_back(1);
+    else ++counts[it - convs.begin()];
+  }
+  Rng rng(1);
+  const cpu::ConvAlgo before = cpu::conv_algo();
+  double total[2][3] = {};
+  std::printf("# bench conv: %s, batch %lld, %d threads, %s, ISA %s, %s clock\n", name.c_str(), (long long)batch,
+              num_threads(), cpu_model_name().c_str(), cpu::isa_name(cpu::cpu_isa()), clock_name.c_str());
+  std::printf("%-34s %5s %-18s %27s %27s %27s\n", "shape (N,C,H,W)->K RxS/stride,pad", "count", "auto path",
+              "forward ms auto/gemm", "bwd data ms auto/gemm", "bwd weights ms auto/gemm");
+  for (size_t i = 0; i < convs.size(); ++i) {
+    const Conv2dParams& p = convs[i];
+    const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, nw = (int64_t)p.K * p.C * p.R * p.S;
+    const int64_t ny = (int64_t)p.N * p.K * p.P() * p.Q();
+    std::vector<float> x(nx), w(nw), b(p.K), y(ny), dy(ny), dx(nx), dw(nw), db(p.K);
+    for (float& v : x) v = rng.normal();
+    for (float& v : w) v = rng.normal();
+    for (float& v : dy) v = rng.normal();
+    double best[2][3];
+    for (auto& row : best)
+      for (double& v : row) v = 1e300;
+    for (int64_t r = 0; r <= reps; ++r)
+      for (int a = 0; a < 2; ++a) {
+        cpu::set_conv_algo(a == 0 ? cpu::ConvAlgo::Auto : cpu::ConvAlgo::Gemm);
+        double t0 = now_ms();
+        cpu::conv2d_forward(p, x.data(), w.data(), b.data(), y.data());
+        const double t_fwd = now_ms() - t0;
+        t0 = now_ms();
+        cpu::conv2d_backward_data(p, dy.data(), w.data(), dx.data());
+        const double t_bd = now_ms() - t0;
+        t0 = now_ms();
+        cpu::conv2d_backward_weights(p, x.data(), dy.data(), dw.data(), db.data());
+        const double t_bw = now_ms() - t0;
+        if (r == 0) continue;  // warm-up
+        best[a][0] = std::min(best[a][0], t_fwd);
+        best[a][1] = std::min(best[a][1], t_bd);
+        best[a][2] = std::min(best[a][2], t_bw);
+      }
+    cpu::set_conv_algo(before);
+    char label[96];
+    std::snprintf(label, sizeof label, "(%d,%d,%d,%d)->%d %dx%d/%d,%d", p.N, p.C, p.H, p.W, p.K, p.R, p.S, p.stride, p.pad);
+    std::printf("%-34s %5d %-18s", label, counts[i], cpu::conv_path(p).c_str());
+    for (int op = 0; op < 3; ++op) {
+      std::printf("   %7.2f/%7.2f (%5.2fx)", best[0][op], best[1][op], best[1][op] / best[0][op]);
+      for (int a = 0; a < 2; ++a) total[a][op] += counts[i] * best[a][op];
+    }
+    std::printf("\n");
+  }
+  std::printf("%-34s %5s %-18s", "all layers (count-weighted)", "", "");
+  for (int op = 0; op < 3; ++op) std::printf("   %7.1f/%7.1f (%5.2fx)", total[0][op], total[1][op], total[1][op] / total[0][op]);
+  std::printf("\n");
+  const double all_auto = total[0][0] + total[0][1] + total[0][2], all_gemm = total[1][0] + total[1][1] + total[1][2];
+  std::printf("%s\n", Json()
+                          .add("bench", "conv")
+                          .add("model", name)
+                          .add("batch", batch)
+                          .add("threads", num_threads())
+                          .add("isa", cpu::isa_name(cpu::cpu_isa()))
+                          .add("clock", clock_name)
+                          .add("ms_auto", all_auto)
+                          .add("ms_gemm", all_gemm)
+                          .add("speedup", all_gemm / all_auto)
+                          .add("cpu", cpu_model_name())
+                          .str()
+                          .c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* usage = "usage: bench train|infer|compact [flags]   (bench COMMAND --help)\n";
+  const char* usage = "usage: bench train|infer|compact|conv [flags]   (bench COMMAND --help)\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
     return 2;
@@ -254,6 +365,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return bench_train(argc - 1, argv + 1);
     if (cmd == "infer") return bench_infer(argc - 1, argv + 1);
     if (cmd == "compact") return bench_compact(argc - 1, argv + 1);
+    if (cmd == "conv") return bench_conv(argc - 1, argv + 1);
     if (cmd == "--help" || cmd == "-h") {
       std::fputs(usage, stdout);
       return 0;

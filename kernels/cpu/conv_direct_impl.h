@@ -1,0 +1,161 @@
+// The direct convolution kernels of conv_direct.h, written once over an ISA's vector type.
+// Included only by conv_direct_<isa>.cpp, each of which first defines, inside
+// namespace dnns::cpu::DNNS_DIRECT_NS, the struct(s) of vector operations it instantiates the
+// kernels with. Everything here sits in that per-ISA namespace and uses no library templates,
+// so no out-of-line copy compiled with one ISA's instructions can be picked by the linker for
+// code that runs on a CPU without them.
+#ifndef DNNS_DIRECT_NS
+#error "define DNNS_DIRECT_NS before including conv_direct_impl.h"
+#endif
+#include "kernels/cpu/conv_direct.h"
+
+namespace dnns::cpu::DNNS_DIRECT_NS {
+
+inline int imin(int a, int b) { return a < b ? a : b; }
+
+// ---- forward: y (K, P, Q) = bias + conv(xp, w) for filters [k, k + KB) and NV output vectors
+// Output vector v starts at input offset xoff[v] (tap (0, 0)), output offset yoff[v], and
+// holds lanes[v] valid columns. w: this filter block's packed weights (C, R, S, KB).
+template <class I, int KB, int NV>
+void forward_tile(const DirectShape& s, const float* xp, const float* w, const int* xoff,
+                  const int* yoff, const int* lanes, const float* bias, bool relu, float* y,
+                  int kvalid) {
+  using V = typename I::V;
+  V acc[KB][NV];
+#pragma GCC unroll 8
+  for (int kb = 0; kb < KB; ++kb)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[kb][v] = I::zero();
+  const int plane = s.Hp * s.Wp, RS = s.R * s.S;
+  for (int c = 0; c < s.C; ++c, xp += plane, w += RS * KB)
+    for (int r = 0; r < s.R; ++r) {
+      const float* xr = xp + r * s.Wp;
+      const float* wr = w + r * s.S * KB;
+      for (int t = 0; t < s.S; ++t) {
+        V xv[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) xv[v] = I::load(xr + xoff[v] + t);
+#pragma GCC unroll 8
+        for (int kb = 0; kb < KB; ++kb) {
+          const V wb = I::bcast(wr[t * KB + kb]);
+#pragma GCC unroll 8
+          for (int v = 0; v < NV; ++v) acc[kb][v] = I::fma(wb, xv[v], acc[kb][v]);
+        }
+      }
+    }
+  const int PQ = s.P * s.Q;
+  for (int kb = 0; kb < kvalid; ++kb) {
+    const V b = I::bcast(bias ? bias[kb] : 0.0f);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      V o = I::add(acc[kb][v], b);
+      if (relu) o = I::max(o, I::zero());
+      float* out = y + (long)kb * PQ + yoff[v];
+      if (lanes[v] == I::W)
+        I::store(out, o);
+      else
+        I::store_n(out, o, lanes[v]);
+    }
+  }
+}
+
+// Runs forward_tile with exactly nv (1..NV) vectors.
+template <class I, int KB, int NV>
+void forward_tile_n(int nv, const DirectShape& s, const float* xp, const float* w, const int* xoff,
+                    const int* yoff, const int* lanes, const float* bias, bool relu, float* y, int kvalid) {
+  if constexpr (NV > 1)
+    if (nv < NV)
+      return forward_tile_n<I, KB, NV - 1>(nv, s, xp, w, xoff, yoff, lanes, bias, relu, y, kvalid);
+  forward_tile<I, KB, NV>(s, xp, w, xoff, yoff, lanes, bias, relu, y, kvalid);
+}
+
+template <class I, int KB, int NV>
+void forward(const DirectShape& s, const float* xp, const float* wpk, const float* bias, bool relu,
+             float* y, int k0, int k1) {
+  constexpr int W = I::W;
+  const int per_row = (s.Q + W - 1) / W, nvec = s.P * per_row;
+  const long PQ = (long)s.P * s.Q, CRS = (long)s.C * s.R * s.S;
+  int xoff[NV], yoff[NV], lanes[NV];
+  for (int j0 = 0; j0 < nvec; j0 += NV) {
+    const int nv = imin(NV, nvec - j0);
+    for (int v = 0; v < nv; ++v) {
+      const int j = j0 + v, p = j / per_row, q0 = (j % per_row) * W;
+      xoff[v] = p * s.Wp + q0;
+      yoff[v] = p * s.Q + q0;
+      lanes[v] = imin(W, s.Q - q0);
+    }
+    for (int k = k0; k < k1; k += KB)
+      forward_tile_n<I, KB, NV>(nv, s, xp, wpk + (k / KB) * CRS * KB, xoff, yoff, lanes,
+                                bias ? bias + k : nullptr, relu, y + k * PQ, imin(KB, k1 - k));
+  }
+}
+
+// ---- backward weights: dw (K, C*R*S) += sum over images and output pixels of
+//      dyT (P*Q, Kp) (x) the input values each pixel read through each (c, r, s)
+// Vectorised over filters: a tile is KV vectors of filters (KV * W of them) x TC of the C*R*S
+// weight columns, accumulated in registers over every pixel of every image of the block, so
+// nothing is reduced across lanes. The weight column j = (c, r, s) of output pixel (p, q)
+// reads xp at c * Hp * Wp + (p + r) * Wp + q + s.
+template <class I, int KV, int TC>
+void backward_weights_tile(const DirectShape& s, int nimg, const float* const* xp, const float* const* dyT,
+                           int Kp, int k0, const int* xoff, int cols, float* dw) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  V acc[KV][TC];
+#pragma GCC unroll 32
+  for (int kv = 0; kv < KV; ++kv)
+#pragma GCC unroll 32
+    for (int t = 0; t < TC; ++t) acc[kv][t] = I::zero();
+  for (int n = 0; n < nimg; ++n) {
+    const float* d = dyT[n] + k0;
+    for (int p = 0; p < s.P; ++p) {
+      const float* xrow = xp[n] + p * s.Wp;
+      for (int q = 0; q < s.Q; ++q, d += Kp) {
+        V dv[KV];
+#pragma GCC unroll 32
+        for (int kv = 0; kv < KV; ++kv) dv[kv] = I::load(d + kv * W);
+        const float* x = xrow + q;
+#pragma GCC unroll 32
+        for (int t = 0; t < TC; ++t) {
+          const V xb = I::bcast(x[xoff[t]]);
+#pragma GCC unroll 32
+          for (int kv = 0; kv < KV; ++kv) acc[kv][t] = I::fma(dv[kv], xb, acc[kv][t]);
+        }
+      }
+    }
+  }
+  // Lane l of acc[kv][t] is filter k0 + kv * W + l, column xoff's t-th: add into dw.
+  const long CRS = (long)s.C * s.R * s.S;
+  alignas(64) float lanes[W];
+  for (int kv = 0; kv < KV; ++kv)
+    for (int t = 0; t < cols; ++t) {
+      I::store(lanes, acc[kv][t]);
+      const int kmax = imin(W, s.K - (k0 + kv * W));
+      for (int l = 0; l < kmax; ++l) dw[(k0 + kv * W + l) * CRS + t] += lanes[l];
+    }
+}
+
+// nimg images: xp[n] their padded inputs, dyT[n] their output gradients transposed to
+// (P*Q, Kp) with Kp = K rounded up to whole vectors and zeros past K.
+template <class I, int KV, int TC>
+void backward_weights(const DirectShape& s, int nimg, const float* const* xp, const float* const* dyT, int Kp,
+                      float* dw) {
+  constexpr int W = I::W;
+  const int RS = s.R * s.S, CRS = s.C * RS, plane = s.Hp * s.Wp;
+  int xoff[TC];
+  for (int j0 = 0; j0 < CRS; j0 += TC) {
+    const int cols = imin(TC, CRS - j0);
+    for (int t = 0; t < TC; ++t) {
+      const int j = t < cols ? j0 + t : j0;  // surplus columns repeat the first; never stored
+      const int c = j / RS, r = (j % RS) / s.S, sx = j % s.S;
+      xoff[t] = c * plane + r * s.Wp + sx;
+    }
+    int k0 = 0;
+    for (; k0 + KV * W <= Kp; k0 += KV * W)
+      backward_weights_tile<I, KV, TC>(s, nimg, xp, dyT, Kp, k0, xoff, cols, dw + j0);
+    for (; k0 < Kp; k0 += W)  // the last vectors, one at a time
+      backward_weights_tile<I, 1, TC>(s, nimg, xp, dyT, Kp, k0, xoff, cols, dw + j0);
+  }
+}
+
+}  // namespace dnns::cpu::DNNS_DIRECT_NS

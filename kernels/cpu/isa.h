@@ -1,0 +1,38 @@
+// Which instruction set the CPU kernels run with, chosen at run time from the CPU's features
+// (one binary runs on an AVX2-only AMD EPYC and on an AVX-512 Xeon alike).
+//
+//   avx512   AVX-512 F + VL + FMA: 16-float vectors, 32 registers
+//   avx2     AVX2 + FMA:            8-float vectors, 16 registers
+//   generic  no vector kernels: convolutions go through im2col + OpenBLAS sgemm (which does
+//            its own dispatch), as on a CPU without AVX2 or a non-x86 machine
+//
+// DNNS_ISA=avx512|avx2|generic (environment) or set_cpu_isa() picks a path below the best one
+// the CPU has, for tests and benchmarks; asking for one the CPU lacks is refused with an error.
+#pragma once
+#include <string>
+
+#include "kernels/params.h"
+
+namespace dnns::cpu {
+
+enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2 };
+
+Isa best_cpu_isa();                 // the best path this CPU (and this build) supports
+Isa cpu_isa();                      // the path the kernels use now
+void set_cpu_isa(Isa isa);          // throws dnns::Error when isa > best_cpu_isa()
+const char* isa_name(Isa isa);      // "avx512", "avx2", "generic"
+Isa parse_isa(const char* name);    // inverse of isa_name; throws naming the bad value
+
+// Convolution algorithm (kernels/cpu/conv.cpp): direct kernels where they apply and the ISA
+// has them, im2col + sgemm otherwise (auto, the default); gemm forces im2col + sgemm
+// everywhere; direct is auto without its per-shape preferences. DNNS_CONV=auto|gemm|direct
+// sets the initial value.
+enum class ConvAlgo { Auto = 0, Gemm = 1, Direct = 2 };
+void set_conv_algo(ConvAlgo algo);
+ConvAlgo conv_algo();
+const char* conv_algo_name(ConvAlgo algo);
+ConvAlgo parse_conv_algo(const char* name);  // throws naming the bad value
+// The path a convolution of this shape takes now: "gemm" or "direct avx512/16" and the like.
+std::string conv_path(const Conv2dParams& p);
+
+}  // namespace dnns::cpu
