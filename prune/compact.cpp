@@ -6,12 +6,14 @@
 #include <cstring>
 #include <map>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DNNS_COMPACT_X86 1
 #include <immintrin.h>
 #endif
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/ops.h"
 
 namespace dnns {
@@ -34,23 +36,10 @@ struct SliceStats {
 // The bit buffer is read back as 64-bit words whose first byte holds the lowest bits.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "slice_flags assumes a little-endian machine");
 
-// Bit i of `bits` = whether p[i] is nonzero, for i < n. `bits` holds n / 8 + 1 bytes.
-void nonzero_bits(const float* p, int64_t n, uint8_t* bits) {
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  const __m512i no_sign = _mm512_set1_epi32(0x7fffffff);
-  for (; i + 16 <= n; i += 16) {
-    const __mmask16 m = _mm512_test_epi32_mask(_mm512_loadu_si512(p + i), no_sign);
-    std::memcpy(bits + i / 8, &m, 2);
-  }
-#elif defined(__AVX2__)
-  const __m256i no_sign = _mm256_set1_epi32(0x7fffffff), zero = _mm256_setzero_si256();
-  for (; i + 8 <= n; i += 8) {
-    const __m256i v = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)), no_sign);
-    bits[i / 8] = static_cast<uint8_t>(~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))));
-  }
-#endif
-  for (; i < n; i += 8) {
+// Bit i of `bits` = whether p[i] is nonzero, for i < n, from element `from` on (earlier bits
+// already written). `bits` holds n / 8 + 1 bytes.
+void nonzero_bits_tail(const float* p, int64_t from, int64_t n, uint8_t* bits) {
+  for (int64_t i = from; i < n; i += 8) {
     uint8_t b = 0;
     for (int q = 0; q < 8 && i + q < n; ++q) {
       uint32_t u;
@@ -59,6 +48,41 @@ void nonzero_bits(const float* p, int64_t n, uint8_t* bits) {
     }
     bits[i / 8] = b;
   }
+}
+
+// The vector versions, compiled for their instruction sets and called only when the CPU has
+// them (kernels/cpu/isa.h decides, once for the whole library).
+#if defined(DNNS_COMPACT_X86)
+__attribute__((target("avx512f"))) void nonzero_bits_avx512(const float* p, int64_t n, uint8_t* bits) {
+  int64_t i = 0;
+  const __m512i no_sign = _mm512_set1_epi32(0x7fffffff);
+  for (; i + 16 <= n; i += 16) {
+    const __mmask16 m = _mm512_test_epi32_mask(_mm512_loadu_si512(p + i), no_sign);
+    std::memcpy(bits + i / 8, &m, 2);
+  }
+  nonzero_bits_tail(p, i, n, bits);
+}
+
+__attribute__((target("avx2"))) void nonzero_bits_avx2(const float* p, int64_t n, uint8_t* bits) {
+  int64_t i = 0;
+  const __m256i no_sign = _mm256_set1_epi32(0x7fffffff), zero = _mm256_setzero_si256();
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)), no_sign);
+    bits[i / 8] = static_cast<uint8_t>(~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))));
+  }
+  nonzero_bits_tail(p, i, n, bits);
+}
+#endif
+
+void nonzero_bits(const float* p, int64_t n, uint8_t* bits) {
+#if defined(DNNS_COMPACT_X86)
+  switch (cpu::cpu_isa()) {
+    case cpu::Isa::Avx512: return nonzero_bits_avx512(p, n, bits);
+    case cpu::Isa::Avx2: return nonzero_bits_avx2(p, n, bits);
+    case cpu::Isa::Generic: break;
+  }
+#endif
+  nonzero_bits_tail(p, 0, n, bits);
 }
 
 inline bool any_nonzero(const float* p, int64_t n) {
