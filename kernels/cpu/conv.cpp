@@ -1,14 +1,15 @@
-// Optimized CPU convolution, parallel over images with oneTBB, by one of two algorithms:
-//   direct  stride-1 convolutions with a kernel of at least 2 taps, rows of 8 or more output
-//           columns and padding below the kernel size (every 3x3 conv of VGG and ResNet but the
-//           strided ones and the 4x4 / 2x2 late VGG layers) on a CPU with AVX2 or AVX-512:
-//           register-blocked direct kernels (conv_direct.h) on a zero-padded copy of each image,
-//           for forward, backward-data (a direct conv of the padded output gradient with the
-//           flipped, transposed filters) and backward-weights.
+// Optimized CPU convolution, parallel over images with oneTBB, by one of two algorithms,
+// chosen per op (direct_applies):
+//   direct  register-blocked direct kernels (conv_direct.h) on a zero-padded copy of each image,
+//           on a CPU with AVX2 or AVX-512: forward for rows of 8+ output columns (any stride:
+//           strided columns are stored phase by phase so they load as vectors), backward-data
+//           for stride 1 (a direct conv of the padded output gradient with the flipped,
+//           transposed filters), backward-weights for rows of 8+ columns and 4+ channels
+//           (vectorised over filters); none of them for 1x1 kernels.
 //   gemm    everything else, and every conv on a CPU without them: im2col + OpenBLAS sgemm,
 //           described below.
 // set_conv_algo / DNNS_CONV=gemm|direct|auto force one (direct only where it applies);
-// conv_algo_name says which one a shape takes.
+// conv_path says which one each op of a shape takes.
 //
 // Per image the convolution is one GEMM: y_n (K, PQ) = w (K, CRS) * col_n (CRS, PQ), where
 // column (p, q) of col_n holds the R*S*C input values output (p, q) reads (im2col). The
@@ -261,29 +262,85 @@ std::atomic<int>& algo_setting() {
   return a;
 }
 
-// The direct kernels for this shape, or nullptr when it takes the GEMM path.
-const DirectKernels* direct_for(const Conv2dParams& p) {
-  if ((ConvAlgo)algo_setting().load(std::memory_order_relaxed) == ConvAlgo::Gemm) return nullptr;
-  if (p.stride != 1 || p.R * p.S < 2 || p.pad > p.R - 1 || p.pad > p.S - 1 || p.Q() < 8) return nullptr;
-  return direct_kernels(cpu_isa(), p.Q());
+enum class Op { Forward, BackwardData, BackwardWeights };
+
+bool is_gemm_forced() { return (ConvAlgo)algo_setting().load(std::memory_order_relaxed) == ConvAlgo::Gemm; }
+
+// Whether `op` of this shape runs on the direct kernels (the ISA has them and they pay):
+//   forward          rows of at least 8 output columns (vectors along the row); any stride
+//                    and padding
+//   backward data    stride 1 and padding below the kernel size (it is a stride-1 conv of the
+//                    output gradient), input rows of at least 8 columns
+//   backward weights rows of at least 8 output columns and at least 4 input channels
+//                    (vectors along filters)
+// and never for 1x1 kernels. Where they do not apply, the GEMM path measured as fast or
+// faster (bench conv --clock cpu, AMD EPYC, AVX-512): 0.85-0.93x for the direct forward and
+// weight gradient of ResNet-20's 1x1 stride-2 shortcuts, 0.53-0.87x for the weight gradient
+// of VGG-16's 4x4 and 2x2 layers, 0.74-0.84x for that of the 3-channel first layers.
+bool direct_applies(const Conv2dParams& p, Op op) {
+  if (is_gemm_forced() || cpu_isa() == Isa::Generic || p.R * p.S == 1) return false;
+  switch (op) {
+    case Op::Forward: return p.Q() >= 8;
+    case Op::BackwardData: return p.stride == 1 && p.pad <= p.R - 1 && p.pad <= p.S - 1 && p.W >= 8 && p.R * p.S > 1;
+    case Op::BackwardWeights: return p.Q() >= 8 && p.C >= 4;
+  }
+  return false;
 }
 
-// xp (C, H + 2*ph, W + 2*pw) + slack zeros = x (C, H, W) with ph zero rows above and below and
-// pw zero columns left and right of every channel.
-void pad_image(const float* x, int C, int H, int W, int ph, int pw, int slack, float* xp) {
-  const int Wp = W + 2 * pw, Hp = H + 2 * ph;
-  for (int c = 0; c < C; ++c, x += (int64_t)H * W) {
-    float* out = xp + (int64_t)c * Hp * Wp;
-    std::fill(out, out + (int64_t)ph * Wp + pw, 0.0f);
-    out += (int64_t)ph * Wp;
-    for (int h = 0; h < H; ++h, out += Wp) {
-      std::fill(out, out + pw, 0.0f);
-      std::memcpy(out + pw, x + (int64_t)h * W, sizeof(float) * W);
-      std::fill(out + pw + W, out + Wp, 0.0f);
+// The padded copy of one image (conv_direct.h): Hp = H + 2*ph rows of RP = st * L floats,
+// L = ceil(Wp / st), Wp = W + 2*pw, and the tap offsets of an R x S kernel over it.
+struct PaddedLayout {
+  int C, H, W, ph, pw, st, Hp, Wp, L, RP, plane;
+  std::vector<int> toff;  // (R * S)
+  size_t floats;          // C * plane + slack
+};
+
+PaddedLayout padded_layout(int C, int H, int W, int ph, int pw, int st, int R, int S, int vec) {
+  PaddedLayout g;
+  g.C = C, g.H = H, g.W = W, g.ph = ph, g.pw = pw, g.st = st;
+  g.Hp = H + 2 * ph, g.Wp = W + 2 * pw;
+  g.L = (g.Wp + st - 1) / st;
+  g.RP = st * g.L;
+  g.plane = g.Hp * g.RP;
+  g.toff.resize((size_t)R * S);
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) g.toff[(size_t)r * S + s] = r * g.RP + (s % st) * g.L + s / st;
+  g.floats = (size_t)C * g.plane + g.RP + vec;
+  return g;
+}
+
+DirectShape direct_shape(const PaddedLayout& g, int K, int R, int S, int P, int Q) {
+  DirectShape s;
+  s.C = g.C, s.K = K, s.R = R, s.S = S, s.stride = g.st, s.RP = g.RP, s.plane = g.plane, s.P = P, s.Q = Q;
+  s.toff = g.toff.data();
+  return s;
+}
+
+// xp = x (C, H, W) laid out as g says, zero in the padding, the phase tails and the slack.
+void pad_image(const PaddedLayout& g, const float* x, float* xp) {
+  float* out = xp;
+  for (int c = 0; c < g.C; ++c, x += (int64_t)g.H * g.W) {
+    for (int h = 0; h < g.Hp; ++h, out += g.RP) {
+      const int ih = h - g.ph;
+      if (ih < 0 || ih >= g.H) {
+        for (int i = 0; i < g.RP; ++i) out[i] = 0.0f;
+        continue;
+      }
+      const float* row = x + (int64_t)ih * g.W;
+      if (g.st == 1) {
+        for (int i = 0; i < g.pw; ++i) out[i] = 0.0f;
+        for (int i = 0; i < g.W; ++i) out[g.pw + i] = row[i];
+        for (int i = g.pw + g.W; i < g.RP; ++i) out[i] = 0.0f;
+        continue;
+      }
+      for (int phase = 0; phase < g.st; ++phase)
+        for (int i = 0; i < g.L; ++i) {
+          const int iw = i * g.st + phase - g.pw;
+          out[phase * g.L + i] = iw >= 0 && iw < g.W ? row[iw] : 0.0f;
+        }
     }
-    std::fill(out, out + (int64_t)ph * Wp, 0.0f);
   }
-  std::fill(xp + (int64_t)C * Hp * Wp, xp + (int64_t)C * Hp * Wp + slack, 0.0f);
+  for (float* end = xp + g.floats; out < end; ++out) *out = 0.0f;
 }
 
 // Packs filters for the forward kernel: src(k, c, t) for k < K, c < C, t < T (T = R*S) ->
@@ -301,89 +358,84 @@ std::vector<float> pack_filters(int K, int C, int T, int kb, Src src) {
 }
 
 // Runs `forward` of the direct kernels over a batch: task (n, g) computes filter group g of
-// image n, so a small batch still gives every thread work. pad_one(n, xp) fills the padded
-// input of image n; the output of image n is y + n * out_image.
-template <class PadOne>
-void direct_batch(const DirectKernels& dk, const DirectShape& s, int N, const float* wpk, const float* bias,
-                  bool relu, float* y, PadOne pad_one) {
+// image n, so a small batch still gives every thread work. x_image: the input of image n is
+// x + n * x_image, padded as g says; the output of image n is y + n * K * P * Q.
+void direct_batch(const DirectKernels& dk, const PaddedLayout& g, const DirectShape& s, int N, const float* x,
+                  int64_t x_image, const float* wpk, const float* bias, bool relu, float* y) {
   const int blocks = (s.K + dk.kb - 1) / dk.kb;
   const int groups = std::max(1, std::min(blocks, (4 * num_threads() + N - 1) / N));
   const int64_t out_image = (int64_t)s.K * s.P * s.Q;
-  const size_t padded = (size_t)s.C * s.Hp * s.Wp + dk.vec;
   parallel_for(0, N * groups, 1, [&](int t0, int t1) {
     for (int t = t0; t != t1; ++t) {
-      const int n = t / groups, g = t % groups;
-      const int k0 = std::min(s.K, blocks * g / groups * dk.kb), k1 = std::min(s.K, blocks * (g + 1) / groups * dk.kb);
+      const int n = t / groups, grp = t % groups;
+      const int k0 = std::min(s.K, blocks * grp / groups * dk.kb), k1 = std::min(s.K, blocks * (grp + 1) / groups * dk.kb);
       if (k0 >= k1) continue;
-      float* xp = thread_scratch<float>(0, padded);
-      pad_one(n, xp);
+      float* xp = thread_scratch<float>(0, g.floats);
+      pad_image(g, x + n * x_image, xp);
       dk.forward(s, xp, wpk, bias, relu, y + n * out_image, k0, k1);
     }
   });
 }
 
-void direct_forward(const DirectKernels& dk, const Conv2dParams& p, const float* x, const float* w,
-                    const float* b, float* y) {
+void direct_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
+  const DirectKernels& dk = *direct_kernels(cpu_isa(), p.Q());
   const int CRS = p.C * p.R * p.S, RS = p.R * p.S;
-  const DirectShape s{p.C, p.K, p.R, p.S, p.H + 2 * p.pad, p.W + 2 * p.pad, p.P(), p.Q()};
+  const PaddedLayout g = padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec);
+  const DirectShape s = direct_shape(g, p.K, p.R, p.S, p.P(), p.Q());
   const std::vector<float> wpk =
       pack_filters(p.K, p.C, RS, dk.kb, [&](int k, int c, int t) { return w[(int64_t)k * CRS + c * RS + t]; });
-  const int64_t image = (int64_t)p.C * p.H * p.W;
-  direct_batch(dk, s, p.N, wpk.data(), b, false, y, [&](int n, float* xp) {
-    pad_image(x + n * image, p.C, p.H, p.W, p.pad, p.pad, dk.vec, xp);
-  });
+  direct_batch(dk, g, s, p.N, x, (int64_t)p.C * p.H * p.W, wpk.data(), b, false, y);
 }
 
 // dx = the stride-1 convolution of dy, padded by R-1-pad rows and S-1-pad columns, with the
 // filters flipped in both axes and transposed (K inputs, C outputs).
-void direct_backward_data(const DirectKernels& dk, const Conv2dParams& p, const float* dy, const float* w,
-                          float* dx) {
+void direct_backward_data(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
+  const DirectKernels& dk = *direct_kernels(cpu_isa(), p.W);
   const int CRS = p.C * p.R * p.S, RS = p.R * p.S, P = p.P(), Q = p.Q();
-  const int ph = p.R - 1 - p.pad, pw = p.S - 1 - p.pad;
-  const DirectShape s{p.K, p.C, p.R, p.S, P + 2 * ph, Q + 2 * pw, p.H, p.W};
+  const PaddedLayout g = padded_layout(p.K, P, Q, p.R - 1 - p.pad, p.S - 1 - p.pad, 1, p.R, p.S, dk.vec);
+  const DirectShape s = direct_shape(g, p.C, p.R, p.S, p.H, p.W);
   const std::vector<float> wpk = pack_filters(p.C, p.K, RS, dk.kb, [&](int c, int k, int t) {
     return w[(int64_t)k * CRS + c * RS + (RS - 1 - t)];  // tap (r, s) <- (R-1-r, S-1-s)
   });
-  const int64_t out_image = (int64_t)p.K * P * Q;
-  direct_batch(dk, s, p.N, wpk.data(), nullptr, false, dx, [&](int n, float* dyp) {
-    pad_image(dy + n * out_image, p.K, P, Q, ph, pw, dk.vec, dyp);
-  });
+  direct_batch(dk, g, s, p.N, dy, (int64_t)p.K * P * Q, wpk.data(), nullptr, false, dx);
 }
 
 // The images are split into G contiguous groups (G = threads); each group sums its images'
-// gradients into its own buffer (group 0 into dw), and the buffers are added in group order:
-// the result depends on the thread count only, not on scheduling. Within a group, images go
-// through the kernel in blocks sized to stay in L2, each image's input padded and its output
-// gradient transposed to (P*Q, Kp) first. The kernels vectorise over filters, so they are
-// chosen by K.
+// gradients into its own transposed buffer (C*R*S, Kp), and dw is their sum in group order,
+// transposed back: the result depends on the thread count only, not on scheduling. Within a
+// group, images go through the kernel in blocks sized to stay in L2, each image's input
+// padded and its output gradient transposed to (P*Q, Kp) first. The kernels vectorise over
+// filters, so they are chosen by K.
 void direct_backward_weights(const Conv2dParams& p, const float* x, const float* dy, float* dw, float* db) {
   // Two vectors of filters per tile: 16-float vectors from 32 filters up, 8-float ones below.
   const DirectKernels& dk = *direct_kernels(cpu_isa(), p.K >= 32 ? 16 : 8);
-  const int K = p.K, P = p.P(), Q = p.Q(), PQ = P * Q;
+  const int K = p.K, P = p.P(), Q = p.Q(), PQ = P * Q, CRS = p.C * p.R * p.S;
   const int Kp = (K + dk.vec - 1) / dk.vec * dk.vec;
-  const int64_t wsize = (int64_t)K * p.C * p.R * p.S, image = (int64_t)p.C * p.H * p.W, out_image = (int64_t)K * PQ;
-  const DirectShape s{p.C, K, p.R, p.S, p.H + 2 * p.pad, p.W + 2 * p.pad, P, Q};
-  const size_t padded = (size_t)p.C * s.Hp * s.Wp + dk.vec, transposed = (size_t)PQ * Kp;
-  const int block = (int)std::max<size_t>(1, std::min<size_t>(16, (size_t(512) << 10) / (4 * (padded + transposed))));
+  const int64_t image = (int64_t)p.C * p.H * p.W, out_image = (int64_t)K * PQ, tsize = (int64_t)CRS * Kp;
+  const PaddedLayout lay = padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec);
+  const DirectShape s = direct_shape(lay, K, p.R, p.S, P, Q);
+  const size_t padded = lay.floats, transposed = (size_t)PQ * Kp;
+  constexpr int kMaxBlock = 16;
+  const int block = (int)std::max<size_t>(1, std::min<size_t>(kMaxBlock, (size_t(512) << 10) / (4 * (padded + transposed))));
   const int G = std::max(1, std::min(p.N, num_threads()));
-  std::unique_ptr<float[]> partial_dw(new float[(size_t)(G - 1) * wsize]());  // (G-1, K, CRS)
-  std::vector<double> partial_db((size_t)G * K, 0.0);                          // (G, K)
-  std::fill(dw, dw + wsize, 0.0f);
+  std::unique_ptr<float[]> partial(new float[(size_t)G * tsize]);  // (G, CRS, Kp), each zeroed by its group
+  std::vector<double> partial_db((size_t)G * K, 0.0);          // (G, K)
   parallel_for(0, G, [&](int g) {
-    float* acc = g == 0 ? dw : partial_dw.get() + (g - 1) * wsize;
+    float* acc = partial.get() + g * tsize;
+    std::fill(acc, acc + tsize, 0.0f);
     double* acc_db = partial_db.data() + (int64_t)g * K;
     const int n0 = (int)((int64_t)p.N * g / G), n1 = (int)((int64_t)p.N * (g + 1) / G);
     float* xp = thread_scratch<float>(0, block * padded);
     float* dyT = thread_scratch<float>(1, block * transposed);
-    const float* xps[16];
-    const float* dyTs[16];
+    const float* xps[kMaxBlock];
+    const float* dyTs[kMaxBlock];
     for (int b0 = n0; b0 < n1; b0 += block) {
       const int nb = std::min(block, n1 - b0);
       for (int i = 0; i < nb; ++i) {
         const int n = b0 + i;
         float* xpi = xp + i * padded;
         float* dyTi = dyT + i * transposed;
-        pad_image(x + n * image, p.C, p.H, p.W, p.pad, p.pad, dk.vec, xpi);
+        pad_image(lay, x + n * image, xpi);
         const float* dyn = dy + n * out_image;
         for (int j0 = 0; j0 < PQ; j0 += 32) {  // in blocks of 32 pixels, which stay in L1
           const int j1 = std::min(PQ, j0 + 32);
@@ -404,13 +456,15 @@ void direct_backward_weights(const Conv2dParams& p, const float* x, const float*
       dk.backward_weights(s, nb, xps, dyTs, Kp, acc);
     }
   });
-  if (G > 1)
-    parallel_for(int64_t(0), wsize, int64_t(16384), [&](int64_t i0, int64_t i1) {
-      for (int g = 1; g < G; ++g) {
-        const float* src = partial_dw.get() + (g - 1) * wsize;
-        for (int64_t i = i0; i < i1; ++i) dw[i] += src[i];
+  // dw (K, CRS) = sum over groups of partial (CRS, Kp), transposed, in blocks of filters.
+  parallel_for(0, K, 16, [&](int k0, int k1) {
+    for (int j = 0; j < CRS; ++j)
+      for (int k = k0; k < k1; ++k) {
+        float sum = partial[(int64_t)j * Kp + k];
+        for (int g = 1; g < G; ++g) sum += partial[g * tsize + (int64_t)j * Kp + k];
+        dw[(int64_t)k * CRS + j] = sum;
       }
-    });
+  });
   if (db)
     for (int k = 0; k < K; ++k) {
       double sum = 0.0;
@@ -450,14 +504,18 @@ ConvAlgo parse_conv_algo(const char* name) {
 }
 
 std::string conv_path(const Conv2dParams& p) {
-  const DirectKernels* dk = direct_for(p);
-  return dk ? std::string("direct ") + dk->name : std::string("gemm");
+  auto one = [&](Op op, int width) {
+    return direct_applies(p, op) ? std::string("direct ") + direct_kernels(cpu_isa(), width)->name : std::string("gemm");
+  };
+  const std::string f = one(Op::Forward, p.Q()), d = one(Op::BackwardData, p.W),
+                    w = one(Op::BackwardWeights, p.K >= 32 ? 16 : 8);
+  return f == d && d == w ? f : f + " | " + d + " | " + w;
 }
 
 void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   // x (N, C, H, W)   w (K, C*R*S)   b (K) or nullptr   y (N, K, P, Q)
   check_conv_params(p, "conv2d_forward");
-  if (const DirectKernels* dk = direct_for(p)) return direct_forward(*dk, p, x, w, b, y);
+  if (direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y);
   const int K = p.K, CRS = p.C * p.R * p.S, Q = p.Q(), PQ = p.P() * Q;
   const Tiling t = plan_tiles(p);
   run_tasks(t.tasks, [&](int task) {
@@ -492,7 +550,7 @@ void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w
   // dcol (CRS, cols) = w^T dy_block, then col2im adds each column back onto the pixels it
   // was read from. All blocks of one image run in one task, so col2im never races.
   check_conv_params(p, "conv2d_backward_data");
-  if (const DirectKernels* dk = direct_for(p)) return direct_backward_data(*dk, p, dy, w, dx);
+  if (direct_applies(p, Op::BackwardData)) return direct_backward_data(p, dy, w, dx);
   const int K = p.K, CRS = p.C * p.R * p.S, PQ = p.P() * p.Q();
   const int64_t image = (int64_t)p.C * p.H * p.W;
   const Tiling t = plan_tiles(p);
@@ -526,7 +584,7 @@ void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float*
   // depend on scheduling (only on the thread count).
   check_conv_params(p, "conv2d_backward_weights");
   if (p.N > 0)
-    if (direct_for(p)) return direct_backward_weights(p, x, dy, dw, db);
+    if (direct_applies(p, Op::BackwardWeights)) return direct_backward_weights(p, x, dy, dw, db);
   const int K = p.K, CRS = p.C * p.R * p.S;
   const int64_t wsize = (int64_t)K * CRS;
   const Tiling t = plan_tiles(p);

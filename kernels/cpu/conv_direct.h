@@ -3,10 +3,10 @@
 // blocked over filters: a tile of KB filters x NV vectors stays in registers for the whole
 // C*R*S reduction, so no column matrix is built and nothing is packed per call but the weights.
 //
-// Every kernel works on one image at a time and reads a zero-padded copy of its input,
-// xp (C, Hp, Wp) with Hp = H + 2*pad, Wp = W + 2*pad, followed by at least `vec` floats of
-// slack (vector loads of a row's last vector may run past the row's end; those lanes are
-// never stored). Output columns beyond Q are computed on whatever lies there and discarded.
+// The kernels read a zero-padded copy of each image's input (layout below, with at least
+// RP + vec floats of slack after it: vector loads of a row's last vector may run past the
+// row's end; those lanes are never stored). Output columns beyond Q are computed on whatever
+// lies there and discarded.
 //
 // backward_data of a stride-1 convolution is itself a stride-1 convolution of the padded
 // output gradient with the filters flipped and transposed (C outputs from K inputs), so it
@@ -17,11 +17,20 @@
 
 namespace dnns::cpu {
 
+// The padded input of one image, for stride st: row h of the padded image (Hp rows) starts
+// at h * RP; within it, the columns w of phase w % st lie in order at (w % st) * L + w / st,
+// L = ceil(Wp / st), RP = st * L. So the st-strided columns an output row reads through one
+// kernel tap are consecutive floats (for stride 1, L = RP = Wp: the plain padded image).
+// Tap (r, s) of output pixel (p, q) is at p * st * RP + q + toff[r * S + s], with
+// toff[r * S + s] = r * RP + (s % st) * L + s / st.
 struct DirectShape {
-  int C = 0, K = 0;   // input channels, output channels
-  int R = 0, S = 0;   // kernel height, width
-  int Hp = 0, Wp = 0; // padded input (C, Hp, Wp)
-  int P = 0, Q = 0;   // output (K, P, Q): P = Hp - R + 1, Q = Wp - S + 1
+  int C = 0, K = 0;     // input, output channels
+  int R = 0, S = 0;     // kernel height, width
+  int stride = 1;       // st
+  int RP = 0;           // floats per padded row (all phases)
+  int plane = 0;        // floats per channel: Hp * RP
+  int P = 0, Q = 0;     // output (K, P, Q)
+  const int* toff = nullptr;  // (R * S) tap offsets, as above
 };
 
 struct DirectKernels {
@@ -32,12 +41,12 @@ struct DirectKernels {
   // wpk: (ceil(K / kb), C, R, S, kb), filters past K zero.
   void (*forward)(const DirectShape& s, const float* xp, const float* wpk, const float* bias, bool relu,
                   float* y, int k0, int k1);
-  // dw (K, C, R, S) += for each of the nimg images, the sum over its output pixels of the
-  // output gradient times the input values the pixel read. xp[n]: padded input of image n;
-  // dyT[n]: its output gradient transposed, (P*Q, Kp), Kp = K rounded up to a multiple of
-  // vec, zeros past K.
+  // dwT (C*R*S, Kp) += for each of the nimg images, the sum over its output pixels of the
+  // input values the pixel read times the output gradient: the weight gradient transposed.
+  // xp[n]: padded input of image n; dyT[n]: its output gradient transposed, (P*Q, Kp),
+  // Kp = K rounded up to a multiple of vec, zeros past K.
   void (*backward_weights)(const DirectShape& s, int nimg, const float* const* xp, const float* const* dyT,
-                           int Kp, float* dw);
+                           int Kp, float* dwT);
 };
 
 // The kernels of `isa` for output rows of width Q (a narrower vector where Q is small), or

@@ -14,8 +14,9 @@ namespace dnns::cpu::DNNS_DIRECT_NS {
 inline int imin(int a, int b) { return a < b ? a : b; }
 
 // ---- forward: y (K, P, Q) = bias + conv(xp, w) for filters [k, k + KB) and NV output vectors
-// Output vector v starts at input offset xoff[v] (tap (0, 0)), output offset yoff[v], and
-// holds lanes[v] valid columns. w: this filter block's packed weights (C, R, S, KB).
+// Output vector v reads input offset xoff[v] + toff[tap] in each channel, writes output
+// offset yoff[v], and holds lanes[v] valid columns. w: this filter block's packed weights
+// (C, R, S, KB).
 template <class I, int KB, int NV>
 void forward_tile(const DirectShape& s, const float* xp, const float* w, const int* xoff,
                   const int* yoff, const int* lanes, const float* bias, bool relu, float* y,
@@ -26,21 +27,18 @@ void forward_tile(const DirectShape& s, const float* xp, const float* w, const i
   for (int kb = 0; kb < KB; ++kb)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[kb][v] = I::zero();
-  const int plane = s.Hp * s.Wp, RS = s.R * s.S;
-  for (int c = 0; c < s.C; ++c, xp += plane, w += RS * KB)
-    for (int r = 0; r < s.R; ++r) {
-      const float* xr = xp + r * s.Wp;
-      const float* wr = w + r * s.S * KB;
-      for (int t = 0; t < s.S; ++t) {
-        V xv[NV];
+  const int RS = s.R * s.S;
+  for (int c = 0; c < s.C; ++c, xp += s.plane, w += RS * KB)
+    for (int t = 0; t < RS; ++t) {
+      const float* xt = xp + s.toff[t];
+      V xv[NV];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) xv[v] = I::load(xr + xoff[v] + t);
+      for (int v = 0; v < NV; ++v) xv[v] = I::load(xt + xoff[v]);
 #pragma GCC unroll 8
-        for (int kb = 0; kb < KB; ++kb) {
-          const V wb = I::bcast(wr[t * KB + kb]);
+      for (int kb = 0; kb < KB; ++kb) {
+        const V wb = I::bcast(w[t * KB + kb]);
 #pragma GCC unroll 8
-          for (int v = 0; v < NV; ++v) acc[kb][v] = I::fma(wb, xv[v], acc[kb][v]);
-        }
+        for (int v = 0; v < NV; ++v) acc[kb][v] = I::fma(wb, xv[v], acc[kb][v]);
       }
     }
   const int PQ = s.P * s.Q;
@@ -80,7 +78,7 @@ void forward(const DirectShape& s, const float* xp, const float* wpk, const floa
     const int nv = imin(NV, nvec - j0);
     for (int v = 0; v < nv; ++v) {
       const int j = j0 + v, p = j / per_row, q0 = (j % per_row) * W;
-      xoff[v] = p * s.Wp + q0;
+      xoff[v] = p * s.stride * s.RP + q0;
       yoff[v] = p * s.Q + q0;
       lanes[v] = imin(W, s.Q - q0);
     }
@@ -90,15 +88,15 @@ void forward(const DirectShape& s, const float* xp, const float* wpk, const floa
   }
 }
 
-// ---- backward weights: dw (K, C*R*S) += sum over images and output pixels of
-//      dyT (P*Q, Kp) (x) the input values each pixel read through each (c, r, s)
+// ---- backward weights: dwT (C*R*S, Kp) += sum over images and output pixels of the input
+//      values each pixel read through each (c, r, s) (x) dyT (P*Q, Kp)
 // Vectorised over filters: a tile is KV vectors of filters (KV * W of them) x TC of the C*R*S
 // weight columns, accumulated in registers over every pixel of every image of the block, so
 // nothing is reduced across lanes. The weight column j = (c, r, s) of output pixel (p, q)
-// reads xp at c * Hp * Wp + (p + r) * Wp + q + s.
+// reads xp at c * plane + p * stride * RP + q + toff[r * S + s].
 template <class I, int KV, int TC>
 void backward_weights_tile(const DirectShape& s, int nimg, const float* const* xp, const float* const* dyT,
-                           int Kp, int k0, const int* xoff, int cols, float* dw) {
+                           int Kp, int k0, const int* xoff, int cols, float* dwT) {
   using V = typename I::V;
   constexpr int W = I::W;
   V acc[KV][TC];
@@ -109,7 +107,7 @@ void backward_weights_tile(const DirectShape& s, int nimg, const float* const* x
   for (int n = 0; n < nimg; ++n) {
     const float* d = dyT[n] + k0;
     for (int p = 0; p < s.P; ++p) {
-      const float* xrow = xp[n] + p * s.Wp;
+      const float* xrow = xp[n] + p * s.stride * s.RP;
       for (int q = 0; q < s.Q; ++q, d += Kp) {
         V dv[KV];
 #pragma GCC unroll 32
@@ -124,14 +122,12 @@ void backward_weights_tile(const DirectShape& s, int nimg, const float* const* x
       }
     }
   }
-  // Lane l of acc[kv][t] is filter k0 + kv * W + l, column xoff's t-th: add into dw.
-  const long CRS = (long)s.C * s.R * s.S;
-  alignas(64) float lanes[W];
-  for (int kv = 0; kv < KV; ++kv)
-    for (int t = 0; t < cols; ++t) {
-      I::store(lanes, acc[kv][t]);
-      const int kmax = imin(W, s.K - (k0 + kv * W));
-      for (int l = 0; l < kmax; ++l) dw[(k0 + kv * W + l) * CRS + t] += lanes[l];
+  // Lane l of acc[kv][t] is filter k0 + kv * W + l of column t: dwT is (columns, Kp).
+  for (int t = 0; t < cols; ++t)
+#pragma GCC unroll 32
+    for (int kv = 0; kv < KV; ++kv) {
+      float* out = dwT + (long)t * Kp + k0 + kv * W;
+      I::store(out, I::add(I::load(out), acc[kv][t]));
     }
 }
 
@@ -139,22 +135,21 @@ void backward_weights_tile(const DirectShape& s, int nimg, const float* const* x
 // (P*Q, Kp) with Kp = K rounded up to whole vectors and zeros past K.
 template <class I, int KV, int TC>
 void backward_weights(const DirectShape& s, int nimg, const float* const* xp, const float* const* dyT, int Kp,
-                      float* dw) {
+                      float* dwT) {
   constexpr int W = I::W;
-  const int RS = s.R * s.S, CRS = s.C * RS, plane = s.Hp * s.Wp;
+  const int RS = s.R * s.S, CRS = s.C * RS;
   int xoff[TC];
   for (int j0 = 0; j0 < CRS; j0 += TC) {
     const int cols = imin(TC, CRS - j0);
     for (int t = 0; t < TC; ++t) {
       const int j = t < cols ? j0 + t : j0;  // surplus columns repeat the first; never stored
-      const int c = j / RS, r = (j % RS) / s.S, sx = j % s.S;
-      xoff[t] = c * plane + r * s.Wp + sx;
+      xoff[t] = j / RS * s.plane + s.toff[j % RS];
     }
     int k0 = 0;
     for (; k0 + KV * W <= Kp; k0 += KV * W)
-      backward_weights_tile<I, KV, TC>(s, nimg, xp, dyT, Kp, k0, xoff, cols, dw + j0);
+      backward_weights_tile<I, KV, TC>(s, nimg, xp, dyT, Kp, k0, xoff, cols, dwT + (long)j0 * Kp);
     for (; k0 < Kp; k0 += W)  // the last vectors, one at a time
-      backward_weights_tile<I, 1, TC>(s, nimg, xp, dyT, Kp, k0, xoff, cols, dw + j0);
+      backward_weights_tile<I, 1, TC>(s, nimg, xp, dyT, Kp, k0, xoff, cols, dwT + (long)j0 * Kp);
   }
 }
 
