@@ -218,6 +218,7 @@ TEST_CASE("every ISA path and convolution algorithm matches ref") {
       conv(2, 5, 17, 19, 6, 3, 3, 2, 1),    // stride 2: phase-split rows (forward, weights)
       conv(2, 4, 23, 25, 5, 5, 3, 3, 2),    // stride 3, 5x3 kernel
       conv(3, 16, 8, 8, 40, 3, 3, 1, 1),    // K = 40: 2.5 vectors of filters for the weight gradient
+      conv(14, 16, 24, 24, 16, 3, 3, 1, 1), // weight gradient over several L2-sized image blocks
       conv(3, 4, 9, 9, 9, 3, 3, 1, 1),      // K = 9: 8-float filter vectors with one lane used
   };
   Rng rng(29);
