@@ -2,7 +2,7 @@
 // oneTBB threads and every reduction runs inside one task in a fixed order: results are
 // bit-identical from run to run, whatever the thread count. Reductions accumulate in double
 // over a fixed number of lanes, which lets the compiler vectorise them without reordering
-// anything at run time.
+// anything at run time. The loops themselves are rows.h's, built for each instruction set.
 
 #include <algorithm>
 #include <cmath>
@@ -11,58 +11,35 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/rows.h"
 
 namespace dnns::cpu {
 namespace {
 
-constexpr int kLanes = 8;
-
 // Sums of x and x^2 over one channel of x (N, C, HW), in double.
 void channel_sum_sumsq(const BatchNormParams& p, const float* x, int c, double& sum, double& sumsq) {
-  double s[kLanes] = {}, ss[kLanes] = {};
-  for (int n = 0; n < p.N; n++) {
-    const float* xc = x + (int64_t(n) * p.C + c) * p.HW;  // (HW)
-    int i = 0;
-    for (; i + kLanes <= p.HW; i += kLanes)
-      for (int l = 0; l < kLanes; l++) {
-        const double v = xc[i + l];
-        s[l] += v;
-        ss[l] += v * v;
-      }
-    for (; i < p.HW; i++) s[i % kLanes] += xc[i], ss[i % kLanes] += double(xc[i]) * xc[i];
-  }
+  double s[kRowLanes] = {}, ss[kRowLanes] = {};
+  row_kernels().sum_sumsq(x + int64_t(c) * p.HW, int64_t(p.C) * p.HW, p.N, p.HW, s, ss);
   sum = sumsq = 0.0;
-  for (int l = 0; l < kLanes; l++) sum += s[l], sumsq += ss[l];
+  for (int l = 0; l < kRowLanes; l++) sum += s[l], sumsq += ss[l];
 }
 
 // Sums of dy and dy * (x - mean) over one channel, in double.
 void channel_grad_sums(const BatchNormParams& p, const float* x, const float* dy, int c, double mean,
                        double& sum_dy, double& sum_dy_xc) {
-  double s[kLanes] = {}, sx[kLanes] = {};
-  for (int n = 0; n < p.N; n++) {
-    const float* xc = x + (int64_t(n) * p.C + c) * p.HW;    // (HW)
-    const float* dyc = dy + (int64_t(n) * p.C + c) * p.HW;  // (HW)
-    int i = 0;
-    for (; i + kLanes <= p.HW; i += kLanes)
-      for (int l = 0; l < kLanes; l++) {
-        s[l] += dyc[i + l];
-        sx[l] += double(dyc[i + l]) * (double(xc[i + l]) - mean);
-      }
-    for (; i < p.HW; i++) s[i % kLanes] += dyc[i], sx[i % kLanes] += double(dyc[i]) * (double(xc[i]) - mean);
-  }
+  double s[kRowLanes] = {}, sx[kRowLanes] = {};
+  const int64_t at = int64_t(c) * p.HW;
+  row_kernels().grad_sums(x + at, dy + at, int64_t(p.C) * p.HW, p.N, p.HW, mean, s, sx);
   sum_dy = sum_dy_xc = 0.0;
-  for (int l = 0; l < kLanes; l++) sum_dy += s[l], sum_dy_xc += sx[l];
+  for (int l = 0; l < kRowLanes; l++) sum_dy += s[l], sum_dy_xc += sx[l];
 }
 
 // y = (x - mean) * scale + shift over one channel. Centring before scaling (rather than
 // folding everything into one a * x + b) keeps the result accurate when |mean| >> std.
 void channel_normalise(const BatchNormParams& p, const float* x, int c, float mean, float scale,
                        float shift, float* y) {
-  for (int n = 0; n < p.N; n++) {
-    const float* xc = x + (int64_t(n) * p.C + c) * p.HW;  // (HW)
-    float* yc = y + (int64_t(n) * p.C + c) * p.HW;        // (HW)
-    for (int i = 0; i < p.HW; i++) yc[i] = (xc[i] - mean) * scale + shift;
-  }
+  const int64_t at = int64_t(c) * p.HW;
+  row_kernels().normalise(x + at, y + at, int64_t(p.C) * p.HW, p.N, p.HW, mean, scale, shift);
 }
 
 // f(c) for every channel; channels are grouped so each task touches at least ~32K values.
@@ -128,13 +105,9 @@ void batchnorm_backward(const BatchNormParams& p, const float* x, const float* d
     const double k_dy = double(gamma[c]) * invstd;
     const double k_x = -k_dy * invstd * sum_dy_xhat / double(M);
     const double k_0 = -k_dy * sum_dy / double(M);
-    const float a = float(k_dy), b = float(k_x), d = float(k_0), mean_f = save_mean[c];
-    for (int n = 0; n < p.N; n++) {
-      const float* xc = x + (int64_t(n) * p.C + c) * p.HW;    // (HW)
-      const float* dyc = dy + (int64_t(n) * p.C + c) * p.HW;  // (HW)
-      float* dxc = dx + (int64_t(n) * p.C + c) * p.HW;        // (HW)
-      for (int i = 0; i < p.HW; i++) dxc[i] = a * dyc[i] + b * (xc[i] - mean_f) + d;
-    }
+    const int64_t at = int64_t(c) * p.HW;
+    row_kernels().bn_backward(x + at, dy + at, dx + at, int64_t(p.C) * p.HW, p.N, p.HW, float(k_dy), float(k_x),
+                              float(k_0), save_mean[c]);
     dgamma[c] = float(sum_dy_xhat);
     dbeta[c] = float(sum_dy);
   });

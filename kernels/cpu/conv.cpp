@@ -39,6 +39,7 @@
 #include "kernels/cpu/conv_direct.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm_util.h"
+#include "kernels/cpu/rows.h"
 
 namespace dnns::cpu {
 namespace {
@@ -318,29 +319,7 @@ DirectShape direct_shape(const PaddedLayout& g, int K, int R, int S, int P, int 
 
 // xp = x (C, H, W) laid out as g says, zero in the padding, the phase tails and the slack.
 void pad_image(const PaddedLayout& g, const float* x, float* xp) {
-  float* out = xp;
-  for (int c = 0; c < g.C; ++c, x += (int64_t)g.H * g.W) {
-    for (int h = 0; h < g.Hp; ++h, out += g.RP) {
-      const int ih = h - g.ph;
-      if (ih < 0 || ih >= g.H) {
-        for (int i = 0; i < g.RP; ++i) out[i] = 0.0f;
-        continue;
-      }
-      const float* row = x + (int64_t)ih * g.W;
-      if (g.st == 1) {
-        for (int i = 0; i < g.pw; ++i) out[i] = 0.0f;
-        for (int i = 0; i < g.W; ++i) out[g.pw + i] = row[i];
-        for (int i = g.pw + g.W; i < g.RP; ++i) out[i] = 0.0f;
-        continue;
-      }
-      for (int phase = 0; phase < g.st; ++phase)
-        for (int i = 0; i < g.L; ++i) {
-          const int iw = i * g.st + phase - g.pw;
-          out[phase * g.L + i] = iw >= 0 && iw < g.W ? row[iw] : 0.0f;
-        }
-    }
-  }
-  for (float* end = xp + g.floats; out < end; ++out) *out = 0.0f;
+  row_kernels().pad_image(x, g.C, g.H, g.W, g.ph, g.pw, g.st, g.L, g.RP, (int64_t)g.floats, xp);
 }
 
 // Packs filters for the forward kernel: src(k, c, t) for k < K, c < C, t < T (T = R*S) ->
@@ -420,6 +399,7 @@ void direct_backward_weights(const Conv2dParams& p, const float* x, const float*
   const int G = std::max(1, std::min(p.N, num_threads()));
   std::unique_ptr<float[]> partial(new float[(size_t)G * tsize]);  // (G, CRS, Kp), each zeroed by its group
   std::vector<double> partial_db((size_t)G * K, 0.0);          // (G, K)
+  const RowKernels& rows = row_kernels();
   parallel_for(0, G, [&](int g) {
     float* acc = partial.get() + g * tsize;
     std::fill(acc, acc + tsize, 0.0f);
@@ -437,19 +417,9 @@ void direct_backward_weights(const Conv2dParams& p, const float* x, const float*
         float* dyTi = dyT + i * transposed;
         pad_image(lay, x + n * image, xpi);
         const float* dyn = dy + n * out_image;
-        for (int j0 = 0; j0 < PQ; j0 += 32) {  // in blocks of 32 pixels, which stay in L1
-          const int j1 = std::min(PQ, j0 + 32);
-          for (int k = 0; k < K; ++k)
-            for (int j = j0; j < j1; ++j) dyTi[(int64_t)j * Kp + k] = dyn[(int64_t)k * PQ + j];
-          for (int j = j0; j < j1; ++j) std::fill(dyTi + (int64_t)j * Kp + K, dyTi + (int64_t)(j + 1) * Kp, 0.0f);
-        }
+        rows.transpose(dyn, K, PQ, Kp, dyTi);
         if (db)
-          for (int k = 0; k < K; ++k) {
-            const float* row = dyn + (int64_t)k * PQ;
-            float sum = 0.0f;
-            for (int j = 0; j < PQ; ++j) sum += row[j];
-            acc_db[k] += sum;
-          }
+          for (int k = 0; k < K; ++k) acc_db[k] += rows.row_sum(dyn + (int64_t)k * PQ, PQ);
         xps[i] = xpi;
         dyTs[i] = dyTi;
       }

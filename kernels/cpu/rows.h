@@ -1,0 +1,47 @@
+// Streaming loops of the CPU kernels (batchnorm's reductions and element passes, the direct
+// convolution's padding and transposes), compiled once per instruction set like the direct
+// convolution kernels (rows_<isa>.cpp, the generic ones in rows.cpp) so that a baseline build
+// still runs them with AVX2 / AVX-512 where the CPU has them. Plain loops in rows_impl.h:
+// every ISA computes the same values in the same order (reductions go through a fixed number
+// of lanes; no reassociation), so results do not depend on the CPU.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cpu/isa.h"
+
+namespace dnns::cpu {
+
+constexpr int kRowLanes = 8;  // lanes of the double accumulators below
+
+struct RowKernels {
+  // Over the n rows x + i * stride (i < n) of `len` floats each:
+  // s[l] += sum of x, ss[l] += sum of x^2, lane l taking the elements j with j % 8 == l.
+  void (*sum_sumsq)(const float* x, int64_t stride, int n, int len, double* s, double* ss);
+  // s[l] += sum of dy, sx[l] += sum of dy * (x - mean), lanes as above.
+  void (*grad_sums)(const float* x, const float* dy, int64_t stride, int n, int len, double mean, double* s,
+                    double* sx);
+  // y = (x - mean) * scale + shift
+  void (*normalise)(const float* x, float* y, int64_t stride, int n, int len, float mean, float scale, float shift);
+  // dx = a * dy + b * (x - mean) + d
+  void (*bn_backward)(const float* x, const float* dy, float* dx, int64_t stride, int n, int len, float a, float b,
+                      float d, float mean);
+  // One image's padded copy (conv_direct.h): x (C, H, W) -> xp, C planes of Hp rows of RP
+  // floats (Hp = H + 2*ph; row h holds phase f of the padded columns at f * L), then zeros up
+  // to `floats` in all.
+  void (*pad_image)(const float* x, int C, int H, int W, int ph, int pw, int st, int L, int RP, int64_t floats,
+                    float* xp);
+  // dyT (PQ, Kp) = dy (K, PQ) transposed, zeros in columns K..Kp-1.
+  void (*transpose)(const float* dy, int K, int PQ, int Kp, float* dyT);
+  // Sum of a row of n floats, through 16 float lanes.
+  float (*row_sum)(const float* x, int n);
+};
+
+const RowKernels& row_kernels();  // for cpu_isa()
+
+namespace generic { extern const RowKernels rows; }
+#if defined(DNNS_HAVE_X86_KERNELS)
+namespace avx2 { extern const RowKernels rows; }
+namespace avx512 { extern const RowKernels rows; }
+#endif
+
+}  // namespace dnns::cpu

@@ -1,0 +1,112 @@
+// The loops of rows.h, compiled once per instruction set: included by rows.cpp (generic) and
+// rows_<isa>.cpp after defining DNNS_ROWS_NS, the namespace they go in (see
+// conv_direct_impl.h for why each ISA's copy must stay in its own namespace).
+#ifndef DNNS_ROWS_NS
+#error "define DNNS_ROWS_NS before including rows_impl.h"
+#endif
+#include "kernels/cpu/rows.h"
+
+namespace dnns::cpu::DNNS_ROWS_NS {
+namespace {
+
+constexpr int L = kRowLanes;
+
+void sum_sumsq(const float* x, int64_t stride, int n, int len, double* s, double* ss) {
+  for (int r = 0; r < n; r++) {
+    const float* xr = x + r * stride;
+    int i = 0;
+    for (; i + L <= len; i += L)
+      for (int l = 0; l < L; l++) {
+        const double v = xr[i + l];
+        s[l] += v;
+        ss[l] += v * v;
+      }
+    for (; i < len; i++) s[i % L] += xr[i], ss[i % L] += double(xr[i]) * xr[i];
+  }
+}
+
+void grad_sums(const float* x, const float* dy, int64_t stride, int n, int len, double mean, double* s, double* sx) {
+  for (int r = 0; r < n; r++) {
+    const float* xr = x + r * stride;
+    const float* dr = dy + r * stride;
+    int i = 0;
+    for (; i + L <= len; i += L)
+      for (int l = 0; l < L; l++) {
+        s[l] += dr[i + l];
+        sx[l] += double(dr[i + l]) * (double(xr[i + l]) - mean);
+      }
+    for (; i < len; i++) s[i % L] += dr[i], sx[i % L] += double(dr[i]) * (double(xr[i]) - mean);
+  }
+}
+
+void normalise(const float* x, float* y, int64_t stride, int n, int len, float mean, float scale, float shift) {
+  for (int r = 0; r < n; r++) {
+    const float* xr = x + r * stride;
+    float* yr = y + r * stride;
+    for (int i = 0; i < len; i++) yr[i] = (xr[i] - mean) * scale + shift;
+  }
+}
+
+void bn_backward(const float* x, const float* dy, float* dx, int64_t stride, int n, int len, float a, float b,
+                 float d, float mean) {
+  for (int r = 0; r < n; r++) {
+    const float* xr = x + r * stride;
+    const float* dr = dy + r * stride;
+    float* out = dx + r * stride;
+    for (int i = 0; i < len; i++) out[i] = a * dr[i] + b * (xr[i] - mean) + d;
+  }
+}
+
+void pad_image(const float* x, int C, int H, int W, int ph, int pw, int st, int Lp, int RP, int64_t floats,
+               float* xp) {
+  const int Hp = H + 2 * ph;
+  float* out = xp;
+  for (int c = 0; c < C; ++c, x += (int64_t)H * W)
+    for (int h = 0; h < Hp; ++h, out += RP) {
+      const int ih = h - ph;
+      if (ih < 0 || ih >= H) {
+        for (int i = 0; i < RP; ++i) out[i] = 0.0f;
+        continue;
+      }
+      const float* row = x + (int64_t)ih * W;
+      if (st == 1) {
+        for (int i = 0; i < pw; ++i) out[i] = 0.0f;
+        for (int i = 0; i < W; ++i) out[pw + i] = row[i];
+        for (int i = pw + W; i < RP; ++i) out[i] = 0.0f;
+        continue;
+      }
+      for (int f = 0; f < st; ++f)
+        for (int i = 0; i < Lp; ++i) {
+          const int iw = i * st + f - pw;
+          out[f * Lp + i] = iw >= 0 && iw < W ? row[iw] : 0.0f;
+        }
+    }
+  for (float* end = xp + floats; out < end; ++out) *out = 0.0f;
+}
+
+void transpose(const float* dy, int K, int PQ, int Kp, float* dyT) {
+  for (int j0 = 0; j0 < PQ; j0 += 32) {  // blocks of 32 pixels stay in L1
+    const int j1 = j0 + 32 < PQ ? j0 + 32 : PQ;
+    for (int k = 0; k < K; ++k)
+      for (int j = j0; j < j1; ++j) dyT[(int64_t)j * Kp + k] = dy[(int64_t)k * PQ + j];
+    for (int j = j0; j < j1; ++j)
+      for (int k = K; k < Kp; ++k) dyT[(int64_t)j * Kp + k] = 0.0f;
+  }
+}
+
+float row_sum(const float* x, int n) {
+  float lanes[16] = {};
+  int i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; l++) lanes[l] += x[i + l];
+  for (; i < n; i++) lanes[i % 16] += x[i];
+  float s = 0.0f;
+  for (int l = 0; l < 16; l++) s += lanes[l];
+  return s;
+}
+
+}  // namespace
+
+const RowKernels rows{&sum_sumsq, &grad_sums, &normalise, &bn_backward, &pad_image, &transpose, &row_sum};
+
+}  // namespace dnns::cpu::DNNS_ROWS_NS
