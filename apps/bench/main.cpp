@@ -164,12 +164,14 @@ int bench_infer(int argc, char** argv) {
   Tensor x = random_batch(batch, m.input_shape(), rng).to(dev);
   m.forward(x, false);
   sync(dev);
-  std::vector<double> times;
+  std::vector<double> times, cpu_times;
   for (int64_t r = 0; r < runs; ++r) {
     auto t0 = Clock::now();
+    const double c0 = process_cpu_ms();
     m.forward(x, false);
     sync(dev);
     times.push_back(ms_since(t0));
+    cpu_times.push_back(process_cpu_ms() - c0);
   }
   std::printf("%s\n", Json()
                           .add("bench", "infer")
@@ -181,6 +183,7 @@ int bench_infer(int argc, char** argv) {
                           .add("params", m.num_params())
                           .add("p50_ms", percentile(times, 0.5))
                           .add("p99_ms", percentile(times, 0.99))
+                          .add("cpu_ms_median", percentile(cpu_times, 0.5))
                           .add("hardware", device_description(dev))
                           .str()
                           .c_str());
