@@ -198,6 +198,8 @@ TEST_CASE("cpu conv matches ref on chosen shapes") {
 // gradient is vectorised over filters), batch 1 split into filter groups, and dead (all-zero)
 // filters.
 TEST_CASE("every ISA path and convolution algorithm matches ref") {
+  // (Winograd F(2x2, 3x3) is forced on every 3x3 stride-1 pad-1 shape below, odd sizes
+  // included: partial tiles at the bottom and right edges.)
   struct Restore {
     ~Restore() {
       cpu::set_cpu_isa(cpu::best_cpu_isa());
@@ -207,6 +209,7 @@ TEST_CASE("every ISA path and convolution algorithm matches ref") {
   const Conv2dParams direct_shapes[] = {
       conv(3, 37, 11, 13, 54, 3, 3, 1, 1),  // odd channels, 13 = 8 + 5 columns (masked tail)
       conv(2, 5, 8, 8, 7, 3, 3, 1, 1),      // rows of exactly 8; K = 7, not a multiple of 4
+      conv(3, 6, 5, 9, 4, 3, 3, 1, 1),      // odd height and width: partial Winograd tiles
       conv(2, 4, 9, 9, 9, 3, 3, 1, 1),      // rows of 9: 16-wide vectors on AVX-512, 7 lanes masked
       conv(1, 113, 16, 16, 6, 3, 3, 1, 1),  // batch 1: filter groups split the image
       conv(2, 3, 32, 32, 16, 3, 3, 1, 1),   // a ResNet-20 stage-1 shape (first layer)
@@ -224,14 +227,17 @@ TEST_CASE("every ISA path and convolution algorithm matches ref") {
   Rng rng(29);
   for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
     cpu::set_cpu_isa((cpu::Isa)isa);
-    for (cpu::ConvAlgo algo : {cpu::ConvAlgo::Auto, cpu::ConvAlgo::Gemm}) {
+    for (cpu::ConvAlgo algo : {cpu::ConvAlgo::Auto, cpu::ConvAlgo::Gemm, cpu::ConvAlgo::Winograd}) {
       cpu::set_conv_algo(algo);
-      INFO("isa " << cpu::isa_name((cpu::Isa)isa) << ", algorithm " << cpu::conv_algo_name(algo));
+      INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)) << ", algorithm " << std::string(cpu::conv_algo_name(algo)));
       for (const Conv2dParams& p : direct_shapes) {
         // The shape must take the path under test, or the comparison says nothing about it.
         const std::string path = cpu::conv_path(p);
         INFO(conv_str(p) << " took " << path);
-        CHECK((path.find("direct") != std::string::npos) == (isa != (int)cpu::Isa::Generic && algo != cpu::ConvAlgo::Gemm));
+        if (algo == cpu::ConvAlgo::Winograd)
+          CHECK((path.find("winograd") != std::string::npos) == (p.R == 3 && p.S == 3 && p.stride == 1 && p.pad == 1));
+        else
+          CHECK((path.find("direct") != std::string::npos) == (isa != (int)cpu::Isa::Generic && algo != cpu::ConvAlgo::Gemm));
         compare_conv(p, rng);
       }
       // Dead filters: whole filters of w zero (what pruning leaves before compaction).

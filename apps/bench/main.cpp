@@ -260,14 +260,17 @@ int bench_compact(int argc, char** argv) {
 }
 
 // Every distinct conv shape of a model at a batch size, each op (forward, backward data,
-// backward weights) timed with the automatic choice (direct kernels where they apply) and with
-// im2col + sgemm forced, alternating, so both see the same machine load; the best of --reps.
+// backward weights) timed with two convolution algorithms (--algo, default auto, against
+// --against, default gemm = im2col + sgemm), alternating, so both see the same machine load;
+// the best of --reps.
 int bench_conv(int argc, char** argv) {
-  Flags f("bench conv", "Convolution kernels per layer shape: the automatic path against im2col + sgemm.");
+  Flags f("bench conv", "Convolution kernels per layer shape: one algorithm against another.");
   f.add("model", "resnet20", "zoo model or model file whose conv shapes are timed");
   f.add("batch", "128", "batch size");
   f.add("reps", "5", "timed repetitions per op and algorithm (the minimum is reported)");
   f.add("threads", "0", "threads (0 = all cores)");
+  f.add("algo", "auto", "the convolution algorithm timed: auto, direct, winograd or gemm");
+  f.add("against", "gemm", "the algorithm it is compared with");
   f.add("clock", "wall", "wall (elapsed time) or cpu (CPU time of the process, all threads: on a loaded machine it "
                          "still compares the work each path does)");
   if (!f.parse(argc, argv)) return 0;
@@ -299,11 +302,15 @@ int bench_conv(int argc, char** argv) {
   }
   Rng rng(1);
   const cpu::ConvAlgo before = cpu::conv_algo();
+  const cpu::ConvAlgo algos[2] = {cpu::parse_conv_algo(f.str("algo").c_str()),
+                                  cpu::parse_conv_algo(f.str("against").c_str())};
   double total[2][3] = {};
   std::printf("# bench conv: %s, batch %lld, %d threads, %s, ISA %s, %s clock\n", name.c_str(), (long long)batch,
               num_threads(), cpu_model_name().c_str(), cpu::isa_name(cpu::cpu_isa()), clock_name.c_str());
-  std::printf("%-34s %5s %-18s %27s %27s %27s\n", "shape (N,C,H,W)->K RxS/stride,pad", "count", "auto path",
-              "forward ms auto/gemm", "bwd data ms auto/gemm", "bwd weights ms auto/gemm");
+  const std::string vs = f.str("algo") + "/" + f.str("against");
+  std::printf("%-34s %5s %-18s %27s %27s %27s\n", "shape (N,C,H,W)->K RxS/stride,pad", "count",
+              (f.str("algo") + " path").c_str(), ("forward ms " + vs).c_str(), ("bwd data ms " + vs).c_str(),
+              ("bwd weights ms " + vs).c_str());
   for (size_t i = 0; i < convs.size(); ++i) {
     const Conv2dParams& p = convs[i];
     const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, nw = (int64_t)p.K * p.C * p.R * p.S;
@@ -317,7 +324,7 @@ int bench_conv(int argc, char** argv) {
       for (double& v : row) v = 1e300;
     for (int64_t r = 0; r <= reps; ++r)
       for (int a = 0; a < 2; ++a) {
-        cpu::set_conv_algo(a == 0 ? cpu::ConvAlgo::Auto : cpu::ConvAlgo::Gemm);
+        cpu::set_conv_algo(algos[a]);
         double t0 = now_ms();
         cpu::conv2d_forward(p, x.data(), w.data(), b.data(), y.data());
         const double t_fwd = now_ms() - t0;
@@ -335,7 +342,9 @@ int bench_conv(int argc, char** argv) {
     cpu::set_conv_algo(before);
     char label[96];
     std::snprintf(label, sizeof label, "(%d,%d,%d,%d)->%d %dx%d/%d,%d", p.N, p.C, p.H, p.W, p.K, p.R, p.S, p.stride, p.pad);
+    cpu::set_conv_algo(algos[0]);
     std::printf("%-34s %5d %-18s", label, counts[i], cpu::conv_path(p).c_str());
+    cpu::set_conv_algo(before);
     for (int op = 0; op < 3; ++op) {
       std::printf("   %7.2f/%7.2f (%5.2fx)", best[0][op], best[1][op], best[1][op] / best[0][op]);
       for (int a = 0; a < 2; ++a) total[a][op] += counts[i] * best[a][op];
@@ -353,8 +362,10 @@ int bench_conv(int argc, char** argv) {
                           .add("threads", num_threads())
                           .add("isa", cpu::isa_name(cpu::cpu_isa()))
                           .add("clock", clock_name)
-                          .add("ms_auto", all_auto)
-                          .add("ms_gemm", all_gemm)
+                          .add("algo", f.str("algo"))
+                          .add("against", f.str("against"))
+                          .add("ms_algo", all_auto)
+                          .add("ms_against", all_gemm)
                           .add("speedup", all_gemm / all_auto)
                           .add("cpu", cpu_model_name())
                           .str()

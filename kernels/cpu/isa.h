@@ -23,11 +23,13 @@ void set_cpu_isa(Isa isa);          // throws dnns::Error when isa > best_cpu_is
 const char* isa_name(Isa isa);      // "avx512", "avx2", "generic"
 Isa parse_isa(const char* name);    // inverse of isa_name; throws naming the bad value
 
-// Convolution algorithm (kernels/cpu/conv.cpp): direct kernels where they apply and the ISA
-// has them, im2col + sgemm otherwise (auto, the default); gemm forces im2col + sgemm
-// everywhere; direct is auto without its per-shape preferences. DNNS_CONV=auto|gemm|direct
-// sets the initial value.
-enum class ConvAlgo { Auto = 0, Gemm = 1, Direct = 2 };
+// Convolution algorithm (kernels/cpu/conv.cpp): auto (the default) takes Winograd F(2x2, 3x3)
+// for the 3x3 stride-1 pad-1 convolutions with many channels, the direct kernels where they
+// apply and the ISA has them, im2col + sgemm otherwise; gemm forces im2col + sgemm everywhere;
+// direct is auto without Winograd; winograd is auto with Winograd for every shape it can do
+// (3x3, stride 1, pad 1), whatever its size. DNNS_CONV=auto|gemm|direct|winograd sets the
+// initial value.
+enum class ConvAlgo { Auto = 0, Gemm = 1, Direct = 2, Winograd = 3 };
 void set_conv_algo(ConvAlgo algo);
 ConvAlgo conv_algo();
 const char* conv_algo_name(ConvAlgo algo);
