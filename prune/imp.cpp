@@ -159,7 +159,7 @@ class ImpRun {
     }
     make_dirs(dir);
     const auto t0 = Clock::now();
-    const std::string label = (job.chain == "random" ? "random level " : "level ") + std::to_string(job.level) + "/" +
+    const std::string label = opt_.label + (job.chain == "random" ? "random level " : "level ") + std::to_string(job.level) + "/" +
                               std::to_string(opt_.levels);
     Model work = initial_.clone();
     Trainer trainer(work, cfg_);

@@ -51,6 +51,7 @@ struct ImpOptions {
   uint64_t seed = 1;               // draws of the random baseline
   bool resume = false;             // continue the run found in the directory
   bool progress = true;            // progress lines on stderr
+  std::string label;               // put before the progress lines' level names ("seed 2: ")
 };
 
 // open_lth's rewind points, as DNNShifter uses them: 2000 iterations for VGG, 500 for ResNets.

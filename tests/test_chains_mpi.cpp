@@ -1,0 +1,93 @@
+// Independent IMP chains spread over MPI ranks (`mpirun -np 2 cifar_prune imp --seeds 1,2`: two
+// groups of one rank, one chain each, 1 thread per rank):
+//   - each chain is bit-identical to the run `imp --seed S` makes alone in one process, whichever
+//     rank ran it (--seeds 1,2 and 2,1 give the same files);
+//   - a rank killed mid-level, then --resume: the finished levels are not redone, and every chain
+//     ends bit-identical to the uninterrupted run;
+//   - a failing chain stops the other rank with a message naming the chain, instead of hanging.
+// Skipped (exit 77) where the build has no MPI or no mpirun was found. In one process:
+// tests/test_chains.cpp.
+#include <doctest/doctest.h>
+
+#include "core/fs.h"
+#include "tests/mpi_util.h"
+
+using namespace dnns;
+using namespace dnns::mpi_test;
+
+namespace {
+
+// As in test_chains.cpp: ResNet-20, 64 synthetic images, 2 epochs of 2 steps per level, the
+// dense level and one pruned level rewound to step 1, one thread.
+std::vector<std::string> imp_args(const std::string& out) {
+  return {kBin,       "imp",         "--data",       "synthetic", "--model",  "resnet20", "--train-subset",
+          "64",       "--test-subset", "32",         "--batch-size", "32",    "--epochs", "2",
+          "--milestones", "100",     "--lr",         "0.01",      "--levels", "1",        "--rewind-step",
+          "1",        "--threads",   "1",            "--out",     out};
+}
+
+const char* kModels[] = {"/level_0/model.dnns", "/level_1/model.dnns"};
+
+}  // namespace
+
+TEST_CASE("imp --seeds over 2 ranks: chains equal to the runs made alone; kill and resume; a failing chain") {
+  skip_without_mpi();
+  REQUIRE_MESSAGE(file_exists(kBin), kBin << " is missing: build the cifar_prune target first");
+  static TmpDir dir("chains_mpi");
+  const std::string alone = dir / "alone", two = dir / "two";
+  // The references, once (doctest runs this body again for every subcase).
+  static const Exit ea = run(concat(imp_args(alone), {"--seed", "2"}), kQuiet, dir / "alone.log", 300);
+  REQUIRE_MESSAGE(ea.code == 0, ea.log);
+  static const Exit e2 = run(concat(mpirun(2, {}), concat(imp_args(two), {"--seeds", "1,2"})), kQuiet,
+                             dir / "two.log", 300);
+  REQUIRE_MESSAGE(e2.code == 0, e2.log);
+
+  SUBCASE("chain seed 2, run by rank 1 beside chain seed 1, equals the run made alone bit for bit") {
+    CHECK_MESSAGE(e2.log.find("chains: 2 (seeds 1,2) over 2 group(s) of 1 rank(s)") != std::string::npos, e2.log);
+    for (const char* m : kModels) {
+      CHECK_MESSAGE(file_bytes(alone + m) == file_bytes(two + "/seed_2" + m), m);
+      CHECK_MESSAGE(file_bytes(two + "/seed_1" + m) != file_bytes(two + "/seed_2" + m), m);
+    }
+    // Both chains in the summary gathered by rank 0.
+    const std::string csv = read_text(two + "/chains.csv");
+    CHECK(csv.find("\n1,magnitude,1,") != std::string::npos);
+    CHECK(csv.find("\n2,magnitude,1,") != std::string::npos);
+    CHECK(read_text(two + "/chains.md").find("| seed 1 | seed 2 | mean ± sd |") != std::string::npos);
+  }
+
+  SUBCASE("--seeds 2,1 (seed 1 on rank 1) killed in level 1, then --resume: same files, level 0 not redone") {
+    const std::string killed = dir / "killed";
+    // Rank 1 runs chain seed 1 here; step 2 is reached first in level 0, then again in level 1
+    // (after the rewind to step 1 and the epoch ending at step 2, whose checkpoint is written).
+    Exit k = run(concat(mpirun(2, {"DNNS_FAULT_INJECT"}), concat(imp_args(killed), {"--seeds", "2,1"})),
+                 {"DNNS_FAULT_INJECT=1:2:kill:2"}, dir / "killed.log", 300);
+    CHECK_FALSE(k.timed_out);
+    CHECK_MESSAGE(k.code != 0, k.log);
+    CHECK_MESSAGE(k.log.find("rank 1 kills itself at step 2") != std::string::npos, k.log);
+    REQUIRE(file_exists(killed + "/seed_1/level_0/metrics.json"));
+    REQUIRE(file_exists(killed + "/seed_1/level_1/checkpoint.dnns"));
+    CHECK_FALSE(file_exists(killed + "/seed_1/level_1/metrics.json"));
+    const std::string level0 = read_text(killed + "/seed_1/level_0/metrics.json");
+
+    Exit r = run(concat(mpirun(2, {}), concat(imp_args(killed), {"--seeds", "2,1", "--resume"})), kQuiet,
+                 dir / "resumed.log", 300);
+    REQUIRE_MESSAGE(r.code == 0, r.log);
+    CHECK_MESSAGE(r.log.find("seed 1: level 1/1: resumed") != std::string::npos, r.log);
+    CHECK(read_text(killed + "/seed_1/level_0/metrics.json") == level0);  // read back, not retrained
+    for (const std::string seed : {"/seed_1", "/seed_2"})
+      for (const char* m : kModels) CHECK_MESSAGE(file_bytes(two + seed + m) == file_bytes(killed + seed + m), seed << m);
+  }
+
+  SUBCASE("a chain that fails stops the other rank with a message naming the chain") {
+    const std::string failed = dir / "failed";
+    Exit f = run(concat(mpirun(2, {"DNNS_FAULT_INJECT"}), concat(imp_args(failed), {"--seeds", "1,2"})),
+                 {"DNNS_FAULT_INJECT=1:1:error"}, dir / "failed.log", 120);
+    CHECK_FALSE_MESSAGE(f.timed_out, "the other rank hung: " << f.log);
+    CHECK(f.code != 0);
+    CHECK_MESSAGE(f.log.find("chain seed 2 (" + failed + "/seed_2, rank 1) failed: DNNS_FAULT_INJECT: rank 1 fails at step 1") !=
+                      std::string::npos,
+                  f.log);
+    CHECK_MESSAGE(f.log.find("rank 1 of 2 failed: stopping all ranks") != std::string::npos, f.log);
+    CHECK_FALSE(file_exists(failed + "/chains.csv"));
+  }
+}
