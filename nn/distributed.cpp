@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "kernels/ops.h"
 #include "nn/model.h"
 
 #if DNNS_HAVE_MPI
@@ -270,6 +271,7 @@ void broadcast(Tensor& t, int root) {
   if (g_size <= 1 || t.numel() == 0) return;
   CommTimer timer;
   const bool direct = t.is_cpu() || cuda_aware();
+  if (!t.is_cpu() && direct) device_synchronize(t.device());  // MPI reads outside the stream
   Tensor host = direct ? t : t.to(Device::CPU);
   mpi_check(MPI_Bcast(host.data(), static_cast<int>(host.numel()), MPI_FLOAT, root, g_comm), "broadcast");
   if (!direct) t.copy_from(host);
@@ -331,8 +333,18 @@ void fault_point(int64_t step) {
 }
 
 bool cuda_aware() {
-#if DNNS_HAVE_MPI && defined(MPIX_CUDA_AWARE_SUPPORT)
-  static const bool yes = g_started && MPIX_Query_cuda_support() == 1;
+#if DNNS_HAVE_MPI
+  static const bool yes = [] {
+    // DNNS_MPI_CUDA_AWARE=0 forces host staging; =1 trusts an MPI that is CUDA-aware without
+    // Open MPI's query (MPICH, MVAPICH2-GDR, Cray MPICH with GPU support enabled).
+    if (const char* force = std::getenv("DNNS_MPI_CUDA_AWARE"); force && (!std::strcmp(force, "0") || !std::strcmp(force, "1")))
+      return force[0] == '1';
+#if defined(MPIX_CUDA_AWARE_SUPPORT)
+    return g_started && MPIX_Query_cuda_support() == 1;  // the library's answer at run time
+#else
+    return false;
+#endif
+  }();
   return yes;
 #else
   return false;
@@ -378,8 +390,12 @@ struct GradientReducer::Impl {
     }
     float* data = b.buffer.data();
     if (b.device != Device::CPU && !cuda_aware()) {
-      b.staging.copy_from(b.buffer);
+      b.staging.copy_from(b.buffer);  // waits for the device's stream
       data = b.staging.data();
+    } else if (b.device != Device::CPU) {
+      // A CUDA-aware MPI reads the buffer outside the backend's stream: the backward kernels
+      // and the copies above must have finished first.
+      device_synchronize(b.device);
     }
     mpi_check(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(b.numel), MPI_FLOAT, MPI_SUM, g_grads, &b.request),
               "iallreduce of the gradients");

@@ -99,7 +99,9 @@ double comm_seconds();
 void fault_point(int64_t step);
 
 // Whether device (CUDA) buffers go to MPI directly: an MPI with CUDA support
-// (MPIX_Query_cuda_support() == 1). Otherwise they are staged through host memory.
+// (MPIX_Query_cuda_support() == 1, from mpi-ext.h where the MPI has it), or the environment's
+// DNNS_MPI_CUDA_AWARE=1 (0 forces staging). Otherwise they are staged through host memory.
+// Either way the device's queued work is waited for before MPI touches the memory.
 bool cuda_aware();
 
 // Sums the parameter gradients over the ranks, in buckets started during backward.

@@ -120,31 +120,6 @@ TEST_CASE("worker: collectives, gradient buckets and synchronised batchnorm on e
     }
   }
 
-  SUBCASE("on CUDA: gradient buckets of device tensors (CUDA-aware MPI or host staging)") {
-    if (!cuda_available()) {
-      MESSAGE("no CUDA device present: the device-buffer allreduce is not run");
-      return;
-    }
-    MESSAGE("CUDA-aware MPI: " << (dist::cuda_aware() ? "yes (device buffers)" : "no (host staging)"));
-    Model m = tiny_net(3);
-    m.to(Device::CUDA);
-    std::vector<std::vector<float>> want;
-    for (auto& np : m.params()) {
-      Param& p = *np.param;
-      Tensor g(p.value.shape());
-      std::vector<float> w(g.numel());
-      for (int64_t i = 0; i < g.numel(); ++i) g[i] = float((me + 1) * (i + 1)) * 0.25f, w[i] = float(3 * (i + 1)) * 0.25f;
-      p.grad = g.to(Device::CUDA);
-      want.push_back(w);
-    }
-    dist::GradientReducer red(64);
-    red.begin(m);
-    for (int i = static_cast<int>(m.nodes().size()) - 1; i >= 1; --i) red.layer_done(*m.nodes()[i].layer);
-    red.finish();
-    size_t k = 0;
-    for (auto& np : m.params()) CHECK_MESSAGE(np.param->grad.to_vector() == want[k++], np.name);
-  }
-
   SUBCASE("synchronised batchnorm over 2 ranks equals batchnorm over the global batch") {
     for (int N : {6, 5}) {  // an even and an uneven split of the rows
       Rng rng(11);
