@@ -1,7 +1,9 @@
-// Independent IMP chains spread over MPI ranks (`mpirun -np 2 cifar_prune imp --seeds 1,2`: two
-// groups of one rank, one chain each, 1 thread per rank):
-//   - each chain is bit-identical to the run `imp --seed S` makes alone in one process, whichever
-//     rank ran it (--seeds 1,2 and 2,1 give the same files);
+// Independent IMP chains spread over MPI ranks (`mpirun -np 2 cifar_prune imp --seeds 1,2
+// --random-baseline`: two groups of one rank, 1 thread per rank; rank 0 trains the magnitude
+// chains of seeds 1 and 2, rank 1 their random chains, each level as soon as the magnitude level
+// it follows is there):
+//   - each chain is bit-identical to the run `imp --seed S --random-baseline` makes alone in one
+//     process, whichever rank ran it (--seeds 1,2 and 2,1 give the same files);
 //   - a rank killed mid-level, then --resume: the finished levels are not redone, and every chain
 //     ends bit-identical to the uninterrupted run;
 //   - a failing chain stops the other rank with a message naming the chain, instead of hanging.
@@ -27,6 +29,19 @@ std::vector<std::string> imp_args(const std::string& out) {
 }
 
 const char* kModels[] = {"/level_0/model.dnns", "/level_1/model.dnns"};
+const char* kRandomModel = "/random/level_1/model.dnns";
+
+// levels.csv without its timing columns (train_seconds, wall_seconds).
+std::string levels_without_times(const std::string& csv) {
+  std::istringstream is(csv);
+  std::string line, out;
+  while (std::getline(is, line)) {
+    size_t cut = line.size();
+    for (int i = 0; i < 2; ++i) cut = line.rfind(',', cut - 1);
+    out += line.substr(0, cut) + "\n";
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -36,23 +51,35 @@ TEST_CASE("imp --seeds over 2 ranks: chains equal to the runs made alone; kill a
   static TmpDir dir("chains_mpi");
   const std::string alone = dir / "alone", two = dir / "two";
   // The references, once (doctest runs this body again for every subcase).
-  static const Exit ea = run(concat(imp_args(alone), {"--seed", "2"}), kQuiet, dir / "alone.log", 300);
+  static const Exit ea = run(concat(imp_args(alone), {"--seed", "2", "--random-baseline"}), kQuiet, dir / "alone.log", 300);
   REQUIRE_MESSAGE(ea.code == 0, ea.log);
-  static const Exit e2 = run(concat(mpirun(2, {}), concat(imp_args(two), {"--seeds", "1,2"})), kQuiet,
-                             dir / "two.log", 300);
+  static const Exit e2 = run(concat(mpirun(2, {}), concat(imp_args(two), {"--seeds", "1,2", "--random-baseline"})),
+                             kQuiet, dir / "two.log", 300);
   REQUIRE_MESSAGE(e2.code == 0, e2.log);
 
-  SUBCASE("chain seed 2, run by rank 1 beside chain seed 1, equals the run made alone bit for bit") {
-    CHECK_MESSAGE(e2.log.find("chains: 2 (seeds 1,2) over 2 group(s) of 1 rank(s)") != std::string::npos, e2.log);
-    for (const char* m : kModels) {
+  SUBCASE("seed 2's magnitude chain (rank 0) and random chain (rank 1) equal the run made alone bit for bit") {
+    CHECK_MESSAGE(e2.log.find("chains: 4 (seeds 1,2, magnitude and random each) over 2 group(s) of 1 rank(s)") !=
+                      std::string::npos,
+                  e2.log);
+    for (const char* m : {kModels[0], kModels[1], kRandomModel}) {
       CHECK_MESSAGE(file_bytes(alone + m) == file_bytes(two + "/seed_2" + m), m);
       CHECK_MESSAGE(file_bytes(two + "/seed_1" + m) != file_bytes(two + "/seed_2" + m), m);
     }
-    // Both chains in the summary gathered by rank 0.
+    CHECK(file_bytes(alone + kModels[1]) != file_bytes(alone + kRandomModel));
+    // The random chain's rank wrote the seed's reports once both chains were there.
+    CHECK(levels_without_times(read_text(alone + "/levels.csv")) ==
+          levels_without_times(read_text(two + "/seed_2/levels.csv")));
+    // Every chain in the summary gathered by rank 0, in each seed's levels.csv order.
     const std::string csv = read_text(two + "/chains.csv");
-    CHECK(csv.find("\n1,magnitude,1,") != std::string::npos);
-    CHECK(csv.find("\n2,magnitude,1,") != std::string::npos);
-    CHECK(read_text(two + "/chains.md").find("| seed 1 | seed 2 | mean ± sd |") != std::string::npos);
+    for (const char* row : {"\n1,magnitude,0,", "\n1,magnitude,1,", "\n1,random,1,", "\n2,magnitude,1,", "\n2,random,1,"})
+      CHECK_MESSAGE(csv.find(row) != std::string::npos, row);
+    std::istringstream is(levels_without_times(read_text(two + "/seed_2/levels.csv")));
+    std::string line, seed2;
+    std::getline(is, line);  // header
+    while (std::getline(is, line)) seed2 += "\n2," + line;
+    CHECK(levels_without_times(csv).find(seed2 + "\n") != std::string::npos);
+    CHECK(read_text(two + "/chains.md").find("| seed 1 | seed 2 | mean ± sd | random, seed 1 | random, seed 2 | random mean ± sd |") !=
+          std::string::npos);
   }
 
   SUBCASE("--seeds 2,1 (seed 1 on rank 1) killed in level 1, then --resume: same files, level 0 not redone") {

@@ -1,11 +1,13 @@
 #include "apps/cifar_prune/chains.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <exception>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -70,6 +72,14 @@ int chain_groups(const std::string& value, int chains, int ranks) {
 
 namespace {
 
+struct Chain {
+  int64_t seed = 0;
+  ImpPart part = ImpPart::Both;
+  std::string name() const {
+    return "seed " + std::to_string(seed) + (part == ImpPart::RandomOnly ? " random" : "");
+  }
+};
+
 std::string fmt_pct(double x) {
   char b[32];
   std::snprintf(b, sizeof b, "%.2f", 100.0 * x);
@@ -92,17 +102,19 @@ std::string mean_sd(const std::vector<double>& v) {
 // level_record_json line per level), back into seed -> records, in --seeds order.
 std::vector<std::pair<int64_t, std::vector<LevelRecord>>> parse_gathered(const std::vector<std::string>& parts,
                                                                          const std::vector<int64_t>& seeds) {
-  std::map<int64_t, std::vector<LevelRecord>> by_seed;
+  std::map<int64_t, std::map<std::pair<int, int>, LevelRecord>> by_seed;  // seed -> (level, random?) -> record
   for (const std::string& part : parts) {
     std::istringstream is(part);
     std::string line;
-    std::vector<LevelRecord>* cur = nullptr;
+    std::map<std::pair<int, int>, LevelRecord>* cur = nullptr;
     while (std::getline(is, line)) {
       if (line.rfind("seed ", 0) == 0) {
         cur = &by_seed[std::stoll(line.substr(5))];
       } else if (!line.empty()) {
         check(cur != nullptr, "chains: a gathered level record without its seed");
-        cur->push_back(parse_level_record(line, "the levels gathered from a group of ranks"));
+        // A seed's two parts both report the magnitude levels the random part read back.
+        LevelRecord r = parse_level_record(line, "the levels gathered from a group of ranks");
+        (*cur)[{r.level, r.chain == "random" ? 1 : 0}] = r;
       }
     }
   }
@@ -110,7 +122,9 @@ std::vector<std::pair<int64_t, std::vector<LevelRecord>>> parse_gathered(const s
   for (int64_t s : seeds) {
     auto it = by_seed.find(s);
     check(it != by_seed.end(), "chains: no group of ranks reported chain seed " + std::to_string(s));
-    out.emplace_back(s, it->second);
+    std::vector<LevelRecord> recs;  // levels.csv's order: level 0, then each level's magnitude and random
+    for (auto& [key, r] : it->second) recs.push_back(r);
+    out.emplace_back(s, recs);
   }
   return out;
 }
@@ -165,11 +179,26 @@ std::string chains_markdown(const std::vector<std::pair<int64_t, std::vector<Lev
   return os.str();
 }
 
+void wait_for_file(const std::string& path, const std::string& what) {
+  if (dist::is_root() && !file_exists(path)) {
+    std::fprintf(stderr, "%s: waiting for %s\n", what.c_str(), path.c_str());
+    while (!file_exists(path)) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  dist::wait_idle();
+}
+
 int run_chains(const Flags& f, const RunOneImp& run_one) {
   const std::vector<int64_t> seeds = parse_seeds(f.str("seeds"));
   check(!f.given("seed"), "--seed and --seeds exclude each other: each chain of --seeds takes its seed from there");
   const std::string out = f.str("out");
-  const int nchains = static_cast<int>(seeds.size()), ranks = dist::world_size();
+  // Magnitude chains first: a random chain waits only for its seed's magnitude chain, which comes
+  // earlier in this order, so whatever the groups, the first unfinished chain can always proceed.
+  std::vector<Chain> chains_list;
+  const bool random = f.flag("random-baseline");
+  for (int64_t s : seeds) chains_list.push_back({s, random ? ImpPart::MagnitudeOnly : ImpPart::Both});
+  if (random)
+    for (int64_t s : seeds) chains_list.push_back({s, ImpPart::RandomOnly});
+  const int nchains = static_cast<int>(chains_list.size()), ranks = dist::world_size();
   const int groups = chain_groups(f.str("chain-groups"), nchains, ranks);
   const bool resume = f.flag("resume");
 
@@ -191,31 +220,29 @@ int run_chains(const Flags& f, const RunOneImp& run_one) {
   write_text_atomic(out + "/chains.json",
                     Json().add("seeds", seed_list).add("chain_groups", groups).add("ranks", ranks).str() + "\n");
   if (dist::world_rank() == 0)
-    std::fprintf(stderr, "chains: %d (seeds %s) over %d group(s) of %d rank(s) into %s\n", nchains, seed_list.c_str(),
-                 groups, ranks / groups, out.c_str());
+    std::fprintf(stderr, "chains: %d (seeds %s%s) over %d group(s) of %d rank(s) into %s\n", nchains,
+                 seed_list.c_str(), random ? ", magnitude and random each" : "", groups, ranks / groups, out.c_str());
 
   // From here until join_world, rank(), size(), the collectives and the file writer are the group's.
   const int group = dist::split_world(groups);
   std::string mine;  // this group's chains, for the job's rank 0 (from the group's rank 0 only)
   for (int i = group; i < nchains; i += groups) {
-    const int64_t seed = seeds[size_t(i)];
+    const Chain& ch = chains_list[size_t(i)];
     Flags c = f;
-    c.set("seed", std::to_string(seed));
-    c.set("out", chain_dir(out, seed));
+    c.set("seed", std::to_string(ch.seed));
+    c.set("out", chain_dir(out, ch.seed));
     c.set("seeds", "");
-    const std::string label = "seed " + std::to_string(seed) + ": ";
     std::vector<LevelRecord> recs;
     try {
-      recs = run_one(c, label);
+      recs = run_one(c, ch.name() + ": ", ch.part);
     } catch (const std::exception& e) {
       const int first = group * (ranks / groups), last = first + ranks / groups - 1;
       std::string where = "rank " + std::to_string(first);
       if (last > first) where = "ranks " + std::to_string(first) + "-" + std::to_string(last);
-      throw Error("chain seed " + std::to_string(seed) + " (" + chain_dir(out, seed) + ", " + where +
-                  ") failed: " + e.what());
+      throw Error("chain " + ch.name() + " (" + chain_dir(out, ch.seed) + ", " + where + ") failed: " + e.what());
     }
     if (dist::is_root()) {
-      mine += "seed " + std::to_string(seed) + "\n";
+      mine += "seed " + std::to_string(ch.seed) + "\n";
       for (const LevelRecord& r : recs) mine += level_record_json(r);
     }
   }
@@ -241,7 +268,8 @@ int run_chains(const Flags& f, const RunOneImp& run_one) {
     }
   }
   write_text_atomic(out + "/chains.csv", csv);
-  const std::string md = "# IMP chains: " + std::to_string(nchains) + " seed(s)\n\n" + chains_markdown(chains) +
+  const std::string md = "# IMP chains: " + std::to_string(seeds.size()) + " seed(s)" +
+                         (random ? ", magnitude and random pruning each" : "") + "\n\n" + chains_markdown(chains) +
                          "\nEach chain's folder (seed_S/) holds its report.md, levels.csv and plot.\n";
   write_text_atomic(out + "/chains.md", md);
   std::printf("\n%s\nresults in %s (chains.md, chains.csv; each chain in seed_S/)\n", md.c_str(), out.c_str());

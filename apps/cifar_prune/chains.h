@@ -1,6 +1,8 @@
 // Independent IMP chains (`cifar_prune imp --seeds S1,S2,...`, also through `run`): one
 // complete IMP run per seed, each the run `cifar_prune imp --seed S --out DIR/seed_S` makes alone,
-// spread over the ranks of an MPI job.
+// spread over the ranks of an MPI job. With --random-baseline each seed's run is two chains: the
+// magnitude chain and the random-pruning chain (ImpPart), which trains its level L as soon as the
+// magnitude chain has finished level L (it needs its counts per layer), one level behind it.
 //
 // Under mpirun -np N with --chain-groups G, the ranks form G groups of N/G consecutive ranks
 // (dist::split_world); chain i goes to group i mod G, and each group trains its chains one after
@@ -21,6 +23,7 @@
 #include <vector>
 
 #include "core/cli.h"
+#include "prune/imp.h"
 #include "prune/report.h"
 
 namespace dnns::app {
@@ -37,11 +40,15 @@ std::string chain_dir(const std::string& out, int64_t seed);  // "<out>/seed_<se
 // the flag.
 int chain_groups(const std::string& flag_value, int chains, int ranks);
 
-// Runs the chains of --seeds (see above): `run_one(flags, label)` runs one IMP run with the
-// chain's --seed and --out, on this rank's group, and returns its levels. Returns the exit
-// status.
-using RunOneImp = std::function<std::vector<LevelRecord>(const Flags&, const std::string& label)>;
+// Runs the chains of --seeds (see above): `run_one(flags, label, part)` runs `part` of one IMP
+// run with the chain's --seed and --out, on this rank's group, and returns its levels. Returns
+// the exit status.
+using RunOneImp = std::function<std::vector<LevelRecord>(const Flags&, const std::string& label, ImpPart part)>;
 int run_chains(const Flags& f, const RunOneImp& run_one);
+
+// Waits until `path` exists (this group's rank 0 polls every 200 ms; the other ranks wait
+// without spinning): a file another group of ranks writes.
+void wait_for_file(const std::string& path, const std::string& what);
 
 // chains.md's table from every chain's levels (seed -> records).
 std::string chains_markdown(const std::vector<std::pair<int64_t, std::vector<LevelRecord>>>& chains);

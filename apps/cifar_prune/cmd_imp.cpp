@@ -28,7 +28,7 @@ std::string imp_identity_json(const Flags& f) {
 }
 
 // One IMP run (or one chain of several) into --out, on this rank's group of ranks.
-std::vector<LevelRecord> imp_run(const Flags& f, const std::string& label) {
+std::vector<LevelRecord> imp_run(const Flags& f, const std::string& label, ImpPart part) {
   Device dev = setup_system(f);
   const std::string out = f.str("out");
 
@@ -44,6 +44,7 @@ std::vector<LevelRecord> imp_run(const Flags& f, const std::string& label) {
   opt.seed = static_cast<uint64_t>(f.integer("seed"));
   opt.resume = f.flag("resume");
   opt.label = label;
+  opt.part = part;
 
   DataPair data = load_data(f, /*shard_over_ranks=*/true);
   std::fprintf(stderr, "%sdata: %s\n", label.c_str(), data.description.c_str());
@@ -59,6 +60,12 @@ std::vector<LevelRecord> imp_run(const Flags& f, const std::string& label) {
             std::to_string(data.train->batches_per_epoch()) + " batches = " + std::to_string(total) +
             " steps); pass a smaller --rewind-step or train longer");
   model.to(dev);
+  if (part == ImpPart::RandomOnly) {
+    // The magnitude part (another group of ranks, or earlier in this one) makes the folder; the
+    // random part joins it, as a resumed run of the same settings.
+    wait_for_file(out + "/hparams.json", label + "the random chain");
+    opt.resume = true;
+  }
   prepare_run_dir(out, imp_identity_json(f), opt.resume, f);
   std::fprintf(stderr, "%smodel: %s, %lld parameters, device %s; %d levels, rewind to step %lld of %lld\n",
                label.c_str(), f.str("model").c_str(), (long long)model.num_params(), device_name(dev), opt.levels,
@@ -101,7 +108,7 @@ int cmd_imp(int argc, char** argv) {
   if (!f.parse(argc, argv)) return 0;
   if (!f.str("seeds").empty()) return run_chains(f, imp_run);
   const std::string out = f.str("out");
-  std::vector<LevelRecord> records = imp_run(f, "");
+  std::vector<LevelRecord> records = imp_run(f, "", ImpPart::Both);
   std::printf("\n%s\nresults in %s (report.md, levels.csv, accuracy_vs_sparsity.svg)\n",
               levels_markdown(records).c_str(), out.c_str());
   return 0;
