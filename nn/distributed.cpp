@@ -66,6 +66,18 @@ void mpi_check(int rc, const char* what) {
   throw Error(std::string("MPI ") + what + " failed on rank " + std::to_string(g_world_rank) + ": " + std::string(msg, len));
 }
 
+// A barrier over `comm` that waits without spinning: an MPI_Ibarrier polled every 20 ms.
+void idle_barrier(MPI_Comm comm) {
+  MPI_Request req;
+  mpi_check(MPI_Ibarrier(comm, &req), "ibarrier");
+  for (;;) {
+    int done = 0;
+    mpi_check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "ibarrier test");
+    if (done) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 bool launched_by_mpi() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_SIZE"})
     if (std::getenv(v)) return true;
@@ -163,15 +175,7 @@ void join_world() {
 
 void world_wait_idle() {
 #if DNNS_HAVE_MPI
-  if (g_world_size <= 1) return;
-  MPI_Request req;
-  mpi_check(MPI_Ibarrier(g_job, &req), "ibarrier of the job");
-  for (;;) {
-    int done = 0;
-    mpi_check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "ibarrier test");
-    if (done) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  if (g_world_size > 1) idle_barrier(g_job);
 #endif
 }
 
@@ -220,15 +224,7 @@ void barrier() {
 
 void wait_idle() {
 #if DNNS_HAVE_MPI
-  if (g_size <= 1) return;
-  MPI_Request req;
-  mpi_check(MPI_Ibarrier(g_comm, &req), "ibarrier");
-  for (;;) {
-    int done = 0;
-    mpi_check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "ibarrier test");
-    if (done) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  if (g_size > 1) idle_barrier(g_comm);
 #endif
 }
 

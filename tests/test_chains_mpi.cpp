@@ -6,6 +6,7 @@
 //     process, whichever rank ran it (--seeds 1,2 and 2,1 give the same files);
 //   - a rank killed mid-level, then --resume: the finished levels are not redone, and every chain
 //     ends bit-identical to the uninterrupted run;
+//   - one chain on 2 ranks is one data-parallel group;
 //   - a failing chain stops the other rank with a message naming the chain, instead of hanging.
 // Skipped (exit 77) where the build has no MPI or no mpirun was found. In one process:
 // tests/test_chains.cpp.
@@ -103,6 +104,17 @@ TEST_CASE("imp --seeds over 2 ranks: chains equal to the runs made alone; kill a
     CHECK(read_text(killed + "/seed_1/level_0/metrics.json") == level0);  // read back, not retrained
     for (const std::string seed : {"/seed_1", "/seed_2"})
       for (const char* m : kModels) CHECK_MESSAGE(file_bytes(two + seed + m) == file_bytes(killed + seed + m), seed << m);
+  }
+
+  SUBCASE("one chain on 2 ranks: one group, data-parallel") {
+    const std::string one = dir / "one";
+    Exit e = run(concat(mpirun(2, {}), concat(imp_args(one), {"--seeds", "3", "--levels", "0"})), kQuiet,
+                 dir / "one.log", 300);
+    REQUIRE_MESSAGE(e.code == 0, e.log);
+    CHECK_MESSAGE(e.log.find("chains: 1 (seeds 3) over 1 group(s) of 2 rank(s)") != std::string::npos, e.log);
+    CHECK(e.log.find("2 ranks, comm") != std::string::npos);
+    CHECK(read_text(one + "/seed_3/level_0/log.jsonl").find("\"ranks\": 2") != std::string::npos);
+    CHECK(read_text(one + "/chains.csv").find("\n3,magnitude,0,") != std::string::npos);
   }
 
   SUBCASE("a chain that fails stops the other rank with a message naming the chain") {
