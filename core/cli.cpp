@@ -106,6 +106,12 @@ void Flags::set_default(const std::string& name, const std::string& value) {
   values_[name] = value;
 }
 
+void Flags::set(const std::string& name, const std::string& value) {
+  given_.erase(name);
+  set_default(name, value);
+  given_[name] = true;
+}
+
 std::string Flags::help() const {
   std::ostringstream os;
   os << "usage: " << program_ << " [flags]\n" << summary_ << "\n\nflags:\n";

@@ -29,6 +29,9 @@ class Flags {
   // setting); a switch takes 0, 1, true or false as on the command line. Throws Error for an
   // undeclared flag or a switch given another value.
   void set_default(const std::string& name, const std::string& value);
+  // Sets a flag's value as if given on the command line (a run derived from this one, e.g. one
+  // chain of several); a switch takes 0, 1, true or false. Throws Error for an undeclared flag.
+  void set(const std::string& name, const std::string& value);
   // The declared default of a flag ("" for a switch, which defaults to off); throws for an
   // undeclared flag.
   std::string default_of(const std::string& name) const;

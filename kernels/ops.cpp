@@ -36,6 +36,14 @@ bool cuda_available() {
 #endif
 }
 
+void device_synchronize(Device d) {
+#ifdef DNNS_HAVE_CUDA
+  if (d == Device::CUDA) cuda::synchronize();
+#else
+  (void)d;
+#endif
+}
+
 namespace ops {
 namespace {
 

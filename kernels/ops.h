@@ -12,6 +12,9 @@ enum class CpuBackend { Optimized, Reference };
 void set_cpu_backend(CpuBackend b);
 CpuBackend cpu_backend();
 bool cuda_available();  // built with CUDA and a device is present
+// Waits until the work queued on device `d` has finished (CUDA: the backend's stream; nothing to
+// wait for on the CPU). For memory handed to a library that does not use that stream (MPI).
+void device_synchronize(Device d);
 
 namespace ops {
 

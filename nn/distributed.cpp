@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "kernels/ops.h"
 #include "nn/model.h"
 
 #if DNNS_HAVE_MPI
@@ -27,7 +28,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int g_rank = 0, g_size = 1, g_local_size = 1;
+int g_rank = 0, g_size = 1, g_local_size = 1;  // in the group (the whole job unless split)
+int g_world_rank = 0, g_world_size = 1;           // in the whole job
 double g_comm_seconds = 0;
 
 // Adds the wall time of its scope to g_comm_seconds.
@@ -38,15 +40,42 @@ struct CommTimer {
 
 #if DNNS_HAVE_MPI
 bool g_started = false;  // MPI initialised by init()
-MPI_Comm g_world = MPI_COMM_NULL;  // collectives of the trainer, batchnorm and the apps
+MPI_Comm g_job = MPI_COMM_NULL;    // every rank of the job (world_* calls)
+MPI_Comm g_comm = MPI_COMM_NULL;   // collectives of the trainer, batchnorm and the apps, in the group
 MPI_Comm g_grads = MPI_COMM_NULL;  // gradient buckets only: they overlap with batchnorm's
+bool g_split = false;              // g_comm and g_grads are a group's (split_world)
+
+// Makes `comm` the group's communicators (duplicates for the gradients) with errors returned.
+void set_group(MPI_Comm comm) {
+  g_comm = comm;
+  MPI_Comm_dup(g_comm, &g_grads);
+  // Errors come back as codes (turned into exceptions, then MPI_Abort in main) instead of
+  // Open MPI killing the job from inside the call without saying where.
+  MPI_Comm_set_errhandler(g_comm, MPI_ERRORS_RETURN);
+  MPI_Comm_set_errhandler(g_grads, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(g_comm, &g_rank);
+  MPI_Comm_size(g_comm, &g_size);
+  set_file_writer(g_rank == 0);
+}
 
 void mpi_check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(rc, msg, &len);
-  throw Error(std::string("MPI ") + what + " failed on rank " + std::to_string(g_rank) + ": " + std::string(msg, len));
+  throw Error(std::string("MPI ") + what + " failed on rank " + std::to_string(g_world_rank) + ": " + std::string(msg, len));
+}
+
+// A barrier over `comm` that waits without spinning: an MPI_Ibarrier polled every 20 ms.
+void idle_barrier(MPI_Comm comm) {
+  MPI_Request req;
+  mpi_check(MPI_Ibarrier(comm, &req), "ibarrier");
+  for (;;) {
+    int done = 0;
+    mpi_check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "ibarrier test");
+    if (done) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 bool launched_by_mpi() {
@@ -74,21 +103,19 @@ void init(int* argc, char*** argv) {
   // Only the main thread calls MPI (the loader's and TBB's threads never do).
   mpi_check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "init");
   g_started = true;
-  MPI_Comm_dup(MPI_COMM_WORLD, &g_world);
-  MPI_Comm_dup(MPI_COMM_WORLD, &g_grads);
-  // Errors come back as codes (turned into exceptions, then MPI_Abort in main) instead of
-  // Open MPI killing the job from inside the call without saying where.
-  MPI_Comm_set_errhandler(g_world, MPI_ERRORS_RETURN);
-  MPI_Comm_set_errhandler(g_grads, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(g_world, &g_rank);
-  MPI_Comm_size(g_world, &g_size);
+  MPI_Comm_dup(MPI_COMM_WORLD, &g_job);
+  MPI_Comm_set_errhandler(g_job, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(g_job, &g_world_rank);
+  MPI_Comm_size(g_job, &g_world_size);
+  MPI_Comm all;
+  MPI_Comm_dup(MPI_COMM_WORLD, &all);
+  set_group(all);
   MPI_Comm local;
-  MPI_Comm_split_type(g_world, MPI_COMM_TYPE_SHARED, g_rank, MPI_INFO_NULL, &local);
+  MPI_Comm_split_type(g_job, MPI_COMM_TYPE_SHARED, g_world_rank, MPI_INFO_NULL, &local);
   MPI_Comm_size(local, &g_local_size);
   MPI_Comm_free(&local);
-  set_file_writer(g_rank == 0);
   // Results go to stdout once, from rank 0; every rank keeps stderr for its errors.
-  if (g_rank != 0 && !std::getenv("DNNS_MPI_ALL_STDOUT")) std::freopen("/dev/null", "w", stdout);
+  if (g_world_rank != 0 && !std::getenv("DNNS_MPI_ALL_STDOUT")) std::freopen("/dev/null", "w", stdout);
 #else
   (void)argc, (void)argv;
 #endif
@@ -98,10 +125,12 @@ void finalize() {
 #if DNNS_HAVE_MPI
   if (!g_started) return;
   MPI_Comm_free(&g_grads);
-  MPI_Comm_free(&g_world);
+  MPI_Comm_free(&g_comm);
+  MPI_Comm_free(&g_job);
   MPI_Finalize();
   g_started = false;
-  g_rank = 0, g_size = 1, g_local_size = 1;
+  g_split = false;
+  g_rank = 0, g_size = 1, g_local_size = 1, g_world_rank = 0, g_world_size = 1;
   set_file_writer(true);
 #endif
 }
@@ -109,11 +138,76 @@ void finalize() {
 int rank() { return g_rank; }
 int size() { return g_size; }
 int local_size() { return g_local_size; }
+int world_rank() { return g_world_rank; }
+int world_size() { return g_world_size; }
+
+int split_world(int groups) {
+  check(groups >= 1 && g_world_size % groups == 0,
+        "cannot split " + std::to_string(g_world_size) + " rank(s) into " + std::to_string(groups) +
+            " groups of equal size (the number of ranks must be a multiple of the number of groups)");
+#if DNNS_HAVE_MPI
+  if (!g_started) return 0;
+  check(!g_split, "split_world: the ranks are already split into groups (join_world first)");
+  const int per_group = g_world_size / groups, group = g_world_rank / per_group;
+  MPI_Comm comm;
+  mpi_check(MPI_Comm_split(g_job, group, g_world_rank, &comm), "split into groups");
+  MPI_Comm_free(&g_grads);
+  MPI_Comm_free(&g_comm);
+  set_group(comm);
+  g_split = true;
+  return group;
+#else
+  return 0;
+#endif
+}
+
+void join_world() {
+#if DNNS_HAVE_MPI
+  if (!g_started || !g_split) return;
+  MPI_Comm_free(&g_grads);
+  MPI_Comm_free(&g_comm);
+  MPI_Comm all;
+  MPI_Comm_dup(g_job, &all);
+  set_group(all);
+  g_split = false;
+#endif
+}
+
+void world_wait_idle() {
+#if DNNS_HAVE_MPI
+  if (g_world_size > 1) idle_barrier(g_job);
+#endif
+}
+
+std::vector<std::string> world_gather(const std::string& mine) {
+#if DNNS_HAVE_MPI
+  if (g_world_size > 1) {
+    CommTimer t;
+    const int n = static_cast<int>(mine.size());
+    std::vector<int> sizes(static_cast<size_t>(g_world_size)), offsets(static_cast<size_t>(g_world_size));
+    mpi_check(MPI_Gather(&n, 1, MPI_INT, sizes.data(), 1, MPI_INT, 0, g_job), "gather to rank 0");
+    std::string all;
+    if (g_world_rank == 0) {
+      int64_t total = 0;
+      for (int r = 0; r < g_world_size; ++r) offsets[r] = static_cast<int>(total), total += sizes[r];
+      check(total < (int64_t(1) << 31), "world_gather: more than 2 GiB gathered");
+      all.resize(size_t(total));
+    }
+    mpi_check(MPI_Gatherv(mine.data(), n, MPI_CHAR, all.data(), sizes.data(), offsets.data(), MPI_CHAR, 0, g_job),
+              "gather to rank 0");
+    std::vector<std::string> out;
+    if (g_world_rank == 0)
+      for (int r = 0; r < g_world_size; ++r) out.push_back(all.substr(size_t(offsets[r]), size_t(sizes[r])));
+    return out;
+  }
+#endif
+  return {mine};
+}
 
 void abort_job(int code) {
 #if DNNS_HAVE_MPI
-  if (!g_started || g_size <= 1) return;
-  std::fprintf(stderr, "rank %d of %d failed: stopping all ranks (MPI_Abort)\n", g_rank, g_size);
+  if (!g_started || g_world_size <= 1) return;
+  std::fprintf(stderr, "rank %d of %d failed: stopping all ranks (MPI_Abort)\n", g_world_rank, g_world_size);
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, code);
 #endif
@@ -124,21 +218,13 @@ void barrier() {
 #if DNNS_HAVE_MPI
   if (g_size <= 1) return;
   CommTimer t;
-  mpi_check(MPI_Barrier(g_world), "barrier");
+  mpi_check(MPI_Barrier(g_comm), "barrier");
 #endif
 }
 
 void wait_idle() {
 #if DNNS_HAVE_MPI
-  if (g_size <= 1) return;
-  MPI_Request req;
-  mpi_check(MPI_Ibarrier(g_world, &req), "ibarrier");
-  for (;;) {
-    int done = 0;
-    mpi_check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "ibarrier test");
-    if (done) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  if (g_size > 1) idle_barrier(g_comm);
 #endif
 }
 
@@ -146,7 +232,7 @@ void allreduce_sum(double* values, int n) {
 #if DNNS_HAVE_MPI
   if (g_size <= 1) return;
   CommTimer t;
-  mpi_check(MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, g_world), "allreduce");
+  mpi_check(MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, g_comm), "allreduce");
 #else
   (void)values, (void)n;
 #endif
@@ -156,7 +242,7 @@ void allgather(const double* values, int n, double* out) {
 #if DNNS_HAVE_MPI
   if (g_size > 1) {
     CommTimer t;
-    mpi_check(MPI_Allgather(values, n, MPI_DOUBLE, out, n, MPI_DOUBLE, g_world), "allgather");
+    mpi_check(MPI_Allgather(values, n, MPI_DOUBLE, out, n, MPI_DOUBLE, g_comm), "allgather");
     return;
   }
 #endif
@@ -168,9 +254,9 @@ void broadcast(std::string& bytes, int root) {
   if (g_size <= 1) return;
   CommTimer t;
   uint64_t n = bytes.size();
-  mpi_check(MPI_Bcast(&n, 1, MPI_UINT64_T, root, g_world), "broadcast");
+  mpi_check(MPI_Bcast(&n, 1, MPI_UINT64_T, root, g_comm), "broadcast");
   bytes.resize(n);
-  if (n) mpi_check(MPI_Bcast(bytes.data(), static_cast<int>(n), MPI_CHAR, root, g_world), "broadcast");
+  if (n) mpi_check(MPI_Bcast(bytes.data(), static_cast<int>(n), MPI_CHAR, root, g_comm), "broadcast");
 #else
   (void)bytes, (void)root;
 #endif
@@ -181,8 +267,9 @@ void broadcast(Tensor& t, int root) {
   if (g_size <= 1 || t.numel() == 0) return;
   CommTimer timer;
   const bool direct = t.is_cpu() || cuda_aware();
+  if (!t.is_cpu() && direct) device_synchronize(t.device());  // MPI reads outside the stream
   Tensor host = direct ? t : t.to(Device::CPU);
-  mpi_check(MPI_Bcast(host.data(), static_cast<int>(host.numel()), MPI_FLOAT, root, g_world), "broadcast");
+  mpi_check(MPI_Bcast(host.data(), static_cast<int>(host.numel()), MPI_FLOAT, root, g_comm), "broadcast");
   if (!direct) t.copy_from(host);
 #else
   (void)t, (void)root;
@@ -223,24 +310,37 @@ double comm_seconds() { return g_comm_seconds; }
 
 void fault_point(int64_t step) {
   static const char* spec = std::getenv("DNNS_FAULT_INJECT");
+  static int passes = 0;  // times this rank reached the step (IMP levels pass the same steps again)
   if (!spec || !*spec) return;
-  int r = -1;
+  int r = -1, nth = 1;
   long long s = -1;
   char kind[16] = {0};
-  if (std::sscanf(spec, "%d:%lld:%15s", &r, &s, kind) != 3)
-    throw Error(std::string("DNNS_FAULT_INJECT='") + spec + "': expected RANK:STEP:kill or RANK:STEP:error");
-  if (r != g_rank || s != step) return;
+  const int got = std::sscanf(spec, "%d:%lld:%15[a-z]:%d", &r, &s, kind, &nth);
+  if (got < 3 || nth < 1)
+    throw Error(std::string("DNNS_FAULT_INJECT='") + spec + "': expected RANK:STEP:kill or RANK:STEP:error, "
+                "optionally :N (the N-th time the step is reached)");
+  if (r != g_world_rank || s != step || ++passes != nth) return;
   if (std::strcmp(kind, "kill") == 0) {
-    std::fprintf(stderr, "DNNS_FAULT_INJECT: rank %d kills itself at step %lld\n", g_rank, s);
+    std::fprintf(stderr, "DNNS_FAULT_INJECT: rank %d kills itself at step %lld\n", g_world_rank, s);
     std::fflush(stderr);
     ::kill(::getpid(), SIGKILL);
   }
-  throw Error("DNNS_FAULT_INJECT: rank " + std::to_string(g_rank) + " fails at step " + std::to_string(s));
+  throw Error("DNNS_FAULT_INJECT: rank " + std::to_string(g_world_rank) + " fails at step " + std::to_string(s));
 }
 
 bool cuda_aware() {
-#if DNNS_HAVE_MPI && defined(MPIX_CUDA_AWARE_SUPPORT)
-  static const bool yes = g_started && MPIX_Query_cuda_support() == 1;
+#if DNNS_HAVE_MPI
+  static const bool yes = [] {
+    // DNNS_MPI_CUDA_AWARE=0 forces host staging; =1 trusts an MPI that is CUDA-aware without
+    // Open MPI's query (MPICH, MVAPICH2-GDR, Cray MPICH with GPU support enabled).
+    if (const char* force = std::getenv("DNNS_MPI_CUDA_AWARE"); force && (!std::strcmp(force, "0") || !std::strcmp(force, "1")))
+      return force[0] == '1';
+#if defined(MPIX_CUDA_AWARE_SUPPORT)
+    return g_started && MPIX_Query_cuda_support() == 1;  // the library's answer at run time
+#else
+    return false;
+#endif
+  }();
   return yes;
 #else
   return false;
@@ -286,8 +386,12 @@ struct GradientReducer::Impl {
     }
     float* data = b.buffer.data();
     if (b.device != Device::CPU && !cuda_aware()) {
-      b.staging.copy_from(b.buffer);
+      b.staging.copy_from(b.buffer);  // waits for the device's stream
       data = b.staging.data();
+    } else if (b.device != Device::CPU) {
+      // A CUDA-aware MPI reads the buffer outside the backend's stream: the backward kernels
+      // and the copies above must have finished first.
+      device_synchronize(b.device);
     }
     mpi_check(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(b.numel), MPI_FLOAT, MPI_SUM, g_grads, &b.request),
               "iallreduce of the gradients");

@@ -55,7 +55,23 @@ inline bool is_root() { return rank() == 0; }
 // nothing in a single process.
 void abort_job(int code);
 
-// Collectives over all ranks (blocking; every rank must call them in the same order).
+// Independent chains (cifar_prune imp --seeds): splits the job into `groups` groups of
+// world_size() / groups consecutive ranks (MPI_Comm_split; world_size() must be a multiple of
+// `groups`) and returns this rank's group, 0..groups-1. Until join_world(), rank(), size(),
+// every collective below, the file writer (the group's rank 0) and the gradient buckets are
+// the group's: each group trains its own model, data-parallel over its ranks, while
+// abort_job() and fault_point() still act on the whole job. In a single process: returns 0.
+int split_world(int groups);
+// Back to one group of all ranks (frees the groups' communicators). Collective over the world.
+void join_world();
+int world_rank();
+int world_size();
+// World-wide, whatever the groups: wait_idle() over every rank of the job, and every rank's
+// `mine` gathered to world rank 0 (in world rank order; the other ranks get an empty list).
+void world_wait_idle();
+std::vector<std::string> world_gather(const std::string& mine);
+
+// Collectives over all ranks of the group (blocking; every rank must call them in the same order).
 void barrier();
 // A barrier that waits without spinning (an MPI_Ibarrier polled every few milliseconds), for
 // ranks that idle while rank 0 works alone (measurements must not compete with them).
@@ -77,11 +93,15 @@ uint64_t fingerprint(Model& m);
 double comm_seconds();
 
 // Fault injection for the tests: DNNS_FAULT_INJECT="RANK:STEP:kill" sends SIGKILL to rank RANK
-// when the trainer is about to run global step STEP; "RANK:STEP:error" throws an Error there.
+// when the trainer is about to run global step STEP; "RANK:STEP:error" throws an Error there;
+// a fourth field ":N" waits for the N-th time the rank reaches STEP (each IMP level passes the
+// steps after the rewind point again). RANK is the rank in the whole job (world_rank()).
 void fault_point(int64_t step);
 
 // Whether device (CUDA) buffers go to MPI directly: an MPI with CUDA support
-// (MPIX_Query_cuda_support() == 1). Otherwise they are staged through host memory.
+// (MPIX_Query_cuda_support() == 1, from mpi-ext.h where the MPI has it), or the environment's
+// DNNS_MPI_CUDA_AWARE=1 (0 forces staging). Otherwise they are staged through host memory.
+// Either way the device's queued work is waited for before MPI touches the memory.
 bool cuda_aware();
 
 // Sums the parameter gradients over the ranks, in buckets started during backward.

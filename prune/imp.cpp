@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include <thread>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -159,7 +160,7 @@ class ImpRun {
     }
     make_dirs(dir);
     const auto t0 = Clock::now();
-    const std::string label = (job.chain == "random" ? "random level " : "level ") + std::to_string(job.level) + "/" +
+    const std::string label = opt_.label + (job.chain == "random" ? "random level " : "level ") + std::to_string(job.level) + "/" +
                               std::to_string(opt_.levels);
     Model work = initial_.clone();
     Trainer trainer(work, cfg_);
@@ -235,7 +236,21 @@ class ImpRun {
     return r;
   }
 
+  // ImpPart::RandomOnly: waits (without spinning) until magnitude level L, trained by another
+  // group of ranks in this folder, has finished.
+  void wait_for_magnitude(int L) {
+    const std::string metrics = imp_level_dir(out_, "magnitude", L) + "/metrics.json";
+    if (dist::is_root() && !file_exists(metrics)) {
+      if (opt_.progress)
+        std::fprintf(stderr, "%srandom level %d: waiting for magnitude level %d (%s)\n", opt_.label.c_str(), L, L,
+                     metrics.c_str());
+      while (!file_exists(metrics)) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    dist::wait_idle();  // the group's other ranks wait for its rank 0
+  }
+
   std::vector<LevelRecord> run() {
+    if (opt_.part == ImpPart::RandomOnly) return run_random_part();
     std::vector<LevelRecord> records;
     records.push_back(level({"magnitude", 0, ones_masks_of_initial()}));
     for (int L = 1; L <= opt_.levels; ++L) {
@@ -249,19 +264,41 @@ class ImpRun {
       }
       share_masks(mag.masks);
       records.push_back(level(mag));
-      if (!opt_.random_baseline) continue;
-      // Random chain: random level L-1's survivors, thinned to magnitude level L's counts
-      // (the masks of a finished magnitude level are those its model file holds).
-      LevelJob rnd{"random", L, {}};
-      if (!finished(rnd) && dist::is_root()) {
-        if (mag.masks.empty()) mag.masks = masks_in_model_file(imp_level_dir(out_, "magnitude", L) + "/model.dnns");
-        MaskSet current =
-            masks_in_model_file(imp_level_dir(out_, L == 1 ? "magnitude" : "random", L - 1) + "/model.dnns");
-        Rng rng(mix_seed(opt_.seed, static_cast<uint64_t>(L), 0x52414E44u /* "RAND" */));
-        rnd.masks = prune_randomly_like(initial_, current, mag.masks, rng);
-      }
-      share_masks(rnd.masks);
-      records.push_back(level(rnd));
+      if (!opt_.random_baseline || opt_.part == ImpPart::MagnitudeOnly) continue;
+      records.push_back(level(random_job(L, mag.masks)));
+    }
+    return records;
+  }
+
+  // Random level L: random level L-1's survivors, thinned to magnitude level L's counts (the
+  // masks of a finished magnitude level are those its model file holds); rank 0 decides.
+  LevelJob random_job(int L, MaskSet magnitude_masks) {
+    LevelJob rnd{"random", L, {}};
+    if (!finished(rnd) && dist::is_root()) {
+      if (magnitude_masks.empty())
+        magnitude_masks = masks_in_model_file(imp_level_dir(out_, "magnitude", L) + "/model.dnns");
+      MaskSet current =
+          masks_in_model_file(imp_level_dir(out_, L == 1 ? "magnitude" : "random", L - 1) + "/model.dnns");
+      Rng rng(mix_seed(opt_.seed, static_cast<uint64_t>(L), 0x52414E44u /* "RAND" */));
+      rnd.masks = prune_randomly_like(initial_, current, magnitude_masks, rng);
+    }
+    share_masks(rnd.masks);
+    return rnd;
+  }
+
+  // ImpPart::RandomOnly: the random levels, each once the magnitude level it follows is there;
+  // then the magnitude levels' records, read back, for the reports.
+  std::vector<LevelRecord> run_random_part() {
+    std::vector<LevelRecord> random;
+    for (int L = 1; L <= opt_.levels; ++L) {
+      wait_for_magnitude(L);
+      random.push_back(level(random_job(L, {})));
+    }
+    wait_for_magnitude(0);  // with --levels 0 nothing was waited for yet
+    std::vector<LevelRecord> records;
+    for (int L = 0; L <= opt_.levels; ++L) {
+      records.push_back(level({"magnitude", L, {}}));  // finished: only read back
+      if (L >= 1) records.push_back(random[size_t(L - 1)]);
     }
     return records;
   }
@@ -320,7 +357,9 @@ std::vector<LevelRecord> run_imp(const Model& initial, const TrainConfig& cfg, B
                                            .str() +
                                            "\n");
 
+  check(opt.part != ImpPart::RandomOnly || opt.random_baseline, "imp: the random part of a run without the random baseline");
   std::vector<LevelRecord> records = ImpRun(initial, cfg, train, test, out, opt).run();
+  if (opt.part == ImpPart::MagnitudeOnly && opt.random_baseline) return records;  // the random part reports
 
   write_text_atomic(out + "/levels.csv", levels_csv(records));
   std::ostringstream md;

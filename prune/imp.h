@@ -41,6 +41,15 @@
 
 namespace dnns {
 
+// Which chains of a run this process trains. Both: the magnitude chain and, with
+// random_baseline, the random chain, level by level. MagnitudeOnly / RandomOnly split one run
+// (with random_baseline) between two groups of ranks working on the same folder at once
+// (cifar_prune imp --seeds): the random part waits for each magnitude level it needs (its
+// metrics.json, polled without spinning), and alone writes the reports (levels.csv, report.md,
+// the plot) once every level of both chains is there. Each level's result is the same as with
+// Both.
+enum class ImpPart { Both, MagnitudeOnly, RandomOnly };
+
 struct ImpOptions {
   int levels = 20;                 // pruning levels after the dense level 0
   int64_t rewind_step = 0;         // K: the iteration survivors are rewound to (< total steps)
@@ -51,6 +60,8 @@ struct ImpOptions {
   uint64_t seed = 1;               // draws of the random baseline
   bool resume = false;             // continue the run found in the directory
   bool progress = true;            // progress lines on stderr
+  std::string label;               // put before the progress lines' level names ("seed 2: ")
+  ImpPart part = ImpPart::Both;     // RandomOnly needs random_baseline
 };
 
 // open_lth's rewind points, as DNNShifter uses them: 2000 iterations for VGG, 500 for ResNets.
@@ -69,8 +80,9 @@ void rewind_to(Trainer& trainer, const Archive& rewind_point, const MaskSet& mas
 // Runs or resumes IMP in `out` (created if missing). `initial`: the initialised dense network
 // on the device to train on. `cfg`: the training of every level (the schedule's length is
 // cfg.epochs x train.batches_per_epoch()). Returns the records of every level, both chains,
-// and writes the reports. Throws Error when `out` already holds levels and opt.resume is not
-// set, when the rewind step is not before the end of training, or on an inconsistent folder.
+// and writes the reports (with ImpPart::MagnitudeOnly: the magnitude levels, and no reports).
+// Throws Error when `out` already holds levels and opt.resume is not set, when the rewind step is
+// not before the end of training, or on an inconsistent folder.
 std::vector<LevelRecord> run_imp(const Model& initial, const TrainConfig& cfg, BatchSource& train, BatchSource& test,
                                  const std::string& out, const ImpOptions& opt);
 

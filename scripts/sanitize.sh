@@ -5,8 +5,9 @@
 #
 #   asan  AddressSanitizer + UndefinedBehaviorSanitizer (LeakSanitizer included), build-asan/:
 #         the whole CTest suite except the long end-to-end tests (test_e2e_cifar, test_train_app,
-#         test_imp, cross_arm), which run in the normal build (--full runs them too), and the
-#         tests that build other trees or run under mpirun (gpu_bundle, package_consumer, test_mpi).
+#         test_imp, test_chains, cross_arm), which run in the normal build (--full runs them too),
+#         and the tests that build other trees or run under mpirun (gpu_bundle, package_consumer,
+#         test_mpi, test_chains_mpi).
 #   tsan  ThreadSanitizer, build-tsan/: the tests whose code runs threads of ours (the shifter's
 #         hot swap and serving clients, the loader's prefetch, the parallel kernels, compaction
 #         and image decoding). Parallel loops run on std::threads there (DNNS_LOOPS=threads, see
@@ -53,12 +54,12 @@ run_asan() {
   local exclude=()
   # Always left out: gpu_bundle and package_consumer build other trees from this one (a CUDA
   # bundle; a consumer linking the installed, here instrumented, libraries without the sanitizer
-  # runtime) and test_mpi runs under mpirun, whose Open MPI is not instrumented.
-  local always='gpu_bundle|package_consumer|test_mpi'
+  # runtime); test_mpi and test_chains_mpi run under mpirun, whose Open MPI is not instrumented.
+  local always='gpu_bundle|package_consumer|test_mpi|test_chains_mpi'
   if [ "$full" = 1 ]; then
     exclude=(-E "^($always)\$")
   else
-    exclude=(-E "^($always|test_e2e_cifar|test_train_app|test_imp|cross_arm)\$")
+    exclude=(-E "^($always|test_e2e_cifar|test_train_app|test_imp|test_chains|cross_arm)\$")
   fi
   # Every finding is fatal: ASan stops at its first error, UBSan is compiled without recovery
   # (and halts here too should a check be recoverable), leaks fail the program at exit.

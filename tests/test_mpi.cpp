@@ -29,102 +29,16 @@
 #include "kernels/ops.h"
 #include "nn/distributed.h"
 #include "nn/model.h"
+#include "tests/mpi_util.h"
 
 using namespace dnns;
 namespace fs = std::filesystem;
 
-#ifndef DNNS_MPIEXEC
-#define DNNS_MPIEXEC ""
-#endif
+using namespace dnns::mpi_test;
 
 namespace {
 
-const std::string kBin = DNNS_BINARY_DIR "/bin/cifar_prune";
 const std::string kSelf = DNNS_BINARY_DIR "/tests/test_mpi";
-
-bool under_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE"); }
-
-void skip_without_mpi() {
-  if (!dist::built_with_mpi()) {
-    MESSAGE("built without MPI (DNNS_MPI=OFF or no MPI found): MPI tests skipped");
-    std::exit(77);
-  }
-  if (std::string(DNNS_MPIEXEC).empty() || !file_exists(DNNS_MPIEXEC)) {
-    MESSAGE("no mpirun found at configure time: MPI tests skipped");
-    std::exit(77);
-  }
-}
-
-struct TmpDir {
-  fs::path path;
-  explicit TmpDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("dnns_mpi_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TmpDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string file_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-struct Exit {
-  int code = -1;       // exit status; -1 when killed by a signal or timed out
-  bool timed_out = false;
-  std::string log;     // stdout and stderr
-};
-
-// Runs `args` (args[0] a path) with `env` added, in its own process group; kills the group
-// after `timeout_s` (a hang is a failure, not a stuck test).
-Exit run(const std::vector<std::string>& args, const std::vector<std::string>& env, const std::string& log,
-         int timeout_s = 120) {
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
-    for (const std::string& e : env) ::putenv(const_cast<char*>(e.c_str()));
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::setpgid(pid, pid);
-  Exit e;
-  auto t0 = std::chrono::steady_clock::now();
-  int status = 0;
-  for (;;) {
-    pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(timeout_s)) {
-      ::kill(-pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      e.timed_out = true;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  if (!e.timed_out && WIFEXITED(status)) e.code = WEXITSTATUS(status);
-  e.log = file_exists(log) ? read_text(log) : "";
-  return e;
-}
-
-// mpirun -np N with one thread per rank; as root it needs the two allow flags.
-std::vector<std::string> mpirun(int ranks, const std::vector<std::string>& env_names) {
-  std::vector<std::string> a = {DNNS_MPIEXEC, "-np", std::to_string(ranks), "--oversubscribe", "--bind-to", "none"};
-  if (::geteuid() == 0) a.push_back("--allow-run-as-root");
-  for (const std::string& n : env_names) a.push_back("-x"), a.push_back(n);
-  return a;
-}
-
-const std::vector<std::string> kQuiet = {"OMPI_MCA_btl_base_warn_component_unused=0"};
 
 // The training flags of every run here: ResNet-20 on synthetic 32x32 data, 2 epochs of 4
 // global batches of 32 (8 steps), evaluated on 64 images. A small learning rate: early
@@ -135,11 +49,6 @@ std::vector<std::string> train_args(const std::string& out) {
           "--epochs",  "2",            "--batch-size", "32",       "--train-subset", "128",
           "--test-subset", "64",       "--lr",        "0.002",      "--milestones", "100",
           "--threads", "1",            "--out",       out};
-}
-
-std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
 }
 
 // conv bn relu gap fc: the worker's model for the gradient buckets.
@@ -209,31 +118,6 @@ TEST_CASE("worker: collectives, gradient buckets and synchronised batchnorm on e
       size_t k = 0;
       for (auto& np : m.params()) CHECK_MESSAGE(np.param->grad.to_vector() == want[k++], np.name);
     }
-  }
-
-  SUBCASE("on CUDA: gradient buckets of device tensors (CUDA-aware MPI or host staging)") {
-    if (!cuda_available()) {
-      MESSAGE("no CUDA device present: the device-buffer allreduce is not run");
-      return;
-    }
-    MESSAGE("CUDA-aware MPI: " << (dist::cuda_aware() ? "yes (device buffers)" : "no (host staging)"));
-    Model m = tiny_net(3);
-    m.to(Device::CUDA);
-    std::vector<std::vector<float>> want;
-    for (auto& np : m.params()) {
-      Param& p = *np.param;
-      Tensor g(p.value.shape());
-      std::vector<float> w(g.numel());
-      for (int64_t i = 0; i < g.numel(); ++i) g[i] = float((me + 1) * (i + 1)) * 0.25f, w[i] = float(3 * (i + 1)) * 0.25f;
-      p.grad = g.to(Device::CUDA);
-      want.push_back(w);
-    }
-    dist::GradientReducer red(64);
-    red.begin(m);
-    for (int i = static_cast<int>(m.nodes().size()) - 1; i >= 1; --i) red.layer_done(*m.nodes()[i].layer);
-    red.finish();
-    size_t k = 0;
-    for (auto& np : m.params()) CHECK_MESSAGE(np.param->grad.to_vector() == want[k++], np.name);
   }
 
   SUBCASE("synchronised batchnorm over 2 ranks equals batchnorm over the global batch") {

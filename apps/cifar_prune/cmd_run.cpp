@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/cifar_prune/chains.h"
 #include "apps/cifar_prune/commands.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -43,16 +44,29 @@ const char* kHelp =
     "--epochs, --levels, --rewind-step, --random-baseline, --threads, --device, --out, --resume, ...).\n"
     "--resume continues an interrupted pipeline: finished IMP levels are kept, the level in\n"
     "progress continues from its last epoch, and the later stages are redone.\n"
+    "With --seeds S1,S2,... (independent chains, spread over the ranks under mpirun: see `imp --help`)\n"
+    "stages 3-5 run for each chain in --out/seed_S/, and --out/chains.md compares the chains.\n"
     "Flags of the later stages:\n"
     "  --portfolio-levels VALUE  levels in the portfolio (default: auto, the dense model and the level\n"
     "                            nearest each power-of-two compression)\n"
     "  --latency-batch VALUE     second batch size for portfolio latencies (default: 32)\n";
 
+void write_report(const std::string& out) {
+  std::string report = "# dnnshifter pipeline report\n\nRun folder: `" + out + "`. Settings: `hparams.json`, `imp.json`.\n\n";
+  report += "![accuracy vs weights remaining](accuracy_vs_sparsity.svg)\n\n";
+  report += section("IMP levels (test accuracy against weights remaining)", out + "/report.md");
+  report += section("Exact compaction (masked vs compact model, on the test set)", out + "/compaction.md");
+  report += section("Portfolio (compact variants measured on this machine)", out + "/portfolio/portfolio.md");
+  report += "![portfolio latency-accuracy front](portfolio/front.svg)\n\n";
+  report += "Use the portfolio at run time with `shifter` (see `shifter --help`): `" + out + "/portfolio`.\n";
+  write_text_atomic(out + "/REPORT.md", report);
+}
+
 }  // namespace
 
 int cmd_run(int argc, char** argv) {
   std::vector<std::string> imp_args = {"imp"};
-  std::string out = "runs/imp", threads = "0", portfolio_levels = "auto", latency_batch = "32";
+  std::string out = "runs/imp", threads = "0", portfolio_levels = "auto", latency_batch = "32", seeds;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -78,6 +92,11 @@ int cmd_run(int argc, char** argv) {
       imp_args.push_back("--out=" + out);
       continue;
     }
+    if (a == "--seeds" || a.rfind("--seeds=", 0) == 0) {
+      seeds = value("--seeds");
+      imp_args.push_back("--seeds=" + seeds);
+      continue;
+    }
     if (a == "--threads" || a.rfind("--threads=", 0) == 0) {
       threads = value("--threads");
       imp_args.push_back("--threads=" + threads);
@@ -99,6 +118,14 @@ int cmd_run(int argc, char** argv) {
       check(std::isdigit(static_cast<unsigned char>(ch)) || ch == ',',
             "cifar_prune run: --portfolio-levels expects 'auto' or comma-separated levels, got '" + portfolio_levels + "'");
 
+  // The folders of the later stages: --out, or each chain's.
+  std::vector<std::string> dirs;
+  if (seeds.empty()) {
+    dirs.push_back(out);
+  } else {
+    for (int64_t s : parse_seeds(seeds)) dirs.push_back(chain_dir(out, s));
+  }
+
   std::fprintf(stderr, "== pipeline 1-2/5: dense training and IMP levels into %s\n", out.c_str());
   if (int rc = call(cmd_imp, imp_args)) return rc;
   // Under mpirun the later stages are rank 0's alone (the portfolio measures latencies: the
@@ -114,23 +141,17 @@ int cmd_run(int argc, char** argv) {
   } release_ranks;
   // Rank 0 works alone now: "all cores" is the whole machine again, not its share.
   if (threads == "0" && dist::local_size() > 1) threads = std::to_string(hardware_threads());
-  std::fprintf(stderr, "\n== pipeline 3/5: exact compaction of every level\n");
-  if (int rc = call(cmd_compact, {"compact", out, "--threads=" + threads})) return rc;
-  std::fprintf(stderr, "\n== pipeline 4/5: portfolio\n");
-  if (int rc = call(cmd_portfolio, {"portfolio", "--run=" + out, "--threads=" + threads, "--levels=" + portfolio_levels,
-                                    "--latency-batch=" + latency_batch}))
-    return rc;
-
-  std::fprintf(stderr, "\n== pipeline 5/5: report\n");
-  std::string report = "# dnnshifter pipeline report\n\nRun folder: `" + out + "`. Settings: `hparams.json`, `imp.json`.\n\n";
-  report += "![accuracy vs weights remaining](accuracy_vs_sparsity.svg)\n\n";
-  report += section("IMP levels (test accuracy against weights remaining)", out + "/report.md");
-  report += section("Exact compaction (masked vs compact model, on the test set)", out + "/compaction.md");
-  report += section("Portfolio (compact variants measured on this machine)", out + "/portfolio/portfolio.md");
-  report += "![portfolio latency-accuracy front](portfolio/front.svg)\n\n";
-  report += "Use the portfolio at run time with `shifter` (see `shifter --help`): `" + out + "/portfolio`.\n";
-  write_text_atomic(out + "/REPORT.md", report);
-  std::printf("pipeline finished: %s/REPORT.md\n", out.c_str());
+  for (const std::string& dir : dirs) {
+    std::fprintf(stderr, "\n== pipeline 3/5: exact compaction of every level of %s\n", dir.c_str());
+    if (int rc = call(cmd_compact, {"compact", dir, "--threads=" + threads})) return rc;
+    std::fprintf(stderr, "\n== pipeline 4/5: portfolio of %s\n", dir.c_str());
+    if (int rc = call(cmd_portfolio, {"portfolio", "--run=" + dir, "--threads=" + threads,
+                                      "--levels=" + portfolio_levels, "--latency-batch=" + latency_batch}))
+      return rc;
+    std::fprintf(stderr, "\n== pipeline 5/5: report of %s\n", dir.c_str());
+    write_report(dir);
+    std::printf("pipeline finished: %s/REPORT.md\n", dir.c_str());
+  }
   return 0;
 }
 
