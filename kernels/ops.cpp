@@ -88,6 +88,19 @@ void conv2d_forward(const Conv2dParams& p, const Tensor& x, const Tensor& w, con
   DISPATCH(conv2d_forward, d, p, x.data(), w.data(), ptr_or_null(b), y.data());
 }
 
+void conv2d_forward_relu(const Conv2dParams& p, const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y) {
+  Device d = common_device("conv2d_forward_relu", {&x, &w, &b, &y});
+  if (d == Device::CPU && g_cpu_backend.load() == CpuBackend::Optimized) {
+    check_shape(x.shape(), {p.N, p.C, p.H, p.W}, "conv2d_forward_relu input");
+    check_shape(w.shape(), {p.K, p.C, p.R, p.S}, "conv2d_forward_relu weight");
+    if (b.defined() && b.numel()) check_shape(b.shape(), {p.K}, "conv2d_forward_relu bias");
+    check_shape(y.shape(), {p.N, p.K, p.P(), p.Q()}, "conv2d_forward_relu output");
+    return cpu::conv2d_forward_relu(p, x.data(), w.data(), ptr_or_null(b), y.data());
+  }
+  conv2d_forward(p, x, w, b, y);
+  relu_forward(y, y);
+}
+
 void conv2d_backward_data(const Conv2dParams& p, const Tensor& dy, const Tensor& w, Tensor& dx) {
   check_shape(dy.shape(), {p.N, p.K, p.P(), p.Q()}, "conv2d_backward_data output gradient");
   check_shape(w.shape(), {p.K, p.C, p.R, p.S}, "conv2d_backward_data weight");

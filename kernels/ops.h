@@ -20,6 +20,9 @@ namespace ops {
 
 // x (N,C,H,W), w (K,C,R,S), b (K) or empty -> y (N,K,P,Q) (allocated by the caller)
 void conv2d_forward(const Conv2dParams& p, const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y);
+// y = relu(conv(x) + b): on the optimized CPU backend the ReLU is applied in the convolution's
+// output pass where its kernel allows (no second pass over y); elsewhere conv then ReLU.
+void conv2d_forward_relu(const Conv2dParams& p, const Tensor& x, const Tensor& w, const Tensor& b, Tensor& y);
 void conv2d_backward_data(const Conv2dParams& p, const Tensor& dy, const Tensor& w, Tensor& dx);
 void conv2d_backward_weights(const Conv2dParams& p, const Tensor& x, const Tensor& dy, Tensor& dw, Tensor& db);
 

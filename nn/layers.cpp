@@ -178,6 +178,9 @@ void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
       for (int k = 0; k < out_channels; ++k)
         std::fill(host.data() + (i * out_channels + k) * plane, host.data() + (i * out_channels + k + 1) * plane, b[k]);
     out.copy_from(host);
+  } else if (fused_relu && pos_h == 0) {  // ReLU in the convolution's output pass
+    ops::conv2d_forward_relu(conv_params(in[0]->shape()), *in[0], weight.value, bias.value, out);
+    return;
   } else {
     ops::conv2d_forward(conv_params(in[0]->shape()), *in[0], weight.value, bias.value, out);
   }

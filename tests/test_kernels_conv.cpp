@@ -253,6 +253,31 @@ TEST_CASE("every ISA path and convolution algorithm matches ref") {
   }
 }
 
+TEST_CASE("conv2d_forward_relu is relu(conv) on every path") {
+  struct Restore {
+    ~Restore() { cpu::set_conv_algo(cpu::ConvAlgo::Auto); }
+  } restore;
+  Rng rng(31);
+  // A direct shape (ReLU in the kernel's output pass), a GEMM one (separate pass) and a
+  // Winograd one (forced).
+  for (cpu::ConvAlgo algo : {cpu::ConvAlgo::Auto, cpu::ConvAlgo::Gemm, cpu::ConvAlgo::Winograd}) {
+    cpu::set_conv_algo(algo);
+    for (const Conv2dParams& p : {conv(2, 5, 9, 13, 11, 3, 3, 1, 1), conv(3, 4, 4, 4, 6, 3, 3, 1, 1)}) {
+      INFO(conv_str(p) << ", " << std::string(cpu::conv_algo_name(algo)) << ": " << cpu::conv_path(p));
+      const int64_t ny = (int64_t)p.N * p.K * p.P() * p.Q();
+      const auto x = randn(rng, (int64_t)p.N * p.C * p.H * p.W), w = randn(rng, (int64_t)p.K * p.C * p.R * p.S),
+                 b = randn(rng, p.K);
+      auto y_ref = poisoned(ny), y = poisoned(ny);
+      ref::conv2d_forward(p, x.data(), w.data(), b.data(), y_ref.data());
+      int negative = 0;
+      for (float& v : y_ref) negative += v < 0, v = std::max(v, 0.0f);
+      REQUIRE(negative > ny / 4);  // the ReLU has work to do
+      cpu::conv2d_forward_relu(p, x.data(), w.data(), b.data(), y.data());
+      check_close(y, y_ref, "forward_relu " + conv_str(p));
+    }
+  }
+}
+
 TEST_CASE("ISA and algorithm settings refuse what this CPU cannot run, naming it") {
   CHECK_THROWS_WITH_AS(cpu::parse_isa("sse9"), doctest::Contains("unknown instruction set 'sse9'"), Error);
   CHECK_THROWS_WITH_AS(cpu::parse_conv_algo("fft"), doctest::Contains("unknown convolution algorithm 'fft'"), Error);

@@ -378,14 +378,14 @@ void direct_batch(const DirectKernels& dk, const PaddedLayout& g, const DirectSh
   });
 }
 
-void direct_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
+void direct_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y, bool relu) {
   const DirectKernels& dk = *direct_kernels(cpu_isa(), p.Q());
   const int CRS = p.C * p.R * p.S, RS = p.R * p.S;
   const PaddedLayout g = padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec);
   const DirectShape s = direct_shape(g, p.K, p.R, p.S, p.P(), p.Q());
   const std::vector<float> wpk =
       pack_filters(p.K, p.C, RS, dk.kb, [&](int k, int c, int t) { return w[(int64_t)k * CRS + c * RS + t]; });
-  direct_batch(dk, g, s, p.N, x, (int64_t)p.C * p.H * p.W, wpk.data(), b, false, y);
+  direct_batch(dk, g, s, p.N, x, (int64_t)p.C * p.H * p.W, wpk.data(), b, relu, y);
 }
 
 // dx = the stride-1 convolution of dy, padded by R-1-pad rows and S-1-pad columns, with the
@@ -626,7 +626,7 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
         winograd_filters(p.K, p.C, [&](int k, int c, int t) { return w[(int64_t)k * CRS + c * 9 + t]; });
     return winograd_conv(p.N, p.C, p.H, p.W, p.K, x, U, b, y);
   }
-  if (direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y);
+  if (direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y, false);
   const int K = p.K, CRS = p.C * p.R * p.S, Q = p.Q(), PQ = p.P() * Q;
   const Tiling t = plan_tiles(p);
   run_tasks(t.tasks, [&](int task) {
@@ -654,6 +654,13 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
         }
     });
   });
+}
+
+void conv2d_forward_relu(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
+  check_conv_params(p, "conv2d_forward_relu");
+  if (!winograd_applies(p, Op::Forward) && direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y, true);
+  conv2d_forward(p, x, w, b, y);
+  relu_forward((int64_t)p.N * p.K * p.P() * p.Q(), y, y);
 }
 
 void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w, float* dx) {

@@ -6,4 +6,8 @@
 
 namespace dnns::cpu {
 #include "kernels/backend_api.inc"
+
+// y = relu(conv(x) + b), the ReLU applied in the direct kernels' output pass where they run
+// (a separate pass otherwise). Same shapes as conv2d_forward.
+void conv2d_forward_relu(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y);
 }  // namespace dnns::cpu
