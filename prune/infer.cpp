@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/threading.h"
+#include "kernels/cpu/cpu.h"
 
 namespace dnns {
 
@@ -55,19 +56,6 @@ Plan make_plan(const Model& m) {
     p.in_place[i] = nodes[i].layer->kind() == LayerKind::ReLU && src != 0 && p.readers[src] == 1 && src != p.out_node;
   }
   return p;
-}
-
-int64_t conv_columns(const Conv2dParams& p, int threads, int64_t* images) {
-  // Mirrors plan_tiles in kernels/cpu/conv.cpp: the columns of the first block of a task.
-  constexpr int kTargetCols = 512;
-  const int64_t P = p.P(), Q = p.Q(), PQ = P * Q;
-  if (PQ >= kTargetCols) {
-    *images = 1;
-    return std::min<int64_t>(P, std::max<int64_t>(1, kTargetCols / Q)) * Q;
-  }
-  const int64_t want = (kTargetCols + PQ - 1) / PQ, fair = (p.N + threads - 1) / threads;
-  *images = std::min<int64_t>(p.N, std::max<int64_t>(1, std::min(want, fair)));
-  return *images * PQ;
 }
 
 }  // namespace
@@ -143,7 +131,6 @@ InferenceMemory inference_memory(const Model& m, int64_t batch) {
   std::vector<int> pending = plan.readers;
   int64_t live = bytes_of(0), peak = live;
   int64_t slot0 = 0, slot1 = 0;  // floats of the two thread_local scratch slots the conv kernel grows
-  const int threads = num_threads();
   for (int i = 1; i < n; ++i) {
     if (!plan.in_place[i]) live += bytes_of(i);
     peak = std::max(peak, live);  // inputs and output are all alive while node i runs
@@ -151,12 +138,9 @@ InferenceMemory inference_memory(const Model& m, int64_t batch) {
       if (--pending[j] == 0 && j != 0 && j != plan.out_node && !plan.in_place[i]) live -= bytes_of(j);
     if (auto* c = dynamic_cast<const Conv2d*>(nodes[i].layer.get())) {
       if (c->in_channels == 0 || c->out_channels == 0) continue;
-      Conv2dParams p = c->conv_params(shapes[nodes[i].inputs[0]]);
-      int64_t images = 1;
-      const int64_t cols = conv_columns(p, threads, &images);
-      const bool pointwise = p.R == 1 && p.S == 1 && p.stride == 1 && p.pad == 0;
-      if (!(pointwise && images == 1)) slot0 = std::max<int64_t>(slot0, int64_t(p.C) * p.R * p.S * cols);
-      if (images > 1) slot1 = std::max<int64_t>(slot1, int64_t(p.K) * cols);
+      const cpu::ConvScratch need = cpu::conv_forward_scratch(c->conv_params(shapes[nodes[i].inputs[0]]));
+      slot0 = std::max(slot0, need.slot0);
+      slot1 = std::max(slot1, need.slot1);
     }
   }
   r.activation_bytes = peak;

@@ -26,8 +26,10 @@ struct InferenceMemory {
   int64_t activation_bytes = 0;  // the largest sum of live activations during the pass, the
                                  // input batch included, under infer's release order (an
                                  // activation is freed after its last reader; ReLU in place)
-  int64_t workspace_bytes = 0;   // the largest im2col column buffer one CPU worker thread
-                                 // allocates for a conv (kernels/cpu/conv.cpp's tiling)
+  int64_t workspace_bytes = 0;   // the scratch buffers one CPU worker thread grows for the
+                                 // convs, on the paths they take now (the im2col columns, the
+                                 // padded image of the direct kernels, Winograd's transforms:
+                                 // cpu::conv_forward_scratch)
   int64_t total() const { return parameter_bytes + buffer_bytes + activation_bytes + workspace_bytes; }
 };
 InferenceMemory inference_memory(const Model& m, int64_t batch);

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "kernels/cpu/isa.h"
 #include "nn/models/zoo.h"
 #include "prune/compact.h"
 #include "prune/infer.h"
@@ -127,8 +128,20 @@ TEST_CASE("working memory of inference, computed from the graph") {
   // Peak while flatten runs: the images (768 B), relu's output in conv's storage (1024 B) and
   // flatten's output (1024 B).
   CHECK(mem.activation_bytes == 768 + 1024 + 1024);
-  // The conv's im2col buffer: (C*R*S, P*Q) = (27, 64) floats.
-  CHECK(mem.workspace_bytes == 27 * 64 * 4);
+  // The conv's scratch: with im2col + sgemm its column buffer (C*R*S, P*Q) = (27, 64) floats;
+  // with the direct kernels the padded image, 3 channels of 10 x 10, then a row and a vector
+  // of 8 floats of slack.
+  {
+    struct Restore {
+      ~Restore() { cpu::set_conv_algo(cpu::ConvAlgo::Auto); }
+    } restore;
+    cpu::set_conv_algo(cpu::ConvAlgo::Gemm);
+    CHECK(inference_memory(m, 1).workspace_bytes == 27 * 64 * 4);
+    if (cpu::cpu_isa() != cpu::Isa::Generic) {
+      cpu::set_conv_algo(cpu::ConvAlgo::Direct);
+      CHECK(inference_memory(m, 1).workspace_bytes == (3 * 10 * 10 + 10 + 8) * 4);
+    }
+  }
   CHECK(mem.total() == mem.parameter_bytes + mem.activation_bytes + mem.workspace_bytes);
   CHECK(inference_memory(m, 8).activation_bytes == 8 * (768 + 1024 + 1024));
   Model r = zoo("resnet20", 1);

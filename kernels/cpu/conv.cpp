@@ -500,14 +500,17 @@ std::vector<float> winograd_filters(int K, int C, Filter g) {
   return U;
 }
 
+// Images per Winograd block: about 2 MiB of transformed input or output per block.
+int winograd_block(int N, int widest, int per_image) {
+  return std::max(1, std::min(N, (int)((size_t(2) << 20) / (64 * (size_t)widest * per_image))));
+}
+
 // y (N, K, H, W) = bias + the 3x3 stride-1 pad-1 conv of x (N, C, H, W) with filters U.
 void winograd_conv(int N, int C, int H, int W, int K, const float* x, const std::vector<float>& U, const float* bias,
                    float* y) {
   const int TP = (H + 1) / 2, TQ = (W + 1) / 2, per_image = TP * TQ;
   const int64_t image_in = (int64_t)C * H * W, image_out = (int64_t)K * H * W;
-  // Images per block: about 2 MiB of transformed input or output per block.
-  const int widest = std::max(C, K);
-  const int block = std::max(1, std::min(N, (int)((size_t(2) << 20) / (64 * (size_t)widest * per_image))));
+  const int block = winograd_block(N, std::max(C, K), per_image);
   const int blocks = (N + block - 1) / block;
   parallel_for(0, blocks, 1, [&](int b0, int b1) {
     for (int b = b0; b != b1; ++b) {
@@ -654,6 +657,25 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
         }
     });
   });
+}
+
+ConvScratch conv_forward_scratch(const Conv2dParams& p) {
+  ConvScratch r;
+  if (winograd_applies(p, Op::Forward)) {
+    const int per_image = ((p.H + 1) / 2) * ((p.W + 1) / 2), widest = std::max(p.C, p.K);
+    const int64_t T = (int64_t)winograd_block(p.N, widest, per_image) * per_image;
+    r.slot0 = 16 * (int64_t)p.C * T;
+    r.slot1 = 16 * (int64_t)p.K * T;
+  } else if (direct_applies(p, Op::Forward)) {
+    const DirectKernels& dk = *direct_kernels(cpu_isa(), p.Q());
+    r.slot0 = (int64_t)padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec).floats;
+  } else {
+    const Tiling t = plan_tiles(p);
+    const int64_t cols = (int64_t)t.images * (t.images > 1 ? p.P() : std::min(p.P(), t.rows)) * p.Q();
+    if (!(is_pointwise(p) && t.images == 1)) r.slot0 = (int64_t)p.C * p.R * p.S * cols;
+    if (t.images > 1) r.slot1 = (int64_t)p.K * cols;
+  }
+  return r;
 }
 
 void conv2d_forward_relu(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {

@@ -10,4 +10,11 @@ namespace dnns::cpu {
 // y = relu(conv(x) + b), the ReLU applied in the direct kernels' output pass where they run
 // (a separate pass otherwise). Same shapes as conv2d_forward.
 void conv2d_forward_relu(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y);
+
+// The floats of the two thread-local scratch buffers a conv2d_forward of this shape grows in
+// each worker thread (they stay allocated), on the path it takes now.
+struct ConvScratch {
+  int64_t slot0 = 0, slot1 = 0;
+};
+ConvScratch conv_forward_scratch(const Conv2dParams& p);
 }  // namespace dnns::cpu
