@@ -135,6 +135,7 @@ int bench_train(int argc, char** argv) {
                           .add("threads", num_threads())
                           .add("ms_per_step_median", med)
                           .add("images_per_sec", batch * 1000.0 / med)
+                          .add("isa", cpu::isa_name(cpu::cpu_isa()))
                           // CPU time of the process per step (all threads): with 1 thread, the
                           // work a step takes even on a loaded machine
                           .add("cpu_ms_per_step_median", percentile(cpu_times, 0.5))
@@ -184,6 +185,7 @@ int bench_infer(int argc, char** argv) {
                           .add("p50_ms", percentile(times, 0.5))
                           .add("p99_ms", percentile(times, 0.99))
                           .add("cpu_ms_median", percentile(cpu_times, 0.5))
+                          .add("isa", cpu::isa_name(cpu::cpu_isa()))
                           .add("hardware", device_description(dev))
                           .str()
                           .c_str());
