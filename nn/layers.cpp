@@ -76,20 +76,52 @@ Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool 
 void Conv2d::set_border_table(std::vector<int32_t> rows, std::vector<int32_t> cols) {
   auto classes = [&](const std::vector<int32_t>& v, const char* what) {
     check(!v.empty(), std::string("conv: empty border-table ") + what + " classes");
-    int32_t top = 0;
-    for (int32_t c : v) {
+    for (int32_t c : v)
       check(c >= 0 && c < static_cast<int32_t>(v.size()), [&] {
         return std::string("conv: border-table ") + what + " class " + std::to_string(c) + " out of range [0, " +
                std::to_string(v.size()) + ")";
       });
-      top = std::max(top, c);
-    }
-    return top + 1;
+    return class_count(v);
   };
   const int rh = classes(rows, "row"), rw = classes(cols, "column");
   pos_h = static_cast<int>(rows.size()), pos_w = static_cast<int>(cols.size());
   pos_rows = std::move(rows), pos_cols = std::move(cols);
   pos_bias = {"pos_bias", Tensor({out_channels, rh, rw}), Tensor(), false};
+}
+
+int32_t class_count(const std::vector<int32_t>& v) {
+  int32_t top = -1;
+  for (int32_t c : v) top = std::max(top, c);
+  return top + 1;
+}
+
+std::vector<double> merge_equal_classes(std::vector<double> table, int K, std::vector<int32_t>& rows,
+                                        std::vector<int32_t>& cols, int along) {
+  const int R = class_count(rows), C = class_count(cols);
+  const int n = along == 0 ? R : C;
+  auto at = [&](int k, int r, int c) { return table[(int64_t(k) * R + r) * C + c]; };
+  auto same = [&](int x, int y) {
+    for (int k = 0; k < K; ++k)
+      for (int t = 0; t < (along == 0 ? C : R); ++t)
+        if (along == 0 ? at(k, x, t) != at(k, y, t) : at(k, t, x) != at(k, t, y)) return false;
+    return true;
+  };
+  std::vector<int32_t> to(n, -1), first;  // old class -> new class; new class -> an old one
+  for (int x = 0; x < n; ++x) {
+    for (size_t y = 0; y < first.size() && to[x] < 0; ++y)
+      if (same(x, first[y])) to[x] = static_cast<int32_t>(y);
+    if (to[x] < 0) to[x] = static_cast<int32_t>(first.size()), first.push_back(x);
+  }
+  std::vector<int32_t>& v = along == 0 ? rows : cols;
+  for (int32_t& c : v) c = to[c];
+  const int m = static_cast<int>(first.size());
+  const int NR = along == 0 ? m : R, NC = along == 0 ? C : m;
+  std::vector<double> out(size_t(K) * NR * NC);
+  for (int k = 0; k < K; ++k)
+    for (int r = 0; r < NR; ++r)
+      for (int c = 0; c < NC; ++c)
+        out[(int64_t(k) * NR + r) * NC + c] = along == 0 ? at(k, first[r], c) : at(k, r, first[c]);
+  return out;
 }
 
 // "0,1,1,2" for a class list.
@@ -594,10 +626,17 @@ void Add::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
   // input added into its channels (an unmapped input first, so that with a zero bias the sum
   // is the plain add's, a + b).
   const int64_t N = out.dim(0), plane = N > 0 && channels > 0 ? out.numel() / (N * channels) : 0;
-  Tensor y = Tensor::uninit(out.shape());
-  std::vector<float> b = has_bias ? bias.value.to_vector() : std::vector<float>(channels, 0.0f);
+  // The sum goes straight into a host `out` that is no input, else into the kept scratch.
+  const bool direct = out.is_cpu() && out.data() != in[0]->data() && out.data() != in[1]->data();
+  Tensor& y = direct ? out : scratch(out.shape());  // (N, channels, plane)
+  const float* b = nullptr;                         // (channels)
+  Tensor bias_host;
+  if (has_bias) {
+    bias_host = bias.value.is_cpu() ? bias.value : bias.value.to(Device::CPU);
+    b = bias_host.data();
+  }
   for (int64_t n = 0; n < N; ++n)
-    for (int k = 0; k < channels; ++k) std::fill_n(y.data() + (n * channels + k) * plane, plane, b[k]);
+    for (int k = 0; k < channels; ++k) std::fill_n(y.data() + (n * channels + k) * plane, plane, b ? b[k] : 0.0f);
   for (int i : {map[0].empty() ? 0 : 1, map[0].empty() ? 1 : 0}) {
     Tensor x = in[i]->is_cpu() ? *in[i] : in[i]->to(Device::CPU);
     const int64_t C = x.dim(1);
@@ -610,7 +649,12 @@ void Add::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
         for (int64_t q = 0; q < plane; ++q) yk[q] += xc[q];
       }
   }
-  out.copy_from(y);
+  if (!direct) out.copy_from(y);
+}
+
+Tensor& Add::scratch(const Shape& shape) {
+  if (!scratch_.defined() || scratch_.shape() != shape) scratch_ = Tensor::uninit(shape);
+  return scratch_;
 }
 
 void Add::backward(const std::vector<const Tensor*>&, const Tensor&, const Tensor& dout,
@@ -625,20 +669,26 @@ void Add::backward(const std::vector<const Tensor*>&, const Tensor&, const Tenso
   for (int i = 0; i < 2; ++i) {
     if (!din[i]) continue;
     const int64_t C = din[i]->dim(1);
-    Tensor d = Tensor::uninit(din[i]->shape());
+    // Gathered straight into a host din that is not dout, else through the kept scratch.
+    const bool direct = din[i]->is_cpu() && din[i]->data() != g.data();
+    Tensor& d = direct ? *din[i] : scratch(din[i]->shape());  // (N, C, plane)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t k = map[i].empty() ? c : map[i][c];
         std::copy_n(g.data() + (n * channels + k) * plane, plane, d.data() + (n * C + c) * plane);
       }
-    din[i]->copy_from(d);
+    if (!direct) din[i]->copy_from(d);
   }
   if (has_bias) {
-    Tensor db({channels});
+    // db[k] = sum of dy over the batch and the positions of channel k; summed in the kept
+    // gradient tensor where it is a host one of the right shape.
+    const bool keep = bias.grad.defined() && bias.grad.is_cpu() && bias.grad.shape() == bias.value.shape();
+    Tensor db = keep ? bias.grad : Tensor({channels});
+    if (keep) db.zero();
     for (int64_t n = 0; n < N; ++n)
       for (int k = 0; k < channels; ++k)
         for (int64_t q = 0; q < plane; ++q) db[k] += g[(n * channels + k) * plane + q];
-    bias.grad = db.to(bias.value.device());
+    if (!keep) bias.grad = db.to(bias.value.device());
   }
 }
 
@@ -711,8 +761,11 @@ int64_t declared_params(LayerKind kind, const std::map<std::string, std::string>
       const int64_t out = attr_int(a, "out", "conv");
       int64_t n = product({out, attr_int(a, "in", "conv"), attr_int(a, "kh", "conv"), attr_int(a, "kw", "conv")});
       if (attr_int(a, "bias", "conv") != 0) n = sum(n, std::max<int64_t>(out, 0));
-      if (a.count("pos_h") && a.count("pos_w"))
-        n = sum(n, product({out, attr_int(a, "pos_h", "conv"), attr_int(a, "pos_w", "conv")}));
+      if (a.count("pos_h") && a.count("pos_w")) {  // the border table: (K, row classes, column classes)
+        const int64_t rows = a.count("pos_rows") ? class_count(attr_ints(a, "pos_rows")) : attr_int(a, "pos_h", "conv");
+        const int64_t cols = a.count("pos_cols") ? class_count(attr_ints(a, "pos_cols")) : attr_int(a, "pos_w", "conv");
+        n = sum(n, product({out, rows, cols}));
+      }
       return n;
     }
     case LayerKind::BatchNorm: return product({4, attr_int(a, "channels", "batchnorm")});  // gamma, beta, mean, var
@@ -744,19 +797,23 @@ std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, st
   }
   switch (kind) {
     case LayerKind::Conv: {
+      check(a.count("pos_rows") == a.count("pos_cols"), "conv: 'pos_rows' and 'pos_cols' come together");
+      const int pos_h = a.count("pos_h") ? attr_int(a, "pos_h", "conv") : 0;
+      const int pos_w = a.count("pos_w") ? attr_int(a, "pos_w", "conv") : 0;
+      // With class lists, the table is (K, row classes, column classes): built from them, never
+      // as the full (K, pos_h, pos_w) map the constructor would allocate first.
+      const bool classes = a.count("pos_rows") > 0;
       auto c = std::make_unique<Conv2d>(attr_int(a, "in", "conv"), attr_int(a, "out", "conv"),
                                       attr_int(a, "kh", "conv"), attr_int(a, "kw", "conv"),
                                       attr_int(a, "stride", "conv"), attr_int(a, "pad", "conv"),
                                       attr_int(a, "bias", "conv") != 0,
                                       a.count("relu") ? attr_int(a, "relu", "conv") != 0 : false,
-                                      a.count("pos_h") ? attr_int(a, "pos_h", "conv") : 0,
-                                      a.count("pos_w") ? attr_int(a, "pos_w", "conv") : 0);
-      check(a.count("pos_rows") == a.count("pos_cols"), "conv: 'pos_rows' and 'pos_cols' come together");
-      if (a.count("pos_rows")) {
+                                      classes ? 0 : pos_h, classes ? 0 : pos_w);
+      if (classes) {
         std::vector<int32_t> rows = attr_ints(a, "pos_rows"), cols = attr_ints(a, "pos_cols");
-        check(static_cast<int>(rows.size()) == c->pos_h && static_cast<int>(cols.size()) == c->pos_w, [&] {
+        check(static_cast<int>(rows.size()) == pos_h && static_cast<int>(cols.size()) == pos_w, [&] {
           return "conv: border-table classes for " + std::to_string(rows.size()) + "x" + std::to_string(cols.size()) +
-                 " positions, but pos_h=" + std::to_string(c->pos_h) + " pos_w=" + std::to_string(c->pos_w);
+                 " positions, but pos_h=" + std::to_string(pos_h) + " pos_w=" + std::to_string(pos_w);
         });
         c->set_border_table(std::move(rows), std::move(cols));
       }

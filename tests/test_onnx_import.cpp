@@ -230,6 +230,21 @@ TEST_CASE("onnx import: the graphs map onto our layers") {
   for (int k = 0; k < 10; ++k) CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-4));
 }
 
+TEST_CASE("onnx import: clashing node names get the first free suffix") {
+  // Every Relu named "r", the first one "r_3": the others become r, r_2, r_4, r_5, ... in order.
+  onnx::ModelProto p = fixture_proto("resnet_eval.onnx");
+  int relus = 0;
+  for (auto& n : *p.mutable_graph()->mutable_node())
+    if (n.op_type() == "Relu") n.set_name(relus++ == 0 ? "r_3" : "r");
+  REQUIRE(relus >= 5);
+  Model m = import_onnx_bytes(p.SerializeAsString(), "names.onnx");
+  std::vector<std::string> got, want = {"r_3", "r", "r_2"};
+  for (int k = 4; k <= relus; ++k) want.push_back("r_" + std::to_string(k));
+  for (const Node& n : m.nodes())
+    if (n.layer && n.layer->kind() == LayerKind::ReLU) got.push_back(n.name);
+  CHECK(got == want);
+}
+
 TEST_CASE("onnx import: pruned in PyTorch, compacted exactly here") {
   const Tensor fixed = read_floats(kFixtures + "/input.bin", kInput);
   Rng rng(5);
