@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "kernels/ops.h"
 
 namespace dnns {
@@ -354,49 +355,78 @@ void BatchNorm2d::backward(const std::vector<const Tensor*>& in, const Tensor&, 
                           gamma.grad, beta.grad);
 }
 
-// Global-batch statistics from every rank's (count m_r, mean_r, biased var_r) per channel,
-// combined in rank order (Chan et al.'s pairwise update, in double), so every rank computes
-// the same bits. The rank's own statistics come from the training kernel (on copies of the
-// running buffers); the output is then the eval kernel with the global mean and variance.
+// Global-batch statistics from every rank's (count m_r, mean_r, M2_r: the sum of squared
+// deviations from mean_r) per channel, each computed here in double with two passes over the
+// rank's rows, and combined in rank order (Chan et al.'s pairwise update, in double), so
+// every rank computes the same bits. The input is normalised once, with the global mean and
+// 1/sqrt(var + eps): the eval kernel with gamma * invstd as its scale, variance 1 and eps 0,
+// which is exactly what the training kernel computes from the same mean and invstd. The
+// running averages take the unbiased variance over the global batch, as the kernel does; a
+// global batch of one value per channel is refused as the kernel refuses it, on every rank.
 void BatchNorm2d::forward_synced(const BatchNormParams& p, const Tensor& x, Tensor& out) {
   const int C = channels, R = dist::size();
-  Tensor rm = running_mean.clone(), rv = running_var.clone();
-  ops::batchnorm_forward_train(p, x, gamma.value, beta.value, rm, rv, out, save_mean, save_invstd);
-  const std::vector<float> mean_r = save_mean.to_vector(), invstd_r = save_invstd.to_vector();  // (C)
-  std::vector<double> mine(1 + 2 * size_t(C)), all(size_t(R) * (1 + 2 * size_t(C)));
-  mine[0] = double(p.N) * p.HW;
-  for (int c = 0; c < C; ++c) {
-    mine[1 + c] = mean_r[c];
-    mine[1 + C + c] = std::max(0.0, 1.0 / (double(invstd_r[c]) * invstd_r[c]) - eps);
+  const size_t per_rank = 1 + 2 * size_t(C);  // count, then C means, then C M2s
+  std::vector<double> mine(per_rank), all(size_t(R) * per_rank);
+  const int64_t m = int64_t(p.N) * p.HW;  // this rank's values per channel
+  mine[0] = double(m);
+  if (m > 0) {
+    Tensor host = x.is_cpu() ? x : x.to(Device::CPU);
+    const float* xp = host.data();  // (N, C, HW)
+    parallel_for(0, C, 1, [&](int c0, int c1) {
+      for (int c = c0; c < c1; ++c) {
+        double sum = 0.0, m2 = 0.0;
+        for (int n = 0; n < p.N; ++n) {
+          const float* xc = xp + (int64_t(n) * C + c) * p.HW;  // (HW)
+          for (int64_t i = 0; i < p.HW; ++i) sum += xc[i];
+        }
+        const double mean = sum / double(m);
+        for (int n = 0; n < p.N; ++n) {
+          const float* xc = xp + (int64_t(n) * C + c) * p.HW;  // (HW)
+          for (int64_t i = 0; i < p.HW; ++i) m2 += (xc[i] - mean) * (xc[i] - mean);
+        }
+        mine[1 + c] = mean, mine[1 + C + c] = m2;
+      }
+    });
   }
   dist::allgather(mine.data(), static_cast<int>(mine.size()), all.data());
-  std::vector<float> mean(C), var(C), invstd(C), run_mean = running_mean.to_vector(), run_var = running_var.to_vector();
   double count = 0;
+  for (int r = 0; r < R; ++r) count += all[size_t(r) * per_rank];
+  // Every rank sees the same gathered counts: all of them refuse, none waits for the others.
+  check(count > 1, [&] {
+    return "batchnorm: need more than 1 value per channel to train, got " + std::to_string(int64_t(count)) +
+           " over all " + std::to_string(R) + " ranks";
+  });
+  const std::vector<float> g = gamma.value.to_vector();
+  std::vector<float> mean(C), invstd(C), scale(C), ones(C, 1.0f), run_mean = running_mean.to_vector(),
+      run_var = running_var.to_vector();
   for (int c = 0; c < C; ++c) {
     double n = 0, mu = 0, m2 = 0;  // m2: sum of squared deviations so far
     for (int r = 0; r < R; ++r) {
-      const double* g = all.data() + size_t(r) * (1 + 2 * size_t(C));  // (1 + 2C)
-      const double nr = g[0], delta = g[1 + c] - mu, total = n + nr;
+      const double* a = all.data() + size_t(r) * per_rank;  // (1 + 2C)
+      const double nr = a[0];
+      if (nr == 0) continue;  // a rank without rows adds nothing
+      const double delta = a[1 + c] - mu, total = n + nr;
       mu += delta * nr / total;
-      m2 += g[1 + C + c] * nr + delta * delta * n * nr / total;
+      m2 += a[1 + C + c] + delta * delta * n * nr / total;
       n = total;
     }
-    count = n;
+    const double is = 1.0 / std::sqrt(m2 / n + double(eps));  // biased variance normalises the batch
     mean[c] = float(mu);
-    var[c] = float(m2 / n);
-    invstd[c] = float(1.0 / std::sqrt(m2 / n + double(eps)));
-    // As the kernel: the running variance takes the unbiased estimate over the global batch.
+    invstd[c] = float(is);
+    scale[c] = float(double(g[c]) * is);
     run_mean[c] = float((1.0 - momentum) * run_mean[c] + momentum * mu);
     run_var[c] = float((1.0 - momentum) * run_var[c] + momentum * (m2 / (n - 1)));
   }
   global_count_ = static_cast<int64_t>(count);
-  Device d = x.device();
+  const Device d = x.device();
   save_mean.copy_from(Tensor::from({C}, mean));
   save_invstd.copy_from(Tensor::from({C}, invstd));
   running_mean.copy_from(Tensor::from({C}, run_mean));
   running_var.copy_from(Tensor::from({C}, run_var));
-  Tensor gvar = Tensor::from({C}, var).to(d);
-  ops::batchnorm_forward_eval(p, x, gamma.value, beta.value, save_mean, gvar, out);
+  BatchNormParams q = p;
+  q.eps = 0.0f;  // (x - mean) * scale / sqrt(1 + 0) + beta
+  ops::batchnorm_forward_eval(q, x, Tensor::from({C}, scale).to(d), beta.value, save_mean, Tensor::from({C}, ones).to(d),
+                              out);
 }
 
 // Backward over the global batch: with S1 = sum(dy), S2 = sum(dy * xhat) over all M values of

@@ -212,28 +212,30 @@ TEST_CASE("worker: collectives, gradient buckets and synchronised batchnorm on e
   }
 
   SUBCASE("on CUDA: gradient buckets of device tensors (CUDA-aware MPI or host staging)") {
+    // No early return: it would end this run of the test case before doctest sees the
+    // subcases below, and they would never run.
     if (!cuda_available()) {
       MESSAGE("no CUDA device present: the device-buffer allreduce is not run");
-      return;
+    } else {
+      MESSAGE("CUDA-aware MPI: " << (dist::cuda_aware() ? "yes (device buffers)" : "no (host staging)"));
+      Model m = tiny_net(3);
+      m.to(Device::CUDA);
+      std::vector<std::vector<float>> want;
+      for (auto& np : m.params()) {
+        Param& p = *np.param;
+        Tensor g(p.value.shape());
+        std::vector<float> w(g.numel());
+        for (int64_t i = 0; i < g.numel(); ++i) g[i] = float((me + 1) * (i + 1)) * 0.25f, w[i] = float(3 * (i + 1)) * 0.25f;
+        p.grad = g.to(Device::CUDA);
+        want.push_back(w);
+      }
+      dist::GradientReducer red(64);
+      red.begin(m);
+      for (int i = static_cast<int>(m.nodes().size()) - 1; i >= 1; --i) red.layer_done(*m.nodes()[i].layer);
+      red.finish();
+      size_t k = 0;
+      for (auto& np : m.params()) CHECK_MESSAGE(np.param->grad.to_vector() == want[k++], np.name);
     }
-    MESSAGE("CUDA-aware MPI: " << (dist::cuda_aware() ? "yes (device buffers)" : "no (host staging)"));
-    Model m = tiny_net(3);
-    m.to(Device::CUDA);
-    std::vector<std::vector<float>> want;
-    for (auto& np : m.params()) {
-      Param& p = *np.param;
-      Tensor g(p.value.shape());
-      std::vector<float> w(g.numel());
-      for (int64_t i = 0; i < g.numel(); ++i) g[i] = float((me + 1) * (i + 1)) * 0.25f, w[i] = float(3 * (i + 1)) * 0.25f;
-      p.grad = g.to(Device::CUDA);
-      want.push_back(w);
-    }
-    dist::GradientReducer red(64);
-    red.begin(m);
-    for (int i = static_cast<int>(m.nodes().size()) - 1; i >= 1; --i) red.layer_done(*m.nodes()[i].layer);
-    red.finish();
-    size_t k = 0;
-    for (auto& np : m.params()) CHECK_MESSAGE(np.param->grad.to_vector() == want[k++], np.name);
   }
 
   SUBCASE("synchronised batchnorm over 2 ranks equals batchnorm over the global batch") {
@@ -272,6 +274,55 @@ TEST_CASE("worker: collectives, gradient buckets and synchronised batchnorm on e
       CHECK(max_abs_diff(yl, rows(y_ref, lo, hi)) > 1e-3f);
     }
   }
+
+  SUBCASE("synchronised batchnorm keeps double precision where eps dominates a tiny variance") {
+    // Mean 3, standard deviation 1e-4: the variance (1e-8) is a thousandth of eps. Rebuilt from
+    // a float invstd it is off by about 1e-4 of itself; in double it agrees with the
+    // single-process kernel to float rounding. The running variance starts at 0 so that it
+    // shows the batch's (0.1 x the unbiased variance) at full float precision.
+    const int N = 8;
+    Rng rng(5);
+    Tensor x({N, 2, 3, 3});
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] = 3.0f + 1e-4f * rng.normal();
+    BatchNorm2d ref(2), bn(2);
+    ref.running_var.zero(), bn.running_var.zero();
+    bn.sync_stats = true;
+    Tensor y_ref(x.shape());
+    ref.forward({&x}, y_ref, true);
+    const int64_t lo = N * me / R, hi = N * (me + 1) / R;
+    Tensor xs = rows(x, lo, hi), ys(xs.shape());
+    bn.forward({&xs}, ys, true);
+    for (int c = 0; c < 2; ++c) {
+      CAPTURE(c);
+      CHECK(ref.running_var[c] > 0.0f);
+      CHECK(std::abs(double(bn.running_var[c]) - ref.running_var[c]) <= 1e-5 * ref.running_var[c]);
+      CHECK(bn.save_invstd[c] == doctest::Approx(ref.save_invstd[c]).epsilon(1e-6));
+    }
+    CHECK(max_abs_diff(ys, rows(y_ref, lo, hi)) < 1e-4f);
+  }
+
+  SUBCASE("synchronised batchnorm: one value per channel on each rank is a global batch of two") {
+    Tensor x({2, 3, 1, 1});  // the (N, C, 1, 1) of a batchnorm after global pooling, one image per rank
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] = 0.5f * float(i) - 1.0f;
+    BatchNorm2d ref(3), bn(3);
+    bn.sync_stats = true;
+    Tensor y_ref(x.shape());
+    ref.forward({&x}, y_ref, true);
+    Tensor xs = rows(x, me, me + 1), ys(xs.shape());
+    bn.forward({&xs}, ys, true);
+    CHECK(max_abs_diff(ys, rows(y_ref, me, me + 1)) < 1e-5f);
+    CHECK(max_abs_diff(bn.running_var, ref.running_var) < 1e-6f);
+  }
+
+  SUBCASE("synchronised batchnorm: a global batch of one value per channel is refused on every rank") {
+    Tensor x = Tensor::full({1, 3, 1, 1}, 1.0f);
+    BatchNorm2d bn(3);
+    bn.sync_stats = true;
+    Tensor xs = rows(x, me == 0 ? 0 : 1, 1), ys(xs.shape());  // rank 0 holds the one image, rank 1 none
+    CHECK_THROWS_WITH_AS(bn.forward({&xs}, ys, true), doctest::Contains("need more than 1 value per channel"), Error);
+    for (int c = 0; c < 3; ++c) CHECK(std::isfinite(bn.running_var[c]));
+    MESSAGE("worker: the last subcase ran");  // counted by the next case: no subcase was cut off
+  }
 }
 
 TEST_CASE("the worker case passes on 2 ranks") {
@@ -285,6 +336,12 @@ TEST_CASE("the worker case passes on 2 ranks") {
   // Both ranks ran the assertions (doctest's summary once per rank).
   size_t n = 0;
   for (size_t at = e.log.find("SUCCESS!"); at != std::string::npos; at = e.log.find("SUCCESS!", at + 1)) ++n;
+  CHECK_MESSAGE(n == 2, e.log);
+  // And both reached the last subcase (an early return in a subcase would hide the later ones).
+  n = 0;
+  for (size_t at = e.log.find("worker: the last subcase ran"); at != std::string::npos;
+       at = e.log.find("worker: the last subcase ran", at + 1))
+    ++n;
   CHECK_MESSAGE(n == 2, e.log);
 }
 
