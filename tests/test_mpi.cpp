@@ -10,6 +10,8 @@
 // Skipped (exit 77) where the build has no MPI or no mpirun was found.
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -31,6 +33,7 @@
 #include "nn/model.h"
 
 using namespace dnns;
+using dnns::testing::TempDir;
 namespace fs = std::filesystem;
 
 #ifndef DNNS_MPIEXEC
@@ -54,17 +57,6 @@ void skip_without_mpi() {
     std::exit(77);
   }
 }
-
-struct TmpDir {
-  fs::path path;
-  explicit TmpDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("dnns_mpi_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TmpDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 std::string file_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -328,7 +320,7 @@ TEST_CASE("worker: collectives, gradient buckets and synchronised batchnorm on e
 TEST_CASE("the worker case passes on 2 ranks") {
   if (under_mpirun()) return;
   skip_without_mpi();
-  TmpDir dir("worker");
+  TempDir dir("worker");
   Exit e = run(concat(mpirun(2, {"DNNS_MPI_ALL_STDOUT"}), {kSelf, "-tc=worker*"}), {"DNNS_MPI_ALL_STDOUT=1"},
                dir / "worker.log");
   CHECK_FALSE(e.timed_out);
@@ -345,12 +337,31 @@ TEST_CASE("the worker case passes on 2 ranks") {
   CHECK_MESSAGE(n == 2, e.log);
 }
 
+// The worker's CUDA subcase on its own (CTest test test_mpi_cuda): skipped, exit 77, without a
+// CUDA device, while the rest of test_mpi still counts.
+TEST_CASE("the worker's CUDA subcase on 2 ranks") {
+  if (under_mpirun()) return;
+  skip_without_mpi();
+  if (!cuda_available()) {
+    testing::skip_part("the device-buffer gradient allreduce over MPI: no CUDA device present");
+    return;
+  }
+  TempDir dir("worker_cuda");
+  Exit e = run(concat(mpirun(2, {"DNNS_MPI_ALL_STDOUT"}), {kSelf, "-tc=worker*", "-sc=on CUDA*"}),
+               {"DNNS_MPI_ALL_STDOUT=1"}, dir / "worker.log");
+  CHECK_FALSE(e.timed_out);
+  CHECK_MESSAGE(e.code == 0, e.log);
+  size_t n = 0;  // both ranks ran it on the device
+  for (size_t at = e.log.find("CUDA-aware MPI: "); at != std::string::npos; at = e.log.find("CUDA-aware MPI: ", at + 1)) ++n;
+  CHECK_MESSAGE(n == 2, e.log);
+}
+
 TEST_CASE("cifar_prune train: 2 ranks train what 1 process trains; kill, resume; a failing rank stops all") {
   if (under_mpirun()) return;
   skip_without_mpi();
   REQUIRE_MESSAGE(file_exists(kBin), kBin << " is missing: build the cifar_prune target first");
   // The two reference runs, once (doctest runs this body again for every subcase).
-  static TmpDir dir("train");
+  static TempDir dir("train");
   const std::string one = dir / "one", two = dir / "two", again = dir / "again", killed = dir / "killed";
   static const Exit e1 = run(train_args(one), kQuiet, dir / "one.log");
   REQUIRE_MESSAGE(e1.code == 0, e1.log);
@@ -411,7 +422,7 @@ TEST_CASE("cifar_prune train: 2 ranks train what 1 process trains; kill, resume;
 TEST_CASE("cifar_prune imp under mpirun: the levels are trained and pruned the same on every rank") {
   if (under_mpirun()) return;
   skip_without_mpi();
-  TmpDir dir("imp");
+  TempDir dir("imp");
   const std::string out = dir / "imp";
   std::vector<std::string> args = train_args(out);
   args[1] = "imp";
