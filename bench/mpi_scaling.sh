@@ -31,7 +31,9 @@ work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "synthetic 3x32x32, $images images/epoch, global batch $batch, img/s and comm of epoch 2"
 
-# run NAME RANKS THREADS MODEL: prints "img/s comm_ms"
+# run NAME RANKS THREADS MODEL: prints "img/s comm_ms"; exits 1 (its subshell) when the run fails,
+# so callers take its output with $(...) || exit 1: an exit inside a process substitution would
+# not stop this script.
 run() {
   local out=$work/$1 np=$2 t=$3 model=$4
   local args=(train --data synthetic --model "$model" --epochs 2 --batch-size "$batch" --train-subset "$images"
@@ -50,8 +52,10 @@ EOF
 for model in ${models//,/ }; do
   ratios=()
   for r in $(seq 1 "$repeats"); do
-    read -r one one_comm < <(run "$model-1-$r" 1 "$threads" "$model")
-    read -r many many_comm < <(run "$model-$ranks-$r" "$ranks" "$per_rank" "$model")
+    res=$(run "$model-1-$r" 1 "$threads" "$model") || exit 1
+    read -r one one_comm <<<"$res"
+    res=$(run "$model-$ranks-$r" "$ranks" "$per_rank" "$model") || exit 1
+    read -r many many_comm <<<"$res"
     ratio=$(python3 -c "print(f'{$many / $one:.2f}')")
     ratios+=("$ratio")
     echo "$model repeat $r: 1 rank x $threads threads $one img/s | $ranks ranks x $per_rank threads $many img/s," \

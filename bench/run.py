@@ -78,15 +78,11 @@ def main():
             if c:
                 rows.append(('compact %s at %.0f%% weights (ms; DNNShifter: 41-222 ms)' % (model, density * 100),
                              c['ms_median'], None, None))
-            spec_dir = tmp
             for kind, path in [('dense', dense), ('compact', compact)]:
-                spec = os.path.join(spec_dir, '%s-%s.spec' % (model, kind))
-                subprocess.run([os.path.join(a.build, 'bin', 'cifar_prune'), 'inspect', path, '--spec-out', spec],
-                               capture_output=True)
                 for batch in ['1', '128']:
                     o = run_json([ours, 'infer', '--model', path, '--batch', batch, '--runs', runs if batch == '1' else '5'] + t)
                     pc = peer + ['infer', '--batch', batch, '--runs', runs if batch == '1' else '5'] + t
-                    pc += ['--spec', spec] if os.path.exists(spec) else ['--model', model]
+                    pc += ['--model-file', path] if os.path.exists(path) else ['--model', model]
                     p = run_json(pc)
                     results += [o, p]
                     if o and p:

@@ -393,4 +393,35 @@ const std::vector<JsonValue>& json_array(const JsonValue& v, const std::string& 
   return v.items;
 }
 
+std::string json_strings(const std::vector<std::string>& v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) out += ',';
+    out += json_escape(v[i]);
+  }
+  out += ']';
+  return out;
+}
+
+std::map<std::string, std::string> parse_flat_json(const std::string& json, const std::string& where) {
+  JsonValue v;
+  try {
+    v = parse_json(json, where);
+  } catch (const Error& e) {
+    throw Error(where + ": malformed JSON (" + e.what() + ")");
+  }
+  check(v.type == JsonValue::Type::Object, where + ": malformed JSON: expected an object");
+  std::map<std::string, std::string> out;
+  for (const auto& [key, value] : v.members) {
+    switch (value.type) {
+      case JsonValue::Type::String:
+      case JsonValue::Type::Number: out[key] = value.text; break;  // unescaped text / literal as written
+      case JsonValue::Type::Bool: out[key] = value.boolean ? "true" : "false"; break;
+      case JsonValue::Type::Null: out[key] = "null"; break;
+      default: throw Error(where + ": key '" + key + "' holds a nested " + json_type_name(value.type) + " (flat object expected)");
+    }
+  }
+  return out;
+}
+
 }  // namespace dnns

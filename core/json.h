@@ -9,6 +9,7 @@
 // message that names the entry and the field.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,6 +39,7 @@ class Json {
 };
 
 std::string json_number(double v);  // shortest round-trip form; NaN/inf become null
+std::string json_strings(const std::vector<std::string>& v);  // ["a","b"]: a JSON array of strings
 
 // ---- reading ----------------------------------------------------------------------------
 
@@ -76,5 +78,10 @@ int64_t json_int(const JsonValue& v, const std::string& where);      // an integ
 std::string json_string(const JsonValue& v, const std::string& where);
 bool json_bool(const JsonValue& v, const std::string& where);
 const std::vector<JsonValue>& json_array(const JsonValue& v, const std::string& where);
+
+// Parses one flat JSON object (values: strings, numbers, true/false/null; no nesting) into
+// key -> value text (strings unescaped, others as written): run records, hparams.json. Throws
+// Error naming `where`.
+std::map<std::string, std::string> parse_flat_json(const std::string& json, const std::string& where);
 
 }  // namespace dnns

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "kernels/ops.h"
 
 namespace dnns {
@@ -76,20 +77,52 @@ Conv2d::Conv2d(int in_c, int out_c, int kh, int kw, int stride_, int pad_, bool 
 void Conv2d::set_border_table(std::vector<int32_t> rows, std::vector<int32_t> cols) {
   auto classes = [&](const std::vector<int32_t>& v, const char* what) {
     check(!v.empty(), std::string("conv: empty border-table ") + what + " classes");
-    int32_t top = 0;
-    for (int32_t c : v) {
+    for (int32_t c : v)
       check(c >= 0 && c < static_cast<int32_t>(v.size()), [&] {
         return std::string("conv: border-table ") + what + " class " + std::to_string(c) + " out of range [0, " +
                std::to_string(v.size()) + ")";
       });
-      top = std::max(top, c);
-    }
-    return top + 1;
+    return class_count(v);
   };
   const int rh = classes(rows, "row"), rw = classes(cols, "column");
   pos_h = static_cast<int>(rows.size()), pos_w = static_cast<int>(cols.size());
   pos_rows = std::move(rows), pos_cols = std::move(cols);
   pos_bias = {"pos_bias", Tensor({out_channels, rh, rw}), Tensor(), false};
+}
+
+int32_t class_count(const std::vector<int32_t>& v) {
+  int32_t top = -1;
+  for (int32_t c : v) top = std::max(top, c);
+  return top + 1;
+}
+
+std::vector<double> merge_equal_classes(std::vector<double> table, int K, std::vector<int32_t>& rows,
+                                        std::vector<int32_t>& cols, int along) {
+  const int R = class_count(rows), C = class_count(cols);
+  const int n = along == 0 ? R : C;
+  auto at = [&](int k, int r, int c) { return table[(int64_t(k) * R + r) * C + c]; };
+  auto same = [&](int x, int y) {
+    for (int k = 0; k < K; ++k)
+      for (int t = 0; t < (along == 0 ? C : R); ++t)
+        if (along == 0 ? at(k, x, t) != at(k, y, t) : at(k, t, x) != at(k, t, y)) return false;
+    return true;
+  };
+  std::vector<int32_t> to(n, -1), first;  // old class -> new class; new class -> an old one
+  for (int x = 0; x < n; ++x) {
+    for (size_t y = 0; y < first.size() && to[x] < 0; ++y)
+      if (same(x, first[y])) to[x] = static_cast<int32_t>(y);
+    if (to[x] < 0) to[x] = static_cast<int32_t>(first.size()), first.push_back(x);
+  }
+  std::vector<int32_t>& v = along == 0 ? rows : cols;
+  for (int32_t& c : v) c = to[c];
+  const int m = static_cast<int>(first.size());
+  const int NR = along == 0 ? m : R, NC = along == 0 ? C : m;
+  std::vector<double> out(size_t(K) * NR * NC);
+  for (int k = 0; k < K; ++k)
+    for (int r = 0; r < NR; ++r)
+      for (int c = 0; c < NC; ++c)
+        out[(int64_t(k) * NR + r) * NC + c] = along == 0 ? at(k, first[r], c) : at(k, r, first[c]);
+  return out;
 }
 
 // "0,1,1,2" for a class list.
@@ -325,49 +358,78 @@ void BatchNorm2d::backward(const std::vector<const Tensor*>& in, const Tensor&, 
                           gamma.grad, beta.grad);
 }
 
-// Global-batch statistics from every rank's (count m_r, mean_r, biased var_r) per channel,
-// combined in rank order (Chan et al.'s pairwise update, in double), so every rank computes
-// the same bits. The rank's own statistics come from the training kernel (on copies of the
-// running buffers); the output is then the eval kernel with the global mean and variance.
+// Global-batch statistics from every rank's (count m_r, mean_r, M2_r: the sum of squared
+// deviations from mean_r) per channel, each computed here in double with two passes over the
+// rank's rows, and combined in rank order (Chan et al.'s pairwise update, in double), so
+// every rank computes the same bits. The input is normalised once, with the global mean and
+// 1/sqrt(var + eps): the eval kernel with gamma * invstd as its scale, variance 1 and eps 0,
+// which is exactly what the training kernel computes from the same mean and invstd. The
+// running averages take the unbiased variance over the global batch, as the kernel does; a
+// global batch of one value per channel is refused as the kernel refuses it, on every rank.
 void BatchNorm2d::forward_synced(const BatchNormParams& p, const Tensor& x, Tensor& out) {
   const int C = channels, R = dist::size();
-  Tensor rm = running_mean.clone(), rv = running_var.clone();
-  ops::batchnorm_forward_train(p, x, gamma.value, beta.value, rm, rv, out, save_mean, save_invstd);
-  const std::vector<float> mean_r = save_mean.to_vector(), invstd_r = save_invstd.to_vector();  // (C)
-  std::vector<double> mine(1 + 2 * size_t(C)), all(size_t(R) * (1 + 2 * size_t(C)));
-  mine[0] = double(p.N) * p.HW;
-  for (int c = 0; c < C; ++c) {
-    mine[1 + c] = mean_r[c];
-    mine[1 + C + c] = std::max(0.0, 1.0 / (double(invstd_r[c]) * invstd_r[c]) - eps);
+  const size_t per_rank = 1 + 2 * size_t(C);  // count, then C means, then C M2s
+  std::vector<double> mine(per_rank), all(size_t(R) * per_rank);
+  const int64_t m = int64_t(p.N) * p.HW;  // this rank's values per channel
+  mine[0] = double(m);
+  if (m > 0) {
+    Tensor host = x.is_cpu() ? x : x.to(Device::CPU);
+    const float* xp = host.data();  // (N, C, HW)
+    parallel_for(0, C, 1, [&](int c0, int c1) {
+      for (int c = c0; c < c1; ++c) {
+        double sum = 0.0, m2 = 0.0;
+        for (int n = 0; n < p.N; ++n) {
+          const float* xc = xp + (int64_t(n) * C + c) * p.HW;  // (HW)
+          for (int64_t i = 0; i < p.HW; ++i) sum += xc[i];
+        }
+        const double mean = sum / double(m);
+        for (int n = 0; n < p.N; ++n) {
+          const float* xc = xp + (int64_t(n) * C + c) * p.HW;  // (HW)
+          for (int64_t i = 0; i < p.HW; ++i) m2 += (xc[i] - mean) * (xc[i] - mean);
+        }
+        mine[1 + c] = mean, mine[1 + C + c] = m2;
+      }
+    });
   }
   dist::allgather(mine.data(), static_cast<int>(mine.size()), all.data());
-  std::vector<float> mean(C), var(C), invstd(C), run_mean = running_mean.to_vector(), run_var = running_var.to_vector();
   double count = 0;
+  for (int r = 0; r < R; ++r) count += all[size_t(r) * per_rank];
+  // Every rank sees the same gathered counts: all of them refuse, none waits for the others.
+  check(count > 1, [&] {
+    return "batchnorm: need more than 1 value per channel to train, got " + std::to_string(int64_t(count)) +
+           " over all " + std::to_string(R) + " ranks";
+  });
+  const std::vector<float> g = gamma.value.to_vector();
+  std::vector<float> mean(C), invstd(C), scale(C), ones(C, 1.0f), run_mean = running_mean.to_vector(),
+      run_var = running_var.to_vector();
   for (int c = 0; c < C; ++c) {
     double n = 0, mu = 0, m2 = 0;  // m2: sum of squared deviations so far
     for (int r = 0; r < R; ++r) {
-      const double* g = all.data() + size_t(r) * (1 + 2 * size_t(C));  // (1 + 2C)
-      const double nr = g[0], delta = g[1 + c] - mu, total = n + nr;
+      const double* a = all.data() + size_t(r) * per_rank;  // (1 + 2C)
+      const double nr = a[0];
+      if (nr == 0) continue;  // a rank without rows adds nothing
+      const double delta = a[1 + c] - mu, total = n + nr;
       mu += delta * nr / total;
-      m2 += g[1 + C + c] * nr + delta * delta * n * nr / total;
+      m2 += a[1 + C + c] + delta * delta * n * nr / total;
       n = total;
     }
-    count = n;
+    const double is = 1.0 / std::sqrt(m2 / n + double(eps));  // biased variance normalises the batch
     mean[c] = float(mu);
-    var[c] = float(m2 / n);
-    invstd[c] = float(1.0 / std::sqrt(m2 / n + double(eps)));
-    // As the kernel: the running variance takes the unbiased estimate over the global batch.
+    invstd[c] = float(is);
+    scale[c] = float(double(g[c]) * is);
     run_mean[c] = float((1.0 - momentum) * run_mean[c] + momentum * mu);
     run_var[c] = float((1.0 - momentum) * run_var[c] + momentum * (m2 / (n - 1)));
   }
   global_count_ = static_cast<int64_t>(count);
-  Device d = x.device();
+  const Device d = x.device();
   save_mean.copy_from(Tensor::from({C}, mean));
   save_invstd.copy_from(Tensor::from({C}, invstd));
   running_mean.copy_from(Tensor::from({C}, run_mean));
   running_var.copy_from(Tensor::from({C}, run_var));
-  Tensor gvar = Tensor::from({C}, var).to(d);
-  ops::batchnorm_forward_eval(p, x, gamma.value, beta.value, save_mean, gvar, out);
+  BatchNormParams q = p;
+  q.eps = 0.0f;  // (x - mean) * scale / sqrt(1 + 0) + beta
+  ops::batchnorm_forward_eval(q, x, Tensor::from({C}, scale).to(d), beta.value, save_mean, Tensor::from({C}, ones).to(d),
+                              out);
 }
 
 // Backward over the global batch: with S1 = sum(dy), S2 = sum(dy * xhat) over all M values of
@@ -597,10 +659,17 @@ void Add::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
   // input added into its channels (an unmapped input first, so that with a zero bias the sum
   // is the plain add's, a + b).
   const int64_t N = out.dim(0), plane = N > 0 && channels > 0 ? out.numel() / (N * channels) : 0;
-  Tensor y = Tensor::uninit(out.shape());
-  std::vector<float> b = has_bias ? bias.value.to_vector() : std::vector<float>(channels, 0.0f);
+  // The sum goes straight into a host `out` that is no input, else into the kept scratch.
+  const bool direct = out.is_cpu() && out.data() != in[0]->data() && out.data() != in[1]->data();
+  Tensor& y = direct ? out : scratch(out.shape());  // (N, channels, plane)
+  const float* b = nullptr;                         // (channels)
+  Tensor bias_host;
+  if (has_bias) {
+    bias_host = bias.value.is_cpu() ? bias.value : bias.value.to(Device::CPU);
+    b = bias_host.data();
+  }
   for (int64_t n = 0; n < N; ++n)
-    for (int k = 0; k < channels; ++k) std::fill_n(y.data() + (n * channels + k) * plane, plane, b[k]);
+    for (int k = 0; k < channels; ++k) std::fill_n(y.data() + (n * channels + k) * plane, plane, b ? b[k] : 0.0f);
   for (int i : {map[0].empty() ? 0 : 1, map[0].empty() ? 1 : 0}) {
     Tensor x = in[i]->is_cpu() ? *in[i] : in[i]->to(Device::CPU);
     const int64_t C = x.dim(1);
@@ -613,7 +682,12 @@ void Add::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
         for (int64_t q = 0; q < plane; ++q) yk[q] += xc[q];
       }
   }
-  out.copy_from(y);
+  if (!direct) out.copy_from(y);
+}
+
+Tensor& Add::scratch(const Shape& shape) {
+  if (!scratch_.defined() || scratch_.shape() != shape) scratch_ = Tensor::uninit(shape);
+  return scratch_;
 }
 
 void Add::backward(const std::vector<const Tensor*>&, const Tensor&, const Tensor& dout,
@@ -628,20 +702,26 @@ void Add::backward(const std::vector<const Tensor*>&, const Tensor&, const Tenso
   for (int i = 0; i < 2; ++i) {
     if (!din[i]) continue;
     const int64_t C = din[i]->dim(1);
-    Tensor d = Tensor::uninit(din[i]->shape());
+    // Gathered straight into a host din that is not dout, else through the kept scratch.
+    const bool direct = din[i]->is_cpu() && din[i]->data() != g.data();
+    Tensor& d = direct ? *din[i] : scratch(din[i]->shape());  // (N, C, plane)
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t k = map[i].empty() ? c : map[i][c];
         std::copy_n(g.data() + (n * channels + k) * plane, plane, d.data() + (n * C + c) * plane);
       }
-    din[i]->copy_from(d);
+    if (!direct) din[i]->copy_from(d);
   }
   if (has_bias) {
-    Tensor db({channels});
+    // db[k] = sum of dy over the batch and the positions of channel k; summed in the kept
+    // gradient tensor where it is a host one of the right shape.
+    const bool keep = bias.grad.defined() && bias.grad.is_cpu() && bias.grad.shape() == bias.value.shape();
+    Tensor db = keep ? bias.grad : Tensor({channels});
+    if (keep) db.zero();
     for (int64_t n = 0; n < N; ++n)
       for (int k = 0; k < channels; ++k)
         for (int64_t q = 0; q < plane; ++q) db[k] += g[(n * channels + k) * plane + q];
-    bias.grad = db.to(bias.value.device());
+    if (!keep) bias.grad = db.to(bias.value.device());
   }
 }
 
@@ -714,8 +794,11 @@ int64_t declared_params(LayerKind kind, const std::map<std::string, std::string>
       const int64_t out = attr_int(a, "out", "conv");
       int64_t n = product({out, attr_int(a, "in", "conv"), attr_int(a, "kh", "conv"), attr_int(a, "kw", "conv")});
       if (attr_int(a, "bias", "conv") != 0) n = sum(n, std::max<int64_t>(out, 0));
-      if (a.count("pos_h") && a.count("pos_w"))
-        n = sum(n, product({out, attr_int(a, "pos_h", "conv"), attr_int(a, "pos_w", "conv")}));
+      if (a.count("pos_h") && a.count("pos_w")) {  // the border table: (K, row classes, column classes)
+        const int64_t rows = a.count("pos_rows") ? class_count(attr_ints(a, "pos_rows")) : attr_int(a, "pos_h", "conv");
+        const int64_t cols = a.count("pos_cols") ? class_count(attr_ints(a, "pos_cols")) : attr_int(a, "pos_w", "conv");
+        n = sum(n, product({out, rows, cols}));
+      }
       return n;
     }
     case LayerKind::BatchNorm: return product({4, attr_int(a, "channels", "batchnorm")});  // gamma, beta, mean, var
@@ -747,19 +830,23 @@ std::unique_ptr<Layer> make_layer(LayerKind kind, const std::map<std::string, st
   }
   switch (kind) {
     case LayerKind::Conv: {
+      check(a.count("pos_rows") == a.count("pos_cols"), "conv: 'pos_rows' and 'pos_cols' come together");
+      const int pos_h = a.count("pos_h") ? attr_int(a, "pos_h", "conv") : 0;
+      const int pos_w = a.count("pos_w") ? attr_int(a, "pos_w", "conv") : 0;
+      // With class lists, the table is (K, row classes, column classes): built from them, never
+      // as the full (K, pos_h, pos_w) map the constructor would allocate first.
+      const bool classes = a.count("pos_rows") > 0;
       auto c = std::make_unique<Conv2d>(attr_int(a, "in", "conv"), attr_int(a, "out", "conv"),
                                       attr_int(a, "kh", "conv"), attr_int(a, "kw", "conv"),
                                       attr_int(a, "stride", "conv"), attr_int(a, "pad", "conv"),
                                       attr_int(a, "bias", "conv") != 0,
                                       a.count("relu") ? attr_int(a, "relu", "conv") != 0 : false,
-                                      a.count("pos_h") ? attr_int(a, "pos_h", "conv") : 0,
-                                      a.count("pos_w") ? attr_int(a, "pos_w", "conv") : 0);
-      check(a.count("pos_rows") == a.count("pos_cols"), "conv: 'pos_rows' and 'pos_cols' come together");
-      if (a.count("pos_rows")) {
+                                      classes ? 0 : pos_h, classes ? 0 : pos_w);
+      if (classes) {
         std::vector<int32_t> rows = attr_ints(a, "pos_rows"), cols = attr_ints(a, "pos_cols");
-        check(static_cast<int>(rows.size()) == c->pos_h && static_cast<int>(cols.size()) == c->pos_w, [&] {
+        check(static_cast<int>(rows.size()) == pos_h && static_cast<int>(cols.size()) == pos_w, [&] {
           return "conv: border-table classes for " + std::to_string(rows.size()) + "x" + std::to_string(cols.size()) +
-                 " positions, but pos_h=" + std::to_string(c->pos_h) + " pos_w=" + std::to_string(c->pos_w);
+                 " positions, but pos_h=" + std::to_string(pos_h) + " pos_w=" + std::to_string(pos_w);
         });
         c->set_border_table(std::move(rows), std::move(cols));
       }

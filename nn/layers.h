@@ -93,6 +93,17 @@ class Conv2d : public Layer {
   Param weight, bias, pos_bias;             // pos_bias: (K, row classes, column classes)
 };
 
+// Border-table helpers, shared by the compactor and the ONNX importer. class_count: the number
+// of classes a class list uses (its largest entry + 1; 0 for an empty list).
+int32_t class_count(const std::vector<int32_t>& classes);
+// Merges the classes whose table slices are exactly equal, renumbering in order of first
+// appearance. table: (K, class_count(rows), class_count(cols)), row-major; along = 0 merges
+// row classes (rewriting `rows`), 1 column classes (rewriting `cols`). Returns the reduced
+// table. A full (K, P, Q) map with one class per row and column, merged along 0 and then 1,
+// becomes the smallest exact border table.
+std::vector<double> merge_equal_classes(std::vector<double> table, int K, std::vector<int32_t>& rows,
+                                        std::vector<int32_t>& cols, int along);
+
 // BatchNorm2d over channels: gamma ("weight"), beta ("bias"), running mean/var buffers.
 class BatchNorm2d : public Layer {
  public:
@@ -222,13 +233,23 @@ class Add : public Layer {
   void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
                 const std::vector<Tensor*>& din) override;
   std::vector<Param*> params() override;
-  std::unique_ptr<Layer> clone() const override { return std::make_unique<Add>(*this); }
+  std::unique_ptr<Layer> clone() const override {
+    auto c = std::make_unique<Add>(*this);
+    c->scratch_ = Tensor();  // a clone may run on another thread: its own scratch
+    return c;
+  }
   bool mapped() const { return channels > 0; }  // channel maps or a bias: not a plain sum
 
   int channels = 0;                   // > 0: the output's channel count (maps or bias present)
   std::vector<int32_t> map[2];        // (input channels) output channel of each, or empty
   bool has_bias = false;
   Param bias;                         // (channels)
+
+ private:
+  // Host scratch of the mapped forward and backward, kept across calls while its shape stays
+  // (used only where the result cannot be written in place: a device tensor, an aliased one).
+  Tensor& scratch(const Shape& shape);
+  Tensor scratch_;
 };
 
 // Builds a layer from its kind and attributes (as stored in a graph spec).

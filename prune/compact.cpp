@@ -392,44 +392,6 @@ std::vector<int32_t> join_classes(const std::vector<int32_t>& a, const std::vect
   return cls;
 }
 
-int32_t class_count(const std::vector<int32_t>& v) {
-  int32_t top = -1;
-  for (int32_t c : v) top = std::max(top, c);
-  return top + 1;
-}
-
-// Merges classes whose table slices are equal (exactly), renumbering in order of first
-// appearance. table: (K, R, C) in row-major, rows/cols: the position classes; along = 0 merges
-// row classes, 1 column classes. Returns the reduced table.
-std::vector<double> merge_equal_classes(std::vector<double> table, int K, std::vector<int32_t>& rows,
-                                        std::vector<int32_t>& cols, int along) {
-  const int R = class_count(rows), C = class_count(cols);
-  const int n = along == 0 ? R : C;
-  auto at = [&](int k, int r, int c) { return table[(int64_t(k) * R + r) * C + c]; };
-  auto same = [&](int x, int y) {
-    for (int k = 0; k < K; ++k)
-      for (int t = 0; t < (along == 0 ? C : R); ++t)
-        if (along == 0 ? at(k, x, t) != at(k, y, t) : at(k, t, x) != at(k, t, y)) return false;
-    return true;
-  };
-  std::vector<int32_t> to(n, -1), first;  // old class -> new class; new class -> an old one
-  for (int x = 0; x < n; ++x) {
-    for (size_t y = 0; y < first.size() && to[x] < 0; ++y)
-      if (same(x, first[y])) to[x] = static_cast<int32_t>(y);
-    if (to[x] < 0) to[x] = static_cast<int32_t>(first.size()), first.push_back(x);
-  }
-  std::vector<int32_t>& v = along == 0 ? rows : cols;
-  for (int32_t& c : v) c = to[c];
-  const int m = static_cast<int>(first.size());
-  const int NR = along == 0 ? m : R, NC = along == 0 ? C : m;
-  std::vector<double> out(size_t(K) * NR * NC);
-  for (int k = 0; k < K; ++k)
-    for (int r = 0; r < NR; ++r)
-      for (int c = 0; c < NC; ++c)
-        out[(int64_t(k) * NR + r) * NC + c] = along == 0 ? at(k, first[r], c) : at(k, r, first[c]);
-  return out;
-}
-
 // Everything the analysis computes, kept for the builder.
 struct Analysis {
   ChannelAnalysis pub;

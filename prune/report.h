@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/json.h"  // parse_flat_json, which the level records are read with
+
 namespace dnns {
 
 // One trained level of one chain, as stored in its metrics.json.
@@ -29,9 +31,6 @@ std::string level_record_json(const LevelRecord& r);  // one JSON object and a n
 // malformed.
 LevelRecord parse_level_record(const std::string& json, const std::string& where);
 
-// Parses one flat JSON object (values: strings, numbers, true/false/null; no nesting) into
-// key -> value text (strings unescaped, others as written). Throws Error naming `where`.
-std::map<std::string, std::string> parse_flat_json(const std::string& json, const std::string& where);
 
 // levels.csv: chain,level,remaining,total,percent_remaining,test_accuracy,test_loss,... one
 // row per record, in the given order.

@@ -121,6 +121,22 @@ TEST_CASE("JSON: what the writer writes, the reader reads back") {
   CHECK(json_double(xs[1], "r") == -2e-300);
   CHECK(json_int(json_field(json_field(v, "raw", "r"), "k", "r"), "r") == 1);
   CHECK(v.members[0].key == "name");  // keys in insertion order
+  const std::vector<std::string> strings = {odd, "", "b"};
+  const JsonValue a = parse_json(json_strings(strings), "strings");
+  REQUIRE(json_array(a, "strings").size() == 3);
+  for (size_t i = 0; i < strings.size(); ++i) CHECK(json_string(a.items[i], "strings") == strings[i]);
+  CHECK(json_strings({}) == "[]");
+}
+
+TEST_CASE("JSON: flat objects (run records, hparams.json) read into key -> text") {
+  CHECK_THROWS_WITH_AS(parse_flat_json("{\"a\": [1, 2]}", "f"), doctest::Contains("nested"), Error);
+  CHECK_THROWS_WITH_AS(parse_flat_json("{\"a\": 1", "f"), doctest::Contains("f: malformed JSON"), Error);
+  CHECK_THROWS_WITH_AS(parse_flat_json("[1]", "f"), doctest::Contains("f: malformed JSON: expected an object"), Error);
+  auto kv = parse_flat_json(" {\"s\": \"a\\\"b\\u00e9\", \"n\": -1.5e3, \"t\": true, \"z\": null} ", "f");
+  CHECK(kv.at("s") == "a\"b\xC3\xA9");
+  CHECK(kv.at("n") == "-1.5e3");
+  CHECK(kv.at("t") == "true");
+  CHECK(kv.at("z") == "null");
 }
 
 TEST_CASE("flags: set_default yields to the command line and reads switches as parse does") {

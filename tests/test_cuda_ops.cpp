@@ -10,9 +10,11 @@
 //   relu, add, accumulate, mask, max/avg pooling: exact (same operations in the same order)
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #ifndef DNNS_HAVE_CUDA
 
-TEST_CASE("cuda: backend") { MESSAGE("built without CUDA: CUDA tests skipped"); }
+TEST_CASE("cuda: backend") { dnns::testing::skip_part("the CUDA op tests: this build has no CUDA (no nvcc found)"); }
 
 #else
 
@@ -34,7 +36,6 @@ TEST_CASE("cuda: backend") { MESSAGE("built without CUDA: CUDA tests skipped"); 
 #include "nn/optim.h"
 #include "prune/compact.h"
 #include "prune/mask.h"
-#include "tests/test_util.h"
 
 namespace {
 
@@ -47,7 +48,7 @@ bool gpu_present() {
   static const bool present = cuda::device_count() > 0;
   static bool reported = false;
   if (!present && !reported) {
-    MESSAGE("no CUDA device present: CUDA op tests skipped");
+    dnns::testing::skip_part("the CUDA op tests: no CUDA device present");
     reported = true;
   }
   return present;

@@ -167,6 +167,18 @@ TEST_CASE("Dataset: validate, subsets and class counts") {
   CHECK(s1.pixels == s2.pixels);
   CHECK(s1.labels == s2.labels);
   CHECK(s1.pixels != s3.pixels);
+  // A sample is 20 distinct examples of d, in data set order, each with its own label (the
+  // noise images are all different, so each is found once).
+  std::vector<int64_t> from;
+  for (int64_t k = 0; k < s1.size(); ++k) {
+    int64_t at = -1;
+    for (int64_t i = 0; i < d.size() && at < 0; ++i)
+      if (std::equal(s1.image(k), s1.image(k) + d.image_bytes(), d.image(i))) at = i;
+    REQUIRE(at >= 0);
+    CHECK(s1.labels[k] == d.labels[at]);
+    from.push_back(at);
+  }
+  CHECK(std::adjacent_find(from.begin(), from.end(), std::greater_equal<int64_t>()) == from.end());
   CHECK(contains(error_of([&] { (void)d.sample(51, 1); }), "cannot sample 51 of 50"));
   CHECK(contains(error_of([&] { (void)d.take({0, 50}); }), "subset index 50"));
 
@@ -377,7 +389,8 @@ TEST_CASE("load_idx: damaged inputs name the file and the problem") {
 TEST_CASE("Fashion-MNIST from Debian's dataset-fashion-mnist") {
   std::error_code ec;
   if (!fs::is_directory(kFashionMnistDir, ec)) {
-    MESSAGE("skipped: " << kFashionMnistDir << " not present (install dataset-fashion-mnist)");
+    testing::skip_part(std::string("the Fashion-MNIST reader on the real files: ") + kFashionMnistDir +
+                       " not present (install dataset-fashion-mnist; scripts/setup.sh does)");
     return;
   }
   for (bool train : {true, false}) {
@@ -685,8 +698,8 @@ TEST_CASE("default_cache_dir: environment, home, fallback") {
 TEST_CASE("real data: the CIFAR-10 JPEG test split") {
   const std::string root = std::string(DNNS_SHARED_DATA) + "/cifar10-jpeg";
   std::error_code ec;
-  if (!fs::is_directory(root + "/test", ec)) {
-    MESSAGE("skipped: " << root << "/test not present");
+  if (!fs::is_directory(root + "/test", ec)) {  // its own CTest test: test_datasets_cifar10_jpeg
+    testing::skip_part("the CIFAR-10 JPEG test split: " + root + "/test not present");
     return;
   }
   TempDir tmp;
@@ -728,6 +741,7 @@ TEST_CASE("load_dataset: recognises each kind of --data") {
   write_bytes(tmp.path / "c100" / "test.bin", cifar_file(2, {{3, 30}}));
   write_image_folder(tmp.path / "imgs" / "train");
   write_image_folder(tmp.path / "imgs" / "test");
+  fs::remove(tmp.path / "imgs" / "test" / "bee" / "b2_rgba.png");  // the splits differ: 5 and 4 images
   write_gzip(tmp.path / "idx" / "train-images-idx3-ubyte.gz", idx_images(3, 2, 2));
   write_gzip(tmp.path / "idx" / "train-labels-idx1-ubyte.gz", idx_labels({0, 1, 1}));
   write_bytes(tmp.path / "idx" / "t10k-images-idx3-ubyte", idx_images(2, 2, 2));
@@ -746,9 +760,15 @@ TEST_CASE("load_dataset: recognises each kind of --data") {
   CHECK(imgs.height == 8);  // native size
   CHECK(imgs.name == "imgs:train");
   o.height = o.width = 4;
-  CHECK(load_dataset((tmp / "imgs"), false, o).width == 4);
-  CHECK(load_dataset((tmp / "idx"), true, o).size() == 3);
-  CHECK(load_dataset((tmp / "idx"), false, o).size() == 2);
+  const Dataset imgs_test = load_dataset((tmp / "imgs"), false, o);
+  CHECK(imgs_test.width == 4);
+  CHECK(imgs_test.size() == 4);  // the test/ folder, not train/ again
+  CHECK(imgs_test.name == "imgs:test");
+  const Dataset idx_train = load_dataset((tmp / "idx"), true, o), idx_test = load_dataset((tmp / "idx"), false, o);
+  CHECK(idx_train.size() == 3);
+  CHECK(idx_test.size() == 2);
+  CHECK(idx_train.labels == std::vector<int32_t>{0, 1, 1});  // the labels of each split's own file
+  CHECK(idx_test.labels == std::vector<int32_t>{1, 0});
 
   o.synthetic.num_examples = 30;
   o.synthetic.height = o.synthetic.width = 5;
@@ -774,6 +794,6 @@ TEST_CASE("load_dataset: recognises each kind of --data") {
     CHECK(f.size() == 10000);
     CHECK(f.class_names == fashion_mnist_class_names());
   } else {
-    MESSAGE("skipped the fashion-mnist spec: " << kFashionMnistDir << " not present");
+    testing::skip_part(std::string("--data fashion-mnist: ") + kFashionMnistDir + " not present");
   }
 }

@@ -409,6 +409,21 @@ TEST_CASE("cifar_prune eval and predict: the numbers of the trainer, of a compac
     const JsonValue& top0 = json_field(json_field(jo, "predictions", "").items[0], "top", "").items[0];
     CHECK(json_string(json_field(top0, "name", ""), "") == std::to_string(json_int(json_field(top0, "class", ""), "")));
 
+    // --data: eval's fallback, the statistics of that data set's training split.
+    Run pd = run({kBin, "predict", opath, small, "--json", "--data", "synthetic", "--threads", "2"}, d);
+    REQUIRE_MESSAGE(pd.status == 0, pd.err);
+    CHECK(testing::contains(pd.err, "synthetic's training split"));
+    const ChannelStats syn = channel_stats(load_dataset("synthetic", true));
+    CHECK(syn.mean != c10.mean);  // else the comparison below could not tell the two apart
+    std::vector<double> want_d = expected_probs(small_chw, syn.mean, syn.std);
+    const JsonValue jd = parse_json(pd.out, "predict stdout (--data)");
+    const auto& got_d = json_array(json_field(json_field(jd, "predictions", "").items[0], "probabilities", ""), "");
+    for (int k = 0; k < 10; ++k) CHECK(json_double(got_d[k], "") == doctest::Approx(want_d[k]).epsilon(1e-6));
+    // --threads is checked as by every other command (setup_system).
+    Run pt = run({kBin, "predict", opath, small, "--threads", "5000"}, d);
+    CHECK(pt.status == 1);
+    CHECK(testing::contains(pt.err, "--threads must be between 0 and 1024, got 5000"));
+
     // --mean/--std: the normalisation given on the command line.
     Run pm = run({kBin, "predict", opath, small, "--json", "--mean", "0.5,0.25,0.125", "--std", "0.3,0.2,0.1"}, d);
     REQUIRE_MESSAGE(pm.status == 0, pm.err);

@@ -299,7 +299,8 @@ TEST_CASE("batchnorm reference: hand-computed example and running statistics") {
     // Training with one value per channel has no variance: refused, as PyTorch does.
     BatchNormParams one = p;
     one.N = 1, one.HW = 1;
-    CHECK_THROWS_AS(train(one, x.data(), &gamma, &beta, &rm, &rv, y.data(), &sm, &si), Error);
+    CHECK_THROWS_WITH_AS(train(one, x.data(), &gamma, &beta, &rm, &rv, y.data(), &sm, &si),
+                         doctest::Contains("need more than 1 value per channel to train, got N*HW = 1"), Error);
   }
 }
 
@@ -582,10 +583,15 @@ TEST_CASE("softmax cross-entropy reference: hand-computed loss, gradient, accura
     CHECK(dbig[3] == doctest::Approx(0.5).epsilon(1e-6));
     CHECK(dbig[4] == doctest::Approx(-0.5).epsilon(1e-6));
 
-    // labels outside [0, K) or not whole numbers are refused
-    const Vec bad1 = {3, 0}, bad2 = {-1, 0}, bad3 = {0.5f, 0};
-    CHECK_THROWS_AS(ce(2, 3, logits.data(), bad1.data(), 0.0f, nullptr, nullptr), Error);
-    CHECK_THROWS_AS(ce(2, 3, logits.data(), bad2.data(), 0.0f, nullptr, nullptr), Error);
-    CHECK_THROWS_AS(ce(2, 3, logits.data(), bad3.data(), 0.0f, nullptr, nullptr), Error);
+    // labels outside [0, K) or not whole numbers are refused, in any row, naming the row
+    const Vec bad1 = {3, 0}, bad2 = {0, -1}, bad3 = {0.5f, 0}, bad4 = {0, 2.5f};
+    CHECK_THROWS_WITH_AS(ce(2, 3, logits.data(), bad1.data(), 0.0f, nullptr, nullptr),
+                         doctest::Contains("label of row 0 is 3.000000, expected a class index in [0, 3)"), Error);
+    CHECK_THROWS_WITH_AS(ce(2, 3, logits.data(), bad2.data(), 0.0f, nullptr, nullptr),
+                         doctest::Contains("label of row 1 is -1.000000"), Error);
+    CHECK_THROWS_WITH_AS(ce(2, 3, logits.data(), bad3.data(), 0.0f, nullptr, nullptr),
+                         doctest::Contains("label of row 0 is 0.500000"), Error);
+    CHECK_THROWS_WITH_AS(ce(2, 3, logits.data(), bad4.data(), 0.0f, d.data(), nullptr),
+                         doctest::Contains("label of row 1 is 2.500000"), Error);
   }
 }

@@ -173,8 +173,10 @@ TEST_CASE("Loader: determinism across loaders, epochs, seeds and restarts") {
     check_same(drain(c), a0);
   }
   SUBCASE("out-of-range restarts are refused") {
-    CHECK_THROWS_AS(a.start_epoch(0, a.batches_per_epoch() + 1), Error);
-    CHECK_THROWS_AS(a.start_epoch(-1), Error);
+    CHECK_THROWS_WITH_AS(a.start_epoch(0, a.batches_per_epoch() + 1),
+                         doctest::Contains("first batch 6 is outside [0, 5]"), Error);
+    CHECK_THROWS_WITH_AS(a.start_epoch(-1), doctest::Contains("epoch must be >= 0, got -1"), Error);
+    CHECK_NOTHROW(a.start_epoch(0, a.batches_per_epoch()));  // the end itself is a valid place to resume
   }
 }
 
@@ -332,20 +334,29 @@ TEST_CASE("Loader: errors while assembling reach the caller of next()") {
 
 TEST_CASE("Loader: refuses bad configurations and shuts down cleanly mid-epoch") {
   auto data = numbered_set(10);
-  CHECK_THROWS_AS(Loader(data, options(0, false, 2)), Error);
+  // Each refusal by its message: a CHECK_THROWS_AS alone passes on any Error, for any reason.
+  CHECK_THROWS_WITH_AS(Loader(data, options(0, false, 2)), doctest::Contains("batch size must be positive, got 0"),
+                       Error);
   LoaderOptions o = options(11, false, 2);
   o.drop_last = true;
-  CHECK_THROWS_AS(Loader(data, o), Error);
+  CHECK_THROWS_WITH_AS(Loader(data, o), doctest::Contains("batch size 11 with drop_last leaves no batch of 10 examples"),
+                       Error);
+  o.batch_size = 10;
+  CHECK_NOTHROW(Loader(data, o));  // exactly one full batch is fine
   o = options(4, false, 2);
   o.normalize = {{0.5f}, {0.2f}};
-  CHECK_THROWS_AS(Loader(data, o), Error);
+  CHECK_THROWS_WITH_AS(Loader(data, o), doctest::Contains("normalisation needs 3 means and stds, got 1 and 1"), Error);
   auto empty = std::make_shared<Dataset>(*data);
   empty->pixels.clear();
   empty->labels.clear();
-  CHECK_THROWS_AS(Loader(empty, options(4, false, 2)), Error);
+  CHECK_THROWS_WITH_AS(Loader(empty, options(4, false, 2)), doctest::Contains("the data set is empty"), Error);
   auto broken = std::make_shared<Dataset>(*data);
   broken->labels[0] = -1;
-  CHECK_THROWS_AS(Loader(broken, options(4, false, 2)), Error);
+  CHECK_THROWS_WITH_AS(Loader(broken, options(4, false, 2)),
+                       doctest::Contains("label -1 of example 0 is outside [0, 10)"), Error);
+  o = options(4, false, 2);
+  o.shards = 2, o.shard = 2;
+  CHECK_THROWS_WITH_AS(Loader(data, o), doctest::Contains("shard 2 of 2 does not exist"), Error);
 
   // Destroyed with a worker blocked on a full queue, and restarted many times over.
   for (int i = 0; i < 20; ++i) {

@@ -10,6 +10,8 @@
 // Skipped (exit 77) where the build has no MPI or no mpirun was found.
 #include <doctest/doctest.h>
 
+#include "tests/test_util.h"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -32,6 +34,7 @@
 #include "tests/mpi_util.h"
 
 using namespace dnns;
+using dnns::testing::TempDir;
 namespace fs = std::filesystem;
 
 using namespace dnns::mpi_test;
@@ -156,12 +159,61 @@ TEST_CASE("worker: collectives, gradient buckets and synchronised batchnorm on e
       CHECK(max_abs_diff(yl, rows(y_ref, lo, hi)) > 1e-3f);
     }
   }
+
+  SUBCASE("synchronised batchnorm keeps double precision where eps dominates a tiny variance") {
+    // Mean 3, standard deviation 1e-4: the variance (1e-8) is a thousandth of eps. Rebuilt from
+    // a float invstd it is off by about 1e-4 of itself; in double it agrees with the
+    // single-process kernel to float rounding. The running variance starts at 0 so that it
+    // shows the batch's (0.1 x the unbiased variance) at full float precision.
+    const int N = 8;
+    Rng rng(5);
+    Tensor x({N, 2, 3, 3});
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] = 3.0f + 1e-4f * rng.normal();
+    BatchNorm2d ref(2), bn(2);
+    ref.running_var.zero(), bn.running_var.zero();
+    bn.sync_stats = true;
+    Tensor y_ref(x.shape());
+    ref.forward({&x}, y_ref, true);
+    const int64_t lo = N * me / R, hi = N * (me + 1) / R;
+    Tensor xs = rows(x, lo, hi), ys(xs.shape());
+    bn.forward({&xs}, ys, true);
+    for (int c = 0; c < 2; ++c) {
+      CAPTURE(c);
+      CHECK(ref.running_var[c] > 0.0f);
+      CHECK(std::abs(double(bn.running_var[c]) - ref.running_var[c]) <= 1e-5 * ref.running_var[c]);
+      CHECK(bn.save_invstd[c] == doctest::Approx(ref.save_invstd[c]).epsilon(1e-6));
+    }
+    CHECK(max_abs_diff(ys, rows(y_ref, lo, hi)) < 1e-4f);
+  }
+
+  SUBCASE("synchronised batchnorm: one value per channel on each rank is a global batch of two") {
+    Tensor x({2, 3, 1, 1});  // the (N, C, 1, 1) of a batchnorm after global pooling, one image per rank
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] = 0.5f * float(i) - 1.0f;
+    BatchNorm2d ref(3), bn(3);
+    bn.sync_stats = true;
+    Tensor y_ref(x.shape());
+    ref.forward({&x}, y_ref, true);
+    Tensor xs = rows(x, me, me + 1), ys(xs.shape());
+    bn.forward({&xs}, ys, true);
+    CHECK(max_abs_diff(ys, rows(y_ref, me, me + 1)) < 1e-5f);
+    CHECK(max_abs_diff(bn.running_var, ref.running_var) < 1e-6f);
+  }
+
+  SUBCASE("synchronised batchnorm: a global batch of one value per channel is refused on every rank") {
+    Tensor x = Tensor::full({1, 3, 1, 1}, 1.0f);
+    BatchNorm2d bn(3);
+    bn.sync_stats = true;
+    Tensor xs = rows(x, me == 0 ? 0 : 1, 1), ys(xs.shape());  // rank 0 holds the one image, rank 1 none
+    CHECK_THROWS_WITH_AS(bn.forward({&xs}, ys, true), doctest::Contains("need more than 1 value per channel"), Error);
+    for (int c = 0; c < 3; ++c) CHECK(std::isfinite(bn.running_var[c]));
+    MESSAGE("worker: the last subcase ran");  // counted by the next case: no subcase was cut off
+  }
 }
 
 TEST_CASE("the worker case passes on 2 ranks") {
   if (under_mpirun()) return;
   skip_without_mpi();
-  TmpDir dir("worker");
+  TempDir dir("worker");
   Exit e = run(concat(mpirun(2, {"DNNS_MPI_ALL_STDOUT"}), {kSelf, "-tc=worker*"}), {"DNNS_MPI_ALL_STDOUT=1"},
                dir / "worker.log");
   CHECK_FALSE(e.timed_out);
@@ -170,6 +222,12 @@ TEST_CASE("the worker case passes on 2 ranks") {
   size_t n = 0;
   for (size_t at = e.log.find("SUCCESS!"); at != std::string::npos; at = e.log.find("SUCCESS!", at + 1)) ++n;
   CHECK_MESSAGE(n == 2, e.log);
+  // And both reached the last subcase (an early return in a subcase would hide the later ones).
+  n = 0;
+  for (size_t at = e.log.find("worker: the last subcase ran"); at != std::string::npos;
+       at = e.log.find("worker: the last subcase ran", at + 1))
+    ++n;
+  CHECK_MESSAGE(n == 2, e.log);
 }
 
 TEST_CASE("cifar_prune train: 2 ranks train what 1 process trains; kill, resume; a failing rank stops all") {
@@ -177,7 +235,7 @@ TEST_CASE("cifar_prune train: 2 ranks train what 1 process trains; kill, resume;
   skip_without_mpi();
   REQUIRE_MESSAGE(file_exists(kBin), kBin << " is missing: build the cifar_prune target first");
   // The two reference runs, once (doctest runs this body again for every subcase).
-  static TmpDir dir("train");
+  static TempDir dir("train");
   const std::string one = dir / "one", two = dir / "two", again = dir / "again", killed = dir / "killed";
   static const Exit e1 = run(train_args(one), kQuiet, dir / "one.log");
   REQUIRE_MESSAGE(e1.code == 0, e1.log);
@@ -238,7 +296,7 @@ TEST_CASE("cifar_prune train: 2 ranks train what 1 process trains; kill, resume;
 TEST_CASE("cifar_prune imp under mpirun: the levels are trained and pruned the same on every rank") {
   if (under_mpirun()) return;
   skip_without_mpi();
-  TmpDir dir("imp");
+  TempDir dir("imp");
   const std::string out = dir / "imp";
   std::vector<std::string> args = train_args(out);
   args[1] = "imp";

@@ -158,6 +158,21 @@ TEST_CASE("gradcheck: every layer") {
     Add a;
     gradcheck_layer(a, {random_tensor({2, 3, 2, 2}, rng), random_tensor({2, 3, 2, 2}, rng)}, rng);
   }
+  SUBCASE("add with channel maps and a bias (a compacted residual join)") {
+    Add a(5, {0, 2, 3}, {}, true);  // 3 branch channels into stream channels 0, 2, 3; an identity shortcut
+    a.bias.value = random_tensor({5}, rng);
+    // Twice: the second backward reuses the gradient and scratch tensors of the first.
+    for (int rep = 0; rep < 2; ++rep)
+      gradcheck_layer(a, {random_tensor({2, 3, 2, 3}, rng), random_tensor({2, 5, 2, 3}, rng)}, rng);
+  }
+  SUBCASE("conv with a border table") {
+    Conv2d c(2, 3, 3, 3, 1, 1, true);
+    c.set_border_table({0, 1, 1, 2}, {0, 1, 1, 1, 2});  // (4 x 5) outputs, 3 x 3 classes
+    c.weight.value = random_tensor(c.weight.value.shape(), rng, 0.5f);
+    c.bias.value = random_tensor({3}, rng);
+    c.pos_bias.value = random_tensor({3, 3, 3}, rng);
+    gradcheck_layer(c, {random_tensor({2, 2, 4, 5}, rng)}, rng);
+  }
 }
 
 TEST_CASE("gradcheck: softmax cross-entropy, with and without label smoothing") {

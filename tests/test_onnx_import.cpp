@@ -39,6 +39,9 @@ TEST_CASE("onnx import: not built") {
 
 using namespace dnns;
 using dnns::testing::contains;
+using dnns::testing::error_of;
+using dnns::testing::logit_scale;
+using dnns::testing::TempDir;
 namespace fs = std::filesystem;
 
 static_assert(std::endian::native == std::endian::little, "the fixtures' raw .bin files are little-endian float32");
@@ -50,17 +53,6 @@ namespace {
 constexpr float kTol = 1e-5f;
 
 const std::string kFixtures = std::string(DNNS_SOURCE_DIR) + "/tests/fixtures/onnx";
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag)
-      : path(fs::temp_directory_path() / ("dnns_onnx_import_" + tag + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& file) const { return (path / file).string(); }
-};
 
 int run_command(const std::string& cmd, const std::string& log) {
   const int rc = std::system((cmd + " >" + log + " 2>&1").c_str());
@@ -82,12 +74,6 @@ Tensor read_floats(const std::string& path, const Shape& shape) {
   Tensor t(shape);
   std::memcpy(t.data(), b.data(), b.size());
   return t;
-}
-
-float logit_scale(const Tensor& t) {
-  float s = 1.0f;
-  for (int64_t i = 0; i < t.numel(); ++i) s = std::max(s, std::fabs(t[i]));
-  return s;
 }
 
 std::vector<int> predictions(const Tensor& logits) {
@@ -126,17 +112,6 @@ std::vector<MappedAdd> mapped_adds(const Model& m) {
       v.push_back({a->channels, a->map[0], a->map[1], a->has_bias,
                    a->has_bias ? a->bias.value.to_vector() : std::vector<float>()});
   return v;
-}
-
-// The message of the Error `f` throws ("" when it throws none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // A fixture, parsed, for a test to break in one place.
@@ -228,6 +203,21 @@ TEST_CASE("onnx import: the graphs map onto our layers") {
   const Tensor want = read_floats(kFixtures + "/vgg.logits.bin", kLogits);
   const Tensor got = fixed.forward(one, false);
   for (int k = 0; k < 10; ++k) CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-4));
+}
+
+TEST_CASE("onnx import: clashing node names get the first free suffix") {
+  // Every Relu named "r", the first one "r_3": the others become r, r_2, r_4, r_5, ... in order.
+  onnx::ModelProto p = fixture_proto("resnet_eval.onnx");
+  int relus = 0;
+  for (auto& n : *p.mutable_graph()->mutable_node())
+    if (n.op_type() == "Relu") n.set_name(relus++ == 0 ? "r_3" : "r");
+  REQUIRE(relus >= 5);
+  Model m = import_onnx_bytes(p.SerializeAsString(), "names.onnx");
+  std::vector<std::string> got, want = {"r_3", "r", "r_2"};
+  for (int k = 4; k <= relus; ++k) want.push_back("r_" + std::to_string(k));
+  for (const Node& n : m.nodes())
+    if (n.layer && n.layer->kind() == LayerKind::ReLU) got.push_back(n.name);
+  CHECK(got == want);
 }
 
 TEST_CASE("onnx import: pruned in PyTorch, compacted exactly here") {
@@ -718,15 +708,14 @@ TEST_CASE("onnx import: the fixture script, re-run where PyTorch is installed") 
   const std::string python = "/usr/bin/python3";
   TempDir tmp("script");
   if (run_command(python + " -c 'import torch'", tmp / "probe.log") != 0) {
-    MESSAGE("SKIPPED re-running make_fixtures.py: PyTorch is not importable by " << python
-                                                                               << " (Debian: apt-get install python3-torch); "
-                                                                                  "the committed fixtures were checked");
+    testing::skip_part("re-running make_fixtures.py: PyTorch is not importable by " + python +
+                       " (Debian: apt-get install python3-torch); the committed fixtures were checked");
     return;
   }
-  const std::string cmd = python + " " + kFixtures + "/make_fixtures.py --out " + tmp.path.string();
+  const std::string cmd = python + " " + kFixtures + "/make_fixtures.py --out " + tmp.str();
   REQUIRE_MESSAGE(run_command(cmd, tmp / "make.log") == 0, file_bytes(tmp / "make.log"));
   MESSAGE(file_bytes(tmp / "make.log"));
-  check_fixtures(tmp.path.string());
+  check_fixtures(tmp.str());
   for (const Fixture& f : kCases)
     if (file_bytes(tmp / f.file) != file_bytes(kFixtures + "/" + f.file))
       MESSAGE(f.file << ": this PyTorch writes other bytes than the committed fixture (another version?)");

@@ -380,12 +380,6 @@ TEST_CASE("level records, tables and the accuracy-vs-sparsity plot") {
   CHECK(back.test_loss == recs[3].test_loss);
   CHECK_THROWS_WITH_AS(parse_level_record("{\"chain\": \"random\"}", "x/metrics.json"),
                        doctest::Contains("x/metrics.json: missing key 'level'"), Error);
-  CHECK_THROWS_WITH_AS(parse_flat_json("{\"a\": [1, 2]}", "f"), doctest::Contains("nested"), Error);
-  CHECK_THROWS_WITH_AS(parse_flat_json("{\"a\": 1", "f"), doctest::Contains("f: malformed JSON"), Error);
-  auto kv = parse_flat_json(" {\"s\": \"a\\\"b\\u00e9\", \"n\": -1.5e3, \"t\": true, \"z\": null} ", "f");
-  CHECK(kv.at("s") == "a\"b\xC3\xA9");
-  CHECK(kv.at("n") == "-1.5e3");
-  CHECK(kv.at("t") == "true");
 
   std::string csv = levels_csv(recs);
   CHECK(std::count(csv.begin(), csv.end(), '\n') == 1 + 9);

@@ -2,9 +2,12 @@
 // a model survives its text spec and a file round trip unchanged.
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <string>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -116,4 +119,50 @@ TEST_CASE("bad graph specs are refused with the line and the reason") {
   std::string two = "dnnshifter-graph 1\ninput x shape=1,1,2\nflatten f inputs=x\nlinear a inputs=f bias=0 in=2 out=1\n"
                     "linear b inputs=a bias=0 in=1 out=134217728\noutput b\n";
   CHECK_THROWS_WITH_AS(Model::from_spec(two), doctest::Contains("graph spec line 5 (node 'b'): this node brings"), Error);
+}
+
+// The virtual memory of this process now, in bytes (VmSize of /proc/self/status).
+static uint64_t vm_size_bytes() {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("VmSize:", 0) == 0) return std::stoull(line.substr(7)) * 1024;  // "VmSize:  123 kB"
+  FAIL("no VmSize in /proc/self/status");
+  return 0;
+}
+
+TEST_CASE("a conv with a border table declares and allocates its table, not the (K, P, Q) map it covers") {
+  // 4 filters, 4 x 5 outputs in 3 x 3 classes: weights 4*2*9, bias 4, table 4*3*3.
+  const std::map<std::string, std::string> a = {{"in", "2"},       {"out", "4"},      {"kh", "3"},
+                                                {"kw", "3"},       {"stride", "1"},   {"pad", "1"},
+                                                {"bias", "1"},     {"pos_h", "4"},    {"pos_w", "5"},
+                                                {"pos_rows", "0,1,1,2"}, {"pos_cols", "0,1,1,1,2"}};
+  CHECK(declared_params(LayerKind::Conv, a) == 4 * 2 * 9 + 4 + 4 * 3 * 3);
+  std::unique_ptr<Layer> l = make_layer(LayerKind::Conv, a);
+  int64_t held = 0;
+  for (Param* p : l->params()) held += p->value.numel();
+  CHECK(held == declared_params(LayerKind::Conv, a));
+
+  // An 8192 x 8192 output with one class: a table of 2 numbers. As a full map it would be
+  // 2 x 8192 x 8192 = 2^27 floats (512 MiB): over the spec limit with the weights, and an
+  // allocation the address-space limit below refuses.
+  std::string zeros = "0";
+  for (int i = 1; i < 8192; ++i) zeros += ",0";
+  const std::string spec = "dnnshifter-graph 1\ninput x shape=1,8192,8192\nconv c inputs=x bias=0 in=1 kh=1 kw=1 out=2 "
+                           "pad=0 pos_cols=" + zeros + " pos_h=8192 pos_rows=" + zeros + " pos_w=8192 relu=0 stride=1\noutput c\n";
+  rlimit old{};
+  REQUIRE(getrlimit(RLIMIT_AS, &old) == 0);
+  rlimit tight = old;
+  tight.rlim_cur = std::min<rlim_t>(old.rlim_max, vm_size_bytes() + (rlim_t(256) << 20));
+  REQUIRE(setrlimit(RLIMIT_AS, &tight) == 0);
+  std::string err;
+  int64_t table = -1;
+  try {
+    Model m = Model::from_spec(spec);
+    table = dynamic_cast<Conv2d&>(*m.nodes()[m.find("c")].layer).pos_bias.value.numel();
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  REQUIRE(setrlimit(RLIMIT_AS, &old) == 0);
+  CHECK_MESSAGE(err.empty(), err);
+  CHECK(table == 2);
 }

@@ -1,8 +1,8 @@
 // cifar_prune data fetch NAME: downloads, verifies and unpacks a data set (datasets/fetch.h).
 #include <cstdio>
-#include <sstream>
 
 #include "apps/cifar_prune/commands.h"
+#include "apps/cifar_prune/common.h"
 #include "core/cli.h"
 #include "core/error.h"
 #include "datasets/fetch.h"
@@ -29,9 +29,7 @@ int cmd_data(int argc, char** argv) {
   FetchOptions opt;
   opt.dir = f.str("dir");
   opt.url_base = f.str("url-base");
-  std::stringstream ss(f.str("md5"));
-  std::string item;
-  while (std::getline(ss, item, ',')) {
+  for (const std::string& item : split_list(f.str("md5"))) {
     if (item.empty()) continue;
     const size_t eq = item.find('=');
     check(eq != std::string::npos && eq > 0, "--md5 expects FILE=HEX, got '" + item + "'");

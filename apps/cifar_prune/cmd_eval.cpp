@@ -104,19 +104,10 @@ int cmd_eval(int argc, char** argv) {
   lo.batch_size = batch;
   lo.shuffle = false;
   lo.augment = false;
-  std::string normalization = "recorded in the model file";
-  if (normalization_from_flags(f, static_cast<int>(in[0]), &lo.normalize)) {
-    normalization = "given by --mean/--std";
-  } else if (!info.mean.empty()) {
-    lo.normalize.mean = info.mean;
-    lo.normalize.std = info.std;
-  } else {
-    lo.normalize = channel_stats(train_split ? data : load_dataset(spec, true, dopt));
-    normalization = "assumed: statistics of " + spec + "'s training split (the model file records none)";
-    std::fprintf(stderr, "note: %s holds no input normalisation (an older file); using the per-channel mean/std of %s's "
-                         "training split, as `cifar_prune train` computes it\n",
-                 path.c_str(), spec.c_str());
-  }
+  const InputNormalization norm = input_normalization(f, model, spec, dopt, train_split ? &data : nullptr);
+  lo.normalize = norm.stats;
+  const std::string normalization = norm.source;
+  if (norm.assumed) std::fprintf(stderr, "note: %s: input normalisation %s\n", path.c_str(), norm.source.c_str());
   // Class names: the model's; else the data set's; else indices.
   std::vector<std::string> names = info.class_names;
   if (names.empty()) {
@@ -147,10 +138,9 @@ int cmd_eval(int argc, char** argv) {
     per_acc[t] = per_count[t] ? double(per_correct[t]) / double(per_count[t]) : 0.0;
   }
 
-  std::string names_json = "[", counts_json = "[", correct_json = "[", cm_json = "[";
+  const std::string names_json = json_strings(names);
+  std::string counts_json = "[", correct_json = "[", cm_json = "[";
   for (int64_t k = 0; k < K; ++k) {
-    names_json += k ? "," : "";
-    names_json += json_escape(names[k]);
     counts_json += k ? "," : "";
     counts_json += std::to_string(per_count[k]);
     correct_json += k ? "," : "";
@@ -162,7 +152,7 @@ int cmd_eval(int argc, char** argv) {
     }
     cm_json += "]";
   }
-  names_json += "]", counts_json += "]", correct_json += "]", cm_json += "]";
+  counts_json += "]", correct_json += "]", cm_json += "]";
   const std::string json = Json()
                                .add("model", path)
                                .add("arch", model.arch)

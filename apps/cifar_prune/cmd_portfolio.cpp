@@ -1,7 +1,6 @@
 // cifar_prune portfolio: the compact variants of an IMP run, verified and measured, as a folder
 // the shifter loads (prune/portfolio.h).
 #include <cstdio>
-#include <sstream>
 #include <vector>
 
 #include "apps/cifar_prune/commands.h"
@@ -35,9 +34,7 @@ void declare(Flags& f) {
 std::vector<int> parse_levels(const std::string& s) {
   std::vector<int> out;
   if (s == "auto") return out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
+  for (const std::string& item : split_list(s)) {
     if (item.empty()) continue;
     try {
       size_t used = 0;

@@ -23,21 +23,26 @@ int cmd_predict(int argc, char** argv) {
           "interpolation with half-pixel centres and clamped edges where it grows; the aspect ratio is\n"
           "not kept, nothing is cropped), then normalised as x = (pixel/255 - mean[c]) / std[c] with the\n"
           "mean/std the model file records. A file without them (written before they were recorded)\n"
-          "gets CIFAR-10's statistics for RGB and Fashion-MNIST's for gray inputs, and class indices\n"
-          "instead of names; predict says so on stderr and in the JSON (\"assumed\"). --mean/--std give the\n"
-          "normalisation of a model trained elsewhere.");
+          "gets, as in eval, the statistics of --data's training split (as `cifar_prune train` computes\n"
+          "them); with no --data either, CIFAR-10's for RGB and Fashion-MNIST's for gray inputs (the same\n"
+          "numbers for those data sets); and class indices instead of names; predict says so on stderr\n"
+          "and in the JSON (\"assumed\"). --mean/--std give the normalisation of a model trained elsewhere.");
   f.add("top", "5", "how many classes to show per image (at most the model's classes)");
   f.add_bool("json", "print one JSON object on stdout: every image's top classes and all probabilities");
+  f.add("data", "",
+        "data set whose training split normalises the images when the model file records no normalisation "
+        "(as for eval); default: the one the model file records");
   add_normalization_flags(f);
-  f.add("threads", "0", "worker threads (0 = all cores)");
+  add_system_flags(f);
   if (!f.parse(argc, argv, 1, 1 << 20)) return 0;
   check(f.positional().size() >= 2, "cifar_prune predict: give a model file and at least one image (see --help)");
-  set_num_threads(static_cast<int>(f.integer("threads")));
+  const Device dev = setup_system(f);
   const std::string path = f.positional()[0];
   const int64_t top_flag = f.integer("top");
   check(top_flag > 0, "--top must be positive, got " + std::to_string(top_flag));
 
   Model model = Model::load(path);
+  model.to(dev);
   const DataInfo& info = model.data_info;
   const Shape in = model.input_shape();  // (C, H, W)
   const int C = static_cast<int>(in[0]), H = static_cast<int>(in[1]), W = static_cast<int>(in[2]);
@@ -46,26 +51,18 @@ int cmd_predict(int argc, char** argv) {
   const int64_t K = model.infer_shapes(1)[model.output_node()].back();
   const int64_t top = std::min(top_flag, K);
 
+  DatasetOptions dopt;
+  dopt.channels = C, dopt.height = H, dopt.width = W;
+  const InputNormalization norm = input_normalization(f, model, f.str("data").empty() ? info.dataset : f.str("data"), dopt);
+  const ChannelStats& stats = norm.stats;
   std::vector<std::string> assumed;
-  ChannelStats stats;
-  if (normalization_from_flags(f, C, &stats)) {
-    // given on the command line
-  } else if (!info.mean.empty()) {
-    stats.mean = info.mean, stats.std = info.std;
-  } else if (C == 3) {
-    stats = cifar10_stats();
-    assumed.push_back("input normalisation: CIFAR-10's training-set mean/std (the model file records none)");
-  } else {
-    // Fashion-MNIST training set, computed with channel_stats over the 60000 images.
-    stats.mean = {0.2860406f}, stats.std = {0.35302424f};
-    assumed.push_back("input normalisation: Fashion-MNIST's training-set mean/std (the model file records none)");
-  }
+  if (norm.assumed) assumed.push_back("input normalisation " + norm.source);
   std::vector<std::string> names = info.class_names;
   if (names.empty()) {
     for (int64_t k = 0; k < K; ++k) names.push_back(std::to_string(k));
-    assumed.push_back("class names: the model file records none; classes are shown by index");
+    assumed.push_back("class names assumed: the model file records none; classes are shown by index");
   }
-  for (const std::string& a : assumed) std::fprintf(stderr, "note: %s: assumed %s\n", path.c_str(), a.c_str());
+  for (const std::string& a : assumed) std::fprintf(stderr, "note: %s: %s\n", path.c_str(), a.c_str());
 
   std::string predictions = "[";
   for (size_t i = 1; i < f.positional().size(); ++i) {
@@ -84,7 +81,7 @@ int cmd_predict(int argc, char** argv) {
     Batch b;
     loader.start_epoch(0);
     check(loader.next(b), image + ": no batch");
-    Tensor logits = model.forward(b.images, false);  // (1, K)
+    Tensor logits = model.forward(b.images.to(dev), false).to(Device::CPU);  // (1, K)
     std::vector<double> prob(K);
     const double zmax = *std::max_element(logits.data(), logits.data() + K);
     double sum = 0;
@@ -118,23 +115,13 @@ int cmd_predict(int argc, char** argv) {
   }
   predictions += "]";
   if (f.flag("json")) {
-    std::string classes = "[", notes = "[";
-    for (int64_t k = 0; k < K; ++k) {
-      classes += k ? "," : "";
-      classes += json_escape(names[k]);
-    }
-    for (size_t k = 0; k < assumed.size(); ++k) {
-      notes += k ? "," : "";
-      notes += json_escape(assumed[k]);
-    }
-    classes += "]", notes += "]";
     std::printf("%s\n", Json()
                             .add("model", path)
                             .add("arch", model.arch)
                             .add("dataset", info.dataset)
                             .add("input", shape_str(in))
-                            .add_raw("classes", classes)
-                            .add_raw("assumed", notes)
+                            .add_raw("classes", json_strings(names))
+                            .add_raw("assumed", json_strings(assumed))
                             .add_raw("predictions", predictions)
                             .str()
                             .c_str());

@@ -1,7 +1,5 @@
 #include "apps/cifar_prune/common.h"
 
-#include "prune/report.h"  // parse_flat_json
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -102,11 +100,20 @@ DataPair load_data(const Flags& f, bool shard_over_ranks) {
   return d;
 }
 
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  if (s.empty()) return out;
+  for (size_t at = 0;;) {
+    const size_t comma = s.find(',', at);
+    out.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+    if (comma == std::string::npos) return out;
+    at = comma + 1;
+  }
+}
+
 static std::vector<int64_t> parse_int_list(const std::string& s, const std::string& flag) {
   std::vector<int64_t> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
+  for (const std::string& item : split_list(s)) {
     if (item.empty()) continue;
     try {
       size_t used = 0;
@@ -171,9 +178,7 @@ bool normalization_from_flags(const Flags& f, int channels, ChannelStats* out) {
   check(!m.empty() && !s.empty(), "--mean and --std go together");
   auto parse = [&](const std::string& text, const std::string& flag) {
     std::vector<float> v;
-    std::stringstream ss(text);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
+    for (const std::string& item : split_list(text)) {
       char* end = nullptr;
       const float x = std::strtof(item.c_str(), &end);
       check(!item.empty() && end == item.c_str() + item.size() && std::isfinite(x),
@@ -188,6 +193,33 @@ bool normalization_from_flags(const Flags& f, int channels, ChannelStats* out) {
   out->std = parse(s, "std");
   for (float x : out->std) check(x > 0, "--std values must be positive");
   return true;
+}
+
+InputNormalization input_normalization(const Flags& f, const Model& model, const std::string& data_spec,
+                                       const DatasetOptions& dopt, const Dataset* train_split) {
+  InputNormalization n;
+  const int channels = static_cast<int>(model.input_shape()[0]);
+  const DataInfo& info = model.data_info;
+  if (normalization_from_flags(f, channels, &n.stats)) {
+    n.source = "given by --mean/--std";
+  } else if (!info.mean.empty()) {
+    n.stats.mean = info.mean, n.stats.std = info.std;
+    n.source = "recorded in the model file";
+  } else if (!data_spec.empty()) {
+    n.stats = channel_stats(train_split ? *train_split : load_dataset(data_spec, true, dopt));
+    n.assumed = true;
+    n.source = "assumed: the per-channel mean/std of " + data_spec +
+               "'s training split, as `cifar_prune train` computes them (the model file holds no input "
+               "normalisation, an older file)";
+  } else {
+    // channel_stats of CIFAR-10's and of Fashion-MNIST's training sets (60000 images).
+    n.stats = channels == 3 ? cifar10_stats() : ChannelStats{{0.2860406f}, {0.35302424f}};
+    n.assumed = true;
+    n.source = std::string("assumed: ") + (channels == 3 ? "CIFAR-10" : "Fashion-MNIST") +
+               "'s training-set mean/std (the model file holds no input normalisation and names no data set; "
+               "--data or --mean/--std give them)";
+  }
+  return n;
 }
 
 std::string hparams_json(const Flags& f, const std::string& command) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/cli.h"
 #include "datasets/dataset.h"
@@ -38,6 +39,23 @@ void add_normalization_flags(Flags& f);
 // True with `out` set when --mean and --std were given (both, `channels` values each, std > 0);
 // throws Error naming the flag otherwise; false when neither was given.
 bool normalization_from_flags(const Flags& f, int channels, ChannelStats* out);
+
+// The input normalisation eval and predict give a model file's inputs, and where it came from.
+struct InputNormalization {
+  ChannelStats stats;
+  std::string source;    // "given by --mean/--std", "recorded in the model file", or "assumed: ..."
+  bool assumed = false;  // neither given nor recorded: say so (stderr, JSON)
+};
+// --mean/--std when given; else what the model file records; else (a file written before it was
+// recorded) the per-channel statistics of the training split of `data_spec` (--data, or the data
+// set the file records), as `cifar_prune train` computes them: `train_split` when the caller
+// holds that split already, else loaded with `dopt`; else, with no data set named at all, those
+// of CIFAR-10 (3 channels) or Fashion-MNIST (1 channel), the same numbers for those two.
+InputNormalization input_normalization(const Flags& f, const Model& model, const std::string& data_spec,
+                                       const DatasetOptions& dopt, const Dataset* train_split = nullptr);
+
+// The items of a comma-separated list flag, in order; empty items kept ("a,,b" has three, "" none).
+std::vector<std::string> split_list(const std::string& s);
 
 // The hyper-parameters that define a run, as JSON; a resumed run must have the same.
 std::string hparams_json(const Flags& f, const std::string& command);

@@ -16,7 +16,10 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <numeric>
 #include <set>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -344,10 +347,15 @@ class Importer {
     return v;
   }
 
+  // `base`, or base_2, base_3, ... : the first name no node has. Linear over an import: the
+  // names taken are a hash set, and each base remembers its next suffix.
   std::string unique_name(std::string base) {
     if (base.empty()) base = "node";
-    std::string name = base;
-    for (int k = 2; m_.find(name) >= 0; ++k) name = base + "_" + std::to_string(k);
+    if (!names_.count(base)) return base;
+    int& k = next_suffix_.emplace(base, 2).first->second;
+    std::string name;
+    do name = base + "_" + std::to_string(k++);
+    while (names_.count(name));
     return name;
   }
   // A layer's node name: PyTorch's module path where the weight initializer carries it
@@ -382,6 +390,7 @@ class Importer {
     try {
       out = layer->output_shape(in_shapes);
       m_.add(name, std::move(layer), inputs);
+      names_.insert(name);
     } catch (const Error& e) {
       fail(n, e.what());
     }
@@ -433,6 +442,7 @@ class Importer {
       probe_batch_ = {batch.dim_value(), batch.dim_value()};
     std::string name = sanitize(input->name());
     m_.add_input(chw, name.empty() ? "input" : name);
+    names_.insert(m_.nodes()[0].name);
     shapes_.push_back({1, chw[0], chw[1], chw[2]});
     Val v;
     v.node = 0;
@@ -700,38 +710,16 @@ class Importer {
   // the same values at every channel and column (row) share a class, so the table is exact
   // and as small as the map allows (our exporter's spread table comes back to its classes).
   static void set_border_table(Conv2d& conv, const std::vector<float>& pos, int64_t P, int64_t Q) {
-    const int64_t K = conv.out_channels;
-    auto at = [&](int64_t k, int64_t p, int64_t q) { return pos[(k * P + p) * Q + q]; };
-    // classes[i] for i < n: the class of the first earlier i' whose slice equals i's, else a new one.
-    auto classes = [&](int64_t n, auto same, std::vector<int64_t>& first) {
-      std::vector<int32_t> cls(n);
-      for (int64_t i = 0; i < n; ++i) {
-        int32_t c = -1;
-        for (size_t r = 0; r < first.size() && c < 0; ++r)
-          if (same(first[r], i)) c = int32_t(r);
-        if (c < 0) c = int32_t(first.size()), first.push_back(i);
-        cls[i] = c;
-      }
-      return cls;
-    };
-    std::vector<int64_t> row_of, col_of;  // a representative row / column per class
-    std::vector<int32_t> rows = classes(P, [&](int64_t a, int64_t b) {
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t q = 0; q < Q; ++q)
-          if (!(at(k, a, q) == at(k, b, q))) return false;
-      return true;
-    }, row_of);
-    std::vector<int32_t> cols = classes(Q, [&](int64_t a, int64_t b) {
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t p = 0; p < P; ++p)
-          if (!(at(k, p, a) == at(k, p, b))) return false;
-      return true;
-    }, col_of);
+    const int K = conv.out_channels;
+    std::vector<double> table(pos.begin(), pos.end());  // (K, P, Q): one class per row and column
+    std::vector<int32_t> rows(P), cols(Q);
+    std::iota(rows.begin(), rows.end(), 0);
+    std::iota(cols.begin(), cols.end(), 0);
+    table = merge_equal_classes(std::move(table), K, rows, cols, 0);
+    table = merge_equal_classes(std::move(table), K, rows, cols, 1);  // (K, row classes, column classes)
     conv.set_border_table(std::move(rows), std::move(cols));
-    const int64_t TR = int64_t(row_of.size()), TC = int64_t(col_of.size());
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t r = 0; r < TR; ++r)
-        for (int64_t c = 0; c < TC; ++c) conv.pos_bias.value[(k * TR + r) * TC + c] = at(k, row_of[r], col_of[c]);
+    float* t = conv.pos_bias.value.data();
+    for (size_t i = 0; i < table.size(); ++i) t[i] = static_cast<float>(table[i]);  // the floats read, exactly
   }
 
   // x + c where x is the output of a conv or linear layer nobody else reads: c joins its
@@ -1086,6 +1074,8 @@ class Importer {
   std::vector<Shape> shapes_;  // per model node, at batch 1
   std::map<std::string, Val> vals_;
   std::map<std::string, int> uses_;
+  std::unordered_set<std::string> names_;                // the model's node names so far
+  std::unordered_map<std::string, int> next_suffix_;     // unique_name: base -> next _k to try
   int index_ = 0;
   // The batch sizes shape arithmetic is evaluated at: two, so that what depends on the batch
   // shows; one, when the file fixes the batch size.
