@@ -313,7 +313,8 @@ int bench_sparse(int argc, char** argv) {
       const int64_t n = batch == 1 ? runs : std::max<int64_t>(3, runs / 3);
       for (Model* mm : models) infer(*mm, x);  // warm-up
       for (int64_t r = 0; r < n; ++r)
-        for (int i = 0; i < 3; ++i) {
+        for (int k = 0; k < 3; ++k) {  // the order rotates: none always follows the same one
+          const int i = int((r + k) % 3);
           auto t0 = Clock::now();
           infer(*models[i], x);
           times[i].push_back(ms_since(t0));
