@@ -272,7 +272,8 @@ Portfolio load_portfolio_manifest(const std::string& dir) {
   return parse_portfolio_manifest(read_text(path), path);
 }
 
-std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index) {
+std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index,
+                                                Execution execution, const std::vector<int64_t>& batches) {
   check(index >= 0 && index < static_cast<int>(p.variants.size()),
         "portfolio " + dir + ": no variant " + std::to_string(index));
   const VariantInfo& v = p.variants[index];
@@ -311,15 +312,17 @@ std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Po
   check(out.size() == 2 && out[1] == p.num_classes,
         w + ": the model in " + v.file + " outputs " + shape_str(out) + ", the manifest says " +
             std::to_string(p.num_classes) + " classes");
+  if (execution != Execution::Dense)
+    plan_execution(m, execution, batches.empty() ? std::vector<int64_t>{1, p.latency_batch} : batches);
   return std::make_shared<const Model>(std::move(m));
 }
 
-LoadedPortfolio load_portfolio(const std::string& dir) {
+LoadedPortfolio load_portfolio(const std::string& dir, Execution execution, const std::vector<int64_t>& batches) {
   LoadedPortfolio lp;
   lp.dir = dir;
   lp.manifest = load_portfolio_manifest(dir);
   for (int i = 0; i < static_cast<int>(lp.manifest.variants.size()); ++i)
-    lp.models.push_back(load_variant_model(dir, lp.manifest, i));
+    lp.models.push_back(load_variant_model(dir, lp.manifest, i, execution, batches));
   return lp;
 }
 

@@ -97,9 +97,15 @@ struct LoadedPortfolio {
 // Loads the manifest and every model file, and checks each against its entry (file present,
 // size, CRC-32, a valid model archive, parameters, FLOPs, resident bytes, input shape and
 // classes). Throws Error naming the variant and the problem; nothing is half-loaded.
-LoadedPortfolio load_portfolio(const std::string& dir);
-// One variant's model, checked against its entry in the same way.
-std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index);
+// `execution` other than dense gives each model its execution plan (plan_execution at
+// `batches`; empty: batch 1 and the manifest's latency_batch) before it is shared: auto
+// measures each layer here, once, at load.
+LoadedPortfolio load_portfolio(const std::string& dir, Execution execution = Execution::Dense,
+                               const std::vector<int64_t>& batches = {});
+// One variant's model, checked against its entry in the same way (and planned likewise).
+std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index,
+                                                Execution execution = Execution::Dense,
+                                                const std::vector<int64_t>& batches = {});
 
 // The checksum the manifest keeps of a model file: CRC-32 (zlib's) of every byte before the
 // archive's 12-byte trailer (its own CRC-32 field and the end marker, core/archive.h). The CRC

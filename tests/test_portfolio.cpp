@@ -262,6 +262,18 @@ TEST_CASE("a portfolio built end to end from a fake IMP run loads back and repro
   }
   CHECK(contains(portfolio_table(p), "sparse layers (batch 1 / 4)"));
   {
+    // Loaded with sparse execution: every conv/linear layer holds its sparse form, same logits.
+    LoadedPortfolio sp = load_portfolio(out, Execution::Sparse);
+    for (size_t i = 0; i < sp.models.size(); ++i) {
+      int with_plan = 0;
+      for (const Node& n : sp.models[i]->nodes())
+        if (auto* c = dynamic_cast<const Conv2d*>(n.layer.get())) with_plan += c->sparse_exec != nullptr;
+      CHECK(with_plan > 0);
+      const Tensor want = infer(*lp.models[i], x), got = infer(*sp.models[i], x);
+      CHECK(max_abs_diff(want, got) <= 1e-4f * logit_scale(want));
+    }
+  }
+  {
     std::string old = portfolio_manifest_json(p);
     for (const char* key : {"\"execution\"", "\"planned_layers\"", "\"sparse_layers_b1\"", "\"sparse_layers_batch\""})
       for (size_t at; (at = old.find(key)) != std::string::npos;) {
