@@ -20,8 +20,8 @@ LayerKind parse_layer_kind(const std::string& s);  // throws Error on an unknown
 // (made by plan_execution, nn/execution.h): the weight's nonzeros, and per planned batch size
 // whether the sparse kernel runs (measured costs). A batch that was not planned follows the
 // nearest planned one (log scale); `always` runs sparse at every batch (--execution sparse).
-// It describes the weight as it was when made: backward drops it (training changes the
-// weight); code that edits the weight otherwise must drop it too (plan_execution dense).
+// It describes the weight as it was when made: backward and Model::apply_masks drop it;
+// other code that edits the weight must drop it too (plan_execution dense).
 struct SparseExecution {
   struct Choice {
     int64_t batch = 1;

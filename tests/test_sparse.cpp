@@ -278,5 +278,9 @@ TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
   Tensor y = m.forward(x, true);
   m.backward(Tensor::full(y.shape(), 1.0f));
   CHECK_FALSE(c2->sparse_exec);
+  plan_execution(m, Execution::Sparse, {2});
+  REQUIRE(c2->sparse_exec);
+  m.apply_masks();  // weights edited in place: the sparse form is dropped with them
+  CHECK_FALSE(c2->sparse_exec);
   CHECK(testing::contains(testing::error_of([] { parse_execution("fast"); }), "--execution: expected dense, sparse or auto"));
 }
