@@ -182,6 +182,23 @@ Shape Conv2d::output_shape(const std::vector<Shape>& in) const {
 
 // y[n, k, p, q] += table[k, rows[p], cols[q]] for every image n. Other devices go through the
 // host: border tables only appear in compacted inference graphs, on few layers.
+bool SparseExecution::runs_sparse(int64_t batch) const {
+  if (always) return true;
+  const Choice* best = nullptr;
+  double best_gap = 0;
+  for (const Choice& c : choices) {  // the nearest planned batch on a log scale; ties: the smaller
+    const double gap = std::fabs(std::log(double(std::max<int64_t>(batch, 1))) - std::log(double(c.batch)));
+    if (!best || gap < best_gap) best = &c, best_gap = gap;
+  }
+  return best && best->sparse;
+}
+
+const SparseExecution::Choice* SparseExecution::choice_for(int64_t batch) const {
+  for (const Choice& c : choices)
+    if (c.batch == batch) return &c;
+  return nullptr;
+}
+
 static void add_border_table(const Tensor& table, const std::vector<int32_t>& rows, const std::vector<int32_t>& cols,
                              Tensor& out) {
   const int64_t N = out.dim(0), K = out.dim(1), P = out.dim(2), Q = out.dim(3);
@@ -200,8 +217,17 @@ static void add_border_table(const Tensor& table, const std::vector<int32_t>& ro
   if (!out.is_cpu()) out.copy_from(host);
 }
 
-void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
+void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) {
   if (out.numel() == 0) return;  // every output channel was removed
+  if (!train && in_channels > 0 && sparse_exec && out.is_cpu() && sparse_exec->runs_sparse(out.dim(0))) {
+    // The ReLU fuses into the kernel unless the border table must be added before it.
+    const bool relu_in_kernel = fused_relu && pos_h == 0;
+    ops::sparse_conv2d_forward(conv_params(in[0]->shape()), *in[0], sparse_exec->weight, bias.value,
+                               relu_in_kernel, out);
+    if (pos_h > 0) add_border_table(pos_bias.value, pos_rows, pos_cols, out);
+    if (fused_relu && !relu_in_kernel) ops::relu_forward(out, out);
+    return;
+  }
   if (in_channels == 0) {
     // Every input channel was removed: the output is the bias (what they folded into).
     std::vector<float> b = has_bias ? bias.value.to_vector() : std::vector<float>(out_channels, 0.0f);
@@ -223,6 +249,7 @@ void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
 
 void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
                       const std::vector<Tensor*>& din) {
+  sparse_exec.reset();  // training changes the weight the sparse form was made from
   Conv2dParams p = conv_params(in[0]->shape());
   const Tensor* dy = &dout;
   Tensor masked;
@@ -570,8 +597,12 @@ Shape Linear::output_shape(const std::vector<Shape>& in) const {
   return {x[0], out_features};
 }
 
-void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
+void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) {
   if (out.numel() == 0) return;  // every output feature was removed by compaction
+  if (!train && in_features > 0 && sparse_exec && out.is_cpu() && sparse_exec->runs_sparse(out.dim(0))) {
+    ops::sparse_linear_forward(*in[0], sparse_exec->weight, bias.value, false, out);
+    return;
+  }
   if (in_features == 0) {
     // Every input feature was removed by compaction: each row of the output is the bias
     // (the constant the removed features folded into it).
@@ -587,6 +618,7 @@ void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool) {
 
 void Linear::backward(const std::vector<const Tensor*>& in, const Tensor&, const Tensor& dout,
                       const std::vector<Tensor*>& din) {
+  sparse_exec.reset();  // training changes the weight the sparse form was made from
   if (!weight.grad.defined()) weight.grad = Tensor::uninit(weight.value.shape(), weight.value.device());
   if (has_bias && !bias.grad.defined()) bias.grad = Tensor::uninit(bias.value.shape(), bias.value.device());
   check(in_features > 0, "linear: a layer with no input features cannot be trained");

@@ -8,12 +8,32 @@
 
 #include "core/tensor.h"
 #include "kernels/params.h"
+#include "kernels/sparse.h"
 
 namespace dnns {
 
 enum class LayerKind { Conv, BatchNorm, ReLU, MaxPool, AvgPool, GlobalAvgPool, Flatten, Linear, Add };
 const char* layer_kind_name(LayerKind k);
 LayerKind parse_layer_kind(const std::string& s);  // throws Error on an unknown name
+
+// How an eval-mode forward runs a conv or linear layer on the CPU besides the dense kernel
+// (made by plan_execution, nn/execution.h): the weight's nonzeros, and per planned batch size
+// whether the sparse kernel runs (measured costs). A batch that was not planned follows the
+// nearest planned one (log scale); `always` runs sparse at every batch (--execution sparse).
+// It describes the weight as it was when made: backward and Model::apply_masks drop it;
+// other code that edits the weight must drop it too (plan_execution dense).
+struct SparseExecution {
+  struct Choice {
+    int64_t batch = 1;
+    bool sparse = false;
+    double dense_ms = -1, sparse_ms = -1;  // the measured layer times behind the choice
+  };
+  SparseRows weight;            // (K, C*R*S) or (O, I)
+  bool always = false;
+  std::vector<Choice> choices;  // ascending batch, unique
+  bool runs_sparse(int64_t batch) const;
+  const Choice* choice_for(int64_t batch) const;  // the planned entry of exactly `batch`, or nullptr
+};
 
 // A learnable tensor with its gradient. `prunable` marks conv and linear weights (the only
 // tensors that get masks); biases and batchnorm parameters are never pruned.
@@ -91,6 +111,7 @@ class Conv2d : public Layer {
   int pos_h, pos_w;                         // > 0: the output size its border table covers
   std::vector<int32_t> pos_rows, pos_cols;  // (pos_h), (pos_w): class of each output row, column
   Param weight, bias, pos_bias;             // pos_bias: (K, row classes, column classes)
+  std::shared_ptr<const SparseExecution> sparse_exec;  // see SparseExecution; null: dense
 };
 
 // Border-table helpers, shared by the compactor and the ONNX importer. class_count: the number
@@ -210,6 +231,7 @@ class Linear : public Layer {
   int in_features, out_features;
   bool has_bias;
   Param weight, bias;
+  std::shared_ptr<const SparseExecution> sparse_exec;  // see SparseExecution; null: dense
 };
 
 // Elementwise sum of two tensors of one shape: the residual join. The compactor treats all

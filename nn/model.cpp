@@ -277,6 +277,10 @@ void Model::apply_masks() {
     auto it = masks.find(p.name);
     if (it != masks.end()) ops::mask_apply(p.param->value, it->second);
   }
+  for (Node& n : nodes_) {  // a sparse form made before describes other weights now
+    if (auto* c = dynamic_cast<Conv2d*>(n.layer.get())) c->sparse_exec.reset();
+    if (auto* l = dynamic_cast<Linear*>(n.layer.get())) l->sparse_exec.reset();
+  }
 }
 
 void Model::apply_masks_to_grads() {

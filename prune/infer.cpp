@@ -11,12 +11,13 @@ namespace dnns {
 namespace {
 
 // Whether a layer's eval-mode forward only reads the layer. Checked against nn/layers.cpp:
-//   Conv2d     reads weight, bias, pos_bias; writes `out` (and, with no input channels,
-//              a local host tensor); the CPU kernel's scratch is thread_local.
+//   Conv2d     reads weight, bias, pos_bias and its execution plan (sparse_exec, set by
+//              plan_execution before serving); writes `out` (and, with no input channels,
+//              a local host tensor); the CPU kernels' scratch is thread_local or per call.
 //   BatchNorm  the eval path (train == false) reads gamma, beta and the running statistics;
 //              only the training path writes running_mean/var and save_mean/invstd.
 //   ReLU, Pool2d, GlobalAvgPool, Flatten, Add: no state at all.
-//   Linear     reads weight and bias.
+//   Linear     reads weight, bias and sparse_exec.
 // A new layer kind must be vetted here before `infer` runs it.
 bool eval_forward_is_stateless(LayerKind k) {
   switch (k) {

@@ -84,7 +84,8 @@ std::string number_array(const std::vector<double>& v) {
 }
 
 std::string variant_json(const VariantInfo& v) {
-  return Json()
+  Json j;
+  j
       .add("name", v.name)
       .add("level", v.level)
       .add("file", v.file)
@@ -105,8 +106,12 @@ std::string variant_json(const VariantInfo& v) {
       .add("memory_bytes_batch", v.memory_bytes_batch)
       .add("resident_bytes", v.resident_bytes)
       .add("max_logit_diff", v.max_logit_diff)
-      .add("verified_images", v.verified_images)
-      .str();
+      .add("verified_images", v.verified_images);
+  if (v.planned_layers >= 0)
+    j.add("planned_layers", v.planned_layers)
+        .add("sparse_layers_b1", v.sparse_layers_b1)
+        .add("sparse_layers_batch", v.sparse_layers_batch);
+  return j.str();
 }
 
 // A model file name must stay inside the portfolio folder.
@@ -136,6 +141,7 @@ std::string portfolio_manifest_json(const Portfolio& p) {
       {"source_run", json_escape(p.source_run)},
       {"machine", json_escape(p.machine)},
       {"threads", std::to_string(p.threads)},
+      {"execution", json_escape(p.execution)},
       {"variants", variants},
   };
   std::string out = "{";
@@ -189,6 +195,10 @@ Portfolio parse_portfolio_manifest(const std::string& json, const std::string& w
   int64_t threads = json_int(field("threads"), at("threads"));
   check(threads > 0 && threads <= 4096, at("threads") + ": must be positive");
   p.threads = static_cast<int>(threads);
+  if (root.find("execution")) {  // absent before sparse execution: everything ran dense
+    p.execution = json_string(field("execution"), at("execution"));
+    parse_execution(p.execution, at("execution"));
+  }
 
   const auto& entries = json_array(field("variants"), at("variants"));
   check(!entries.empty(), where + ": the portfolio has no variants");
@@ -241,6 +251,13 @@ Portfolio parse_portfolio_manifest(const std::string& json, const std::string& w
     v.resident_bytes = count("resident_bytes", 1);
     v.max_logit_diff = real("max_logit_diff", 0, 1e30);
     v.verified_images = count("verified_images", 0);
+    if (e.find("planned_layers")) {
+      v.planned_layers = static_cast<int>(count("planned_layers", 0));
+      v.sparse_layers_b1 = static_cast<int>(count("sparse_layers_b1", 0));
+      v.sparse_layers_batch = static_cast<int>(count("sparse_layers_batch", 0));
+      check(v.sparse_layers_b1 <= v.planned_layers && v.sparse_layers_batch <= v.planned_layers,
+            w + ": more sparse layers than planned layers");
+    }
     check(v.params <= p.dense_params, w + ": " + std::to_string(v.params) + " parameters, more than the dense " +
                                           std::to_string(p.dense_params));
     p.variants.push_back(std::move(v));
@@ -255,7 +272,8 @@ Portfolio load_portfolio_manifest(const std::string& dir) {
   return parse_portfolio_manifest(read_text(path), path);
 }
 
-std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index) {
+std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index,
+                                                Execution execution, const std::vector<int64_t>& batches) {
   check(index >= 0 && index < static_cast<int>(p.variants.size()),
         "portfolio " + dir + ": no variant " + std::to_string(index));
   const VariantInfo& v = p.variants[index];
@@ -294,15 +312,17 @@ std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Po
   check(out.size() == 2 && out[1] == p.num_classes,
         w + ": the model in " + v.file + " outputs " + shape_str(out) + ", the manifest says " +
             std::to_string(p.num_classes) + " classes");
+  if (execution != Execution::Dense)
+    plan_execution(m, execution, batches.empty() ? std::vector<int64_t>{1, p.latency_batch} : batches);
   return std::make_shared<const Model>(std::move(m));
 }
 
-LoadedPortfolio load_portfolio(const std::string& dir) {
+LoadedPortfolio load_portfolio(const std::string& dir, Execution execution, const std::vector<int64_t>& batches) {
   LoadedPortfolio lp;
   lp.dir = dir;
   lp.manifest = load_portfolio_manifest(dir);
   for (int i = 0; i < static_cast<int>(lp.manifest.variants.size()); ++i)
-    lp.models.push_back(load_variant_model(dir, lp.manifest, i));
+    lp.models.push_back(load_variant_model(dir, lp.manifest, i, execution, batches));
   return lp;
 }
 
@@ -545,6 +565,18 @@ Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir
   std::vector<Model> compact;
   std::vector<const Model*> ptrs;
   for (const VariantInfo& v : p.variants) compact.push_back(Model::load(out_dir + "/" + v.file));
+  p.execution = execution_name(opt.execution);
+  for (size_t i = 0; i < compact.size(); ++i) {
+    const ExecutionPlan plan = plan_execution(compact[i], opt.execution, {1, opt.latency_batch});
+    VariantInfo& v = p.variants[i];
+    v.planned_layers = static_cast<int>(plan.layers.size() / (opt.latency_batch == 1 ? 1 : 2));
+    v.sparse_layers_b1 = plan.sparse_layers(1);
+    v.sparse_layers_batch = plan.sparse_layers(opt.latency_batch);
+    if (opt.progress)
+      std::fprintf(stderr, "portfolio: %-9s execution %s: %d of %d conv/linear layers sparse at batch 1, %d at batch %lld\n",
+                   v.name.c_str(), p.execution.c_str(), v.sparse_layers_b1, v.planned_layers, v.sparse_layers_batch,
+                   (long long)opt.latency_batch);
+  }
   for (const Model& m : compact) ptrs.push_back(&m);
   if (opt.progress)
     std::fprintf(stderr, "portfolio: timing %zu variants, %d calls at batch 1 and %d at batch %lld each, interleaved\n",
@@ -558,13 +590,17 @@ std::string portfolio_table(const Portfolio& p) {
   std::ostringstream os;
   char buf[512];
   os << "| # | variant | params | compression | MFLOPs | accuracy | p50 / p99 ms (batch 1) | p50 / p99 ms (batch "
-     << p.latency_batch << ") | memory MB (batch 1) | file MB |\n";
-  os << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+     << p.latency_batch << ") | sparse layers (batch 1 / " << p.latency_batch
+     << ") | memory MB (batch 1) | file MB |\n";
+  os << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (size_t i = 0; i < p.variants.size(); ++i) {
     const VariantInfo& v = p.variants[i];
-    std::snprintf(buf, sizeof buf, "| %zu | %s | %lld | %.2fx | %.2f | %.2f%% | %.3f / %.3f | %.3f / %.3f | %.3f | %.3f |\n",
+    char sparse[64] = "not recorded";
+    if (v.planned_layers >= 0)
+      std::snprintf(sparse, sizeof sparse, "%d / %d of %d", v.sparse_layers_b1, v.sparse_layers_batch, v.planned_layers);
+    std::snprintf(buf, sizeof buf, "| %zu | %s | %lld | %.2fx | %.2f | %.2f%% | %.3f / %.3f | %.3f / %.3f | %s | %.3f | %.3f |\n",
                   i, v.name.c_str(), (long long)v.params, v.compression, v.flops / 1e6, 100.0 * v.accuracy,
-                  v.latency_ms_p50_b1, v.latency_ms_p99_b1, v.latency_ms_p50_batch, v.latency_ms_p99_batch,
+                  v.latency_ms_p50_b1, v.latency_ms_p99_b1, v.latency_ms_p50_batch, v.latency_ms_p99_batch, sparse,
                   v.memory_bytes_b1 / 1e6, v.file_bytes / 1e6);
     os << buf;
   }

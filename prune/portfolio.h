@@ -15,7 +15,10 @@
 // params, unpruned_params, compression, flops, accuracy, test_examples, imp_accuracy,
 // latency_ms_p50_b1, latency_ms_p99_b1, latency_ms_p50_batch, latency_ms_p99_batch,
 // memory_bytes_b1, memory_bytes_batch, resident_bytes, max_logit_diff, verified_images
-// (meanings in VariantInfo). Loading refuses, naming the variant: a missing or malformed
+// (meanings in VariantInfo), and optionally (absent in manifests from before sparse
+// execution: read as not recorded) planned_layers, sparse_layers_b1, sparse_layers_batch.
+// The manifest's optional "execution" says how the latencies were measured (dense, sparse,
+// or auto: each conv/linear layer dense or sparse, whichever measured faster; nn/execution.h). Loading refuses, naming the variant: a missing or malformed
 // field, a missing file, a size or checksum mismatch, and metadata that disagrees with the
 // model in the file (parameters, FLOPs, resident bytes, input shape, classes).
 #pragma once
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "core/batch.h"
+#include "nn/execution.h"
 #include "nn/model.h"
 #include "prune/report.h"
 
@@ -53,6 +57,10 @@ struct VariantInfo {
   int64_t resident_bytes = 0;       // bytes of the tensors the loaded model holds
   double max_logit_diff = 0;        // max |compact - masked| logit on the verified images
   int64_t verified_images = 0;
+  // The execution plan the latencies were measured with (-1: not recorded, an older manifest):
+  int planned_layers = -1;          // conv and linear layers with weights
+  int sparse_layers_b1 = -1;        // of them, run sparse at batch 1
+  int sparse_layers_batch = -1;     // run sparse at Portfolio::latency_batch
 };
 
 struct Portfolio {
@@ -66,6 +74,7 @@ struct Portfolio {
   std::string source_run;           // the IMP run folder
   std::string machine;              // CPU model the latencies were measured on
   int threads = 1;                  // worker threads during the measurement
+  std::string execution = "dense";  // how conv/linear layers ran when timed: dense, sparse or auto
   std::vector<VariantInfo> variants;
 };
 
@@ -88,9 +97,15 @@ struct LoadedPortfolio {
 // Loads the manifest and every model file, and checks each against its entry (file present,
 // size, CRC-32, a valid model archive, parameters, FLOPs, resident bytes, input shape and
 // classes). Throws Error naming the variant and the problem; nothing is half-loaded.
-LoadedPortfolio load_portfolio(const std::string& dir);
-// One variant's model, checked against its entry in the same way.
-std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index);
+// `execution` other than dense gives each model its execution plan (plan_execution at
+// `batches`; empty: batch 1 and the manifest's latency_batch) before it is shared: auto
+// measures each layer here, once, at load.
+LoadedPortfolio load_portfolio(const std::string& dir, Execution execution = Execution::Dense,
+                               const std::vector<int64_t>& batches = {});
+// One variant's model, checked against its entry in the same way (and planned likewise).
+std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index,
+                                                Execution execution = Execution::Dense,
+                                                const std::vector<int64_t>& batches = {});
 
 // The checksum the manifest keeps of a model file: CRC-32 (zlib's) of every byte before the
 // archive's 12-byte trailer (its own CRC-32 field and the end marker, core/archive.h). The CRC
@@ -132,6 +147,7 @@ struct PortfolioOptions {
   std::vector<double> normalize_mean, normalize_std;  // recorded in the manifest (the loader's)
   std::string data;                 // recorded in the manifest
   bool progress = true;             // a line per variant on stderr
+  Execution execution = Execution::Auto;  // how the latencies are measured (plan_execution)
 };
 
 // Makes one variant: compacts `masked` (its weights must be masked), verifies it on the first
@@ -145,6 +161,7 @@ VariantInfo make_variant(const Model& masked, const std::string& name, int level
 // Fills the latency fields of `infos` (one per model): p50 and p99 of opt.latency_runs calls
 // of `infer` at batch 1 and opt.latency_batch_runs at opt.latency_batch, on random inputs,
 // taken round-robin over the models so that a change in the machine's load hits all alike.
+// Each model runs with the execution plan it holds (plan_execution; none: dense).
 void measure_latency(const std::vector<const Model*>& models, std::vector<VariantInfo>& infos,
                      const PortfolioOptions& opt);
 

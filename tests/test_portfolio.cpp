@@ -250,6 +250,46 @@ TEST_CASE("a portfolio built end to end from a fake IMP run loads back and repro
   // The manifest round-trips through its text.
   Portfolio again = parse_portfolio_manifest(portfolio_manifest_json(p), "roundtrip");
   CHECK(portfolio_manifest_json(again) == portfolio_manifest_json(p));
+  // Latencies were measured with the per-layer execution plan (auto by default), recorded per
+  // variant; a manifest from before sparse execution (no such fields) reads as dense, not recorded.
+  CHECK(p.execution == "auto");
+  for (const VariantInfo& v : p.variants) {
+    CAPTURE(v.name);
+    CHECK(v.planned_layers > 0);
+    CHECK(v.sparse_layers_b1 >= 0);
+    CHECK(v.sparse_layers_b1 <= v.planned_layers);
+    CHECK(v.sparse_layers_batch <= v.planned_layers);
+  }
+  CHECK(contains(portfolio_table(p), "sparse layers (batch 1 / 4)"));
+  {
+    // Loaded with sparse execution: every conv/linear layer holds its sparse form, same logits.
+    LoadedPortfolio sp = load_portfolio(out, Execution::Sparse);
+    for (size_t i = 0; i < sp.models.size(); ++i) {
+      int with_plan = 0;
+      for (const Node& n : sp.models[i]->nodes())
+        if (auto* c = dynamic_cast<const Conv2d*>(n.layer.get())) with_plan += c->sparse_exec != nullptr;
+      CHECK(with_plan > 0);
+      const Tensor want = infer(*lp.models[i], x), got = infer(*sp.models[i], x);
+      CHECK(max_abs_diff(want, got) <= 1e-4f * logit_scale(want));
+    }
+  }
+  {
+    std::string old = portfolio_manifest_json(p);
+    for (const char* key : {"\"execution\"", "\"planned_layers\"", "\"sparse_layers_b1\"", "\"sparse_layers_batch\""})
+      for (size_t at; (at = old.find(key)) != std::string::npos;) {
+        // drop `, "key": value` (a string or an integer)
+        const size_t start = old.rfind(',', at), end = old.find_first_of(",}\n", old.find(':', at) + 2);
+        old.erase(start, end - start);
+      }
+    REQUIRE(old.find("planned_layers") == std::string::npos);
+    Portfolio before = parse_portfolio_manifest(old, "old manifest");
+    CHECK(before.execution == "dense");
+    CHECK(before.variants[1].planned_layers == -1);
+    CHECK(contains(portfolio_table(before), "not recorded"));
+    std::string bad = portfolio_manifest_json(p);
+    bad.replace(bad.find("\"auto\""), 6, "\"fast\"");
+    CHECK(contains(error_of([&] { parse_portfolio_manifest(bad, "m"); }), "m: field 'execution': expected dense, sparse or auto"));
+  }
 
   SUBCASE("explicit levels") {
     PortfolioOptions o = quick_options();

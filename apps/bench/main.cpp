@@ -6,6 +6,9 @@
 //   bench compact --model vgg16 --density 0.05            compaction time of an IMP-like mask
 //   bench conv    --model resnet20 --batch 128            each conv shape of a model: the
 //                 direct kernels against im2col + sgemm, per op, alternated in one process
+//   bench sparse  --model resnet20 --densities 0.2,0.1,0.05 --batches 1,128
+//                                                          compact models run dense, sparse and
+//                                                          auto, side by side (speed-up ratios)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -26,10 +29,12 @@
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/ops.h"
+#include "nn/execution.h"
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
 #include "prune/compact.h"
 #include "prune/magnitude.h"
+#include "prune/infer.h"
 #include "prune/portfolio.h"
 #ifdef DNNS_HAVE_CUDA
 #include "kernels/cuda/cuda.h"
@@ -152,16 +157,19 @@ int bench_infer(int argc, char** argv) {
   f.add("runs", "50", "timed runs");
   f.add("threads", "0", "threads (0 = all cores)");
   f.add("device", "cpu", "cpu or cuda");
+  f.add("execution", "auto", "conv/linear layers: dense, sparse, or auto (per layer, the faster measured here)");
   f.add_bool("tf32", "CUDA: allow TF32 tensor-core GEMMs");
   if (!f.parse(argc, argv)) return 0;
   set_num_threads(static_cast<int>(f.integer("threads")));
   Device dev = setup_device(f);
+  const Execution exec = parse_execution(f.str("execution"));
   Rng rng(1);
   std::string name = f.str("model");
   Model m = is_zoo_name(name) ? build_model(name) : Model::load(name);
   if (is_zoo_name(name)) init_model(m, rng);
   int64_t batch = f.integer("batch"), runs = f.integer("runs");
   m.to(dev);
+  const ExecutionPlan plan = plan_execution(m, exec, {batch});
   Tensor x = random_batch(batch, m.input_shape(), rng).to(dev);
   m.forward(x, false);
   sync(dev);
@@ -182,6 +190,8 @@ int bench_infer(int argc, char** argv) {
                           .add("tf32", f.flag("tf32"))
                           .add("threads", num_threads())
                           .add("params", m.num_params())
+                          .add("execution", execution_name(exec))
+                          .add("sparse_layers", plan.sparse_layers(batch))
                           .add("p50_ms", percentile(times, 0.5))
                           .add("p99_ms", percentile(times, 0.99))
                           .add("cpu_ms_median", percentile(cpu_times, 0.5))
@@ -372,13 +382,102 @@ int bench_conv(int argc, char** argv) {
                           .add("cpu", cpu_model_name())
                           .str()
                           .c_str());
+std::vector<double> parse_numbers(const std::string& s, const std::string& flag) {
+  std::vector<double> out;
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    const size_t comma = std::min(s.find(',', pos), s.size());
+    const std::string item = s.substr(pos, comma - pos);
+    char* end = nullptr;
+    const double v = std::strtod(item.c_str(), &end);
+    check(!item.empty() && end && *end == '\0' && std::isfinite(v),
+          "--" + flag + ": expected comma-separated numbers, got '" + s + "'");
+    out.push_back(v);
+    pos = comma + 1;
+  }
+  return out;
+}
+
+// Compact models of IMP-like masks at several densities, each run dense, sparse and auto in
+// turn (round-robin over the three, so the machine's load hits them alike).
+int bench_sparse(int argc, char** argv) {
+  Flags f("bench sparse",
+          "Compacted models at IMP-like densities, executed dense, sparse and auto (per-layer plan) side by side.");
+  f.add("model", "resnet20", "zoo model");
+  f.add("densities", "0.2,0.1,0.05", "fractions of prunable weights kept, comma-separated");
+  f.add("batches", "1,128", "batch sizes, comma-separated");
+  f.add("runs", "10", "timed runs per execution (batch 1; fewer for large batches, at least 3)");
+  f.add("threads", "2", "threads (0 = all cores)");
+  f.add_bool("plan", "also print each auto plan's per-layer table (stderr)");
+  if (!f.parse(argc, argv)) return 0;
+  set_num_threads(static_cast<int>(f.integer("threads")));
+  const std::vector<double> densities = parse_numbers(f.str("densities"), "densities");
+  std::vector<int64_t> batches;
+  for (double b : parse_numbers(f.str("batches"), "batches")) {
+    check(b >= 1 && b == std::floor(b), "--batches: batch sizes must be positive integers");
+    batches.push_back(int64_t(b));
+  }
+  for (double d : densities) check(d > 0 && d <= 1, "--densities: each must be in (0, 1]");
+  const int64_t runs = f.integer("runs");
+  check(runs >= 1, "--runs must be at least 1");
+  for (double density : densities) {
+    Rng rng(1);
+    Model m = build_model(f.str("model"));
+    init_model(m, rng);
+    set_masks(m, imp_like_masks(m, density, rng));
+    CompactReport rep;
+    Model dense = compact_model(m, &rep);
+    Model sparse = dense.clone(), autom = dense.clone();
+    plan_execution(dense, Execution::Dense, batches);
+    plan_execution(sparse, Execution::Sparse, batches);
+    const ExecutionPlan plan = plan_execution(autom, Execution::Auto, batches);
+    int64_t nonzeros = 0;  // weights of the compact model's conv/linear layers that are not zero
+    for (auto& p : dense.params())
+      if (p.param->prunable)
+        for (float v : p.param->value.to_vector()) nonzeros += v != 0.0f;
+    if (f.flag("plan")) std::fprintf(stderr, "%s density %.3f:\n%s", f.str("model").c_str(), density,
+                                     execution_plan_table(plan).c_str());
+    for (int64_t batch : batches) {
+      const Tensor x = random_batch(batch, m.input_shape(), rng);
+      Model* models[3] = {&dense, &sparse, &autom};
+      std::vector<double> times[3];
+      const int64_t n = batch == 1 ? runs : std::max<int64_t>(3, runs / 3);
+      for (Model* mm : models) infer(*mm, x);  // warm-up
+      for (int64_t r = 0; r < n; ++r)
+        for (int k = 0; k < 3; ++k) {  // the order rotates: none always follows the same one
+          const int i = int((r + k) % 3);
+          auto t0 = Clock::now();
+          infer(*models[i], x);
+          times[i].push_back(ms_since(t0));
+        }
+      const double d = percentile(times[0], 0.5), s = percentile(times[1], 0.5), a = percentile(times[2], 0.5);
+      std::printf("%s\n", Json()
+                              .add("bench", "sparse")
+                              .add("model", f.str("model"))
+                              .add("density", density)
+                              .add("batch", batch)
+                              .add("threads", num_threads())
+                              .add("params_compact", rep.params_after)
+                              .add("nonzeros", nonzeros)
+                              .add("auto_sparse_layers", plan.sparse_layers(batch))
+                              .add("dense_ms_p50", d)
+                              .add("sparse_ms_p50", s)
+                              .add("auto_ms_p50", a)
+                              .add("speedup_sparse", d / s)
+                              .add("speedup_auto", d / a)
+                              .add("cpu", cpu_model_name())
+                              .str()
+                              .c_str());
+      std::fflush(stdout);
+    }
+  }
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* usage = "usage: bench train|infer|compact|conv [flags]   (bench COMMAND --help)\n";
+  const char* usage = "usage: bench train|infer|compact|conv|sparse [flags]   (bench COMMAND --help)\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
     return 2;
@@ -389,6 +488,7 @@ int main(int argc, char** argv) {
     if (cmd == "infer") return bench_infer(argc - 1, argv + 1);
     if (cmd == "compact") return bench_compact(argc - 1, argv + 1);
     if (cmd == "conv") return bench_conv(argc - 1, argv + 1);
+    if (cmd == "sparse") return bench_sparse(argc - 1, argv + 1);
     if (cmd == "--help" || cmd == "-h") {
       std::fputs(usage, stdout);
       return 0;

@@ -11,6 +11,7 @@
 #include "core/fs.h"
 #include "core/json.h"
 #include "core/threading.h"
+#include "nn/execution.h"
 #include "prune/report.h"
 
 namespace dnns::app {
@@ -64,6 +65,8 @@ int cmd_eval(int argc, char** argv) {
   f.add("batch-size", "256", "images per forward pass");
   f.add("out", "", "folder for eval.json, confusion.md and confusion.svg ('' = none)");
   f.add_bool("json", "print the results as one JSON object on stdout (progress and notes stay on stderr)");
+  f.add("execution", "auto",
+        "conv/linear layers: dense, sparse, or auto (per layer, whichever measures faster at --batch-size)");
   add_normalization_flags(f);
   add_system_flags(f);
   if (!f.parse(argc, argv, 1, 1)) return 0;
@@ -75,6 +78,7 @@ int cmd_eval(int argc, char** argv) {
   const int64_t batch = f.integer("batch-size"), subset = f.integer("subset");
   check(batch > 0, "--batch-size must be positive");
   check(subset >= 0, "--subset must be >= 0");
+  const Execution execution = parse_execution(f.str("execution"));
 
   Model model = Model::load(path);
   const DataInfo& info = model.data_info;
@@ -122,6 +126,7 @@ int cmd_eval(int argc, char** argv) {
   const int64_t n = data.size();
   Loader loader(std::move(data), lo);
   model.to(dev);
+  plan_execution(model, execution, {batch});
 
   std::vector<int64_t> cm;  // (K, K) true x predicted
   auto t0 = std::chrono::steady_clock::now();

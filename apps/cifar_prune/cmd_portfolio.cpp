@@ -29,6 +29,9 @@ void declare(Flags& f) {
   f.add("latency-batch-runs", "10", "timed calls at --latency-batch per variant");
   f.add("verify-images", "256", "test images on which compact and masked logits must agree");
   f.add("logit-tolerance", "1e-4", "largest |logit difference| accepted, relative to max(1, max |logit|)");
+  f.add("execution", "auto",
+        "how latencies are measured: dense, sparse, or auto (each conv/linear layer dense or sparse, whichever "
+        "measures faster here at that batch)");
 }
 
 std::vector<int> parse_levels(const std::string& s) {
@@ -56,7 +59,8 @@ int cmd_portfolio(int argc, char** argv) {
       "Builds the portfolio of an IMP run: each chosen level is compacted (exact structural compaction),\n"
       "checked against its masked model on test images (refused if the logits differ beyond\n"
       "--logit-tolerance or a prediction changes), and measured: test accuracy, parameters, file size,\n"
-      "FLOPs, latency p50/p99 at batch 1 and --latency-batch on this machine, working memory of one\n"
+      "FLOPs, latency p50/p99 at batch 1 and --latency-batch on this machine (each conv/linear layer run\n"
+      "dense or sparse as --execution says; auto: whichever measured faster), working memory of one\n"
       "inference (computed from the graph: parameters + peak live activations + conv workspace).\n"
       "--out gets level_L.dnns per variant, manifest.json (checksums, all metadata; loaded by `shifter`),\n"
       "portfolio.md (the table) and front.svg (latency vs accuracy).\n"
@@ -86,6 +90,7 @@ int cmd_portfolio(int argc, char** argv) {
   opt.latency_batch_runs = static_cast<int>(f.integer("latency-batch-runs"));
   opt.verify_images = f.integer("verify-images");
   opt.logit_tolerance = static_cast<float>(f.number("logit-tolerance"));
+  opt.execution = parse_execution(f.str("execution"));
   check(opt.latency_batch > 0 && opt.latency_runs > 0 && opt.latency_batch_runs > 0,
         "--latency-batch, --latency-runs and --latency-batch-runs must be positive");
   check(opt.verify_images >= 0 && opt.logit_tolerance >= 0, "--verify-images and --logit-tolerance must be >= 0");

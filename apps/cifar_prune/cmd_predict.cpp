@@ -10,6 +10,7 @@
 #include "core/json.h"
 #include "core/threading.h"
 #include "datasets/loader.h"
+#include "nn/execution.h"
 
 namespace dnns::app {
 
@@ -34,15 +35,18 @@ int cmd_predict(int argc, char** argv) {
         "(as for eval); default: the one the model file records");
   add_normalization_flags(f);
   add_system_flags(f);
+  f.add("execution", "auto", "conv/linear layers: dense, sparse, or auto (per layer, whichever measures faster)");
   if (!f.parse(argc, argv, 1, 1 << 20)) return 0;
   check(f.positional().size() >= 2, "cifar_prune predict: give a model file and at least one image (see --help)");
   const Device dev = setup_system(f);
   const std::string path = f.positional()[0];
   const int64_t top_flag = f.integer("top");
   check(top_flag > 0, "--top must be positive, got " + std::to_string(top_flag));
+  const Execution execution = parse_execution(f.str("execution"));
 
   Model model = Model::load(path);
   model.to(dev);
+  plan_execution(model, execution, {1});  // one image per forward
   const DataInfo& info = model.data_info;
   const Shape in = model.input_shape();  // (C, H, W)
   const int C = static_cast<int>(in[0]), H = static_cast<int>(in[1]), W = static_cast<int>(in[2]);

@@ -11,6 +11,7 @@
 
 #include "apps/cifar_prune/chains.h"
 #include "apps/cifar_prune/commands.h"
+#include "nn/execution.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/threading.h"
@@ -49,7 +50,9 @@ const char* kHelp =
     "Flags of the later stages:\n"
     "  --portfolio-levels VALUE  levels in the portfolio (default: auto, the dense model and the level\n"
     "                            nearest each power-of-two compression)\n"
-    "  --latency-batch VALUE     second batch size for portfolio latencies (default: 32)\n";
+    "  --latency-batch VALUE     second batch size for portfolio latencies (default: 32)\n"
+    "  --execution VALUE         how the portfolio's latencies are measured: dense, sparse, or auto\n"
+    "                            (default: each conv/linear layer the faster of the two, measured)\n";
 
 void write_report(const std::string& out) {
   std::string report = "# dnnshifter pipeline report\n\nRun folder: `" + out + "`. Settings: `hparams.json`, `imp.json`.\n\n";
@@ -66,7 +69,8 @@ void write_report(const std::string& out) {
 
 int cmd_run(int argc, char** argv) {
   std::vector<std::string> imp_args = {"imp"};
-  std::string out = "runs/imp", threads = "0", portfolio_levels = "auto", latency_batch = "32", seeds;
+  std::string out = "runs/imp", threads = "0", portfolio_levels = "auto", latency_batch = "32", seeds,
+              execution = "auto";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -84,6 +88,10 @@ int cmd_run(int argc, char** argv) {
     }
     if (a == "--latency-batch" || a.rfind("--latency-batch=", 0) == 0) {
       latency_batch = value("--latency-batch");
+      continue;
+    }
+    if (a == "--execution" || a.rfind("--execution=", 0) == 0) {
+      execution = value("--execution");
       continue;
     }
     // Remember the folder and thread count for the later stages, and pass everything on.
@@ -113,6 +121,7 @@ int cmd_run(int argc, char** argv) {
   } catch (...) {
     throw Error("cifar_prune run: --latency-batch expects a positive integer, got '" + latency_batch + "'");
   }
+  parse_execution(execution, "cifar_prune run: --execution");
   if (portfolio_levels != "auto")
     for (char ch : portfolio_levels)
       check(std::isdigit(static_cast<unsigned char>(ch)) || ch == ',',
@@ -146,7 +155,8 @@ int cmd_run(int argc, char** argv) {
     if (int rc = call(cmd_compact, {"compact", dir, "--threads=" + threads})) return rc;
     std::fprintf(stderr, "\n== pipeline 4/5: portfolio of %s\n", dir.c_str());
     if (int rc = call(cmd_portfolio, {"portfolio", "--run=" + dir, "--threads=" + threads,
-                                      "--levels=" + portfolio_levels, "--latency-batch=" + latency_batch}))
+                                      "--levels=" + portfolio_levels, "--latency-batch=" + latency_batch,
+                                      "--execution=" + execution}))
       return rc;
     std::fprintf(stderr, "\n== pipeline 5/5: report of %s\n", dir.c_str());
     write_report(dir);

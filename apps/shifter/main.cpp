@@ -213,13 +213,16 @@ int cmd_replay(int argc, char** argv) {
   f.add("residency", "dense", "dense (every variant ready: fastest swaps) or packed (variants kept as their nonzero "
                               "weights, the active one unpacked: less memory)");
   f.add("out", "shifter_replay", "output folder for replay.json and front.svg");
+  f.add("execution", "auto", "conv/linear layers of the ready variants: dense, sparse, or auto (per layer, whichever "
+                             "measures faster here at --batch, once at load); packed variants unpack to dense");
   if (!f.parse(argc, argv)) return 0;
   const std::string dir = portfolio_dir(f);
+  const Execution execution = parse_execution(f.str("execution"));
   check(!f.str("trace").empty(), "--trace is required");
   std::vector<TracePhase> trace = load_trace(f.str("trace"));
   const std::string policy = f.str("policy");
   check(policy == "closest" || policy == "keep", "--policy must be closest or keep, got '" + policy + "'");
-  Shifter shifter(load_portfolio(dir), policy == "closest" ? NoFitPolicy::Closest : NoFitPolicy::KeepCurrent,
+  Shifter shifter(load_portfolio(dir, execution, {f.integer("batch")}), policy == "closest" ? NoFitPolicy::Closest : NoFitPolicy::KeepCurrent,
                   parse_residency(f.str("residency")));
   const Portfolio& p = shifter.portfolio();
   Requests req = load_requests(f, p);

@@ -1,0 +1,250 @@
+// Optimized sparse kernels (contract in kernels/sparse.h; tested against kernels/ref/sparse.cpp).
+//
+// Direct sparse convolution, vectorised over output pixels. The input is first rewritten, per
+// image, as zero-padded "phase planes" (only those some nonzero reads): for stride st, phase (a, b) of channel c holds the
+// padded pixels at rows st*i + a and columns st*j + b, a (Hph, Wph) plane. In that layout the
+// tap (r, s) of output pixel (p, q) is the phase (r % st, s % st) pixel (p + r/st, q + s/st),
+// so for one nonzero weight the whole output plane, read row after row with row length Wph,
+// is a single run of the phase plane starting at a fixed offset:
+//
+//   grid[p*Wph + q] += w * X[offset(c, r, s) + p*Wph + q]     offset = ((c*st*st + (r%st)*st
+//                                                              + s%st) * Hph + r/st) * Wph + s/st
+//
+// One filter's output is then a sparse row times a dense matrix whose "rows" are shifted
+// windows of X: per chunk of 64 grid positions the accumulators stay in registers while the
+// filter's nonzeros stream past (one broadcast, eight loads and eight FMAs each). Grid
+// columns q >= Q (and grid rows past the last output row) hold values that are thrown away
+// when the grid is copied into y. A linear layer is the same kernel on x transposed: the grid
+// runs over the batch.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "core/error.h"
+
+#include "core/parallel.h"
+#include "core/threading.h"
+#include "kernels/cpu/gemm_util.h"
+#include "kernels/sparse.h"
+
+namespace dnns::cpu {
+namespace {
+
+using f8 = float __attribute__((vector_size(32)));  // 8 floats: AVX, or two SSE registers
+inline f8 load8(const float* p) {
+  f8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof v); }
+
+constexpr int kLanes = 8;
+constexpr int kChunk = 64;  // grid positions per register block (8 accumulators of 8)
+int round_up(int n, int m) { return (n + m - 1) / m * m; }
+
+// out[t] = bias + sum_j val[j] * X[off[j] + t] for t in [0, L), L a multiple of kLanes, then
+// max(0, .) when relu. X must be readable up to max(off) + L.
+void sparse_row(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias, bool relu,
+                float* out) {
+  int t = 0;
+  for (; t + kChunk <= L; t += kChunk) {
+    f8 a0 = f8{} + bias, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (int64_t j = 0; j < nnz; ++j) {
+      const f8 w = f8{} + val[j];
+      const float* x = X + off[j] + t;
+      a0 += w * load8(x + 0), a1 += w * load8(x + 8), a2 += w * load8(x + 16), a3 += w * load8(x + 24);
+      a4 += w * load8(x + 32), a5 += w * load8(x + 40), a6 += w * load8(x + 48), a7 += w * load8(x + 56);
+    }
+    store8(out + t, a0), store8(out + t + 8, a1), store8(out + t + 16, a2), store8(out + t + 24, a3);
+    store8(out + t + 32, a4), store8(out + t + 40, a5), store8(out + t + 48, a6), store8(out + t + 56, a7);
+  }
+  for (; t < L; t += kLanes) {
+    f8 a = f8{} + bias;
+    for (int64_t j = 0; j < nnz; ++j) a += (f8{} + val[j]) * load8(X + off[j] + t);
+    store8(out + t, a);
+  }
+  if (relu)
+    for (int i = 0; i < L; ++i) out[i] = std::max(out[i], 0.0f);
+}
+
+// Rows [k0, k1) of w as one task's share: rows per task such that a task holds about
+// kTaskWork multiply-adds (an average row's nonzeros times the grid), at least one row.
+constexpr int64_t kTaskWork = int64_t(1) << 15;
+int rows_per_task(const SparseRows& w, int L) {
+  const double per_row = (double(w.nnz()) / std::max(1, w.rows) + 1.0) * L;
+  return (int)std::clamp<double>(double(kTaskWork) / per_row, 1.0, double(std::max(1, w.rows)));
+}
+
+// Input memory of one call is bounded: a small batch is processed in groups of images whose
+// phase planes together take at most this many floats (at least one image per group).
+constexpr int64_t kGroupFloats = int64_t(2) << 20;  // 8 MiB
+
+// Where one conv's nonzeros read in an image's phase planes.
+struct PhaseLayout {
+  int st = 1, phases = 0, Hph = 0, Wph = 0, plane = 0;
+  std::vector<int> slot;  // (st*st) phase (a, b)'s place among the built phases, -1: unused
+  int64_t image = 0;      // floats of one image's phase planes (C, phases, Hph, Wph)
+  int L = 0;              // grid positions computed per filter: a multiple of kLanes
+  int64_t slack = 0;      // floats after the last image the runs may read
+};
+
+// Only the phases some nonzero reads are built (a strided 1x1 conv reads one of four).
+// offset (nnz) receives where each nonzero's run starts in an image's phase planes. Called
+// on every forward: table lookups per nonzero, no division.
+PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* offset) {
+  const int R = p.R, S = p.S, RS = R * S, CRS = p.C * RS;
+  PhaseLayout g;
+  g.st = p.stride;
+  std::vector<int32_t> table(size_t(std::max(CRS, RS)), 0);  // first: the tap r*S + s of each column
+  for (int c = 0, col = 0; c < p.C; ++c)
+    for (int t = 0; t < RS; ++t) table[size_t(col++)] = t;
+  std::vector<char> tap_used(size_t(RS), 0);
+  for (int64_t j = 0; j < w.nnz(); ++j) tap_used[size_t(table[size_t(w.col[j])])] = 1;
+  g.slot.assign(size_t(g.st) * g.st, -1);
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s)
+      if (tap_used[size_t(r * S + s)]) g.slot[size_t((r % g.st) * g.st + s % g.st)] = 0;
+  for (int& sl : g.slot)
+    if (sl == 0) sl = g.phases++;
+  g.Hph = (p.H + 2 * p.pad + g.st - 1) / g.st;
+  g.Wph = (p.W + 2 * p.pad + g.st - 1) / g.st;
+  g.plane = g.Hph * g.Wph;
+  g.image = int64_t(p.C) * g.phases * g.plane;
+  g.L = round_up((p.P() - 1) * g.Wph + p.Q(), kLanes);
+  g.slack = g.L + kChunk;
+  check(g.image + g.slack < INT32_MAX, "sparse_conv2d_forward: input too large for the kernel");
+  // then: the run offset of each column (c, r, s), unused phases left at 0 (never read)
+  for (int c = 0, col = 0; c < p.C; ++c)
+    for (int r = 0; r < R; ++r)
+      for (int s = 0; s < S; ++s, ++col) {
+        const int ph = g.slot[size_t((r % g.st) * g.st + s % g.st)];
+        table[size_t(col)] = ph < 0 ? 0 : int32_t(((int64_t(c) * g.phases + ph) * g.Hph + r / g.st) * g.Wph + s / g.st);
+      }
+  for (int64_t j = 0; j < w.nnz(); ++j) offset[j] = table[size_t(w.col[j])];
+  return g;
+}
+
+// One image's phase planes: element (i, j) of phase (a, b) of channel c is the padded input
+// pixel (st*i + a, st*j + b), zero outside the image. x (C, H, W) -> dst (C, phases, Hph, Wph),
+// channels [c0, c1) only.
+void phase_planes(const Conv2dParams& p, const PhaseLayout& g, const float* x, int c0, int c1, float* dst) {
+  const int H = p.H, W = p.W, st = g.st, pad = p.pad, Wph = g.Wph;
+  for (int c = c0; c < c1; ++c) {
+    const float* xc = x + int64_t(c) * H * W;  // (H, W)
+    for (int a = 0; a < st; ++a)
+      for (int bcol = 0; bcol < st; ++bcol) {
+        const int ph = g.slot[size_t(a * st + bcol)];
+        if (ph < 0) continue;
+        // Columns jw reading input column v = jw*st + bcol - pad inside [0, W): [lo, hi).
+        const int lo = std::min(Wph, std::max(0, (pad - bcol + st - 1) / st));
+        const int hi = std::max(lo, std::min(Wph, (W + pad - bcol + st - 1) / st));
+        for (int ih = 0; ih < g.Hph; ++ih) {
+          float* row = dst + ((int64_t(c) * g.phases + ph) * g.Hph + ih) * Wph;  // (Wph)
+          const int h = ih * st + a - pad;
+          if (h < 0 || h >= H) {
+            std::fill(row, row + Wph, 0.0f);
+            continue;
+          }
+          const float* xrow = xc + int64_t(h) * W;  // (W)
+          std::fill(row, row + lo, 0.0f);
+          if (st == 1) std::memcpy(row + lo, xrow + lo + bcol - pad, sizeof(float) * (hi - lo));
+          else
+            for (int jw = lo; jw < hi; ++jw) row[jw] = xrow[jw * st + bcol - pad];
+          std::fill(row + hi, row + Wph, 0.0f);
+        }
+      }
+  }
+}
+
+// Filters [k0, k1) of one image from its phase planes Xi -> y_n (K, P, Q).
+void filters_of_image(const Conv2dParams& p, const PhaseLayout& g, const SparseRows& w, const int32_t* offset,
+                      const float* b, bool relu, const float* Xi, int k0, int k1, float* grid, float* y_n) {
+  const int P = p.P(), Q = p.Q();
+  for (int k = k0; k < k1; ++k) {
+    const int64_t j0 = w.row_start[k], nnz = w.row_start[k + 1] - j0;
+    sparse_row(w.value.data() + j0, offset + j0, nnz, Xi, g.L, b ? b[k] : 0.0f, relu, grid);
+    float* yk = y_n + int64_t(k) * P * Q;  // (P, Q)
+    for (int oh = 0; oh < P; ++oh) std::memcpy(yk + int64_t(oh) * Q, grid + int64_t(oh) * g.Wph, sizeof(float) * Q);
+  }
+}
+
+}  // namespace
+
+void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const float* b, bool relu,
+                           float* y) {
+  // x (N, C, H, W)   w: K rows of C*R*S columns   b (K) or nullptr   y (N, K, P, Q)
+  check_conv_params(p, "sparse_conv2d_forward");
+  const int C = p.C, K = p.K;
+  const int64_t in_image = int64_t(C) * p.H * p.W, out_image = int64_t(K) * p.P() * p.Q();
+  std::unique_ptr<int32_t[]> offset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);  // (nnz)
+  const PhaseLayout g = phase_layout(p, w, offset.get());
+
+  if (p.N >= 2 * num_threads()) {
+    // Enough images for every thread: one task per image builds its phase planes in the
+    // thread's scratch (they stay in cache) and runs every filter on them.
+    parallel_for(0, p.N, 1, [&](int n0, int n1) {
+      float* Xi = thread_scratch<float>(1, size_t(g.image + g.slack));  // (C, phases, Hph, Wph) + slack
+      float* grid = thread_scratch<float>(0, size_t(g.L));              // (L) one filter's output
+      std::fill(Xi + g.image, Xi + g.image + g.slack, 0.0f);
+      for (int n = n0; n < n1; ++n) {
+        phase_planes(p, g, x + n * in_image, 0, C, Xi);
+        filters_of_image(p, g, w, offset.get(), b, relu, Xi, 0, K, grid, y + n * out_image);
+      }
+    });
+    return;
+  }
+  // Few images: their phase planes are built first (in parallel over channels), then tasks
+  // of (image, block of filters) share them.
+  const int group = (int)std::clamp<int64_t>(kGroupFloats / std::max<int64_t>(1, g.image), 1, std::max(1, p.N));
+  std::unique_ptr<float[]> X(new float[size_t(group * g.image + g.slack)]);  // (group, C, phases, Hph, Wph) + slack
+  std::fill(X.get() + group * g.image, X.get() + group * g.image + g.slack, 0.0f);
+  const int per_task = rows_per_task(w, g.L), blocks = (K + per_task - 1) / per_task;
+  for (int n0 = 0; n0 < p.N; n0 += group) {
+    const int nb = std::min(group, p.N - n0);
+    parallel_for(0, nb * C, 8, [&](int t0, int t1) {
+      for (int t = t0; t < t1;) {  // runs of channels of one image
+        const int i = t / C, c0 = t % C, c1 = std::min(C, c0 + (t1 - t));
+        phase_planes(p, g, x + (n0 + i) * in_image, c0, c1, X.get() + i * g.image);
+        t += c1 - c0;
+      }
+    });
+    parallel_for(0, nb * blocks, 1, [&](int t0, int t1) {
+      float* grid = thread_scratch<float>(0, size_t(g.L));  // (L) one filter's output, row length Wph
+      for (int t = t0; t < t1; ++t) {
+        const int i = t / blocks, k0 = t % blocks * per_task, k1 = std::min(K, k0 + per_task);
+        filters_of_image(p, g, w, offset.get(), b, relu, X.get() + i * g.image, k0, k1, grid,
+                         y + (n0 + i) * out_image);
+      }
+    });
+  }
+}
+
+void sparse_linear_forward(int N, const float* x, const SparseRows& w, const float* b, bool relu, float* y) {
+  // x (N, I)   w: O rows of I columns   b (O) or nullptr   y (N, O)
+  const int I = w.cols, O = w.rows;
+  if (N <= 0 || O <= 0) return;
+  const int L = round_up(N, kLanes);
+  // xt (I, N): column i of x as a row, so the grid runs over the batch; a zero tail for the
+  // rounded-up run of the last row.
+  std::unique_ptr<float[]> xt(new float[size_t(int64_t(I) * N + L)]);
+  std::fill(xt.get() + int64_t(I) * N, xt.get() + int64_t(I) * N + L, 0.0f);
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < I; ++i) xt[int64_t(i) * N + n] = x[int64_t(n) * I + i];
+  std::unique_ptr<int32_t[]> offset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);
+  for (int64_t j = 0; j < w.nnz(); ++j) offset[j] = int32_t(int64_t(w.col[j]) * N);
+  const int per_task = rows_per_task(w, L), blocks = (O + per_task - 1) / per_task;
+  parallel_for(0, blocks, 1, [&](int t0, int t1) {
+    float* grid = thread_scratch<float>(0, size_t(L));  // (L) one output feature over the batch
+    for (int t = t0; t < t1; ++t)
+      for (int o = t * per_task; o < std::min(O, (t + 1) * per_task); ++o) {
+        const int64_t j0 = w.row_start[o];
+        sparse_row(w.value.data() + j0, offset.get() + j0, w.row_start[o + 1] - j0, xt.get(), L, b ? b[o] : 0.0f,
+                   relu, grid);
+        for (int n = 0; n < N; ++n) y[int64_t(n) * O + o] = grid[n];
+      }
+  });
+}
+
+}  // namespace dnns::cpu

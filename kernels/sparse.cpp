@@ -1,0 +1,93 @@
+// The sparse form of a weight and the shape-checked entry points of the sparse kernels.
+#include "kernels/sparse.h"
+
+#include <cmath>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+
+namespace dnns {
+
+SparseRows sparse_from_dense(const float* w, int rows, int cols) {
+  check(rows >= 0 && cols >= 0, [&] {
+    return "sparse_from_dense: invalid matrix shape (" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+  });
+  SparseRows s;
+  s.rows = rows;
+  s.cols = cols;
+  s.row_start.assign(size_t(rows) + 1, 0);
+  for (int i = 0; i < rows; ++i) {
+    const float* row = w + int64_t(i) * cols;  // (cols)
+    for (int j = 0; j < cols; ++j) {
+      check(std::isfinite(row[j]), [&] {
+        return "sparse_from_dense: entry (" + std::to_string(i) + ", " + std::to_string(j) + ") is not finite";
+      });
+      if (row[j] != 0.0f) {
+        s.col.push_back(j);
+        s.value.push_back(row[j]);
+      }
+    }
+    s.row_start[size_t(i) + 1] = int64_t(s.col.size());
+  }
+  return s;
+}
+
+SparseRows sparse_from_dense(const Tensor& w) {
+  check(w.is_cpu(), "sparse_from_dense: the weight must be on the CPU");
+  check(w.ndim() == 2 || w.ndim() == 4,
+        [&] { return "sparse_from_dense: expected a (K, C, R, S) or (O, I) weight, got " + shape_str(w.shape()); });
+  const int64_t rows = w.dim(0), cols = rows ? w.numel() / rows : 0;
+  check(rows < INT32_MAX && cols < INT32_MAX,
+        [&] { return "sparse_from_dense: weight " + shape_str(w.shape()) + " is too large"; });
+  return sparse_from_dense(w.numel() ? w.data() : nullptr, int(rows), int(cols));
+}
+
+std::vector<float> sparse_to_dense(const SparseRows& s) {
+  std::vector<float> w(size_t(s.rows) * s.cols, 0.0f);  // (rows, cols)
+  for (int i = 0; i < s.rows; ++i)
+    for (int64_t j = s.row_start[i]; j < s.row_start[i + 1]; ++j) w[size_t(i) * s.cols + s.col[j]] = s.value[j];
+  return w;
+}
+
+namespace ops {
+
+void sparse_conv2d_forward(const Conv2dParams& p, const Tensor& x, const SparseRows& w, const Tensor& b,
+                           bool relu, Tensor& y) {
+  check_conv_params(p, "sparse_conv2d_forward");
+  check_shape(x.shape(), {p.N, p.C, p.H, p.W}, "sparse_conv2d_forward input");
+  check(w.rows == p.K && w.cols == p.C * p.R * p.S && int64_t(w.row_start.size()) == int64_t(w.rows) + 1, [&] {
+    return "sparse_conv2d_forward: sparse weight has " + std::to_string(w.rows) + " rows of " +
+           std::to_string(w.cols) + " columns, the conv needs " + std::to_string(p.K) + " of " +
+           std::to_string(p.C * p.R * p.S);
+  });
+  const bool has_bias = b.defined() && b.numel();
+  if (has_bias) check_shape(b.shape(), {p.K}, "sparse_conv2d_forward bias");
+  check_shape(y.shape(), {p.N, p.K, p.P(), p.Q()}, "sparse_conv2d_forward output");
+  check(x.is_cpu() && y.is_cpu() && (!has_bias || b.is_cpu()), "sparse_conv2d_forward: CPU tensors only");
+  if (cpu_backend() == CpuBackend::Reference)
+    ref::sparse_conv2d_forward(p, x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
+  else
+    cpu::sparse_conv2d_forward(p, x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
+}
+
+void sparse_linear_forward(const Tensor& x, const SparseRows& w, const Tensor& b, bool relu, Tensor& y) {
+  check(x.ndim() == 2, "sparse_linear_forward: expected input (N, I), got " + shape_str(x.shape()));
+  const int64_t N = x.dim(0);
+  check(w.rows >= 0 && x.dim(1) == w.cols && int64_t(w.row_start.size()) == int64_t(w.rows) + 1, [&] {
+    return "sparse_linear_forward: input " + shape_str(x.shape()) + " does not match a sparse weight of " +
+           std::to_string(w.rows) + " rows of " + std::to_string(w.cols) + " columns";
+  });
+  const bool has_bias = b.defined() && b.numel();
+  if (has_bias) check_shape(b.shape(), {w.rows}, "sparse_linear_forward bias");
+  check_shape(y.shape(), {N, w.rows}, "sparse_linear_forward output");
+  check(x.is_cpu() && y.is_cpu() && (!has_bias || b.is_cpu()), "sparse_linear_forward: CPU tensors only");
+  if (N == 0 || w.rows == 0) return;
+  if (cpu_backend() == CpuBackend::Reference)
+    ref::sparse_linear_forward(int(N), x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
+  else
+    cpu::sparse_linear_forward(int(N), x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
+}
+
+}  // namespace ops
+}  // namespace dnns

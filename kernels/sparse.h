@@ -1,0 +1,68 @@
+// Sparse execution of pruned layers: a conv or linear weight kept as its nonzeros only
+// (compressed sparse rows, one row per output channel), run against dense activations.
+// Compaction removes the filters and channels that died whole; these kernels skip the zeros
+// that remain inside the surviving filters. Inference only (no backward), CPU only.
+//
+//   conv:   y[n,k,p,q] = b[k] + sum over the nonzeros (c, r, s) of row k of
+//                        w[k,c,r,s] * x[n, c, p*stride - pad + r, q*stride - pad + s]
+//           (x read as zero in the padding), then max(0, .) when `relu`
+//   linear: y[n,o]     = b[o] + sum over the nonzeros i of row o of w[o,i] * x[n,i], then relu
+//
+// Two backends with one contract, as for the dense ops: ref:: (plain loop nests, double
+// accumulation: the ground truth) and cpu:: (vectorised over output pixels, oneTBB tasks).
+// The ops:: entry points check shapes and pick ref or cpu by set_cpu_backend.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/params.h"
+
+namespace dnns {
+
+// A (rows, cols) matrix as compressed sparse rows. For a conv weight (K, C, R, S): rows = K,
+// cols = C*R*S, the column of w[k,c,r,s] is (c*R + r)*S + s. Within a row the columns ascend.
+struct SparseRows {
+  int rows = 0, cols = 0;
+  std::vector<int64_t> row_start;  // (rows + 1) row i's nonzeros are [row_start[i], row_start[i+1])
+  std::vector<int32_t> col;        // (nnz) column of each nonzero
+  std::vector<float> value;        // (nnz)
+  int64_t nnz() const { return row_start.empty() ? 0 : row_start.back(); }
+  double density() const { return rows && cols ? double(nnz()) / (double(rows) * cols) : 0.0; }
+  int64_t bytes() const {  // what the form occupies: values, columns and row starts
+    return nnz() * int64_t(sizeof(float) + sizeof(int32_t)) + int64_t(row_start.size() * sizeof(int64_t));
+  }
+};
+
+// The nonzeros of a dense (rows, cols) row-major matrix (a masked weight: what the mask zeroed
+// is exactly 0). -0.0 counts as zero. Throws Error on negative sizes or a NaN/Inf entry (a
+// weight that is not finite would poison every output it reaches, dense or sparse).
+SparseRows sparse_from_dense(const float* w, int rows, int cols);
+SparseRows sparse_from_dense(const Tensor& w);  // (K, C, R, S) or (O, I), on the CPU
+// The dense (rows, cols) matrix back (for tests and checks).
+std::vector<float> sparse_to_dense(const SparseRows& s);
+
+namespace ref {
+// x (N,C,H,W), weights (K, C*R*S), b (K) or nullptr -> y (N,K,P,Q)
+void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const float* b,
+                           bool relu, float* y);
+// x (N,I), weights (O, I), b (O) or nullptr -> y (N,O)
+void sparse_linear_forward(int N, const float* x, const SparseRows& w, const float* b, bool relu, float* y);
+}  // namespace ref
+
+namespace cpu {
+void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const float* b,
+                           bool relu, float* y);
+void sparse_linear_forward(int N, const float* x, const SparseRows& w, const float* b, bool relu, float* y);
+}  // namespace cpu
+
+namespace ops {
+// Shape-checked entry points (CPU tensors only): x (N,C,H,W) and w of p.K rows and
+// p.C*p.R*p.S columns; b (K) or empty; y (N,K,P,Q) allocated by the caller.
+void sparse_conv2d_forward(const Conv2dParams& p, const Tensor& x, const SparseRows& w, const Tensor& b,
+                           bool relu, Tensor& y);
+// x (N,I), w (O rows, I columns), b (O) or empty -> y (N,O)
+void sparse_linear_forward(const Tensor& x, const SparseRows& w, const Tensor& b, bool relu, Tensor& y);
+}  // namespace ops
+
+}  // namespace dnns

@@ -1,0 +1,192 @@
+#include "nn/execution.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <tuple>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace dnns {
+
+Execution parse_execution(const std::string& s, const std::string& flag) {
+  if (s == "dense") return Execution::Dense;
+  if (s == "sparse") return Execution::Sparse;
+  if (s == "auto") return Execution::Auto;
+  throw Error(flag + ": expected dense, sparse or auto, got '" + s + "'");
+}
+
+const char* execution_name(Execution e) {
+  switch (e) {
+    case Execution::Dense: return "dense";
+    case Execution::Sparse: return "sparse";
+    case Execution::Auto: return "auto";
+  }
+  return "?";
+}
+
+int ExecutionPlan::sparse_layers(int64_t batch) const {
+  int n = 0;
+  for (const LayerExecution& l : layers) n += l.batch == batch && l.sparse;
+  return n;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The layer's plan slot and weight, for the two kinds that have one (else nullptr).
+struct Plannable {
+  std::shared_ptr<const SparseExecution>* exec = nullptr;
+  const Tensor* weight = nullptr;
+  const char* kind = "";
+};
+
+Plannable plannable(Layer& layer) {
+  if (auto* c = dynamic_cast<Conv2d*>(&layer))
+    if (c->in_channels > 0 && c->out_channels > 0) return {&c->sparse_exec, &c->weight.value, "conv"};
+  if (auto* l = dynamic_cast<Linear*>(&layer))
+    if (l->in_features > 0 && l->out_features > 0) return {&l->sparse_exec, &l->weight.value, "linear"};
+  return {};
+}
+
+// Milliseconds of one eval forward of `layer` on x.
+double time_forward(Layer& layer, const Tensor& x, Tensor& out) {
+  const auto t0 = Clock::now();
+  layer.forward({&x}, out, false);
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// Times the layer dense and sparse on its input shape; returns {dense_ms, sparse_ms}.
+std::pair<double, double> measure(Layer& layer, std::shared_ptr<const SparseExecution>& slot,
+                                  const std::shared_ptr<const SparseExecution>& forced, const Shape& in_shape,
+                                  const Shape& out_shape, int runs) {
+  Rng rng(7);
+  Tensor x = Tensor::uninit(in_shape);
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  Tensor out = Tensor::uninit(out_shape);
+  double best_dense, best_sparse;
+  slot = nullptr;
+  best_dense = time_forward(layer, x, out);  // warm-ups
+  slot = forced;
+  best_sparse = time_forward(layer, x, out);
+  if (std::max(best_dense, best_sparse) > 50.0) runs = 1;
+  for (int r = 0; r < runs; ++r) {
+    slot = nullptr;
+    best_dense = std::min(best_dense, time_forward(layer, x, out));
+    slot = forced;
+    best_sparse = std::min(best_sparse, time_forward(layer, x, out));
+  }
+  return {best_dense, best_sparse};
+}
+
+}  // namespace
+
+ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t>& batches, int runs) {
+  check(!batches.empty(), "plan_execution: no batch size to plan for");
+  for (int64_t b : batches) check(b > 0, "plan_execution: batch sizes must be positive, got " + std::to_string(b));
+  check(runs >= 1, "plan_execution: runs must be at least 1");
+  const bool on_cpu = m.device() == Device::CPU;
+  check(on_cpu || mode != Execution::Sparse,
+        "--execution sparse: sparse kernels run on the CPU only; this model is on " + std::string(device_name(m.device())));
+  std::vector<int64_t> sorted = batches;
+  std::sort(sorted.begin(), sorted.end());
+  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+  std::vector<std::vector<Shape>> shapes;  // (batches, nodes)
+  for (int64_t b : sorted) shapes.push_back(m.infer_shapes(b));
+
+  ExecutionPlan plan;
+  plan.mode = mode;
+  auto& nodes = m.nodes();
+  for (size_t i = 1; i < nodes.size(); ++i) {
+    Node& node = nodes[i];
+    Plannable pl = plannable(*node.layer);
+    if (!pl.exec) continue;
+    std::shared_ptr<const SparseExecution> old = *pl.exec;
+    auto fresh = std::make_shared<SparseExecution>();
+    if (on_cpu && mode != Execution::Dense) {
+      try {
+        fresh->weight = old && old->weight.rows ? old->weight : sparse_from_dense(*pl.weight);
+      } catch (const Error& e) {
+        throw Error("plan_execution: node '" + node.name + "': " + e.what());
+      }
+    }
+    double density = fresh->weight.density();
+    if (!fresh->weight.rows) {  // dense plan: count the nonzeros only
+      const std::vector<float> w = pl.weight->to_vector();
+      density = double(std::count_if(w.begin(), w.end(), [](float v) { return v != 0.0f; })) / double(w.size());
+    }
+    auto forced = std::make_shared<SparseExecution>();
+    if (mode == Execution::Auto && on_cpu) {
+      forced->weight = fresh->weight;
+      forced->always = true;
+    }
+    for (size_t bi = 0; bi < sorted.size(); ++bi) {
+      LayerExecution le;
+      le.node = node.name;
+      le.kind = pl.kind;
+      le.weight_shape = pl.weight->shape();
+      le.input_shape = shapes[bi][node.inputs[0]];
+      le.batch = sorted[bi];
+      le.density = density;
+      if (mode == Execution::Sparse) {
+        le.sparse = true;
+      } else if (mode == Execution::Auto && on_cpu) {
+        const SparseExecution::Choice* had = old ? old->choice_for(le.batch) : nullptr;
+        SparseExecution::Choice c;
+        if (had) {
+          c = *had;
+          le.cached = true;
+        } else {
+          c.batch = le.batch;
+          std::tie(c.dense_ms, c.sparse_ms) =
+              measure(*node.layer, *pl.exec, forced, le.input_shape, shapes[bi][i], runs);
+          c.sparse = c.sparse_ms < c.dense_ms;
+        }
+        le.sparse = c.sparse;
+        le.dense_ms = c.dense_ms;
+        le.sparse_ms = c.sparse_ms;
+        fresh->choices.push_back(c);
+      }
+      plan.layers.push_back(le);
+    }
+    if (mode == Execution::Auto && on_cpu && old)  // keep the batches planned before and not asked now
+      for (const SparseExecution::Choice& c : old->choices)
+        if (!fresh->choice_for(c.batch)) fresh->choices.push_back(c);
+    std::sort(fresh->choices.begin(), fresh->choices.end(),
+              [](const auto& a, const auto& b) { return a.batch < b.batch; });
+    fresh->always = mode == Execution::Sparse;
+    const bool any_sparse = fresh->always || std::any_of(fresh->choices.begin(), fresh->choices.end(),
+                                                         [](const auto& c) { return c.sparse; });
+    // A layer that never runs sparse keeps its choices (the cache), not the sparse weight.
+    if (!any_sparse) fresh->weight = SparseRows{};
+    if (mode == Execution::Dense || !on_cpu) *pl.exec = nullptr;
+    else if (mode == Execution::Sparse || any_sparse || !fresh->choices.empty()) *pl.exec = fresh;
+  }
+  return plan;
+}
+
+std::string execution_plan_table(const ExecutionPlan& p) {
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line, "%-24s %-6s %-18s %-18s %8s %6s %-7s %10s %10s %7s\n", "layer", "kind",
+                "weight", "input", "density", "batch", "exec", "dense ms", "sparse ms", "speedup");
+  out += line;
+  for (const LayerExecution& l : p.layers) {
+    char dense[32] = "-", sparse[32] = "-", ratio[32] = "-";
+    if (l.dense_ms >= 0) {
+      std::snprintf(dense, sizeof dense, "%.3f", l.dense_ms);
+      std::snprintf(sparse, sizeof sparse, "%.3f", l.sparse_ms);
+      std::snprintf(ratio, sizeof ratio, "%.2fx", l.dense_ms / std::max(l.sparse_ms, 1e-9));
+    }
+    std::snprintf(line, sizeof line, "%-24s %-6s %-18s %-18s %7.2f%% %6lld %-7s %10s %10s %7s\n", l.node.c_str(),
+                  l.kind.c_str(), shape_str(l.weight_shape).c_str(), shape_str(l.input_shape).c_str(),
+                  100.0 * l.density, (long long)l.batch, l.sparse ? "sparse" : "dense", dense, sparse, ratio);
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace dnns

@@ -1,0 +1,60 @@
+// The execution plan of an inference model: for each conv and linear layer, whether an
+// eval-mode forward on the CPU runs the dense kernel or the sparse one (kernels/sparse.h).
+// Compaction removes whole dead filters and channels; the sparse kernel skips the zeros that
+// remain inside the live ones. Which is faster depends on the layer's shape, its density, the
+// batch and the machine, so `auto` measures both on the layer's real input shape, here, and
+// keeps the faster. The choice changes float summation order only: outputs agree with the
+// dense model within rounding (tests/test_sparse.cpp).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "nn/model.h"
+
+namespace dnns {
+
+enum class Execution { Dense, Sparse, Auto };
+// "dense", "sparse" or "auto"; throws Error naming `flag` ("--execution") otherwise.
+Execution parse_execution(const std::string& s, const std::string& flag = "--execution");
+const char* execution_name(Execution e);
+
+// One layer at one batch size, as planned.
+struct LayerExecution {
+  std::string node;        // the node's name
+  std::string kind;        // "conv" or "linear"
+  Shape weight_shape;      // (K, C, R, S) or (O, I)
+  Shape input_shape;       // (N, C, H, W) or (N, I) at `batch`
+  int64_t batch = 1;
+  double density = 1;      // nonzero weights / weights
+  bool sparse = false;     // the execution chosen
+  double dense_ms = -1;    // measured layer forward times behind an `auto` choice (minimum
+  double sparse_ms = -1;   // of the timed runs); -1 when not measured (a forced choice)
+  bool cached = false;     // an earlier plan_execution on this model measured it
+};
+
+struct ExecutionPlan {
+  Execution mode = Execution::Dense;
+  std::vector<LayerExecution> layers;  // (conv/linear layers x batches) in graph order, then batch
+  int sparse_layers(int64_t batch) const;  // entries at `batch` that run sparse
+};
+
+// Sets how every conv and linear layer of `m` runs in eval mode on the CPU:
+//   dense   drops any sparse form (every layer runs the dense kernel);
+//   sparse  every layer with a weight runs the sparse kernel at every batch size;
+//   auto    for each batch in `batches`, times the layer's eval forward both ways on random
+//           inputs of its real input shape (`runs` timed runs each after one warm-up,
+//           alternated, the minimum kept; one run when a warm-up took over 50 ms) and keeps
+//           the faster. A batch a layer was already planned at (an earlier call on this
+//           model) is not measured again. A batch that was not planned at all follows the
+//           nearest planned one (log scale).
+// On a CUDA model `auto` and `dense` plan every layer dense; `sparse` throws Error. The plan
+// is kept in the layers (Conv2d/Linear::sparse_exec): `infer` and Model::forward use it, and
+// it is dropped by a backward pass. Returns what was planned, for printing.
+ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t>& batches, int runs = 3);
+
+// A text table of a plan: layer, weight shape, density, batch, chosen execution, measured times.
+std::string execution_plan_table(const ExecutionPlan& p);
+
+}  // namespace dnns

@@ -1,0 +1,286 @@
+// Sparse execution (kernels/sparse.h, nn/execution.h): the sparse kernels against the dense
+// reference on odd shapes and masks from 50% to 99.9% sparsity (empty filters, a layer with
+// no nonzero at all), and whole models run sparse against the same models run dense.
+//
+// Tolerance: max|got - want| <= 1e-4 * max(1, max|want|), as for the dense kernels (float
+// sums in another order against double-accumulated ground truth).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/threading.h"
+#include "kernels/ops.h"
+#include "kernels/ref/ref.h"
+#include "kernels/sparse.h"
+#include "tests/test_util.h"
+
+using namespace dnns;
+using dnns::testing::conv;
+using dnns::testing::conv_str;
+
+namespace {
+
+std::vector<float> randn(Rng& rng, int64_t n) {
+  std::vector<float> v((size_t)n);
+  for (float& f : v) f = rng.normal();
+  return v;
+}
+
+// A (rows, cols) weight with about `density` of its entries nonzero; rows listed in `empty`
+// have none.
+std::vector<float> masked_weight(Rng& rng, int rows, int cols, double density, const std::vector<int>& empty) {
+  std::vector<float> w((size_t)rows * cols, 0.0f);
+  for (int i = 0; i < rows; ++i) {
+    if (std::find(empty.begin(), empty.end(), i) != empty.end()) continue;
+    for (int j = 0; j < cols; ++j)
+      if (rng.uniform() < density) w[(size_t)i * cols + j] = rng.normal();
+  }
+  return w;
+}
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0.0;
+  for (float f : v) m = std::max(m, (double)std::fabs(f));
+  return m;
+}
+
+void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  double err = 0.0;
+  bool finite = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) finite = false;
+    err = std::max(err, (double)std::fabs(got[i] - want[i]));
+  }
+  INFO(what << ": max|got - want| = " << err << ", max|want| = " << max_abs(want));
+  CHECK(finite);
+  CHECK(err <= 1e-4 * std::max(1.0, max_abs(want)));
+}
+
+// Dense reference conv (+ optional ReLU) of the same weight: what sparse execution must equal.
+std::vector<float> dense_conv(const Conv2dParams& p, const std::vector<float>& x, const std::vector<float>& w,
+                              const float* b, bool relu) {
+  std::vector<float> y((size_t)p.N * p.K * p.P() * p.Q());
+  ref::conv2d_forward(p, x.data(), w.data(), b, y.data());
+  if (relu)
+    for (float& v : y) v = std::max(v, 0.0f);
+  return y;
+}
+
+void check_sparse_conv(const Conv2dParams& p, double density, const std::vector<int>& empty, bool bias, bool relu,
+                       uint64_t seed) {
+  Rng rng(seed);
+  const std::vector<float> x = randn(rng, (int64_t)p.N * p.C * p.H * p.W);
+  const std::vector<float> w = masked_weight(rng, p.K, p.C * p.R * p.S, density, empty);
+  const std::vector<float> b = randn(rng, p.K);
+  const SparseRows s = sparse_from_dense(w.data(), p.K, p.C * p.R * p.S);
+  for (int k : empty) CHECK(s.row_start[k + 1] == s.row_start[k]);
+  const std::vector<float> want = dense_conv(p, x, w, bias ? b.data() : nullptr, relu);
+  const size_t ny = want.size();
+  std::vector<float> got_ref(ny, std::numeric_limits<float>::quiet_NaN()), got_cpu = got_ref;
+  ref::sparse_conv2d_forward(p, x.data(), s, bias ? b.data() : nullptr, relu, got_ref.data());
+  cpu::sparse_conv2d_forward(p, x.data(), s, bias ? b.data() : nullptr, relu, got_cpu.data());
+  const std::string what = conv_str(p) + " density=" + std::to_string(density) + " nnz=" +
+                           std::to_string(s.nnz()) + (bias ? " bias" : "") + (relu ? " relu" : "");
+  check_close(got_ref, want, "ref sparse " + what);
+  check_close(got_cpu, want, "cpu sparse " + what);
+}
+
+}  // namespace
+
+TEST_CASE("sparse_from_dense keeps exactly the nonzeros and round-trips") {
+  Rng rng(3);
+  std::vector<float> w = masked_weight(rng, 9, 13, 0.3, {0, 4});
+  w[2 * 13 + 5] = -0.0f;  // a negative zero is a zero
+  const SparseRows s = sparse_from_dense(w.data(), 9, 13);
+  int64_t nonzero = 0;
+  for (float v : w) nonzero += v != 0.0f;
+  CHECK(s.nnz() == nonzero);
+  CHECK(s.row_start.size() == 10);
+  CHECK(sparse_to_dense(s) == w);
+  for (int i = 0; i < s.rows; ++i)
+    for (int64_t j = s.row_start[i] + 1; j < s.row_start[i + 1]; ++j) CHECK(s.col[j] > s.col[j - 1]);
+  CHECK(std::fabs(s.density() - double(nonzero) / (9 * 13)) < 1e-12);
+  w[7] = std::numeric_limits<float>::quiet_NaN();
+  CHECK(testing::contains(testing::error_of([&] { sparse_from_dense(w.data(), 9, 13); }), "not finite"));
+}
+
+TEST_CASE("sparse conv equals dense conv on odd shapes and sparsities from 50% to 99.9%") {
+  set_num_threads(2);
+  // N C H W K R S stride pad
+  const Conv2dParams shapes[] = {
+      conv(2, 37, 7, 7, 54, 3, 3, 2, 1),  // odd channels, strided, padded
+      conv(3, 37, 7, 7, 54, 1, 1, 1, 0),  // 1x1
+      conv(1, 16, 32, 32, 16, 3, 3, 1, 1),  // a ResNet-20 stage-1 conv at batch 1
+      conv(5, 8, 9, 11, 12, 3, 3, 1, 1),  // non-square
+      conv(2, 6, 8, 8, 10, 1, 1, 2, 0),   // 1x1 strided (a ResNet shortcut)
+      conv(2, 5, 10, 9, 7, 5, 3, 3, 2),   // R != S, stride 3, pad 2
+      conv(1, 3, 4, 4, 9, 3, 3, 1, 0),    // no padding, tiny output
+      conv(17, 4, 3, 3, 5, 3, 3, 1, 1),   // many tiny images
+  };
+  const double densities[] = {0.5, 0.2, 0.1, 0.05, 0.01, 0.001};
+  uint64_t seed = 100;
+  for (const Conv2dParams& p : shapes)
+    for (double d : densities) {
+      const bool bias = seed % 2 == 0, relu = seed % 3 != 0;
+      check_sparse_conv(p, d, {0, p.K - 1, p.K / 2}, bias, relu, seed++);
+    }
+}
+
+TEST_CASE("sparse conv of a layer with no nonzero is its bias (then ReLU)") {
+  set_num_threads(2);
+  const Conv2dParams p = conv(2, 37, 7, 7, 54, 3, 3, 2, 1);
+  check_sparse_conv(p, 0.0, {}, true, false, 7);
+  check_sparse_conv(p, 0.0, {}, true, true, 8);
+  check_sparse_conv(p, 0.0, {}, false, false, 9);
+}
+
+TEST_CASE("sparse linear equals dense linear, batch 1 to 37") {
+  set_num_threads(2);
+  uint64_t seed = 200;
+  for (int N : {1, 3, 37})
+    for (double d : {0.5, 0.1, 0.01, 0.0}) {
+      const int I = 61, O = 23;
+      Rng rng(seed++);
+      const std::vector<float> x = randn(rng, (int64_t)N * I);
+      const std::vector<float> w = masked_weight(rng, O, I, d, {1, O - 1});
+      const std::vector<float> b = randn(rng, O);
+      const SparseRows s = sparse_from_dense(w.data(), O, I);
+      for (bool relu : {false, true}) {
+        std::vector<float> want((size_t)N * O), got_ref(want.size(), NAN), got_cpu(want.size(), NAN);
+        ref::linear_forward(N, I, O, x.data(), w.data(), b.data(), want.data());
+        if (relu)
+          for (float& v : want) v = std::max(v, 0.0f);
+        ref::sparse_linear_forward(N, x.data(), s, b.data(), relu, got_ref.data());
+        cpu::sparse_linear_forward(N, x.data(), s, b.data(), relu, got_cpu.data());
+        const std::string what = "linear N=" + std::to_string(N) + " density=" + std::to_string(d);
+        check_close(got_ref, want, "ref " + what);
+        check_close(got_cpu, want, "cpu " + what);
+      }
+    }
+}
+
+TEST_CASE("ops::sparse_* refuse a sparse weight of the wrong shape, naming it") {
+  Rng rng(5);
+  const Conv2dParams p = conv(1, 4, 5, 5, 6, 3, 3, 1, 1);
+  std::vector<float> w = masked_weight(rng, 6, 4 * 9, 0.5, {});
+  const SparseRows s = sparse_from_dense(w.data(), 6, 4 * 9);
+  Tensor x({1, 4, 5, 5}), y({1, 6, 5, 5}), b;
+  ops::sparse_conv2d_forward(p, x, s, b, false, y);  // the right shape runs
+  Conv2dParams wrong = p;
+  wrong.C = 5;
+  Tensor x5({1, 5, 5, 5});
+  CHECK(testing::contains(testing::error_of([&] { ops::sparse_conv2d_forward(wrong, x5, s, b, false, y); }),
+                          "sparse weight has 6 rows of 36 columns"));
+  Tensor xl({2, 7}), yl({2, 6});
+  CHECK(testing::contains(testing::error_of([&] { ops::sparse_linear_forward(xl, s, b, false, yl); }),
+                          "does not match a sparse weight"));
+}
+
+// ---- whole models: sparse execution after compaction ----------------------------------------
+
+#include "nn/execution.h"
+#include "nn/models/zoo.h"
+#include "prune/compact.h"
+#include "prune/infer.h"
+
+namespace {
+
+// A compact ResNet-20 from random masks (dead filters and 10% unstructured density) with
+// batchnorm statistics that give dead filters nonzero constants: border tables appear.
+Model compact_resnet(Rng& rng) {
+  Model m = build_model("resnet20");
+  init_model(m, rng);
+  testing::randomize_batchnorm(m, rng);
+  testing::random_masks(m, rng, 0.3f, 0.1f);
+  return compact_model(m);
+}
+
+void check_logits_close(const Tensor& got, const Tensor& want, const std::string& what) {
+  check_close(got.to_vector(), want.to_vector(), what);
+}
+
+}  // namespace
+
+TEST_CASE("a compact ResNet-20 run sparse, dense and auto gives the same logits") {
+  set_num_threads(2);
+  Rng rng(11);
+  Model c = compact_resnet(rng);
+  int tables = 0, convs = 0;
+  for (const Node& n : c.nodes())
+    if (auto* conv = dynamic_cast<const Conv2d*>(n.layer.get())) tables += conv->pos_h > 0, ++convs;
+  REQUIRE(tables > 0);  // the border-table path of the sparse branch is exercised
+  const Tensor x = testing::random_images(3, c.input_shape(), rng);
+  plan_execution(c, Execution::Dense, {3});
+  const Tensor dense = infer(c, x);
+
+  const ExecutionPlan sp = plan_execution(c, Execution::Sparse, {1, 3});
+  CHECK(sp.sparse_layers(3) == convs + 1);  // every conv and the linear
+  for (const LayerExecution& l : sp.layers) CHECK(l.density < 0.2);
+  const Tensor sparse = infer(c, x);
+  CHECK(!testing::same_bits(sparse, dense));  // another summation order: it really ran sparse
+  check_logits_close(sparse, dense, "sparse vs dense logits");
+  check_logits_close(c.forward(x, false), dense, "Model::forward sparse vs dense logits");
+
+  const ExecutionPlan au = plan_execution(c, Execution::Auto, {3}, 1);
+  REQUIRE(au.layers.size() == sp.layers.size() / 2);
+  for (const LayerExecution& l : au.layers) {
+    CHECK(l.dense_ms >= 0);
+    CHECK(l.sparse_ms >= 0);
+    CHECK(l.sparse == (l.sparse_ms < l.dense_ms));
+    CHECK_FALSE(l.cached);
+  }
+  check_logits_close(infer(c, x), dense, "auto vs dense logits");
+  // Planned again at the same batch: the measurements are reused, not redone.
+  const ExecutionPlan again = plan_execution(c, Execution::Auto, {3}, 1);
+  REQUIRE(again.layers.size() == au.layers.size());
+  for (size_t i = 0; i < au.layers.size(); ++i) {
+    CHECK(again.layers[i].cached);
+    CHECK(again.layers[i].dense_ms == au.layers[i].dense_ms);
+    CHECK(again.layers[i].sparse == au.layers[i].sparse);
+  }
+  const std::string table = execution_plan_table(au);
+  CHECK(testing::contains(table, "dense ms"));
+  CHECK(testing::contains(table, au.layers[0].node));
+
+  // Back to dense: bit for bit the dense result again.
+  plan_execution(c, Execution::Dense, {3});
+  CHECK(testing::same_bits(infer(c, x), dense));
+}
+
+TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
+  SparseExecution e;
+  e.choices = {{1, true, 1, 0.5}, {32, false, 1, 2}};
+  CHECK(e.runs_sparse(1));
+  CHECK(e.runs_sparse(4));       // log-nearer to 1 than to 32
+  CHECK_FALSE(e.runs_sparse(8)); // log-nearer to 32
+  CHECK_FALSE(e.runs_sparse(128));
+  e.always = true;
+  CHECK(e.runs_sparse(128));
+
+  set_num_threads(2);
+  Model m = testing::every_kind_model();
+  Rng rng(4);
+  testing::random_masks(m, rng, 0.0f, 0.3f);
+  const Tensor x = testing::random_images(2, m.input_shape(), rng);
+  const Tensor dense = m.forward(x, false);
+  plan_execution(m, Execution::Sparse, {2});
+  check_logits_close(m.forward(x, false), dense, "every-kind model sparse vs dense");
+  auto* c2 = dynamic_cast<Conv2d*>(m.nodes()[m.find("c2")].layer.get());
+  REQUIRE(c2->sparse_exec);
+  Tensor y = m.forward(x, true);
+  m.backward(Tensor::full(y.shape(), 1.0f));
+  CHECK_FALSE(c2->sparse_exec);
+  plan_execution(m, Execution::Sparse, {2});
+  REQUIRE(c2->sparse_exec);
+  m.apply_masks();  // weights edited in place: the sparse form is dropped with them
+  CHECK_FALSE(c2->sparse_exec);
+  CHECK(testing::contains(testing::error_of([] { parse_execution("fast"); }), "--execution: expected dense, sparse or auto"));
+}
