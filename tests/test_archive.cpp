@@ -246,8 +246,8 @@ TEST_CASE("the file layout is the documented one") {
   a.kind = "mask";
   a.meta["k"] = "vv";
   a.tensors["w"] = Tensor::from({2}, {1.0f, -2.0f});
-  save_archive(path, a);
-
+  // Version 1 (on request): every tensor dense, no encoding byte.
+  save_archive(path, a, ArchiveWriteOptions{kArchiveFormatVersionDense});
   RawArchive want;
   want.str("mask");
   want.u64(1);
@@ -260,6 +260,44 @@ TEST_CASE("the file layout is the documented one") {
   want.u64(2);
   want.bytes("\x00\x00\x80\x3f\x00\x00\x00\xc0", 8);  // 1.0f, -2.0f little-endian
   CHECK(read_bytes(path) == want.finish());
+
+  // Version 2 (the default): an encoding byte per tensor; two values are smaller dense.
+  save_archive(path, a);
+  RawArchive want2(2);
+  want2.str("mask");
+  want2.u64(1);
+  want2.str("k");
+  want2.u64(2);
+  want2.bytes("vv", 2);
+  want2.u64(1);
+  want2.str("w");
+  want2.u32(1);
+  want2.u64(2);
+  want2.bytes("\x00", 1);  // dense
+  want2.bytes("\x00\x00\x80\x3f\x00\x00\x00\xc0", 8);
+  CHECK(read_bytes(path) == want2.finish());
+
+  // A sparse tensor: 1000 values, three kept (one of them -0.0, kept to come back exactly).
+  Archive s;
+  s.kind = "model";
+  Tensor t(Shape{1000});
+  t[3] = 2.5f, t[300] = -0.0f, t[999] = 1.0f;
+  s.tensors["s"] = t;
+  save_archive(path, s);
+  RawArchive want3(2);
+  want3.str("model");
+  want3.u64(0);
+  want3.u64(1);
+  want3.str("s");
+  want3.u32(1);
+  want3.u64(1000);
+  want3.bytes("\x01\x02", 2);  // sparse, gap8
+  want3.u64(3);            // kept values
+  want3.u64(6);  // index bytes: skip 3, keep (3); skip 255, skip 41, keep (300); 255, 255, skip 188, keep (999)
+  want3.bytes("\x03\xff\x29\xff\xff\xbc", 6);
+  want3.bytes("\x00\x00\x20\x40" "\x00\x00\x00\x80" "\x00\x00\x80\x3f", 12);  // 2.5, -0.0, 1.0
+  CHECK(read_bytes(path) == want3.finish());
+  CHECK(same_bits(load_archive(path).tensors.at("s"), t));
 }
 
 TEST_CASE("CUDA tensors are copied to host to be written") {
@@ -316,7 +354,7 @@ TEST_CASE("missing, empty, foreign and newer files are refused with the reason")
   v99[8] = 99;  // u32 version at offset 8, little-endian
   msg = refusal(path, v99);
   CHECK(contains(msg, "unsupported archive format version 99"));
-  CHECK(contains(msg, "this build reads version 1"));
+  CHECK(contains(msg, "this build reads versions 1 and 2"));
   CHECK(contains(error_of([&] { load_archive_meta(path); }), "version 99"));
 
   // A version 99 file with its own valid checksum: still refused for the version.
