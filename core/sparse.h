@@ -105,6 +105,7 @@ std::string for_each_position(IndexCoding coding, const uint8_t* bytes, uint64_t
       f(static_cast<int64_t>(pos));
       ++pos;
     }
+    if (n - pos >= 255) return "gap8 index ends " + std::to_string(n - pos) + " positions before the tensor's end";
   }
   if (seen != count)
     return std::string(coding_name(coding)) + " index holds " + std::to_string(seen) + " positions, " +
