@@ -587,6 +587,72 @@ TEST_CASE("malformed entries with a valid checksum are refused without huge allo
   }
 }
 
+TEST_CASE("malformed sparse records are refused without huge allocations") {
+  TempDir tmp;
+  std::string path = (tmp / "sparse.dnns");
+  // One tensor "w" of shape `dims` in format 2 with the given encoding bytes after the dims.
+  auto sparse_file = [](std::vector<uint64_t> dims, const std::vector<unsigned char>& record) {
+    RawArchive r(2);
+    r.str("model");
+    r.u64(0);
+    r.u64(1);
+    r.str("w");
+    r.u32(static_cast<uint32_t>(dims.size()));
+    for (uint64_t d : dims) r.u64(d);
+    r.bytes(record.data(), record.size());
+    return r.finish();
+  };
+  auto record = [](unsigned char encoding, unsigned char coding, uint64_t count, const std::vector<unsigned char>& index,
+                   size_t values) {
+    std::vector<unsigned char> b = {encoding, coding};
+    for (int i = 0; i < 8; ++i) b.push_back(static_cast<unsigned char>(count >> (8 * i)));
+    for (int i = 0; i < 8; ++i) b.push_back(static_cast<unsigned char>(uint64_t(index.size()) >> (8 * i)));
+    b.insert(b.end(), index.begin(), index.end());
+    b.insert(b.end(), 4 * values, 0);
+    return b;
+  };
+  // A valid one first: 10 values, 2 kept at 3 and 9 (gap8: skip 3 keep, skip 5 keep).
+  write_bytes(path, sparse_file({10}, record(1, 2, 2, {3, 5}, 2)));
+  CHECK(load_archive(path).tensors.at("w").numel() == 10);
+  // 2^39 values claimed, a 6-byte index: it cannot cover them; nothing of that size allocated.
+  std::string msg = refusal(path, sparse_file({uint64_t(1) << 39}, record(1, 2, 1, {0, 255, 255, 255, 255, 255}, 1)));
+  CHECK(contains(msg, "malformed archive: tensor 'w': a gap8 index of 6 bytes cannot describe its 549755813888 values"));
+  // The same as a bitmap: 2^39 values need a 2^36-byte bitmap the file does not have.
+  msg = refusal(path, sparse_file({uint64_t(1) << 39}, record(2, 1, 1, {1}, 0)));
+  CHECK(contains(msg, "bitmap index of 1 bytes cannot describe"));
+  // A count of 2^60 values: more than the tensor holds; 8 stated but one value present: truncated.
+  msg = refusal(path, sparse_file({8}, record(1, 1, uint64_t(1) << 60, {0xff}, 0)));
+  CHECK_MESSAGE(contains(msg, "tensor 'w' keeps 1152921504606846976 of its 8 values"), msg);
+  msg = refusal(path, sparse_file({8}, record(1, 1, 8, {0xff}, 1)));
+  CHECK(contains(msg, "truncated: tensor 'w' values"));
+  // A gap8 stream that ends 255 or more positions before the tensor's end.
+  msg = refusal(path, sparse_file({300}, record(1, 2, 1, {0, 0}, 1)));
+  CHECK_MESSAGE(contains(msg, "gap8 index holds more than the 1 positions stated"), msg);
+  msg = refusal(path, sparse_file({300}, record(1, 2, 1, {0}, 1)));
+  CHECK(contains(msg, "gap8 index ends 299 positions before the tensor's end"));
+  // Two masks taking the support of one weight: a second allocation of its size is refused.
+  {
+    RawArchive r(2);
+    r.str("model");
+    r.u64(0);
+    r.u64(3);
+    for (const char* name : {"m1", "m2"}) {
+      r.str(name);
+      r.u32(1);
+      r.u64(10);
+      r.bytes("\x03", 1);
+      r.str("w");
+    }
+    r.str("w");
+    r.u32(1);
+    r.u64(10);
+    std::vector<unsigned char> rec = record(1, 2, 2, {3, 5}, 2);
+    r.bytes(rec.data(), rec.size());
+    msg = refusal(path, r.finish());
+    CHECK(contains(msg, "tensor 'm2' takes the support of 'w', which another tensor took already"));
+  }
+}
+
 TEST_CASE("saving is atomic and leaves no temporary file") {
   TempDir tmp;
   std::string path = (tmp / "ckpt.dnns");
