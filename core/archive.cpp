@@ -540,6 +540,7 @@ Archive load_impl(const std::string& path, bool with_tensors) {
   ArchiveReader r(path);
   const uint32_t version = read_header(r);
   Archive a;
+  a.format_version = version;
   try {
     read_body(r, a, with_tensors, version);
   } catch (const StructureError& e) {

@@ -58,6 +58,7 @@ struct Archive {
   std::string kind;                         // what the file holds: "model", "checkpoint", "mask", ...
   std::map<std::string, std::string> meta;  // text entries: graph spec, hyper-parameters (JSON text), run state
   std::map<std::string, Tensor> tensors;    // named float32 tensors with shapes (CPU tensors when loaded)
+  uint32_t format_version = 0;              // the file's, set by load_archive (save_archive ignores it)
 };
 
 // Writes atomically: to "<path>.tmp.<pid>" in the same folder, fsync, rename over `path`, so a

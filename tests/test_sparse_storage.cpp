@@ -158,6 +158,8 @@ TEST_CASE("an old-layout (format 1) file still loads identically, and format 1 i
   check_same_model(v2, m);
   // Loading the old file and the new one gives the same archive, tensor for tensor.
   Archive a = load_archive(fixture), b = load_archive(tmp / "v2.dnns");
+  CHECK(a.format_version == 1);
+  CHECK(b.format_version == 2);
   CHECK(a.meta == b.meta);
   REQUIRE(a.tensors.size() == b.tensors.size());
   for (const auto& [name, t] : a.tensors) CHECK_MESSAGE(same_bits(b.tensors.at(name), t), name);
