@@ -592,7 +592,8 @@ std::map<std::string, RecordPlan> plan_records(const Archive& a, const std::map<
   for (const auto& [name, t] : a.tensors) {
     if (name.rfind(kMaskPrefix, 0) != 0) continue;
     auto w = a.tensors.find(name.substr(std::strlen(kMaskPrefix)));
-    if (w == a.tensors.end() || w->second.shape() != t.shape() || plans.count(w->first)) continue;
+    // (Neither record may be planned already: "mask:mask:x" may have claimed "mask:x" as its weight.)
+    if (w == a.tensors.end() || w->second.shape() != t.shape() || plans.count(w->first) || plans.count(name)) continue;
     const float* m = host.at(name);
     const float* x = host.at(w->first);
     const int64_t n = t.numel();

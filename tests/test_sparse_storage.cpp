@@ -250,6 +250,16 @@ TEST_CASE("damaged sparse sections are refused, naming the tensor and the proble
   Archive back = load_archive(path);
   CHECK(same_bits(back.tensors.at("a.weight"), w));
   CHECK(same_bits(back.tensors.at("mask:a.weight"), m));  // position 0 kept although w[0] == 0.0
+  {  // a mask of a mask: each record lends or takes one support at most, and all come back
+    Archive chain;  // sorted: "mask:mask:z.weight" comes before "mask:z.weight", then "z.weight"
+    chain.kind = "model";
+    chain.tensors["z.weight"] = w;
+    chain.tensors["mask:z.weight"] = m;
+    chain.tensors["mask:mask:z.weight"] = m.clone();
+    save_archive(tmp / "chain.dnns", chain);
+    Archive c = load_archive(tmp / "chain.dnns");
+    for (const auto& [name, t] : chain.tensors) CHECK_MESSAGE(same_bits(c.tensors.at(name), t), name);
+  }
   std::string bytes = read_file(path);
   const size_t ref = bytes.find("a.weight", bytes.find("mask:a.weight") + 13);  // the support's name
   REQUIRE(ref != std::string::npos);
