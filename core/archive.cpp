@@ -15,9 +15,11 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <set>
 #include <vector>
 
 #include "core/error.h"
+#include "core/sparse.h"
 
 namespace dnns {
 
@@ -334,7 +336,7 @@ class ArchiveReader {
 
 // Magic, version and flags. Problems here are reported as they are, never as corruption: a
 // file of another kind or of a newer format is not a damaged archive.
-void read_header(ArchiveReader& r) {
+uint32_t read_header(ArchiveReader& r) {
   const std::string& path = r.path();
   if (r.size() == 0) throw Error(path + ": empty file (0 bytes), not a dnnshifter archive");
   unsigned char head[kHeaderBytes];
@@ -346,9 +348,10 @@ void read_header(ArchiveReader& r) {
     throw Error(path + ": truncated: the header needs " + std::to_string(kHeaderBytes) +
                 " bytes, but the file has only " + std::to_string(r.size()));
   uint32_t version = get_le32(head + 8);
-  if (version != kArchiveFormatVersion)
+  if (version != kArchiveFormatVersion && version != kArchiveFormatVersionDense)
     throw Error(path + ": unsupported archive format version " + std::to_string(version) +
-                " (this build reads version " + std::to_string(kArchiveFormatVersion) + ")");
+                " (this build reads versions " + std::to_string(kArchiveFormatVersionDense) + " and " +
+                std::to_string(kArchiveFormatVersion) + ")");
   uint32_t flags = get_le32(head + 12);
   if (flags != 0)
     throw Error(path + ": unsupported archive flags 0x" + [&] {
@@ -356,12 +359,61 @@ void read_header(ArchiveReader& r) {
       std::snprintf(buf, sizeof buf, "%08x", flags);
       return std::string(buf);
     }() + " (this build reads only flags 0)");
+  return version;
+}
+
+// Tensor records of format version 2 (see archive.h): how a tensor's values are stored.
+constexpr uint8_t kDense = 0, kSparse = 1, kOnes = 2, kOnesAtSupportOf = 3;
+
+struct SparseRecord {
+  Shape shape;
+  SparseIndex index;
+  bool ones = false;  // values all 1.0 (no values stored)
+};
+
+// A sparse or ones record's support: coding, count, index bytes, checked to describe exactly
+// `count` positions among the tensor's `numel` values.
+SparseRecord read_support(ArchiveReader& r, const std::string& label, uint64_t numel) {
+  SparseRecord rec;
+  uint8_t coding = 0;
+  r.read(&coding, 1, label + " index coding");
+  if (coding != static_cast<uint8_t>(IndexCoding::Bitmap) && coding != static_cast<uint8_t>(IndexCoding::Gap8))
+    r.malformed(label + " has index coding " + std::to_string(coding) + " (known: 1 bitmap, 2 gap8)");
+  rec.index.coding = static_cast<IndexCoding>(coding);
+  const uint64_t count = r.u64(label + " count");
+  const uint64_t len = r.u64(label + " index length");
+  if (len > r.remaining())
+    throw StructureError{"truncated: " + label + " index of " + std::to_string(len) + " bytes at offset " +
+                         std::to_string(r.offset()) + " runs past the end of the file (" + std::to_string(r.size()) +
+                         " bytes)"};
+  if (!coding_fits(rec.index.coding, len, numel))
+    r.malformed(label + ": a " + coding_name(rec.index.coding) + " index of " + std::to_string(len) +
+                " bytes cannot describe its " + std::to_string(numel) + " values");
+  if (count > numel)
+    r.malformed(label + " keeps " + std::to_string(count) + " of its " + std::to_string(numel) + " values");
+  rec.index.numel = static_cast<int64_t>(numel);
+  rec.index.count = static_cast<int64_t>(count);
+  rec.index.bytes.resize(static_cast<size_t>(len));
+  r.read(rec.index.bytes.data(), len, label + " index");
+  const std::string bad = for_each_position(rec.index.coding, rec.index.bytes.data(), len, numel, count, [](int64_t) {});
+  if (!bad.empty()) r.malformed(label + ": " + bad);
+  return rec;
+}
+
+// dst (numel) = the values at the index's positions (1.0 when values is null), +0.0 elsewhere.
+void scatter(const SparseIndex& index, const float* values, float* dst) {
+  std::memset(dst, 0, static_cast<size_t>(index.numel) * sizeof(float));
+  int64_t e = 0;
+  for_each_position(index.coding, index.bytes.data(), index.bytes.size(), static_cast<uint64_t>(index.numel),
+                    static_cast<uint64_t>(index.count), [&](int64_t i) { dst[i] = values ? values[e++] : 1.0f; });
 }
 
 // Everything after the header. Throws StructureError for truncation and malformed entries,
 // Error for a bad checksum, end marker or trailing bytes.
-void read_body(ArchiveReader& r, Archive& a, bool with_tensors) {
+void read_body(ArchiveReader& r, Archive& a, bool with_tensors, uint32_t version) {
   const std::string& path = r.path();
+  std::map<std::string, SparseRecord> records;                          // sparse and ones records
+  std::map<std::string, std::pair<Shape, std::string>> refs;           // ones at another's support
   a.kind = r.string("kind", kMaxNameBytes);
 
   uint64_t n_meta = r.u64("meta entry count");
@@ -394,27 +446,77 @@ void read_body(ArchiveReader& r, Archive& a, bool with_tensors) {
                     " (must be in [0, 2^40])");
       has_zero = has_zero || shape[d] == 0;
     }
-    // numel without overflow: every factor is >= 1 and the running product stays within what
-    // the rest of the file could hold, so nothing is allocated that the file cannot fill.
-    uint64_t max_numel = r.remaining() / sizeof(float);
+    // numel without overflow (every factor is at most 2^40; the product saturates past 2^62).
+    // A dense record must fit in the rest of the file, a sparse one in what its index can cover,
+    // so nothing is allocated that the file cannot describe.
+    const uint64_t max_numel = r.remaining() / sizeof(float);
     uint64_t numel = has_zero ? 0 : 1;
     for (uint32_t d = 0; d < ndim && numel != 0; ++d) {
       uint64_t dim = static_cast<uint64_t>(shape[d]);
-      if (numel > max_numel / dim)
-        throw StructureError{"truncated: " + label + " of shape " + shape_str(shape) + " needs more than the " +
-                             std::to_string(r.remaining()) + " bytes left after offset " +
-                             std::to_string(r.offset()) + " (file has " + std::to_string(r.size()) +
-                             " bytes)"};
-      numel *= dim;
+      numel = numel > (uint64_t(1) << 62) / dim ? (uint64_t(1) << 62) + 1 : numel * dim;
     }
     std::string data_label = label + " data " + shape_str(shape);
-    if (with_tensors) {
-      Tensor t = Tensor::uninit(shape);  // filled completely by the read, or discarded
-      r.read(t.data(), numel * sizeof(float), data_label);
-      swap_floats_if_big_endian(t.data(), numel);
-      if (!a.tensors.emplace(name, std::move(t)).second) r.malformed("duplicate " + label);
+    uint8_t encoding = kDense;
+    if (version >= 2) r.read(&encoding, 1, label + " encoding");
+    if (encoding == kDense) {
+      if (numel > max_numel)
+        throw StructureError{"truncated: " + label + " of shape " + shape_str(shape) + " needs more than the " +
+                             std::to_string(r.remaining()) + " bytes left after offset " +
+                             std::to_string(r.offset()) + " (file has " + std::to_string(r.size()) + " bytes)"};
+      if (with_tensors) {
+        Tensor t = Tensor::uninit(shape);  // filled completely by the read, or discarded
+        r.read(t.data(), numel * sizeof(float), data_label);
+        swap_floats_if_big_endian(t.data(), numel);
+        if (!a.tensors.emplace(name, std::move(t)).second) r.malformed("duplicate " + label);
+      } else {
+        r.skip(numel * sizeof(float), data_label);
+      }
+    } else if (encoding == kSparse || encoding == kOnes) {
+      SparseRecord rec = read_support(r, label, numel);
+      Tensor t;
+      if (with_tensors) t = Tensor::uninit(shape);
+      if (encoding == kSparse) {
+        if (static_cast<uint64_t>(rec.index.count) > r.remaining() / sizeof(float))
+          r.too_short(label + " values", static_cast<uint64_t>(rec.index.count), sizeof(float));
+        std::vector<float> values(static_cast<size_t>(rec.index.count));  // at most the file's bytes
+        r.read(values.data(), values.size() * sizeof(float), label + " values");
+        swap_floats_if_big_endian(values.data(), values.size());
+        if (with_tensors) scatter(rec.index, values.data(), t.data());
+      } else if (with_tensors) {
+        scatter(rec.index, nullptr, t.data());
+      }
+      if (with_tensors && !a.tensors.emplace(name, std::move(t)).second) r.malformed("duplicate " + label);
+      rec.shape = shape;
+      rec.ones = encoding == kOnes;
+      if (!records.emplace(name, std::move(rec)).second) r.malformed("duplicate " + label);
+    } else if (encoding == kOnesAtSupportOf) {
+      std::string target = r.string(label + " support name", kMaxNameBytes);
+      if (!refs.emplace(name, std::make_pair(shape, target)).second) r.malformed("duplicate " + label);
+      if (a.tensors.count(name)) r.malformed("duplicate " + label);
     } else {
-      r.skip(numel * sizeof(float), data_label);
+      r.malformed(label + " has encoding " + std::to_string(encoding) + " (known: 0 dense, 1 sparse, 2 ones, 3 ones at the support of another tensor)");
+    }
+  }
+  // Each "ones at the support of" record takes the support of a sparse record of its shape; a
+  // record lends its support at most once (so no file makes the reader allocate a tensor's
+  // values twice for one index).
+  std::set<std::string> lent;
+  for (auto& [name, ref] : refs) {
+    const auto& [shape, target] = ref;
+    std::string label = "tensor " + quote_name(name);
+    auto it = records.find(target);
+    if (it == records.end() || it->second.ones)
+      r.malformed(label + " takes the support of " + quote_name(target) + ", which is not a sparse tensor of the file");
+    if (it->second.shape != shape)
+      r.malformed(label + " of shape " + shape_str(shape) + " takes the support of " + quote_name(target) +
+                  " of shape " + shape_str(it->second.shape));
+    if (!lent.insert(target).second)
+      r.malformed(label + " takes the support of " + quote_name(target) + ", which another tensor took already");
+    if (records.count(name) || a.tensors.count(name)) r.malformed("duplicate " + label);
+    if (with_tensors) {
+      Tensor t = Tensor::uninit(shape);
+      scatter(it->second.index, nullptr, t.data());
+      a.tensors.emplace(name, std::move(t));
     }
   }
 
@@ -436,10 +538,11 @@ void read_body(ArchiveReader& r, Archive& a, bool with_tensors) {
 
 Archive load_impl(const std::string& path, bool with_tensors) {
   ArchiveReader r(path);
-  read_header(r);
+  const uint32_t version = read_header(r);
   Archive a;
+  a.format_version = version;
   try {
-    read_body(r, a, with_tensors);
+    read_body(r, a, with_tensors, version);
   } catch (const StructureError& e) {
     // A flipped bit in a length field shows up as a structural problem; when the trailer is
     // intact but the checksum disagrees, the honest diagnosis is corruption.
@@ -464,7 +567,74 @@ uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
   return ~c;
 }
 
-void save_archive(const std::string& path, const Archive& a) {
+namespace {
+
+// How save_archive stores one tensor in format version 2.
+struct RecordPlan {
+  uint8_t encoding = kDense;
+  SparseIndex index;       // kSparse, kOnes
+  std::string support_of;  // kOnesAtSupportOf
+};
+
+// Record bytes after the encoding byte: coding, count, index length, index (+ values).
+int64_t support_record_bytes(const SparseIndex& idx) { return 1 + 8 + 8 + static_cast<int64_t>(idx.bytes.size()); }
+
+// The smallest record of every tensor. A mask "mask:<w>" (0.0 and 1.0 only) whose weight <w> is
+// +0.0 wherever the mask is 0 lends its support to the weight: <w> is stored sparse at the
+// mask's positions (a kept weight that is exactly 0.0 is stored there too), and the mask as "ones
+// at the support of <w>", a dozen bytes, so the pruning state comes back exact. Any other tensor:
+// sparse over its values that are not +0.0 (all 1.0: ones, without values) when that is smaller
+// than dense.
+std::map<std::string, RecordPlan> plan_records(const Archive& a, const std::map<std::string, const float*>& host) {
+  std::map<std::string, RecordPlan> plans;
+  auto bits = [](const float* x, int64_t i) { return std::bit_cast<uint32_t>(x[i]); };
+  constexpr uint32_t kOne = 0x3F800000u;
+  for (const auto& [name, t] : a.tensors) {
+    if (name.rfind(kMaskPrefix, 0) != 0) continue;
+    auto w = a.tensors.find(name.substr(std::strlen(kMaskPrefix)));
+    // (Neither record may be planned already: "mask:mask:x" may have claimed "mask:x" as its weight.)
+    if (w == a.tensors.end() || w->second.shape() != t.shape() || plans.count(w->first) || plans.count(name)) continue;
+    const float* m = host.at(name);
+    const float* x = host.at(w->first);
+    const int64_t n = t.numel();
+    bool canonical = true;
+    for (int64_t i = 0; i < n && canonical; ++i)
+      canonical = bits(m, i) == kOne || (bits(m, i) == 0u && bits(x, i) == 0u);
+    if (!canonical) continue;
+    RecordPlan weight, mask;
+    weight.index = encode_support(n, [&](int64_t i) { return bits(m, i) != 0u; });
+    if (support_record_bytes(weight.index) + 4 * weight.index.count < 4 * n) {
+      weight.encoding = kSparse;
+      mask.encoding = kOnesAtSupportOf;
+      mask.support_of = w->first;
+      plans[w->first] = std::move(weight);
+    } else if (support_record_bytes(weight.index) < 4 * n) {
+      mask.encoding = kOnes;
+      mask.index = std::move(weight.index);
+    } else {
+      continue;  // a tiny mask: dense, as any other tensor below
+    }
+    plans[name] = std::move(mask);
+  }
+  for (const auto& [name, t] : a.tensors) {
+    if (plans.count(name)) continue;
+    const float* x = host.at(name);
+    const int64_t n = t.numel();
+    RecordPlan p;
+    p.index = encode_support(n, [&](int64_t i) { return bits(x, i) != 0u; });
+    bool ones = true;
+    for (int64_t i = 0; i < n && ones; ++i) ones = bits(x, i) == 0u || bits(x, i) == kOne;
+    const int64_t sparse = support_record_bytes(p.index) + (ones ? 0 : 4 * p.index.count);
+    if (sparse < 4 * n) p.encoding = ones ? kOnes : kSparse;
+    else p.index = SparseIndex{};
+    plans[name] = std::move(p);
+  }
+  return plans;
+}
+
+}  // namespace
+
+void save_archive(const std::string& path, const Archive& a, const ArchiveWriteOptions& options) {
   namespace fs = std::filesystem;
   // Refuse what load_archive would refuse before creating any file.
   check_name_length(path, "kind", a.kind);
@@ -482,17 +652,32 @@ void save_archive(const std::string& path, const Archive& a) {
         throw Error(path + ": cannot save: tensor " + quote_name(name) + " of shape " + shape_str(t.shape()) +
                     " has a dimension above 2^40");
   }
+  if (options.format_version != kArchiveFormatVersion && options.format_version != kArchiveFormatVersionDense)
+    throw Error(path + ": cannot save: archive format version " + std::to_string(options.format_version) +
+                " (this build writes versions " + std::to_string(kArchiveFormatVersionDense) + " and " +
+                std::to_string(kArchiveFormatVersion) + ")");
   if (!is_file_writer()) return;  // another rank of a data-parallel run writes it
   fs::path folder = fs::path(path).parent_path();
   std::error_code ec;
   if (!folder.empty() && !fs::is_directory(folder, ec))
     throw Error(path + ": cannot save: folder '" + folder.string() + "' does not exist");
 
+  // Host copies of CUDA tensors, and every tensor's record.
+  std::map<std::string, std::vector<float>> copies;
+  std::map<std::string, const float*> host;
+  for (const auto& [name, t] : a.tensors) {
+    if (t.is_cpu()) host[name] = t.data();
+    else host[name] = (copies[name] = t.to_vector()).data();
+  }
+  const bool sparse = options.format_version >= 2;
+  std::map<std::string, RecordPlan> plans;
+  if (sparse) plans = plan_records(a, host);
+
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
     ArchiveWriter w(path, tmp);
     w.bytes(kMagic, 8);
-    w.u32(kArchiveFormatVersion);
+    w.u32(options.format_version);
     w.u32(0);  // flags
     w.u32(static_cast<uint32_t>(a.kind.size()));
     w.bytes(a.kind.data(), a.kind.size());
@@ -509,11 +694,32 @@ void save_archive(const std::string& path, const Archive& a) {
       w.bytes(name.data(), name.size());
       w.u32(static_cast<uint32_t>(t.ndim()));
       for (int64_t d : t.shape()) w.u64(static_cast<uint64_t>(d));
-      if (t.is_cpu()) {
-        w.floats(t.data(), static_cast<size_t>(t.numel()));
+      const float* x = host.at(name);  // (numel)
+      if (!sparse) {
+        w.floats(x, static_cast<size_t>(t.numel()));
+        continue;
+      }
+      const RecordPlan& p = plans.at(name);
+      w.bytes(&p.encoding, 1);
+      if (p.encoding == kDense) {
+        w.floats(x, static_cast<size_t>(t.numel()));
+      } else if (p.encoding == kOnesAtSupportOf) {
+        w.u32(static_cast<uint32_t>(p.support_of.size()));
+        w.bytes(p.support_of.data(), p.support_of.size());
       } else {
-        std::vector<float> host = t.to_vector();
-        w.floats(host.data(), host.size());
+        const uint8_t coding = static_cast<uint8_t>(p.index.coding);
+        w.bytes(&coding, 1);
+        w.u64(static_cast<uint64_t>(p.index.count));
+        w.u64(p.index.bytes.size());
+        w.bytes(p.index.bytes.data(), p.index.bytes.size());
+        if (p.encoding == kSparse) {
+          std::vector<float> values;
+          values.reserve(static_cast<size_t>(p.index.count));
+          for_each_position(p.index.coding, p.index.bytes.data(), p.index.bytes.size(),
+                            static_cast<uint64_t>(t.numel()), static_cast<uint64_t>(p.index.count),
+                            [&](int64_t i) { values.push_back(x[i]); });
+          w.floats(values.data(), values.size());
+        }
       }
     }
     w.u32(w.crc());

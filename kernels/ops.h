@@ -58,7 +58,7 @@ float softmax_cross_entropy(const Tensor& logits, const Tensor& labels, float sm
                             Tensor* dlogits, int* correct);
 
 void sgd_update(const SgdParams& p, Tensor& w, const Tensor& g, Tensor& buf);
-void mask_apply(Tensor& w, const Tensor& mask);
+void mask_apply(Tensor& w, const Tensor& mask);  // w = mask != 0 ? w : +0.0
 
 }  // namespace ops
 }  // namespace dnns

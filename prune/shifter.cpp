@@ -183,7 +183,7 @@ Residency parse_residency(const std::string& s) {
 int64_t PackedModel::bytes() const {
   int64_t total = static_cast<int64_t>(spec.size() + arch.size());
   for (const PackedTensor& t : tensors)
-    total += static_cast<int64_t>(t.values.size() * sizeof(float) + t.index.size() * sizeof(uint32_t));
+    total += t.sparse ? t.kept.bytes() : static_cast<int64_t>(t.values.size() * sizeof(float));
   return total;
 }
 
@@ -196,22 +196,12 @@ PackedModel pack_model(const Model& m) {
     PackedModel::PackedTensor pt;
     pt.name = name;
     pt.shape = t->shape();
-    const float* v = t->data();  // (numel)
-    const int64_t numel = t->numel();
-    int64_t nnz = 0;
-    // Zeros of either sign are dropped: masking leaves -0.0 wherever a negative weight was
-    // pruned, and -0.0 unpacks as +0.0, which changes no sum that is not zero anyway.
-    auto kept = [](float x) { return x != 0.0f; };
-    for (int64_t i = 0; i < numel; ++i) nnz += kept(v[i]);
-    // (index, value) pairs cost 8 bytes a nonzero, a dense copy 4 bytes a value.
-    pt.sparse = numel < (int64_t(1) << 32) && 2 * nnz < numel;
-    if (pt.sparse) {
-      pt.index.reserve(nnz);
-      pt.values.reserve(nnz);
-      for (int64_t i = 0; i < numel; ++i)
-        if (kept(v[i])) pt.index.push_back(static_cast<uint32_t>(i)), pt.values.push_back(v[i]);
-    } else {
-      pt.values.assign(v, v + numel);
+    // Zeros of either sign are dropped: -0.0 unpacks as +0.0, which changes no sum.
+    pt.kept = to_sparse(t->data(), pt.shape, ZeroSign::AnySign);
+    pt.sparse = sparse_pays(pt.kept);
+    if (!pt.sparse) {
+      pt.kept = SparseTensor{};
+      pt.values.assign(t->data(), t->data() + t->numel());
     }
     p.tensors.push_back(std::move(pt));
   }
@@ -230,11 +220,10 @@ Model unpack_model(const PackedModel& p) {
     check(state[k].first == pt.name && t.shape() == pt.shape,
           "unpack_model: tensor " + std::to_string(k) + " is '" + state[k].first + "' " + shape_str(t.shape()) +
               ", the packed model has '" + pt.name + "' " + shape_str(pt.shape));
-    float* dst = t.data();  // (numel)
     if (pt.sparse)
-      for (size_t i = 0; i < pt.index.size(); ++i) dst[pt.index[i]] = pt.values[i];
+      to_dense(pt.kept, t.data());
     else
-      std::copy(pt.values.begin(), pt.values.end(), dst);
+      std::copy(pt.values.begin(), pt.values.end(), t.data());
   }
   return m;
 }

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "core/sparse.h"
 #include "prune/portfolio.h"
 
 namespace dnns {
@@ -91,16 +92,17 @@ enum class NoFitPolicy { Closest, KeepCurrent };
 enum class Residency { Dense, Packed };
 Residency parse_residency(const std::string& s);  // "dense" | "packed"
 
-// A model kept compactly: its graph spec and every state tensor, dense or as (index, value)
-// pairs of its nonzeros, whichever is smaller. Masks are not kept (inference only); a zero
-// weight of either sign unpacks as +0.0.
+// A model kept compactly: its graph spec and every state tensor, dense or sparse (its nonzeros
+// and their positions in a bitmap or gap8 index: core/sparse.h, the format of model files),
+// whichever is smaller, so its bytes follow the surviving weights. Masks are not kept
+// (inference only); a zero weight of either sign unpacks as +0.0.
 struct PackedModel {
   struct PackedTensor {
     std::string name;
     Shape shape;
     bool sparse = false;
-    std::vector<uint32_t> index;  // (nnz) flat positions, sparse only
-    std::vector<float> values;    // (nnz) sparse, or (numel) dense
+    SparseTensor kept;          // sparse: the nonzeros and their coded positions
+    std::vector<float> values;  // dense: (numel)
   };
   std::string spec, arch;
   std::vector<PackedTensor> tensors;  // in Model::state() order

@@ -246,8 +246,8 @@ TEST_CASE("the file layout is the documented one") {
   a.kind = "mask";
   a.meta["k"] = "vv";
   a.tensors["w"] = Tensor::from({2}, {1.0f, -2.0f});
-  save_archive(path, a);
-
+  // Version 1 (on request): every tensor dense, no encoding byte.
+  save_archive(path, a, ArchiveWriteOptions{kArchiveFormatVersionDense});
   RawArchive want;
   want.str("mask");
   want.u64(1);
@@ -260,6 +260,44 @@ TEST_CASE("the file layout is the documented one") {
   want.u64(2);
   want.bytes("\x00\x00\x80\x3f\x00\x00\x00\xc0", 8);  // 1.0f, -2.0f little-endian
   CHECK(read_bytes(path) == want.finish());
+
+  // Version 2 (the default): an encoding byte per tensor; two values are smaller dense.
+  save_archive(path, a);
+  RawArchive want2(2);
+  want2.str("mask");
+  want2.u64(1);
+  want2.str("k");
+  want2.u64(2);
+  want2.bytes("vv", 2);
+  want2.u64(1);
+  want2.str("w");
+  want2.u32(1);
+  want2.u64(2);
+  want2.bytes("\x00", 1);  // dense
+  want2.bytes("\x00\x00\x80\x3f\x00\x00\x00\xc0", 8);
+  CHECK(read_bytes(path) == want2.finish());
+
+  // A sparse tensor: 1000 values, three kept (one of them -0.0, kept to come back exactly).
+  Archive s;
+  s.kind = "model";
+  Tensor t(Shape{1000});
+  t[3] = 2.5f, t[300] = -0.0f, t[999] = 1.0f;
+  s.tensors["s"] = t;
+  save_archive(path, s);
+  RawArchive want3(2);
+  want3.str("model");
+  want3.u64(0);
+  want3.u64(1);
+  want3.str("s");
+  want3.u32(1);
+  want3.u64(1000);
+  want3.bytes("\x01\x02", 2);  // sparse, gap8
+  want3.u64(3);            // kept values
+  want3.u64(6);  // index bytes: skip 3, keep (3); skip 255, skip 41, keep (300); 255, 255, skip 188, keep (999)
+  want3.bytes("\x03\xff\x29\xff\xff\xbc", 6);
+  want3.bytes("\x00\x00\x20\x40" "\x00\x00\x00\x80" "\x00\x00\x80\x3f", 12);  // 2.5, -0.0, 1.0
+  CHECK(read_bytes(path) == want3.finish());
+  CHECK(same_bits(load_archive(path).tensors.at("s"), t));
 }
 
 TEST_CASE("CUDA tensors are copied to host to be written") {
@@ -316,7 +354,7 @@ TEST_CASE("missing, empty, foreign and newer files are refused with the reason")
   v99[8] = 99;  // u32 version at offset 8, little-endian
   msg = refusal(path, v99);
   CHECK(contains(msg, "unsupported archive format version 99"));
-  CHECK(contains(msg, "this build reads version 1"));
+  CHECK(contains(msg, "this build reads versions 1 and 2"));
   CHECK(contains(error_of([&] { load_archive_meta(path); }), "version 99"));
 
   // A version 99 file with its own valid checksum: still refused for the version.
@@ -546,6 +584,72 @@ TEST_CASE("malformed entries with a valid checksum are refused without huge allo
     }
     msg = refusal(path, r.finish());
     CHECK(contains(msg, "malformed archive: duplicate tensor 'w'"));
+  }
+}
+
+TEST_CASE("malformed sparse records are refused without huge allocations") {
+  TempDir tmp;
+  std::string path = (tmp / "sparse.dnns");
+  // One tensor "w" of shape `dims` in format 2 with the given encoding bytes after the dims.
+  auto sparse_file = [](std::vector<uint64_t> dims, const std::vector<unsigned char>& record) {
+    RawArchive r(2);
+    r.str("model");
+    r.u64(0);
+    r.u64(1);
+    r.str("w");
+    r.u32(static_cast<uint32_t>(dims.size()));
+    for (uint64_t d : dims) r.u64(d);
+    r.bytes(record.data(), record.size());
+    return r.finish();
+  };
+  auto record = [](unsigned char encoding, unsigned char coding, uint64_t count, const std::vector<unsigned char>& index,
+                   size_t values) {
+    std::vector<unsigned char> b = {encoding, coding};
+    for (int i = 0; i < 8; ++i) b.push_back(static_cast<unsigned char>(count >> (8 * i)));
+    for (int i = 0; i < 8; ++i) b.push_back(static_cast<unsigned char>(uint64_t(index.size()) >> (8 * i)));
+    b.insert(b.end(), index.begin(), index.end());
+    b.insert(b.end(), 4 * values, 0);
+    return b;
+  };
+  // A valid one first: 10 values, 2 kept at 3 and 9 (gap8: skip 3 keep, skip 5 keep).
+  write_bytes(path, sparse_file({10}, record(1, 2, 2, {3, 5}, 2)));
+  CHECK(load_archive(path).tensors.at("w").numel() == 10);
+  // 2^39 values claimed, a 6-byte index: it cannot cover them; nothing of that size allocated.
+  std::string msg = refusal(path, sparse_file({uint64_t(1) << 39}, record(1, 2, 1, {0, 255, 255, 255, 255, 255}, 1)));
+  CHECK(contains(msg, "malformed archive: tensor 'w': a gap8 index of 6 bytes cannot describe its 549755813888 values"));
+  // The same as a bitmap: 2^39 values need a 2^36-byte bitmap the file does not have.
+  msg = refusal(path, sparse_file({uint64_t(1) << 39}, record(2, 1, 1, {1}, 0)));
+  CHECK(contains(msg, "bitmap index of 1 bytes cannot describe"));
+  // A count of 2^60 values: more than the tensor holds; 8 stated but one value present: truncated.
+  msg = refusal(path, sparse_file({8}, record(1, 1, uint64_t(1) << 60, {0xff}, 0)));
+  CHECK_MESSAGE(contains(msg, "tensor 'w' keeps 1152921504606846976 of its 8 values"), msg);
+  msg = refusal(path, sparse_file({8}, record(1, 1, 8, {0xff}, 1)));
+  CHECK(contains(msg, "truncated: tensor 'w' values"));
+  // A gap8 stream that ends 255 or more positions before the tensor's end.
+  msg = refusal(path, sparse_file({300}, record(1, 2, 1, {0, 0}, 1)));
+  CHECK_MESSAGE(contains(msg, "gap8 index holds more than the 1 positions stated"), msg);
+  msg = refusal(path, sparse_file({300}, record(1, 2, 1, {0}, 1)));
+  CHECK(contains(msg, "gap8 index ends 299 positions before the tensor's end"));
+  // Two masks taking the support of one weight: a second allocation of its size is refused.
+  {
+    RawArchive r(2);
+    r.str("model");
+    r.u64(0);
+    r.u64(3);
+    for (const char* name : {"m1", "m2"}) {
+      r.str(name);
+      r.u32(1);
+      r.u64(10);
+      r.bytes("\x03", 1);
+      r.str("w");
+    }
+    r.str("w");
+    r.u32(1);
+    r.u64(10);
+    std::vector<unsigned char> rec = record(1, 2, 2, {3, 5}, 2);
+    r.bytes(rec.data(), rec.size());
+    msg = refusal(path, r.finish());
+    CHECK(contains(msg, "tensor 'm2' takes the support of 'w', which another tensor took already"));
   }
 }
 

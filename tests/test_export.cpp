@@ -27,6 +27,8 @@
 #include "nn/export/export.h"
 #include "nn/models/zoo.h"
 #include "prune/compact.h"
+#include "prune/magnitude.h"
+#include "prune/mask.h"
 
 using namespace dnns;
 using dnns::testing::logit_scale;
@@ -244,24 +246,36 @@ TEST_CASE("the portable runtime gives the full build's logits, in-process and fr
                    << arena / 1024 << " KiB for " << c.images.dim(0) << " images");
     CHECK(diff <= kTol * scale);
 
-    // The same through a model file saved by the full build and read by the runtime's reader.
-    const std::string file = tmp / (c.name + ".dnns");
-    c.model.save(file);
-    rt::LoadedModel lm;
-    REQUIRE_MESSAGE(rt::load_model_file(file.c_str(), &lm) == rt::kOk, lm.error);
-    std::vector<rt::NodePlan> plan(static_cast<size_t>(lm.graph.num_nodes));
-    int64_t per_image = 0;
-    char err[256];
-    REQUIRE(rt::plan_graph(lm.graph, plan.data(), &per_image, err, sizeof err) == rt::kOk);
-    const int32_t n = static_cast<int32_t>(c.images.dim(0));
-    std::vector<float> mem(static_cast<size_t>(per_image * n) + 1), out(static_cast<size_t>(want.numel()));
-    rt::Engine e;
-    REQUIRE(rt::engine_init(&e, &lm.graph, plan.data(), mem.data(), per_image * n, n) == rt::kOk);
-    REQUIRE(rt::engine_output_size(&e) * n == want.numel());
-    REQUIRE(rt::engine_run(&e, c.images.data(), n, out.data()) == rt::kOk);
-    CHECK(max_diff(want, out) <= kTol * scale);
-    CHECK(max_diff(got, out) == 0.0f);  // the same runtime on the same weights: bit for bit
-    rt::free_model(&lm);
+    // The same through a model file saved by the full build and read by the runtime's reader:
+    // format 2 (sparse weights stay sparse: the runtime's sparse kernels run them) and the old
+    // all-dense format 1.
+    for (uint32_t version : {kArchiveFormatVersion, kArchiveFormatVersionDense}) {
+      CAPTURE(version);
+      const std::string file = tmp / (c.name + ".v" + std::to_string(version) + ".dnns");
+      save_archive(file, c.model.to_archive(), ArchiveWriteOptions{version});
+      rt::LoadedModel lm;
+      REQUIRE_MESSAGE(rt::load_model_file(file.c_str(), &lm) == rt::kOk, lm.error);
+      std::vector<rt::NodePlan> plan(static_cast<size_t>(lm.graph.num_nodes));
+      int64_t per_image = 0;
+      char err[256];
+      REQUIRE(rt::plan_graph(lm.graph, plan.data(), &per_image, err, sizeof err) == rt::kOk);
+      const int32_t n = static_cast<int32_t>(c.images.dim(0));
+      std::vector<float> mem(static_cast<size_t>(per_image * n) + 1), out(static_cast<size_t>(want.numel()));
+      rt::Engine e;
+      REQUIRE(rt::engine_init(&e, &lm.graph, plan.data(), mem.data(), per_image * n, n) == rt::kOk);
+      REQUIRE(rt::engine_output_size(&e) * n == want.numel());
+      REQUIRE(rt::engine_run(&e, c.images.data(), n, out.data()) == rt::kOk);
+      CHECK(max_diff(want, out) <= kTol * scale);
+      int sparse_layers = 0;
+      for (int32_t i = 0; i < lm.graph.num_nodes; ++i) sparse_layers += lm.graph.nodes[i].weight_coding != 0;
+      if (version == kArchiveFormatVersionDense) {
+        CHECK(sparse_layers == 0);
+        CHECK(max_diff(got, out) == 0.0f);  // the same runtime on the same dense weights: bit for bit
+      } else if (c.name == "resnet20_compact" || c.name == "vgg11_compact") {
+        CHECK(sparse_layers > 0);  // the masked, compacted cases keep zeros that sparse storage drops
+      }
+      rt::free_model(&lm);
+    }
 
     if (!refs.empty()) {
       fs::create_directories(refs);
@@ -370,6 +384,12 @@ TEST_CASE("C-array export compiles with the host compiler and gives the full bui
     cases.push_back({"r20", compact_model(m), random_images(3, m.input_shape(), 63)});
   }
   cases.push_back({"every_kind", every_kind_model(), random_images(2, {3, 12, 12}, 64)});
+  {  // IMP-like masks at 5% of the weights: sparse conv and linear weights in flash
+    Model m = zoo_model("resnet20", 65);
+    Rng rng(67);
+    set_masks(m, imp_like_masks(m, 0.05, rng));
+    cases.push_back({"r20_sparse", compact_model(m), random_images(3, m.input_shape(), 66)});
+  }
   for (Case& c : cases) {
     CAPTURE(c.name);
     const std::string dir = tmp / c.name;
@@ -377,7 +397,8 @@ TEST_CASE("C-array export compiles with the host compiler and gives the full bui
     CHECK(info.files.size() == 4);
     const std::string header = file_text(dir + "/" + c.name + ".h");
     for (const char* macro : {"_NUM_NODES ", "_INPUT_C 3", "_OUTPUT_SIZE ", "_ARENA_FLOATS_PER_IMAGE "})
-      CHECK(header.find(std::string(c.name == "r20" ? "R20" : "EVERY_KIND") + macro) != std::string::npos);
+      CHECK(header.find(std::string(c.name == "r20" ? "R20" : c.name == "r20_sparse" ? "R20_SPARSE" : "EVERY_KIND") + macro) !=
+            std::string::npos);
     CHECK(file_text(dir + "/dnns_runtime.cpp").find("engine_run") != std::string::npos);
 
     Tensor want = c.model.forward(c.images, false);
@@ -386,6 +407,25 @@ TEST_CASE("C-array export compiles with the host compiler and gives the full bui
                    << info.weight_floats << " weights, arena " << info.arena_floats_per_image * 4 / 1024.0
                    << " KiB per image, header " << header.size() / 1024 << " KiB");
     CHECK(diff <= kTol * scale);
+    if (c.name == "r20_sparse") {
+      // Only the surviving weights are in the arrays: values plus a byte index, not dense.
+      // conv and linear weights (the 2-D and 4-D ".weight"s): their nonzeros; the rest is dense.
+      int64_t nonzero = 0, weights = 0, others = 0;
+      for (auto& [n, t] : c.model.state()) {
+        if (t->ndim() < 2 || n.size() < 7 || n.compare(n.size() - 7, 7, ".weight") != 0) {
+          others += t->numel();
+          continue;
+        }
+        weights += t->numel();
+        for (int64_t e = 0; e < t->numel(); ++e) nonzero += (*t)[e] != 0.0f;
+      }
+      CHECK(header.find("_index[") != std::string::npos);
+      CHECK(info.weight_floats == nonzero + others);  // exactly the surviving weights, and the rest
+      CHECK(info.index_bytes > 0);
+      CHECK(nonzero * 4 + info.index_bytes < weights * 4 * 2 / 5);  // 27% of the compact weights survive
+      MESSAGE("r20_sparse: " << nonzero << " nonzero conv/linear weights of " << weights << "; C export holds "
+                             << info.weight_floats << " floats + " << info.index_bytes << " index bytes");
+    }
   }
   CHECK_THROWS_WITH_AS(export_c(cases[1].model, tmp / "bad", "9lives"), doctest::Contains("not a C identifier"),
                        dnns::Error);

@@ -143,7 +143,11 @@ TEST_CASE("mask_apply: cpu equals ref and zeroes exactly the masked weights") {
     ref::mask_apply(n, w_ref.data(), mask.data());
     cpu::mask_apply(n, w_cpu.data(), mask.data());
     check_equal(w_cpu, w_ref, "mask_apply");
-    for (int64_t i = 0; i < n; i++) REQUIRE(w_ref[i] == (mask[i] != 0.0f ? w[i] : 0.0f));
+    for (int64_t i = 0; i < n; i++) {
+      REQUIRE(w_ref[i] == (mask[i] != 0.0f ? w[i] : 0.0f));
+      // A pruned weight is +0.0, never -0.0 (sparse storage keeps only the +0.0 implicit).
+      if (mask[i] == 0.0f) REQUIRE((!std::signbit(w_ref[i]) && !std::signbit(w_cpu[i])));
+    }
   }
 }
 

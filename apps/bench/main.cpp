@@ -9,14 +9,18 @@
 //   bench sparse  --model resnet20 --densities 0.2,0.1,0.05 --batches 1,128
 //                                                          compact models run dense, sparse and
 //                                                          auto, side by side (speed-up ratios)
+//   bench storage --model resnet20                        file and packed bytes, sparse vs dense
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_reduce.h>
@@ -30,12 +34,15 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/ops.h"
 #include "nn/execution.h"
+#include "nn/export/export.h"
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
 #include "prune/compact.h"
 #include "prune/magnitude.h"
 #include "prune/infer.h"
+#include "prune/mask.h"
 #include "prune/portfolio.h"
+#include "prune/shifter.h"
 #ifdef DNNS_HAVE_CUDA
 #include "kernels/cuda/cuda.h"
 #endif
@@ -382,6 +389,9 @@ int bench_conv(int argc, char** argv) {
                           .add("cpu", cpu_model_name())
                           .str()
                           .c_str());
+  return 0;
+}
+
 std::vector<double> parse_numbers(const std::string& s, const std::string& flag) {
   std::vector<double> out;
   size_t pos = 0;
@@ -474,10 +484,81 @@ int bench_sparse(int argc, char** argv) {
   return 0;
 }
 
+// Bytes of sparse storage against the old dense layout, per IMP-like density: the IMP level's
+// model file (weights and masks), the compact variant's file (a portfolio entry), the shifter's
+// packed form of that variant, and its C-array export.
+int bench_storage(int argc, char** argv) {
+  Flags f("bench storage", "bytes on disk and in the shifter's packed residency, sparse (format 2) vs dense (format 1)");
+  f.add("model", "resnet20", "zoo model");
+  f.add("densities", "1,0.2,0.05,0.01", "comma-separated densities of IMP-like masks");
+  f.add("dir", "/tmp", "folder for the scratch files");
+  if (!f.parse(argc, argv)) return 0;
+  const std::string dir = f.str("dir");
+  std::vector<double> densities;
+  for (size_t at = 0; at <= f.str("densities").size();) {
+    size_t comma = f.str("densities").find(',', at);
+    if (comma == std::string::npos) comma = f.str("densities").size();
+    densities.push_back(std::stod(f.str("densities").substr(at, comma - at)));
+    at = comma + 1;
+  }
+  const std::string scratch = dir + "/bench_storage." + std::to_string(::getpid()) + ".dnns";
+  auto file_bytes = [&](const Model& m, uint32_t version) {
+    save_archive(scratch, m.to_archive(), ArchiveWriteOptions{version});
+    const int64_t n = static_cast<int64_t>(std::filesystem::file_size(scratch));
+    std::filesystem::remove(scratch);
+    return n;
+  };
+  // The previous packed form (before format 2): (u32 index, f32 value) pairs of the nonzeros
+  // when under half the values are nonzero, else dense.
+  auto old_packed = [](const Model& m) {
+    int64_t total = static_cast<int64_t>(m.spec().size() + m.arch.size());
+    for (auto& [name, t] : const_cast<Model&>(m).state()) {
+      int64_t nnz = 0;
+      for (int64_t i = 0; i < t->numel(); ++i) nnz += (*t)[i] != 0.0f;
+      total += 2 * nnz < t->numel() ? 8 * nnz : 4 * t->numel();
+    }
+    return total;
+  };
+  for (double d : densities) {
+    Rng rng(1);
+    Model m = build_model(f.str("model"));
+    init_model(m, rng);
+    set_masks(m, imp_like_masks(m, d, rng));
+    int64_t kept = 0;
+    for (const auto& [name, mask] : m.masks) kept += mask_count(mask);
+    Model c = compact_model(m, nullptr);
+    c.masks.clear();  // a portfolio variant carries no masks
+    // The C export, where its header stays small enough to write (its weights as text).
+    int64_t c_bytes = -1;
+    if (c.num_params() <= 2000000) {
+      const std::string cdir = dir + "/bench_storage_c." + std::to_string(::getpid());
+      CExportInfo ci = export_c(c, cdir, "m");
+      std::filesystem::remove_all(cdir);
+      c_bytes = ci.weight_floats * 4 + ci.index_bytes;
+    }
+    std::printf("%s\n", Json()
+                            .add("bench", "storage")
+                            .add("model", f.str("model"))
+                            .add("density", d)
+                            .add("weights_kept", kept)
+                            .add("level_file_v1", file_bytes(m, kArchiveFormatVersionDense))
+                            .add("level_file_v2", file_bytes(m, kArchiveFormatVersion))
+                            .add("compact_params", c.num_params())
+                            .add("variant_file_v1", file_bytes(c, kArchiveFormatVersionDense))
+                            .add("variant_file_v2", file_bytes(c, kArchiveFormatVersion))
+                            .add("packed_old", old_packed(c))
+                            .add("packed_new", pack_model(c).bytes())
+                            .add("c_export_weight_bytes", c_bytes)
+                            .str()
+                            .c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* usage = "usage: bench train|infer|compact|conv|sparse [flags]   (bench COMMAND --help)\n";
+  const char* usage = "usage: bench train|infer|compact|conv|sparse|storage [flags]   (bench COMMAND --help)\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
     return 2;
@@ -489,6 +570,7 @@ int main(int argc, char** argv) {
     if (cmd == "compact") return bench_compact(argc - 1, argv + 1);
     if (cmd == "conv") return bench_conv(argc - 1, argv + 1);
     if (cmd == "sparse") return bench_sparse(argc - 1, argv + 1);
+    if (cmd == "storage") return bench_storage(argc - 1, argv + 1);
     if (cmd == "--help" || cmd == "-h") {
       std::fputs(usage, stdout);
       return 0;

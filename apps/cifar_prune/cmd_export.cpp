@@ -60,10 +60,10 @@ int cmd_export(int argc, char** argv) {
   for (int64_t i = 0; i < a.numel(); ++i) scale = std::max(scale, std::fabs(a[i]));
   const float diff = max_abs_diff(a, b);
   for (const std::string& file : info.files) std::printf("wrote %s\n", file.c_str());
-  std::printf("%lld weights (%.1f KiB), arena %.1f KiB per image; portable runtime vs this build on 2 random "
-              "images: max |output diff| %.3g at scale %.3g\n",
-              (long long)info.weight_floats, info.weight_floats * 4 / 1024.0, info.arena_floats_per_image * 4 / 1024.0,
-              double(diff), double(scale));
+  std::printf("%lld weights (%.1f KiB) + %.1f KiB of sparse weight indices, arena %.1f KiB per image; portable "
+              "runtime vs this build on 2 random images: max |output diff| %.3g at scale %.3g\n",
+              (long long)info.weight_floats, info.weight_floats * 4 / 1024.0, info.index_bytes / 1024.0,
+              info.arena_floats_per_image * 4 / 1024.0, double(diff), double(scale));
   check(diff <= 1e-4f * scale, "export: the portable runtime's outputs differ from this build's by " +
                                    std::to_string(diff) + " (scale " + std::to_string(scale) + ")");
   std::printf("build: c++ -std=c++17 -O2 -o %s %s/%s_main.cpp %s/dnns_runtime.cpp\n", f.str("name").c_str(),

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 
 #include "apps/cifar_prune/commands.h"
 #include "core/archive.h"
@@ -31,8 +32,11 @@ int cmd_inspect(int argc, char** argv) {
   const std::string path = f.positional()[0];
   const Execution execution = parse_execution(f.str("execution"));
   Archive a = load_archive(path);
-  std::printf("%s: %s, format version %u, %zu tensors\n", path.c_str(), a.kind.c_str(), kArchiveFormatVersion,
-              a.tensors.size());
+  std::error_code ec;
+  const uintmax_t bytes = std::filesystem::file_size(path, ec);
+  std::printf("%s: %s, format version %u (%s), %zu tensors, %.1f KiB\n", path.c_str(), a.kind.c_str(),
+              a.format_version, a.format_version >= 2 ? "sparse records" : "all dense", a.tensors.size(),
+              ec ? 0.0 : double(bytes) / 1024.0);
   if (a.meta.count("graph")) {
     Archive model_part = a;
     for (auto it = model_part.tensors.begin(); it != model_part.tensors.end();)

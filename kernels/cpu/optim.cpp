@@ -33,7 +33,7 @@ void sgd_update(const SgdParams& p, int64_t n, float* w, const float* g, float* 
 
 void mask_apply(int64_t n, float* w, const float* mask) {
   for_blocks(n, [=](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; i++) w[i] *= mask[i];
+    for (int64_t i = lo; i < hi; i++) w[i] = mask[i] != 0.0f ? w[i] : 0.0f;  // +0.0 when pruned (ref)
   });
 }
 

@@ -24,9 +24,10 @@ __global__ void sgd_update_kernel(int64_t n, float lr, float momentum, float wei
   }
 }
 
-// w, mask: (n); mask holds 0 or 1.
+// w, mask: (n); mask holds 0 or 1. Pruned weights become +0.0 (not w * 0, which is -0.0 for a
+// negative w), so a pruned model stores as its surviving weights (core/archive.h).
 __global__ void mask_apply_kernel(int64_t n, float* __restrict__ w, const float* __restrict__ mask) {
-  DNNS_GRID_STRIDE_LOOP(i, n) w[i] *= mask[i];
+  DNNS_GRID_STRIDE_LOOP(i, n) w[i] = mask[i] != 0.0f ? w[i] : 0.0f;
 }
 
 }  // namespace

@@ -52,6 +52,24 @@ void valid_range(int pad, int r, int stride, int size, int out, int* lo, int* hi
   if (*lo > *hi) *lo = *hi;
 }
 
+// A conv's border table and fused ReLU over output plane k, yk (P, Q).
+void conv_epilogue(const Node& nd, int k, int P, int Q, float* yk) {
+  if (nd.pos_bias) {
+    const int TR = nd.pos_row_class ? nd.pos_rows : P, TC = nd.pos_col_class ? nd.pos_cols : Q;
+    const float* tk = nd.pos_bias + int64_t(k) * TR * TC;  // (TR, TC)
+    for (int p = 0; p < P; ++p) {
+      const float* trow = tk + int64_t(nd.pos_row_class ? nd.pos_row_class[p] : p) * TC;  // (TC)
+      float* yrow = yk + int64_t(p) * Q;                                                  // (Q)
+      if (nd.pos_col_class)
+        for (int q = 0; q < Q; ++q) yrow[q] += trow[nd.pos_col_class[q]];
+      else
+        for (int q = 0; q < Q; ++q) yrow[q] += trow[q];
+    }
+  }
+  if (nd.fused_relu)
+    for (int64_t i = 0; i < int64_t(P) * Q; ++i) yk[i] = yk[i] > 0.0f ? yk[i] : 0.0f;
+}
+
 // y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*stride - pad + r, q*stride - pad + s]
 //              (+ pos_bias[k, row class of p, column class of q]), then ReLU when fused;
 //              x reads zero outside the image.
@@ -117,21 +135,50 @@ void conv2d(const Node& nd, int N, int C, int H, int W, int P, int Q, const floa
           }
         }
       }
-      if (nd.pos_bias) {
-        const int TR = nd.pos_row_class ? nd.pos_rows : P, TC = nd.pos_col_class ? nd.pos_cols : Q;
-        const float* tk = nd.pos_bias + int64_t(k) * TR * TC;  // (TR, TC)
-        for (int p = 0; p < P; ++p) {
-          const float* trow = tk + int64_t(nd.pos_row_class ? nd.pos_row_class[p] : p) * TC;  // (TC)
-          float* yrow = yk + int64_t(p) * Q;                                                  // (Q)
-          if (nd.pos_col_class)
-            for (int q = 0; q < Q; ++q) yrow[q] += trow[nd.pos_col_class[q]];
-          else
-            for (int q = 0; q < Q; ++q) yrow[q] += trow[q];
+      conv_epilogue(nd, k, P, Q, yk);
+    }
+}
+
+// The same sum over the kept weights of a sparse conv weight only, walked once per image in
+// position order (k, c, r, s), each accumulated over its output plane as the dense kernel's
+// wide loop does: the filter's taps in the same order, so the same sums within float rounding.
+void conv2d_sparse(const Node& nd, int N, int C, int H, int W, int P, int Q, const float* x, float* y) {
+  // x (N, C, H, W)   w: weight_count values at coded positions of (K, C, R, S)   y (N, K, P, Q)
+  const int K = nd.out_ch, R = nd.kernel_h, S = nd.kernel_w, stride = nd.stride, pad = nd.pad;
+  const int64_t plane = int64_t(P) * Q, taps = int64_t(C) * R * S;
+  for (int n = 0; n < N; ++n) {
+    const float* xn = x + int64_t(n) * C * H * W;  // (C, H, W)
+    float* yn = y + int64_t(n) * K * plane;        // (K, P, Q)
+    for (int k = 0; k < K; ++k)
+      for (int64_t i = 0; i < plane; ++i) yn[int64_t(k) * plane + i] = nd.bias ? nd.bias[k] : 0.0f;
+    IndexWalk walk = index_walk(nd.weight_coding, nd.weight_index, nd.weight_index_bytes);
+    int64_t e = 0;
+    for (int64_t pos; (pos = index_next(&walk)) >= 0;) {
+      const float wv = nd.weight[e++];
+      if (wv == 0.0f) continue;
+      const int k = int(pos / taps);
+      int64_t t = pos - int64_t(k) * taps;
+      const int c = int(t / (R * S));
+      t -= int64_t(c) * R * S;
+      const int r = int(t / S), s = int(t - int64_t(r) * S);
+      const float* xc = xn + int64_t(c) * H * W;  // (H, W)
+      float* yk = yn + int64_t(k) * plane;        // (P, Q)
+      int p0, p1, q0, q1;
+      valid_range(pad, r, stride, H, P, &p0, &p1);
+      valid_range(pad, s, stride, W, Q, &q0, &q1);
+      for (int p = p0; p < p1; ++p) {
+        const float* xrow = xc + int64_t(p * stride - pad + r) * W;  // (W)
+        float* yrow = yk + int64_t(p) * Q;                            // (Q)
+        if (stride == 1) {
+          const int shift = s - pad;
+          for (int q = q0; q < q1; ++q) yrow[q] += wv * xrow[q + shift];
+        } else {
+          for (int q = q0; q < q1; ++q) yrow[q] += wv * xrow[q * stride - pad + s];
         }
       }
-      if (nd.fused_relu)
-        for (int64_t i = 0; i < plane; ++i) yk[i] = yk[i] > 0.0f ? yk[i] : 0.0f;
     }
+    for (int k = 0; k < K; ++k) conv_epilogue(nd, k, P, Q, yn + int64_t(k) * plane);
+  }
 }
 
 // Eval-mode batchnorm: y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel.
@@ -195,6 +242,23 @@ void linear(const Node& nd, int N, const float* x, float* y) {
     }
 }
 
+// The same over the kept weights of a sparse linear weight only: y[n,o] = b[o] + sum over the
+// kept (o, i) of w[o,i] * x[n,i], accumulated in ascending i as the dense kernel does.
+void linear_sparse(const Node& nd, int N, const float* x, float* y) {
+  // x (N, I)   w: weight_count values at coded positions of (O, I)   y (N, O)
+  const int I = nd.in_ch, O = nd.out_ch;
+  for (int64_t j = 0; j < int64_t(N) * O; ++j) y[j] = 0.0f;
+  IndexWalk walk = index_walk(nd.weight_coding, nd.weight_index, nd.weight_index_bytes);
+  int64_t e = 0;
+  for (int64_t pos; (pos = index_next(&walk)) >= 0;) {
+    const float wv = nd.weight[e++];
+    const int o = int(pos / I), i = int(pos - int64_t(o) * I);
+    for (int n = 0; n < N; ++n) y[int64_t(n) * O + o] += wv * x[int64_t(n) * I + i];
+  }
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < O; ++o) y[int64_t(n) * O + o] += nd.bias ? nd.bias[o] : 0.0f;
+}
+
 // ---------------------------------------------------------------- planning
 
 Status fail(char* err, size_t len, Status s, const Node& nd, const char* fmt, ...) {
@@ -205,6 +269,20 @@ Status fail(char* err, size_t len, Status s, const Node& nd, const char* fmt, ..
   va_end(args);
   set_error(err, len, "node '%s' (%s): %s", nd.name ? nd.name : "?", op_name(nd.op), detail);
   return s;
+}
+
+// A sparse conv or linear weight of `numel` values: a known coding whose index lists exactly
+// weight_count positions inside the weight.
+Status check_sparse_weight(const Node& nd, int64_t numel, char* err, size_t len) {
+  if (nd.weight_coding == kDenseWeights) return kOk;
+  if (nd.weight_coding != kBitmapIndex && nd.weight_coding != kGap8Index)
+    return fail(err, len, kErrGraph, nd, "unknown weight coding %d (0 dense, 1 bitmap, 2 gap8)", nd.weight_coding);
+  if (nd.weight_count < 0 || nd.weight_index_bytes < 0 || (nd.weight_index_bytes > 0 && !nd.weight_index) ||
+      !sparse_index_valid(nd.weight_coding, nd.weight_index, uint64_t(nd.weight_index_bytes), uint64_t(numel),
+                          uint64_t(nd.weight_count)))
+    return fail(err, len, kErrGraph, nd, "sparse weights: the index does not list %lld positions within the %lld weights",
+                (long long)nd.weight_count, (long long)numel);
+  return kOk;
 }
 
 // Output shape of node i from its inputs' plans; validates attributes and weights.
@@ -235,8 +313,12 @@ Status infer_node(const Graph& g, int i, NodePlan* plan, char* err, size_t len) 
       if (nd.pos_h > 0 && (nd.pos_h != y.h || nd.pos_w != y.w))
         return fail(err, len, kErrGraph, nd, "its per-position bias is %dx%d but the output is %dx%d", nd.pos_h,
                     nd.pos_w, y.h, y.w);
-      if ((!nd.weight && int64_t(nd.out_ch) * nd.in_ch > 0) || (!nd.pos_bias && nd.pos_h > 0 && nd.out_ch > 0))
+      if ((!nd.weight && int64_t(nd.out_ch) * nd.in_ch > 0 && !(nd.weight_coding && nd.weight_count == 0)) ||
+          (!nd.pos_bias && nd.pos_h > 0 && nd.out_ch > 0))
         return fail(err, len, kErrGraph, nd, "missing weights");
+      if (Status s = check_sparse_weight(nd, int64_t(nd.out_ch) * nd.in_ch * nd.kernel_h * nd.kernel_w, err, len);
+          s != kOk)
+        return s;
       if (nd.pos_h > 0 && (!nd.pos_row_class) != (!nd.pos_col_class))
         return fail(err, len, kErrGraph, nd, "border table: row classes and column classes come together");
       if (nd.pos_h > 0 && nd.pos_row_class) {
@@ -284,7 +366,9 @@ Status infer_node(const Graph& g, int i, NodePlan* plan, char* err, size_t len) 
         return fail(err, len, kErrGraph, nd, "expected input (N, %d), got %s(%d, %d, %d)", nd.in_ch,
                     x.rank == 2 ? "features " : "", x.c, x.h, x.w);
       if (nd.out_ch < 0) return fail(err, len, kErrGraph, nd, "invalid configuration out=%d", nd.out_ch);
-      if (!nd.weight && int64_t(nd.in_ch) * nd.out_ch > 0) return fail(err, len, kErrGraph, nd, "missing weights");
+      if (!nd.weight && int64_t(nd.in_ch) * nd.out_ch > 0 && !(nd.weight_coding && nd.weight_count == 0))
+        return fail(err, len, kErrGraph, nd, "missing weights");
+      if (Status s = check_sparse_weight(nd, int64_t(nd.out_ch) * nd.in_ch, err, len); s != kOk) return s;
       y.c = nd.out_ch;
       return kOk;
     case Op::Add: {
@@ -349,6 +433,31 @@ const char* op_name(Op op) {
     case Op::Add: return "add";
   }
   return "?";
+}
+
+bool sparse_index_valid(int32_t coding, const uint8_t* bytes, uint64_t len, uint64_t numel, uint64_t count) {
+  uint64_t seen = 0;
+  if (coding == kBitmapIndex) {
+    if (len != numel / 8 + (numel % 8 != 0)) return false;
+    for (uint64_t b = 0; b < len; ++b) {
+      const unsigned v = bytes[b];
+      if (b == len - 1 && (numel & 7) != 0 && (v >> (numel & 7)) != 0) return false;
+      for (unsigned bits = v; bits != 0; bits &= bits - 1) ++seen;
+    }
+    return seen == count;
+  }
+  if (coding != kGap8Index || len >= (uint64_t(1) << 56) || numel >= 255 * (len + 1)) return false;
+  uint64_t pos = 0;
+  for (uint64_t b = 0; b < len; ++b) {
+    pos += bytes[b];
+    if (bytes[b] == 255) {
+      if (pos > numel) return false;
+      continue;
+    }
+    if (pos >= numel || ++seen > count) return false;
+    ++pos;
+  }
+  return seen == count && numel - pos < 255;
 }
 
 uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
@@ -509,7 +618,8 @@ Status engine_run(Engine* e, const float* input, int32_t batch, float* output) {
     switch (nd.op) {
       case Op::Conv:
         if (yp.c == 0) break;  // every output channel was removed
-        conv2d(nd, N, xp.c, xp.h, xp.w, yp.h, yp.w, x, y);
+        if (nd.weight_coding != kDenseWeights) conv2d_sparse(nd, N, xp.c, xp.h, xp.w, yp.h, yp.w, x, y);
+        else conv2d(nd, N, xp.c, xp.h, xp.w, yp.h, yp.w, x, y);
         break;
       case Op::BatchNorm: batchnorm(nd, N, xp.c, int64_t(xp.h) * xp.w, x, y); break;
       case Op::ReLU:
@@ -523,7 +633,10 @@ Status engine_run(Engine* e, const float* input, int32_t batch, float* output) {
       case Op::Flatten:
         if (x_numel > 0 && x != y) memcpy(y, x, size_t(x_numel) * sizeof(float));
         break;
-      case Op::Linear: linear(nd, N, x, y); break;
+      case Op::Linear:
+        if (nd.weight_coding != kDenseWeights) linear_sparse(nd, N, x, y);
+        else linear(nd, N, x, y);
+        break;
       case Op::Add: {
         const float* b = buffer(nd.in1);
         if (nd.out_ch == 0) {

@@ -71,7 +71,58 @@ struct Node {
   // the identity, the input has out_ch channels). out_ch = 0: the plain sum of two equal shapes.
   const int32_t* map0;  // (channels of in0) or nullptr
   const int32_t* map1;  // (channels of in1) or nullptr
+  // conv, linear: sparse weights, run as they are (no dense copy). weight_coding 0: `weight` is
+  // dense. 1 (bitmap) or 2 (gap8): `weight` holds the weight_count kept values in position order,
+  // and weight_index (weight_index_bytes bytes) codes their flat positions in the dense weight
+  // (docs/file-formats.md, "Sparse tensors"); every other weight is zero.
+  int32_t weight_coding;
+  int64_t weight_count;
+  const uint8_t* weight_index;
+  int64_t weight_index_bytes;
 };
+
+// ---------------------------------------------------------------- sparse weights
+
+enum WeightCoding : int32_t { kDenseWeights = 0, kBitmapIndex = 1, kGap8Index = 2 };
+
+// Whether `len` bytes of index `coding` hold exactly `count` positions among `numel` values, by
+// the rules of the format: bitmap, ceil(numel / 8) bytes with no bit set past numel; gap8, a
+// byte b < 255 skips b positions and keeps the next, 255 skips 255, every kept position is below
+// numel, fewer than 255 positions follow the stream's end, and numel < 255 x (len + 1).
+bool sparse_index_valid(int32_t coding, const uint8_t* bytes, uint64_t len, uint64_t numel, uint64_t count);
+
+// Walks the kept positions of a valid index in ascending order:
+//   IndexWalk w = index_walk(coding, bytes, len);
+//   for (int64_t pos; (pos = index_next(&w)) >= 0;) ...
+struct IndexWalk {
+  int32_t coding;
+  const uint8_t* bytes;
+  int64_t len;
+  int64_t at;     // bitmap: the byte in `bits`; gap8: the next byte
+  int64_t pos;    // gap8: the next position not yet passed
+  unsigned bits;  // bitmap: the bits of byte `at` not yet returned
+};
+inline IndexWalk index_walk(int32_t coding, const uint8_t* bytes, int64_t len) {
+  return IndexWalk{coding, bytes, len, coding == kBitmapIndex ? -1 : 0, 0, 0u};
+}
+inline int64_t index_next(IndexWalk* w) {
+  if (w->coding == kBitmapIndex) {
+    while (w->bits == 0) {
+      if (++w->at >= w->len) return -1;
+      w->bits = w->bytes[w->at];
+    }
+    int b = 0;
+    while (!((w->bits >> b) & 1u)) ++b;
+    w->bits &= w->bits - 1;
+    return w->at * 8 + b;
+  }
+  while (w->at < w->len) {
+    const uint8_t b = w->bytes[w->at++];
+    w->pos += b;
+    if (b != 255) return w->pos++;
+  }
+  return -1;
+}
 
 struct Graph {
   const Node* nodes;  // topological order; nodes[0] is the input
@@ -127,7 +178,8 @@ struct LoadedModel {
   char* text = nullptr;      // the graph spec, split into the node names
   float* weights = nullptr;  // every tensor the graph uses, 4-byte aligned, host byte order
   int32_t* classes = nullptr;  // the border tables' row and column classes (conv pos_rows, pos_cols)
-  int64_t num_weights = 0;
+  uint8_t* indices = nullptr;  // the index bytes of sparse conv and linear weights
+  int64_t num_weights = 0;     // floats in `weights` (the kept values of sparse weights)
   char error[512] = {0};
 };
 

@@ -1,5 +1,5 @@
-// Reads a model file saved by the full build (the archive format of core/archive.h, version 1)
-// into a runnable graph, with nothing but the C library: the whole file is read once, checked
+// Reads a model file saved by the full build (the archive format of core/archive.h, versions 1
+// and 2) into a runnable graph, with nothing but the C library: the whole file is read once, checked
 // (magic, version, flags, end marker, CRC-32, every length against the bytes that remain),
 // its graph spec parsed into a node table and the tensors the graph uses copied to one aligned
 // weight buffer. It accepts exactly the files the full build's Model::load accepts (checked on a
@@ -7,7 +7,9 @@
 // a message naming the file and the problem: unknown or repeated attributes, junk after a
 // number, bad node names, duplicate meta keys or tensors, masks that are not 0/1 tensors of a
 // parameter's shape. Masks ("mask:<param>") are checked but not applied, since the full build's
-// forward does not apply them either (training leaves the weights masked).
+// forward does not apply them either (training leaves the weights masked). A sparse conv or
+// linear weight stays sparse (its kept values and index; the kernels run it so); any other
+// sparse tensor is expanded to dense.
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -52,16 +54,39 @@ struct Span {
   uint64_t index;  // of its entry
 };
 
+// Tensor records of format version 2 (version 1: every record dense).
+enum : uint8_t { kDense = 0, kSparse = 1, kOnes = 2, kOnesAtSupportOf = 3 };
+
 struct TensorEntry {
   const char* name;  // not terminated: name_len bytes
   uint32_t name_len;
   uint32_t ndim;
   const unsigned char* dims;  // ndim x i64 little-endian
-  const unsigned char* data;  // numel x f32 little-endian, unaligned
+  const unsigned char* data;  // dense: numel x f32; sparse: count x f32 (little-endian, unaligned); else null
   uint64_t numel;
+  uint8_t encoding;
+  uint8_t coding;               // sparse, ones: the index coding (WeightCoding)
+  uint64_t count;               // sparse, ones: kept positions
+  const unsigned char* index;   // sparse, ones: index_len bytes
+  uint64_t index_len;
+  const char* support_name;     // ones at the support of: the lending record's name
+  uint32_t support_name_len;
+  const TensorEntry* support;   // ... resolved
+  bool lent;                    // a sparse record whose support another record took
   bool used;
   bool param;  // a parameter of its node (a mask may name it), not a buffer (running statistics)
 };
+
+// The record whose positions `t` keeps (itself, or the sparse record lending its support).
+const TensorEntry& support_of(const TensorEntry& t) { return t.encoding == kOnesAtSupportOf ? *t.support : t; }
+// Float i of the record's stored values (little-endian), 1.0 for ones.
+float stored_value(const TensorEntry& t, uint64_t i) {
+  if (t.encoding == kOnes || t.encoding == kOnesAtSupportOf) return 1.0f;
+  const uint32_t bits = get_le32(t.data + 4 * i);
+  float v;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
 
 // Everything the loader allocates, released together on failure.
 struct Loading {
@@ -76,6 +101,7 @@ struct Loading {
   unsigned char* has_bias = nullptr;  // (nodes) conv/linear "bias=1"
   int num_nodes = 0;
   float* weights = nullptr;
+  uint8_t* indices = nullptr;
   NodePlan* plan = nullptr;
   int32_t* classes = nullptr;  // border-table classes of every conv, one after another
   int64_t num_classes = 0;
@@ -87,6 +113,7 @@ struct Loading {
     std::free(nodes);
     std::free(has_bias);
     std::free(weights);
+    std::free(indices);
     std::free(plan);
   }
   Status fail(Status s, const char* fmt, ...) {
@@ -197,7 +224,8 @@ Status parse_header(Loading& L, const unsigned char* data, size_t size) {
   if (size < kHeaderBytes + kTrailerBytes)
     return L.fail(kErrFormat, "truncated: %zu bytes, shorter than a header and a trailer", size);
   const uint32_t version = get_le32(data + 8), flags = get_le32(data + 12);
-  if (version != 1) return L.fail(kErrFormat, "unsupported archive format version %u (this runtime reads 1)", version);
+  if (version != 1 && version != 2)
+    return L.fail(kErrFormat, "unsupported archive format version %u (this runtime reads 1 and 2)", version);
   if (flags != 0) return L.fail(kErrFormat, "unsupported archive flags 0x%08x (this runtime reads only 0)", flags);
   if (std::memcmp(data + size - 8, kEnd, 8) != 0)
     return L.fail(kErrFormat, "truncated or followed by extra bytes: no \"ENDSHIFT\" end marker at its last 8 bytes");
@@ -211,6 +239,7 @@ Status parse_header(Loading& L, const unsigned char* data, size_t size) {
 // Kind, meta and tensor directory. *graph / *graph_len: the spec text inside `data`.
 Status parse_body(Loading& L, const unsigned char* data, size_t size, const char** graph, uint64_t* graph_len) {
   Reader r{data, size - kTrailerBytes, kHeaderBytes};
+  const uint32_t version = get_le32(data + 8);
   const unsigned char* p = r.take(4);
   if (!p) return L.fail(kErrFormat, "truncated: no kind");
   const uint32_t kind_len = get_le32(p);
@@ -259,8 +288,8 @@ Status parse_body(Loading& L, const unsigned char* data, size_t size, const char
     t.ndim = nd ? get_le32(nd) : 0;
     t.dims = nd && t.ndim <= kMaxDims ? r.take(8ull * t.ndim) : nullptr;
     if (!t.dims) return L.fail(kErrFormat, "truncated or malformed entry of tensor %llu", (unsigned long long)i);
-    // numel without overflow: stop as soon as it exceeds what the rest of the file holds.
-    const uint64_t max_numel = r.remaining() / 4;
+    // numel without overflow: saturated past 2^62 (every dimension is at most 2^40).
+    const uint64_t kHuge = uint64_t(1) << 62;
     uint64_t numel = 1;
     bool zero = false;
     for (uint32_t d = 0; d < t.ndim; ++d) {
@@ -269,11 +298,43 @@ Status parse_body(Loading& L, const unsigned char* data, size_t size, const char
         return L.fail(kErrFormat, "malformed archive: tensor '%.*s' dimension %u is %llu", int(t.name_len), t.name, d,
                       (unsigned long long)dim);
       if (dim == 0) zero = true;
-      else if (numel <= max_numel) numel = dim <= max_numel / numel ? numel * dim : max_numel + 1;
+      else numel = numel > kHuge / dim ? kHuge + 1 : numel * dim;
     }
     t.numel = zero ? 0 : numel;
-    t.data = t.numel <= max_numel ? r.take(4 * t.numel) : nullptr;
-    if (!t.data) return L.fail(kErrFormat, "truncated: data of tensor '%.*s' runs past the end", int(t.name_len), t.name);
+    t.encoding = kDense;
+    if (version >= 2) {
+      const unsigned char* e = r.take(1);
+      if (!e) return L.fail(kErrFormat, "truncated: no encoding of tensor '%.*s'", int(t.name_len), t.name);
+      t.encoding = *e;
+    }
+    if (t.encoding == kDense) {
+      t.data = t.numel <= r.remaining() / 4 ? r.take(4 * t.numel) : nullptr;
+      if (!t.data) return L.fail(kErrFormat, "truncated: data of tensor '%.*s' runs past the end", int(t.name_len), t.name);
+    } else if (t.encoding == kSparse || t.encoding == kOnes) {
+      const unsigned char* c = r.take(1);
+      const unsigned char* cnt = c ? r.take(8) : nullptr;
+      const unsigned char* ln = cnt ? r.take(8) : nullptr;
+      if (!ln) return L.fail(kErrFormat, "truncated: sparse record of tensor '%.*s'", int(t.name_len), t.name);
+      t.coding = *c, t.count = get_le64(cnt), t.index_len = get_le64(ln);
+      t.index = r.take(t.index_len);
+      if (!t.index) return L.fail(kErrFormat, "truncated: index of tensor '%.*s' runs past the end", int(t.name_len), t.name);
+      if (!sparse_index_valid(t.coding, t.index, t.index_len, t.numel, t.count))
+        return L.fail(kErrFormat, "malformed archive: the sparse index of tensor '%.*s' does not list %llu positions within it",
+                      int(t.name_len), t.name, (unsigned long long)t.count);
+      if (t.encoding == kSparse) {
+        t.data = t.count <= r.remaining() / 4 ? r.take(4 * t.count) : nullptr;
+        if (!t.data)
+          return L.fail(kErrFormat, "truncated: values of tensor '%.*s' run past the end", int(t.name_len), t.name);
+      }
+    } else if (t.encoding == kOnesAtSupportOf) {
+      const unsigned char* nl = r.take(4);
+      t.support_name_len = nl ? get_le32(nl) : 0;
+      t.support_name = nl && t.support_name_len <= kMaxNameBytes
+                           ? reinterpret_cast<const char*>(r.take(t.support_name_len)) : nullptr;
+      if (!t.support_name) return L.fail(kErrFormat, "truncated or malformed record of tensor '%.*s'", int(t.name_len), t.name);
+    } else {
+      return L.fail(kErrFormat, "malformed archive: tensor '%.*s' has encoding %u", int(t.name_len), t.name, t.encoding);
+    }
   }
   if (r.remaining() != 0)
     return L.fail(kErrFormat, "malformed archive: %zu unexplained bytes after the last tensor", r.remaining());
@@ -286,6 +347,19 @@ Status parse_body(Loading& L, const unsigned char* data, size_t size, const char
   if (find_duplicate(L.spans, n_tensors, &dup))
     return L.fail(kErrFormat, "malformed archive: duplicate tensor '%.*s'", int(dup.len < 200 ? dup.len : 200),
                   (const char*)dup.p);
+  // "Ones at the support of" records: a sparse record of the same shape, lent at most once.
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    TensorEntry& t = L.tensors[i];
+    if (t.encoding != kOnesAtSupportOf) continue;
+    const Span key{reinterpret_cast<const unsigned char*>(t.support_name), t.support_name_len, 0};
+    const Span* hit = static_cast<const Span*>(std::bsearch(&key, L.spans, size_t(n_tensors), sizeof(Span), compare_spans));
+    TensorEntry* s = hit ? &L.tensors[hit->index] : nullptr;
+    if (!s || s->encoding != kSparse || s->ndim != t.ndim || std::memcmp(s->dims, t.dims, 8 * size_t(t.ndim)) != 0 || s->lent)
+      return L.fail(kErrFormat, "malformed archive: tensor '%.*s' takes the support of '%.*s', not a sparse tensor of its shape lent once",
+                    int(t.name_len), t.name, int(t.support_name_len < 200 ? t.support_name_len : 200), t.support_name);
+    s->lent = true;
+    t.support = s;
+  }
   return kOk;
 }
 
@@ -565,57 +639,78 @@ Status attach_tensors(Loading& L, int64_t* num_weights) {
     int64_t shape[4];
     const float** slot;
     bool is_param;  // a parameter (may have a mask), not a buffer
+    bool sparse_ok;  // a conv or linear weight: a sparse record stays sparse (the kernels run it)
   };
   // Two passes over the same list: first find and size, then copy.
-  int64_t total = 0;
+  int64_t total = 0, index_total = 0;
   for (int pass = 0; pass < 2; ++pass) {
-    int64_t at = 0;
+    int64_t at = 0, index_at = 0;
     for (int i = 1; i < L.num_nodes; ++i) {
       Node& nd = L.nodes[i];
       Want w[4];
       int nw = 0;
       const int64_t K = nd.out_ch, C = nd.in_ch;
       if (nd.op == Op::Conv) {
-        w[nw++] = {&nd, "weight", 4, {K, C, nd.kernel_h, nd.kernel_w}, &nd.weight, true};
-        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true};
+        w[nw++] = {&nd, "weight", 4, {K, C, nd.kernel_h, nd.kernel_w}, &nd.weight, true, true};
+        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true, false};
         if (nd.pos_h > 0)
           w[nw++] = {&nd, "pos_bias", 3,
                      {K, nd.pos_row_class ? nd.pos_rows : nd.pos_h, nd.pos_col_class ? nd.pos_cols : nd.pos_w},
-                     &nd.pos_bias, true};
+                     &nd.pos_bias, true, false};
       } else if (nd.op == Op::Linear) {
-        w[nw++] = {&nd, "weight", 2, {K, C}, &nd.weight, true};
-        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true};
+        w[nw++] = {&nd, "weight", 2, {K, C}, &nd.weight, true, true};
+        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true, false};
       } else if (nd.op == Op::Add) {
-        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true};
+        if (L.has_bias[i]) w[nw++] = {&nd, "bias", 1, {K}, &nd.bias, true, false};
       } else if (nd.op == Op::BatchNorm) {
-        w[nw++] = {&nd, "weight", 1, {C}, &nd.weight, true};
-        w[nw++] = {&nd, "bias", 1, {C}, &nd.bias, true};
-        w[nw++] = {&nd, "running_mean", 1, {C}, &nd.mean, false};
-        w[nw++] = {&nd, "running_var", 1, {C}, &nd.var, false};
+        w[nw++] = {&nd, "weight", 1, {C}, &nd.weight, true, false};
+        w[nw++] = {&nd, "bias", 1, {C}, &nd.bias, true, false};
+        w[nw++] = {&nd, "running_mean", 1, {C}, &nd.mean, false, false};
+        w[nw++] = {&nd, "running_var", 1, {C}, &nd.var, false, false};
       }
       if (K < 0 || C < 0) return L.fail(kErrGraph, "node '%s': negative channel count", nd.name);
       for (int k = 0; k < nw; ++k) {
         const TensorEntry* t = nullptr;
         Status s = find_tensor(L, nd.name, w[k].param, w[k].ndim, w[k].shape, &t);
         if (s != kOk) return s;
+        const TensorEntry& sup = support_of(*t);
+        const bool keep_sparse = w[k].sparse_ok && t->encoding != kDense;
+        const int64_t floats = int64_t(((keep_sparse ? sup.count : t->numel) + 3) / 4 * 4);  // 16-byte aligned
         if (pass == 0) {
           L.tensors[t - L.tensors].param = w[k].is_param;
-          total += int64_t((t->numel + 3) / 4 * 4);  // keep every tensor 16-byte aligned
+          total += floats;
+          if (keep_sparse) index_total += int64_t(sup.index_len);
           continue;
         }
         float* dst = L.weights + at;
-        // Little-endian bytes to host floats, without unaligned float reads.
-        for (uint64_t e = 0; e < t->numel; ++e) {
-          const uint32_t bits = get_le32(t->data + 4 * e);
-          std::memcpy(dst + e, &bits, 4);
+        if (t->encoding == kDense) {
+          // Little-endian bytes to host floats, without unaligned float reads.
+          for (uint64_t e = 0; e < t->numel; ++e) dst[e] = stored_value(*t, e);
+        } else if (keep_sparse) {
+          // The kept values and their index, as the sparse kernels read them.
+          for (uint64_t e = 0; e < sup.count; ++e) dst[e] = stored_value(*t, e);
+          if (sup.index_len) std::memcpy(L.indices + index_at, sup.index, size_t(sup.index_len));
+          w[k].node->weight_coding = sup.coding;
+          w[k].node->weight_count = int64_t(sup.count);
+          w[k].node->weight_index = L.indices + index_at;
+          w[k].node->weight_index_bytes = int64_t(sup.index_len);
+          index_at += int64_t(sup.index_len);
+        } else {
+          // Any other parameter dense: the kept values at their positions, +0.0 elsewhere.
+          for (uint64_t e = 0; e < t->numel; ++e) dst[e] = 0.0f;
+          IndexWalk walk = index_walk(sup.coding, sup.index, int64_t(sup.index_len));
+          uint64_t e = 0;
+          for (int64_t pos; (pos = index_next(&walk)) >= 0;) dst[pos] = stored_value(*t, e++);
         }
         *w[k].slot = dst;
-        at += int64_t((t->numel + 3) / 4 * 4);
+        at += floats;
       }
     }
     if (pass == 0) {
       L.weights = static_cast<float*>(std::malloc(size_t(total > 0 ? total : 1) * sizeof(float)));
       if (!L.weights) return L.fail(kErrMemory, "cannot allocate %lld weights", (long long)total);
+      L.indices = static_cast<uint8_t*>(std::malloc(size_t(index_total > 0 ? index_total : 1)));
+      if (!L.indices) return L.fail(kErrMemory, "cannot allocate %lld index bytes", (long long)index_total);
     }
   }
   // Every other tensor is the mask of a parameter ("mask:<param>"): of its shape, 0 and 1 only.
@@ -632,7 +727,8 @@ Status attach_tensors(Loading& L, int64_t* num_weights) {
     if (!of) return L.fail(kErrFormat, "tensor '%.*s' does not belong to the graph", int(t.name_len), t.name);
     if (t.ndim != of->ndim || std::memcmp(t.dims, of->dims, 8 * size_t(t.ndim)) != 0)
       return L.fail(kErrFormat, "mask of '%.*s' does not have the shape of its parameter", int(of->name_len), of->name);
-    for (uint64_t e = 0; e < t.numel; ++e) {
+    const uint64_t stored = t.encoding == kDense ? t.numel : t.encoding == kSparse ? t.count : 0;  // ones: all 1.0
+    for (uint64_t e = 0; e < stored; ++e) {
       const uint32_t bits = get_le32(t.data + 4 * e);
       if (bits != 0u && bits != 0x80000000u && bits != 0x3F800000u)  // 0, -0 and 1
         return L.fail(kErrFormat, "mask of '%.*s' holds a value other than 0 and 1", int(of->name_len), of->name);
@@ -672,6 +768,7 @@ Status load_model_memory(const unsigned char* data, size_t size, const char* whe
   m->nodes = L.nodes, L.nodes = nullptr;
   m->text = L.text, L.text = nullptr;
   m->weights = L.weights, L.weights = nullptr;
+  m->indices = L.indices, L.indices = nullptr;
   m->classes = L.classes, L.classes = nullptr;
   m->num_weights = num_weights;
   m->error[0] = '\0';
@@ -708,6 +805,7 @@ void free_model(LoadedModel* m) {
   std::free(m->nodes);
   std::free(m->text);
   std::free(m->weights);
+  std::free(m->indices);
   std::free(m->classes);
   *m = LoadedModel{};
 }

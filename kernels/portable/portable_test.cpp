@@ -74,15 +74,15 @@ std::vector<float> run(const std::vector<Node>& nodes, int output, int c, int h,
   return y;
 }
 
-Node input_node() { return Node{"input", Op::Input, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr}; }
+Node input_node() { return Node{"input", Op::Input, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0}; }
 
 Node conv_node(const char* name, int in, int C, int K, int R, int S, int stride, int pad, bool relu, const float* w,
                const float* b, int pos_h = 0, int pos_w = 0, const float* pb = nullptr) {
-  return Node{name, Op::Conv, in, -1, C, K, R, S, stride, pad, relu ? 1 : 0, pos_h, pos_w, 0.0f, w, b, pb, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr};
+  return Node{name, Op::Conv, in, -1, C, K, R, S, stride, pad, relu ? 1 : 0, pos_h, pos_w, 0.0f, w, b, pb, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0};
 }
 
 Node simple_node(const char* name, Op op, int in0, int in1 = -1) {
-  return Node{name, op, in0, in1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr};
+  return Node{name, op, in0, in1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0};
 }
 
 // The definition of a convolution, in double: the test's independent reference.
@@ -154,7 +154,7 @@ void test_conv_extras() {
                           conv_node("c0", 0, 1, 0, 3, 3, 1, 1, false, nullptr, nullptr),  // K = 0
                           conv_node("c1", 1, 0, 2, 3, 3, 1, 1, true, nullptr, b2, 2, 2, pb2),  // C = 0
                           simple_node("flat", Op::Flatten, 1),
-                          Node{"fc", Op::Linear, 3, -1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, fc_b, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr},
+                          Node{"fc", Op::Linear, 3, -1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0.0f, nullptr, fc_b, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0},
                           simple_node("flat2", Op::Flatten, 2)};
   std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8};  // two 1x2x2 images
   std::vector<float> y2 = run(g2, 5, 1, 2, 2, x, 2);
@@ -170,7 +170,7 @@ void test_other_kernels() {
   std::vector<float> x(32);
   for (int i = 0; i < 32; ++i) x[i] = float(i % 7) - 3.0f + (i >= 16 ? 0.5f : 0.0f);
   const float gamma[2] = {2.0f, 0.5f}, beta[2] = {1.0f, -1.0f}, mean[2] = {1.0f, 0.0f}, var[2] = {3.0f, 0.0f};
-  Node bn{"bn", Op::BatchNorm, 0, -1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 1.0f, gamma, beta, nullptr, mean, var, nullptr, nullptr, 0, 0, nullptr, nullptr};
+  Node bn{"bn", Op::BatchNorm, 0, -1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 1.0f, gamma, beta, nullptr, mean, var, nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0};
   Node mp = simple_node("mp", Op::MaxPool, 2);
   mp.kernel_h = mp.kernel_w = 2, mp.stride = 2;
   Node ap = simple_node("ap", Op::AvgPool, 2);
@@ -184,7 +184,7 @@ void test_other_kernels() {
                          ap,
                          simple_node("sum", Op::Add, 3, 4),
                          simple_node("flat", Op::Flatten, 5),
-                         Node{"fc", Op::Linear, 6, -1, 8, 2, 0, 0, 0, 0, 0, 0, 0, 0.0f, w, b, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr},
+                         Node{"fc", Op::Linear, 6, -1, 8, 2, 0, 0, 0, 0, 0, 0, 0, 0.0f, w, b, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0},
                          simple_node("gap", Op::GlobalAvgPool, 2)};
   // The expected values straight from the definitions.
   float bnr[32], mpv[8], apv[8], sum[8];
@@ -262,7 +262,7 @@ void test_planner() {
   const float ones[8] = {1, 1, 1, 1, 1, 1, 1, 1}, zeros[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::vector<Node> chain = {input_node(), conv_node("c1", 0, 3, 8, 3, 3, 1, 1, false, w.data(), nullptr),
                              Node{"bn", Op::BatchNorm, 1, -1, 8, 8, 0, 0, 0, 0, 0, 0, 0, 1e-5f, ones, zeros, nullptr,
-                                  zeros, ones, nullptr, nullptr, 0, 0, nullptr, nullptr},
+                                  zeros, ones, nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0},
                              simple_node("relu", Op::ReLU, 2),
                              conv_node("c2", 3, 8, 8, 3, 3, 1, 1, false, w.data(), nullptr)};
   Graph cg{chain.data(), int32_t(chain.size()), 4, 3, 6, 6};
@@ -411,11 +411,11 @@ void test_model_file() {
                 find("conv1.pos_bias").data()),
       conv_node("conv2", 1, 3, 4, 3, 3, 2, 0, false, find("conv2.weight").data(), nullptr),
       Node{"bn", Op::BatchNorm, 2, -1, 4, 4, 0, 0, 0, 0, 0, 0, 0, 1e-5f, find("bn.weight").data(), find("bn.bias").data(),
-           nullptr, find("bn.running_mean").data(), find("bn.running_var").data(), nullptr, nullptr, 0, 0, nullptr, nullptr},
+           nullptr, find("bn.running_mean").data(), find("bn.running_var").data(), nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0},
       simple_node("relu", Op::ReLU, 3),
       simple_node("pool", Op::GlobalAvgPool, 4),
       Node{"fc", Op::Linear, 5, -1, 4, 3, 0, 0, 0, 0, 0, 0, 0, 0.0f, find("fc.weight").data(), find("fc.bias").data(),
-           nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr}};
+           nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0}};
   std::vector<float> x = rng.fill(2 * 50);
   std::vector<float> want = run(g, 6, 2, 5, 5, x, 2);
   std::vector<Node> loaded(m.graph.nodes, m.graph.nodes + m.graph.num_nodes);
@@ -512,7 +512,7 @@ void test_model_file() {
       {"a truncated file", truncated, kErrFormat, "truncated"},
       {"a foreign file", magic, kErrFormat, "bad magic"},
       {"trailing bytes", trailing, kErrFormat, "end marker"},
-      {"a newer format version", ArchiveBuilder().build("model", spec, tensors, 2), kErrFormat, "version 2"},
+      {"a newer format version", ArchiveBuilder().build("model", spec, tensors, 3), kErrFormat, "version 3"},
       {"a checkpoint instead of a model", ArchiveBuilder().build("checkpoint", spec, tensors), kErrFormat, "'checkpoint'"},
       {"a missing tensor", without("conv2.weight"), kErrFormat, "'conv2.weight' is missing"},
       {"a tensor of the wrong shape", with_shape("fc.weight", {4, 3}, 12), kErrFormat, "'fc.weight' has shape (4, 3)"},
@@ -614,6 +614,145 @@ void test_references(const std::string& dir) {
   expect(cases > 0, "the manifest lists reference cases");
 }
 
+// The two index codings, written here from the format's definition (docs/file-formats.md) and
+// independently of the full build's encoder: the kept positions of `w` (nonzero), their values.
+std::vector<uint8_t> encode_index(const std::vector<float>& w, int32_t coding, std::vector<float>* values) {
+  std::vector<uint8_t> out;
+  values->clear();
+  const size_t n = w.size();
+  if (coding == kBitmapIndex) {
+    out.assign((n + 7) / 8, 0);
+    for (size_t i = 0; i < n; ++i)
+      if (w[i] != 0.0f) out[i / 8] |= uint8_t(1u << (i % 8)), values->push_back(w[i]);
+    return out;
+  }
+  size_t pos = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (w[i] == 0.0f) continue;
+    for (; i - pos >= 255; pos += 255) out.push_back(255);
+    out.push_back(uint8_t(i - pos));
+    values->push_back(w[i]);
+    pos = i + 1;
+  }
+  for (; n - pos >= 255; pos += 255) out.push_back(255);
+  return out;
+}
+
+Node sparse(Node nd, int32_t coding, const std::vector<float>& values, const std::vector<uint8_t>& index) {
+  nd.weight = values.data();
+  nd.weight_coding = coding;
+  nd.weight_count = int64_t(values.size());
+  nd.weight_index = index.data();
+  nd.weight_index_bytes = int64_t(index.size());
+  return nd;
+}
+
+// Sparse conv and linear weights (kept values + bitmap or gap8 index) run directly, and give the
+// dense kernels' results within float rounding, from 50% to 99.9% sparsity, empty filters and
+// an all-zero weight included; an index that does not list its count of positions is refused.
+void test_sparse_weights() {
+  struct Case {
+    int C, H, W, K, R, S, stride, pad;
+  };
+  // 3x3 padded, strided, 1x1, a wide kernel, and narrow maps (the dense kernel's dot-product path).
+  const Case cases[] = {{8, 8, 8, 6, 3, 3, 1, 1}, {5, 9, 7, 4, 3, 3, 2, 1}, {16, 6, 6, 5, 1, 1, 1, 0},
+                        {4, 7, 9, 3, 1, 1, 2, 0}, {3, 5, 5, 3, 5, 5, 1, 2}, {32, 4, 4, 8, 3, 3, 1, 1},
+                        {24, 2, 2, 7, 3, 3, 1, 1}};
+  const float densities[] = {0.5f, 0.1f, 0.01f, 0.001f, 0.0f};
+  Lcg rng{41};
+  int compared = 0, gap8_long = 0;
+  for (const Case& c : cases)
+    for (float density : densities)
+      for (int32_t coding : {int32_t(kBitmapIndex), int32_t(kGap8Index)}) {
+        const int N = 2;
+        std::vector<float> x = rng.fill(size_t(N) * c.C * c.H * c.W);
+        std::vector<float> w = rng.fill(size_t(c.K) * c.C * c.R * c.S), b = rng.fill(size_t(c.K));
+        for (float& v : w)
+          if ((rng.next() + 1.0f) * 0.5f >= density) v = 0.0f;
+        for (size_t i = 0; i < size_t(c.C) * c.R * c.S; ++i) w[i] = 0.0f;  // filter 0 empty
+        std::vector<float> values;
+        const std::vector<uint8_t> index = encode_index(w, coding, &values);
+        for (uint8_t byte : index) gap8_long += coding == kGap8Index && byte == 255;
+        const Node dense = conv_node("conv", 0, c.C, c.K, c.R, c.S, c.stride, c.pad, true, w.data(), b.data());
+        std::vector<float> want = run({input_node(), dense}, 1, c.C, c.H, c.W, x, N);
+        Status st = kOk;
+        std::string msg;
+        std::vector<float> got = run({input_node(), sparse(dense, coding, values, index)}, 1, c.C, c.H, c.W, x, N, &st, &msg);
+        char what[200];
+        std::snprintf(what, sizeof what, "sparse conv (%s) C=%d %dx%d K=%d kernel %dx%d stride %d pad %d, density %g",
+                      coding == kBitmapIndex ? "bitmap" : "gap8", c.C, c.H, c.W, c.K, c.R, c.S, c.stride, c.pad,
+                      double(density));
+        const bool same = st == kOk && got.size() == want.size() && !want.empty() &&
+                          max_abs_diff(got.data(), want.data(), want.size()) <= 1e-5f;
+        expect(same, what, st != kOk ? msg : "max diff " + std::to_string(max_abs_diff(got.data(), want.data(), want.size())));
+        ++compared;
+      }
+  // Linear layers: (O, I) weights.
+  for (float density : densities)
+    for (int32_t coding : {int32_t(kBitmapIndex), int32_t(kGap8Index)}) {
+      const int I = 700, O = 9, N = 3;
+      std::vector<float> x = rng.fill(size_t(N) * I), w = rng.fill(size_t(O) * I), b = rng.fill(size_t(O));
+      for (float& v : w)
+        if ((rng.next() + 1.0f) * 0.5f >= density) v = 0.0f;
+      std::vector<float> values;
+      const std::vector<uint8_t> index = encode_index(w, coding, &values);
+      for (uint8_t byte : index) gap8_long += coding == kGap8Index && byte == 255;
+      Node fc{"fc", Op::Linear, 0, -1, I, O, 0, 0, 0, 0, 0, 0, 0, 0.0f, w.data(), b.data(), nullptr, nullptr,
+              nullptr, nullptr, nullptr, 0, 0, nullptr, nullptr, 0, 0, nullptr, 0};
+      std::vector<Node> flat = {input_node(), simple_node("flat", Op::Flatten, 0), fc};
+      flat[2].in0 = 1;
+      std::vector<float> want = run(flat, 2, I, 1, 1, x, N);
+      flat[2] = sparse(flat[2], coding, values, index);
+      std::vector<float> got = run(flat, 2, I, 1, 1, x, N);
+      char what[120];
+      std::snprintf(what, sizeof what, "sparse linear (%s) %dx%d, density %g", coding == kBitmapIndex ? "bitmap" : "gap8",
+                    O, I, double(density));
+      expect(got.size() == want.size() && !want.empty() && max_abs_diff(got.data(), want.data(), want.size()) <= 1e-5f,
+             what);
+      ++compared;
+    }
+  expect(compared == 80 && gap8_long > 0, "sparse cases ran, long gap8 skips among them");
+
+  // Indices that do not describe their weights are refused by the planner.
+  std::vector<float> w(2 * 3 * 3 * 3, 0.0f), values;
+  w[0] = 1.0f, w[20] = -2.0f, w[53] = 0.5f;
+  std::vector<uint8_t> bitmap = encode_index(w, kBitmapIndex, &values), gap8 = encode_index(w, kGap8Index, &values);
+  const Node dense = conv_node("conv", 0, 3, 2, 3, 3, 1, 1, false, w.data(), nullptr);
+  struct Bad {
+    const char* what;
+    int32_t coding;
+    std::vector<uint8_t> index;
+    int64_t count;
+  };
+  std::vector<uint8_t> past_end = bitmap, short_gap8 = gap8, long_gap8 = gap8;
+  past_end.back() |= 0x80;  // 54 weights: bits 54.. of the last byte lie past the end
+  short_gap8.pop_back();    // loses the last kept position
+  long_gap8.push_back(0);   // a position past the end
+  const Bad bads[] = {{"a count above the bitmap's", kBitmapIndex, bitmap, 4},
+                      {"a count below the bitmap's", kBitmapIndex, bitmap, 2},
+                      {"a bit past the end", kBitmapIndex, past_end, 4},
+                      {"a bitmap one byte short", kBitmapIndex, std::vector<uint8_t>(bitmap.begin(), bitmap.end() - 1), 3},
+                      {"a gap8 stream one position short", kGap8Index, short_gap8, 3},
+                      {"a gap8 stream past the end", kGap8Index, long_gap8, 4},
+                      {"an unknown coding", 3, gap8, 3}};
+  for (const Bad& bad : bads) {
+    Status st = kOk;
+    std::string msg;
+    std::vector<float> vals(size_t(bad.count > 0 ? bad.count : 1), 1.0f);
+    Node nd = sparse(dense, bad.coding, vals, bad.index);
+    nd.weight_count = bad.count;
+    run({input_node(), nd}, 1, 3, 4, 4, std::vector<float>(48, 1.0f), 1, &st, &msg);
+    expect(st == kErrGraph && (msg.find("sparse weights") != std::string::npos || msg.find("coding") != std::string::npos),
+           bad.what, msg);
+  }
+  {
+    Status st = kOk;
+    Node nd = sparse(dense, kGap8Index, values, gap8);
+    run({input_node(), nd}, 1, 3, 4, 4, std::vector<float>(48, 1.0f), 1, &st);
+    expect(st == kOk, "the valid gap8 index of the cases above is accepted");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -632,6 +771,7 @@ int main(int argc, char** argv) {
   test_planner();
   test_errors();
   test_model_file();
+  test_sparse_weights();
   if (!refs.empty()) test_references(refs);
   std::printf("dnns_portable_test (%d-bit %s): %d passed, %d failed\n", int(sizeof(void*) * 8),
 #if defined(__aarch64__)

@@ -13,8 +13,10 @@ void sgd_update(const SgdParams& p, int64_t n, float* w, const float* g, float* 
   }
 }
 
+// Pruned weights become +0.0, not w * 0 (-0.0 for a negative w): a pruned model then stores as
+// its surviving weights (core/archive.h), and the sign of a pruned zero carries nothing.
 void mask_apply(int64_t n, float* w, const float* mask) {
-  for (int64_t i = 0; i < n; i++) w[i] *= mask[i];
+  for (int64_t i = 0; i < n; i++) w[i] = mask[i] != 0.0f ? w[i] : 0.0f;
 }
 
 }  // namespace dnns::ref

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/sparse.h"
 #include "kernels/portable/embedded_sources.h"
 #include "nn/export/export.h"
 
@@ -177,6 +178,9 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
   std::vector<std::vector<std::string>> refs(pg.nodes.size(), std::vector<std::string>(5, "nullptr"));
   std::vector<std::array<std::string, 2>> class_refs(pg.nodes.size(), {"nullptr", "nullptr"});
   std::vector<std::array<std::string, 2>> map_refs(pg.nodes.size(), {"nullptr", "nullptr"});
+  // A conv or linear weight whose sparse form (kept values + index, core/sparse.h) is smaller
+  // than dense: coding, kept count, index array, index bytes; the runtime runs it sparse.
+  std::vector<std::string> sparse_refs(pg.nodes.size(), "0, 0, nullptr, 0");
   int arrays = 0, class_arrays = 0;
   for (size_t i = 1; i < pg.nodes.size(); ++i) {
     const rt::Node& nd = pg.nodes[i];
@@ -198,13 +202,35 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
       if (!ptrs[k] || sizes[k] == 0) continue;
       const std::string what = std::string(nd.name) + "." + labels[k];
       const std::string array = name + "_w" + std::to_string(arrays++);
-      h << "// " << what << " (" << sizes[k] << ")\n"
-        << "alignas(16) static const float " << array << "[" << sizes[k] << "] = {";
-      for (int64_t e = 0; e < sizes[k]; ++e)
-        h << (e % 8 == 0 ? "\n    " : " ") << float_literal(ptrs[k][e], what) << ",";
-      h << "\n};\n";
+      // Zeros of either sign are dropped: a -0.0 weight adds nothing to any sum.
+      SparseTensor sp;
+      const bool sparse = k == 0 && (nd.op == rt::Op::Conv || nd.op == rt::Op::Linear) &&
+                          sparse_pays(sp = to_sparse(ptrs[k], Shape{sizes[k]}, ZeroSign::AnySign));
+      if (sparse) {
+        const std::string index = array + "_index";
+        const int64_t count = sp.index.count, bytes = static_cast<int64_t>(sp.index.bytes.size());
+        h << "// " << what << " (" << sizes[k] << "): " << count << " kept values, their positions in a "
+          << bytes << "-byte " << coding_name(sp.index.coding) << " index\n"
+          << "alignas(16) static const float " << array << "[" << std::max<int64_t>(count, 1) << "] = {";
+        for (int64_t e = 0; e < count; ++e)
+          h << (e % 8 == 0 ? "\n    " : " ") << float_literal(sp.values[size_t(e)], what) << ",";
+        h << (count == 0 ? " 0.0f" : "") << "\n};\n"
+          << "static const uint8_t " << index << "[" << std::max<int64_t>(bytes, 1) << "] = {";
+        for (int64_t e = 0; e < bytes; ++e) h << (e % 24 == 0 ? "\n    " : " ") << int(sp.index.bytes[size_t(e)]) << ",";
+        h << (bytes == 0 ? " 0" : "") << "\n};\n";
+        sparse_refs[i] = std::to_string(int(sp.index.coding)) + ", " + std::to_string(count) + ", " + index + ", " +
+                         std::to_string(bytes);
+        info.weight_floats += count;
+        info.index_bytes += bytes;
+      } else {
+        h << "// " << what << " (" << sizes[k] << ")\n"
+          << "alignas(16) static const float " << array << "[" << sizes[k] << "] = {";
+        for (int64_t e = 0; e < sizes[k]; ++e)
+          h << (e % 8 == 0 ? "\n    " : " ") << float_literal(ptrs[k][e], what) << ",";
+        h << "\n};\n";
+        info.weight_floats += sizes[k];
+      }
       refs[i][k] = array;
-      info.weight_floats += sizes[k];
     }
     // A border table's row and column classes.
     class_refs[i] = {"nullptr", "nullptr"};
@@ -239,7 +265,8 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
   }
 
   h << "\n// name, op, in0, in1, in_ch, out_ch, kernel_h, kernel_w, stride, pad, fused_relu, pos_h, pos_w, eps,\n"
-    << "// weight, bias, pos_bias, mean, var, pos_row_class, pos_col_class, pos_rows, pos_cols, map0, map1\n"
+    << "// weight, bias, pos_bias, mean, var, pos_row_class, pos_col_class, pos_rows, pos_cols, map0, map1,\n"
+    << "// weight_coding, weight_count, weight_index, weight_index_bytes\n"
     << "// (dnns_runtime.h: struct Node)\n"
     << "static const dnns::rt::Node " << name << "_nodes[" << pg.nodes.size() << "] = {\n";
   for (size_t i = 0; i < pg.nodes.size(); ++i) {
@@ -250,7 +277,7 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
       << float_literal(nd.eps, std::string(nd.name) + " eps");
     for (const std::string& r : refs[i]) h << ", " << r;
     h << ", " << class_refs[i][0] << ", " << class_refs[i][1] << ", " << nd.pos_rows << ", " << nd.pos_cols << ", "
-      << map_refs[i][0] << ", " << map_refs[i][1] << "},\n";
+      << map_refs[i][0] << ", " << map_refs[i][1] << ", " << sparse_refs[i] << "},\n";
   }
   h << "};\n\n"
     << "static const dnns::rt::Graph " << name << "_graph = {" << name << "_nodes, " << pg.nodes.size() << ", "

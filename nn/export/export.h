@@ -63,9 +63,13 @@ void export_onnx(const Model& m, const std::string& path, OnnxExportInfo* info =
 //   dnns_runtime.h, dnns_runtime.cpp   the portable runtime (no file system needed)
 // `name` must be a C identifier. The model's batchnorms stay batchnorm nodes (the runtime runs
 // them); compact a masked model first (cifar_prune export --compact) to get a slim one.
+// A conv or linear weight is written sparse (its kept values and a uint8 index of their
+// positions, core/sparse.h; the runtime runs it so) when that is smaller than dense, so the
+// program's flash holds only the surviving weights.
 struct CExportInfo {
   std::vector<std::string> files;     // paths written
-  int64_t weight_floats = 0;          // floats in the weight arrays
+  int64_t weight_floats = 0;          // floats in the weight arrays (kept values of sparse weights)
+  int64_t index_bytes = 0;            // bytes of the sparse weights' index arrays
   int64_t arena_floats_per_image = 0; // activation memory the runtime needs per image
 };
 CExportInfo export_c(const Model& m, const std::string& dir, const std::string& name = "dnns_model");

@@ -50,10 +50,10 @@ std::vector<uint8_t> read_bytes(const std::string& path) {
   std::fclose(f);
   return b;
 }
-// An archive as bytes, saved through save_archive.
-std::vector<uint8_t> archive_bytes(const Archive& a) {
+// An archive as bytes, saved through save_archive in the given format version.
+std::vector<uint8_t> archive_bytes(const Archive& a, uint32_t version = kArchiveFormatVersion) {
   const std::string tmp = out_dir + "/.seed.tmp";
-  save_archive(tmp, a);
+  save_archive(tmp, a, ArchiveWriteOptions{version});
   std::vector<uint8_t> b = read_bytes(tmp);
   fs::remove(tmp);
   return b;
@@ -95,14 +95,17 @@ const char* kCompact =
     "linear fc inputs=f bias=1 in=2 out=2\n"
     "output fc\n";
 
-Model tiny_model(const char* spec, uint64_t seed, bool with_mask) {
+// with_mask: the first parameter masked, every third weight pruned, or with keep_every > 0 all
+// but every keep_every-th (a gap8 index in format 2).
+Model tiny_model(const char* spec, uint64_t seed, bool with_mask, int keep_every = 0) {
   Model m = Model::from_spec(spec);
   Rng rng(seed);
   init_model(m, rng);
   if (with_mask) {
     auto params = m.params();
     Tensor mask = Tensor::full(params[0].param->value.shape(), 1.0f);
-    for (int64_t i = 0; i < mask.numel(); i += 3) mask[i] = 0.0f;
+    for (int64_t i = 0; i < mask.numel(); ++i)
+      if (keep_every > 0 ? i % keep_every != 0 : i % 3 == 0) mask[i] = 0.0f;
     m.masks[params[0].name] = mask;
     m.apply_masks();
   }
@@ -155,13 +158,19 @@ int main(int argc, char** argv) {
     put("spec", "seed-compact.txt", kCompact);
 
     // ---- model archives: for the archive reader and the portable runtime's reader
-    const std::vector<uint8_t> cnn = archive_bytes(tiny_model(kCnn, 1, true).to_archive());
-    const std::vector<uint8_t> resnet = archive_bytes(tiny_model(kResnet, 2, false).to_archive());
-    const std::vector<uint8_t> compact = archive_bytes(tiny_model(kCompact, 3, false).to_archive());
+    // The old all-dense layout (format 1) and the sparse one (format 2: sparse records with
+    // bitmap and gap8 indices, a mask stored as its weight's support).
+    const std::vector<uint8_t> cnn = archive_bytes(tiny_model(kCnn, 1, true).to_archive(), kArchiveFormatVersionDense);
+    const std::vector<uint8_t> resnet = archive_bytes(tiny_model(kResnet, 2, false).to_archive(), kArchiveFormatVersionDense);
+    const std::vector<uint8_t> compact = archive_bytes(tiny_model(kCompact, 3, false).to_archive(), kArchiveFormatVersionDense);
+    const std::vector<uint8_t> cnn2 = archive_bytes(tiny_model(kCnn, 1, true).to_archive());
+    const std::vector<uint8_t> sparse = archive_bytes(tiny_model(kCnn, 4, true, 10).to_archive());
     for (const char* target : {"archive", "model_file"}) {
       put(target, "seed-model-cnn.dnns", cnn);
       put(target, "seed-model-resnet.dnns", resnet);
       put(target, "seed-model-compact.dnns", compact);
+      put(target, "seed-model-cnn-v2.dnns", cnn2);
+      put(target, "seed-model-sparse-v2.dnns", sparse);
     }
     // Other archive kinds: run-state meta, a 0-d tensor, a tensor with a zero dimension, a
     // name with a NUL byte, an empty archive.
