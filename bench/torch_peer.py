@@ -114,8 +114,33 @@ def read_archive(path):
     if take(8, 'magic') != b'DNNSHIFT':
         raise ValueError(path + ': not a dnnshifter archive')
     version, flags = u32('version'), u32('flags')
-    if version != 1 or flags != 0:
-        raise ValueError('%s: format version %d flags %d, expected 1 and 0' % (path, version, flags))
+    if version not in (1, 2) or flags != 0:
+        raise ValueError('%s: format version %d flags %d, expected 1 or 2 and 0' % (path, version, flags))
+
+    def positions(coding, count, index, n, name):
+        # docs/file-formats.md, sparse tensors: bitmap (1) or gap8 (2) -> the listed positions
+        if coding == 1:
+            bits = torch.frombuffer(bytearray(index), dtype=torch.uint8) if index else torch.zeros(0, dtype=torch.uint8)
+            mask = ((bits.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)[:n].bool()
+            pos_list = torch.nonzero(mask).reshape(-1)
+        elif coding == 2:
+            out, at = [], 0
+            for b in index:
+                if b == 255:
+                    at += 255
+                else:
+                    at += b
+                    out.append(at)
+                    at += 1
+            pos_list = torch.tensor(out, dtype=torch.int64)
+        else:
+            raise ValueError('%s: tensor %s: unknown index coding %d' % (path, name, coding))
+        if len(pos_list) != count or (count and int(pos_list[-1]) >= n):
+            raise ValueError('%s: tensor %s: index lists %d positions, %d stated' % (path, name, len(pos_list), count))
+        return pos_list
+
+    support = {}  # name -> positions of its sparse record (lent to a "ones at the support of" record)
+    lent = []     # (name, the tensor whose support it is, dims, n)
     kind = take(u32('kind'), 'kind').decode()
     meta = {}
     for _ in range(u64('meta count')):
@@ -128,8 +153,33 @@ def read_archive(path):
         n = 1
         for d in dims:
             n *= d
-        data = bytearray(take(4 * n, 'tensor ' + name))
-        tensors[name] = torch.frombuffer(data, dtype=torch.float32).reshape(dims) if n else torch.zeros(dims)
+        encoding = 0 if version == 1 else take(1, 'tensor encoding')[0]
+        if encoding == 0:
+            data = bytearray(take(4 * n, 'tensor ' + name))
+            tensors[name] = torch.frombuffer(data, dtype=torch.float32).reshape(dims) if n else torch.zeros(dims)
+        elif encoding in (1, 2):
+            coding = take(1, 'index coding')[0]
+            count, length = u64('count'), u64('index length')
+            where = positions(coding, count, take(length, 'index of ' + name), n, name)
+            flat = torch.zeros(n, dtype=torch.float32)
+            if encoding == 1:
+                values = bytearray(take(4 * count, 'values of ' + name))
+                if count:
+                    flat[where] = torch.frombuffer(values, dtype=torch.float32)
+                support[name] = where
+            else:
+                flat[where] = 1.0
+            tensors[name] = flat.reshape(dims)
+        elif encoding == 3:  # resolved below: the tensor it names may come later in name order
+            lent.append((name, take(u32('support name'), 'support name').decode(), dims, n))
+        else:
+            raise ValueError('%s: tensor %s: unknown encoding %d' % (path, name, encoding))
+    for name, other, dims, n in lent:
+        if other not in support or support[other].numel() and int(support[other][-1]) >= n:
+            raise ValueError('%s: tensor %s: ones at the support of %s, which is not a sparse record of its size' % (path, name, other))
+        flat = torch.zeros(n, dtype=torch.float32)
+        flat[support[other]] = 1.0
+        tensors[name] = flat.reshape(dims)
     crc = zlib.crc32(buf[:pos])
     if u32('checksum') != crc or take(8, 'end marker') != b'ENDSHIFT' or pos != len(buf):
         raise ValueError(path + ': checksum mismatch, missing end marker or trailing bytes')

@@ -113,6 +113,16 @@ TEST_CASE("the PyTorch peer computes our compact ResNet-20 and VGG-11: mapped ad
     CHECK(diff <= 1e-4f * scale);
     // And the compact model is the masked one: the peer's function is the pruned network's.
     CHECK(max_abs_diff(m.forward(x, false), ours) <= 1e-4f * scale);
+    // The masked model's own file: sparse records, and masks stored as "ones at the support
+    // of" their weight (format version 2), which the peer must decode to the same network.
+    m.save(dir / "masked.dnns");
+    REQUIRE(load_archive(dir / "masked.dnns").format_version == 2);
+    std::vector<float> masked = peer_logits(dir, dir / "masked.dnns", x);
+    REQUIRE(masked.size() == static_cast<size_t>(ours.numel()));
+    float masked_diff = 0.0f;
+    for (int64_t i = 0; i < ours.numel(); ++i) masked_diff = std::max(masked_diff, std::fabs(ours[i] - masked[i]));
+    INFO("masked file: max |logit difference| " << masked_diff);
+    CHECK(masked_diff <= 1e-4f * scale);
   }
 }
 
