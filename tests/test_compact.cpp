@@ -118,6 +118,36 @@ void check_tables_minimal(Model& m) {
 
 }  // namespace
 
+TEST_CASE("merge_equal_classes merges equal slices wherever they are, renumbering by first use") {
+  // K = 2 filters, 4 row classes, 1 column class: row classes 0 and 2 hold the same slice (not
+  // adjacent), 1 and 3 differ from everything. Rows 0..5 use classes 3, 0, 2, 1, 2, 0.
+  const std::vector<double> table = {
+      // k = 0: classes 0..3
+      1.0, 5.0, 1.0, 7.0,
+      // k = 1
+      -2.0, 5.0, -2.0, 8.0};
+  std::vector<int32_t> rows = {3, 0, 2, 1, 2, 0}, cols = {0, 0};
+  const std::vector<double> merged = merge_equal_classes(table, 2, rows, cols, 0);
+  // Classes in order of first appearance in the table's class numbering after the merge:
+  // old 0 and 2 -> one class; 1 and 3 stay apart: three classes.
+  REQUIRE(merged.size() == 2u * 3u);
+  CHECK(class_count(rows) == 3);
+  // Every row still reads what it read before.
+  const std::vector<int32_t> old_rows = {3, 0, 2, 1, 2, 0};
+  for (int k = 0; k < 2; ++k)
+    for (size_t r = 0; r < rows.size(); ++r) {
+      INFO("k " << k << ", row " << r);
+      CHECK(merged[(size_t)k * 3 + rows[r]] == table[(size_t)k * 4 + old_rows[r]]);
+    }
+  // The rows that used classes 0 and 2 now share one class.
+  CHECK(rows[1] == rows[2]);
+  CHECK(rows[1] == rows[5]);
+  CHECK(rows[0] != rows[1]);
+  CHECK(rows[3] != rows[1]);
+  CHECK(rows[0] != rows[3]);
+  CHECK(cols == std::vector<int32_t>{0, 0});
+}
+
 TEST_CASE("compaction of randomly masked zoo models is exact") {
   for (std::string name : {"vgg11", "vgg16", "vgg19", "resnet20", "resnet56"}) {
     CAPTURE(name);
