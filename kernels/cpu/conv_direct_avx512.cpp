@@ -12,14 +12,12 @@ struct V16 {
   static __mmask16 mask(int n) { return (__mmask16)((1u << n) - 1); }
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static V load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   static V bcast(float x) { return _mm512_set1_ps(x); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void store_n(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
-  static float hsum(V v) { return _mm512_reduce_add_ps(v); }
 };
 
 struct V8 {
@@ -28,19 +26,12 @@ struct V8 {
   static __mmask8 mask(int n) { return (__mmask8)((1u << n) - 1); }
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static V load_n(const float* p, int n) { return _mm256_maskz_loadu_ps(mask(n), p); }
   static V bcast(float x) { return _mm256_set1_ps(x); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static void store_n(float* p, V v, int n) { _mm256_mask_storeu_ps(p, mask(n), v); }
-  static float hsum(V v) {
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
-  }
 };
 
 }  // namespace dnns::cpu::avx512
