@@ -3,8 +3,9 @@
 //
 //   avx512   AVX-512 F + VL + FMA: 16-float vectors, 32 registers
 //   avx2     AVX2 + FMA:            8-float vectors, 16 registers
-//   generic  no vector kernels: convolutions go through im2col + OpenBLAS sgemm (which does
-//            its own dispatch), as on a CPU without AVX2 or a non-x86 machine
+//   generic  none of our vector kernels: convolutions go through im2col + OpenBLAS sgemm
+//            (or Winograd's GEMMs; OpenBLAS does its own dispatch) and the streaming loops of
+//            rows.h run as built for the baseline, as on a CPU without AVX2 or a non-x86 machine
 //
 // DNNS_ISA=avx512|avx2|generic (environment) or set_cpu_isa() picks a path below the best one
 // the CPU has, for tests and benchmarks; asking for one the CPU lacks is refused with an error.
