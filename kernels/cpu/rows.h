@@ -34,6 +34,11 @@ struct RowKernels {
   void (*transpose)(const float* dy, int K, int PQ, int Kp, float* dyT);
   // Sum of a row of n floats, through 16 float lanes.
   float (*row_sum)(const float* x, int n);
+  // The sparse convolution's inner loop (kernels/cpu/sparse.cpp): out[t] = bias + sum over
+  // j < nnz of val[j] * X[off[j] + t] for t in [0, L), L a multiple of 8, then max(0, .) when
+  // relu; X readable up to max(off) + L (+ 64 floats of slack).
+  void (*sparse_row)(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias,
+                     bool relu, float* out);
 };
 
 const RowKernels& row_kernels();  // for cpu_isa()

@@ -105,8 +105,43 @@ float row_sum(const float* x, int n) {
   return s;
 }
 
+// 8 floats: one AVX register, or two SSE ones in the generic build. Loads and stores through
+// pointers (no vector passed or returned by value, whose ABI would differ between builds).
+using f8 = float __attribute__((vector_size(32)));
+inline void load8(f8* v, const float* p) { __builtin_memcpy(v, p, sizeof *v); }
+inline void store8(float* p, const f8* v) { __builtin_memcpy(p, v, sizeof *v); }
+
+void sparse_row(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias, bool relu,
+                float* out) {
+  constexpr int kChunk = 64;  // 8 accumulators of 8
+  int t = 0;
+  for (; t + kChunk <= L; t += kChunk) {
+    f8 a[8];
+    for (int v = 0; v < 8; ++v) a[v] = f8{} + bias;
+    for (int64_t j = 0; j < nnz; ++j) {
+      const f8 w = f8{} + val[j];
+      const float* x = X + off[j] + t;
+      f8 xv[8];
+      for (int v = 0; v < 8; ++v) load8(&xv[v], x + 8 * v);
+      for (int v = 0; v < 8; ++v) a[v] += w * xv[v];
+    }
+    for (int v = 0; v < 8; ++v) store8(out + t + 8 * v, &a[v]);
+  }
+  for (; t < L; t += 8) {
+    f8 a = f8{} + bias, xv;
+    for (int64_t j = 0; j < nnz; ++j) {
+      load8(&xv, X + off[j] + t);
+      a += (f8{} + val[j]) * xv;
+    }
+    store8(out + t, &a);
+  }
+  if (relu)
+    for (int i = 0; i < L; ++i) out[i] = out[i] > 0.0f ? out[i] : 0.0f;
+}
+
 }  // namespace
 
-const RowKernels rows{&sum_sumsq, &grad_sums, &normalise, &bn_backward, &pad_image, &transpose, &row_sum};
+const RowKernels rows{&sum_sumsq,  &grad_sums, &normalise, &bn_backward,
+                      &pad_image, &transpose, &row_sum,   &sparse_row};
 
 }  // namespace dnns::cpu::DNNS_ROWS_NS

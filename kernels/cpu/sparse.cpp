@@ -27,47 +27,22 @@
 #include "core/parallel.h"
 #include "core/threading.h"
 #include "kernels/cpu/gemm_util.h"
+#include "kernels/cpu/rows.h"
 #include "kernels/sparse.h"
 
 namespace dnns::cpu {
 namespace {
 
-using f8 = float __attribute__((vector_size(32)));  // 8 floats: AVX, or two SSE registers
-inline f8 load8(const float* p) {
-  f8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof v); }
-
-constexpr int kLanes = 8;
-constexpr int kChunk = 64;  // grid positions per register block (8 accumulators of 8)
+constexpr int kLanes = 8;   // the grid is padded to whole vectors of 8 (rows.h sparse_row)
+constexpr int kChunk = 64;  // grid positions per register block of sparse_row
 int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
-// out[t] = bias + sum_j val[j] * X[off[j] + t] for t in [0, L), L a multiple of kLanes, then
-// max(0, .) when relu. X must be readable up to max(off) + L.
+// The inner loop, built per instruction set (rows.h).
 void sparse_row(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias, bool relu,
                 float* out) {
-  int t = 0;
-  for (; t + kChunk <= L; t += kChunk) {
-    f8 a0 = f8{} + bias, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    for (int64_t j = 0; j < nnz; ++j) {
-      const f8 w = f8{} + val[j];
-      const float* x = X + off[j] + t;
-      a0 += w * load8(x + 0), a1 += w * load8(x + 8), a2 += w * load8(x + 16), a3 += w * load8(x + 24);
-      a4 += w * load8(x + 32), a5 += w * load8(x + 40), a6 += w * load8(x + 48), a7 += w * load8(x + 56);
-    }
-    store8(out + t, a0), store8(out + t + 8, a1), store8(out + t + 16, a2), store8(out + t + 24, a3);
-    store8(out + t + 32, a4), store8(out + t + 40, a5), store8(out + t + 48, a6), store8(out + t + 56, a7);
-  }
-  for (; t < L; t += kLanes) {
-    f8 a = f8{} + bias;
-    for (int64_t j = 0; j < nnz; ++j) a += (f8{} + val[j]) * load8(X + off[j] + t);
-    store8(out + t, a);
-  }
-  if (relu)
-    for (int i = 0; i < L; ++i) out[i] = std::max(out[i], 0.0f);
+  row_kernels().sparse_row(val, off, nnz, X, L, bias, relu, out);
 }
+
 
 // Rows [k0, k1) of w as one task's share: rows per task such that a task holds about
 // kTaskWork multiply-adds (an average row's nonzeros times the grid), at least one row.
