@@ -9,8 +9,9 @@
 //           (vectorised over filters); none of them for 1x1 kernels.
 //   gemm    everything else, and every conv on a CPU without them: im2col + OpenBLAS sgemm,
 //           described below.
-// set_conv_algo / DNNS_CONV=gemm|direct|auto force one (direct only where it applies);
-// conv_path says which one each op of a shape takes.
+// set_conv_algo / DNNS_CONV=auto|gemm|direct|winograd force one (each only where it applies;
+// isa.h); conv_path says which one each op of a shape takes, conv_forward_scratch what
+// working memory its forward grows.
 //
 // Per image the convolution is one GEMM: y_n (K, PQ) = w (K, CRS) * col_n (CRS, PQ), where
 // column (p, q) of col_n holds the R*S*C input values output (p, q) reads (im2col). The
