@@ -22,17 +22,13 @@
 #include "core/rng.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/ref/ref.h"
+#include "tests/test_util.h"
 
 using namespace dnns;
+using dnns::testing::randn;
 using Vec = std::vector<float>;
 
 namespace {
-
-Vec randn(Rng& rng, int64_t n, float mean = 0.0f, float stddev = 1.0f) {
-  Vec v(n);
-  for (auto& x : v) x = rng.normal(mean, stddev);
-  return v;
-}
 
 // Checks |got - want| <= atol + rtol * |want| everywhere; reports the worst element.
 void check_close(const Vec& got, const Vec& want, double atol, double rtol, const std::string& what) {

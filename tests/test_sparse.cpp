@@ -22,16 +22,11 @@
 #include "tests/test_util.h"
 
 using namespace dnns;
+using dnns::testing::randn;
 using dnns::testing::conv;
 using dnns::testing::conv_str;
 
 namespace {
-
-std::vector<float> randn(Rng& rng, int64_t n) {
-  std::vector<float> v((size_t)n);
-  for (float& f : v) f = rng.normal();
-  return v;
-}
 
 // A (rows, cols) weight with about `density` of its entries nonzero; rows listed in `empty`
 // have none.

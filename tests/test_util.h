@@ -179,6 +179,13 @@ inline float logit_scale(const Tensor& logits) {
 }
 
 // (n, C, H, W) standard-normal images.
+// n floats drawn from N(mean, stddev^2).
+inline std::vector<float> randn(Rng& rng, int64_t n, float mean = 0.0f, float stddev = 1.0f) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& f : v) f = rng.normal(mean, stddev);
+  return v;
+}
+
 inline Tensor random_images(int64_t n, const Shape& chw, Rng& rng) {
   Tensor x({n, chw[0], chw[1], chw[2]});
   for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();

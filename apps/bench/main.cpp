@@ -494,13 +494,7 @@ int bench_storage(int argc, char** argv) {
   f.add("dir", "/tmp", "folder for the scratch files");
   if (!f.parse(argc, argv)) return 0;
   const std::string dir = f.str("dir");
-  std::vector<double> densities;
-  for (size_t at = 0; at <= f.str("densities").size();) {
-    size_t comma = f.str("densities").find(',', at);
-    if (comma == std::string::npos) comma = f.str("densities").size();
-    densities.push_back(std::stod(f.str("densities").substr(at, comma - at)));
-    at = comma + 1;
-  }
+  const std::vector<double> densities = parse_numbers(f.str("densities"), "densities");
   const std::string scratch = dir + "/bench_storage." + std::to_string(::getpid()) + ".dnns";
   auto file_bytes = [&](const Model& m, uint32_t version) {
     save_archive(scratch, m.to_archive(), ArchiveWriteOptions{version});

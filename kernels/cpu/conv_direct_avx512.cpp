@@ -1,6 +1,6 @@
 // AVX-512 (F + VL) direct convolution kernels; compiled with -mavx512f -mavx512vl -mfma and
 // called only when the CPU has them (kernels/cpu/isa.h). Two vector widths: 16 floats for
-// rows of 9 or more output columns, 8 floats (AVX-512VL on ymm registers, 32 of them) below.
+// rows of 9 or more output columns, 8 floats (ymm registers, 32 of them) below.
 #include <immintrin.h>
 
 #define DNNS_DIRECT_NS avx512
@@ -20,19 +20,7 @@ struct V16 {
   static void store_n(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
 };
 
-struct V8 {
-  static constexpr int W = 8;
-  using V = __m256;
-  static __mmask8 mask(int n) { return (__mmask8)((1u << n) - 1); }
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static V bcast(float x) { return _mm256_set1_ps(x); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static V max(V a, V b) { return _mm256_max_ps(a, b); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static void store_n(float* p, V v, int n) { _mm256_mask_storeu_ps(p, mask(n), v); }
-};
+#include "kernels/cpu/conv_direct_ymm.inc"
 
 }  // namespace dnns::cpu::avx512
 
