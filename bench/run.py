@@ -72,6 +72,22 @@ def main():
     runs = '20' if a.quick else '100'
     rows, results = [], []
     print('# dnnshifter vs PyTorch, %s, %d threads, %s clock, %s' % (cpu_name(), a.threads, a.clock, platform.platform()))
+    # The machine's sgemm peak on the same threads and clock, measured in this run: our rows
+    # say what fraction of it they reach (FLOPs of the direct convolution: 2 x MACs forward,
+    # 3x that for a training step; Winograd layers count as the direct FLOPs they replace).
+    pk = run_json([ours, 'peak'] + t)
+    results.append(pk)
+    peak = None
+    if pk:
+        flops = 2.0 * pk['size'] ** 3
+        peak = flops / (pk['cpu_ms'] if cpu_clock else pk['ms']) / 1e6
+        print('sgemm peak (%d^3, %d threads, %s clock): %.1f GFLOP/s' % (pk['size'], a.threads, a.clock, peak))
+
+    def efficiency(r, ms):
+        # (GFLOP/s, fraction of the peak) of one of our results on the chosen clock
+        flops = r['gflops'] * (r['ms_per_step_median'] if 'ms_per_step_median' in r else r['p50_ms']) * 1e6
+        g = flops / ms / 1e6
+        return g, (g / peak if peak else None)
 
     for model in ['resnet20', 'vgg16']:
         o, p = pair([ours, 'train', '--model', model, '--batch', '128', '--steps', steps] + t,
@@ -79,7 +95,8 @@ def main():
         results += [o, p]
         if o and p:
             rows.append(('train %s, batch 128 (img/s%s)' % (model, ', CPU time' if cpu_clock else ''),
-                         128000 / step_ms(o), 128000 / step_ms(p), step_ms(p) / step_ms(o)))
+                         128000 / step_ms(o), 128000 / step_ms(p), step_ms(p) / step_ms(o),
+                         efficiency(o, step_ms(o))))
 
     with tempfile.TemporaryDirectory() as tmp:
         for model, density in [('vgg16', 0.05), ('resnet20', 0.1)]:
@@ -90,7 +107,7 @@ def main():
             results.append(c)
             if c:
                 rows.append(('compact %s at %.0f%% weights (ms; DNNShifter: 41-222 ms)' % (model, density * 100),
-                             c['ms_median'], None, None))
+                             c['ms_median'], None, None, None))
             # dense: the unpruned network (random weights; the dense kernels against oneDNN);
             # masked: the IMP level's file at that density, run as our plan chooses per layer
             # (sparse kernels where they measure faster), the peer running it dense;
@@ -104,15 +121,20 @@ def main():
                     results += [o, p]
                     if o and p:
                         rows.append(('infer %s %s, batch %s (%s ms)' % (model, kind, batch, 'CPU' if cpu_clock else 'p50'),
-                                     batch_ms(o), batch_ms(p), batch_ms(p) / batch_ms(o)))
+                                     batch_ms(o), batch_ms(p), batch_ms(p) / batch_ms(o),
+                                     efficiency(o, batch_ms(o))))
 
     print()
     isa = next((r.get('isa') for r in results if r and r.get('isa')), '?')
     print('(our kernels: %s path)' % isa)
-    print('| measurement | dnnshifter | PyTorch | speed-up |')
-    print('|---|---:|---:|---:|')
-    for name, o, p, r in rows:
-        print('| %s | %.2f | %s | %s |' % (name, o, '%.2f' % p if p is not None else '-', '%.2fx' % r if r else '-'))
+    print('| measurement | dnnshifter | PyTorch | speed-up | our GFLOP/s (of peak) |')
+    print('|---|---:|---:|---:|---:|')
+    for name, o, p, r, e in rows:
+        eff = '-'
+        if e:
+            eff = '%.1f' % e[0] + (' (%.0f%%)' % (100 * e[1]) if e[1] is not None else '')
+        print('| %s | %.2f | %s | %s | %s |' % (name, o, '%.2f' % p if p is not None else '-',
+                                                '%.2fx' % r if r else '-', eff))
     if a.out:
         with open(a.out, 'w') as f:
             json.dump([r for r in results if r], f, indent=1)

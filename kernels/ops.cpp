@@ -1,6 +1,10 @@
 #include "kernels/ops.h"
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "core/error.h"
@@ -64,7 +68,53 @@ Device common_device(const char* op, std::initializer_list<const Tensor*> ts) {
 const float* ptr_or_null(const Tensor& t) { return t.defined() && t.numel() ? t.data() : nullptr; }
 float* ptr_or_null(Tensor& t) { return t.defined() && t.numel() ? t.data() : nullptr; }
 
+std::atomic<bool> g_profiling{false};
+std::mutex g_profile_mutex;
+std::map<std::string, OpTime>& profile_totals() {
+  static std::map<std::string, OpTime> totals;
+  return totals;
+}
+
+// Times the op call it is declared in when profiling is on (see set_profiling).
+class OpTimer {
+ public:
+  OpTimer(const char* op, Device d) : op_(op), dev_(d), on_(g_profiling.load(std::memory_order_relaxed)) {
+    if (!on_) return;
+    device_synchronize(dev_);
+    t0_ = std::chrono::steady_clock::now();
+  }
+  ~OpTimer() {
+    if (!on_) return;
+    device_synchronize(dev_);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count();
+    std::lock_guard<std::mutex> lock(g_profile_mutex);
+    OpTime& t = profile_totals()[op_];
+    t.op = op_;
+    t.calls += 1;
+    t.ms += ms;
+  }
+  OpTimer(const OpTimer&) = delete;
+  OpTimer& operator=(const OpTimer&) = delete;
+
+ private:
+  const char* op_;
+  Device dev_;
+  bool on_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
 }  // namespace
+
+void set_profiling(bool on) { g_profiling.store(on, std::memory_order_relaxed); }
+
+std::vector<OpTime> take_profile() {
+  std::lock_guard<std::mutex> lock(g_profile_mutex);
+  std::vector<OpTime> out;
+  for (auto& [name, t] : profile_totals()) out.push_back(t);
+  profile_totals().clear();
+  std::sort(out.begin(), out.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
+  return out;
+}
 
 // DISPATCH(op, device, args...) calls op on the backend that owns `device`.
 #ifdef DNNS_HAVE_CUDA
@@ -74,6 +124,7 @@ float* ptr_or_null(Tensor& t) { return t.defined() && t.numel() ? t.data() : nul
 #endif
 #define DISPATCH(op, dev, ...)                                          \
   do {                                                                  \
+    OpTimer op_timer_(#op, (dev));                                      \
     if ((dev) == Device::CUDA) { DNNS_CUDA_CALL(op, __VA_ARGS__); }     \
     if (g_cpu_backend.load() == CpuBackend::Reference) return ref::op(__VA_ARGS__); \
     return cpu::op(__VA_ARGS__);                                        \
@@ -95,6 +146,7 @@ void conv2d_forward_relu(const Conv2dParams& p, const Tensor& x, const Tensor& w
     check_shape(w.shape(), {p.K, p.C, p.R, p.S}, "conv2d_forward_relu weight");
     if (b.defined() && b.numel()) check_shape(b.shape(), {p.K}, "conv2d_forward_relu bias");
     check_shape(y.shape(), {p.N, p.K, p.P(), p.Q()}, "conv2d_forward_relu output");
+    OpTimer op_timer_("conv2d_forward_relu", d);
     return cpu::conv2d_forward_relu(p, x.data(), w.data(), ptr_or_null(b), y.data());
   }
   conv2d_forward(p, x, w, b, y);
@@ -190,6 +242,46 @@ void batchnorm_backward(const BatchNormParams& p, const Tensor& x, const Tensor&
   Device d = common_device("batchnorm_backward", {&x, &dy, &gamma, &dx, &dgamma, &dbeta});
   DISPATCH(batchnorm_backward, d, p, x.data(), dy.data(), gamma.data(), save_mean.data(),
            save_invstd.data(), dx.data(), dgamma.data(), dbeta.data());
+}
+
+// HOST_DISPATCH(op, device, args...): DISPATCH for the ops only the host backends have
+// (kernels/host_api.inc).
+#define HOST_DISPATCH(op, dev, ...)                                                         \
+  do {                                                                                      \
+    if ((dev) == Device::CUDA) throw Error(std::string(#op) + ": CPU tensors only (the CUDA " \
+                                           "backend runs the batchnorm and the ReLU apart)"); \
+    OpTimer op_timer_(#op, (dev));                                                          \
+    if (g_cpu_backend.load() == CpuBackend::Reference) return ref::op(__VA_ARGS__);         \
+    return cpu::op(__VA_ARGS__);                                                            \
+  } while (0)
+
+void batchnorm_forward_train_relu(const BatchNormParams& p, const Tensor& x, const Tensor& gamma,
+                                  const Tensor& beta, Tensor& running_mean, Tensor& running_var, Tensor& y,
+                                  Tensor& save_mean, Tensor& save_invstd) {
+  check_bn(p, x, "batchnorm_forward_train_relu");
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&gamma, &beta, &running_mean, &running_var,
+                                                             &save_mean, &save_invstd})
+    check_shape(t->shape(), {p.C}, "batchnorm_forward_train_relu per-channel tensor");
+  check_shape(y.shape(), x.shape(), "batchnorm_forward_train_relu output");
+  Device d = common_device("batchnorm_forward_train_relu",
+                           {&x, &gamma, &beta, &running_mean, &running_var, &y, &save_mean, &save_invstd});
+  HOST_DISPATCH(batchnorm_forward_train_relu, d, p, x.data(), gamma.data(), beta.data(), running_mean.data(),
+                running_var.data(), y.data(), save_mean.data(), save_invstd.data());
+}
+
+void batchnorm_backward_relu(const BatchNormParams& p, const Tensor& x, const Tensor& dy, const Tensor& gamma,
+                             const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd, Tensor& dx,
+                             Tensor& dgamma, Tensor& dbeta) {
+  check_bn(p, x, "batchnorm_backward_relu");
+  check_shape(dy.shape(), x.shape(), "batchnorm_backward_relu output gradient");
+  check_shape(dx.shape(), x.shape(), "batchnorm_backward_relu input gradient");
+  for (const Tensor* t :
+       std::initializer_list<const Tensor*>{&gamma, &beta, &save_mean, &save_invstd, &dgamma, &dbeta})
+    check_shape(t->shape(), {p.C}, "batchnorm_backward_relu per-channel tensor");
+  Device d = common_device("batchnorm_backward_relu",
+                           {&x, &dy, &gamma, &beta, &save_mean, &save_invstd, &dx, &dgamma, &dbeta});
+  HOST_DISPATCH(batchnorm_backward_relu, d, p, x.data(), dy.data(), gamma.data(), beta.data(), save_mean.data(),
+                save_invstd.data(), dx.data(), dgamma.data(), dbeta.data());
 }
 
 void relu_forward(const Tensor& x, Tensor& y) {

@@ -3,6 +3,9 @@
 // reference kernels when `set_cpu_backend(CpuBackend::Reference)` was chosen). This is the
 // only place that chooses a backend.
 #pragma once
+#include <string>
+#include <vector>
+
 #include "core/tensor.h"
 #include "kernels/params.h"
 
@@ -40,6 +43,15 @@ void batchnorm_backward(const BatchNormParams& p, const Tensor& x, const Tensor&
                         const Tensor& save_mean, const Tensor& save_invstd, Tensor& dx, Tensor& dgamma,
                         Tensor& dbeta);
 
+// Batchnorm then ReLU in training, fused (kernels/host_api.inc): CPU tensors only (an error
+// names the op for CUDA ones). y = relu(batchnorm(x)); the backward takes the gradient of y.
+void batchnorm_forward_train_relu(const BatchNormParams& p, const Tensor& x, const Tensor& gamma,
+                                  const Tensor& beta, Tensor& running_mean, Tensor& running_var, Tensor& y,
+                                  Tensor& save_mean, Tensor& save_invstd);
+void batchnorm_backward_relu(const BatchNormParams& p, const Tensor& x, const Tensor& dy, const Tensor& gamma,
+                             const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd, Tensor& dx,
+                             Tensor& dgamma, Tensor& dbeta);
+
 void relu_forward(const Tensor& x, Tensor& y);
 void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx);
 void add_forward(const Tensor& a, const Tensor& b, Tensor& y);
@@ -59,6 +71,18 @@ float softmax_cross_entropy(const Tensor& logits, const Tensor& labels, float sm
 
 void sgd_update(const SgdParams& p, Tensor& w, const Tensor& g, Tensor& buf);
 void mask_apply(Tensor& w, const Tensor& mask);  // w = mask != 0 ? w : +0.0
+
+// Op profile (`bench train --profile`): while on, every call above is timed (elapsed time; a
+// CUDA op waits for its stream before and after, so its time is its own) and summed per op
+// name. Off by default, when it costs one relaxed atomic load per call.
+struct OpTime {
+  std::string op;
+  int64_t calls = 0;
+  double ms = 0.0;
+};
+void set_profiling(bool on);
+// The totals since the last call (or since profiling was turned on), longest first; resets them.
+std::vector<OpTime> take_profile();
 
 }  // namespace ops
 }  // namespace dnns

@@ -359,6 +359,12 @@ void BatchNorm2d::forward(const std::vector<const Tensor*>& in, Tensor& out, boo
       forward_synced(p, *in[0], out);
       return;
     }
+    if (relu_fused) {
+      check(fusable_with_relu(*in[0]), "internal: batchnorm fused with a ReLU where it cannot run fused");
+      ops::batchnorm_forward_train_relu(p, *in[0], gamma.value, beta.value, running_mean, running_var, out,
+                                        save_mean, save_invstd);
+      return;
+    }
     ops::batchnorm_forward_train(p, *in[0], gamma.value, beta.value, running_mean, running_var, out, save_mean,
                                  save_invstd);
   } else {
@@ -381,9 +387,16 @@ void BatchNorm2d::backward(const std::vector<const Tensor*>& in, const Tensor&, 
     backward_synced(bn_params(in[0]->shape()), *in[0], dout, din[0] ? dx : nullptr);
     return;
   }
+  if (relu_fused) {
+    ops::batchnorm_backward_relu(bn_params(in[0]->shape()), *in[0], dout, gamma.value, beta.value, save_mean,
+                                 save_invstd, *dx, gamma.grad, beta.grad);
+    return;
+  }
   ops::batchnorm_backward(bn_params(in[0]->shape()), *in[0], dout, gamma.value, save_mean, save_invstd, *dx,
                           gamma.grad, beta.grad);
 }
+
+bool BatchNorm2d::fusable_with_relu(const Tensor& x) const { return x.is_cpu() && !(sync_stats && dist::size() > 1); }
 
 // Global-batch statistics from every rank's (count m_r, mean_r, M2_r: the sum of squared
 // deviations from mean_r) per channel, each computed here in double with two passes over the

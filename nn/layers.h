@@ -151,6 +151,13 @@ class BatchNorm2d : public Layer {
   // statistics of the global batch, gathered from every rank, and backward sums the two
   // per-channel reductions it needs over the ranks too. Set by the trainer for its epochs.
   bool sync_stats = false;
+  // Set by Model::forward for one training pass when a ReLU is the only reader of this layer's
+  // output and the pair can run fused (fusable_with_relu): forward then writes relu(bn(x))
+  // (the model skips the ReLU node) and backward takes the ReLU output's gradient.
+  bool relu_fused = false;
+  // Whether a training forward on x can take the fused batchnorm + ReLU kernels: CPU tensors,
+  // and not the data-parallel path with global statistics.
+  bool fusable_with_relu(const Tensor& x) const;
 
  private:
   void forward_synced(const BatchNormParams& p, const Tensor& x, Tensor& out);

@@ -131,6 +131,19 @@ Tensor Model::forward(const Tensor& x, bool train) {
     }
   std::vector<int> pending(n);
   for (int i = 0; i < n; ++i) pending[i] = static_cast<int>(cons[i].size());
+  // Batchnorm + ReLU pairs that run fused in this pass (see set_fusion).
+  fused_src_.assign(n, -1);
+  for (int i = 1; i < n; ++i)
+    if (auto* bn = dynamic_cast<BatchNorm2d*>(nodes_[i].layer.get())) bn->relu_fused = false;
+  if (train && fuse_)
+    for (int i = 1; i < n; ++i) {
+      if (nodes_[i].layer->kind() != LayerKind::ReLU) continue;
+      const int src = nodes_[i].inputs[0];
+      auto* bn = src != 0 ? dynamic_cast<BatchNorm2d*>(nodes_[src].layer.get()) : nullptr;
+      if (!bn || cons[src].size() != 1 || src == out_node || !bn->fusable_with_relu(x)) continue;
+      bn->relu_fused = true;
+      fused_src_[i] = src;
+    }
 
   acts_.assign(n, Tensor());
   shapes_.assign(n, Shape());
@@ -154,6 +167,11 @@ Tensor Model::forward(const Tensor& x, bool train) {
       throw Error("node '" + node.name + "': " + e.what());
     }
     shapes_[i] = out_shape;
+    if (fused_src_[i] >= 0) {  // the batchnorm before wrote this ReLU's output: take its storage
+      acts_[i] = std::move(acts_[fused_src_[i]]);
+      acts_[fused_src_[i]] = Tensor();
+      continue;
+    }
     // ReLU runs in place when its input has no other reader and nobody's backward needs it.
     int src = node.inputs[0];
     bool in_place = node.layer->kind() == LayerKind::ReLU && src != 0 && cons[src].size() == 1 &&
@@ -191,6 +209,13 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
       // No gradient reaches this node (it does not feed the output): its parameters get none.
       for (Param* p : node.layer->params()) p->grad = Tensor::zeros(p->value.shape(), device_);
       if (grads_ready) grads_ready(*node.layer);
+      continue;
+    }
+    if (fused_src_[i] >= 0) {  // fused into its batchnorm, whose backward takes this gradient
+      grads[fused_src_[i]] = std::move(grads[i]);
+      if (grads_ready) grads_ready(*node.layer);
+      grads[i] = Tensor();
+      acts_[i] = Tensor();
       continue;
     }
     ins.clear();

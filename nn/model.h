@@ -60,7 +60,12 @@ class Model {
   // ---- execution
   // x: (N, C, H, W) on the model's device -> logits (N, classes). In training mode the
   // activations backward needs are kept until `backward`.
+  // On the CPU a training forward runs each batchnorm whose output only a ReLU reads fused
+  // with it (one pass instead of two forward, the mask recomputed in backward instead of a
+  // ReLU pass); set_fusion(false) runs every node on its own (same results within float
+  // rounding: tests compare the two).
   Tensor forward(const Tensor& x, bool train);
+  void set_fusion(bool on) { fuse_ = on; }
   // dlogits: gradient of the loss w.r.t. the last forward's output. Writes every Param::grad.
   // `grads_ready` (optional) runs after each layer's parameter gradients are written, last
   // layer first (data-parallel training starts their allreduce there).
@@ -105,6 +110,10 @@ class Model {
   std::vector<Tensor> acts_;
   std::vector<Shape> shapes_;
   bool have_train_forward_ = false;
+  bool fuse_ = true;
+  // fused_src_[i]: for a ReLU node run fused into the batchnorm that feeds it (this training
+  // pass), that batchnorm's node; -1 otherwise.
+  std::vector<int> fused_src_;
 };
 
 }  // namespace dnns

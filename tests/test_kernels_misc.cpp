@@ -21,6 +21,8 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/ops.h"
 #include "kernels/ref/ref.h"
 #include "tests/test_util.h"
 
@@ -275,6 +277,71 @@ TEST_CASE("batchnorm: cpu matches ref (train forward, running stats over steps, 
                                  sm3.data(), si3.data());
     CHECK(bitwise_equal(y2, y3));
     CHECK(bitwise_equal(rv2, rv3));
+  }
+}
+
+// The fused batchnorm + ReLU of training: on every ISA path, the optimized kernels against the
+// reference pair and against the unfused composition (batchnorm, then ReLU; ReLU backward,
+// then batchnorm backward); masked elements get exactly zero gradient through the ReLU.
+TEST_CASE("batchnorm + ReLU fused: every ISA path matches ref and the unfused ops") {
+  struct Restore {
+    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
+  } restore;
+  Rng rng(41);
+  struct Shape {
+    int N, C, HW;
+  };
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)));
+    for (Shape s : {Shape{1, 3, 35}, Shape{5, 3, 13}, Shape{4, 16, 64}, Shape{16, 8, 1024}}) {
+      CAPTURE(s.N);
+      CAPTURE(s.C);
+      CAPTURE(s.HW);
+      BatchNormParams p;
+      p.N = s.N, p.C = s.C, p.HW = s.HW;
+      const int64_t n = int64_t(s.N) * s.C * s.HW;
+      // beta around 0 so that both sides of the ReLU are well populated in every channel
+      Vec gamma = randn(rng, s.C, 1.0f, 0.3f), beta = randn(rng, s.C, 0.0f, 0.5f);
+      Vec x = randn(rng, n, 0.7f, 2.0f), dy = randn(rng, n);
+      Vec rm_f(s.C, 0.0f), rv_f(s.C, 1.0f), rm_u = rm_f, rv_u = rv_f, rm_r = rm_f, rv_r = rv_f;
+      Vec y_f(n), y_u(n), y_r(n), sm_f(s.C), si_f(s.C), sm_u(s.C), si_u(s.C), sm_r(s.C), si_r(s.C);
+      cpu::batchnorm_forward_train_relu(p, x.data(), gamma.data(), beta.data(), rm_f.data(), rv_f.data(), y_f.data(),
+                                        sm_f.data(), si_f.data());
+      ref::batchnorm_forward_train_relu(p, x.data(), gamma.data(), beta.data(), rm_r.data(), rv_r.data(), y_r.data(),
+                                        sm_r.data(), si_r.data());
+      cpu::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm_u.data(), rv_u.data(), y_u.data(),
+                                   sm_u.data(), si_u.data());
+      cpu::relu_forward(n, y_u.data(), y_u.data());
+      check_close(y_f, y_r, 1e-5, 1e-5, "fused y vs ref");
+      check_close(y_f, y_u, 1e-5, 1e-5, "fused y vs unfused");
+      int64_t zeros = 0;
+      for (float v : y_f) zeros += v == 0.0f;
+      CHECK(zeros > n / 5);  // the ReLU did cut (the test data straddles zero)
+      CHECK(zeros < n * 4 / 5);
+      check_equal(sm_f, sm_u, "fused save_mean");
+      check_equal(si_f, si_u, "fused save_invstd");
+      check_equal(rm_f, rm_u, "fused running_mean");
+      check_equal(rv_f, rv_u, "fused running_var");
+
+      Vec dx_f(n), dx_r(n), dx_u(n), g(n), dg_f(s.C), db_f(s.C), dg_r(s.C), db_r(s.C), dg_u(s.C), db_u(s.C);
+      cpu::batchnorm_backward_relu(p, x.data(), dy.data(), gamma.data(), beta.data(), sm_f.data(), si_f.data(),
+                                   dx_f.data(), dg_f.data(), db_f.data());
+      ref::batchnorm_backward_relu(p, x.data(), dy.data(), gamma.data(), beta.data(), sm_f.data(), si_f.data(),
+                                   dx_r.data(), dg_r.data(), db_r.data());
+      cpu::relu_backward(n, y_f.data(), dy.data(), g.data());  // the mask from the fused forward's output
+      cpu::batchnorm_backward(p, x.data(), g.data(), gamma.data(), sm_f.data(), si_f.data(), dx_u.data(),
+                              dg_u.data(), db_u.data());
+      const double sum_tol = 1e-5 * std::sqrt(double(s.N) * s.HW) + 1e-6;
+      check_close(dx_f, dx_r, 1e-5, 1e-5, "fused dx vs ref");
+      check_close(dg_f, dg_r, sum_tol, 1e-5, "fused dgamma vs ref");
+      check_close(db_f, db_r, sum_tol, 1e-5, "fused dbeta vs ref");
+      // Against the unfused pair fed the fused forward's own mask: the same arithmetic, so
+      // only the order of the double sums can differ.
+      check_close(dx_f, dx_u, 1e-6, 1e-6, "fused dx vs unfused");
+      check_close(dg_f, dg_u, sum_tol, 1e-6, "fused dgamma vs unfused");
+      check_close(db_f, db_u, sum_tol, 1e-6, "fused dbeta vs unfused");
+    }
   }
 }
 
@@ -594,4 +661,31 @@ TEST_CASE("softmax cross-entropy reference: hand-computed loss, gradient, accura
     CHECK_THROWS_WITH_AS(ce(2, 3, logits.data(), bad4.data(), 0.0f, d.data(), nullptr),
                          doctest::Contains("label of row 1 is 2.500000"), Error);
   }
+}
+
+TEST_CASE("op profile: counts and times every dispatched op while on, nothing while off") {
+  Tensor x({4, 5}), y({4, 5});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = static_cast<float>(i) - 9.0f;
+  ops::take_profile();  // drop anything an earlier test left
+  ops::relu_forward(x, y);  // profiling off: not recorded
+  ops::set_profiling(true);
+  ops::relu_forward(x, y);
+  ops::relu_forward(x, y);
+  ops::add_forward(x, y, y);
+  ops::set_profiling(false);
+  ops::add_forward(x, y, y);  // off again: not recorded
+  const std::vector<ops::OpTime> p = ops::take_profile();
+  REQUIRE(p.size() == 2);
+  int64_t relu_calls = -1, add_calls = -1;
+  for (const ops::OpTime& t : p) {
+    CHECK(t.ms >= 0.0);
+    if (t.op == "relu_forward") relu_calls = t.calls;
+    if (t.op == "add_forward") add_calls = t.calls;
+  }
+  CHECK(relu_calls == 2);
+  CHECK(add_calls == 1);
+  CHECK(p[0].ms >= p[1].ms);              // longest first
+  CHECK(ops::take_profile().empty());     // take resets the totals
+  CHECK(y[0] == -18.0f);  // every call did its work, timed or not: relu(-9) = 0, then += x twice
+  CHECK(y[19] == 30.0f);  // relu(10) = 10, then += 10 twice
 }

@@ -6,11 +6,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "kernels/ops.h"
+#include "nn/optim.h"
 #include "nn/models/zoo.h"
 #include "nn/trainer.h"
 
@@ -166,4 +169,85 @@ TEST_CASE("learning-rate schedules") {
   CHECK(warm.lr_at(5) == doctest::Approx(0.05));
   CHECK(warm.lr_at(10) == doctest::Approx(0.1));
   CHECK(warm.lr_at(120) == doctest::Approx(0.01));
+}
+
+// Training fuses each batchnorm whose only reader is a ReLU (Model::forward): the fused graph
+// must train like the unfused one, and the fusion must really happen where it may and only
+// there (counted with the op profile).
+TEST_CASE("batchnorm + ReLU fusion: same training steps as the unfused graph, fused only where it may") {
+  auto build = [] {
+    Model m;
+    int x = m.add_input({3, 8, 8});
+    x = m.add("conv1", std::make_unique<Conv2d>(3, 8, 3, 3, 1, 1, false), {x});
+    x = m.add("bn1", std::make_unique<BatchNorm2d>(8), {x});
+    x = m.add("relu1", std::make_unique<ReLU>(), {x});  // fused: bn1's only reader
+    x = m.add("conv2", std::make_unique<Conv2d>(8, 8, 3, 3, 1, 1, false), {x});
+    const int bn2 = m.add("bn2", std::make_unique<BatchNorm2d>(8), {x});
+    const int relu2 = m.add("relu2", std::make_unique<ReLU>(), {bn2});  // not fused: bn2 has two readers
+    x = m.add("add", std::make_unique<Add>(), {relu2, bn2});
+    x = m.add("conv3", std::make_unique<Conv2d>(8, 8, 3, 3, 1, 1, false), {x});
+    x = m.add("bn3", std::make_unique<BatchNorm2d>(8), {x});
+    x = m.add("relu3", std::make_unique<ReLU>(), {x});  // fused
+    x = m.add("gap", std::make_unique<GlobalAvgPool>(), {x});
+    m.add("fc", std::make_unique<Linear>(8, 4, true, false), {x});
+    Rng rng(5);
+    init_model(m, rng);
+    return m;
+  };
+  Model fused = build(), apart = build();
+  apart.set_fusion(false);
+  Rng rng(6);
+  Tensor x({6, 3, 8, 8}), labels({6});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  for (int64_t i = 0; i < 6; ++i) labels[i] = float(i % 4);
+  Sgd sgd_f({0.1f, 0.9f, 1e-4f, false}), sgd_a({0.1f, 0.9f, 1e-4f, false});
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    ops::take_profile();
+    ops::set_profiling(true);
+    Tensor yf = fused.forward(x, true);
+    Tensor df(yf.shape());
+    ops::softmax_cross_entropy(yf, labels, 0.0f, &df, nullptr);
+    fused.backward(df);
+    ops::set_profiling(false);
+    int64_t fused_fwd = 0, fused_bwd = 0, bn_fwd = 0, relu_fwd = 0, relu_bwd = 0;
+    for (const ops::OpTime& t : ops::take_profile()) {
+      if (t.op == "batchnorm_forward_train_relu") fused_fwd = t.calls;
+      if (t.op == "batchnorm_backward_relu") fused_bwd = t.calls;
+      if (t.op == "batchnorm_forward_train") bn_fwd = t.calls;
+      if (t.op == "relu_forward") relu_fwd = t.calls;
+      if (t.op == "relu_backward") relu_bwd = t.calls;
+    }
+    CHECK(fused_fwd == 2);  // bn1 and bn3
+    CHECK(fused_bwd == 2);
+    CHECK(bn_fwd == 1);  // bn2
+    CHECK(relu_fwd == 1);  // relu2
+    CHECK(relu_bwd == 1);
+    Tensor ya = apart.forward(x, true);
+    Tensor da(ya.shape());
+    ops::softmax_cross_entropy(ya, labels, 0.0f, &da, nullptr);
+    apart.backward(da);
+    const std::vector<float> lf = yf.to_vector(), la = ya.to_vector();
+    for (size_t i = 0; i < lf.size(); ++i) CHECK(lf[i] == doctest::Approx(la[i]).epsilon(1e-4));
+    sgd_f.step(fused, 0.1f);
+    sgd_a.step(apart, 0.1f);
+    const std::vector<float> wf = all_weights(fused), wa = all_weights(apart);  // parameters and running stats
+    REQUIRE(wf.size() == wa.size());
+    double worst = 0.0;
+    for (size_t i = 0; i < wf.size(); ++i) worst = std::max(worst, std::fabs(double(wf[i]) - wa[i]));
+    CHECK(worst < 1e-5);
+  }
+  // Evaluation runs nothing fused.
+  ops::take_profile();
+  ops::set_profiling(true);
+  fused.forward(x, false);
+  ops::set_profiling(false);
+  int64_t eval_bn = 0, eval_relu = 0;
+  for (const ops::OpTime& t : ops::take_profile()) {
+    CHECK(t.op != "batchnorm_forward_train_relu");
+    if (t.op == "batchnorm_forward_eval") eval_bn = t.calls;
+    if (t.op == "relu_forward") eval_relu = t.calls;
+  }
+  CHECK(eval_bn == 3);
+  CHECK(eval_relu == 3);
 }

@@ -101,6 +101,36 @@ Tensor random_batch(int64_t n, const Shape& chw, Rng& rng) {
   return x;
 }
 
+// Runs `steps` more training steps with the op profile on (ops::set_profiling); prints the
+// per-op time of one step to stderr, longest first, with the step time no op accounts for
+// (allocation, the layers' own loops) as "(outside ops)"; returns the breakdown as JSON.
+template <class Step>
+std::string profile_steps(int64_t steps, Step&& step) {
+  const int64_t n = std::max<int64_t>(1, steps);
+  ops::take_profile();
+  ops::set_profiling(true);
+  const auto t0 = Clock::now();
+  for (int64_t s = 0; s < n; ++s) step();
+  const double step_ms = ms_since(t0) / n;
+  ops::set_profiling(false);
+  std::vector<ops::OpTime> ops_time = ops::take_profile();
+  double in_ops = 0.0;
+  for (const ops::OpTime& t : ops_time) in_ops += t.ms / n;
+  ops_time.push_back({"(outside ops)", 0, std::max(0.0, step_ms - in_ops) * n});
+  std::fprintf(stderr, "per-op time of one training step (%.2f ms, mean of %lld profiled steps):\n", step_ms,
+               static_cast<long long>(n));
+  std::fprintf(stderr, "  %-28s %8s %10s %7s\n", "op", "calls", "ms", "share");
+  std::string json = "[";
+  for (const ops::OpTime& t : ops_time) {
+    const double ms = t.ms / n, share = step_ms > 0 ? ms / step_ms : 0.0;
+    std::fprintf(stderr, "  %-28s %8lld %10.3f %6.1f%%\n", t.op.c_str(), static_cast<long long>(t.calls / n), ms,
+                 100.0 * share);
+    if (json.size() > 1) json += ",";
+    json += Json().add("op", t.op).add("calls_per_step", t.calls / n).add("ms_per_step", ms).add("share", share).str();
+  }
+  return json + "]";
+}
+
 int bench_train(int argc, char** argv) {
   Flags f("bench train", "Training throughput: forward, backward and SGD step on random data.");
   f.add("model", "resnet20", "zoo model");
@@ -110,6 +140,9 @@ int bench_train(int argc, char** argv) {
   f.add("backend", "cpu", "cpu (optimized) or ref (reference kernels)");
   f.add("device", "cpu", "cpu or cuda");
   f.add_bool("tf32", "CUDA: allow TF32 tensor-core GEMMs");
+  f.add_bool("no-fusion", "run every batchnorm and ReLU apart (Model::set_fusion(false)), to measure the fusion");
+  f.add_bool("profile", "after the timed steps, time every op of as many steps again and print the "
+                        "per-op breakdown of one step (stderr table, \"profile\" in the JSON)");
   if (!f.parse(argc, argv)) return 0;
   set_num_threads(static_cast<int>(f.integer("threads")));
   Device dev = setup_device(f);
@@ -118,6 +151,7 @@ int bench_train(int argc, char** argv) {
   Model m = build_model(f.str("model"));
   init_model(m, rng);
   m.to(dev);
+  m.set_fusion(!f.flag("no-fusion"));
   int64_t batch = f.integer("batch"), steps = f.integer("steps");
   Tensor x = random_batch(batch, m.input_shape(), rng).to(dev);
   Tensor labels({batch});
@@ -125,35 +159,45 @@ int bench_train(int argc, char** argv) {
   labels = labels.to(dev);
   Sgd sgd({0.01f, 0.9f, 1e-4f, false});
   Tensor d;
-  std::vector<double> times, cpu_times;
-  for (int64_t s = 0; s <= steps; ++s) {
-    auto t0 = Clock::now();
-    const double c0 = process_cpu_ms();
+  auto step = [&] {
     Tensor y = m.forward(x, true);
     if (!d.defined()) d = Tensor(y.shape(), dev);
     ops::softmax_cross_entropy(y, labels, 0.0f, &d, nullptr);
     m.backward(d);
     sgd.step(m, 0.01f);
     sync(dev);
+  };
+  std::vector<double> times, cpu_times;
+  for (int64_t s = 0; s <= steps; ++s) {
+    auto t0 = Clock::now();
+    const double c0 = process_cpu_ms();
+    step();
     if (s > 0) times.push_back(ms_since(t0)), cpu_times.push_back(process_cpu_ms() - c0);
   }
   double med = percentile(times, 0.5);
-  std::printf("%s\n", Json()
-                          .add("bench", "train")
-                          .add("model", f.str("model"))
-                          .add("batch", batch)
-                          .add("device", device_name(dev))
-                          .add("tf32", f.flag("tf32"))
-                          .add("threads", num_threads())
-                          .add("ms_per_step_median", med)
-                          .add("images_per_sec", batch * 1000.0 / med)
-                          .add("isa", cpu::isa_name(cpu::cpu_isa()))
-                          // CPU time of the process per step (all threads): with 1 thread, the
-                          // work a step takes even on a loaded machine
-                          .add("cpu_ms_per_step_median", percentile(cpu_times, 0.5))
-                          .add("hardware", device_description(dev))
-                          .str()
-                          .c_str());
+  // Training FLOPs per image: the forward's 2 x MACs, and as much again for each of the data
+  // and weight gradients (the usual 3x-forward count).
+  const double gflops = 6.0 * static_cast<double>(m.forward_macs()) * batch / (med * 1e6);
+  std::string profile_json;
+  if (f.flag("profile")) profile_json = profile_steps(steps, step);
+  Json out;
+  out.add("bench", "train")
+      .add("model", f.str("model"))
+      .add("batch", batch)
+      .add("device", device_name(dev))
+      .add("tf32", f.flag("tf32"))
+      .add("threads", num_threads())
+      .add("fusion", !f.flag("no-fusion"))
+      .add("ms_per_step_median", med)
+      .add("images_per_sec", batch * 1000.0 / med)
+      .add("isa", cpu::isa_name(cpu::cpu_isa()))
+      // CPU time of the process per step (all threads): with 1 thread, the
+      // work a step takes even on a loaded machine
+      .add("cpu_ms_per_step_median", percentile(cpu_times, 0.5))
+      .add("gflops", gflops)
+      .add("hardware", device_description(dev));
+  if (!profile_json.empty()) out.add_raw("profile", profile_json);
+  std::printf("%s\n", out.str().c_str());
   return 0;
 }
 
@@ -202,6 +246,8 @@ int bench_infer(int argc, char** argv) {
                           .add("p50_ms", percentile(times, 0.5))
                           .add("p99_ms", percentile(times, 0.99))
                           .add("cpu_ms_median", percentile(cpu_times, 0.5))
+                          .add("gflops", 2.0 * static_cast<double>(m.forward_macs()) * batch /
+                                             (percentile(times, 0.5) * 1e6))
                           .add("isa", cpu::isa_name(cpu::cpu_isa()))
                           .add("hardware", device_description(dev))
                           .str()
@@ -549,10 +595,49 @@ int bench_storage(int argc, char** argv) {
   return 0;
 }
 
+// The machine's sgemm peak as our kernels can use it: an n x n x n product through the fully
+// connected layer's op (OpenBLAS sgemm in row blocks over the threads, as every GEMM here runs).
+int bench_peak(int argc, char** argv) {
+  Flags f("bench peak", "sgemm throughput (GFLOP/s) of an n x n x n product: the peak the efficiency figures use.");
+  f.add("size", "2048", "n");
+  f.add("runs", "5", "timed runs (after 1 warm-up run); the fastest counts");
+  f.add("threads", "0", "threads (0 = all cores)");
+  if (!f.parse(argc, argv)) return 0;
+  set_num_threads(static_cast<int>(f.integer("threads")));
+  const int64_t n = f.integer("size"), runs = f.integer("runs");
+  check(n >= 1 && n <= 16384, "--size must be in [1, 16384], got " + std::to_string(n));
+  check(runs >= 1, "--runs must be at least 1, got " + std::to_string(runs));
+  Rng rng(1);
+  Tensor a({n, n}), b({n, n}), c({n, n});
+  for (int64_t i = 0; i < a.numel(); ++i) a[i] = rng.normal(), b[i] = rng.normal();
+  double best = 0.0, best_cpu = 0.0;
+  for (int64_t r = 0; r <= runs; ++r) {
+    const auto t0 = Clock::now();
+    const double c0 = process_cpu_ms();
+    ops::linear_forward(a, b, Tensor(), c);
+    const double ms = ms_since(t0), cpu_ms = process_cpu_ms() - c0;
+    if (r > 0 && (best == 0.0 || ms < best)) best = ms;
+    if (r > 0 && (best_cpu == 0.0 || cpu_ms < best_cpu)) best_cpu = cpu_ms;
+  }
+  std::printf("%s\n", Json()
+                          .add("bench", "peak")
+                          .add("size", n)
+                          .add("threads", num_threads())
+                          .add("ms", best)
+                          .add("gflops", 2.0 * n * n * n / (best * 1e6))
+                          // per thread-second of CPU time: the core's rate even on a loaded machine
+                          .add("cpu_ms", best_cpu)
+                          .add("isa", cpu::isa_name(cpu::cpu_isa()))
+                          .add("hardware", device_description(Device::CPU))
+                          .str()
+                          .c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* usage = "usage: bench train|infer|compact|conv|sparse|storage [flags]   (bench COMMAND --help)\n";
+  const char* usage = "usage: bench train|infer|compact|conv|sparse|storage|peak [flags]   (bench COMMAND --help)\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
     return 2;
@@ -565,6 +650,7 @@ int main(int argc, char** argv) {
     if (cmd == "conv") return bench_conv(argc - 1, argv + 1);
     if (cmd == "sparse") return bench_sparse(argc - 1, argv + 1);
     if (cmd == "storage") return bench_storage(argc - 1, argv + 1);
+    if (cmd == "peak") return bench_peak(argc - 1, argv + 1);
     if (cmd == "--help" || cmd == "-h") {
       std::fputs(usage, stdout);
       return 0;

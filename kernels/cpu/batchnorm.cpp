@@ -42,6 +42,9 @@ void channel_normalise(const BatchNormParams& p, const float* x, int c, float me
   row_kernels().normalise(x + at, y + at, int64_t(p.C) * p.HW, p.N, p.HW, mean, scale, shift);
 }
 
+// The scale of the fused batchnorm + ReLU, from the saved (float) invstd, in forward and backward.
+float relu_scale(float gamma, float save_invstd) { return float(double(gamma) * double(save_invstd)); }
+
 // f(c) for every channel; channels are grouped so each task touches at least ~32K values.
 template <class F>
 void for_channels(const BatchNormParams& p, F&& f) {
@@ -54,13 +57,16 @@ void for_channels(const BatchNormParams& p, F&& f) {
 
 }  // namespace
 
-void batchnorm_forward_train(const BatchNormParams& p, const float* x, const float* gamma,
-                             const float* beta, float* running_mean, float* running_var, float* y,
-                             float* save_mean, float* save_invstd) {
+namespace {
+
+// The training forward, followed by a ReLU when `relu` (see batchnorm_forward_train_relu).
+void forward_train(const BatchNormParams& p, const float* x, const float* gamma, const float* beta,
+                   float* running_mean, float* running_var, float* y, float* save_mean, float* save_invstd,
+                   bool relu) {
   // x, y: (N, C, HW)   gamma, beta, running_*, save_*: (C)
   const int64_t M = int64_t(p.N) * p.HW;
-  check(M > 1, "batchnorm_forward_train: need more than 1 value per channel to train, got N*HW = " +
-                   std::to_string(M));
+  check(M > 1, std::string(relu ? "batchnorm_forward_train_relu" : "batchnorm_forward_train") +
+                   ": need more than 1 value per channel to train, got N*HW = " + std::to_string(M));
   for_channels(p, [&](int c) {
     // One pass for sum and sum of squares (double keeps E[x^2] - E[x]^2 accurate for
     // activations), one pass to normalise.
@@ -69,14 +75,36 @@ void batchnorm_forward_train(const BatchNormParams& p, const float* x, const flo
     const double mean = sum / double(M);
     const double var = std::max(0.0, sumsq / double(M) - mean * mean);  // biased
     const double invstd = 1.0 / std::sqrt(var + double(p.eps));
-    const double scale = double(gamma[c]) * invstd;
-    channel_normalise(p, x, c, float(mean), float(scale), beta[c], y);
+    save_mean[c] = float(mean);
+    save_invstd[c] = float(invstd);
+    if (relu) {
+      // The backward recomputes the ReLU's mask from x, save_mean and save_invstd: the same
+      // floats here (the saved invstd, not the double one) give it exactly the forward's.
+      const int64_t at = int64_t(c) * p.HW;
+      row_kernels().normalise_relu(x + at, y + at, int64_t(p.C) * p.HW, p.N, p.HW, save_mean[c],
+                                   relu_scale(gamma[c], save_invstd[c]), beta[c]);
+    } else {
+      const double scale = double(gamma[c]) * invstd;
+      channel_normalise(p, x, c, float(mean), float(scale), beta[c], y);
+    }
     const double m = p.momentum;
     running_mean[c] = float((1.0 - m) * running_mean[c] + m * mean);
     running_var[c] = float((1.0 - m) * running_var[c] + m * var * double(M) / double(M - 1));
-    save_mean[c] = float(mean);
-    save_invstd[c] = float(invstd);
   });
+}
+
+}  // namespace
+
+void batchnorm_forward_train(const BatchNormParams& p, const float* x, const float* gamma,
+                             const float* beta, float* running_mean, float* running_var, float* y,
+                             float* save_mean, float* save_invstd) {
+  forward_train(p, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd, false);
+}
+
+void batchnorm_forward_train_relu(const BatchNormParams& p, const float* x, const float* gamma, const float* beta,
+                                  float* running_mean, float* running_var, float* y, float* save_mean,
+                                  float* save_invstd) {
+  forward_train(p, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd, true);
 }
 
 void batchnorm_forward_eval(const BatchNormParams& p, const float* x, const float* gamma,
@@ -89,28 +117,57 @@ void batchnorm_forward_eval(const BatchNormParams& p, const float* x, const floa
   });
 }
 
-void batchnorm_backward(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
-                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
-                        float* dbeta) {
+namespace {
+
+// The backward; with `beta`, through the ReLU that followed (see batchnorm_backward_relu).
+void backward(const BatchNormParams& p, const float* x, const float* dy, const float* gamma, const float* beta,
+              const float* save_mean, const float* save_invstd, float* dx, float* dgamma, float* dbeta) {
   // x, dy, dx: (N, C, HW)   gamma, save_*, dgamma, dbeta: (C)
   // dx = gamma * invstd * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M), xhat = (x - mean) * invstd,
   // rearranged as dx = k_dy * dy + k_x * (x - mean) + k_0 so the second pass is one short
-  // multiply-add chain per element.
+  // multiply-add chain per element. Through a ReLU, dy is first zeroed where its input was not
+  // positive (recomputed from x, never stored).
   const int64_t M = int64_t(p.N) * p.HW;
+  const RowKernels& rk = row_kernels();
   for_channels(p, [&](int c) {
     const double mean = save_mean[c], invstd = save_invstd[c];
+    const int64_t at = int64_t(c) * p.HW, stride = int64_t(p.C) * p.HW;
+    const float scale = beta ? relu_scale(gamma[c], save_invstd[c]) : 0.0f;
     double sum_dy, sum_dy_xc;
-    channel_grad_sums(p, x, dy, c, mean, sum_dy, sum_dy_xc);
+    if (beta) {
+      double s[kRowLanes] = {}, sx[kRowLanes] = {};
+      rk.grad_sums_relu(x + at, dy + at, stride, p.N, p.HW, save_mean[c], scale, beta[c], s, sx);
+      sum_dy = sum_dy_xc = 0.0;
+      for (int l = 0; l < kRowLanes; l++) sum_dy += s[l], sum_dy_xc += sx[l];
+    } else {
+      channel_grad_sums(p, x, dy, c, mean, sum_dy, sum_dy_xc);
+    }
     const double sum_dy_xhat = sum_dy_xc * invstd;
     const double k_dy = double(gamma[c]) * invstd;
     const double k_x = -k_dy * invstd * sum_dy_xhat / double(M);
     const double k_0 = -k_dy * sum_dy / double(M);
-    const int64_t at = int64_t(c) * p.HW;
-    row_kernels().bn_backward(x + at, dy + at, dx + at, int64_t(p.C) * p.HW, p.N, p.HW, float(k_dy), float(k_x),
-                              float(k_0), save_mean[c]);
+    if (beta)
+      rk.bn_backward_relu(x + at, dy + at, dx + at, stride, p.N, p.HW, float(k_dy), float(k_x), float(k_0),
+                          save_mean[c], scale, beta[c]);
+    else
+      rk.bn_backward(x + at, dy + at, dx + at, stride, p.N, p.HW, float(k_dy), float(k_x), float(k_0), save_mean[c]);
     dgamma[c] = float(sum_dy_xhat);
     dbeta[c] = float(sum_dy);
   });
+}
+
+}  // namespace
+
+void batchnorm_backward(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                        float* dbeta) {
+  backward(p, x, dy, gamma, nullptr, save_mean, save_invstd, dx, dgamma, dbeta);
+}
+
+void batchnorm_backward_relu(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                             const float* beta, const float* save_mean, const float* save_invstd, float* dx,
+                             float* dgamma, float* dbeta) {
+  backward(p, x, dy, gamma, beta, save_mean, save_invstd, dx, dgamma, dbeta);
 }
 
 }  // namespace dnns::cpu

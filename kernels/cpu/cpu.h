@@ -6,6 +6,7 @@
 
 namespace dnns::cpu {
 #include "kernels/backend_api.inc"
+#include "kernels/host_api.inc"
 
 // y = relu(conv(x) + b), the ReLU applied in the direct kernels' output pass where they run
 // (a separate pass otherwise). Same shapes as conv2d_forward.

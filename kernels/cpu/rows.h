@@ -25,6 +25,18 @@ struct RowKernels {
   // dx = a * dy + b * (x - mean) + d
   void (*bn_backward)(const float* x, const float* dy, float* dx, int64_t stride, int n, int len, float a, float b,
                       float d, float mean);
+  // Batchnorm followed by a ReLU, in training (kernels/cpu/batchnorm.cpp): the ReLU's input
+  // v = (x - mean) * scale + shift is computed by one inline function in all three, so the
+  // backward's mask v > 0 is exactly the forward's.
+  // y = max(0, v)
+  void (*normalise_relu)(const float* x, float* y, int64_t stride, int n, int len, float mean, float scale,
+                         float shift);
+  // grad_sums of g = (v > 0 ? dy : 0), dy being the gradient of the ReLU's output
+  void (*grad_sums_relu)(const float* x, const float* dy, int64_t stride, int n, int len, float mean, float scale,
+                         float shift, double* s, double* sx);
+  // dx = a * g + b * (x - mean) + d, g as above
+  void (*bn_backward_relu)(const float* x, const float* dy, float* dx, int64_t stride, int n, int len, float a,
+                           float b, float d, float mean, float scale, float shift);
   // One image's padded copy (conv_direct.h): x (C, H, W) -> xp, C planes of Hp rows of RP
   // floats (Hp = H + 2*ph; row h holds phase f of the padded columns at f * L), then zeros up
   // to `floats` in all.

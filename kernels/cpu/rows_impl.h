@@ -57,6 +57,98 @@ void bn_backward(const float* x, const float* dy, float* dx, int64_t stride, int
   }
 }
 
+// 8 floats: one AVX register, or two SSE ones in the generic build. Loads and stores through
+// pointers (no vector passed or returned by value, whose ABI would differ between builds).
+// The ReLU's input after a batchnorm, v = (x - mean) * scale + shift, and its mask: one
+// definition for 8 floats at a time and one for the tail, applied to the same elements by the
+// forward and both backward loops (which walk rows identically), so the backward's mask is
+// bit-identical to the forward's whatever the compiler contracts into FMAs.
+using f8 = float __attribute__((vector_size(32)));
+using i8 = int32_t __attribute__((vector_size(32)));
+using d8 = double __attribute__((vector_size(64)));
+inline void load8(f8* v, const float* p) { __builtin_memcpy(v, p, sizeof *v); }
+inline void store8(float* p, const f8* v) { __builtin_memcpy(p, v, sizeof *v); }
+inline void bn_value8(f8* v, const float* x, float mean, float scale, float shift) {
+  f8 xv;
+  load8(&xv, x);
+  *v = (xv - mean) * scale + shift;
+}
+inline float bn_value(float x, float mean, float scale, float shift) { return (x - mean) * scale + shift; }
+// dy where v > 0, else +0 (8 lanes)
+inline void relu_grad8(f8* g, const float* x, const float* dy, float mean, float scale, float shift) {
+  f8 v, d;
+  bn_value8(&v, x, mean, scale, shift);
+  load8(&d, dy);
+  *g = (f8)((i8)d & (v > 0.0f));
+}
+
+void normalise_relu(const float* x, float* y, int64_t stride, int n, int len, float mean, float scale, float shift) {
+  for (int r = 0; r < n; r++) {
+    const float* xr = x + r * stride;
+    float* yr = y + r * stride;
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+      f8 v;
+      bn_value8(&v, xr + i, mean, scale, shift);
+      v = (f8)((i8)v & (v > 0.0f));
+      store8(yr + i, &v);
+    }
+    for (; i < len; i++) {
+      const float v = bn_value(xr[i], mean, scale, shift);
+      yr[i] = v > 0.0f ? v : 0.0f;
+    }
+  }
+}
+
+void grad_sums_relu(const float* x, const float* dy, int64_t stride, int n, int len, float mean, float scale,
+                    float shift, double* s, double* sx) {
+  static_assert(L == 8, "the lanes below are 8 wide");
+  d8 as, asx;
+  __builtin_memcpy(&as, s, sizeof as);
+  __builtin_memcpy(&asx, sx, sizeof asx);
+  const double dmean = mean;
+  for (int r = 0; r < n; r++) {
+    const float* xr = x + r * stride;
+    const float* dr = dy + r * stride;
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+      f8 g, xv;
+      relu_grad8(&g, xr + i, dr + i, mean, scale, shift);
+      load8(&xv, xr + i);
+      const d8 gd = __builtin_convertvector(g, d8), xd = __builtin_convertvector(xv, d8);
+      as += gd;
+      asx += gd * (xd - dmean);
+    }
+    for (; i < len; i++) {  // lane i % 8, as grad_sums
+      const float g = bn_value(xr[i], mean, scale, shift) > 0.0f ? dr[i] : 0.0f;
+      as[i % L] += g, asx[i % L] += double(g) * (double(xr[i]) - dmean);
+    }
+  }
+  __builtin_memcpy(s, &as, sizeof as);
+  __builtin_memcpy(sx, &asx, sizeof asx);
+}
+
+void bn_backward_relu(const float* x, const float* dy, float* dx, int64_t stride, int n, int len, float a, float b,
+                      float d, float mean, float scale, float shift) {
+  for (int r = 0; r < n; r++) {
+    const float* xr = x + r * stride;
+    const float* dr = dy + r * stride;
+    float* out = dx + r * stride;
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+      f8 g, xv;
+      relu_grad8(&g, xr + i, dr + i, mean, scale, shift);
+      load8(&xv, xr + i);
+      const f8 o = a * g + b * (xv - mean) + d;
+      store8(out + i, &o);
+    }
+    for (; i < len; i++) {
+      const float g = bn_value(xr[i], mean, scale, shift) > 0.0f ? dr[i] : 0.0f;
+      out[i] = a * g + b * (xr[i] - mean) + d;
+    }
+  }
+}
+
 void pad_image(const float* x, int C, int H, int W, int ph, int pw, int st, int Lp, int RP, int64_t floats,
                float* xp) {
   const int Hp = H + 2 * ph;
@@ -105,11 +197,6 @@ float row_sum(const float* x, int n) {
   return s;
 }
 
-// 8 floats: one AVX register, or two SSE ones in the generic build. Loads and stores through
-// pointers (no vector passed or returned by value, whose ABI would differ between builds).
-using f8 = float __attribute__((vector_size(32)));
-inline void load8(f8* v, const float* p) { __builtin_memcpy(v, p, sizeof *v); }
-inline void store8(float* p, const f8* v) { __builtin_memcpy(p, v, sizeof *v); }
 
 void sparse_row(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias, bool relu,
                 float* out) {
@@ -141,7 +228,7 @@ void sparse_row(const float* val, const int32_t* off, int64_t nnz, const float* 
 
 }  // namespace
 
-const RowKernels rows{&sum_sumsq,  &grad_sums, &normalise, &bn_backward,
-                      &pad_image, &transpose, &row_sum,   &sparse_row};
+const RowKernels rows{&sum_sumsq, &grad_sums,  &normalise,      &bn_backward,    &normalise_relu,
+                      &grad_sums_relu, &bn_backward_relu, &pad_image, &transpose, &row_sum, &sparse_row};
 
 }  // namespace dnns::cpu::DNNS_ROWS_NS

@@ -1,7 +1,9 @@
 // Reference batchnorm: per-channel statistics over the N*HW values of each channel, in double,
 // so these kernels are the ground truth the optimized ones are tested against.
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/ref/ref.h"
@@ -91,6 +93,30 @@ void batchnorm_backward(const BatchNormParams& p, const float* x, const float* d
     dgamma[c] = float(sum_dy_xhat);
     dbeta[c] = float(sum_dy);
   }
+}
+
+// The batchnorm then the ReLU, as the definition says.
+void batchnorm_forward_train_relu(const BatchNormParams& p, const float* x, const float* gamma, const float* beta,
+                                  float* running_mean, float* running_var, float* y, float* save_mean,
+                                  float* save_invstd) {
+  batchnorm_forward_train(p, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd);
+  const int64_t n = int64_t(p.N) * p.C * p.HW;
+  for (int64_t i = 0; i < n; i++) y[i] = std::max(y[i], 0.0f);
+}
+
+// The ReLU's backward (its input recomputed from the saved statistics), then the batchnorm's.
+void batchnorm_backward_relu(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                             const float* beta, const float* save_mean, const float* save_invstd, float* dx,
+                             float* dgamma, float* dbeta) {
+  std::vector<float> g(size_t(p.N) * p.C * p.HW);  // (N, C, HW): dy where the ReLU's input > 0
+  for (int n = 0; n < p.N; n++)
+    for (int c = 0; c < p.C; c++)
+      for (int i = 0; i < p.HW; i++) {
+        const int64_t at = (int64_t(n) * p.C + c) * p.HW + i;
+        const double v = gamma[c] * ((x[at] - double(save_mean[c])) * save_invstd[c]) + beta[c];
+        g[size_t(at)] = v > 0.0 ? dy[at] : 0.0f;
+      }
+  batchnorm_backward(p, x, g.data(), gamma, save_mean, save_invstd, dx, dgamma, dbeta);
 }
 
 }  // namespace dnns::ref

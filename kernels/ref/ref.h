@@ -6,4 +6,5 @@
 
 namespace dnns::ref {
 #include "kernels/backend_api.inc"
+#include "kernels/host_api.inc"
 }  // namespace dnns::ref
