@@ -247,6 +247,33 @@ void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool tra
   if (fused_relu) ops::relu_forward(out, out);
 }
 
+bool Conv2d::folds_batchnorm(const Shape& x) const {
+  if (!weight.value.defined() || !weight.value.is_cpu() || pos_h > 0 || in_channels == 0 || out_channels == 0 ||
+      fused_relu)
+    return false;
+  const Conv2dParams p = conv_params(x);
+  if (sparse_exec && sparse_exec->runs_sparse(p.N)) return false;
+  return int64_t(p.N) * p.P() * p.Q() >= kMinFoldOutputs;
+}
+
+void Conv2d::forward_folded(const Tensor& x, const BatchNorm2d& bn, bool relu, Tensor& out) const {
+  check(folds_batchnorm(x.shape()), "internal: conv folded with a batchnorm where it cannot be");
+  check(bn.channels == out_channels, "internal: folding a batchnorm of " + std::to_string(bn.channels) +
+                                         " channels into a conv of " + std::to_string(out_channels));
+  const int64_t K = out_channels, per_filter = weight.value.numel() / K;
+  Tensor w = Tensor::uninit(weight.value.shape()), b = Tensor::uninit({K});
+  const float* src = weight.value.data();
+  for (int64_t k = 0; k < K; ++k) {
+    const double s = double(bn.gamma.value[k]) / std::sqrt(double(bn.running_var[k]) + double(bn.eps));
+    const double bias_k = has_bias ? double(bias.value[k]) : 0.0;
+    b[k] = float((bias_k - double(bn.running_mean[k])) * s + double(bn.beta.value[k]));
+    for (int64_t j = 0; j < per_filter; ++j) w[k * per_filter + j] = float(double(src[k * per_filter + j]) * s);
+  }
+  const Conv2dParams p = conv_params(x.shape());
+  if (relu) ops::conv2d_forward_relu(p, x, w, b, out);
+  else ops::conv2d_forward(p, x, w, b, out);
+}
+
 void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
                       const std::vector<Tensor*>& din) {
   sparse_exec.reset();  // training changes the weight the sparse form was made from

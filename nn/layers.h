@@ -84,6 +84,8 @@ class Layer {
 // the tables holds a full (K, P, Q) map: the same thing with one class per row and column.
 // C or K may be 0 in a compacted model (every input channel removed: the output is the bias
 // alone; every output channel removed: nothing).
+class BatchNorm2d;
+
 class Conv2d : public Layer {
  public:
   // zero_weight = false leaves the weight uninitialised, for a caller that fills it.
@@ -105,6 +107,17 @@ class Conv2d : public Layer {
   void set_border_table(std::vector<int32_t> rows, std::vector<int32_t> cols);
   int64_t table_rows() const { return pos_h > 0 ? pos_bias.value.dim(1) : 0; }
   int64_t table_cols() const { return pos_h > 0 ? pos_bias.value.dim(2) : 0; }
+
+  // Eval mode on the CPU: this conv, then `bn`, then a ReLU when `relu`, as one convolution:
+  // the batchnorm folded into this call's filters and bias (w' = w s, b' = (b - mean) s + beta,
+  // s = gamma / sqrt(var + eps), in double; nothing stored) and the ReLU in the output pass.
+  // folds_batchnorm(x) says whether forward_folded applies to input shape x: CPU weights, no
+  // border table, channels both ways, no fused ReLU of its own, no sparse plan for this batch,
+  // and at least kMinFoldOutputs outputs per filter (N*P*Q), so that folding the K*C*R*S
+  // weights costs little next to the convolution. forward_folded throws where it does not apply.
+  static constexpr int64_t kMinFoldOutputs = 256;
+  bool folds_batchnorm(const Shape& x) const;
+  void forward_folded(const Tensor& x, const BatchNorm2d& bn, bool relu, Tensor& out) const;
 
   int in_channels, out_channels, kernel_h, kernel_w, stride, pad;
   bool has_bias, fused_relu;

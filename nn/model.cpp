@@ -51,6 +51,22 @@ int Model::find(const std::string& name) const {
   return -1;
 }
 
+std::vector<int> eval_fusion_chains(const Model& m) {
+  const auto& nodes = m.nodes();
+  const int n = static_cast<int>(nodes.size()), out = m.output_node();
+  const std::vector<std::vector<int>> cons = m.consumers();
+  std::vector<int> last(n, -1);
+  for (int i = 1; i < n; ++i) {
+    if (nodes[i].layer->kind() != LayerKind::Conv || i == out || cons[i].size() != 1) continue;
+    const int bn = cons[i][0];
+    if (nodes[bn].layer->kind() != LayerKind::BatchNorm) continue;
+    last[i] = bn;
+    if (bn != out && cons[bn].size() == 1 && nodes[cons[bn][0]].layer->kind() == LayerKind::ReLU)
+      last[i] = cons[bn][0];
+  }
+  return last;
+}
+
 std::vector<std::vector<int>> Model::consumers() const {
   std::vector<std::vector<int>> c(nodes_.size());
   for (size_t i = 0; i < nodes_.size(); ++i)
@@ -145,6 +161,11 @@ Tensor Model::forward(const Tensor& x, bool train) {
       fused_src_[i] = src;
     }
 
+  // Eval-mode conv -> batchnorm [-> ReLU] chains (see set_fusion); folded[j]: node j was
+  // computed by the conv heading its chain.
+  const std::vector<int> chain_last = !train && fuse_ ? eval_fusion_chains(*this) : std::vector<int>(n, -1);
+  std::vector<char> folded(n, 0);
+
   acts_.assign(n, Tensor());
   shapes_.assign(n, Shape());
   acts_[0] = x;
@@ -153,6 +174,7 @@ Tensor Model::forward(const Tensor& x, bool train) {
   std::vector<const Tensor*> ins;
   for (int i = 1; i < n; ++i) {
     Node& node = nodes_[i];
+    if (folded[i]) continue;  // its output (or the chain's) is already written
     in_shapes.clear();
     ins.clear();
     for (int j : node.inputs) {
@@ -170,6 +192,19 @@ Tensor Model::forward(const Tensor& x, bool train) {
     if (fused_src_[i] >= 0) {  // the batchnorm before wrote this ReLU's output: take its storage
       acts_[i] = std::move(acts_[fused_src_[i]]);
       acts_[fused_src_[i]] = Tensor();
+      continue;
+    }
+    const int last = chain_last[i];
+    if (last >= 0 && x.is_cpu() && static_cast<const Conv2d&>(*node.layer).folds_batchnorm(in_shapes[0])) {
+      const int bn = cons[i][0];  // the chain's batchnorm
+      const auto& conv = static_cast<const Conv2d&>(*node.layer);
+      const auto& norm = static_cast<const BatchNorm2d&>(*nodes_[bn].layer);
+      acts_[last] = Tensor::uninit(out_shape, device_);
+      conv.forward_folded(*ins[0], norm, last != bn, acts_[last]);
+      shapes_[bn] = shapes_[last] = out_shape;
+      folded[bn] = folded[last] = 1;
+      for (int j : node.inputs)
+        if (--pending[j] == 0 && !keep[j] && j != 0 && j != out_node) acts_[j] = Tensor();
       continue;
     }
     // ReLU runs in place when its input has no other reader and nobody's backward needs it.

@@ -32,6 +32,15 @@ struct Node {
   std::vector<int> inputs;       // producer node indices (all smaller than this node's)
 };
 
+class Model;
+
+// Eval-mode fusion on the CPU (Model::forward and infer, prune/infer.h): conv -> batchnorm
+// [-> ReLU] chains in which each later node is the only reader of the one before and neither
+// the conv nor the batchnorm is the output. Per node: for the conv heading a chain, the chain's
+// last node (its batchnorm, or the ReLU after it); -1 elsewhere. Whether a chain runs as one
+// convolution (Conv2d::forward_folded) is decided per call by Conv2d::folds_batchnorm.
+std::vector<int> eval_fusion_chains(const Model& m);
+
 class Model {
  public:
   Model() = default;
@@ -62,10 +71,12 @@ class Model {
   // activations backward needs are kept until `backward`.
   // On the CPU a training forward runs each batchnorm whose output only a ReLU reads fused
   // with it (one pass instead of two forward, the mask recomputed in backward instead of a
-  // ReLU pass); set_fusion(false) runs every node on its own (same results within float
-  // rounding: tests compare the two).
+  // ReLU pass), and an eval forward runs conv -> batchnorm [-> ReLU] chains as one convolution
+  // (eval_fusion_chains); set_fusion(false) runs every node on its own (same results within
+  // float rounding: tests compare the two).
   Tensor forward(const Tensor& x, bool train);
   void set_fusion(bool on) { fuse_ = on; }
+  bool fusion() const { return fuse_; }
   // dlogits: gradient of the loss w.r.t. the last forward's output. Writes every Param::grad.
   // `grads_ready` (optional) runs after each layer's parameter gradients are written, last
   // layer first (data-parallel training starts their allreduce there).

@@ -40,6 +40,7 @@ bool eval_forward_is_stateless(LayerKind k) {
 struct Plan {
   std::vector<int> readers;   // (nodes) how many nodes read each node's output
   std::vector<bool> in_place; // (nodes) ReLU that overwrites its input
+  std::vector<int> chain_last, chain_bn;  // (nodes) eval_fusion_chains, and each chain's batchnorm
   int out_node = 0;
 };
 
@@ -56,6 +57,11 @@ Plan make_plan(const Model& m) {
     int src = nodes[i].inputs[0];
     p.in_place[i] = nodes[i].layer->kind() == LayerKind::ReLU && src != 0 && p.readers[src] == 1 && src != p.out_node;
   }
+  p.chain_last = m.device() == Device::CPU && m.fusion() ? eval_fusion_chains(m) : std::vector<int>(n, -1);
+  p.chain_bn.assign(n, -1);
+  for (int i = 1; i < n; ++i)
+    for (int j : nodes[i].inputs)
+      if (p.chain_last[j] >= 0) p.chain_bn[j] = i;  // the conv's only reader
   return p;
 }
 
@@ -80,8 +86,10 @@ Tensor infer(const Model& m, const Tensor& x) {
   acts[0] = x;
   std::vector<Shape> in_shapes;
   std::vector<const Tensor*> ins;
+  std::vector<char> folded(n, 0);  // computed by the conv heading its chain (plan.chain_last)
   for (int i = 1; i < n; ++i) {
     const Node& node = nodes[i];
+    if (folded[i]) continue;
     check(eval_forward_is_stateless(node.layer->kind()),
           [&] { return "infer: node '" + node.name + "' has a layer kind not vetted for concurrent eval-mode inference"; });
     in_shapes.clear();
@@ -100,7 +108,14 @@ Tensor infer(const Model& m, const Tensor& x) {
     // layer only reads itself (see eval_forward_is_stateless), so this const_cast never
     // leads to a write and concurrent calls on one model are safe.
     Layer& layer = const_cast<Layer&>(*node.layer);
-    if (plan.in_place[i]) {
+    const int last = plan.chain_last[i];
+    if (last >= 0 && static_cast<const Conv2d&>(layer).folds_batchnorm(in_shapes[0])) {
+      const int bn = plan.chain_bn[i];
+      acts[last] = Tensor::uninit(out_shape, m.device());
+      static_cast<const Conv2d&>(layer).forward_folded(*ins[0], static_cast<const BatchNorm2d&>(*nodes[bn].layer),
+                                                       last != bn, acts[last]);
+      folded[bn] = folded[last] = 1;
+    } else if (plan.in_place[i]) {
       const int src = node.inputs[0];
       acts[i] = acts[src];
       layer.forward(ins, acts[i], false);
@@ -132,20 +147,30 @@ InferenceMemory inference_memory(const Model& m, int64_t batch) {
   std::vector<int> pending = plan.readers;
   int64_t live = bytes_of(0), peak = live;
   int64_t slot0 = 0, slot1 = 0;  // floats of the two thread_local scratch slots the conv kernel grows
+  int64_t call_bytes = 0;        // the largest buffer one call allocates for itself
+  std::vector<char> folded(n, 0);
   for (int i = 1; i < n; ++i) {
-    if (!plan.in_place[i]) live += bytes_of(i);
+    if (folded[i]) continue;  // computed with the conv heading its chain, as infer does
+    auto* c = dynamic_cast<const Conv2d*>(nodes[i].layer.get());
+    const int last = plan.chain_last[i];
+    const bool fold = last >= 0 && c->folds_batchnorm(shapes[nodes[i].inputs[0]]);
+    if (fold) folded[plan.chain_bn[i]] = folded[last] = 1;
+    if (!plan.in_place[i]) live += bytes_of(fold ? last : i);
     peak = std::max(peak, live);  // inputs and output are all alive while node i runs
     for (int j : nodes[i].inputs)  // an in-place ReLU's input storage lives on as its output
       if (--pending[j] == 0 && j != 0 && j != plan.out_node && !plan.in_place[i]) live -= bytes_of(j);
-    if (auto* c = dynamic_cast<const Conv2d*>(nodes[i].layer.get())) {
+    if (c) {
       if (c->in_channels == 0 || c->out_channels == 0) continue;
       const cpu::ConvScratch need = cpu::conv_forward_scratch(c->conv_params(shapes[nodes[i].inputs[0]]));
       slot0 = std::max(slot0, need.slot0);
       slot1 = std::max(slot1, need.slot1);
+      if (fold)  // the folded filters and bias (Conv2d::forward_folded)
+        call_bytes = std::max(call_bytes, static_cast<int64_t>(c->weight.value.bytes()) +
+                                              c->out_channels * static_cast<int64_t>(sizeof(float)));
     }
   }
   r.activation_bytes = peak;
-  r.workspace_bytes = (slot0 + slot1) * static_cast<int64_t>(sizeof(float));
+  r.workspace_bytes = (slot0 + slot1) * static_cast<int64_t>(sizeof(float)) + call_bytes;
   return r;
 }
 

@@ -25,11 +25,13 @@ struct InferenceMemory {
   int64_t buffer_bytes = 0;      // non-learned state (batchnorm running statistics)
   int64_t activation_bytes = 0;  // the largest sum of live activations during the pass, the
                                  // input batch included, under infer's release order (an
-                                 // activation is freed after its last reader; ReLU in place)
+                                 // activation is freed after its last reader; ReLU in place;
+                                 // a folded conv -> batchnorm [-> ReLU] chain holds one output)
   int64_t workspace_bytes = 0;   // the scratch buffers one CPU worker thread grows for the
                                  // convs, on the paths they take now (the im2col columns, the
                                  // padded image of the direct kernels, Winograd's transforms:
-                                 // cpu::conv_forward_scratch)
+                                 // cpu::conv_forward_scratch), plus the largest buffer one
+                                 // call allocates (a conv's filters with a batchnorm folded in)
   int64_t total() const { return parameter_bytes + buffer_bytes + activation_bytes + workspace_bytes; }
 };
 InferenceMemory inference_memory(const Model& m, int64_t batch);

@@ -9,11 +9,14 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
+#include <string>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/ops.h"
 #include "nn/optim.h"
+#include "prune/infer.h"
 #include "nn/models/zoo.h"
 #include "nn/trainer.h"
 
@@ -174,8 +177,11 @@ TEST_CASE("learning-rate schedules") {
 // Training fuses each batchnorm whose only reader is a ReLU (Model::forward): the fused graph
 // must train like the unfused one, and the fusion must really happen where it may and only
 // there (counted with the op profile).
-TEST_CASE("batchnorm + ReLU fusion: same training steps as the unfused graph, fused only where it may") {
-  auto build = [] {
+namespace {
+
+// conv1 -> bn1 -> relu1 -> conv2 -> bn2 -> {relu2, add}, add(relu2, bn2) -> conv3 -> bn3 -> relu3
+// -> gap -> fc: bn1 and bn3 have a ReLU as only reader, bn2 two readers.
+Model fusion_net() {
     Model m;
     int x = m.add_input({3, 8, 8});
     x = m.add("conv1", std::make_unique<Conv2d>(3, 8, 3, 3, 1, 1, false), {x});
@@ -193,8 +199,24 @@ TEST_CASE("batchnorm + ReLU fusion: same training steps as the unfused graph, fu
     Rng rng(5);
     init_model(m, rng);
     return m;
-  };
-  Model fused = build(), apart = build();
+}
+
+// Calls per op name of what f runs, from the op profile.
+template <class F>
+std::map<std::string, int64_t> op_calls(F&& f) {
+  ops::take_profile();
+  ops::set_profiling(true);
+  f();
+  ops::set_profiling(false);
+  std::map<std::string, int64_t> calls;
+  for (const ops::OpTime& t : ops::take_profile()) calls[t.op] = t.calls;
+  return calls;
+}
+
+}  // namespace
+
+TEST_CASE("batchnorm + ReLU fusion: same training steps as the unfused graph, fused only where it may") {
+  Model fused = fusion_net(), apart = fusion_net();
   apart.set_fusion(false);
   Rng rng(6);
   Tensor x({6, 3, 8, 8}), labels({6});
@@ -237,17 +259,69 @@ TEST_CASE("batchnorm + ReLU fusion: same training steps as the unfused graph, fu
     for (size_t i = 0; i < wf.size(); ++i) worst = std::max(worst, std::fabs(double(wf[i]) - wa[i]));
     CHECK(worst < 1e-5);
   }
-  // Evaluation runs nothing fused.
-  ops::take_profile();
-  ops::set_profiling(true);
-  fused.forward(x, false);
-  ops::set_profiling(false);
-  int64_t eval_bn = 0, eval_relu = 0;
-  for (const ops::OpTime& t : ops::take_profile()) {
-    CHECK(t.op != "batchnorm_forward_train_relu");
-    if (t.op == "batchnorm_forward_eval") eval_bn = t.calls;
-    if (t.op == "relu_forward") eval_relu = t.calls;
+  // Evaluation takes none of the training kernels (it has its own fusion: next test case).
+  const auto eval = op_calls([&] { fused.forward(x, false); });
+  CHECK(eval.count("batchnorm_forward_train_relu") == 0);
+  CHECK(eval.count("batchnorm_forward_train") == 0);
+  CHECK(eval.count("conv2d_forward") + eval.count("conv2d_forward_relu") > 0);
+}
+
+// Eval mode folds conv -> batchnorm [-> ReLU] chains into one convolution (Model::forward and
+// infer), where the batch gives each filter enough outputs to pay for the fold.
+TEST_CASE("eval fusion: conv -> batchnorm [-> ReLU] chains run as one convolution, same logits") {
+  Model fused = fusion_net(), apart = fusion_net();
+  apart.set_fusion(false);
+  // Trained a little, so the running statistics are not the identity.
+  Rng rng(7);
+  Tensor x({6, 3, 8, 8}), labels({6});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal(0.5f, 2.0f);
+  for (int64_t i = 0; i < 6; ++i) labels[i] = float(i % 4);
+  Sgd sgd({0.1f, 0.9f, 0.0f, false});
+  for (int step = 0; step < 3; ++step) {
+    Tensor y = fused.forward(x, true), d(y.shape());
+    ops::softmax_cross_entropy(y, labels, 0.0f, &d, nullptr);
+    fused.backward(d);
+    sgd.step(fused, 0.1f);
   }
-  CHECK(eval_bn == 3);
-  CHECK(eval_relu == 3);
+  {
+    auto from = fused.state(), to = apart.state();  // same graph: same names in the same order
+    REQUIRE(from.size() == to.size());
+    for (size_t k = 0; k < from.size(); ++k) *to[k].second = from[k].second->clone();
+  }
+  // Batch 6 of 8x8 images: 384 outputs per filter, past Conv2d::kMinFoldOutputs.
+  Tensor yf, ya, yi, yi_apart;
+  const auto calls = op_calls([&] { yf = fused.forward(x, false); });
+  CHECK(calls.count("batchnorm_forward_eval") == 0);
+  CHECK(calls.at("conv2d_forward_relu") == 2);  // conv1 + bn1 + relu1, conv3 + bn3 + relu3
+  CHECK(calls.at("conv2d_forward") == 1);       // conv2 + bn2 (bn2 has two readers: no ReLU)
+  CHECK(calls.at("relu_forward") == 1);         // relu2
+  const auto calls_infer = op_calls([&] { yi = infer(fused, x); });
+  CHECK(calls_infer == calls);
+  ya = apart.forward(x, false);
+  yi_apart = infer(apart, x);
+  const std::vector<float> f = yf.to_vector(), a = ya.to_vector(), i = yi.to_vector(), ia = yi_apart.to_vector();
+  REQUIRE(f.size() == a.size());
+  for (size_t k = 0; k < f.size(); ++k) {
+    CHECK(f[k] == doctest::Approx(a[k]).epsilon(1e-4).scale(1.0));
+    CHECK(i[k] == f[k]);    // both executors run the same fused ops
+    CHECK(ia[k] == a[k]);
+  }
+  // Batch 2: 128 outputs per filter, below the threshold: nothing folds.
+  Tensor x2({2, 3, 8, 8});
+  for (int64_t k = 0; k < x2.numel(); ++k) x2[k] = x[k];
+  const auto small = op_calls([&] { infer(fused, x2); });
+  CHECK(small.at("batchnorm_forward_eval") == 3);
+  CHECK(small.count("conv2d_forward_relu") == 0);
+  // inference_memory follows the folded pass: one output per chain instead of two, and the
+  // folded filters as a call's own buffer. small_net at batch 6: images 6x3x8x8, conv1 / bn1 /
+  // relu1 6x8x8x8, pool1 6x8x4x4 floats. Apart, the peak is at bn1 (images, conv1's output and
+  // bn1's); folded, conv1..relu1 is one tensor and the peak moves to pool1 (images, relu1's
+  // output, pool1's).
+  Model plain = small_net(1), plain_apart = small_net(1);
+  plain_apart.set_fusion(false);
+  const InferenceMemory mf = inference_memory(plain, 6), ma = inference_memory(plain_apart, 6);
+  const int64_t images = 6 * 3 * 8 * 8 * 4, conv_out = 6 * 8 * 8 * 8 * 4, pooled = 6 * 8 * 4 * 4 * 4;
+  CHECK(ma.activation_bytes == images + 2 * conv_out);
+  CHECK(mf.activation_bytes == images + conv_out + pooled);
+  CHECK(mf.workspace_bytes - ma.workspace_bytes == (8 * 3 * 3 * 3 + 8) * 4);  // conv1's folded filters, bias
 }

@@ -105,7 +105,7 @@ Tensor random_batch(int64_t n, const Shape& chw, Rng& rng) {
 // per-op time of one step to stderr, longest first, with the step time no op accounts for
 // (allocation, the layers' own loops) as "(outside ops)"; returns the breakdown as JSON.
 template <class Step>
-std::string profile_steps(int64_t steps, Step&& step) {
+std::string profile_steps(const char* what, int64_t steps, Step&& step) {
   const int64_t n = std::max<int64_t>(1, steps);
   ops::take_profile();
   ops::set_profiling(true);
@@ -117,7 +117,7 @@ std::string profile_steps(int64_t steps, Step&& step) {
   double in_ops = 0.0;
   for (const ops::OpTime& t : ops_time) in_ops += t.ms / n;
   ops_time.push_back({"(outside ops)", 0, std::max(0.0, step_ms - in_ops) * n});
-  std::fprintf(stderr, "per-op time of one training step (%.2f ms, mean of %lld profiled steps):\n", step_ms,
+  std::fprintf(stderr, "per-op time of one %s (%.2f ms, mean of %lld profiled runs):\n", what, step_ms,
                static_cast<long long>(n));
   std::fprintf(stderr, "  %-28s %8s %10s %7s\n", "op", "calls", "ms", "share");
   std::string json = "[";
@@ -179,7 +179,7 @@ int bench_train(int argc, char** argv) {
   // and weight gradients (the usual 3x-forward count).
   const double gflops = 6.0 * static_cast<double>(m.forward_macs()) * batch / (med * 1e6);
   std::string profile_json;
-  if (f.flag("profile")) profile_json = profile_steps(steps, step);
+  if (f.flag("profile")) profile_json = profile_steps("training step", steps, step);
   Json out;
   out.add("bench", "train")
       .add("model", f.str("model"))
@@ -210,6 +210,8 @@ int bench_infer(int argc, char** argv) {
   f.add("device", "cpu", "cpu or cuda");
   f.add("execution", "auto", "conv/linear layers: dense, sparse, or auto (per layer, the faster measured here)");
   f.add_bool("tf32", "CUDA: allow TF32 tensor-core GEMMs");
+  f.add_bool("profile", "after the timed runs, time every op of as many runs again and print the per-op "
+                        "breakdown of one batch (stderr table, \"profile\" in the JSON)");
   if (!f.parse(argc, argv)) return 0;
   set_num_threads(static_cast<int>(f.integer("threads")));
   Device dev = setup_device(f);
@@ -233,25 +235,30 @@ int bench_infer(int argc, char** argv) {
     times.push_back(ms_since(t0));
     cpu_times.push_back(process_cpu_ms() - c0);
   }
-  std::printf("%s\n", Json()
-                          .add("bench", "infer")
-                          .add("model", name)
-                          .add("batch", batch)
-                          .add("device", device_name(dev))
-                          .add("tf32", f.flag("tf32"))
-                          .add("threads", num_threads())
-                          .add("params", m.num_params())
-                          .add("execution", execution_name(exec))
-                          .add("sparse_layers", plan.sparse_layers(batch))
-                          .add("p50_ms", percentile(times, 0.5))
-                          .add("p99_ms", percentile(times, 0.99))
-                          .add("cpu_ms_median", percentile(cpu_times, 0.5))
-                          .add("gflops", 2.0 * static_cast<double>(m.forward_macs()) * batch /
-                                             (percentile(times, 0.5) * 1e6))
-                          .add("isa", cpu::isa_name(cpu::cpu_isa()))
-                          .add("hardware", device_description(dev))
-                          .str()
-                          .c_str());
+  std::string profile_json;
+  if (f.flag("profile")) profile_json = profile_steps("batch", runs, [&] {
+      m.forward(x, false);
+      sync(dev);
+    });
+  Json out;
+  out.add("bench", "infer")
+      .add("model", name)
+      .add("batch", batch)
+      .add("device", device_name(dev))
+      .add("tf32", f.flag("tf32"))
+      .add("threads", num_threads())
+      .add("params", m.num_params())
+      .add("execution", execution_name(exec))
+      .add("sparse_layers", plan.sparse_layers(batch))
+      .add("p50_ms", percentile(times, 0.5))
+      .add("p99_ms", percentile(times, 0.99))
+      .add("cpu_ms_median", percentile(cpu_times, 0.5))
+      .add("gflops", 2.0 * static_cast<double>(m.forward_macs()) * batch /
+                         (percentile(times, 0.5) * 1e6))
+      .add("isa", cpu::isa_name(cpu::cpu_isa()))
+      .add("hardware", device_description(dev));
+  if (!profile_json.empty()) out.add_raw("profile", profile_json);
+  std::printf("%s\n", out.str().c_str());
   return 0;
 }
 
