@@ -18,6 +18,8 @@
 #include "core/threading.h"
 #include "kernels/ops.h"
 #include "kernels/ref/ref.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/rows.h"
 #include "kernels/sparse.h"
 #include "tests/test_util.h"
 
@@ -127,6 +129,72 @@ TEST_CASE("sparse conv equals dense conv on odd shapes and sparsities from 50% t
       const bool bias = seed % 2 == 0, relu = seed % 3 != 0;
       check_sparse_conv(p, d, {0, p.K - 1, p.K / 2}, bias, relu, seed++);
     }
+}
+
+// The inner loop alone (kernels/cpu/rows.h sparse_grid), on every ISA path this CPU has: every
+// run length from 1 to 40 vectors, so every pass size (1 to 12 vectors) and every split of a
+// run into balanced passes is taken, against the sum written out.
+TEST_CASE("sparse_grid on every ISA path: every run length and pass split") {
+  struct Restore {
+    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
+  } restore;
+  Rng rng(41);
+  const int nnz = 13, span = 700;
+  const std::vector<float> X = randn(rng, span + 40 * 8 + 64);
+  std::vector<float> val = randn(rng, nnz);
+  std::vector<int32_t> off(nnz);
+  for (int j = 0; j < nnz; ++j) off[size_t(j)] = int32_t(rng.uniform() * span);
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    const auto grid = cpu::row_kernels().sparse_grid;
+    for (int L = 8; L <= 40 * 8; L += 8)
+      for (bool relu : {false, true}) {
+        std::vector<float> want(static_cast<size_t>(L)), got(static_cast<size_t>(L) + 8, NAN);
+        for (int t = 0; t < L; ++t) {
+          double acc = 0.25;
+          for (int j = 0; j < nnz; ++j) acc += double(val[size_t(j)]) * X[size_t(off[size_t(j)] + t)];
+          want[size_t(t)] = relu ? std::max(float(acc), 0.0f) : float(acc);
+        }
+        grid(val.data(), off.data(), nnz, X.data(), L, 0.25f, relu, got.data());
+        INFO("isa " << cpu::isa_name((cpu::Isa)isa) << " L=" << L << (relu ? " relu" : ""));
+        CHECK(std::isnan(got[size_t(L)]));  // nothing written past the run
+        got.resize(size_t(L));
+        check_close(got, want, "sparse_grid");
+      }
+  }
+}
+
+// The convolution on every ISA path and through each of its schedules: one call on the calling
+// thread (small), one task per image (many images), and few images sharing their phase planes
+// (built by the calling thread when small, by tasks when not); grids of 8x8, 16x16 and 32x32
+// (10, 36 and 136 vectors a run), strides 1 and 2, 1x1, masks from 50% to 99.9% sparsity with
+// empty filters.
+TEST_CASE("sparse conv on every ISA path and schedule equals dense conv") {
+  struct Restore {
+    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
+  } restore;
+  set_num_threads(2);
+  const Conv2dParams shapes[] = {
+      conv(1, 47, 8, 8, 17, 3, 3, 1, 1),    // batch 1, 8x8: planes by the caller
+      conv(6, 22, 8, 8, 19, 3, 3, 1, 1),    // many images, 8x8
+      conv(1, 29, 16, 16, 24, 3, 3, 1, 1),  // batch 1, 16x16
+      conv(5, 16, 16, 16, 16, 3, 3, 1, 1),  // one task per image
+      conv(1, 16, 32, 32, 13, 3, 3, 1, 1),  // batch 1, 32x32: planes by tasks
+      conv(3, 16, 32, 32, 11, 3, 3, 1, 1),  // few images sharing planes
+      conv(2, 16, 32, 32, 29, 3, 3, 2, 1),  // stride 2 (a ResNet downsampling conv)
+      conv(3, 29, 16, 16, 47, 1, 1, 2, 0),  // 1x1 stride 2 (a shortcut)
+      conv(1, 9, 13, 11, 7, 3, 3, 1, 1),    // odd sizes, batch 1
+  };
+  uint64_t seed = 500;
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    INFO("isa " << cpu::isa_name((cpu::Isa)isa));
+    for (const Conv2dParams& p : shapes)
+      for (double d : {0.5, 0.3, 0.05, 0.001}) {
+        const bool bias = seed % 2 == 0, relu = seed % 3 != 0;
+        check_sparse_conv(p, d, {0, p.K / 3}, bias, relu, seed++);
+      }
+  }
 }
 
 TEST_CASE("sparse conv of a layer with no nonzero is its bias (then ReLU)") {

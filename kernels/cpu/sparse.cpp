@@ -33,15 +33,13 @@
 namespace dnns::cpu {
 namespace {
 
-constexpr int kLanes = 8;   // the grid is padded to whole vectors of 8 (rows.h sparse_row)
-constexpr int kChunk = 64;  // grid positions per register block of sparse_row
+constexpr int kLanes = 8;   // the grid is padded to whole vectors of 8 (rows.h sparse_grid)
+constexpr int kChunk = 64;  // grid positions of slack after a run (rows.h sparse_row)
 int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
-// The inner loop, built per instruction set (rows.h).
-void sparse_row(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias, bool relu,
-                float* out) {
-  row_kernels().sparse_row(val, off, nnz, X, L, bias, relu, out);
-}
+// The inner loop, built per instruction set (rows.h sparse_grid), chosen once per call.
+using SparseGrid = void (*)(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias,
+                            bool relu, float* out);
 
 
 // Rows [k0, k1) of w as one task's share: rows per task such that a task holds about
@@ -51,6 +49,11 @@ int rows_per_task(const SparseRows& w, int L) {
   const double per_row = (double(w.nnz()) / std::max(1, w.rows) + 1.0) * L;
   return (int)std::clamp<double>(double(kTaskWork) / per_row, 1.0, double(std::max(1, w.rows)));
 }
+
+// Below this many multiply-adds (about 5 us) a call runs on the calling thread alone, and
+// phase planes of fewer floats than kSerialPlanes are copied by it.
+constexpr int64_t kSerialWork = int64_t(1) << 17;
+constexpr int64_t kSerialPlanes = int64_t(1) << 14;
 
 // Input memory of one call is bounded: a small batch is processed in groups of images whose
 // phase planes together take at most this many floats (at least one image per group).
@@ -134,12 +137,13 @@ void phase_planes(const Conv2dParams& p, const PhaseLayout& g, const float* x, i
 }
 
 // Filters [k0, k1) of one image from its phase planes Xi -> y_n (K, P, Q).
-void filters_of_image(const Conv2dParams& p, const PhaseLayout& g, const SparseRows& w, const int32_t* offset,
-                      const float* b, bool relu, const float* Xi, int k0, int k1, float* grid, float* y_n) {
+void filters_of_image(SparseGrid sparse_grid, const Conv2dParams& p, const PhaseLayout& g, const SparseRows& w,
+                      const int32_t* offset, const float* b, bool relu, const float* Xi, int k0, int k1, float* grid,
+                      float* y_n) {
   const int P = p.P(), Q = p.Q();
   for (int k = k0; k < k1; ++k) {
     const int64_t j0 = w.row_start[k], nnz = w.row_start[k + 1] - j0;
-    sparse_row(w.value.data() + j0, offset + j0, nnz, Xi, g.L, b ? b[k] : 0.0f, relu, grid);
+    sparse_grid(w.value.data() + j0, offset + j0, nnz, Xi, g.L, b ? b[k] : 0.0f, relu, grid);
     float* yk = y_n + int64_t(k) * P * Q;  // (P, Q)
     for (int oh = 0; oh < P; ++oh) std::memcpy(yk + int64_t(oh) * Q, grid + int64_t(oh) * g.Wph, sizeof(float) * Q);
   }
@@ -155,19 +159,27 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
   const int64_t in_image = int64_t(C) * p.H * p.W, out_image = int64_t(K) * p.P() * p.Q();
   std::unique_ptr<int32_t[]> offset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);  // (nnz)
   const PhaseLayout g = phase_layout(p, w, offset.get());
+  const SparseGrid sparse_grid = row_kernels().sparse_grid;
 
-  if (p.N >= 2 * num_threads()) {
-    // Enough images for every thread: one task per image builds its phase planes in the
-    // thread's scratch (they stay in cache) and runs every filter on them.
-    parallel_for(0, p.N, 1, [&](int n0, int n1) {
-      float* Xi = thread_scratch<float>(1, size_t(g.image + g.slack));  // (C, phases, Hph, Wph) + slack
-      float* grid = thread_scratch<float>(0, size_t(g.L));              // (L) one filter's output
-      std::fill(Xi + g.image, Xi + g.image + g.slack, 0.0f);
-      for (int n = n0; n < n1; ++n) {
-        phase_planes(p, g, x + n * in_image, 0, C, Xi);
-        filters_of_image(p, g, w, offset.get(), b, relu, Xi, 0, K, grid, y + n * out_image);
-      }
-    });
+  // Images [n0, n1), each from its phase planes in the thread's scratch (they stay in cache)
+  // through every filter.
+  auto images = [&](int n0, int n1) {
+    float* Xi = thread_scratch<float>(1, size_t(g.image + g.slack));  // (C, phases, Hph, Wph) + slack
+    float* grid = thread_scratch<float>(0, size_t(g.L));              // (L) one filter's output
+    std::fill(Xi + g.image, Xi + g.image + g.slack, 0.0f);
+    for (int n = n0; n < n1; ++n) {
+      phase_planes(p, g, x + n * in_image, 0, C, Xi);
+      filters_of_image(sparse_grid, p, g, w, offset.get(), b, relu, Xi, 0, K, grid, y + n * out_image);
+    }
+  };
+  // A small call runs on the calling thread: handing it to the pool costs more than it saves
+  // (a batch-1 layer at 8x8 is a few microseconds of multiply-adds).
+  if (w.nnz() * g.L * int64_t(p.N) < kSerialWork) {
+    images(0, p.N);
+    return;
+  }
+  if (p.N >= 2 * num_threads()) {  // enough images for every thread: one task per image
+    parallel_for(0, p.N, 1, images);
     return;
   }
   // Few images: their phase planes are built first (in parallel over channels), then tasks
@@ -178,18 +190,20 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
   const int per_task = rows_per_task(w, g.L), blocks = (K + per_task - 1) / per_task;
   for (int n0 = 0; n0 < p.N; n0 += group) {
     const int nb = std::min(group, p.N - n0);
-    parallel_for(0, nb * C, 8, [&](int t0, int t1) {
+    auto planes = [&](int t0, int t1) {
       for (int t = t0; t < t1;) {  // runs of channels of one image
         const int i = t / C, c0 = t % C, c1 = std::min(C, c0 + (t1 - t));
         phase_planes(p, g, x + (n0 + i) * in_image, c0, c1, X.get() + i * g.image);
         t += c1 - c0;
       }
-    });
+    };
+    if (nb * g.image < kSerialPlanes) planes(0, nb * C);  // a copy of a few microseconds
+    else parallel_for(0, nb * C, 8, planes);
     parallel_for(0, nb * blocks, 1, [&](int t0, int t1) {
       float* grid = thread_scratch<float>(0, size_t(g.L));  // (L) one filter's output, row length Wph
       for (int t = t0; t < t1; ++t) {
         const int i = t / blocks, k0 = t % blocks * per_task, k1 = std::min(K, k0 + per_task);
-        filters_of_image(p, g, w, offset.get(), b, relu, X.get() + i * g.image, k0, k1, grid,
+        filters_of_image(sparse_grid, p, g, w, offset.get(), b, relu, X.get() + i * g.image, k0, k1, grid,
                          y + (n0 + i) * out_image);
       }
     });
@@ -210,12 +224,13 @@ void sparse_linear_forward(int N, const float* x, const SparseRows& w, const flo
   std::unique_ptr<int32_t[]> offset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);
   for (int64_t j = 0; j < w.nnz(); ++j) offset[j] = int32_t(int64_t(w.col[j]) * N);
   const int per_task = rows_per_task(w, L), blocks = (O + per_task - 1) / per_task;
+  const SparseGrid sparse_grid = row_kernels().sparse_grid;
   parallel_for(0, blocks, 1, [&](int t0, int t1) {
     float* grid = thread_scratch<float>(0, size_t(L));  // (L) one output feature over the batch
     for (int t = t0; t < t1; ++t)
       for (int o = t * per_task; o < std::min(O, (t + 1) * per_task); ++o) {
         const int64_t j0 = w.row_start[o];
-        sparse_row(w.value.data() + j0, offset.get() + j0, w.row_start[o + 1] - j0, xt.get(), L, b ? b[o] : 0.0f,
+        sparse_grid(w.value.data() + j0, offset.get() + j0, w.row_start[o + 1] - j0, xt.get(), L, b ? b[o] : 0.0f,
                    relu, grid);
         for (int n = 0; n < N; ++n) y[int64_t(n) * O + o] = grid[n];
       }
