@@ -54,6 +54,14 @@ namespace cpu {
 void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const float* b,
                            bool relu, float* y);
 void sparse_linear_forward(int N, const float* x, const SparseRows& w, const float* b, bool relu, float* y);
+// What one call of the kernels above allocates (on the paths it takes now, with the current
+// thread count): floats of the calling worker's scratch slots 0 and 1 (kernels/cpu/gemm_util.h
+// thread_scratch, shared with the dense convs) and bytes allocated for the call alone.
+struct SparseScratch {
+  int64_t slot0 = 0, slot1 = 0, call_bytes = 0;
+};
+SparseScratch sparse_conv2d_forward_scratch(const Conv2dParams& p, const SparseRows& w);
+SparseScratch sparse_linear_forward_scratch(int N, const SparseRows& w);
 }  // namespace cpu
 
 namespace ops {

@@ -168,6 +168,48 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
   return plan;
 }
 
+int64_t sparse_execution_bytes(const Model& m) {
+  int64_t total = 0;
+  for (const Node& node : m.nodes()) {
+    if (!node.layer) continue;
+    const Plannable pl = plannable(const_cast<Layer&>(*node.layer));  // only read
+    if (pl.exec && *pl.exec && (*pl.exec)->weight.rows) total += (*pl.exec)->weight.bytes();
+  }
+  return total;
+}
+
+std::vector<SavedLayerPlan> save_execution_plan(const Model& m) {
+  std::vector<SavedLayerPlan> out;
+  for (const Node& node : m.nodes()) {
+    if (!node.layer) continue;
+    const Plannable pl = plannable(const_cast<Layer&>(*node.layer));  // only read
+    if (!pl.exec || !*pl.exec) continue;
+    out.push_back({node.name, (*pl.exec)->always, (*pl.exec)->choices});
+  }
+  return out;
+}
+
+void restore_execution_plan(Model& m, const std::vector<SavedLayerPlan>& plan) {
+  for (const SavedLayerPlan& saved : plan) {
+    const int i = m.find(saved.node);
+    Plannable pl = i > 0 ? plannable(*m.nodes()[size_t(i)].layer) : Plannable{};
+    check(pl.exec != nullptr, "restore_execution_plan: the model has no conv or linear node '" + saved.node + "'");
+    auto e = std::make_shared<SparseExecution>();
+    e->always = saved.always;
+    e->choices = saved.choices;
+    const bool any_sparse =
+        e->always || std::any_of(e->choices.begin(), e->choices.end(), [](const auto& c) { return c.sparse; });
+    if (any_sparse) {
+      try {
+        e->weight = sparse_from_dense(*pl.weight);
+      } catch (const Error& err) {
+        throw Error("restore_execution_plan: node '" + saved.node + "': " + err.what());
+      }
+    }
+    *pl.exec = std::move(e);
+  }
+}
+
 std::string execution_plan_table(const ExecutionPlan& p) {
   std::string out;
   char line[512];

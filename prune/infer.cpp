@@ -5,6 +5,8 @@
 #include "core/error.h"
 #include "core/threading.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/sparse.h"
+#include "nn/execution.h"
 
 namespace dnns {
 
@@ -132,20 +134,39 @@ InferenceMemory inference_memory(const Model& m, int64_t batch) {
   std::vector<int> pending = plan.readers;
   int64_t live = bytes_of(0), peak = live;
   int64_t slot0 = 0, slot1 = 0;  // floats of the two thread_local scratch slots the conv kernel grows
+  int64_t call_bytes = 0;        // the largest buffer one sparse call allocates for itself
   for (int i = 1; i < n; ++i) {
     if (!plan.in_place[i]) live += bytes_of(i);
     peak = std::max(peak, live);  // inputs and output are all alive while node i runs
     for (int j : nodes[i].inputs)  // an in-place ReLU's input storage lives on as its output
       if (--pending[j] == 0 && j != 0 && j != plan.out_node && !plan.in_place[i]) live -= bytes_of(j);
+    // A layer planned sparse at this batch runs the sparse kernel (as Conv2d/Linear::forward).
+    auto sparse_here = [&](const std::shared_ptr<const SparseExecution>& e) {
+      return m.device() == Device::CPU && e && e->weight.rows && e->runs_sparse(batch);
+    };
     if (auto* c = dynamic_cast<const Conv2d*>(nodes[i].layer.get())) {
       if (c->in_channels == 0 || c->out_channels == 0) continue;
-      const cpu::ConvScratch need = cpu::conv_forward_scratch(c->conv_params(shapes[nodes[i].inputs[0]]));
+      const Conv2dParams cp = c->conv_params(shapes[nodes[i].inputs[0]]);
+      if (sparse_here(c->sparse_exec)) {
+        const cpu::SparseScratch need = cpu::sparse_conv2d_forward_scratch(cp, c->sparse_exec->weight);
+        slot0 = std::max(slot0, need.slot0);
+        slot1 = std::max(slot1, need.slot1);
+        call_bytes = std::max(call_bytes, need.call_bytes);
+        continue;
+      }
+      const cpu::ConvScratch need = cpu::conv_forward_scratch(cp);
       slot0 = std::max(slot0, need.slot0);
       slot1 = std::max(slot1, need.slot1);
+    } else if (auto* l = dynamic_cast<const Linear*>(nodes[i].layer.get())) {
+      if (!sparse_here(l->sparse_exec)) continue;
+      const cpu::SparseScratch need = cpu::sparse_linear_forward_scratch(int(batch), l->sparse_exec->weight);
+      slot0 = std::max(slot0, need.slot0);
+      call_bytes = std::max(call_bytes, need.call_bytes);
     }
   }
   r.activation_bytes = peak;
-  r.workspace_bytes = (slot0 + slot1) * static_cast<int64_t>(sizeof(float));
+  r.workspace_bytes = (slot0 + slot1) * static_cast<int64_t>(sizeof(float)) + call_bytes;
+  r.sparse_weight_bytes = sparse_execution_bytes(m);
   return r;
 }
 

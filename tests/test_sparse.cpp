@@ -347,3 +347,90 @@ TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
   CHECK_FALSE(c2->sparse_exec);
   CHECK(testing::contains(testing::error_of([] { parse_execution("fast"); }), "--execution: expected dense, sparse or auto"));
 }
+
+// ---- the plan in memory figures and in the shifter's packed residency ------------------------
+
+#include "prune/shifter.h"
+
+TEST_CASE("inference_memory counts the plan's sparse copies and the sparse kernels' scratch") {
+  set_num_threads(2);
+  // input (1, 3, 8, 8) -> conv 3->4 3x3 pad 1 -> relu -> flatten -> linear 256->10, all weights
+  // nonzero (as initialised)
+  Model m;
+  int x = m.add_input({3, 8, 8});
+  x = m.add("conv", std::make_unique<Conv2d>(3, 4, 3, 3, 1, 1, true), {x});
+  x = m.add("relu", std::make_unique<ReLU>(), {x});
+  x = m.add("flat", std::make_unique<Flatten>(), {x});
+  m.add("fc", std::make_unique<Linear>(256, 10, true), {x});
+  Rng rng(8);
+  init_model(m, rng);
+  const InferenceMemory dense = inference_memory(m, 1);
+  CHECK(dense.sparse_weight_bytes == 0);
+  plan_execution(m, Execution::Sparse, {1});
+  const InferenceMemory sp = inference_memory(m, 1);
+  // 108 conv and 2560 linear nonzeros: a value and a column each, and the row starts
+  const int64_t copies = (108 + 2560) * 8 + (4 + 1) * 8 + (10 + 1) * 8;
+  CHECK(sparse_execution_bytes(m) == copies);
+  CHECK(sp.sparse_weight_bytes == copies);
+  CHECK(sp.parameter_bytes == dense.parameter_bytes);  // the dense tensors stay
+  CHECK(sp.activation_bytes == dense.activation_bytes);
+  // The sparse conv runs on the calling thread: slot 0 one filter's grid (7 rows of 10 + 8,
+  // rounded up to 80 floats), slot 1 the padded image (3 planes of 10 x 10) and a run plus 64
+  // floats of slack; the largest buffer of one call is the linear layer's transposed input
+  // (256 x 1, a run of 8 floats of slack) and its 2560 offsets.
+  CHECK(sp.workspace_bytes == (80 + 3 * 100 + 80 + 64) * 4 + (256 + 8) * 4 + 2560 * 4);
+  CHECK(sp.total() == sp.parameter_bytes + sp.buffer_bytes + sp.activation_bytes + sp.workspace_bytes + copies);
+  plan_execution(m, Execution::Dense, {1});
+  CHECK(inference_memory(m, 1).total() == dense.total());
+}
+
+TEST_CASE("the shifter's packed variants run with their plan; residency counts the sparse copies") {
+  set_num_threads(2);
+  Rng rng(12);
+  LoadedPortfolio lp;
+  lp.dir = "(memory)";
+  lp.manifest.arch = "resnet20";
+  lp.manifest.input_shape = {3, 32, 32};
+  lp.manifest.num_classes = 10;
+  lp.manifest.latency_batch = 3;
+  std::vector<int64_t> tensors, copies;
+  for (int i = 0; i < 2; ++i) {
+    Model c = compact_resnet(rng);
+    plan_execution(c, i == 0 ? Execution::Sparse : Execution::Auto, {1, 3}, 1);
+    tensors.push_back(model_resident_bytes(c));
+    copies.push_back(sparse_execution_bytes(c));
+    lp.models.push_back(std::make_shared<const Model>(std::move(c)));
+    VariantInfo v;
+    v.name = "v" + std::to_string(i);
+    v.file = v.name + ".dnns";
+    v.accuracy = 0.5 + 0.1 * i;
+    lp.manifest.variants.push_back(v);
+  }
+  REQUIRE(copies[0] > 0);  // the sparse-planned variant keeps a copy of every weight's nonzeros
+  const Tensor x = testing::random_images(3, lp.manifest.input_shape, rng);
+  const Tensor want0 = infer(*lp.models[0], x), want1 = infer(*lp.models[1], x);
+  std::vector<PackedModel> packed;
+  for (const auto& m : lp.models) packed.push_back(pack_model(*m));
+
+  Shifter dense(LoadedPortfolio(lp), NoFitPolicy::Closest, Residency::Dense);
+  CHECK(dense.resident_bytes() == tensors[0] + copies[0] + tensors[1] + copies[1]);
+
+  Shifter s(std::move(lp), NoFitPolicy::Closest, Residency::Packed);
+  for (int i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    std::shared_ptr<const Model> u = s.model(i);
+    CHECK(sparse_execution_bytes(*u) == copies[size_t(i)]);  // the same layers hold sparse forms
+    // The same kernels on the same weights: the same bits as the planned model (a dense run
+    // of the sparse-planned variant would sum in another order).
+    CHECK(testing::same_bits(infer(*u, x), i == 0 ? want0 : want1));
+  }
+  CHECK(!testing::same_bits(want0, [&] {
+    Model plain = unpack_model(packed[0]);
+    plan_execution(plain, Execution::Dense, {3});
+    return infer(plain, x);
+  }()));
+  const int a = s.active();
+  const int64_t active_tensors = model_resident_bytes(*s.model(a));  // no masks: packing drops them
+  CHECK(s.resident_bytes() == packed[0].bytes() + packed[1].bytes() + active_tensors + copies[size_t(a)]);
+  CHECK(packed[0].bytes() < active_tensors);  // the plan travels without its sparse weights
+}

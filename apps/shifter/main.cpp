@@ -214,7 +214,7 @@ int cmd_replay(int argc, char** argv) {
                               "weights, the active one unpacked: less memory)");
   f.add("out", "shifter_replay", "output folder for replay.json and front.svg");
   f.add("execution", "auto", "conv/linear layers of the ready variants: dense, sparse, or auto (per layer, whichever "
-                             "measures faster here at --batch, once at load); packed variants unpack to dense");
+                             "measures faster here at --batch, once at load); packed variants keep their plan");
   if (!f.parse(argc, argv)) return 0;
   const std::string dir = portfolio_dir(f);
   const Execution execution = parse_execution(f.str("execution"));

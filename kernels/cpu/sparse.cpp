@@ -136,6 +136,22 @@ void phase_planes(const Conv2dParams& p, const PhaseLayout& g, const float* x, i
   }
 }
 
+// How a call shares out its work:
+//   Serial        a small call (about 5 us of multiply-adds) runs on the calling thread:
+//                 handing it to the pool costs more than it saves;
+//   PerImage      enough images for every thread: one task per image builds its phase planes
+//                 in the thread's scratch (slot 1) and runs every filter on them;
+//   SharedPlanes  few images: their phase planes are built first into one buffer of the call,
+//                 then tasks of (image, block of filters) share them.
+enum class Schedule { Serial, PerImage, SharedPlanes };
+Schedule schedule(const Conv2dParams& p, const SparseRows& w, const PhaseLayout& g) {
+  if (w.nnz() * g.L * int64_t(p.N) < kSerialWork) return Schedule::Serial;
+  return p.N >= 2 * num_threads() ? Schedule::PerImage : Schedule::SharedPlanes;
+}
+int images_per_group(const Conv2dParams& p, const PhaseLayout& g) {  // SharedPlanes: images per buffer
+  return (int)std::clamp<int64_t>(kGroupFloats / std::max<int64_t>(1, g.image), 1, std::max(1, p.N));
+}
+
 // Filters [k0, k1) of one image from its phase planes Xi -> y_n (K, P, Q).
 void filters_of_image(SparseGrid sparse_grid, const Conv2dParams& p, const PhaseLayout& g, const SparseRows& w,
                       const int32_t* offset, const float* b, bool relu, const float* Xi, int k0, int k1, float* grid,
@@ -172,19 +188,14 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
       filters_of_image(sparse_grid, p, g, w, offset.get(), b, relu, Xi, 0, K, grid, y + n * out_image);
     }
   };
-  // A small call runs on the calling thread: handing it to the pool costs more than it saves
-  // (a batch-1 layer at 8x8 is a few microseconds of multiply-adds).
-  if (w.nnz() * g.L * int64_t(p.N) < kSerialWork) {
-    images(0, p.N);
-    return;
-  }
-  if (p.N >= 2 * num_threads()) {  // enough images for every thread: one task per image
-    parallel_for(0, p.N, 1, images);
-    return;
+  switch (schedule(p, w, g)) {
+    case Schedule::Serial: images(0, p.N); return;
+    case Schedule::PerImage: parallel_for(0, p.N, 1, images); return;
+    case Schedule::SharedPlanes: break;
   }
   // Few images: their phase planes are built first (in parallel over channels), then tasks
   // of (image, block of filters) share them.
-  const int group = (int)std::clamp<int64_t>(kGroupFloats / std::max<int64_t>(1, g.image), 1, std::max(1, p.N));
+  const int group = images_per_group(p, g);
   std::unique_ptr<float[]> X(new float[size_t(group * g.image + g.slack)]);  // (group, C, phases, Hph, Wph) + slack
   std::fill(X.get() + group * g.image, X.get() + group * g.image + g.slack, 0.0f);
   const int per_task = rows_per_task(w, g.L), blocks = (K + per_task - 1) / per_task;
@@ -208,6 +219,30 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
       }
     });
   }
+}
+
+SparseScratch sparse_conv2d_forward_scratch(const Conv2dParams& p, const SparseRows& w) {
+  check_conv_params(p, "sparse_conv2d_forward_scratch");
+  std::vector<int32_t> offset(size_t(std::max<int64_t>(1, w.nnz())));
+  const PhaseLayout g = phase_layout(p, w, offset.data());
+  SparseScratch s;
+  s.slot0 = g.L;
+  // the run offsets, and phase_layout's table of the columns
+  s.call_bytes = int64_t(offset.size() + std::max(p.C * p.R * p.S, p.R * p.S)) * int64_t(sizeof(int32_t));
+  if (schedule(p, w, g) == Schedule::SharedPlanes)
+    s.call_bytes += (images_per_group(p, g) * g.image + g.slack) * int64_t(sizeof(float));
+  else
+    s.slot1 = g.image + g.slack;
+  return s;
+}
+
+SparseScratch sparse_linear_forward_scratch(int N, const SparseRows& w) {
+  SparseScratch s;
+  if (N <= 0 || w.rows <= 0) return s;
+  const int L = round_up(N, kLanes);
+  s.slot0 = L;
+  s.call_bytes = (int64_t(w.cols) * N + L) * int64_t(sizeof(float)) + std::max<int64_t>(1, w.nnz()) * int64_t(sizeof(int32_t));
+  return s;
 }
 
 void sparse_linear_forward(int N, const float* x, const SparseRows& w, const float* b, bool relu, float* y) {
