@@ -70,16 +70,16 @@ struct PhaseLayout {
 
 // Only the phases some nonzero reads are built (a strided 1x1 conv reads one of four).
 // offset (nnz) receives where each nonzero's run starts in an image's phase planes. Called
-// on every forward: table lookups per nonzero, no division.
+// on every forward, so no division per column or nonzero: per tap (r, s) tables, then one
+// lookup per nonzero.
 PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* offset) {
   const int R = p.R, S = p.S, RS = R * S, CRS = p.C * RS;
   PhaseLayout g;
   g.st = p.stride;
-  std::vector<int32_t> table(size_t(std::max(CRS, RS)), 0);  // first: the tap r*S + s of each column
+  std::vector<char> col_used(size_t(CRS), 0), tap_used(size_t(RS), 0);
+  for (int64_t j = 0; j < w.nnz(); ++j) col_used[size_t(w.col[j])] = 1;
   for (int c = 0, col = 0; c < p.C; ++c)
-    for (int t = 0; t < RS; ++t) table[size_t(col++)] = t;
-  std::vector<char> tap_used(size_t(RS), 0);
-  for (int64_t j = 0; j < w.nnz(); ++j) tap_used[size_t(table[size_t(w.col[j])])] = 1;
+    for (int t = 0; t < RS; ++t) tap_used[size_t(t)] |= col_used[size_t(col++)];
   g.slot.assign(size_t(g.st) * g.st, -1);
   for (int r = 0; r < R; ++r)
     for (int s = 0; s < S; ++s)
@@ -93,14 +93,18 @@ PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* of
   g.L = round_up((p.P() - 1) * g.Wph + p.Q(), kLanes);
   g.slack = g.L + kChunk;
   check(g.image + g.slack < INT32_MAX, "sparse_conv2d_forward: input too large for the kernel");
-  // then: the run offset of each column (c, r, s), unused phases left at 0 (never read)
+  // Where tap (r, s) starts within its channel's phase planes (unused phases: 0, never read),
+  // then the run offset of every column (c, r, s): channel c's planes start c * phases * plane.
+  std::vector<int32_t> tap(static_cast<size_t>(RS));
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) {
+      const int ph = g.slot[size_t((r % g.st) * g.st + s % g.st)];
+      tap[size_t(r * S + s)] = ph < 0 ? 0 : (ph * g.Hph + r / g.st) * g.Wph + s / g.st;
+    }
+  std::unique_ptr<int32_t[]> column(new int32_t[size_t(std::max(1, CRS))]);  // (C*R*S)
   for (int c = 0, col = 0; c < p.C; ++c)
-    for (int r = 0; r < R; ++r)
-      for (int s = 0; s < S; ++s, ++col) {
-        const int ph = g.slot[size_t((r % g.st) * g.st + s % g.st)];
-        table[size_t(col)] = ph < 0 ? 0 : int32_t(((int64_t(c) * g.phases + ph) * g.Hph + r / g.st) * g.Wph + s / g.st);
-      }
-  for (int64_t j = 0; j < w.nnz(); ++j) offset[j] = table[size_t(w.col[j])];
+    for (int t = 0; t < RS; ++t) column[size_t(col++)] = int32_t(int64_t(c) * g.phases * g.plane) + tap[size_t(t)];
+  for (int64_t j = 0; j < w.nnz(); ++j) offset[j] = column[size_t(w.col[j])];
   return g;
 }
 
@@ -109,6 +113,11 @@ PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* of
 // channels [c0, c1) only.
 void phase_planes(const Conv2dParams& p, const PhaseLayout& g, const float* x, int c0, int c1, float* dst) {
   const int H = p.H, W = p.W, st = g.st, pad = p.pad, Wph = g.Wph;
+  if (st == 1 && g.phases == 1) {  // the zero-padded image: the direct kernels' padded copy
+    row_kernels().pad_image(x + int64_t(c0) * H * W, c1 - c0, H, W, pad, pad, 1, Wph, Wph,
+                            int64_t(c1 - c0) * g.plane, dst + int64_t(c0) * g.plane);
+    return;
+  }
   for (int c = c0; c < c1; ++c) {
     const float* xc = x + int64_t(c) * H * W;  // (H, W)
     for (int a = 0; a < st; ++a)
