@@ -58,7 +58,8 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
 std::string execution_plan_table(const ExecutionPlan& p);
 
 // Bytes of the sparse weight copies a model's plan keeps (SparseRows::bytes() of every conv
-// and linear layer that runs sparse at some batch): memory on top of the dense tensors.
+// and linear layer that runs sparse at some batch, and a conv's prepared runs): memory on top
+// of the dense tensors.
 int64_t sparse_execution_bytes(const Model& m);
 
 // A model's plan without its sparse weights: what a packed model (prune/shifter.h) keeps so

@@ -197,6 +197,39 @@ TEST_CASE("sparse conv on every ISA path and schedule equals dense conv") {
   }
 }
 
+// Runs prepared once (what a plan keeps) give the same bits as runs made per call; runs made
+// for another input size or another weight object are ignored, not misread.
+TEST_CASE("prepared sparse conv runs: same result, ignored when made for another shape or weight") {
+  set_num_threads(2);
+  Rng rng(77);
+  for (const Conv2dParams& p : {conv(2, 11, 9, 9, 7, 3, 3, 1, 1), conv(1, 6, 12, 10, 5, 3, 3, 2, 1)}) {
+    CAPTURE(conv_str(p));
+    const std::vector<float> x = randn(rng, int64_t(p.N) * p.C * p.H * p.W), b = randn(rng, p.K);
+    const std::vector<float> w = masked_weight(rng, p.K, p.C * p.R * p.S, 0.3, {1});
+    const SparseRows s = sparse_from_dense(w.data(), p.K, p.C * p.R * p.S);
+    const size_t ny = size_t(p.N) * p.K * p.P() * p.Q();
+    std::vector<float> plain(ny), prepared(ny), other(ny);
+    cpu::sparse_conv2d_forward(p, x.data(), s, b.data(), true, plain.data());
+    const auto runs = cpu::prepare_sparse_conv2d(p, s);
+    cpu::sparse_conv2d_forward(p, x.data(), s, runs.get(), b.data(), true, prepared.data());
+    CHECK(prepared == plain);
+    check_close(prepared, dense_conv(p, x, w, b.data(), true), "prepared runs");
+    Conv2dParams wider = p;  // runs of another input size: every offset would be off
+    wider.W += 3;
+    const auto wrong_size = cpu::prepare_sparse_conv2d(wider, s);
+    cpu::sparse_conv2d_forward(p, x.data(), s, wrong_size.get(), b.data(), true, other.data());
+    CHECK(other == plain);
+    const SparseRows copy = s;  // the same nonzeros in another object: runs of `s` are not its
+    const std::vector<float> w2 = masked_weight(rng, p.K, p.C * p.R * p.S, 0.3, {});
+    const SparseRows s2 = sparse_from_dense(w2.data(), p.K, p.C * p.R * p.S);
+    std::fill(other.begin(), other.end(), NAN);
+    cpu::sparse_conv2d_forward(p, x.data(), s2, runs.get(), b.data(), true, other.data());
+    check_close(other, dense_conv(p, x, w2, b.data(), true), "another weight given the runs of the first");
+    cpu::sparse_conv2d_forward(p, x.data(), copy, runs.get(), b.data(), true, other.data());
+    CHECK(other == plain);
+  }
+}
+
 TEST_CASE("sparse conv of a layer with no nonzero is its bias (then ReLU)") {
   set_num_threads(2);
   const Conv2dParams p = conv(2, 37, 7, 7, 54, 3, 3, 2, 1);
@@ -369,7 +402,12 @@ TEST_CASE("inference_memory counts the plan's sparse copies and the sparse kerne
   plan_execution(m, Execution::Sparse, {1});
   const InferenceMemory sp = inference_memory(m, 1);
   // 108 conv and 2560 linear nonzeros: a value and a column each, and the row starts
-  const int64_t copies = (108 + 2560) * 8 + (4 + 1) * 8 + (10 + 1) * 8;
+  // (and the conv's prepared runs: an offset per nonzero and the layout)
+  const auto* conv = dynamic_cast<const Conv2d*>(m.nodes()[size_t(m.find("conv"))].layer.get());
+  REQUIRE(conv->sparse_exec->runs);
+  const int64_t runs = cpu::sparse_conv_runs_bytes(*conv->sparse_exec->runs);
+  CHECK(runs >= 108 * 4);
+  const int64_t copies = (108 + 2560) * 8 + (4 + 1) * 8 + (10 + 1) * 8 + runs;
   CHECK(sparse_execution_bytes(m) == copies);
   CHECK(sp.sparse_weight_bytes == copies);
   CHECK(sp.parameter_bytes == dense.parameter_bytes);  // the dense tensors stay

@@ -31,6 +31,26 @@
 #include "kernels/sparse.h"
 
 namespace dnns::cpu {
+
+// Where one conv's nonzeros read in an image's phase planes.
+struct PhaseLayout {
+  int st = 1, phases = 0, Hph = 0, Wph = 0, plane = 0;
+  std::vector<int> slot;  // (st*st) phase (a, b)'s place among the built phases, -1: unused
+  int64_t image = 0;      // floats of one image's phase planes (C, phases, Hph, Wph)
+  int L = 0;              // grid positions computed per filter: a multiple of kLanes
+  int64_t slack = 0;      // floats after the last image the runs may read
+};
+
+// A conv's runs made once (prepare_sparse_conv2d): the layout and the run offsets of the
+// weight whose columns live at `col`.
+struct SparseConvRuns {
+  Conv2dParams p;  // (N unused)
+  const int32_t* col = nullptr;
+  int64_t nnz = 0;
+  PhaseLayout g;
+  std::vector<int32_t> offset;  // (nnz)
+};
+
 namespace {
 
 constexpr int kLanes = 8;   // the grid is padded to whole vectors of 8 (rows.h sparse_grid)
@@ -59,14 +79,6 @@ constexpr int64_t kSerialPlanes = int64_t(1) << 14;
 // phase planes together take at most this many floats (at least one image per group).
 constexpr int64_t kGroupFloats = int64_t(2) << 20;  // 8 MiB
 
-// Where one conv's nonzeros read in an image's phase planes.
-struct PhaseLayout {
-  int st = 1, phases = 0, Hph = 0, Wph = 0, plane = 0;
-  std::vector<int> slot;  // (st*st) phase (a, b)'s place among the built phases, -1: unused
-  int64_t image = 0;      // floats of one image's phase planes (C, phases, Hph, Wph)
-  int L = 0;              // grid positions computed per filter: a multiple of kLanes
-  int64_t slack = 0;      // floats after the last image the runs may read
-};
 
 // Only the phases some nonzero reads are built (a strided 1x1 conv reads one of four).
 // offset (nnz) receives where each nonzero's run starts in an image's phase planes. Called
@@ -176,14 +188,44 @@ void filters_of_image(SparseGrid sparse_grid, const Conv2dParams& p, const Phase
 
 }  // namespace
 
+std::shared_ptr<const SparseConvRuns> prepare_sparse_conv2d(const Conv2dParams& p, const SparseRows& w) {
+  check_conv_params(p, "prepare_sparse_conv2d");
+  auto r = std::make_shared<SparseConvRuns>();
+  r->p = p;
+  r->col = w.col.data();
+  r->nnz = w.nnz();
+  r->offset.resize(size_t(std::max<int64_t>(1, w.nnz())));
+  r->g = phase_layout(p, w, r->offset.data());
+  return r;
+}
+
+int64_t sparse_conv_runs_bytes(const SparseConvRuns& r) {
+  return int64_t(sizeof(SparseConvRuns) + r.offset.size() * sizeof(int32_t) + r.g.slot.size() * sizeof(int));
+}
+
 void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const float* b, bool relu,
                            float* y) {
+  sparse_conv2d_forward(p, x, w, nullptr, b, relu, y);
+}
+
+void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const SparseConvRuns* runs,
+                           const float* b, bool relu, float* y) {
   // x (N, C, H, W)   w: K rows of C*R*S columns   b (K) or nullptr   y (N, K, P, Q)
   check_conv_params(p, "sparse_conv2d_forward");
   const int C = p.C, K = p.K;
   const int64_t in_image = int64_t(C) * p.H * p.W, out_image = int64_t(K) * p.P() * p.Q();
-  std::unique_ptr<int32_t[]> offset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);  // (nnz)
-  const PhaseLayout g = phase_layout(p, w, offset.get());
+  // The prepared runs when they were made for this weight and this input size, else made here.
+  const bool prepared = runs && runs->col == w.col.data() && runs->nnz == w.nnz() && runs->p.C == p.C &&
+                        runs->p.H == p.H && runs->p.W == p.W && runs->p.K == p.K && runs->p.R == p.R &&
+                        runs->p.S == p.S && runs->p.stride == p.stride && runs->p.pad == p.pad;
+  std::unique_ptr<int32_t[]> own;  // (nnz) run offsets of this call, when not prepared
+  PhaseLayout own_g;
+  if (!prepared) {
+    own.reset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);
+    own_g = phase_layout(p, w, own.get());
+  }
+  const PhaseLayout& g = prepared ? runs->g : own_g;
+  const int32_t* offset = prepared ? runs->offset.data() : own.get();
   const SparseGrid sparse_grid = row_kernels().sparse_grid;
 
   // Images [n0, n1), each from its phase planes in the thread's scratch (they stay in cache)
@@ -194,7 +236,7 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
     std::fill(Xi + g.image, Xi + g.image + g.slack, 0.0f);
     for (int n = n0; n < n1; ++n) {
       phase_planes(p, g, x + n * in_image, 0, C, Xi);
-      filters_of_image(sparse_grid, p, g, w, offset.get(), b, relu, Xi, 0, K, grid, y + n * out_image);
+      filters_of_image(sparse_grid, p, g, w, offset, b, relu, Xi, 0, K, grid, y + n * out_image);
     }
   };
   switch (schedule(p, w, g)) {
@@ -223,7 +265,7 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
       float* grid = thread_scratch<float>(0, size_t(g.L));  // (L) one filter's output, row length Wph
       for (int t = t0; t < t1; ++t) {
         const int i = t / blocks, k0 = t % blocks * per_task, k1 = std::min(K, k0 + per_task);
-        filters_of_image(sparse_grid, p, g, w, offset.get(), b, relu, X.get() + i * g.image, k0, k1, grid,
+        filters_of_image(sparse_grid, p, g, w, offset, b, relu, X.get() + i * g.image, k0, k1, grid,
                          y + (n0 + i) * out_image);
       }
     });
