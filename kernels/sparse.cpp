@@ -53,7 +53,7 @@ std::vector<float> sparse_to_dense(const SparseRows& s) {
 namespace ops {
 
 void sparse_conv2d_forward(const Conv2dParams& p, const Tensor& x, const SparseRows& w, const Tensor& b,
-                           bool relu, Tensor& y) {
+                           bool relu, Tensor& y, const cpu::SparseConvRuns* runs) {
   check_conv_params(p, "sparse_conv2d_forward");
   check_shape(x.shape(), {p.N, p.C, p.H, p.W}, "sparse_conv2d_forward input");
   check(w.rows == p.K && w.cols == p.C * p.R * p.S && int64_t(w.row_start.size()) == int64_t(w.rows) + 1, [&] {
@@ -68,7 +68,7 @@ void sparse_conv2d_forward(const Conv2dParams& p, const Tensor& x, const SparseR
   if (cpu_backend() == CpuBackend::Reference)
     ref::sparse_conv2d_forward(p, x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
   else
-    cpu::sparse_conv2d_forward(p, x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
+    cpu::sparse_conv2d_forward(p, x.data(), w, runs, has_bias ? b.data() : nullptr, relu, y.data());
 }
 
 void sparse_linear_forward(const Tensor& x, const SparseRows& w, const Tensor& b, bool relu, Tensor& y) {

@@ -13,6 +13,7 @@
 // The ops:: entry points check shapes and pick ref or cpu by set_cpu_backend.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
@@ -53,14 +54,32 @@ void sparse_linear_forward(int N, const float* x, const SparseRows& w, const flo
 namespace cpu {
 void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const float* b,
                            bool relu, float* y);
+// A conv's sparse weight prepared for one input size (C, H, W; any batch): where each nonzero's
+// run starts in the kernel's layout of an image, computed once instead of on every call. Made
+// for the weight object `w` (its columns' storage) and read by any number of concurrent calls;
+// a call given runs made for another weight or input size ignores them and makes its own.
+struct SparseConvRuns;
+std::shared_ptr<const SparseConvRuns> prepare_sparse_conv2d(const Conv2dParams& p, const SparseRows& w);
+int64_t sparse_conv_runs_bytes(const SparseConvRuns& r);  // what they hold
+void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const SparseConvRuns* runs,
+                           const float* b, bool relu, float* y);
 void sparse_linear_forward(int N, const float* x, const SparseRows& w, const float* b, bool relu, float* y);
+// What one call of the kernels above allocates (on the paths it takes now, with the current
+// thread count): floats of the calling worker's scratch slots 0 and 1 (kernels/cpu/gemm_util.h
+// thread_scratch, shared with the dense convs) and bytes allocated for the call alone.
+struct SparseScratch {
+  int64_t slot0 = 0, slot1 = 0, call_bytes = 0;
+};
+SparseScratch sparse_conv2d_forward_scratch(const Conv2dParams& p, const SparseRows& w);
+SparseScratch sparse_linear_forward_scratch(int N, const SparseRows& w);
 }  // namespace cpu
 
 namespace ops {
 // Shape-checked entry points (CPU tensors only): x (N,C,H,W) and w of p.K rows and
 // p.C*p.R*p.S columns; b (K) or empty; y (N,K,P,Q) allocated by the caller.
+// `runs` (or nullptr): cpu::prepare_sparse_conv2d's, used by the cpu backend when they match.
 void sparse_conv2d_forward(const Conv2dParams& p, const Tensor& x, const SparseRows& w, const Tensor& b,
-                           bool relu, Tensor& y);
+                           bool relu, Tensor& y, const cpu::SparseConvRuns* runs = nullptr);
 // x (N,I), w (O rows, I columns), b (O) or empty -> y (N,O)
 void sparse_linear_forward(const Tensor& x, const SparseRows& w, const Tensor& b, bool relu, Tensor& y);
 }  // namespace ops

@@ -44,6 +44,12 @@ struct Plannable {
   const char* kind = "";
 };
 
+// A conv's sparse weight prepared for its input size (x: the input shape at any batch).
+void prepare_runs(Layer& layer, const Shape& x, SparseExecution& e) {
+  if (auto* c = dynamic_cast<Conv2d*>(&layer); c && e.weight.rows)
+    e.runs = cpu::prepare_sparse_conv2d(c->conv_params(x), e.weight);
+}
+
 Plannable plannable(Layer& layer) {
   if (auto* c = dynamic_cast<Conv2d*>(&layer))
     if (c->in_channels > 0 && c->out_channels > 0) return {&c->sparse_exec, &c->weight.value, "conv"};
@@ -122,6 +128,7 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
     if (mode == Execution::Auto && on_cpu) {
       forced->weight = fresh->weight;
       forced->always = true;
+      prepare_runs(*node.layer, shapes[0][node.inputs[0]], *forced);
     }
     for (size_t bi = 0; bi < sorted.size(); ++bi) {
       LayerExecution le;
@@ -162,10 +169,58 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
                                                          [](const auto& c) { return c.sparse; });
     // A layer that never runs sparse keeps its choices (the cache), not the sparse weight.
     if (!any_sparse) fresh->weight = SparseRows{};
+    prepare_runs(*node.layer, shapes[0][node.inputs[0]], *fresh);
     if (mode == Execution::Dense || !on_cpu) *pl.exec = nullptr;
     else if (mode == Execution::Sparse || any_sparse || !fresh->choices.empty()) *pl.exec = fresh;
   }
   return plan;
+}
+
+int64_t sparse_execution_bytes(const Model& m) {
+  int64_t total = 0;
+  for (const Node& node : m.nodes()) {
+    if (!node.layer) continue;
+    const Plannable pl = plannable(const_cast<Layer&>(*node.layer));  // only read
+    if (!pl.exec || !*pl.exec) continue;
+    if ((*pl.exec)->weight.rows) total += (*pl.exec)->weight.bytes();
+    if ((*pl.exec)->runs) total += cpu::sparse_conv_runs_bytes(*(*pl.exec)->runs);
+  }
+  return total;
+}
+
+std::vector<SavedLayerPlan> save_execution_plan(const Model& m) {
+  std::vector<SavedLayerPlan> out;
+  for (const Node& node : m.nodes()) {
+    if (!node.layer) continue;
+    const Plannable pl = plannable(const_cast<Layer&>(*node.layer));  // only read
+    if (!pl.exec || !*pl.exec) continue;
+    out.push_back({node.name, (*pl.exec)->always, (*pl.exec)->choices});
+  }
+  return out;
+}
+
+void restore_execution_plan(Model& m, const std::vector<SavedLayerPlan>& plan) {
+  if (plan.empty()) return;
+  const std::vector<Shape> shapes = m.infer_shapes(1);
+  for (const SavedLayerPlan& saved : plan) {
+    const int i = m.find(saved.node);
+    Plannable pl = i > 0 ? plannable(*m.nodes()[size_t(i)].layer) : Plannable{};
+    check(pl.exec != nullptr, "restore_execution_plan: the model has no conv or linear node '" + saved.node + "'");
+    auto e = std::make_shared<SparseExecution>();
+    e->always = saved.always;
+    e->choices = saved.choices;
+    const bool any_sparse =
+        e->always || std::any_of(e->choices.begin(), e->choices.end(), [](const auto& c) { return c.sparse; });
+    if (any_sparse) {
+      try {
+        e->weight = sparse_from_dense(*pl.weight);
+      } catch (const Error& err) {
+        throw Error("restore_execution_plan: node '" + saved.node + "': " + err.what());
+      }
+      prepare_runs(*m.nodes()[size_t(i)].layer, shapes[size_t(m.nodes()[size_t(i)].inputs[0])], *e);
+    }
+    *pl.exec = std::move(e);
+  }
 }
 
 std::string execution_plan_table(const ExecutionPlan& p) {

@@ -57,4 +57,23 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
 // A text table of a plan: layer, weight shape, density, batch, chosen execution, measured times.
 std::string execution_plan_table(const ExecutionPlan& p);
 
+// Bytes of the sparse weight copies a model's plan keeps (SparseRows::bytes() of every conv
+// and linear layer that runs sparse at some batch, and a conv's prepared runs): memory on top
+// of the dense tensors.
+int64_t sparse_execution_bytes(const Model& m);
+
+// A model's plan without its sparse weights: what a packed model (prune/shifter.h) keeps so
+// that its unpacked copy runs as planned, without holding the nonzeros twice.
+struct SavedLayerPlan {
+  std::string node;  // a conv or linear node with a plan
+  bool always = false;
+  std::vector<SparseExecution::Choice> choices;
+  int64_t bytes() const { return int64_t(node.size() + choices.size() * sizeof(SparseExecution::Choice)) + 1; }
+};
+std::vector<SavedLayerPlan> save_execution_plan(const Model& m);
+// Gives `m` (the same graph, its weights as when saved) that plan again, the sparse weights
+// rebuilt from its dense ones (only for layers that run sparse at some batch). Throws Error
+// naming the node when the graph has no such conv/linear node.
+void restore_execution_plan(Model& m, const std::vector<SavedLayerPlan>& plan);
+
 }  // namespace dnns

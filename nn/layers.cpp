@@ -223,7 +223,7 @@ void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool tra
     // The ReLU fuses into the kernel unless the border table must be added before it.
     const bool relu_in_kernel = fused_relu && pos_h == 0;
     ops::sparse_conv2d_forward(conv_params(in[0]->shape()), *in[0], sparse_exec->weight, bias.value,
-                               relu_in_kernel, out);
+                               relu_in_kernel, out, sparse_exec->runs.get());
     if (pos_h > 0) add_border_table(pos_bias.value, pos_rows, pos_cols, out);
     if (fused_relu && !relu_in_kernel) ops::relu_forward(out, out);
     return;

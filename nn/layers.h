@@ -29,6 +29,8 @@ struct SparseExecution {
     double dense_ms = -1, sparse_ms = -1;  // the measured layer times behind the choice
   };
   SparseRows weight;            // (K, C*R*S) or (O, I)
+  // conv: `weight` prepared for the layer's input size (made by plan_execution), or null
+  std::shared_ptr<const cpu::SparseConvRuns> runs;
   bool always = false;
   std::vector<Choice> choices;  // ascending batch, unique
   bool runs_sparse(int64_t batch) const;

@@ -5,6 +5,8 @@
 #include "core/error.h"
 #include "core/threading.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/sparse.h"
+#include "nn/execution.h"
 
 namespace dnns {
 
@@ -159,18 +161,36 @@ InferenceMemory inference_memory(const Model& m, int64_t batch) {
     peak = std::max(peak, live);  // inputs and output are all alive while node i runs
     for (int j : nodes[i].inputs)  // an in-place ReLU's input storage lives on as its output
       if (--pending[j] == 0 && j != 0 && j != plan.out_node && !plan.in_place[i]) live -= bytes_of(j);
+    // A layer planned sparse at this batch runs the sparse kernel (as Conv2d/Linear::forward).
+    auto sparse_here = [&](const std::shared_ptr<const SparseExecution>& e) {
+      return m.device() == Device::CPU && e && e->weight.rows && e->runs_sparse(batch);
+    };
     if (c) {
       if (c->in_channels == 0 || c->out_channels == 0) continue;
-      const cpu::ConvScratch need = cpu::conv_forward_scratch(c->conv_params(shapes[nodes[i].inputs[0]]));
+      const Conv2dParams cp = c->conv_params(shapes[nodes[i].inputs[0]]);
+      if (sparse_here(c->sparse_exec)) {
+        const cpu::SparseScratch need = cpu::sparse_conv2d_forward_scratch(cp, c->sparse_exec->weight);
+        slot0 = std::max(slot0, need.slot0);
+        slot1 = std::max(slot1, need.slot1);
+        call_bytes = std::max(call_bytes, need.call_bytes);
+        continue;
+      }
+      const cpu::ConvScratch need = cpu::conv_forward_scratch(cp);
       slot0 = std::max(slot0, need.slot0);
       slot1 = std::max(slot1, need.slot1);
       if (fold)  // the folded filters and bias (Conv2d::forward_folded)
         call_bytes = std::max(call_bytes, static_cast<int64_t>(c->weight.value.bytes()) +
                                               c->out_channels * static_cast<int64_t>(sizeof(float)));
+    } else if (auto* l = dynamic_cast<const Linear*>(nodes[i].layer.get())) {
+      if (!sparse_here(l->sparse_exec)) continue;
+      const cpu::SparseScratch need = cpu::sparse_linear_forward_scratch(int(batch), l->sparse_exec->weight);
+      slot0 = std::max(slot0, need.slot0);
+      call_bytes = std::max(call_bytes, need.call_bytes);
     }
   }
   r.activation_bytes = peak;
   r.workspace_bytes = (slot0 + slot1) * static_cast<int64_t>(sizeof(float)) + call_bytes;
+  r.sparse_weight_bytes = sparse_execution_bytes(m);
   return r;
 }
 

@@ -30,9 +30,15 @@ struct InferenceMemory {
   int64_t workspace_bytes = 0;   // the scratch buffers one CPU worker thread grows for the
                                  // convs, on the paths they take now (the im2col columns, the
                                  // padded image of the direct kernels, Winograd's transforms:
-                                 // cpu::conv_forward_scratch), plus the largest buffer one
-                                 // call allocates (a conv's filters with a batchnorm folded in)
-  int64_t total() const { return parameter_bytes + buffer_bytes + activation_bytes + workspace_bytes; }
+                                 // cpu::conv_forward_scratch; a layer planned sparse at this
+                                 // batch: cpu::sparse_*_forward_scratch, its slots), plus the
+                                 // largest buffer one call allocates (a sparse call's own, a
+                                 // conv's filters with a batchnorm folded in)
+  int64_t sparse_weight_bytes = 0;  // the sparse weight copies the execution plan keeps
+                                    // (nn/execution.h sparse_execution_bytes)
+  int64_t total() const {
+    return parameter_bytes + buffer_bytes + activation_bytes + workspace_bytes + sparse_weight_bytes;
+  }
 };
 InferenceMemory inference_memory(const Model& m, int64_t batch);
 

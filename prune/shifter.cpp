@@ -184,6 +184,7 @@ int64_t PackedModel::bytes() const {
   int64_t total = static_cast<int64_t>(spec.size() + arch.size());
   for (const PackedTensor& t : tensors)
     total += t.sparse ? t.kept.bytes() : static_cast<int64_t>(t.values.size() * sizeof(float));
+  for (const SavedLayerPlan& l : plan) total += l.bytes();
   return total;
 }
 
@@ -205,6 +206,7 @@ PackedModel pack_model(const Model& m) {
     }
     p.tensors.push_back(std::move(pt));
   }
+  p.plan = save_execution_plan(m);
   return p;
 }
 
@@ -225,6 +227,7 @@ Model unpack_model(const PackedModel& p) {
     else
       std::copy(pt.values.begin(), pt.values.end(), t.data());
   }
+  restore_execution_plan(m, p.plan);
   return m;
 }
 
@@ -330,11 +333,12 @@ std::vector<int64_t> Shifter::served_counts() const {
 int64_t Shifter::resident_bytes() const {
   int64_t total = 0;
   if (residency_ == Residency::Dense) {
-    for (const auto& m : p_.models) total += model_resident_bytes(*m);
+    for (const auto& m : p_.models) total += model_resident_bytes(*m) + sparse_execution_bytes(*m);
     return total;
   }
   for (const PackedModel& pm : packed_) total += pm.bytes();
-  return total + model_resident_bytes(*snapshot()->model);
+  const Model& active = *snapshot()->model;
+  return total + model_resident_bytes(active) + sparse_execution_bytes(active);
 }
 
 // ---------------------------------------------------------------- traces

@@ -106,10 +106,13 @@ struct PackedModel {
   };
   std::string spec, arch;
   std::vector<PackedTensor> tensors;  // in Model::state() order
-  int64_t bytes() const;  // what it holds: values, indices and the spec text
+  // The model's execution plan (nn/execution.h) without its sparse weights: unpacking
+  // rebuilds them, so the unpacked model runs as the packed one was planned.
+  std::vector<SavedLayerPlan> plan;
+  int64_t bytes() const;  // what it holds: values, indices, the spec text and the plan
 };
 PackedModel pack_model(const Model& m);
-Model unpack_model(const PackedModel& p);  // equal to the packed model, value for value
+Model unpack_model(const PackedModel& p);  // equal to the packed model, value for value, same plan
 
 struct ShiftResult {
   Selection selection;
@@ -148,8 +151,9 @@ class Shifter {
   uint64_t generation() const;
   int64_t swaps() const { return swaps_.load(); }
   std::vector<int64_t> served_counts() const;  // (variants) answers served by each
-  // What the shifter holds: Dense, the tensors of every variant; Packed, every packed variant
-  // plus the active variant's ready model. (A request still running on the previous variant
+  // What the shifter holds: Dense, the tensors of every variant and the sparse weight copies
+  // their execution plans keep; Packed, every packed variant plus the active variant's ready
+  // model with its plan's sparse copies. (A request still running on the previous variant
   // keeps that model alive until it finishes.)
   int64_t resident_bytes() const;
 

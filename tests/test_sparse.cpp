@@ -18,6 +18,8 @@
 #include "core/threading.h"
 #include "kernels/ops.h"
 #include "kernels/ref/ref.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/rows.h"
 #include "kernels/sparse.h"
 #include "tests/test_util.h"
 
@@ -127,6 +129,105 @@ TEST_CASE("sparse conv equals dense conv on odd shapes and sparsities from 50% t
       const bool bias = seed % 2 == 0, relu = seed % 3 != 0;
       check_sparse_conv(p, d, {0, p.K - 1, p.K / 2}, bias, relu, seed++);
     }
+}
+
+// The inner loop alone (kernels/cpu/rows.h sparse_grid), on every ISA path this CPU has: every
+// run length from 1 to 40 vectors, so every pass size (1 to 12 vectors) and every split of a
+// run into balanced passes is taken, against the sum written out.
+TEST_CASE("sparse_grid on every ISA path: every run length and pass split") {
+  struct Restore {
+    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
+  } restore;
+  Rng rng(41);
+  const int nnz = 13, span = 700;
+  const std::vector<float> X = randn(rng, span + 40 * 8 + 64);
+  std::vector<float> val = randn(rng, nnz);
+  std::vector<int32_t> off(nnz);
+  for (int j = 0; j < nnz; ++j) off[size_t(j)] = int32_t(rng.uniform() * span);
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    const auto grid = cpu::row_kernels().sparse_grid;
+    for (int L = 8; L <= 40 * 8; L += 8)
+      for (bool relu : {false, true}) {
+        std::vector<float> want(static_cast<size_t>(L)), got(static_cast<size_t>(L) + 8, NAN);
+        for (int t = 0; t < L; ++t) {
+          double acc = 0.25;
+          for (int j = 0; j < nnz; ++j) acc += double(val[size_t(j)]) * X[size_t(off[size_t(j)] + t)];
+          want[size_t(t)] = relu ? std::max(float(acc), 0.0f) : float(acc);
+        }
+        grid(val.data(), off.data(), nnz, X.data(), L, 0.25f, relu, got.data());
+        INFO("isa " << cpu::isa_name((cpu::Isa)isa) << " L=" << L << (relu ? " relu" : ""));
+        CHECK(std::isnan(got[size_t(L)]));  // nothing written past the run
+        got.resize(size_t(L));
+        check_close(got, want, "sparse_grid");
+      }
+  }
+}
+
+// The convolution on every ISA path and through each of its schedules: one call on the calling
+// thread (small), one task per image (many images), and few images sharing their phase planes
+// (built by the calling thread when small, by tasks when not); grids of 8x8, 16x16 and 32x32
+// (10, 36 and 136 vectors a run), strides 1 and 2, 1x1, masks from 50% to 99.9% sparsity with
+// empty filters.
+TEST_CASE("sparse conv on every ISA path and schedule equals dense conv") {
+  struct Restore {
+    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
+  } restore;
+  set_num_threads(2);
+  const Conv2dParams shapes[] = {
+      conv(1, 47, 8, 8, 17, 3, 3, 1, 1),    // batch 1, 8x8: planes by the caller
+      conv(6, 22, 8, 8, 19, 3, 3, 1, 1),    // many images, 8x8
+      conv(1, 29, 16, 16, 24, 3, 3, 1, 1),  // batch 1, 16x16
+      conv(5, 16, 16, 16, 16, 3, 3, 1, 1),  // one task per image
+      conv(1, 16, 32, 32, 13, 3, 3, 1, 1),  // batch 1, 32x32: planes by tasks
+      conv(3, 16, 32, 32, 11, 3, 3, 1, 1),  // few images sharing planes
+      conv(2, 16, 32, 32, 29, 3, 3, 2, 1),  // stride 2 (a ResNet downsampling conv)
+      conv(3, 29, 16, 16, 47, 1, 1, 2, 0),  // 1x1 stride 2 (a shortcut)
+      conv(1, 9, 13, 11, 7, 3, 3, 1, 1),    // odd sizes, batch 1
+  };
+  uint64_t seed = 500;
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    INFO("isa " << cpu::isa_name((cpu::Isa)isa));
+    for (const Conv2dParams& p : shapes)
+      for (double d : {0.5, 0.3, 0.05, 0.001}) {
+        const bool bias = seed % 2 == 0, relu = seed % 3 != 0;
+        check_sparse_conv(p, d, {0, p.K / 3}, bias, relu, seed++);
+      }
+  }
+}
+
+// Runs prepared once (what a plan keeps) give the same bits as runs made per call; runs made
+// for another input size or another weight object are ignored, not misread.
+TEST_CASE("prepared sparse conv runs: same result, ignored when made for another shape or weight") {
+  set_num_threads(2);
+  Rng rng(77);
+  for (const Conv2dParams& p : {conv(2, 11, 9, 9, 7, 3, 3, 1, 1), conv(1, 6, 12, 10, 5, 3, 3, 2, 1)}) {
+    CAPTURE(conv_str(p));
+    const std::vector<float> x = randn(rng, int64_t(p.N) * p.C * p.H * p.W), b = randn(rng, p.K);
+    const std::vector<float> w = masked_weight(rng, p.K, p.C * p.R * p.S, 0.3, {1});
+    const SparseRows s = sparse_from_dense(w.data(), p.K, p.C * p.R * p.S);
+    const size_t ny = size_t(p.N) * p.K * p.P() * p.Q();
+    std::vector<float> plain(ny), prepared(ny), other(ny);
+    cpu::sparse_conv2d_forward(p, x.data(), s, b.data(), true, plain.data());
+    const auto runs = cpu::prepare_sparse_conv2d(p, s);
+    cpu::sparse_conv2d_forward(p, x.data(), s, runs.get(), b.data(), true, prepared.data());
+    CHECK(prepared == plain);
+    check_close(prepared, dense_conv(p, x, w, b.data(), true), "prepared runs");
+    Conv2dParams wider = p;  // runs of another input size: every offset would be off
+    wider.W += 3;
+    const auto wrong_size = cpu::prepare_sparse_conv2d(wider, s);
+    cpu::sparse_conv2d_forward(p, x.data(), s, wrong_size.get(), b.data(), true, other.data());
+    CHECK(other == plain);
+    const SparseRows copy = s;  // the same nonzeros in another object: runs of `s` are not its
+    const std::vector<float> w2 = masked_weight(rng, p.K, p.C * p.R * p.S, 0.3, {});
+    const SparseRows s2 = sparse_from_dense(w2.data(), p.K, p.C * p.R * p.S);
+    std::fill(other.begin(), other.end(), NAN);
+    cpu::sparse_conv2d_forward(p, x.data(), s2, runs.get(), b.data(), true, other.data());
+    check_close(other, dense_conv(p, x, w2, b.data(), true), "another weight given the runs of the first");
+    cpu::sparse_conv2d_forward(p, x.data(), copy, runs.get(), b.data(), true, other.data());
+    CHECK(other == plain);
+  }
 }
 
 TEST_CASE("sparse conv of a layer with no nonzero is its bias (then ReLU)") {
@@ -278,4 +379,96 @@ TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
   m.apply_masks();  // weights edited in place: the sparse form is dropped with them
   CHECK_FALSE(c2->sparse_exec);
   CHECK(testing::contains(testing::error_of([] { parse_execution("fast"); }), "--execution: expected dense, sparse or auto"));
+}
+
+// ---- the plan in memory figures and in the shifter's packed residency ------------------------
+
+#include "prune/shifter.h"
+
+TEST_CASE("inference_memory counts the plan's sparse copies and the sparse kernels' scratch") {
+  set_num_threads(2);
+  // input (1, 3, 8, 8) -> conv 3->4 3x3 pad 1 -> relu -> flatten -> linear 256->10, all weights
+  // nonzero (as initialised)
+  Model m;
+  int x = m.add_input({3, 8, 8});
+  x = m.add("conv", std::make_unique<Conv2d>(3, 4, 3, 3, 1, 1, true), {x});
+  x = m.add("relu", std::make_unique<ReLU>(), {x});
+  x = m.add("flat", std::make_unique<Flatten>(), {x});
+  m.add("fc", std::make_unique<Linear>(256, 10, true), {x});
+  Rng rng(8);
+  init_model(m, rng);
+  const InferenceMemory dense = inference_memory(m, 1);
+  CHECK(dense.sparse_weight_bytes == 0);
+  plan_execution(m, Execution::Sparse, {1});
+  const InferenceMemory sp = inference_memory(m, 1);
+  // 108 conv and 2560 linear nonzeros: a value and a column each, and the row starts
+  // (and the conv's prepared runs: an offset per nonzero and the layout)
+  const auto* conv = dynamic_cast<const Conv2d*>(m.nodes()[size_t(m.find("conv"))].layer.get());
+  REQUIRE(conv->sparse_exec->runs);
+  const int64_t runs = cpu::sparse_conv_runs_bytes(*conv->sparse_exec->runs);
+  CHECK(runs >= 108 * 4);
+  const int64_t copies = (108 + 2560) * 8 + (4 + 1) * 8 + (10 + 1) * 8 + runs;
+  CHECK(sparse_execution_bytes(m) == copies);
+  CHECK(sp.sparse_weight_bytes == copies);
+  CHECK(sp.parameter_bytes == dense.parameter_bytes);  // the dense tensors stay
+  CHECK(sp.activation_bytes == dense.activation_bytes);
+  // The sparse conv runs on the calling thread: slot 0 one filter's grid (7 rows of 10 + 8,
+  // rounded up to 80 floats), slot 1 the padded image (3 planes of 10 x 10) and a run plus 64
+  // floats of slack; the largest buffer of one call is the linear layer's transposed input
+  // (256 x 1, a run of 8 floats of slack) and its 2560 offsets.
+  CHECK(sp.workspace_bytes == (80 + 3 * 100 + 80 + 64) * 4 + (256 + 8) * 4 + 2560 * 4);
+  CHECK(sp.total() == sp.parameter_bytes + sp.buffer_bytes + sp.activation_bytes + sp.workspace_bytes + copies);
+  plan_execution(m, Execution::Dense, {1});
+  CHECK(inference_memory(m, 1).total() == dense.total());
+}
+
+TEST_CASE("the shifter's packed variants run with their plan; residency counts the sparse copies") {
+  set_num_threads(2);
+  Rng rng(12);
+  LoadedPortfolio lp;
+  lp.dir = "(memory)";
+  lp.manifest.arch = "resnet20";
+  lp.manifest.input_shape = {3, 32, 32};
+  lp.manifest.num_classes = 10;
+  lp.manifest.latency_batch = 3;
+  std::vector<int64_t> tensors, copies;
+  for (int i = 0; i < 2; ++i) {
+    Model c = compact_resnet(rng);
+    plan_execution(c, i == 0 ? Execution::Sparse : Execution::Auto, {1, 3}, 1);
+    tensors.push_back(model_resident_bytes(c));
+    copies.push_back(sparse_execution_bytes(c));
+    lp.models.push_back(std::make_shared<const Model>(std::move(c)));
+    VariantInfo v;
+    v.name = "v" + std::to_string(i);
+    v.file = v.name + ".dnns";
+    v.accuracy = 0.5 + 0.1 * i;
+    lp.manifest.variants.push_back(v);
+  }
+  REQUIRE(copies[0] > 0);  // the sparse-planned variant keeps a copy of every weight's nonzeros
+  const Tensor x = testing::random_images(3, lp.manifest.input_shape, rng);
+  const Tensor want0 = infer(*lp.models[0], x), want1 = infer(*lp.models[1], x);
+  std::vector<PackedModel> packed;
+  for (const auto& m : lp.models) packed.push_back(pack_model(*m));
+
+  Shifter dense(LoadedPortfolio(lp), NoFitPolicy::Closest, Residency::Dense);
+  CHECK(dense.resident_bytes() == tensors[0] + copies[0] + tensors[1] + copies[1]);
+
+  Shifter s(std::move(lp), NoFitPolicy::Closest, Residency::Packed);
+  for (int i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    std::shared_ptr<const Model> u = s.model(i);
+    CHECK(sparse_execution_bytes(*u) == copies[size_t(i)]);  // the same layers hold sparse forms
+    // The same kernels on the same weights: the same bits as the planned model (a dense run
+    // of the sparse-planned variant would sum in another order).
+    CHECK(testing::same_bits(infer(*u, x), i == 0 ? want0 : want1));
+  }
+  CHECK(!testing::same_bits(want0, [&] {
+    Model plain = unpack_model(packed[0]);
+    plan_execution(plain, Execution::Dense, {3});
+    return infer(plain, x);
+  }()));
+  const int a = s.active();
+  const int64_t active_tensors = model_resident_bytes(*s.model(a));  // no masks: packing drops them
+  CHECK(s.resident_bytes() == packed[0].bytes() + packed[1].bytes() + active_tensors + copies[size_t(a)]);
+  CHECK(packed[0].bytes() < active_tensors);  // the plan travels without its sparse weights
 }

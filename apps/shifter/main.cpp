@@ -214,7 +214,7 @@ int cmd_replay(int argc, char** argv) {
                               "weights, the active one unpacked: less memory)");
   f.add("out", "shifter_replay", "output folder for replay.json and front.svg");
   f.add("execution", "auto", "conv/linear layers of the ready variants: dense, sparse, or auto (per layer, whichever "
-                             "measures faster here at --batch, once at load); packed variants unpack to dense");
+                             "measures faster here at --batch, once at load); packed variants keep their plan");
   if (!f.parse(argc, argv)) return 0;
   const std::string dir = portfolio_dir(f);
   const Execution execution = parse_execution(f.str("execution"));
@@ -290,14 +290,15 @@ struct ResidencyBench {
   double load_s = 0;
 };
 
-ResidencyBench bench_residency(const std::string& dir, Residency residency, const std::vector<Conditions>& conds,
-                               int64_t shifts, int64_t swaps, int clients) {
+ResidencyBench bench_residency(const std::string& dir, Residency residency, Execution execution,
+                               const std::vector<Conditions>& conds, int64_t shifts, int64_t swaps, int clients) {
   ResidencyBench b;
   b.name = residency == Residency::Dense ? "dense" : "packed";
   release_host_cache();  // freed tensor blocks go back to malloc, then to the OS
   malloc_trim(0);
   const int64_t rss0 = rss_bytes();
-  Shifter shifter(load_portfolio(dir), NoFitPolicy::Closest, residency);
+  // Planned for the batch-1 requests below; the plan's sparse copies count in what it holds.
+  Shifter shifter(load_portfolio(dir, execution, {1}), NoFitPolicy::Closest, residency);
   release_host_cache();  // freed tensor blocks go back to malloc, then to the OS
   malloc_trim(0);
   b.rss = rss_bytes() - rss0;
@@ -362,8 +363,11 @@ int cmd_bench(int argc, char** argv) {
   f.add("swaps", "1000", "timed swaps per residency (idle and under load each)");
   f.add("clients", "2", "request threads during the swaps under load");
   f.add("out", "", "also write the results as JSON to this file");
+  f.add("execution", "auto", "conv/linear layers of the variants: dense, sparse, or auto (per layer, whichever "
+                             "measures faster here at batch 1, once at load; packed variants keep their plan)");
   if (!f.parse(argc, argv)) return 0;
   const std::string dir = portfolio_dir(f);
+  const Execution execution = parse_execution(f.str("execution"));
   const int64_t decisions = f.integer("decisions"), shifts = f.integer("shifts"), swaps = f.integer("swaps");
   const int clients = static_cast<int>(f.integer("clients"));
   check(decisions > 0 && shifts > 0 && swaps > 0 && clients >= 0,
@@ -399,7 +403,7 @@ int cmd_bench(int argc, char** argv) {
   const Stats d = stats_of(decide_us);
 
   std::vector<ResidencyBench> rb;
-  for (Residency r : {Residency::Dense, Residency::Packed}) rb.push_back(bench_residency(dir, r, conds, shifts, swaps, clients));
+  for (Residency r : {Residency::Dense, Residency::Packed}) rb.push_back(bench_residency(dir, r, execution, conds, shifts, swaps, clients));
 
   // The ensemble: every variant as the dense network.
   const int64_t ensemble_computed = int64_t(n) * p.dense_params * int64_t(sizeof(float));
@@ -486,6 +490,7 @@ int cmd_bench(int argc, char** argv) {
         .add("variants", n)
         .add("arch", p.arch)
         .add("threads", num_threads())
+        .add("execution", execution_name(execution))
         .add("machine", cpu_model_name())
         .add_raw("decision_us", stats_json(d))
         .add_raw("cold_load_ms", stats_json(cl))

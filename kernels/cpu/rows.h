@@ -51,6 +51,12 @@ struct RowKernels {
   // relu; X readable up to max(off) + L (+ 64 floats of slack).
   void (*sparse_row)(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias,
                      bool relu, float* out);
+  // The same contract as sparse_row, register-blocked over the whole run: balanced passes of
+  // at most 12 vectors (one broadcast of a weight feeding up to 12 FMAs over consecutive
+  // outputs), so a run that is not a multiple of 64 floats costs no pass whose lone
+  // accumulator waits on its own FMAs. Sums in j order per output, as sparse_row.
+  void (*sparse_grid)(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias,
+                      bool relu, float* out);
 };
 
 const RowKernels& row_kernels();  // for cpu_isa()
