@@ -210,6 +210,7 @@ int bench_infer(int argc, char** argv) {
   f.add("device", "cpu", "cpu or cuda");
   f.add("execution", "auto", "conv/linear layers: dense, sparse, or auto (per layer, the faster measured here)");
   f.add_bool("tf32", "CUDA: allow TF32 tensor-core GEMMs");
+  f.add_bool("no-fusion", "run every conv, batchnorm and ReLU apart (Model::set_fusion(false)), to measure the fusion");
   f.add_bool("profile", "after the timed runs, time every op of as many runs again and print the per-op "
                         "breakdown of one batch (stderr table, \"profile\" in the JSON)");
   if (!f.parse(argc, argv)) return 0;
@@ -222,6 +223,7 @@ int bench_infer(int argc, char** argv) {
   if (is_zoo_name(name)) init_model(m, rng);
   int64_t batch = f.integer("batch"), runs = f.integer("runs");
   m.to(dev);
+  m.set_fusion(!f.flag("no-fusion"));
   const ExecutionPlan plan = plan_execution(m, exec, {batch});
   Tensor x = random_batch(batch, m.input_shape(), rng).to(dev);
   m.forward(x, false);
@@ -249,6 +251,7 @@ int bench_infer(int argc, char** argv) {
       .add("threads", num_threads())
       .add("params", m.num_params())
       .add("execution", execution_name(exec))
+      .add("fusion", !f.flag("no-fusion"))
       .add("sparse_layers", plan.sparse_layers(batch))
       .add("p50_ms", percentile(times, 0.5))
       .add("p99_ms", percentile(times, 0.99))
