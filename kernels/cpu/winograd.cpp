@@ -1,0 +1,233 @@
+// Winograd F(2x2, 3x3) (winograd.h): the generic build of the kernels (8-lane arrays the
+// compiler vectorises for the baseline), the choice among the ISA builds, the filter transform
+// and the driver that cuts a batch into tasks and chunks.
+#include "kernels/cpu/winograd.h"
+
+#include <algorithm>
+#include <memory>
+
+#include "core/parallel.h"
+#include "core/threading.h"
+#include "kernels/cpu/gemm_util.h"
+#include "kernels/cpu/rows.h"
+
+#define DNNS_WINO_NS wino_generic
+namespace dnns::cpu::wino_generic {
+
+struct WV {
+  static constexpr int W = 8;
+  struct V {
+    float v[W];
+  };
+  static V zero() { return V{}; }
+  static V load(const float* p) {
+    V r;
+    for (int i = 0; i < W; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static void store(float* p, V a) {
+    for (int i = 0; i < W; ++i) p[i] = a.v[i];
+  }
+  static void store_n(float* p, V a, int n) {
+    for (int i = 0; i < n; ++i) p[i] = a.v[i];
+  }
+  static V bcast(float x) {
+    V r;
+    for (int i = 0; i < W; ++i) r.v[i] = x;
+    return r;
+  }
+  static V fma(V a, V b, V c) {
+    for (int i = 0; i < W; ++i) c.v[i] += a.v[i] * b.v[i];
+    return c;
+  }
+  static V add(V a, V b) {
+    for (int i = 0; i < W; ++i) a.v[i] += b.v[i];
+    return a;
+  }
+  static V sub(V a, V b) {
+    for (int i = 0; i < W; ++i) a.v[i] -= b.v[i];
+    return a;
+  }
+  static V max(V a, V b) {
+    for (int i = 0; i < W; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+    return a;
+  }
+  static V even(V a, V b) {
+    V r;
+    for (int i = 0; i < W / 2; ++i) r.v[i] = a.v[2 * i], r.v[W / 2 + i] = b.v[2 * i];
+    return r;
+  }
+  static V odd(V a, V b) {
+    V r;
+    for (int i = 0; i < W / 2; ++i) r.v[i] = a.v[2 * i + 1], r.v[W / 2 + i] = b.v[2 * i + 1];
+    return r;
+  }
+  static V zip_lo(V a, V b) {
+    V r;
+    for (int i = 0; i < W / 2; ++i) r.v[2 * i] = a.v[i], r.v[2 * i + 1] = b.v[i];
+    return r;
+  }
+  static V zip_hi(V a, V b) {
+    V r;
+    for (int i = 0; i < W / 2; ++i) r.v[2 * i] = a.v[W / 2 + i], r.v[2 * i + 1] = b.v[W / 2 + i];
+    return r;
+  }
+};
+
+}  // namespace dnns::cpu::wino_generic
+
+#include "kernels/cpu/winograd_impl.h"
+
+namespace dnns::cpu {
+namespace {
+
+const WinogradKernels kGeneric{"generic/8", 8, 4, 2, &wino_generic::input<wino_generic::WV>,
+                               &wino_generic::multiply<wino_generic::WV, 4, 2>,
+                               &wino_generic::output<wino_generic::WV>};
+
+// Filters per multiply call: M of a chunk (16, kc, ldv) about 200 KiB, in L2 for the output
+// transform that follows.
+int chunk_filters(const WinogradKernels& wk) { return wk.kb * std::max(1, 64 / wk.kb); }
+
+// Tiles per chunk: V (16, C, ldv) of about 1 MiB or less, 1 to 4 micro-kernel tiles wide.
+int chunk_tiles(const WinogradKernels& wk, int C) {
+  const int tile = wk.nv * wk.vec;
+  return tile * std::clamp((1 << 14) / std::max(1, C) / tile, 1, 4);
+}
+
+// How winograd_conv cuts a batch: groups of `images` images (whole images; a group's tiles
+// fill about one chunk), and per group `kgroups` ranges of filters, so that a small batch
+// still gives every thread tasks.
+struct Plan {
+  int TP, TQ;            // tile rows and columns of an image
+  int RP, plane;         // padded row and plane (winograd.h)
+  int64_t padded_image;  // floats of one padded image
+  int ldv, kc;           // tiles per chunk, filters per multiply call
+  int images, groups, kblocks, kgroups;
+};
+
+Plan make_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K) {
+  Plan p;
+  p.TP = (H + 1) / 2, p.TQ = (W + 1) / 2;
+  p.RP = W + 2, p.plane = (H + 2) * p.RP;
+  p.padded_image = (int64_t)C * p.plane + 2 * p.RP + 2 * wk.vec + 8;
+  p.ldv = chunk_tiles(wk, C);
+  p.kc = chunk_filters(wk);
+  const int per_image = p.TP * p.TQ;
+  p.images = std::max(1, std::min(N, p.ldv / per_image));
+  p.groups = (N + p.images - 1) / p.images;
+  p.kblocks = (K + wk.kb - 1) / wk.kb;
+  p.kgroups = std::max(1, std::min(p.kblocks, (4 * num_threads() + p.groups - 1) / std::max(1, p.groups)));
+  return p;
+}
+
+// U (16, kblocks, C, kb) = G g G^T of every filter, zero past K.
+void pack_filters(const WinogradKernels& wk, int K, int C, const float* w, bool flipped, float* U) {
+  const int kb = wk.kb, kblocks = (K + kb - 1) / kb;
+  const int64_t xplane = (int64_t)kblocks * C * kb;
+  parallel_for(0, kblocks, 1, [&](int b0, int b1) {
+    for (int b = b0; b != b1; ++b)
+      for (int c = 0; c < C; ++c)
+        for (int l = 0; l < kb; ++l) {
+          const int k = b * kb + l;
+          float* out = U + ((int64_t)b * C + c) * kb + l;
+          if (k >= K) {
+            for (int xi = 0; xi < 16; ++xi) out[xi * xplane] = 0.0f;
+            continue;
+          }
+          float g[9];
+          if (flipped)  // w (C, K, 3, 3) of the forward conv; filter (k, c) = w[c][k] rotated
+            for (int t = 0; t < 9; ++t) g[t] = w[((int64_t)c * K + k) * 9 + (8 - t)];
+          else
+            for (int t = 0; t < 9; ++t) g[t] = w[((int64_t)k * C + c) * 9 + t];
+          float gg[4][3];  // G g
+          for (int j = 0; j < 3; ++j) {
+            const float a = g[j], m = g[3 + j], d = g[6 + j];
+            gg[0][j] = a;
+            gg[1][j] = 0.5f * (a + m + d);
+            gg[2][j] = 0.5f * (a - m + d);
+            gg[3][j] = d;
+          }
+          for (int i = 0; i < 4; ++i) {  // (G g) G^T
+            const float a = gg[i][0], m = gg[i][1], d = gg[i][2];
+            const float row[4] = {a, 0.5f * (a + m + d), 0.5f * (a - m + d), d};
+            for (int j = 0; j < 4; ++j) out[(4 * i + j) * xplane] = row[j];
+          }
+        }
+  });
+}
+
+}  // namespace
+
+const WinogradKernels& winograd_kernels(Isa isa) {
+#if defined(DNNS_HAVE_X86_KERNELS)
+  if (isa == Isa::Avx512) return *winograd_kernels_avx512();
+  if (isa == Isa::Avx2) return *winograd_kernels_avx2();
+#endif
+  (void)isa;
+  return kGeneric;
+}
+
+void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1) {
+  const WinogradKernels& wk = winograd_kernels(cpu_isa());
+  const Plan p = make_plan(wk, std::max(N, 1), C, H, W, K);
+  *slot0 = N > 0 ? p.images * p.padded_image : 0;
+  *slot1 = N > 0 ? (int64_t)16 * (C + p.kc) * p.ldv + wk.vec : 0;
+}
+
+void winograd_conv(int N, int C, int H, int W, int K, const float* x, const float* w, bool flipped,
+                   const float* bias, bool relu, float* y) {
+  if (N <= 0) return;
+  const WinogradKernels& wk = winograd_kernels(cpu_isa());
+  const Plan p = make_plan(wk, N, C, H, W, K);
+  // Allocated per call (not thread scratch): it lives across the parallel loops below.
+  std::unique_ptr<float[]> U(new float[(size_t)16 * p.kblocks * wk.kb * C]);
+  pack_filters(wk, K, C, w, flipped, U.get());
+
+  // The segments of a full group, in order (image, tile row, column), cut into chunks of at
+  // most ldv tiles; chunk j is segments [first[j], first[j + 1]). A last group with fewer
+  // images takes the prefix of them that belongs to its images.
+  std::vector<WinoSegment> segs;
+  std::vector<int> first{0};
+  for (int i = 0, tb = 0; i < p.images; ++i)
+    for (int tp = 0; tp < p.TP; ++tp)
+      for (int tq = 0; tq < p.TQ; tq += wk.vec) {
+        const int len = std::min(wk.vec, p.TQ - tq);
+        if (tb + len > p.ldv) first.push_back((int)segs.size()), tb = 0;
+        segs.push_back(WinoSegment{i, tp, tq, len, tb});
+        tb += len;
+      }
+  first.push_back((int)segs.size());
+  const int chunks = (int)first.size() - 1;
+
+  const int64_t in_image = (int64_t)C * H * W, out_image = (int64_t)K * H * W;
+  const RowKernels& rows = row_kernels();
+  parallel_for(0, p.groups * p.kgroups, 1, [&](int t0, int t1) {
+    for (int t = t0; t != t1; ++t) {
+      const int g = t / p.kgroups, kg = t % p.kgroups;
+      const int k0 = std::min(K, p.kblocks * kg / p.kgroups * wk.kb);
+      const int k1 = std::min(K, p.kblocks * (kg + 1) / p.kgroups * wk.kb);
+      if (k0 >= k1) continue;
+      const int n0 = g * p.images, nb = std::min(p.images, N - n0);
+      float* xp = thread_scratch<float>(0, (size_t)nb * p.padded_image);
+      for (int i = 0; i < nb; ++i)
+        rows.pad_image(x + (n0 + i) * in_image, C, H, W, 1, 1, 1, p.RP, p.RP, p.padded_image, xp + i * p.padded_image);
+      float* Vt = thread_scratch<float>(1, (size_t)16 * (C + p.kc) * p.ldv + wk.vec);  // V, then M
+      float* M = Vt + (size_t)16 * C * p.ldv;
+      for (int j = 0; j < chunks; ++j) {
+        int s1 = first[j + 1];
+        while (s1 > first[j] && segs[s1 - 1].img >= nb) --s1;
+        if (s1 == first[j]) break;
+        const WinoChunk ch{C, K, H, W, p.RP, p.plane, p.padded_image, p.ldv, segs.data() + first[j], s1 - first[j]};
+        wk.input(ch, xp, Vt);
+        for (int kc0 = k0; kc0 < k1; kc0 += p.kc) {
+          const int kc1 = std::min(k1, kc0 + p.kc);
+          wk.multiply(ch, U.get(), Vt, kc0, kc1, M);
+          wk.output(ch, M, kc0, kc1, bias, relu, y + n0 * out_image);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace dnns::cpu

@@ -1,0 +1,82 @@
+// Winograd F(2x2, 3x3) for 3x3 stride-1 pad-1 convolutions on NCHW tensors (conv.cpp takes it
+// where it measures faster than the direct kernels; backward-data runs through it too, with
+// the filters flipped and transposed).
+//
+// Each 2x2 block of outputs ("tile") of one filter is A^T [ (G g G^T) .* (B^T d B) ] A summed
+// over input channels, d being the 4x4 input patch around the tile: 16 multiplies per tile and
+// channel instead of 36. The sum over channels is 16 small matrix products, one per position
+// xi of the 4x4 transformed tile: M[xi] (K, T) = U[xi] (K, C) * V[xi] (C, T).
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
+//   A^T = [1 1 1 0; 0 1 -1 -1]
+//
+// The work is cut into chunks of at most a few vectors' worth of tiles (up to `ldv`), each run
+// start to end while its data stays in L2: `input` transforms the chunk's patches (read from a
+// zero-padded copy of the images, vectors across tiles: stride-2 loads split into even and odd
+// lanes) into V, `multiply` runs the 16 products for a block of filters with a register-blocked
+// micro-kernel (kb filters x nv vectors of tiles), `output` applies A^T . A, adds the bias,
+// optionally the ReLU, and writes the 2x2 outputs straight into y. The per-ISA builds live in
+// winograd_<isa>.cpp over one template (winograd_impl.h); the generic one in winograd.cpp.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cpu/isa.h"
+
+namespace dnns::cpu {
+
+// A run of `len` (1..vec) consecutive tiles of one tile row: image `img` of the chunk's image
+// group, tile row tp, tiles tq0 .. tq0 + len - 1; its transformed values sit at columns
+// [tb, tb + len) of V and M.
+struct WinoSegment {
+  int img, tp, tq0, len, tb;
+};
+
+// One chunk of tiles. The padded copy of image i of the group starts at xp + i * padded_image:
+// C planes of `plane` floats, each H + 2 rows of RP = W + 2 floats (one row and column of zeros
+// around the image), then zeros (at least 2 * RP + 2 * vec + 8 floats: the patches of the last
+// tile row and the vector loads read past the plane).
+struct WinoChunk {
+  int C, K;               // input and output channels
+  int H, W;               // image height, width (output = input size)
+  int RP, plane;          // padded row and plane, in floats
+  int64_t padded_image;   // floats per padded image
+  int ldv;                // floats per row of V and M (a multiple of the vector width)
+  const WinoSegment* seg;
+  int nseg;
+};
+
+struct WinogradKernels {
+  const char* name;  // e.g. "avx512/16"
+  int vec;           // floats per vector (tiles per segment at most)
+  int kb;            // filters per micro-kernel tile: U is packed in blocks of kb filters
+  int nv;            // vectors of tiles per micro-kernel tile
+  // V (16, C, ldv) columns of the chunk's segments = B^T d B of each tile's 4x4 patch.
+  void (*input)(const WinoChunk& ch, const float* xp, float* V);
+  // M (16, kc1 - kc0, ldv) = U[xi] rows [kc0, kc1) * V[xi], columns up to the chunk's last
+  // segment rounded up to whole vectors. kc0 a multiple of kb. U: (16, ceil(K / kb), C, kb),
+  // filters past K zero.
+  void (*multiply)(const WinoChunk& ch, const float* U, const float* V, int kc0, int kc1, float* M);
+  // y (images of the group, K, H, W), filters [kc0, kc1): A^T m A + bias (ReLU when relu) of
+  // every tile of the chunk, from M as `multiply` wrote it; outputs past H or W not written.
+  void (*output)(const WinoChunk& ch, const float* M, int kc0, int kc1, const float* bias, bool relu, float* y);
+};
+
+// The kernels of `isa` (the generic build for Isa::Generic or a build without x86 kernels).
+const WinogradKernels& winograd_kernels(Isa isa);
+
+// y (N, K, H, W) = bias + the 3x3 stride-1 pad-1 convolution of x (N, C, H, W), then max(0, .)
+// when relu; bias may be nullptr. The filters: w (K, C, 3, 3), or with `flipped` w (C, K, 3, 3)
+// read as filter (k, c) = w[c][k] rotated by 180 degrees (the backward-data of a convolution
+// with C outputs from K inputs). Runs the kernels of cpu_isa(). Thread scratch: slot 0 holds
+// the padded images of a group, slot 1 V and M of a chunk (winograd_scratch says how much).
+void winograd_conv(int N, int C, int H, int W, int K, const float* x, const float* w, bool flipped,
+                   const float* bias, bool relu, float* y);
+
+// The floats winograd_conv grows in thread scratch slots 0 and 1 for this shape.
+void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1);
+
+#if defined(DNNS_HAVE_X86_KERNELS)
+const WinogradKernels* winograd_kernels_avx2();
+const WinogradKernels* winograd_kernels_avx512();
+#endif
+
+}  // namespace dnns::cpu

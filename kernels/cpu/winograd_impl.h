@@ -1,0 +1,164 @@
+// The Winograd F(2x2, 3x3) kernels of winograd.h, written once over an ISA's vector type.
+// Included only by winograd.cpp (generic) and winograd_<isa>.cpp, each of which first defines,
+// inside namespace dnns::cpu::DNNS_WINO_NS, a struct WV of vector operations:
+//   W, V, zero, load, store, store_n (first n lanes), bcast, fma, add, sub, max,
+//   even(a, b) / odd(a, b): the even / odd floats of the 2W floats a|b, in order,
+//   zip_lo(a, b) / zip_hi(a, b): a0 b0 a1 b1 ... of the first / second halves of a and b.
+// Everything here sits in that per-ISA namespace and uses no library templates, so no
+// out-of-line copy compiled with one ISA's instructions can be picked by the linker for code
+// that runs on a CPU without them.
+#ifndef DNNS_WINO_NS
+#error "define DNNS_WINO_NS before including winograd_impl.h"
+#endif
+#include "kernels/cpu/winograd.h"
+
+namespace dnns::cpu::DNNS_WINO_NS {
+
+inline int imin(int a, int b) { return a < b ? a : b; }
+
+// Stores the first n (1..W) lanes of v at p.
+template <class I>
+inline void store_lanes(float* p, typename I::V v, int n) {
+  if (n >= I::W)
+    I::store(p, v);
+  else
+    I::store_n(p, v, n);
+}
+
+// V (16, C, ldv): for every channel and segment, the 4x4 patch d of each tile, read from the
+// padded image as even and odd lanes of two vectors per patch row, and B^T d B.
+template <class I>
+void input(const WinoChunk& ch, const float* xp, float* Vt) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  const long vplane = (long)ch.C * ch.ldv;
+  for (int c = 0; c < ch.C; ++c)
+    for (int j = 0; j < ch.nseg; ++j) {
+      const WinoSegment& sg = ch.seg[j];
+      // Patch row r of tile tq is padded row 2 tp + r, columns 2 tq .. 2 tq + 3.
+      const float* base = xp + sg.img * ch.padded_image + (long)c * ch.plane + 2L * sg.tp * ch.RP + 2 * sg.tq0;
+      V t[4][4];  // B^T d, column by column as it is read
+      V d[4][4];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) {
+        const float* row = base + (long)r * ch.RP;
+        const V a0 = I::load(row), a1 = I::load(row + W), b0 = I::load(row + 2), b1 = I::load(row + 2 + W);
+        d[r][0] = I::even(a0, a1);
+        d[r][1] = I::odd(a0, a1);
+        d[r][2] = I::even(b0, b1);
+        d[r][3] = I::odd(b0, b1);
+      }
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        t[0][q] = I::sub(d[0][q], d[2][q]);
+        t[1][q] = I::add(d[1][q], d[2][q]);
+        t[2][q] = I::sub(d[2][q], d[1][q]);
+        t[3][q] = I::sub(d[1][q], d[3][q]);
+      }
+      float* out = Vt + (long)c * ch.ldv + sg.tb;
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) {  // (B^T d) B
+        store_lanes<I>(out + (4 * r + 0) * vplane, I::sub(t[r][0], t[r][2]), sg.len);
+        store_lanes<I>(out + (4 * r + 1) * vplane, I::add(t[r][1], t[r][2]), sg.len);
+        store_lanes<I>(out + (4 * r + 2) * vplane, I::sub(t[r][2], t[r][1]), sg.len);
+        store_lanes<I>(out + (4 * r + 3) * vplane, I::sub(t[r][1], t[r][3]), sg.len);
+      }
+    }
+}
+
+// m (KB rows of ldv) = u (C, KB) ^T * v (C rows of ldv), NV vectors of columns; rows past
+// kvalid not stored. The KB x NV accumulators stay in registers over the whole C reduction.
+template <class I, int KB, int NV>
+void multiply_tile(const float* u, const float* v, int C, int ldv, float* m, int kvalid) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  V acc[KB][NV];
+#pragma GCC unroll 8
+  for (int kb = 0; kb < KB; ++kb)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[kb][j] = I::zero();
+  for (int c = 0; c < C; ++c, u += KB, v += ldv) {
+    V xv[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) xv[j] = I::load(v + j * W);
+#pragma GCC unroll 8
+    for (int kb = 0; kb < KB; ++kb) {
+      const V ub = I::bcast(u[kb]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[kb][j] = I::fma(ub, xv[j], acc[kb][j]);
+    }
+  }
+  for (int kb = 0; kb < kvalid; ++kb)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) I::store(m + (long)kb * ldv + j * W, acc[kb][j]);
+}
+
+// multiply_tile with exactly nv (1..NV) vectors.
+template <class I, int KB, int NV>
+void multiply_tile_n(int nv, const float* u, const float* v, int C, int ldv, float* m, int kvalid) {
+  if constexpr (NV > 1)
+    if (nv < NV) return multiply_tile_n<I, KB, NV - 1>(nv, u, v, C, ldv, m, kvalid);
+  multiply_tile<I, KB, NV>(u, v, C, ldv, m, kvalid);
+}
+
+template <class I, int KB, int NV>
+void multiply(const WinoChunk& ch, const float* U, const float* Vt, int kc0, int kc1, float* M) {
+  constexpr int W = I::W;
+  const WinoSegment& last = ch.seg[ch.nseg - 1];
+  const int nvec = (last.tb + last.len + W - 1) / W;
+  const int kblocks = (ch.K + KB - 1) / KB, kn = kc1 - kc0;
+  for (int xi = 0; xi < 16; ++xi) {
+    const float* vx = Vt + (long)xi * ch.C * ch.ldv;
+    for (int k = kc0; k < kc1; k += KB) {
+      const float* u = U + ((long)xi * kblocks + k / KB) * ch.C * KB;
+      float* m = M + ((long)xi * kn + (k - kc0)) * ch.ldv;
+      for (int j0 = 0; j0 < nvec; j0 += NV)
+        multiply_tile_n<I, KB, NV>(imin(NV, nvec - j0), u, vx + j0 * W, ch.C, ch.ldv, m + j0 * W,
+                                   imin(KB, kc1 - k));
+    }
+  }
+}
+
+// y: A^T m A (+ bias, ReLU) of each tile, the two output rows of a segment's tiles written as
+// interleaved vectors (even columns from the tile's first output column, odd from its second).
+template <class I>
+void output(const WinoChunk& ch, const float* M, int kc0, int kc1, const float* bias, bool relu, float* y) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  const int kn = kc1 - kc0;
+  const long HW = (long)ch.H * ch.W, mplane = (long)kn * ch.ldv;
+  for (int k = kc0; k < kc1; ++k) {
+    const V bk = I::bcast(bias ? bias[k] : 0.0f);
+    const float* mk = M + (long)(k - kc0) * ch.ldv;
+    for (int j = 0; j < ch.nseg; ++j) {
+      const WinoSegment& sg = ch.seg[j];
+      V m[4][4];
+#pragma GCC unroll 16
+      for (int xi = 0; xi < 16; ++xi) m[xi / 4][xi % 4] = I::load(mk + xi * mplane + sg.tb);
+      V t[2][4];  // A^T m
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        t[0][q] = I::add(I::add(m[0][q], m[1][q]), m[2][q]);
+        t[1][q] = I::sub(I::sub(m[1][q], m[2][q]), m[3][q]);
+      }
+      float* yk = y + ((long)sg.img * ch.K + k) * HW + 2 * sg.tq0;
+      const int ncols = imin(2 * sg.len, ch.W - 2 * sg.tq0);
+#pragma GCC unroll 2
+      for (int i = 0; i < 2; ++i) {
+        const int h = 2 * sg.tp + i;
+        if (h >= ch.H) break;
+        V o0 = I::add(I::add(I::add(t[i][0], t[i][1]), t[i][2]), bk);
+        V o1 = I::add(I::sub(I::sub(t[i][1], t[i][2]), t[i][3]), bk);
+        if (relu) {
+          o0 = I::max(o0, I::zero());
+          o1 = I::max(o1, I::zero());
+        }
+        float* row = yk + (long)h * ch.W;
+        store_lanes<I>(row, I::zip_lo(o0, o1), ncols);
+        if (ncols > W) store_lanes<I>(row + W, I::zip_hi(o0, o1), ncols - W);
+      }
+    }
+  }
+}
+
+}  // namespace dnns::cpu::DNNS_WINO_NS
