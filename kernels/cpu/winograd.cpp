@@ -121,18 +121,32 @@ Plan make_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K) {
   return p;
 }
 
-// U (16, kblocks, C, kb) = G g G^T of every filter, zero past K.
+// Floats from one xi plane of U to the next.
+int64_t u_plane(const WinogradKernels& wk, int K, int C) {
+  return (int64_t)(K + wk.kb - 1) / wk.kb * C * wk.kb + kWinoPlaneSkew;
+}
+
+// Floats of V and M of one chunk (thread scratch slot 1), with a vector of slack: the output
+// transform loads whole vectors from M's last columns.
+int64_t scratch_vm(const WinogradKernels& wk, const Plan& p, int C) {
+  return 16 * ((int64_t)C * p.ldv + kWinoPlaneSkew) + 16 * ((int64_t)p.kc * p.ldv + kWinoPlaneSkew) + wk.vec;
+}
+
+// U (16 planes, uplane apart, of (kblocks, C, kb)) = G g G^T of every filter, zero past K.
+// The kb filters of one (block, channel) are transformed into a small table first, then each
+// xi's kb values go to their plane as one contiguous run.
 void pack_filters(const WinogradKernels& wk, int K, int C, const float* w, bool flipped, float* U) {
+  constexpr int kMaxKb = 32;
   const int kb = wk.kb, kblocks = (K + kb - 1) / kb;
-  const int64_t xplane = (int64_t)kblocks * C * kb;
+  const int64_t uplane = u_plane(wk, K, C);
   parallel_for(0, kblocks, 1, [&](int b0, int b1) {
+    float tab[16][kMaxKb];
     for (int b = b0; b != b1; ++b)
-      for (int c = 0; c < C; ++c)
+      for (int c = 0; c < C; ++c) {
         for (int l = 0; l < kb; ++l) {
           const int k = b * kb + l;
-          float* out = U + ((int64_t)b * C + c) * kb + l;
           if (k >= K) {
-            for (int xi = 0; xi < 16; ++xi) out[xi * xplane] = 0.0f;
+            for (int xi = 0; xi < 16; ++xi) tab[xi][l] = 0.0f;
             continue;
           }
           float g[9];
@@ -150,10 +164,15 @@ void pack_filters(const WinogradKernels& wk, int K, int C, const float* w, bool 
           }
           for (int i = 0; i < 4; ++i) {  // (G g) G^T
             const float a = gg[i][0], m = gg[i][1], d = gg[i][2];
-            const float row[4] = {a, 0.5f * (a + m + d), 0.5f * (a - m + d), d};
-            for (int j = 0; j < 4; ++j) out[(4 * i + j) * xplane] = row[j];
+            tab[4 * i + 0][l] = a;
+            tab[4 * i + 1][l] = 0.5f * (a + m + d);
+            tab[4 * i + 2][l] = 0.5f * (a - m + d);
+            tab[4 * i + 3][l] = d;
           }
         }
+        float* out = U + ((int64_t)b * C + c) * kb;
+        for (int xi = 0; xi < 16; ++xi) std::copy(tab[xi], tab[xi] + kb, out + xi * uplane);
+      }
   });
 }
 
@@ -172,7 +191,7 @@ void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t
   const WinogradKernels& wk = winograd_kernels(cpu_isa());
   const Plan p = make_plan(wk, std::max(N, 1), C, H, W, K);
   *slot0 = N > 0 ? p.images * p.padded_image : 0;
-  *slot1 = N > 0 ? (int64_t)16 * (C + p.kc) * p.ldv + wk.vec : 0;
+  *slot1 = N > 0 ? scratch_vm(wk, p, C) : 0;
 }
 
 void winograd_conv(int N, int C, int H, int W, int K, const float* x, const float* w, bool flipped,
@@ -181,7 +200,8 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
   const WinogradKernels& wk = winograd_kernels(cpu_isa());
   const Plan p = make_plan(wk, N, C, H, W, K);
   // Allocated per call (not thread scratch): it lives across the parallel loops below.
-  std::unique_ptr<float[]> U(new float[(size_t)16 * p.kblocks * wk.kb * C]);
+  const int64_t uplane = u_plane(wk, K, C);
+  std::unique_ptr<float[]> U(new float[(size_t)16 * uplane]);
   pack_filters(wk, K, C, w, flipped, U.get());
 
   // The segments of a full group, in order (image, tile row, column), cut into chunks of at
@@ -212,13 +232,13 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
       float* xp = thread_scratch<float>(0, (size_t)nb * p.padded_image);
       for (int i = 0; i < nb; ++i)
         rows.pad_image(x + (n0 + i) * in_image, C, H, W, 1, 1, 1, p.RP, p.RP, p.padded_image, xp + i * p.padded_image);
-      float* Vt = thread_scratch<float>(1, (size_t)16 * (C + p.kc) * p.ldv + wk.vec);  // V, then M
-      float* M = Vt + (size_t)16 * C * p.ldv;
+      float* Vt = thread_scratch<float>(1, scratch_vm(wk, p, C));  // V, then M
+      float* M = Vt + 16 * ((int64_t)C * p.ldv + kWinoPlaneSkew);
       for (int j = 0; j < chunks; ++j) {
         int s1 = first[j + 1];
         while (s1 > first[j] && segs[s1 - 1].img >= nb) --s1;
         if (s1 == first[j]) break;
-        const WinoChunk ch{C, K, H, W, p.RP, p.plane, p.padded_image, p.ldv, segs.data() + first[j], s1 - first[j]};
+        const WinoChunk ch{C, K, H, W, p.RP, p.plane, p.padded_image, p.ldv, uplane, segs.data() + first[j], s1 - first[j]};
         wk.input(ch, xp, Vt);
         for (int kc0 = k0; kc0 < k1; kc0 += p.kc) {
           const int kc1 = std::min(k1, kc0 + p.kc);

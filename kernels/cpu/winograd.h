@@ -40,20 +40,28 @@ struct WinoChunk {
   int RP, plane;          // padded row and plane, in floats
   int64_t padded_image;   // floats per padded image
   int ldv;                // floats per row of V and M (a multiple of the vector width)
+  int64_t uplane;         // floats from one xi plane of U to the next
   const WinoSegment* seg;
   int nseg;
 };
+
+// The 16 planes of U, V and M lie a multiple of 4 KiB plus 64 bytes apart, not a multiple of
+// 4 KiB: 16 streams at such distances would all map to the same L1 set.
+constexpr int kWinoPlaneSkew = 16;  // floats
+// Floats from one xi plane of V (16, C, ldv) to the next, and of M (16, kn, ldv).
+inline int64_t winograd_vplane(const WinoChunk& ch) { return (int64_t)ch.C * ch.ldv + kWinoPlaneSkew; }
+inline int64_t winograd_mplane(const WinoChunk& ch, int kn) { return (int64_t)kn * ch.ldv + kWinoPlaneSkew; }
 
 struct WinogradKernels {
   const char* name;  // e.g. "avx512/16"
   int vec;           // floats per vector (tiles per segment at most)
   int kb;            // filters per micro-kernel tile: U is packed in blocks of kb filters
   int nv;            // vectors of tiles per micro-kernel tile
-  // V (16, C, ldv) columns of the chunk's segments = B^T d B of each tile's 4x4 patch.
+  // V (16 planes of (C, ldv), winograd_vplane apart) columns of the chunk's segments = B^T d B of each tile's 4x4 patch.
   void (*input)(const WinoChunk& ch, const float* xp, float* V);
-  // M (16, kc1 - kc0, ldv) = U[xi] rows [kc0, kc1) * V[xi], columns up to the chunk's last
-  // segment rounded up to whole vectors. kc0 a multiple of kb. U: (16, ceil(K / kb), C, kb),
-  // filters past K zero.
+  // M (16 planes of (kc1 - kc0, ldv), winograd_mplane apart) = U[xi] rows [kc0, kc1) * V[xi],
+  // columns up to the chunk's last segment rounded up to whole vectors. kc0 a multiple of kb.
+  // U: 16 planes (uplane apart) of (ceil(K / kb), C, kb), filters past K zero.
   void (*multiply)(const WinoChunk& ch, const float* U, const float* V, int kc0, int kc1, float* M);
   // y (images of the group, K, H, W), filters [kc0, kc1): A^T m A + bias (ReLU when relu) of
   // every tile of the chunk, from M as `multiply` wrote it; outputs past H or W not written.

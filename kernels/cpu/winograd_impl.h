@@ -31,7 +31,7 @@ template <class I>
 void input(const WinoChunk& ch, const float* xp, float* Vt) {
   using V = typename I::V;
   constexpr int W = I::W;
-  const long vplane = (long)ch.C * ch.ldv;
+  const long vplane = winograd_vplane(ch);
   for (int c = 0; c < ch.C; ++c)
     for (int j = 0; j < ch.nseg; ++j) {
       const WinoSegment& sg = ch.seg[j];
@@ -106,12 +106,12 @@ void multiply(const WinoChunk& ch, const float* U, const float* Vt, int kc0, int
   constexpr int W = I::W;
   const WinoSegment& last = ch.seg[ch.nseg - 1];
   const int nvec = (last.tb + last.len + W - 1) / W;
-  const int kblocks = (ch.K + KB - 1) / KB, kn = kc1 - kc0;
+  const int kn = kc1 - kc0;
   for (int xi = 0; xi < 16; ++xi) {
-    const float* vx = Vt + (long)xi * ch.C * ch.ldv;
+    const float* vx = Vt + xi * winograd_vplane(ch);
     for (int k = kc0; k < kc1; k += KB) {
-      const float* u = U + ((long)xi * kblocks + k / KB) * ch.C * KB;
-      float* m = M + ((long)xi * kn + (k - kc0)) * ch.ldv;
+      const float* u = U + xi * ch.uplane + (long)(k / KB) * ch.C * KB;
+      float* m = M + xi * winograd_mplane(ch, kn) + (long)(k - kc0) * ch.ldv;
       for (int j0 = 0; j0 < nvec; j0 += NV)
         multiply_tile_n<I, KB, NV>(imin(NV, nvec - j0), u, vx + j0 * W, ch.C, ch.ldv, m + j0 * W,
                                    imin(KB, kc1 - k));
@@ -126,7 +126,7 @@ void output(const WinoChunk& ch, const float* M, int kc0, int kc1, const float* 
   using V = typename I::V;
   constexpr int W = I::W;
   const int kn = kc1 - kc0;
-  const long HW = (long)ch.H * ch.W, mplane = (long)kn * ch.ldv;
+  const long HW = (long)ch.H * ch.W, mplane = winograd_mplane(ch, kn);
   for (int k = kc0; k < kc1; ++k) {
     const V bk = I::bcast(bias ? bias[k] : 0.0f);
     const float* mk = M + (long)(k - kc0) * ch.ldv;
