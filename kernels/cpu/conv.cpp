@@ -1,6 +1,7 @@
 // Optimized CPU convolution, parallel over images with oneTBB. Forward and backward-data of
-// 3x3 stride-1 pad-1 convolutions with 256+ channels take Winograd F(2x2, 3x3) (below,
-// winograd_applies); the rest one of two algorithms, chosen per op (direct_applies):
+// 3x3 stride-1 pad-1 convolutions of 16+ channels over batches of 128+ output tiles take
+// Winograd F(2x2, 3x3) (winograd.h; where: winograd_applies); the rest one of two algorithms,
+// chosen per op (direct_applies):
 //   direct  register-blocked direct kernels (conv_direct.h) on a zero-padded copy of each image,
 //           on a CPU with AVX2 or AVX-512: forward for rows of 8+ output columns (any stride:
 //           strided columns are stored phase by phase so they load as vectors), backward-data
@@ -268,12 +269,17 @@ std::atomic<int>& algo_setting() {
 
 enum class Op { Forward, BackwardData, BackwardWeights };
 
-// Channels (in and out) from which auto takes Winograd, on images of 4x4 and more: measured
-// with bench conv --model vgg16 --algo winograd --against direct --clock cpu (1 thread, AMD
-// EPYC, AVX-512): 1.09-1.22x for VGG-16's 256- and 512-channel layers on 8x8 and 4x4 images,
-// 0.58-0.98x below 256 channels (the direct kernels are near peak there and our transforms
-// are not vectorised), 0.85-0.96x on 2x2 images.
-constexpr int kWinogradMinChannels = 256;
+// Where auto takes Winograd (winograd.h), measured with bench conv --model vgg16|resnet20
+// --algo winograd --against direct --clock cpu --threads 1 (AMD EPYC, Zen 4), batch 128 and 1:
+//   - channels summed over (C for forward, K for backward data) from 16: 1.1-2.0x on AVX-512,
+//     1.0-2.1x on AVX2, for every VGG-16 and ResNet-20 layer of 16 channels and more, images
+//     of 32x32 down to 2x2; 0.6-0.9x for the 3-channel first layers (forward);
+//   - a call of at least 128 tiles (N * ceil(H/2) * ceil(W/2)): the filter transform is paid
+//     per call and a chunk is computed in whole vectors of tiles; at batch 1, 0.2-0.9x for
+//     images of 8x8 and less (16 tiles and less), 0.8-1.2x at 16x16 (64), 1.0-1.3x at 32x32;
+//   - not on the generic path (0.6-0.8x of im2col + OpenBLAS there).
+constexpr int kWinogradMinChannels = 16;
+constexpr int64_t kWinogradMinTiles = 128;
 
 bool is_gemm_forced() { return (ConvAlgo)algo_setting().load(std::memory_order_relaxed) == ConvAlgo::Gemm; }
 
@@ -300,16 +306,15 @@ bool direct_applies(const Conv2dParams& p, Op op) {
 
 // Whether `op` of this shape runs Winograd F(2x2, 3x3) (forward and backward data; the
 // backward data of a 3x3 stride-1 pad-1 conv is one too, with the filters flipped and
-// transposed). Under auto: many channels both ways (the 16 GEMMs then run near the machine's
-// peak and the transforms are a small part), images of 4x4 or more, and a batch that gives
-// every thread image blocks.
+// transposed): any such shape when forced, under auto where it measured faster (above).
 bool winograd_applies(const Conv2dParams& p, Op op) {
   const ConvAlgo algo = (ConvAlgo)algo_setting().load(std::memory_order_relaxed);
   if (algo == ConvAlgo::Gemm || algo == ConvAlgo::Direct || op == Op::BackwardWeights) return false;
   if (p.R != 3 || p.S != 3 || p.stride != 1 || p.pad != 1) return false;
   if (algo == ConvAlgo::Winograd) return true;
-  return p.C >= kWinogradMinChannels && p.K >= kWinogradMinChannels && p.H >= 4 && p.W >= 4 &&
-         p.N >= 2 * num_threads();
+  const int summed = op == Op::Forward ? p.C : p.K;
+  const int64_t tiles = (int64_t)p.N * ((p.H + 1) / 2) * ((p.W + 1) / 2);
+  return cpu_isa() != Isa::Generic && summed >= kWinogradMinChannels && tiles >= kWinogradMinTiles;
 }
 
 // The padded copy of one image (conv_direct.h): Hp = H + 2*ph rows of RP = st * L floats,
