@@ -273,6 +273,109 @@ TEST_CASE("conv2d_forward_relu is relu(conv) on every path") {
   }
 }
 
+// Winograd F(2x2, 3x3) (kernels/cpu/winograd.h), forced, on every ISA path this CPU has:
+// forward with and without bias, forward + ReLU and backward data against ref. The shapes
+// reach each part of the kernels: odd channel counts (compaction's 37, 54, 113), images that
+// are not whole 2x2 tiles (7x7, 5x9) or smaller than one (1x1), 2x2 images (one tile), batch 1,
+// filter counts that are not whole micro-kernel blocks (8 on AVX-512, 6 on AVX2, 4 generic)
+// or exceed one multiply call (64 or 66 filters), tile rows longer than one vector (20 tiles:
+// 16 + 4 on AVX-512, 8 + 8 + 4 on AVX2; the second half of the interleaved output row), several
+// chunks per image, image groups with a shorter last group, and dead filters and channels.
+// Error bound as elsewhere in this file, max|cpu - ref| <= 1e-4 * max(1, max|ref|); the error
+// measured is ~1e-6 of max|ref| (F(2x2)'s transforms only add, subtract and halve).
+TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
+  struct Restore {
+    ~Restore() {
+      cpu::set_cpu_isa(cpu::best_cpu_isa());
+      cpu::set_conv_algo(cpu::ConvAlgo::Auto);
+    }
+  } restore;
+  const Conv2dParams shapes[] = {
+      conv(2, 37, 7, 7, 54, 3, 3, 1, 1),    // odd channels, 7x7: half tiles at both edges
+      conv(3, 54, 5, 9, 37, 3, 3, 1, 1),    // 5x9
+      conv(1, 113, 2, 2, 13, 3, 3, 1, 1),   // batch 1, one tile per image
+      conv(4, 13, 1, 1, 9, 3, 3, 1, 1),     // 1x1 images: one output of the tile's four
+      conv(3, 21, 20, 40, 70, 3, 3, 1, 1),  // 70 filters: two multiply calls, a partial block
+      conv(13, 24, 6, 10, 19, 3, 3, 1, 1),  // 13 images of 15 tiles: groups, a short last one
+  };
+  Rng rng(41);
+  double worst = 0.0;  // max|cpu - ref| / max|ref| over everything compared
+  auto compare = [&](const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+    check_close(got, want, what);
+    double err = 0.0, mag = 0.0;
+    for (size_t i = 0; i < got.size(); ++i)
+      err = std::max(err, (double)std::fabs(got[i] - want[i])), mag = std::max(mag, (double)std::fabs(want[i]));
+    worst = std::max(worst, err / std::max(mag, 1e-30));
+  };
+  cpu::set_conv_algo(cpu::ConvAlgo::Winograd);
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)));
+    for (Conv2dParams p : shapes) {
+      for (bool dead : {false, true}) {
+        const std::string name = conv_str(p) + (dead ? " with dead filters and channels" : "");
+        INFO(name << " took " << cpu::conv_path(p));
+        REQUIRE(cpu::conv_path(p).find("winograd") == 0);
+        const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, ny = (int64_t)p.N * p.K * p.H * p.W;
+        auto x = randn(rng, nx), w = randn(rng, (int64_t)p.K * p.C * 9), b = randn(rng, p.K), dy = randn(rng, ny);
+        if (dead) {  // what pruning leaves before compaction: whole filters and input channels zero
+          for (int k = 0; k < p.K; k += 3) std::fill(w.begin() + k * p.C * 9, w.begin() + (k + 1) * p.C * 9, 0.0f);
+          for (int k = 0; k < p.K; ++k)
+            for (int c = 1; c < p.C; c += 4) std::fill_n(w.begin() + (k * p.C + c) * 9, 9, 0.0f);
+        }
+        for (bool bias : {true, false}) {
+          auto y_ref = poisoned(ny), y = poisoned(ny);
+          ref::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y_ref.data());
+          cpu::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y.data());
+          compare(y, y_ref, "forward" + std::string(bias ? "+bias " : " ") + name);
+          for (float& v : y_ref) v = std::max(v, 0.0f);
+          y = poisoned(ny);
+          cpu::conv2d_forward_relu(p, x.data(), w.data(), bias ? b.data() : nullptr, y.data());
+          compare(y, y_ref, "forward_relu" + std::string(bias ? "+bias " : " ") + name);
+        }
+        auto dx_ref = poisoned(nx), dx = poisoned(nx);
+        ref::conv2d_backward_data(p, dy.data(), w.data(), dx_ref.data());
+        cpu::conv2d_backward_data(p, dy.data(), w.data(), dx.data());
+        compare(dx, dx_ref, "backward_data " + name);
+      }
+    }
+  }
+  MESSAGE("Winograd: max|cpu - ref| / max|ref| = " << worst);
+  CHECK(worst < 1e-5);
+}
+
+// Under auto, Winograd runs where it measured faster (kernels/cpu/conv.cpp: 16+ summed
+// channels, 128+ tiles per call, a vector ISA), and conv_forward_scratch reports its buffers.
+TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
+  struct Restore {
+    ~Restore() {
+      cpu::set_cpu_isa(cpu::best_cpu_isa());
+      cpu::set_conv_algo(cpu::ConvAlgo::Auto);
+    }
+  } restore;
+  cpu::set_conv_algo(cpu::ConvAlgo::Auto);
+  if (cpu::best_cpu_isa() != cpu::Isa::Generic) {
+    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd") == 0);
+    CHECK(cpu::conv_path(conv(128, 512, 2, 2, 512, 3, 3, 1, 1)).find("winograd") == 0);  // 128 tiles
+    CHECK(cpu::conv_path(conv(1, 512, 4, 4, 512, 3, 3, 1, 1)).find("winograd") == std::string::npos);  // 4 tiles
+    // The first layer (3 channels) runs its forward elsewhere, its backward data (64 summed) in Winograd.
+    const std::string first = cpu::conv_path(conv(128, 3, 32, 32, 64, 3, 3, 1, 1));
+    CHECK(first.find("winograd") != 0);
+    CHECK(first.find("| winograd") != std::string::npos);
+    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 2, 1)).find("winograd") == std::string::npos);  // stride 2
+    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 0)).find("winograd") == std::string::npos);  // pad 0
+  }
+  cpu::set_cpu_isa(cpu::Isa::Generic);
+  CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd") == std::string::npos);
+  cpu::set_cpu_isa(cpu::best_cpu_isa());
+  // conv_forward_scratch reports the Winograd buffers (none on the direct path's slot 1).
+  cpu::set_conv_algo(cpu::ConvAlgo::Winograd);
+  const Conv2dParams p = conv(5, 24, 6, 10, 70, 3, 3, 1, 1);
+  const cpu::ConvScratch s = cpu::conv_forward_scratch(p);
+  CHECK(s.slot0 >= (int64_t)p.C * (p.H + 2) * (p.W + 2));  // at least one padded image
+  CHECK(s.slot1 >= (int64_t)16 * p.C * ((p.H + 1) / 2) * ((p.W + 1) / 2));  // V of all tiles
+}
+
 TEST_CASE("ISA and algorithm settings refuse what this CPU cannot run, naming it") {
   CHECK_THROWS_WITH_AS(cpu::parse_isa("sse9"), doctest::Contains("unknown instruction set 'sse9'"), Error);
   CHECK_THROWS_WITH_AS(cpu::parse_conv_algo("fft"), doctest::Contains("unknown convolution algorithm 'fft'"), Error);
