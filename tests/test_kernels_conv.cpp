@@ -282,7 +282,7 @@ TEST_CASE("conv2d_forward_relu is relu(conv) on every path") {
 // 16 + 4 on AVX-512, 8 + 8 + 4 on AVX2; the second half of the interleaved output row), several
 // chunks per image, image groups with a shorter last group, and dead filters and channels.
 // Error bound as elsewhere in this file, max|cpu - ref| <= 1e-4 * max(1, max|ref|); the error
-// measured is ~1e-6 of max|ref| (F(2x2)'s transforms only add, subtract and halve).
+// measured is 5e-7 of max|ref| (F(2x2)'s transforms only add, subtract and halve).
 TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
   struct Restore {
     ~Restore() {
