@@ -222,17 +222,21 @@ TEST_CASE("every ISA path and convolution algorithm matches ref") {
   Rng rng(29);
   for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
     cpu::set_cpu_isa((cpu::Isa)isa);
-    for (cpu::ConvAlgo algo : {cpu::ConvAlgo::Auto, cpu::ConvAlgo::Gemm, cpu::ConvAlgo::Winograd}) {
+    for (cpu::ConvAlgo algo : {cpu::ConvAlgo::Auto, cpu::ConvAlgo::Direct, cpu::ConvAlgo::Gemm, cpu::ConvAlgo::Winograd}) {
       cpu::set_conv_algo(algo);
       INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)) << ", algorithm " << std::string(cpu::conv_algo_name(algo)));
       for (const Conv2dParams& p : direct_shapes) {
         // The shape must take the path under test, or the comparison says nothing about it.
         const std::string path = cpu::conv_path(p);
         INFO(conv_str(p) << " took " << path);
+        const bool direct = path.find("direct") != std::string::npos, wino = path.find("winograd") != std::string::npos;
+        const bool vector_isa = isa != (int)cpu::Isa::Generic;
         if (algo == cpu::ConvAlgo::Winograd)
-          CHECK((path.find("winograd") != std::string::npos) == (p.R == 3 && p.S == 3 && p.stride == 1 && p.pad == 1));
+          CHECK(wino == (p.R == 3 && p.S == 3 && p.stride == 1 && p.pad == 1));
+        else if (algo == cpu::ConvAlgo::Auto)  // direct or Winograd where measured faster
+          CHECK((direct || wino) == vector_isa);
         else
-          CHECK((path.find("direct") != std::string::npos) == (isa != (int)cpu::Isa::Generic && algo != cpu::ConvAlgo::Gemm));
+          CHECK(direct == (vector_isa && algo == cpu::ConvAlgo::Direct));
         compare_conv(p, rng);
       }
       // Dead filters: whole filters of w zero (what pruning leaves before compaction).
@@ -274,7 +278,7 @@ TEST_CASE("conv2d_forward_relu is relu(conv) on every path") {
 }
 
 // Winograd F(2x2, 3x3) (kernels/cpu/winograd.h), forced, on every ISA path this CPU has:
-// forward with and without bias, forward + ReLU and backward data against ref. The shapes
+// forward with and without bias, forward + ReLU, backward data and backward weights against ref. The shapes
 // reach each part of the kernels: odd channel counts (compaction's 37, 54, 113), images that
 // are not whole 2x2 tiles (7x7, 5x9) or smaller than one (1x1), 2x2 images (one tile), batch 1,
 // filter counts that are not whole micro-kernel blocks (8 on AVX-512, 6 on AVX2, 4 generic)
@@ -337,15 +341,35 @@ TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
         ref::conv2d_backward_data(p, dy.data(), w.data(), dx_ref.data());
         cpu::conv2d_backward_data(p, dy.data(), w.data(), dx.data());
         compare(dx, dx_ref, "backward_data " + name);
+        const int64_t nw = (int64_t)p.K * p.C * 9;
+        auto dw_ref = poisoned(nw), dw = poisoned(nw), db_ref = poisoned(p.K), db = poisoned(p.K);
+        ref::conv2d_backward_weights(p, x.data(), dy.data(), dw_ref.data(), db_ref.data());
+        cpu::conv2d_backward_weights(p, x.data(), dy.data(), dw.data(), db.data());
+        compare(dw, dw_ref, "backward_weights dw " + name);
+        compare(db, db_ref, "backward_weights db " + name);
       }
     }
   }
+  // The weight gradient's image groups (one per thread) and their fixed-order sum; no db.
+  const Conv2dParams p = conv(5, 11, 6, 7, 10, 3, 3, 1, 1);
+  const auto x = randn(rng, (int64_t)p.N * p.C * p.H * p.W), dy = randn(rng, (int64_t)p.N * p.K * p.H * p.W);
+  const int64_t nw = (int64_t)p.K * p.C * 9;
+  auto dw_ref = poisoned(nw), db = poisoned(p.K);
+  ref::conv2d_backward_weights(p, x.data(), dy.data(), dw_ref.data(), nullptr);
+  for (int threads : {1, 3}) {
+    set_num_threads(threads);
+    auto dw = poisoned(nw);
+    cpu::conv2d_backward_weights(p, x.data(), dy.data(), dw.data(), nullptr);
+    compare(dw, dw_ref, "backward_weights with " + std::to_string(threads) + " threads");
+  }
+  set_num_threads(2);  // what test_main set
   MESSAGE("Winograd: max|cpu - ref| / max|ref| = " << worst);
   CHECK(worst < 1e-5);
 }
 
-// Under auto, Winograd runs where it measured faster (kernels/cpu/conv.cpp: 16+ summed
-// channels, 128+ tiles per call, a vector ISA), and conv_forward_scratch reports its buffers.
+// Under auto, Winograd runs where it measured faster (kernels/cpu/conv.cpp: forward and backward
+// data from 16 summed channels and 128 tiles per call, the weight gradient on larger shapes,
+// only on a vector ISA), and conv_forward_scratch reports its buffers.
 TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
   struct Restore {
     ~Restore() {
@@ -355,13 +379,19 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
   } restore;
   cpu::set_conv_algo(cpu::ConvAlgo::Auto);
   if (cpu::best_cpu_isa() != cpu::Isa::Generic) {
-    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd") == 0);
-    CHECK(cpu::conv_path(conv(128, 512, 2, 2, 512, 3, 3, 1, 1)).find("winograd") == 0);  // 128 tiles
+    const std::string all = std::string("winograd ") + cpu::isa_name(cpu::best_cpu_isa());
+    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 1)).find(all) == 0);  // all three ops
+    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 1)).find("|") == std::string::npos);
+    // 2x2 images: forward and backward data (128 tiles), not the weight gradient.
+    const std::string small = cpu::conv_path(conv(128, 512, 2, 2, 512, 3, 3, 1, 1));
+    CHECK(small.find("winograd") == 0);
+    CHECK(small.find("| gemm") != std::string::npos);
     CHECK(cpu::conv_path(conv(1, 512, 4, 4, 512, 3, 3, 1, 1)).find("winograd") == std::string::npos);  // 4 tiles
     // The first layer (3 channels) runs its forward elsewhere, its backward data (64 summed) in Winograd.
     const std::string first = cpu::conv_path(conv(128, 3, 32, 32, 64, 3, 3, 1, 1));
     CHECK(first.find("winograd") != 0);
     CHECK(first.find("| winograd") != std::string::npos);
+    CHECK(first.rfind("| winograd") > first.find("| winograd"));  // its weight gradient too
     CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 2, 1)).find("winograd") == std::string::npos);  // stride 2
     CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 0)).find("winograd") == std::string::npos);  // pad 0
   }

@@ -25,8 +25,8 @@ const char* isa_name(Isa isa);      // "avx512", "avx2", "generic"
 Isa parse_isa(const char* name);    // inverse of isa_name; throws naming the bad value
 
 // Convolution algorithm (kernels/cpu/conv.cpp): auto (the default) takes Winograd F(2x2, 3x3)
-// (winograd.h) for the 3x3 stride-1 pad-1 convolutions where it measured faster (16+ channels,
-// 128+ tiles, not on the generic path), the direct kernels where they
+// (winograd.h) for the 3x3 stride-1 pad-1 convolutions where it measured faster (per op: 16+
+// channels, 128+ tiles, not on the generic path; see conv.cpp), the direct kernels where they
 // apply and the ISA has them, im2col + sgemm otherwise; gemm forces im2col + sgemm everywhere;
 // direct is auto without Winograd; winograd is auto with Winograd for every shape it can do
 // (3x3, stride 1, pad 1), whatever its size. DNNS_CONV=auto|gemm|direct|winograd sets the

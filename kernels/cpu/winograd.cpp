@@ -83,7 +83,8 @@ namespace {
 
 const WinogradKernels kGeneric{"generic/8", 8, 4, 2, &wino_generic::input<wino_generic::WV>,
                                &wino_generic::multiply<wino_generic::WV, 4, 2>,
-                               &wino_generic::output<wino_generic::WV>};
+                               &wino_generic::output<wino_generic::WV>,
+                               &wino_generic::output_grad<wino_generic::WV>};
 
 // Filters per multiply call: M of a chunk (16, kc, ldv) about 200 KiB, in L2 for the output
 // transform that follows.
@@ -106,12 +107,12 @@ struct Plan {
   int images, groups, kblocks, kgroups;
 };
 
-Plan make_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K) {
+Plan make_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K, int ldv = 0) {
   Plan p;
   p.TP = (H + 1) / 2, p.TQ = (W + 1) / 2;
   p.RP = W + 2, p.plane = (H + 2) * p.RP;
   p.padded_image = (int64_t)C * p.plane + 2 * p.RP + 2 * wk.vec + 8;
-  p.ldv = chunk_tiles(wk, C);
+  p.ldv = ldv > 0 ? ldv : chunk_tiles(wk, C);
   p.kc = chunk_filters(wk);
   const int per_image = p.TP * p.TQ;
   p.images = std::max(1, std::min(N, p.ldv / per_image));
@@ -124,6 +125,34 @@ Plan make_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K) {
 // Floats from one xi plane of U to the next.
 int64_t u_plane(const WinogradKernels& wk, int K, int C) {
   return (int64_t)(K + wk.kb - 1) / wk.kb * C * wk.kb + kWinoPlaneSkew;
+}
+
+// The segments of a full image group, in order (image, tile row, column), cut into chunks of
+// at most ldv tiles; chunk j is segments [first[j], first[j + 1]). A last group with fewer
+// images takes the prefix of them that belongs to its images.
+struct Segments {
+  std::vector<WinoSegment> segs;
+  std::vector<int> first;
+  WinoChunk chunk(int j, int nb, int C, int K, int H, int W, const Plan& p, int64_t uplane) const {
+    int s1 = first[j + 1];
+    while (s1 > first[j] && segs[s1 - 1].img >= nb) --s1;
+    return WinoChunk{C, K, H, W, p.RP, p.plane, p.padded_image, p.ldv, uplane, segs.data() + first[j], s1 - first[j]};
+  }
+};
+
+Segments make_segments(const WinogradKernels& wk, const Plan& p) {
+  Segments r;
+  r.first.push_back(0);
+  for (int i = 0, tb = 0; i < p.images; ++i)
+    for (int tp = 0; tp < p.TP; ++tp)
+      for (int tq = 0; tq < p.TQ; tq += wk.vec) {
+        const int len = std::min(wk.vec, p.TQ - tq);
+        if (tb + len > p.ldv) r.first.push_back((int)r.segs.size()), tb = 0;
+        r.segs.push_back(WinoSegment{i, tp, tq, len, tb});
+        tb += len;
+      }
+  r.first.push_back((int)r.segs.size());
+  return r;
 }
 
 // Floats of V and M of one chunk (thread scratch slot 1), with a vector of slack: the output
@@ -204,21 +233,8 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
   std::unique_ptr<float[]> U(new float[(size_t)16 * uplane]);
   pack_filters(wk, K, C, w, flipped, U.get());
 
-  // The segments of a full group, in order (image, tile row, column), cut into chunks of at
-  // most ldv tiles; chunk j is segments [first[j], first[j + 1]). A last group with fewer
-  // images takes the prefix of them that belongs to its images.
-  std::vector<WinoSegment> segs;
-  std::vector<int> first{0};
-  for (int i = 0, tb = 0; i < p.images; ++i)
-    for (int tp = 0; tp < p.TP; ++tp)
-      for (int tq = 0; tq < p.TQ; tq += wk.vec) {
-        const int len = std::min(wk.vec, p.TQ - tq);
-        if (tb + len > p.ldv) first.push_back((int)segs.size()), tb = 0;
-        segs.push_back(WinoSegment{i, tp, tq, len, tb});
-        tb += len;
-      }
-  first.push_back((int)segs.size());
-  const int chunks = (int)first.size() - 1;
+  const Segments sg = make_segments(wk, p);
+  const int chunks = (int)sg.first.size() - 1;
 
   const int64_t in_image = (int64_t)C * H * W, out_image = (int64_t)K * H * W;
   const RowKernels& rows = row_kernels();
@@ -235,10 +251,8 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
       float* Vt = thread_scratch<float>(1, scratch_vm(wk, p, C));  // V, then M
       float* M = Vt + 16 * ((int64_t)C * p.ldv + kWinoPlaneSkew);
       for (int j = 0; j < chunks; ++j) {
-        int s1 = first[j + 1];
-        while (s1 > first[j] && segs[s1 - 1].img >= nb) --s1;
-        if (s1 == first[j]) break;
-        const WinoChunk ch{C, K, H, W, p.RP, p.plane, p.padded_image, p.ldv, uplane, segs.data() + first[j], s1 - first[j]};
+        const WinoChunk ch = sg.chunk(j, nb, C, K, H, W, p, uplane);
+        if (ch.nseg == 0) break;
         wk.input(ch, xp, Vt);
         for (int kc0 = k0; kc0 < k1; kc0 += p.kc) {
           const int kc1 = std::min(k1, kc0 + p.kc);
@@ -248,6 +262,97 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
       }
     }
   });
+}
+
+// Tiles per chunk for the weight gradient: V and dM of one chunk (16 (C + K) ldv floats) about
+// 4 MiB, 64 to 512 tiles, whole vectors; wider than the forward's, as each chunk's 16 sgemm
+// calls read and write all of dU (K x C each).
+int grad_chunk_tiles(const WinogradKernels& wk, int C, int K) {
+  const int tiles = std::clamp((1 << 16) / std::max(1, C + K), 64, 512);
+  return std::max(wk.vec, tiles / wk.vec * wk.vec);
+}
+
+void winograd_backward_weights(int N, int C, int H, int W, int K, const float* x, const float* dy, float* dw,
+                               float* db) {
+  const int64_t KC = (int64_t)K * C;
+  if (N <= 0) {  // empty batch: no gradient
+    std::fill(dw, dw + KC * 9, 0.0f);
+    if (db) std::fill(db, db + K, 0.0f);
+    return;
+  }
+  const WinogradKernels& wk = winograd_kernels(cpu_isa());
+  const Plan p = make_plan(wk, N, C, H, W, K, grad_chunk_tiles(wk, C, K));
+  const Segments sg = make_segments(wk, p);
+  const int chunks = (int)sg.first.size() - 1;
+  const int64_t dy_padded = (int64_t)K * p.plane + 2 * p.RP + 2 * wk.vec + 8;  // dy padded like x
+  const int64_t in_image = (int64_t)C * H * W, out_image = (int64_t)K * H * W;
+  const int G = std::max(1, std::min(N, num_threads()));
+  // Allocated per call (not thread scratch): it lives across the parallel loops.
+  std::unique_ptr<float[]> dU(new float[(size_t)G * 16 * KC]);  // (G, 16, K, C)
+  std::vector<double> partial_db((size_t)G * K, 0.0);           // (G, K)
+  const RowKernels& rows = row_kernels();
+  parallel_for(0, G, [&](int g) {
+    float* acc = dU.get() + g * 16 * KC;
+    double* acc_db = partial_db.data() + (int64_t)g * K;
+    const int n0 = (int)((int64_t)N * g / G), n1 = (int)((int64_t)N * (g + 1) / G);
+    float* xp = thread_scratch<float>(0, (size_t)p.images * (p.padded_image + dy_padded));
+    float* dyp = xp + p.images * p.padded_image;
+    float* Vt = thread_scratch<float>(1, (size_t)16 * ((int64_t)(C + K) * p.ldv + 2 * kWinoPlaneSkew) + wk.vec);
+    float* dM = Vt + 16 * ((int64_t)C * p.ldv + kWinoPlaneSkew);
+    float beta = 0.0f;  // the group's first sgemm of each xi overwrites its dU, the others add
+    for (int i0 = n0; i0 < n1; i0 += p.images) {
+      const int nb = std::min(p.images, n1 - i0);
+      for (int i = 0; i < nb; ++i) {
+        rows.pad_image(x + (i0 + i) * in_image, C, H, W, 1, 1, 1, p.RP, p.RP, p.padded_image, xp + i * p.padded_image);
+        const float* dyn = dy + (i0 + i) * out_image;
+        rows.pad_image(dyn, K, H, W, 1, 1, 1, p.RP, p.RP, dy_padded, dyp + i * dy_padded);
+        if (db)
+          for (int k = 0; k < K; ++k) acc_db[k] += rows.row_sum(dyn + (int64_t)k * H * W, H * W);
+      }
+      for (int j = 0; j < chunks; ++j) {
+        const WinoChunk ch = sg.chunk(j, nb, C, K, H, W, p, 0);
+        if (ch.nseg == 0) break;
+        wk.input(ch, xp, Vt);
+        wk.output_grad(ch, dyp, dy_padded, dM);
+        const WinoSegment& last = ch.seg[ch.nseg - 1];
+        const int T = last.tb + last.len;
+        for (int xi = 0; xi < 16; ++xi)  // dU[xi] (K, C) += dM[xi] (K, T) V[xi]^T (T, C)
+          sgemm(false, true, K, C, T, 1.0f, dM + xi * winograd_mplane(ch, K), p.ldv, Vt + xi * winograd_vplane(ch),
+                p.ldv, beta, acc + xi * KC, C);
+        beta = 1.0f;
+      }
+    }
+  });
+  // dw[k][c] = G^T dU G of the groups' dU summed in group order.
+  parallel_for(0, K, 8, [&](int k0, int k1) {
+    for (int k = k0; k < k1; ++k)
+      for (int c = 0; c < C; ++c) {
+        float d[4][4];
+        for (int xi = 0; xi < 16; ++xi) {
+          float sum = dU[xi * KC + (int64_t)k * C + c];
+          for (int g = 1; g < G; ++g) sum += dU[(g * 16 + xi) * KC + (int64_t)k * C + c];
+          d[xi / 4][xi % 4] = sum;
+        }
+        float v[3][4];  // G^T d: rows (1, .5, .5, 0), (0, .5, -.5, 0), (0, .5, .5, 1)
+        for (int j = 0; j < 4; ++j) {
+          v[0][j] = d[0][j] + 0.5f * (d[1][j] + d[2][j]);
+          v[1][j] = 0.5f * (d[1][j] - d[2][j]);
+          v[2][j] = 0.5f * (d[1][j] + d[2][j]) + d[3][j];
+        }
+        float* out = dw + ((int64_t)k * C + c) * 9;
+        for (int r = 0; r < 3; ++r) {  // (G^T d) G
+          out[3 * r + 0] = v[r][0] + 0.5f * (v[r][1] + v[r][2]);
+          out[3 * r + 1] = 0.5f * (v[r][1] - v[r][2]);
+          out[3 * r + 2] = 0.5f * (v[r][1] + v[r][2]) + v[r][3];
+        }
+      }
+  });
+  if (db)
+    for (int k = 0; k < K; ++k) {
+      double sum = 0.0;
+      for (int g = 0; g < G; ++g) sum += partial_db[(size_t)g * K + k];
+      db[k] = (float)sum;
+    }
 }
 
 }  // namespace dnns::cpu

@@ -66,6 +66,10 @@ struct WinogradKernels {
   // y (images of the group, K, H, W), filters [kc0, kc1): A^T m A + bias (ReLU when relu) of
   // every tile of the chunk, from M as `multiply` wrote it; outputs past H or W not written.
   void (*output)(const WinoChunk& ch, const float* M, int kc0, int kc1, const float* bias, bool relu, float* y);
+  // For the weight gradient: dM (16 planes of (K, ldv), winograd_mplane(ch, K) apart) = A dy A^T
+  // of each tile's 2x2 output gradient (the adjoint of `output`), dy padded like the input
+  // (K planes per image, dy_image floats apart).
+  void (*output_grad)(const WinoChunk& ch, const float* dyp, int64_t dy_image, float* dM);
 };
 
 // The kernels of `isa` (the generic build for Isa::Generic or a build without x86 kernels).
@@ -78,6 +82,14 @@ const WinogradKernels& winograd_kernels(Isa isa);
 // the padded images of a group, slot 1 V and M of a chunk (winograd_scratch says how much).
 void winograd_conv(int N, int C, int H, int W, int K, const float* x, const float* w, bool flipped,
                    const float* bias, bool relu, float* y);
+
+// The weight gradient of the same convolution: dw (K, C, 3, 3) = G^T dU G with
+// dU[xi] (K, C) = sum over tiles of (A dy A^T)[xi] (B^T d B)[xi], the sum over tiles being 16
+// sgemm calls per chunk; db (K) = the sum of dy (db may be nullptr). The images are split into
+// contiguous groups (one per thread), each summing into its own dU, added in a fixed order:
+// the result depends on the thread count only.
+void winograd_backward_weights(int N, int C, int H, int W, int K, const float* x, const float* dy, float* dw,
+                               float* db);
 
 // The floats winograd_conv grows in thread scratch slots 0 and 1 for this shape.
 void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1);

@@ -47,7 +47,8 @@ namespace dnns::cpu {
 const WinogradKernels* winograd_kernels_avx2() {
   // 6 filters x 2 vectors of tiles: 12 accumulators, 2 inputs and a broadcast in 16 registers.
   using namespace wino_avx2;
-  static const WinogradKernels k{"avx2/8", 8, 6, 2, &input<WV>, &multiply<WV, 6, 2>, &output<WV>};
+  static const WinogradKernels k{"avx2/8", 8, 6, 2, &input<WV>, &multiply<WV, 6, 2>, &output<WV>,
+                                 &output_grad<WV>};
   return &k;
 }
 

@@ -41,7 +41,8 @@ namespace dnns::cpu {
 const WinogradKernels* winograd_kernels_avx512() {
   // 8 filters x 3 vectors of tiles: 24 accumulators, 3 inputs and a broadcast in 32 registers.
   using namespace wino_avx512;
-  static const WinogradKernels k{"avx512/16", 16, 8, 3, &input<WV>, &multiply<WV, 8, 3>, &output<WV>};
+  static const WinogradKernels k{"avx512/16", 16, 8, 3, &input<WV>, &multiply<WV, 8, 3>, &output<WV>,
+                                 &output_grad<WV>};
   return &k;
 }
 

@@ -161,4 +161,43 @@ void output(const WinoChunk& ch, const float* M, int kc0, int kc1, const float* 
   }
 }
 
+// dM (16 planes of (K, ldv), winograd_mplane(ch, K) apart) = A dy A^T of each tile's 2x2
+// output gradient, the adjoint of `output`'s A^T m A: read from dyp, the output gradient
+// padded like the input (the tile's rows 2 tp + 1, 2 tp + 2 and columns 2 tq + 1, 2 tq + 2;
+// zeros past H and W), image i at dyp + i * dy_image.
+template <class I>
+void output_grad(const WinoChunk& ch, const float* dyp, int64_t dy_image, float* dM) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  const long mplane = winograd_mplane(ch, ch.K);
+  for (int k = 0; k < ch.K; ++k)
+    for (int j = 0; j < ch.nseg; ++j) {
+      const WinoSegment& sg = ch.seg[j];
+      const float* base = dyp + sg.img * dy_image + (long)k * ch.plane + (2L * sg.tp + 1) * ch.RP + 2 * sg.tq0 + 1;
+      V g[2][2];
+#pragma GCC unroll 2
+      for (int a = 0; a < 2; ++a) {
+        const V v0 = I::load(base + (long)a * ch.RP), v1 = I::load(base + (long)a * ch.RP + W);
+        g[a][0] = I::even(v0, v1);
+        g[a][1] = I::odd(v0, v1);
+      }
+      V u[4][2];  // A g: rows g0, g0 + g1, g0 - g1, -g1
+#pragma GCC unroll 2
+      for (int b = 0; b < 2; ++b) {
+        u[0][b] = g[0][b];
+        u[1][b] = I::add(g[0][b], g[1][b]);
+        u[2][b] = I::sub(g[0][b], g[1][b]);
+        u[3][b] = I::sub(I::zero(), g[1][b]);
+      }
+      float* out = dM + (long)k * ch.ldv + sg.tb;
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {  // (A g) A^T
+        store_lanes<I>(out + (4 * i + 0) * mplane, u[i][0], sg.len);
+        store_lanes<I>(out + (4 * i + 1) * mplane, I::add(u[i][0], u[i][1]), sg.len);
+        store_lanes<I>(out + (4 * i + 2) * mplane, I::sub(u[i][0], u[i][1]), sg.len);
+        store_lanes<I>(out + (4 * i + 3) * mplane, I::sub(I::zero(), u[i][1]), sg.len);
+      }
+    }
+}
+
 }  // namespace dnns::cpu::DNNS_WINO_NS
