@@ -301,6 +301,7 @@ TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
       conv(4, 13, 1, 1, 9, 3, 3, 1, 1),     // 1x1 images: one output of the tile's four
       conv(3, 21, 20, 40, 70, 3, 3, 1, 1),  // 70 filters: two multiply calls, a partial block
       conv(13, 24, 6, 10, 19, 3, 3, 1, 1),  // 13 images of 15 tiles: groups, a short last one
+      conv(3, 6, 50, 46, 5, 3, 3, 1, 1),    // 575 tiles per image: weight-gradient chunks add up
   };
   Rng rng(41);
   double worst = 0.0;  // max|cpu - ref| / max|ref| over everything compared
