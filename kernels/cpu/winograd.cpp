@@ -62,6 +62,14 @@ struct WV {
     for (int i = 0; i < W / 2; ++i) r.v[i] = a.v[2 * i + 1], r.v[W / 2 + i] = b.v[2 * i + 1];
     return r;
   }
+  template <int s>
+  static V sel4(V a, V b, V c, V d) {
+    V r;
+    for (int i = 0; i < W / 4; ++i)
+      r.v[i] = a.v[s + 4 * i], r.v[W / 4 + i] = b.v[s + 4 * i], r.v[W / 2 + i] = c.v[s + 4 * i],
+      r.v[3 * W / 4 + i] = d.v[s + 4 * i];
+    return r;
+  }
   static V zip_lo(V a, V b) {
     V r;
     for (int i = 0; i < W / 2; ++i) r.v[2 * i] = a.v[i], r.v[2 * i + 1] = b.v[i];
@@ -81,38 +89,55 @@ struct WV {
 namespace dnns::cpu {
 namespace {
 
-const WinogradKernels kGeneric{"generic/8", 8, 4, 2, &wino_generic::input<wino_generic::WV>,
-                               &wino_generic::multiply<wino_generic::WV, 4, 2>,
-                               &wino_generic::output<wino_generic::WV>,
-                               &wino_generic::output_grad<wino_generic::WV>};
+using wino_generic::WV;
+const WinogradKernels kGeneric{"generic/8",
+                               8,
+                               4,
+                               2,
+                               &wino_generic::input<WV>,
+                               &wino_generic::multiply<WV, 4, 2, 16>,
+                               &wino_generic::output<WV>,
+                               &wino_generic::output_grad<WV>,
+                               &wino_generic::input4<WV>,
+                               &wino_generic::multiply<WV, 4, 2, 36>,
+                               &wino_generic::output4<WV>};
 
 // Filters per multiply call: M of a chunk (16, kc, ldv) about 200 KiB, in L2 for the output
 // transform that follows.
 int chunk_filters(const WinogradKernels& wk) { return wk.kb * std::max(1, 64 / wk.kb); }
 
-// Tiles per chunk: V (16, C, ldv) of about 1 MiB or less, 1 to 4 micro-kernel tiles wide.
-int chunk_tiles(const WinogradKernels& wk, int C) {
+// Tiles per chunk: V (planes, C, ldv) of about 1 MiB or less, 1 to 4 micro-kernel tiles wide.
+int chunk_tiles(const WinogradKernels& wk, int C, int planes) {
   const int tile = wk.nv * wk.vec;
-  return tile * std::clamp((1 << 14) / std::max(1, C) / tile, 1, 4);
+  return tile * std::clamp((1 << 18) / planes / std::max(1, C) / tile, 1, 4);
 }
 
 // How winograd_conv cuts a batch: groups of `images` images (whole images; a group's tiles
 // fill about one chunk), and per group `kgroups` ranges of filters, so that a small batch
 // still gives every thread tasks.
 struct Plan {
+  int m, planes;         // output tile m x m (2 or 4), 16 or 36 transformed planes
   int TP, TQ;            // tile rows and columns of an image
-  int RP, plane;         // padded row and plane (winograd.h)
+  int pad;               // zero rows and columns around each padded image (1, or 3 for m = 4)
+  int RP, plane, origin; // padded row and plane, tile (0, 0)'s patch (winograd.h)
   int64_t padded_image;  // floats of one padded image
   int ldv, kc;           // tiles per chunk, filters per multiply call
   int images, groups, kblocks, kgroups;
 };
 
-Plan make_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K, int ldv = 0) {
+// m = 4: the patches of the last tile row and column reach up to 4 rows and columns past the
+// image, and F(4x4)'s transforms mix every patch row into every output (exactly cancelling
+// only for zeros), so they must read zeros there: 3 zero rows and columns on each side, plus
+// the next plane's (or row's) 3 leading ones, with the patches starting 2 rows and columns
+// in. m = 2 mixes only the rows each output reads: one zero row and column suffice.
+Plan make_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K, int m, int ldv = 0) {
   Plan p;
-  p.TP = (H + 1) / 2, p.TQ = (W + 1) / 2;
-  p.RP = W + 2, p.plane = (H + 2) * p.RP;
-  p.padded_image = (int64_t)C * p.plane + 2 * p.RP + 2 * wk.vec + 8;
-  p.ldv = ldv > 0 ? ldv : chunk_tiles(wk, C);
+  p.m = m, p.planes = (m + 2) * (m + 2);
+  p.TP = (H + m - 1) / m, p.TQ = (W + m - 1) / m;
+  p.pad = m == 2 ? 1 : 3;
+  p.RP = W + 2 * p.pad, p.plane = (H + 2 * p.pad) * p.RP, p.origin = (p.pad - 1) * (p.RP + 1);
+  p.padded_image = (int64_t)C * p.plane + 2 * p.RP + 4 * wk.vec + 16;
+  p.ldv = ldv > 0 ? ldv : chunk_tiles(wk, C, p.planes);
   p.kc = chunk_filters(wk);
   const int per_image = p.TP * p.TQ;
   p.images = std::max(1, std::min(N, p.ldv / per_image));
@@ -136,7 +161,8 @@ struct Segments {
   WinoChunk chunk(int j, int nb, int C, int K, int H, int W, const Plan& p, int64_t uplane) const {
     int s1 = first[j + 1];
     while (s1 > first[j] && segs[s1 - 1].img >= nb) --s1;
-    return WinoChunk{C, K, H, W, p.RP, p.plane, p.padded_image, p.ldv, uplane, segs.data() + first[j], s1 - first[j]};
+    return WinoChunk{C,      K,           H, W, p.RP, p.plane, p.origin, p.padded_image, p.ldv, uplane,
+                     segs.data() + first[j], s1 - first[j]};
   }
 };
 
@@ -158,24 +184,43 @@ Segments make_segments(const WinogradKernels& wk, const Plan& p) {
 // Floats of V and M of one chunk (thread scratch slot 1), with a vector of slack: the output
 // transform loads whole vectors from M's last columns.
 int64_t scratch_vm(const WinogradKernels& wk, const Plan& p, int C) {
-  return 16 * ((int64_t)C * p.ldv + kWinoPlaneSkew) + 16 * ((int64_t)p.kc * p.ldv + kWinoPlaneSkew) + wk.vec;
+  return p.planes * ((int64_t)C * p.ldv + kWinoPlaneSkew + (int64_t)p.kc * p.ldv + kWinoPlaneSkew) + wk.vec;
 }
 
-// U (16 planes, uplane apart, of (kblocks, C, kb)) = G g G^T of every filter, zero past K.
+// out = G v of the 3 taps v[0], v[stride], v[2 * stride] along one axis (m + 2 values):
+//   m = 2: G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
+//   m = 4: G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+void g_axis(int m, const float* v, int stride, float* out, int ostride) {
+  const float a = v[0], b = v[stride], d = v[2 * stride];
+  if (m == 2) {
+    const float r[4] = {a, 0.5f * (a + b + d), 0.5f * (a - b + d), d};
+    for (int i = 0; i < 4; ++i) out[i * ostride] = r[i];
+    return;
+  }
+  const float r[6] = {0.25f * a,
+                      -(a + b + d) / 6.0f,
+                      -(a - b + d) / 6.0f,
+                      a / 24.0f + b / 12.0f + d / 6.0f,
+                      a / 24.0f - b / 12.0f + d / 6.0f,
+                      d};
+  for (int i = 0; i < 6; ++i) out[i * ostride] = r[i];
+}
+
+// U (planes, uplane apart, of (kblocks, C, kb)) = G g G^T of every filter, zero past K.
 // The kb filters of one (block, channel) are transformed into a small table first, then each
 // xi's kb values go to their plane as one contiguous run.
-void pack_filters(const WinogradKernels& wk, int K, int C, const float* w, bool flipped, float* U) {
+void pack_filters(const WinogradKernels& wk, int m, int K, int C, const float* w, bool flipped, float* U) {
   constexpr int kMaxKb = 32;
-  const int kb = wk.kb, kblocks = (K + kb - 1) / kb;
+  const int kb = wk.kb, kblocks = (K + kb - 1) / kb, n = m + 2, planes = n * n;
   const int64_t uplane = u_plane(wk, K, C);
   parallel_for(0, kblocks, 1, [&](int b0, int b1) {
-    float tab[16][kMaxKb];
+    float tab[36][kMaxKb];
     for (int b = b0; b != b1; ++b)
       for (int c = 0; c < C; ++c) {
         for (int l = 0; l < kb; ++l) {
           const int k = b * kb + l;
           if (k >= K) {
-            for (int xi = 0; xi < 16; ++xi) tab[xi][l] = 0.0f;
+            for (int xi = 0; xi < planes; ++xi) tab[xi][l] = 0.0f;
             continue;
           }
           float g[9];
@@ -183,27 +228,25 @@ void pack_filters(const WinogradKernels& wk, int K, int C, const float* w, bool 
             for (int t = 0; t < 9; ++t) g[t] = w[((int64_t)c * K + k) * 9 + (8 - t)];
           else
             for (int t = 0; t < 9; ++t) g[t] = w[((int64_t)k * C + c) * 9 + t];
-          float gg[4][3];  // G g
-          for (int j = 0; j < 3; ++j) {
-            const float a = g[j], m = g[3 + j], d = g[6 + j];
-            gg[0][j] = a;
-            gg[1][j] = 0.5f * (a + m + d);
-            gg[2][j] = 0.5f * (a - m + d);
-            gg[3][j] = d;
-          }
-          for (int i = 0; i < 4; ++i) {  // (G g) G^T
-            const float a = gg[i][0], m = gg[i][1], d = gg[i][2];
-            tab[4 * i + 0][l] = a;
-            tab[4 * i + 1][l] = 0.5f * (a + m + d);
-            tab[4 * i + 2][l] = 0.5f * (a - m + d);
-            tab[4 * i + 3][l] = d;
+          float gg[6][3];  // G g (n x 3)
+          for (int j = 0; j < 3; ++j) g_axis(m, g + j, 3, &gg[0][j], 3);
+          for (int i = 0; i < n; ++i) {  // (G g) G^T
+            float row[6];
+            g_axis(m, gg[i], 1, row, 1);
+            for (int j = 0; j < n; ++j) tab[n * i + j][l] = row[j];
           }
         }
         float* out = U + ((int64_t)b * C + c) * kb;
-        for (int xi = 0; xi < 16; ++xi) std::copy(tab[xi], tab[xi] + kb, out + xi * uplane);
+        for (int xi = 0; xi < planes; ++xi) std::copy(tab[xi], tab[xi] + kb, out + xi * uplane);
       }
   });
 }
+
+// The output tile of winograd_conv: F(4x4, 3x3) on images of 8x8 and more, F(2x2, 3x3) below
+// (bench conv --model vgg16, 1 thread, AVX-512: F(4x4) 2.1-2.5x the direct kernels from 32x32
+// down to 8x8 where F(2x2) is 1.7-1.9x; on 4x4 images, one tile each, F(4x4) 1.2-1.6x where
+// F(2x2) is 1.9-2.0x: its 36 planes of U are 2.25 times the filter bytes streamed per chunk).
+int tile_size(int H, int W) { return H >= 8 && W >= 8 ? 4 : 2; }
 
 }  // namespace
 
@@ -218,7 +261,7 @@ const WinogradKernels& winograd_kernels(Isa isa) {
 
 void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1) {
   const WinogradKernels& wk = winograd_kernels(cpu_isa());
-  const Plan p = make_plan(wk, std::max(N, 1), C, H, W, K);
+  const Plan p = make_plan(wk, std::max(N, 1), C, H, W, K, tile_size(H, W));
   *slot0 = N > 0 ? p.images * p.padded_image : 0;
   *slot1 = N > 0 ? scratch_vm(wk, p, C) : 0;
 }
@@ -227,11 +270,14 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
                    const float* bias, bool relu, float* y) {
   if (N <= 0) return;
   const WinogradKernels& wk = winograd_kernels(cpu_isa());
-  const Plan p = make_plan(wk, N, C, H, W, K);
+  const Plan p = make_plan(wk, N, C, H, W, K, tile_size(H, W));
   // Allocated per call (not thread scratch): it lives across the parallel loops below.
   const int64_t uplane = u_plane(wk, K, C);
-  std::unique_ptr<float[]> U(new float[(size_t)16 * uplane]);
-  pack_filters(wk, K, C, w, flipped, U.get());
+  std::unique_ptr<float[]> U(new float[(size_t)p.planes * uplane]);
+  pack_filters(wk, p.m, K, C, w, flipped, U.get());
+  auto input = p.m == 2 ? wk.input : wk.input4;
+  auto multiply = p.m == 2 ? wk.multiply : wk.multiply4;
+  auto output = p.m == 2 ? wk.output : wk.output4;
 
   const Segments sg = make_segments(wk, p);
   const int chunks = (int)sg.first.size() - 1;
@@ -247,17 +293,18 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
       const int n0 = g * p.images, nb = std::min(p.images, N - n0);
       float* xp = thread_scratch<float>(0, (size_t)nb * p.padded_image);
       for (int i = 0; i < nb; ++i)
-        rows.pad_image(x + (n0 + i) * in_image, C, H, W, 1, 1, 1, p.RP, p.RP, p.padded_image, xp + i * p.padded_image);
+        rows.pad_image(x + (n0 + i) * in_image, C, H, W, p.pad, p.pad, 1, p.RP, p.RP, p.padded_image,
+                       xp + i * p.padded_image);
       float* Vt = thread_scratch<float>(1, scratch_vm(wk, p, C));  // V, then M
-      float* M = Vt + 16 * ((int64_t)C * p.ldv + kWinoPlaneSkew);
+      float* M = Vt + p.planes * ((int64_t)C * p.ldv + kWinoPlaneSkew);
       for (int j = 0; j < chunks; ++j) {
         const WinoChunk ch = sg.chunk(j, nb, C, K, H, W, p, uplane);
         if (ch.nseg == 0) break;
-        wk.input(ch, xp, Vt);
+        input(ch, xp, Vt);
         for (int kc0 = k0; kc0 < k1; kc0 += p.kc) {
           const int kc1 = std::min(k1, kc0 + p.kc);
-          wk.multiply(ch, U.get(), Vt, kc0, kc1, M);
-          wk.output(ch, M, kc0, kc1, bias, relu, y + n0 * out_image);
+          multiply(ch, U.get(), Vt, kc0, kc1, M);
+          output(ch, M, kc0, kc1, bias, relu, y + n0 * out_image);
         }
       }
     }
@@ -281,7 +328,7 @@ void winograd_backward_weights(int N, int C, int H, int W, int K, const float* x
     return;
   }
   const WinogradKernels& wk = winograd_kernels(cpu_isa());
-  const Plan p = make_plan(wk, N, C, H, W, K, grad_chunk_tiles(wk, C, K));
+  const Plan p = make_plan(wk, N, C, H, W, K, 2, grad_chunk_tiles(wk, C, K));
   const Segments sg = make_segments(wk, p);
   const int chunks = (int)sg.first.size() - 1;
   const int64_t dy_padded = (int64_t)K * p.plane + 2 * p.RP + 2 * wk.vec + 8;  // dy padded like x

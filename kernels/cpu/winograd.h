@@ -1,21 +1,26 @@
-// Winograd F(2x2, 3x3) for 3x3 stride-1 pad-1 convolutions on NCHW tensors (conv.cpp takes it
-// where it measures faster than the direct kernels; backward-data runs through it too, with
-// the filters flipped and transposed).
+// Winograd convolutions F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 pad-1 convolutions on
+// NCHW tensors: forward, backward data (a forward with the filters flipped and transposed) and
+// backward weights (F(2x2) only). conv.cpp takes them where they measure faster than the direct
+// kernels (winograd_applies there).
 //
-// Each 2x2 block of outputs ("tile") of one filter is A^T [ (G g G^T) .* (B^T d B) ] A summed
-// over input channels, d being the 4x4 input patch around the tile: 16 multiplies per tile and
-// channel instead of 36. The sum over channels is 16 small matrix products, one per position
-// xi of the 4x4 transformed tile: M[xi] (K, T) = U[xi] (K, C) * V[xi] (C, T).
-//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
-//   A^T = [1 1 1 0; 0 1 -1 -1]
+// Each m x m block of outputs ("tile") of one filter is A^T [ (G g G^T) .* (B^T d B) ] A summed
+// over input channels, d being the (m+2) x (m+2) input patch around the tile: (m+2)^2
+// multiplies per tile and channel instead of 9 m^2 (16 instead of 36 for m = 2, 36 instead of
+// 144 for m = 4). The sum over channels is (m+2)^2 small matrix products, one per position xi
+// of the transformed tile ("plane"): M[xi] (K, T) = U[xi] (K, C) * V[xi] (C, T).
+//   m = 2: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
+//          A^T = [1 1 1 0; 0 1 -1 -1]
+//   m = 4: the matrices in winograd_impl.h and winograd.cpp (g_axis); its transforms multiply
+//          by up to 8 and 1/24, so its rounding error is larger (tests/test_kernels_conv.cpp).
 //
 // The work is cut into chunks of at most a few vectors' worth of tiles (up to `ldv`), each run
 // start to end while its data stays in L2: `input` transforms the chunk's patches (read from a
-// zero-padded copy of the images, vectors across tiles: stride-2 loads split into even and odd
-// lanes) into V, `multiply` runs the 16 products for a block of filters with a register-blocked
-// micro-kernel (kb filters x nv vectors of tiles), `output` applies A^T . A, adds the bias,
-// optionally the ReLU, and writes the 2x2 outputs straight into y. The per-ISA builds live in
-// winograd_<isa>.cpp over one template (winograd_impl.h); the generic one in winograd.cpp.
+// zero-padded copy of the images, vectors across tiles: strided loads split into every second
+// or fourth lane) into V, `multiply` runs the products for a block of filters with a
+// register-blocked micro-kernel (kb filters x nv vectors of tiles), `output` applies A^T . A,
+// adds the bias, optionally the ReLU, and writes the outputs straight into y. The per-ISA
+// builds live in winograd_<isa>.cpp over one template (winograd_impl.h); the generic one in
+// winograd.cpp.
 #pragma once
 #include <cstdint>
 
@@ -31,13 +36,15 @@ struct WinoSegment {
 };
 
 // One chunk of tiles. The padded copy of image i of the group starts at xp + i * padded_image:
-// C planes of `plane` floats, each H + 2 rows of RP = W + 2 floats (one row and column of zeros
-// around the image), then zeros (at least 2 * RP + 2 * vec + 8 floats: the patches of the last
-// tile row and the vector loads read past the plane).
+// C planes of `plane` floats, each H + 2 pad rows of RP = W + 2 pad floats (pad rows and columns
+// of zeros around the image: 1 for F(2x2), 3 for F(4x4)), then zeros (at least 2 * RP +
+// 4 * vec + 16 floats: the patches of the last tile row and the vector loads read past the
+// plane). Patch row r of tile (tp, tq) starts at origin + (m tp + r) * RP + m tq in its plane.
 struct WinoChunk {
   int C, K;               // input and output channels
   int H, W;               // image height, width (output = input size)
   int RP, plane;          // padded row and plane, in floats
+  int origin;             // offset in a padded plane of tile (0, 0)'s patch (top-left float)
   int64_t padded_image;   // floats per padded image
   int ldv;                // floats per row of V and M (a multiple of the vector width)
   int64_t uplane;         // floats from one xi plane of U to the next
@@ -57,7 +64,8 @@ struct WinogradKernels {
   int vec;           // floats per vector (tiles per segment at most)
   int kb;            // filters per micro-kernel tile: U is packed in blocks of kb filters
   int nv;            // vectors of tiles per micro-kernel tile
-  // V (16 planes of (C, ldv), winograd_vplane apart) columns of the chunk's segments = B^T d B of each tile's 4x4 patch.
+  // F(2x2, 3x3). V (16 planes of (C, ldv), winograd_vplane apart) columns of the chunk's
+  // segments = B^T d B of each tile's 4x4 patch.
   void (*input)(const WinoChunk& ch, const float* xp, float* V);
   // M (16 planes of (kc1 - kc0, ldv), winograd_mplane apart) = U[xi] rows [kc0, kc1) * V[xi],
   // columns up to the chunk's last segment rounded up to whole vectors. kc0 a multiple of kb.
@@ -70,6 +78,10 @@ struct WinogradKernels {
   // of each tile's 2x2 output gradient (the adjoint of `output`), dy padded like the input
   // (K planes per image, dy_image floats apart).
   void (*output_grad)(const WinoChunk& ch, const float* dyp, int64_t dy_image, float* dM);
+  // F(4x4, 3x3): the same three steps on 4x4 output tiles, 6x6 patches and 36 planes.
+  void (*input4)(const WinoChunk& ch, const float* xp, float* V);
+  void (*multiply4)(const WinoChunk& ch, const float* U, const float* V, int kc0, int kc1, float* M);
+  void (*output4)(const WinoChunk& ch, const float* M, int kc0, int kc1, const float* bias, bool relu, float* y);
 };
 
 // The kernels of `isa` (the generic build for Isa::Generic or a build without x86 kernels).

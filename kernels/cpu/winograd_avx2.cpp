@@ -29,6 +29,15 @@ struct WV {
     const V t = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), _MM_SHUFFLE(3, 1, 2, 0)));
   }
+  // Floats s, s + 4, ..., s + 28 of the 32 floats a|b|c|d: each vector's two (s, s + 4) moved
+  // to lanes 0-1 (and repeated), then blended into place.
+  template <int s>
+  static V sel4(V a, V b, V c, V d) {
+    const __m256i idx = _mm256_setr_epi32(s, s + 4, s, s + 4, s, s + 4, s, s + 4);
+    const V ab = _mm256_blend_ps(_mm256_permutevar8x32_ps(a, idx), _mm256_permutevar8x32_ps(b, idx), 0x0C);
+    const V cd = _mm256_blend_ps(_mm256_permutevar8x32_ps(c, idx), _mm256_permutevar8x32_ps(d, idx), 0xC0);
+    return _mm256_blend_ps(ab, cd, 0xF0);
+  }
   // unpacklo/hi interleave within 128-bit lanes (a0 b0 a1 b1 | a4 b4 a5 b5, a2 b2 a3 b3 | ...).
   static V zip_lo(V a, V b) {
     return _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x20);
@@ -47,8 +56,12 @@ namespace dnns::cpu {
 const WinogradKernels* winograd_kernels_avx2() {
   // 6 filters x 2 vectors of tiles: 12 accumulators, 2 inputs and a broadcast in 16 registers.
   using namespace wino_avx2;
-  static const WinogradKernels k{"avx2/8", 8, 6, 2, &input<WV>, &multiply<WV, 6, 2>, &output<WV>,
-                                 &output_grad<WV>};
+  static const WinogradKernels k{"avx2/8",    8,
+                                 6,           2,
+                                 &input<WV>,  &multiply<WV, 6, 2, 16>,
+                                 &output<WV>, &output_grad<WV>,
+                                 &input4<WV>, &multiply<WV, 6, 2, 36>,
+                                 &output4<WV>};
   return &k;
 }
 

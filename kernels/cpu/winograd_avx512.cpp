@@ -23,6 +23,14 @@ struct WV {
   static V odd(V a, V b) {
     return _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
   }
+  // Floats s, s + 4, ..., s + 60 of the 64 floats a|b|c|d: every fourth of each pair into
+  // the low half, the two halves joined.
+  template <int s>
+  static V sel4(V a, V b, V c, V d) {
+    const __m512i idx = _mm512_setr_epi32(s, s + 4, s + 8, s + 12, s + 16, s + 20, s + 24, s + 28, 0, 0, 0, 0, 0, 0,
+                                          0, 0);
+    return _mm512_shuffle_f32x4(_mm512_permutex2var_ps(a, idx, b), _mm512_permutex2var_ps(c, idx, d), 0x44);
+  }
   static V zip_lo(V a, V b) {
     return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b);
   }
@@ -41,8 +49,12 @@ namespace dnns::cpu {
 const WinogradKernels* winograd_kernels_avx512() {
   // 8 filters x 3 vectors of tiles: 24 accumulators, 3 inputs and a broadcast in 32 registers.
   using namespace wino_avx512;
-  static const WinogradKernels k{"avx512/16", 16, 8, 3, &input<WV>, &multiply<WV, 8, 3>, &output<WV>,
-                                 &output_grad<WV>};
+  static const WinogradKernels k{"avx512/16",      16,
+                                 8,                3,
+                                 &input<WV>,       &multiply<WV, 8, 3, 16>,
+                                 &output<WV>,      &output_grad<WV>,
+                                 &input4<WV>,      &multiply<WV, 8, 3, 36>,
+                                 &output4<WV>};
   return &k;
 }
 

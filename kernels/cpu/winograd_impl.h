@@ -36,7 +36,7 @@ void input(const WinoChunk& ch, const float* xp, float* Vt) {
     for (int j = 0; j < ch.nseg; ++j) {
       const WinoSegment& sg = ch.seg[j];
       // Patch row r of tile tq is padded row 2 tp + r, columns 2 tq .. 2 tq + 3.
-      const float* base = xp + sg.img * ch.padded_image + (long)c * ch.plane + 2L * sg.tp * ch.RP + 2 * sg.tq0;
+      const float* base = xp + sg.img * ch.padded_image + ch.origin + (long)c * ch.plane + 2L * sg.tp * ch.RP + 2 * sg.tq0;
       V t[4][4];  // B^T d, column by column as it is read
       V d[4][4];
 #pragma GCC unroll 4
@@ -101,13 +101,13 @@ void multiply_tile_n(int nv, const float* u, const float* v, int C, int ldv, flo
   multiply_tile<I, KB, NV>(u, v, C, ldv, m, kvalid);
 }
 
-template <class I, int KB, int NV>
+template <class I, int KB, int NV, int NX>
 void multiply(const WinoChunk& ch, const float* U, const float* Vt, int kc0, int kc1, float* M) {
   constexpr int W = I::W;
   const WinoSegment& last = ch.seg[ch.nseg - 1];
   const int nvec = (last.tb + last.len + W - 1) / W;
   const int kn = kc1 - kc0;
-  for (int xi = 0; xi < 16; ++xi) {
+  for (int xi = 0; xi < NX; ++xi) {
     const float* vx = Vt + xi * winograd_vplane(ch);
     for (int k = kc0; k < kc1; k += KB) {
       const float* u = U + xi * ch.uplane + (long)(k / KB) * ch.C * KB;
@@ -198,6 +198,133 @@ void output_grad(const WinoChunk& ch, const float* dyp, int64_t dy_image, float*
         store_lanes<I>(out + (4 * i + 3) * mplane, I::sub(I::zero(), u[i][1]), sg.len);
       }
     }
+}
+
+// ---- F(4x4, 3x3): 6x6 patches, 36 products per tile and channel for 16 outputs
+//   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+
+// t = B^T d along one axis: t0 = 4 d0 - 5 d2 + d4, t1,2 = (d4 - 4 d2) -+ (4 d1 - d3),
+// t3,4 = (d4 - d2) -+ 2 (d1 - d3), t5 = 4 d1 - 5 d3 + d5.
+template <class I>
+inline void b4(const typename I::V* d, typename I::V* t) {
+  using V = typename I::V;
+  const V four = I::bcast(4.0f), mfour = I::bcast(-4.0f), mfive = I::bcast(-5.0f);
+  t[0] = I::fma(four, d[0], I::fma(mfive, d[2], d[4]));
+  const V a = I::fma(mfour, d[2], d[4]), b = I::fma(four, d[1], I::sub(I::zero(), d[3]));
+  t[1] = I::sub(a, b);
+  t[2] = I::add(a, b);
+  const V c = I::sub(d[4], d[2]), e = I::sub(d[1], d[3]), e2 = I::add(e, e);
+  t[3] = I::sub(c, e2);
+  t[4] = I::add(c, e2);
+  t[5] = I::fma(four, d[1], I::fma(mfive, d[3], d[5]));
+}
+
+// o = A^T m along one axis: with p = m1 + m2, q = m1 - m2, r = m3 + m4, s = m3 - m4:
+// o0 = m0 + p + r, o1 = q + 2 s, o2 = p + 4 r, o3 = q + 8 s + m5.
+template <class I>
+inline void a4(const typename I::V* m, typename I::V* o) {
+  using V = typename I::V;
+  const V p = I::add(m[1], m[2]), q = I::sub(m[1], m[2]), r = I::add(m[3], m[4]), s = I::sub(m[3], m[4]);
+  o[0] = I::add(I::add(m[0], p), r);
+  o[1] = I::fma(I::bcast(2.0f), s, q);
+  o[2] = I::fma(I::bcast(4.0f), r, p);
+  o[3] = I::add(I::fma(I::bcast(8.0f), s, q), m[5]);
+}
+
+// V (36 planes of (C, ldv), winograd_vplane apart) = B^T d B of each tile's 6x6 patch: patch
+// row r of tile (tp, tq) is padded row 4 tp + r from the origin, columns 4 tq .. 4 tq + 5,
+// read as every fourth float of four vectors (I::sel4).
+template <class I>
+void input4(const WinoChunk& ch, const float* xp, float* Vt) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  const long vplane = winograd_vplane(ch);
+  for (int c = 0; c < ch.C; ++c)
+    for (int j = 0; j < ch.nseg; ++j) {
+      const WinoSegment& sg = ch.seg[j];
+      const float* base = xp + sg.img * ch.padded_image + ch.origin + (long)c * ch.plane + 4L * sg.tp * ch.RP + 4 * sg.tq0;
+      V t[6][6];  // B^T applied to the columns of each row: t[r][q]
+#pragma GCC unroll 6
+      for (int r = 0; r < 6; ++r) {
+        const float* row = base + (long)r * ch.RP;
+        V d[6];
+        {
+          const V v0 = I::load(row), v1 = I::load(row + W), v2 = I::load(row + 2 * W), v3 = I::load(row + 3 * W);
+          d[0] = I::template sel4<0>(v0, v1, v2, v3);
+          d[1] = I::template sel4<1>(v0, v1, v2, v3);
+          d[2] = I::template sel4<2>(v0, v1, v2, v3);
+          d[3] = I::template sel4<3>(v0, v1, v2, v3);
+        }
+        {
+          const V v0 = I::load(row + 4), v1 = I::load(row + 4 + W), v2 = I::load(row + 4 + 2 * W),
+                  v3 = I::load(row + 4 + 3 * W);
+          d[4] = I::template sel4<0>(v0, v1, v2, v3);
+          d[5] = I::template sel4<1>(v0, v1, v2, v3);
+        }
+        b4<I>(d, t[r]);  // d B along the row
+      }
+      float* out = Vt + (long)c * ch.ldv + sg.tb;
+#pragma GCC unroll 6
+      for (int q = 0; q < 6; ++q) {  // B^T along the columns
+        V col[6], o[6];
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; ++r) col[r] = t[r][q];
+        b4<I>(col, o);
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; ++r) store_lanes<I>(out + (6 * r + q) * vplane, o[r], sg.len);
+      }
+    }
+}
+
+// y: A^T m A (+ bias, ReLU) of each tile, the four output rows of a segment's tiles written as
+// four-way interleaved vectors.
+template <class I>
+void output4(const WinoChunk& ch, const float* M, int kc0, int kc1, const float* bias, bool relu, float* y) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  const int kn = kc1 - kc0;
+  const long HW = (long)ch.H * ch.W, mplane = winograd_mplane(ch, kn);
+  for (int k = kc0; k < kc1; ++k) {
+    const V bk = I::bcast(bias ? bias[k] : 0.0f);
+    const float* mk = M + (long)(k - kc0) * ch.ldv;
+    for (int j = 0; j < ch.nseg; ++j) {
+      const WinoSegment& sg = ch.seg[j];
+      V t[4][6];  // A^T m: t[i][q]
+#pragma GCC unroll 6
+      for (int q = 0; q < 6; ++q) {
+        V col[6];
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; ++r) col[r] = I::load(mk + (6 * r + q) * mplane + sg.tb);
+        V o[4];
+        a4<I>(col, o);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) t[i][q] = o[i];
+      }
+      float* yk = y + ((long)sg.img * ch.K + k) * HW + 4 * sg.tq0;
+      const int ncols = imin(4 * sg.len, ch.W - 4 * sg.tq0);
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const int h = 4 * sg.tp + i;
+        if (h >= ch.H) break;
+        V o[4];
+        a4<I>(t[i], o);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+          o[q] = I::add(o[q], bk);
+          if (relu) o[q] = I::max(o[q], I::zero());
+        }
+        // Lane l of o[q] is output column 4 (tq0 + l) + q: interleave four ways.
+        const V z0 = I::zip_lo(o[0], o[2]), z1 = I::zip_hi(o[0], o[2]), z2 = I::zip_lo(o[1], o[3]),
+                z3 = I::zip_hi(o[1], o[3]);
+        const V out[4] = {I::zip_lo(z0, z2), I::zip_hi(z0, z2), I::zip_lo(z1, z3), I::zip_hi(z1, z3)};
+        float* row = yk + (long)h * ch.W;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v)
+          if (ncols > v * W) store_lanes<I>(row + v * W, out[v], ncols - v * W);
+      }
+    }
+  }
 }
 
 }  // namespace dnns::cpu::DNNS_WINO_NS
