@@ -411,6 +411,10 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
     CHECK(small.find("winograd") == 0);
     CHECK(small.find("| gemm") != std::string::npos);
     CHECK(cpu::conv_path(conv(1, 512, 4, 4, 512, 3, 3, 1, 1)).find("winograd") == std::string::npos);  // 4 tiles
+    // Batch 1 at 32x32: 64 F(4x4) tiles, too few for the forward; 256 F(2x2) ones for the weights.
+    const std::string one = cpu::conv_path(conv(1, 16, 32, 32, 16, 3, 3, 1, 1));
+    CHECK(one.find("winograd") != 0);
+    CHECK(one.find("| winograd") != std::string::npos);
     // The first layer (3 channels) runs its forward elsewhere, its backward data (64 summed) in Winograd.
     const std::string first = cpu::conv_path(conv(128, 3, 32, 32, 64, 3, 3, 1, 1));
     CHECK(first.find("winograd") != 0);

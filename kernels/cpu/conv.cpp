@@ -1,7 +1,8 @@
 // Optimized CPU convolution, parallel over images with oneTBB. 3x3 stride-1 pad-1 convolutions
-// take Winograd F(2x2, 3x3) (winograd.h) where it measured faster, per op (winograd_applies:
-// forward and backward data from 16 channels and 128 output tiles per call, backward weights
-// on larger shapes); the rest one of two algorithms, chosen per op (direct_applies):
+// take Winograd F(4x4, 3x3) or F(2x2, 3x3) (winograd.h) where it measured faster, per op
+// (winograd_applies: forward and backward data from 16 channels and 128 output tiles per
+// call, backward weights on larger shapes); the rest one of two algorithms, chosen per op
+// (direct_applies):
 //   direct  register-blocked direct kernels (conv_direct.h) on a zero-padded copy of each image,
 //           on a CPU with AVX2 or AVX-512: forward for rows of 8+ output columns (any stride:
 //           strided columns are stored phase by phase so they load as vectors), backward-data
@@ -271,17 +272,18 @@ enum class Op { Forward, BackwardData, BackwardWeights };
 
 // Where auto takes Winograd (winograd.h), measured with bench conv --model vgg16|resnet20
 // --algo winograd --against direct --clock cpu --threads 1 (AMD EPYC, Zen 4), batch 128 and 1:
-//   - channels summed over (C for forward, K for backward data) from 16: 1.1-2.0x on AVX-512,
-//     1.0-2.1x on AVX2, for every VGG-16 and ResNet-20 layer of 16 channels and more, images
-//     of 32x32 down to 2x2; 0.6-0.9x for the 3-channel first layers (forward);
-//   - a call of at least 128 tiles (N * ceil(H/2) * ceil(W/2)): the filter transform is paid
-//     per call and a chunk is computed in whole vectors of tiles; at batch 1, 0.2-0.9x for
-//     images of 8x8 and less (16 tiles and less), 0.8-1.2x at 16x16 (64), 1.0-1.3x at 32x32;
+//   - forward and backward data, from 16 channels summed over (C for forward, K for backward
+//     data): at batch 128, 1.1-2.7x on AVX-512 and 0.9-3.2x on AVX2 for every VGG-16 and
+//     ResNet-20 layer of 16 channels and more, images of 32x32 down to 2x2 (F(4x4) from 8x8,
+//     F(2x2) below); 0.7-1.0x for the 3-channel first layers' forward;
+//   - a call of at least 128 tiles of the tile size it runs (N * ceil(H/m) * ceil(W/m)): the
+//     filter transform is paid per call and a chunk is computed in whole vectors of tiles; at
+//     batch 1 (64 F(4x4) tiles at 32x32 and less), 0.1-1.1x;
 //   - not on the generic path (0.6-0.8x of im2col + OpenBLAS there).
-// The weight gradient (same measurements): 1.5-1.8x on AVX-512, 1.1-1.9x on AVX2 for VGG-16's
-// layers of 4x4 images and more, 1.2-1.5x for ResNet-20's 32x32 and 16x16 ones, first layers
-// included; but 0.8-1.0x on 2x2 images, 0.7-1.1x for ResNet-20's 64 channels on 8x8, and at
-// batch 1 0.5-0.9x below 32x32 (256 tiles). So: images of 4x4 and more, 256+ tiles, and
+// The weight gradient (F(2x2)): 1.3-1.8x on AVX-512, 1.1-1.9x on AVX2 for VGG-16's layers of
+// 4x4 images and more, 1.2-1.5x for ResNet-20's 32x32 and 16x16 ones, first layers included;
+// but 0.8-1.0x on 2x2 images, 0.7-1.1x for ResNet-20's 64 channels on 8x8, and at batch 1
+// 0.5-0.9x below 32x32 (256 tiles). So: images of 4x4 and more, 256+ F(2x2) tiles, and
 // images of 16x16 and more or 128+ input channels.
 constexpr int kWinogradMinChannels = 16;
 constexpr int64_t kWinogradMinTiles = 128;
@@ -310,7 +312,7 @@ bool direct_applies(const Conv2dParams& p, Op op) {
   return false;
 }
 
-// Whether `op` of this shape runs Winograd F(2x2, 3x3) (forward, backward data: a 3x3 stride-1
+// Whether `op` of this shape runs Winograd (forward, backward data: a 3x3 stride-1
 // pad-1 conv too, with the filters flipped and transposed, and backward weights): any such
 // shape when forced, under auto where it measured faster (above).
 bool winograd_applies(const Conv2dParams& p, Op op) {
@@ -319,11 +321,11 @@ bool winograd_applies(const Conv2dParams& p, Op op) {
   if (p.R != 3 || p.S != 3 || p.stride != 1 || p.pad != 1) return false;
   if (algo == ConvAlgo::Winograd) return true;
   if (cpu_isa() == Isa::Generic) return false;
-  const int64_t tiles = (int64_t)p.N * ((p.H + 1) / 2) * ((p.W + 1) / 2);
-  if (op == Op::BackwardWeights)
-    return tiles >= kWinogradMinTilesWeights && p.H >= 4 && p.W >= 4 && (p.H * p.W >= 256 || p.C >= 128);
+  auto tiles = [&](int m) { return (int64_t)p.N * ((p.H + m - 1) / m) * ((p.W + m - 1) / m); };
+  if (op == Op::BackwardWeights)  // F(2x2)
+    return tiles(2) >= kWinogradMinTilesWeights && p.H >= 4 && p.W >= 4 && (p.H * p.W >= 256 || p.C >= 128);
   const int summed = op == Op::Forward ? p.C : p.K;
-  return summed >= kWinogradMinChannels && tiles >= kWinogradMinTiles;
+  return summed >= kWinogradMinChannels && tiles(winograd_tile(p.H, p.W)) >= kWinogradMinTiles;
 }
 
 // The padded copy of one image (conv_direct.h): Hp = H + 2*ph rows of RP = st * L floats,

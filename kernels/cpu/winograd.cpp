@@ -242,13 +242,14 @@ void pack_filters(const WinogradKernels& wk, int m, int K, int C, const float* w
   });
 }
 
-// The output tile of winograd_conv: F(4x4, 3x3) on images of 8x8 and more, F(2x2, 3x3) below
+
+}  // namespace
+
+// winograd_conv's output tile: F(4x4, 3x3) on images of 8x8 and more, F(2x2, 3x3) below
 // (bench conv --model vgg16, 1 thread, AVX-512: F(4x4) 2.1-2.5x the direct kernels from 32x32
 // down to 8x8 where F(2x2) is 1.7-1.9x; on 4x4 images, one tile each, F(4x4) 1.2-1.6x where
 // F(2x2) is 1.9-2.0x: its 36 planes of U are 2.25 times the filter bytes streamed per chunk).
-int tile_size(int H, int W) { return H >= 8 && W >= 8 ? 4 : 2; }
-
-}  // namespace
+int winograd_tile(int H, int W) { return H >= 8 && W >= 8 ? 4 : 2; }
 
 const WinogradKernels& winograd_kernels(Isa isa) {
 #if defined(DNNS_HAVE_X86_KERNELS)
@@ -261,7 +262,7 @@ const WinogradKernels& winograd_kernels(Isa isa) {
 
 void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1) {
   const WinogradKernels& wk = winograd_kernels(cpu_isa());
-  const Plan p = make_plan(wk, std::max(N, 1), C, H, W, K, tile_size(H, W));
+  const Plan p = make_plan(wk, std::max(N, 1), C, H, W, K, winograd_tile(H, W));
   *slot0 = N > 0 ? p.images * p.padded_image : 0;
   *slot1 = N > 0 ? scratch_vm(wk, p, C) : 0;
 }
@@ -270,7 +271,7 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
                    const float* bias, bool relu, float* y) {
   if (N <= 0) return;
   const WinogradKernels& wk = winograd_kernels(cpu_isa());
-  const Plan p = make_plan(wk, N, C, H, W, K, tile_size(H, W));
+  const Plan p = make_plan(wk, N, C, H, W, K, winograd_tile(H, W));
   // Allocated per call (not thread scratch): it lives across the parallel loops below.
   const int64_t uplane = u_plane(wk, K, C);
   std::unique_ptr<float[]> U(new float[(size_t)p.planes * uplane]);

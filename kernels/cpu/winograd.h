@@ -87,6 +87,9 @@ struct WinogradKernels {
 // The kernels of `isa` (the generic build for Isa::Generic or a build without x86 kernels).
 const WinogradKernels& winograd_kernels(Isa isa);
 
+// The output tile m of winograd_conv for images of H x W: 4 (F(4x4, 3x3)) or 2.
+int winograd_tile(int H, int W);
+
 // y (N, K, H, W) = bias + the 3x3 stride-1 pad-1 convolution of x (N, C, H, W), then max(0, .)
 // when relu; bias may be nullptr. The filters: w (K, C, 3, 3), or with `flipped` w (C, K, 3, 3)
 // read as filter (k, c) = w[c][k] rotated by 180 degrees (the backward-data of a convolution
