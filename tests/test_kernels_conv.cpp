@@ -222,17 +222,21 @@ TEST_CASE("every ISA path and convolution algorithm matches ref") {
   Rng rng(29);
   for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
     cpu::set_cpu_isa((cpu::Isa)isa);
-    for (cpu::ConvAlgo algo : {cpu::ConvAlgo::Auto, cpu::ConvAlgo::Gemm, cpu::ConvAlgo::Winograd}) {
+    for (cpu::ConvAlgo algo : {cpu::ConvAlgo::Auto, cpu::ConvAlgo::Direct, cpu::ConvAlgo::Gemm, cpu::ConvAlgo::Winograd}) {
       cpu::set_conv_algo(algo);
       INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)) << ", algorithm " << std::string(cpu::conv_algo_name(algo)));
       for (const Conv2dParams& p : direct_shapes) {
         // The shape must take the path under test, or the comparison says nothing about it.
         const std::string path = cpu::conv_path(p);
         INFO(conv_str(p) << " took " << path);
+        const bool direct = path.find("direct") != std::string::npos, wino = path.find("winograd") != std::string::npos;
+        const bool vector_isa = isa != (int)cpu::Isa::Generic;
         if (algo == cpu::ConvAlgo::Winograd)
-          CHECK((path.find("winograd") != std::string::npos) == (p.R == 3 && p.S == 3 && p.stride == 1 && p.pad == 1));
+          CHECK(wino == (p.R == 3 && p.S == 3 && p.stride == 1 && p.pad == 1));
+        else if (algo == cpu::ConvAlgo::Auto)  // direct or Winograd where measured faster
+          CHECK((direct || wino) == vector_isa);
         else
-          CHECK((path.find("direct") != std::string::npos) == (isa != (int)cpu::Isa::Generic && algo != cpu::ConvAlgo::Gemm));
+          CHECK(direct == (vector_isa && algo == cpu::ConvAlgo::Direct));
         compare_conv(p, rng);
       }
       // Dead filters: whole filters of w zero (what pruning leaves before compaction).
@@ -271,6 +275,163 @@ TEST_CASE("conv2d_forward_relu is relu(conv) on every path") {
       check_close(y, y_ref, "forward_relu " + conv_str(p));
     }
   }
+}
+
+// Winograd F(2x2, 3x3) (kernels/cpu/winograd.h), forced, on every ISA path this CPU has:
+// forward with and without bias, forward + ReLU, backward data and backward weights against ref. The shapes
+// reach each part of the kernels: odd channel counts (compaction's 37, 54, 113), images that
+// are not whole 2x2 tiles (7x7, 5x9) or smaller than one (1x1), 2x2 images (one tile), batch 1,
+// filter counts that are not whole micro-kernel blocks (8 on AVX-512, 6 on AVX2, 4 generic)
+// or exceed one multiply call (64 or 66 filters), tile rows longer than one vector (20 tiles:
+// 16 + 4 on AVX-512, 8 + 8 + 4 on AVX2; the second half of the interleaved output row), several
+// chunks per image, image groups with a shorter last group, and dead filters and channels.
+// Error bound as elsewhere in this file, max|cpu - ref| <= 1e-4 * max(1, max|ref|), and
+// relative to max|ref|: F(2x2) within 2e-6 (measured 6e-7: its transforms only add, subtract
+// and halve), F(4x4) within 1e-4 (measured 2.3e-5 on the 512-channel shape; its transforms
+// scale by up to 8 and 1/24; the direct kernels measure 2.3e-6 there).
+TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
+  struct Restore {
+    ~Restore() {
+      cpu::set_cpu_isa(cpu::best_cpu_isa());
+      cpu::set_conv_algo(cpu::ConvAlgo::Auto);
+    }
+  } restore;
+  const Conv2dParams shapes[] = {
+      conv(2, 37, 7, 7, 54, 3, 3, 1, 1),    // odd channels, 7x7: half tiles at both edges
+      conv(3, 54, 5, 9, 37, 3, 3, 1, 1),    // 5x9
+      conv(1, 113, 2, 2, 13, 3, 3, 1, 1),   // batch 1, one tile per image
+      conv(4, 13, 1, 1, 9, 3, 3, 1, 1),     // 1x1 images: one output of the tile's four
+      conv(3, 21, 20, 40, 70, 3, 3, 1, 1),  // 70 filters: two multiply calls, a partial block
+      conv(13, 24, 6, 10, 19, 3, 3, 1, 1),  // 13 images of 15 tiles: groups, a short last one
+      conv(3, 6, 50, 46, 5, 3, 3, 1, 1),    // 575 tiles per image: weight-gradient chunks add up
+      conv(2, 37, 9, 11, 54, 3, 3, 1, 1),   // F(4x4) from 8x8 up: 9 = 4 + 4 + 1, 11 = 4 + 4 + 3
+      conv(1, 113, 10, 8, 37, 3, 3, 1, 1),  // F(4x4), batch 1, 10 = 4 + 4 + 2
+      conv(2, 512, 8, 8, 16, 3, 3, 1, 1),   // F(4x4) summing VGG-16's 512 channels
+  };
+  Rng rng(41);
+  // max|cpu - ref| / max|ref| of F(2x2) (images below 8x8, and every weight gradient) and of
+  // F(4x4) (forward and backward data of images of 8x8 and more), and of the direct kernels
+  // on the same F(4x4) shapes, for comparison.
+  double worst2 = 0.0, worst4 = 0.0, worst_direct = 0.0;
+  auto relative = [](const std::vector<float>& got, const std::vector<float>& want) {
+    double err = 0.0, mag = 0.0;
+    for (size_t i = 0; i < got.size(); ++i)
+      err = std::max(err, (double)std::fabs(got[i] - want[i])), mag = std::max(mag, (double)std::fabs(want[i]));
+    return err / std::max(mag, 1e-30);
+  };
+  double* worst = &worst2;
+  auto compare = [&](const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+    check_close(got, want, what);
+    *worst = std::max(*worst, relative(got, want));
+  };
+  cpu::set_conv_algo(cpu::ConvAlgo::Winograd);
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)));
+    for (Conv2dParams p : shapes) {
+      for (bool dead : {false, true}) {
+        const std::string name = conv_str(p) + (dead ? " with dead filters and channels" : "");
+        INFO(name << " took " << cpu::conv_path(p));
+        REQUIRE(cpu::conv_path(p).find("winograd") == 0);
+        const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, ny = (int64_t)p.N * p.K * p.H * p.W;
+        auto x = randn(rng, nx), w = randn(rng, (int64_t)p.K * p.C * 9), b = randn(rng, p.K), dy = randn(rng, ny);
+        if (dead) {  // what pruning leaves before compaction: whole filters and input channels zero
+          for (int k = 0; k < p.K; k += 3) std::fill(w.begin() + k * p.C * 9, w.begin() + (k + 1) * p.C * 9, 0.0f);
+          for (int k = 0; k < p.K; ++k)
+            for (int c = 1; c < p.C; c += 4) std::fill_n(w.begin() + (k * p.C + c) * 9, 9, 0.0f);
+        }
+        const bool f4 = p.H >= 8 && p.W >= 8;
+        worst = f4 ? &worst4 : &worst2;
+        for (bool bias : {true, false}) {
+          auto y_ref = poisoned(ny), y = poisoned(ny);
+          ref::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y_ref.data());
+          cpu::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y.data());
+          compare(y, y_ref, "forward" + std::string(bias ? "+bias " : " ") + name);
+          if (f4 && isa != (int)cpu::Isa::Generic) {
+            cpu::set_conv_algo(cpu::ConvAlgo::Direct);
+            cpu::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y.data());
+            cpu::set_conv_algo(cpu::ConvAlgo::Winograd);
+            worst_direct = std::max(worst_direct, relative(y, y_ref));
+          }
+          for (float& v : y_ref) v = std::max(v, 0.0f);
+          y = poisoned(ny);
+          cpu::conv2d_forward_relu(p, x.data(), w.data(), bias ? b.data() : nullptr, y.data());
+          compare(y, y_ref, "forward_relu" + std::string(bias ? "+bias " : " ") + name);
+        }
+        auto dx_ref = poisoned(nx), dx = poisoned(nx);
+        ref::conv2d_backward_data(p, dy.data(), w.data(), dx_ref.data());
+        cpu::conv2d_backward_data(p, dy.data(), w.data(), dx.data());
+        compare(dx, dx_ref, "backward_data " + name);
+        worst = &worst2;
+        const int64_t nw = (int64_t)p.K * p.C * 9;
+        auto dw_ref = poisoned(nw), dw = poisoned(nw), db_ref = poisoned(p.K), db = poisoned(p.K);
+        ref::conv2d_backward_weights(p, x.data(), dy.data(), dw_ref.data(), db_ref.data());
+        cpu::conv2d_backward_weights(p, x.data(), dy.data(), dw.data(), db.data());
+        compare(dw, dw_ref, "backward_weights dw " + name);
+        compare(db, db_ref, "backward_weights db " + name);
+      }
+    }
+  }
+  // The weight gradient's image groups (one per thread) and their fixed-order sum; no db.
+  const Conv2dParams p = conv(5, 11, 6, 7, 10, 3, 3, 1, 1);
+  const auto x = randn(rng, (int64_t)p.N * p.C * p.H * p.W), dy = randn(rng, (int64_t)p.N * p.K * p.H * p.W);
+  const int64_t nw = (int64_t)p.K * p.C * 9;
+  auto dw_ref = poisoned(nw), db = poisoned(p.K);
+  ref::conv2d_backward_weights(p, x.data(), dy.data(), dw_ref.data(), nullptr);
+  for (int threads : {1, 3}) {
+    set_num_threads(threads);
+    auto dw = poisoned(nw);
+    cpu::conv2d_backward_weights(p, x.data(), dy.data(), dw.data(), nullptr);
+    compare(dw, dw_ref, "backward_weights with " + std::to_string(threads) + " threads");
+  }
+  set_num_threads(2);  // what test_main set
+  MESSAGE("max|cpu - ref| / max|ref|: Winograd F(2x2) " << worst2 << ", F(4x4) " << worst4
+                                                       << ", direct kernels on the F(4x4) shapes " << worst_direct);
+  CHECK(worst2 < 2e-6);
+  CHECK(worst4 < 1e-4);
+}
+
+// Under auto, Winograd runs where it measured faster (kernels/cpu/conv.cpp: forward and backward
+// data from 16 summed channels and 128 tiles per call, the weight gradient on larger shapes,
+// only on a vector ISA), and conv_forward_scratch reports its buffers.
+TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
+  struct Restore {
+    ~Restore() {
+      cpu::set_cpu_isa(cpu::best_cpu_isa());
+      cpu::set_conv_algo(cpu::ConvAlgo::Auto);
+    }
+  } restore;
+  cpu::set_conv_algo(cpu::ConvAlgo::Auto);
+  if (cpu::best_cpu_isa() != cpu::Isa::Generic) {
+    const std::string all = std::string("winograd ") + cpu::isa_name(cpu::best_cpu_isa());
+    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 1)).find(all) == 0);  // all three ops
+    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 1)).find("|") == std::string::npos);
+    // 2x2 images: forward and backward data (128 tiles), not the weight gradient.
+    const std::string small = cpu::conv_path(conv(128, 512, 2, 2, 512, 3, 3, 1, 1));
+    CHECK(small.find("winograd") == 0);
+    CHECK(small.find("| gemm") != std::string::npos);
+    CHECK(cpu::conv_path(conv(1, 512, 4, 4, 512, 3, 3, 1, 1)).find("winograd") == std::string::npos);  // 4 tiles
+    // Batch 1 at 32x32: 64 F(4x4) tiles, too few for the forward; 256 F(2x2) ones for the weights.
+    const std::string one = cpu::conv_path(conv(1, 16, 32, 32, 16, 3, 3, 1, 1));
+    CHECK(one.find("winograd") != 0);
+    CHECK(one.find("| winograd") != std::string::npos);
+    // The first layer (3 channels) runs its forward elsewhere, its backward data (64 summed) in Winograd.
+    const std::string first = cpu::conv_path(conv(128, 3, 32, 32, 64, 3, 3, 1, 1));
+    CHECK(first.find("winograd") != 0);
+    CHECK(first.find("| winograd") != std::string::npos);
+    CHECK(first.rfind("| winograd") > first.find("| winograd"));  // its weight gradient too
+    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 2, 1)).find("winograd") == std::string::npos);  // stride 2
+    CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 0)).find("winograd") == std::string::npos);  // pad 0
+  }
+  cpu::set_cpu_isa(cpu::Isa::Generic);
+  CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd") == std::string::npos);
+  cpu::set_cpu_isa(cpu::best_cpu_isa());
+  // conv_forward_scratch reports the Winograd buffers (none on the direct path's slot 1).
+  cpu::set_conv_algo(cpu::ConvAlgo::Winograd);
+  const Conv2dParams p = conv(5, 24, 6, 10, 70, 3, 3, 1, 1);
+  const cpu::ConvScratch s = cpu::conv_forward_scratch(p);
+  CHECK(s.slot0 >= (int64_t)p.C * (p.H + 2) * (p.W + 2));  // at least one padded image
+  CHECK(s.slot1 >= (int64_t)16 * p.C * ((p.H + 1) / 2) * ((p.W + 1) / 2));  // V of all tiles
 }
 
 TEST_CASE("ISA and algorithm settings refuse what this CPU cannot run, naming it") {

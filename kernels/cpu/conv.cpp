@@ -1,6 +1,8 @@
-// Optimized CPU convolution, parallel over images with oneTBB. Forward and backward-data of
-// 3x3 stride-1 pad-1 convolutions with 256+ channels take Winograd F(2x2, 3x3) (below,
-// winograd_applies); the rest one of two algorithms, chosen per op (direct_applies):
+// Optimized CPU convolution, parallel over images with oneTBB. 3x3 stride-1 pad-1 convolutions
+// take Winograd F(4x4, 3x3) or F(2x2, 3x3) (winograd.h) where it measured faster, per op
+// (winograd_applies: forward and backward data from 16 channels and 128 output tiles per
+// call, backward weights on larger shapes); the rest one of two algorithms, chosen per op
+// (direct_applies):
 //   direct  register-blocked direct kernels (conv_direct.h) on a zero-padded copy of each image,
 //           on a CPU with AVX2 or AVX-512: forward for rows of 8+ output columns (any stride:
 //           strided columns are stored phase by phase so they load as vectors), backward-data
@@ -42,6 +44,7 @@
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm_util.h"
 #include "kernels/cpu/rows.h"
+#include "kernels/cpu/winograd.h"
 
 namespace dnns::cpu {
 namespace {
@@ -267,12 +270,24 @@ std::atomic<int>& algo_setting() {
 
 enum class Op { Forward, BackwardData, BackwardWeights };
 
-// Channels (in and out) from which auto takes Winograd, on images of 4x4 and more: measured
-// with bench conv --model vgg16 --algo winograd --against direct --clock cpu (1 thread, AMD
-// EPYC, AVX-512): 1.09-1.22x for VGG-16's 256- and 512-channel layers on 8x8 and 4x4 images,
-// 0.58-0.98x below 256 channels (the direct kernels are near peak there and our transforms
-// are not vectorised), 0.85-0.96x on 2x2 images.
-constexpr int kWinogradMinChannels = 256;
+// Where auto takes Winograd (winograd.h), measured with bench conv --model vgg16|resnet20
+// --algo winograd --against direct --clock cpu --threads 1 (AMD EPYC, Zen 4), batch 128 and 1:
+//   - forward and backward data, from 16 channels summed over (C for forward, K for backward
+//     data): at batch 128, 1.1-2.7x on AVX-512 and 0.9-3.2x on AVX2 for every VGG-16 and
+//     ResNet-20 layer of 16 channels and more, images of 32x32 down to 2x2 (F(4x4) from 8x8,
+//     F(2x2) below); 0.7-1.0x for the 3-channel first layers' forward;
+//   - a call of at least 128 tiles of the tile size it runs (N * ceil(H/m) * ceil(W/m)): the
+//     filter transform is paid per call and a chunk is computed in whole vectors of tiles; at
+//     batch 1 (64 F(4x4) tiles at 32x32 and less), 0.1-1.1x;
+//   - not on the generic path (0.6-0.8x of im2col + OpenBLAS there).
+// The weight gradient (F(2x2)): 1.3-1.8x on AVX-512, 1.1-1.9x on AVX2 for VGG-16's layers of
+// 4x4 images and more, 1.2-1.5x for ResNet-20's 32x32 and 16x16 ones, first layers included;
+// but 0.8-1.0x on 2x2 images, 0.7-1.1x for ResNet-20's 64 channels on 8x8, and at batch 1
+// 0.5-0.9x below 32x32 (256 tiles). So: images of 4x4 and more, 256+ F(2x2) tiles, and
+// images of 16x16 and more or 128+ input channels.
+constexpr int kWinogradMinChannels = 16;
+constexpr int64_t kWinogradMinTiles = 128;
+constexpr int64_t kWinogradMinTilesWeights = 256;
 
 bool is_gemm_forced() { return (ConvAlgo)algo_setting().load(std::memory_order_relaxed) == ConvAlgo::Gemm; }
 
@@ -297,18 +312,20 @@ bool direct_applies(const Conv2dParams& p, Op op) {
   return false;
 }
 
-// Whether `op` of this shape runs Winograd F(2x2, 3x3) (forward and backward data; the
-// backward data of a 3x3 stride-1 pad-1 conv is one too, with the filters flipped and
-// transposed). Under auto: many channels both ways (the 16 GEMMs then run near the machine's
-// peak and the transforms are a small part), images of 4x4 or more, and a batch that gives
-// every thread image blocks.
+// Whether `op` of this shape runs Winograd (forward, backward data: a 3x3 stride-1
+// pad-1 conv too, with the filters flipped and transposed, and backward weights): any such
+// shape when forced, under auto where it measured faster (above).
 bool winograd_applies(const Conv2dParams& p, Op op) {
   const ConvAlgo algo = (ConvAlgo)algo_setting().load(std::memory_order_relaxed);
-  if (algo == ConvAlgo::Gemm || algo == ConvAlgo::Direct || op == Op::BackwardWeights) return false;
+  if (algo == ConvAlgo::Gemm || algo == ConvAlgo::Direct) return false;
   if (p.R != 3 || p.S != 3 || p.stride != 1 || p.pad != 1) return false;
   if (algo == ConvAlgo::Winograd) return true;
-  return p.C >= kWinogradMinChannels && p.K >= kWinogradMinChannels && p.H >= 4 && p.W >= 4 &&
-         p.N >= 2 * num_threads();
+  if (cpu_isa() == Isa::Generic) return false;
+  auto tiles = [&](int m) { return (int64_t)p.N * ((p.H + m - 1) / m) * ((p.W + m - 1) / m); };
+  if (op == Op::BackwardWeights)  // F(2x2)
+    return tiles(2) >= kWinogradMinTilesWeights && p.H >= 4 && p.W >= 4 && (p.H * p.W >= 256 || p.C >= 128);
+  const int summed = op == Op::Forward ? p.C : p.K;
+  return summed >= kWinogradMinChannels && tiles(winograd_tile(p.H, p.W)) >= kWinogradMinTiles;
 }
 
 // The padded copy of one image (conv_direct.h): Hp = H + 2*ph rows of RP = st * L floats,
@@ -466,119 +483,6 @@ void direct_backward_weights(const Conv2dParams& p, const float* x, const float*
     }
 }
 
-// ---- Winograd F(2x2, 3x3) for 3x3 stride-1 pad-1 convolutions with many channels
-// Each 2x2 block of outputs ("tile") of one filter is computed from the 4x4 input patch d
-// around it as A^T [ (G g G^T) .* (B^T d B) ] A, summed over input channels: 16 products per
-// tile and channel instead of 36, the sum over channels being 16 GEMMs (one per position xi
-// of the 4x4 transformed tile): M[xi] (K, T) = U[xi] (K, C) * V[xi] (C, T). Tiles of a block
-// of images go through together: input transform into V, the GEMMs, output transform into y.
-//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
-//   A^T = [1 1 1 0; 0 1 -1 -1]
-
-// U (16, K, C) from filters g(k, c) -> 3x3 (row-major taps).
-template <class Filter>
-std::vector<float> winograd_filters(int K, int C, Filter g) {
-  std::vector<float> U((size_t)16 * K * C);
-  const size_t plane = (size_t)K * C;
-  for (int k = 0; k < K; ++k)
-    for (int c = 0; c < C; ++c) {
-      float w[9];
-      for (int t = 0; t < 9; ++t) w[t] = g(k, c, t);
-      float tmp[4][3];  // G g
-      for (int j = 0; j < 3; ++j) {
-        const float a = w[j], b = w[3 + j], d = w[6 + j];
-        tmp[0][j] = a;
-        tmp[1][j] = 0.5f * (a + b + d);
-        tmp[2][j] = 0.5f * (a - b + d);
-        tmp[3][j] = d;
-      }
-      for (int i = 0; i < 4; ++i) {  // (G g) G^T
-        const float a = tmp[i][0], b = tmp[i][1], d = tmp[i][2];
-        const float row[4] = {a, 0.5f * (a + b + d), 0.5f * (a - b + d), d};
-        for (int j = 0; j < 4; ++j) U[(size_t)(i * 4 + j) * plane + (size_t)k * C + c] = row[j];
-      }
-    }
-  return U;
-}
-
-// Images per Winograd block: about 2 MiB of transformed input or output per block.
-int winograd_block(int N, int widest, int per_image) {
-  return std::max(1, std::min(N, (int)((size_t(2) << 20) / (64 * (size_t)widest * per_image))));
-}
-
-// y (N, K, H, W) = bias + the 3x3 stride-1 pad-1 conv of x (N, C, H, W) with filters U.
-void winograd_conv(int N, int C, int H, int W, int K, const float* x, const std::vector<float>& U, const float* bias,
-                   float* y) {
-  const int TP = (H + 1) / 2, TQ = (W + 1) / 2, per_image = TP * TQ;
-  const int64_t image_in = (int64_t)C * H * W, image_out = (int64_t)K * H * W;
-  const int block = winograd_block(N, std::max(C, K), per_image);
-  const int blocks = (N + block - 1) / block;
-  parallel_for(0, blocks, 1, [&](int b0, int b1) {
-    for (int b = b0; b != b1; ++b) {
-      const int n0 = b * block, nb = std::min(block, N - n0), T = nb * per_image;
-      float* V = thread_scratch<float>(0, (size_t)16 * C * T);  // (16, C, T)
-      float* M = thread_scratch<float>(1, (size_t)16 * K * T);  // (16, K, T)
-      const size_t vplane = (size_t)C * T, mplane = (size_t)K * T;
-      // Input transform: V[xi][c][t] = (B^T d B)[xi] for the 4x4 patch d of tile t.
-      for (int i = 0; i < nb; ++i)
-        for (int c = 0; c < C; ++c) {
-          const float* xc = x + (n0 + i) * image_in + (int64_t)c * H * W;
-          for (int tp = 0; tp < TP; ++tp)
-            for (int tq = 0; tq < TQ; ++tq) {
-              float d[4][4];
-              for (int r = 0; r < 4; ++r) {
-                const int h = 2 * tp - 1 + r;
-                for (int q = 0; q < 4; ++q) {
-                  const int w = 2 * tq - 1 + q;
-                  d[r][q] = h >= 0 && h < H && w >= 0 && w < W ? xc[h * W + w] : 0.0f;
-                }
-              }
-              float t1[4][4];  // B^T d
-              for (int q = 0; q < 4; ++q) {
-                t1[0][q] = d[0][q] - d[2][q];
-                t1[1][q] = d[1][q] + d[2][q];
-                t1[2][q] = d[2][q] - d[1][q];
-                t1[3][q] = d[1][q] - d[3][q];
-              }
-              const size_t at = (size_t)c * T + (size_t)i * per_image + tp * TQ + tq;
-              for (int r = 0; r < 4; ++r) {  // (B^T d) B
-                V[(r * 4 + 0) * vplane + at] = t1[r][0] - t1[r][2];
-                V[(r * 4 + 1) * vplane + at] = t1[r][1] + t1[r][2];
-                V[(r * 4 + 2) * vplane + at] = t1[r][2] - t1[r][1];
-                V[(r * 4 + 3) * vplane + at] = t1[r][1] - t1[r][3];
-              }
-            }
-        }
-      for (int xi = 0; xi < 16; ++xi)
-        sgemm(false, false, K, T, C, 1.0f, U.data() + (size_t)xi * K * C, C, V + xi * vplane, T, 0.0f,
-              M + xi * mplane, T);
-      // Output transform: the 2x2 outputs of tile t = A^T m A + bias.
-      for (int i = 0; i < nb; ++i)
-        for (int k = 0; k < K; ++k) {
-          float* yk = y + (n0 + i) * image_out + (int64_t)k * H * W;
-          const float bk = bias ? bias[k] : 0.0f;
-          for (int tp = 0; tp < TP; ++tp)
-            for (int tq = 0; tq < TQ; ++tq) {
-              const size_t at = (size_t)k * T + (size_t)i * per_image + tp * TQ + tq;
-              float m[4][4];
-              for (int xi = 0; xi < 16; ++xi) m[xi / 4][xi % 4] = M[xi * mplane + at];
-              float t1[2][4];  // A^T m
-              for (int q = 0; q < 4; ++q) {
-                t1[0][q] = m[0][q] + m[1][q] + m[2][q];
-                t1[1][q] = m[1][q] - m[2][q] - m[3][q];
-              }
-              const int h = 2 * tp, w = 2 * tq;
-              for (int r = 0; r < 2 && h + r < H; ++r) {
-                const float o0 = t1[r][0] + t1[r][1] + t1[r][2], o1 = t1[r][1] - t1[r][2] - t1[r][3];
-                yk[(h + r) * W + w] = o0 + bk;
-                if (w + 1 < W) yk[(h + r) * W + w + 1] = o1 + bk;
-              }
-            }
-        }
-    }
-  });
-}
-
 }  // namespace
 
 const DirectKernels* direct_kernels(Isa isa, int Q) {
@@ -614,22 +518,19 @@ std::string conv_path(const Conv2dParams& p) {
   auto one = [&](Op op, int width) {
     return direct_applies(p, op) ? std::string("direct ") + direct_kernels(cpu_isa(), width)->name : std::string("gemm");
   };
-  auto or_winograd = [&](Op op, std::string path) { return winograd_applies(p, op) ? std::string("winograd") : path; };
+  auto or_winograd = [&](Op op, std::string path) {
+    return winograd_applies(p, op) ? std::string("winograd ") + winograd_kernels(cpu_isa()).name : path;
+  };
   const std::string f = or_winograd(Op::Forward, one(Op::Forward, p.Q())),
                     d = or_winograd(Op::BackwardData, one(Op::BackwardData, p.W)),
-                    w = one(Op::BackwardWeights, p.K >= 32 ? 16 : 8);
+                    w = or_winograd(Op::BackwardWeights, one(Op::BackwardWeights, p.K >= 32 ? 16 : 8));
   return f == d && d == w ? f : f + " | " + d + " | " + w;
 }
 
 void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   // x (N, C, H, W)   w (K, C*R*S)   b (K) or nullptr   y (N, K, P, Q)
   check_conv_params(p, "conv2d_forward");
-  if (winograd_applies(p, Op::Forward)) {
-    const int CRS = p.C * 9;
-    const std::vector<float> U =
-        winograd_filters(p.K, p.C, [&](int k, int c, int t) { return w[(int64_t)k * CRS + c * 9 + t]; });
-    return winograd_conv(p.N, p.C, p.H, p.W, p.K, x, U, b, y);
-  }
+  if (winograd_applies(p, Op::Forward)) return winograd_conv(p.N, p.C, p.H, p.W, p.K, x, w, false, b, false, y);
   if (direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y, false);
   const int K = p.K, CRS = p.C * p.R * p.S, Q = p.Q(), PQ = p.P() * Q;
   const Tiling t = plan_tiles(p);
@@ -663,10 +564,7 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
 ConvScratch conv_forward_scratch(const Conv2dParams& p) {
   ConvScratch r;
   if (winograd_applies(p, Op::Forward)) {
-    const int per_image = ((p.H + 1) / 2) * ((p.W + 1) / 2), widest = std::max(p.C, p.K);
-    const int64_t T = (int64_t)winograd_block(p.N, widest, per_image) * per_image;
-    r.slot0 = 16 * (int64_t)p.C * T;
-    r.slot1 = 16 * (int64_t)p.K * T;
+    winograd_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1);
   } else if (direct_applies(p, Op::Forward)) {
     const DirectKernels& dk = *direct_kernels(cpu_isa(), p.Q());
     r.slot0 = (int64_t)padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec).floats;
@@ -681,7 +579,8 @@ ConvScratch conv_forward_scratch(const Conv2dParams& p) {
 
 void conv2d_forward_relu(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   check_conv_params(p, "conv2d_forward_relu");
-  if (!winograd_applies(p, Op::Forward) && direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y, true);
+  if (winograd_applies(p, Op::Forward)) return winograd_conv(p.N, p.C, p.H, p.W, p.K, x, w, false, b, true, y);
+  if (direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y, true);
   conv2d_forward(p, x, w, b, y);
   relu_forward((int64_t)p.N * p.K * p.P() * p.Q(), y, y);
 }
@@ -691,12 +590,8 @@ void conv2d_backward_data(const Conv2dParams& p, const float* dy, const float* w
   // dcol (CRS, cols) = w^T dy_block, then col2im adds each column back onto the pixels it
   // was read from. All blocks of one image run in one task, so col2im never races.
   check_conv_params(p, "conv2d_backward_data");
-  if (winograd_applies(p, Op::BackwardData)) {  // filters flipped and transposed: C from K
-    const int CRS = p.C * 9;
-    const std::vector<float> U =
-        winograd_filters(p.C, p.K, [&](int c, int k, int t) { return w[(int64_t)k * CRS + c * 9 + (8 - t)]; });
-    return winograd_conv(p.N, p.K, p.H, p.W, p.C, dy, U, nullptr, dx);
-  }
+  if (winograd_applies(p, Op::BackwardData))  // filters flipped and transposed: C from K
+    return winograd_conv(p.N, p.K, p.H, p.W, p.C, dy, w, true, nullptr, false, dx);
   if (direct_applies(p, Op::BackwardData)) return direct_backward_data(p, dy, w, dx);
   const int K = p.K, CRS = p.C * p.R * p.S, PQ = p.P() * p.Q();
   const int64_t image = (int64_t)p.C * p.H * p.W;
@@ -730,6 +625,8 @@ void conv2d_backward_weights(const Conv2dParams& p, const float* x, const float*
   // itself) and the partials are added at the end in a fixed order, so the result does not
   // depend on scheduling (only on the thread count).
   check_conv_params(p, "conv2d_backward_weights");
+  if (winograd_applies(p, Op::BackwardWeights))
+    return winograd_backward_weights(p.N, p.C, p.H, p.W, p.K, x, dy, dw, db);
   if (p.N > 0)
     if (direct_applies(p, Op::BackwardWeights)) return direct_backward_weights(p, x, dy, dw, db);
   const int K = p.K, CRS = p.C * p.R * p.S;

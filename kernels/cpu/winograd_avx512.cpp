@@ -1,0 +1,61 @@
+// AVX-512 (F + VL) Winograd kernels (winograd_impl.h) on 16-float vectors; compiled with
+// -mavx512f -mavx512vl -mfma and called only when the CPU has them (kernels/cpu/isa.h).
+#include <immintrin.h>
+
+#define DNNS_WINO_NS wino_avx512
+namespace dnns::cpu::wino_avx512 {
+
+struct WV {
+  static constexpr int W = 16;
+  using V = __m512;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store_n(float* p, V v, int n) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), v); }
+  static V bcast(float x) { return _mm512_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V even(V a, V b) {
+    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+  }
+  static V odd(V a, V b) {
+    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+  }
+  // Floats s, s + 4, ..., s + 60 of the 64 floats a|b|c|d: every fourth of each pair into
+  // the low half, the two halves joined.
+  template <int s>
+  static V sel4(V a, V b, V c, V d) {
+    const __m512i idx = _mm512_setr_epi32(s, s + 4, s + 8, s + 12, s + 16, s + 20, s + 24, s + 28, 0, 0, 0, 0, 0, 0,
+                                          0, 0);
+    return _mm512_shuffle_f32x4(_mm512_permutex2var_ps(a, idx, b), _mm512_permutex2var_ps(c, idx, d), 0x44);
+  }
+  static V zip_lo(V a, V b) {
+    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b);
+  }
+  static V zip_hi(V a, V b) {
+    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+                                  b);
+  }
+};
+
+}  // namespace dnns::cpu::wino_avx512
+
+#include "kernels/cpu/winograd_impl.h"
+
+namespace dnns::cpu {
+
+const WinogradKernels* winograd_kernels_avx512() {
+  // 8 filters x 3 vectors of tiles: 24 accumulators, 3 inputs and a broadcast in 32 registers.
+  using namespace wino_avx512;
+  static const WinogradKernels k{"avx512/16",      16,
+                                 8,                3,
+                                 &input<WV>,       &multiply<WV, 8, 3, 16>,
+                                 &output<WV>,      &output_grad<WV>,
+                                 &input4<WV>,      &multiply<WV, 8, 3, 36>,
+                                 &output4<WV>};
+  return &k;
+}
+
+}  // namespace dnns::cpu
