@@ -75,37 +75,26 @@ std::map<std::string, OpTime>& profile_totals() {
   return totals;
 }
 
-// Times the op call it is declared in when profiling is on (see set_profiling).
-class OpTimer {
- public:
-  OpTimer(const char* op, Device d) : op_(op), dev_(d), on_(g_profiling.load(std::memory_order_relaxed)) {
-    if (!on_) return;
-    device_synchronize(dev_);
-    t0_ = std::chrono::steady_clock::now();
-  }
-  ~OpTimer() {
-    if (!on_) return;
-    device_synchronize(dev_);
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count();
-    std::lock_guard<std::mutex> lock(g_profile_mutex);
-    OpTime& t = profile_totals()[op_];
-    t.op = op_;
-    t.calls += 1;
-    t.ms += ms;
-  }
-  OpTimer(const OpTimer&) = delete;
-  OpTimer& operator=(const OpTimer&) = delete;
-
- private:
-  const char* op_;
-  Device dev_;
-  bool on_;
-  std::chrono::steady_clock::time_point t0_;
-};
-
 }  // namespace
 
 void set_profiling(bool on) { g_profiling.store(on, std::memory_order_relaxed); }
+
+OpTimer::OpTimer(const char* op, Device d) : op_(op), dev_(d), on_(g_profiling.load(std::memory_order_relaxed)) {
+  if (!on_) return;
+  device_synchronize(dev_);
+  t0_ = std::chrono::steady_clock::now();
+}
+
+OpTimer::~OpTimer() {
+  if (!on_) return;
+  device_synchronize(dev_);
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count();
+  std::lock_guard<std::mutex> lock(g_profile_mutex);
+  OpTime& t = profile_totals()[op_];
+  t.op = op_;
+  t.calls += 1;
+  t.ms += ms;
+}
 
 std::vector<OpTime> take_profile() {
   std::lock_guard<std::mutex> lock(g_profile_mutex);

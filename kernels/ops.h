@@ -3,6 +3,7 @@
 // reference kernels when `set_cpu_backend(CpuBackend::Reference)` was chosen). This is the
 // only place that chooses a backend.
 #pragma once
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,21 @@ struct OpTime {
   double ms = 0.0;
 };
 void set_profiling(bool on);
+// Times the op call it is declared in while profiling is on: every op entry point (here and in
+// kernels/sparse.h) declares one.
+class OpTimer {
+ public:
+  OpTimer(const char* op, Device d);
+  ~OpTimer();
+  OpTimer(const OpTimer&) = delete;
+  OpTimer& operator=(const OpTimer&) = delete;
+
+ private:
+  const char* op_;
+  Device dev_;
+  bool on_;
+  std::chrono::steady_clock::time_point t0_;
+};
 // The totals since the last call (or since profiling was turned on), longest first; resets them.
 std::vector<OpTime> take_profile();
 

@@ -65,6 +65,7 @@ void sparse_conv2d_forward(const Conv2dParams& p, const Tensor& x, const SparseR
   if (has_bias) check_shape(b.shape(), {p.K}, "sparse_conv2d_forward bias");
   check_shape(y.shape(), {p.N, p.K, p.P(), p.Q()}, "sparse_conv2d_forward output");
   check(x.is_cpu() && y.is_cpu() && (!has_bias || b.is_cpu()), "sparse_conv2d_forward: CPU tensors only");
+  OpTimer op_timer("sparse_conv2d_forward", Device::CPU);
   if (cpu_backend() == CpuBackend::Reference)
     ref::sparse_conv2d_forward(p, x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
   else
@@ -83,6 +84,7 @@ void sparse_linear_forward(const Tensor& x, const SparseRows& w, const Tensor& b
   check_shape(y.shape(), {N, w.rows}, "sparse_linear_forward output");
   check(x.is_cpu() && y.is_cpu() && (!has_bias || b.is_cpu()), "sparse_linear_forward: CPU tensors only");
   if (N == 0 || w.rows == 0) return;
+  OpTimer op_timer("sparse_linear_forward", Device::CPU);
   if (cpu_backend() == CpuBackend::Reference)
     ref::sparse_linear_forward(int(N), x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
   else
