@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -278,6 +279,18 @@ TEST_CASE("ops::sparse_* refuse a sparse weight of the wrong shape, naming it") 
   Tensor xl({2, 7}), yl({2, 6});
   CHECK(testing::contains(testing::error_of([&] { ops::sparse_linear_forward(xl, s, b, false, yl); }),
                           "does not match a sparse weight"));
+  // The op profile (bench --profile) counts the sparse ops like the dense ones.
+  Tensor xg({2, 36}), yg({2, 6});
+  ops::take_profile();
+  ops::set_profiling(true);
+  ops::sparse_conv2d_forward(p, x, s, b, false, y);
+  ops::sparse_linear_forward(xg, s, b, false, yg);
+  ops::sparse_linear_forward(xg, s, b, false, yg);
+  ops::set_profiling(false);
+  std::map<std::string, int64_t> calls;
+  for (const ops::OpTime& t : ops::take_profile()) calls[t.op] = t.calls;
+  CHECK(calls["sparse_conv2d_forward"] == 1);
+  CHECK(calls["sparse_linear_forward"] == 2);
 }
 
 // ---- whole models: sparse execution after compaction ----------------------------------------
