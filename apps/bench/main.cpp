@@ -2,6 +2,8 @@
 // runs beside it from bench/run.sh, which prints the ratios.
 //
 //   bench train   --model vgg16 --batch 128 --steps 5     training img/s (forward+backward+SGD)
+//                 --densities 1,0.2,0.05 --train-execution dense,sparse: masked models, each
+//                 density x execution, their steps alternated (side by side in one process)
 //   bench infer   --model resnet20 --batch 1              inference latency (p50/p99)
 //   bench compact --model vgg16 --density 0.05            compaction time of an IMP-like mask
 //   bench conv    --model resnet20 --batch 128            each conv shape of a model: the
@@ -37,6 +39,7 @@
 #include "nn/export/export.h"
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
+#include "nn/train_execution.h"
 #include "prune/compact.h"
 #include "prune/magnitude.h"
 #include "prune/infer.h"
@@ -101,8 +104,13 @@ Tensor random_batch(int64_t n, const Shape& chw, Rng& rng) {
   return x;
 }
 
+std::vector<double> parse_numbers(const std::string& s, const std::string& flag);
+
 int bench_train(int argc, char** argv) {
-  Flags f("bench train", "Training throughput: forward, backward and SGD step on random data.");
+  Flags f("bench train",
+          "Training throughput: forward, backward and SGD step on random data. With --densities, the model "
+          "masked at each density (IMP-like global magnitude masks, prune/magnitude.h) and trained with each "
+          "--train-execution; the configurations' steps alternate, so a loaded machine slows all of them alike.");
   f.add("model", "resnet20", "zoo model");
   f.add("batch", "128", "batch size");
   f.add("steps", "5", "timed steps (after 1 warm-up step)");
@@ -110,50 +118,91 @@ int bench_train(int argc, char** argv) {
   f.add("backend", "cpu", "cpu (optimized) or ref (reference kernels)");
   f.add("device", "cpu", "cpu or cuda");
   f.add_bool("tf32", "CUDA: allow TF32 tensor-core GEMMs");
+  f.add("densities", "1", "comma list: fractions of the prunable weights kept (1: no mask)");
+  f.add("train-execution", "dense",
+        "comma list of dense, sparse, auto: how masked conv/linear layers train (nn/train_execution.h)");
   if (!f.parse(argc, argv)) return 0;
   set_num_threads(static_cast<int>(f.integer("threads")));
   Device dev = setup_device(f);
   if (f.str("backend") == "ref") set_cpu_backend(CpuBackend::Reference);
-  Rng rng(1);
-  Model m = build_model(f.str("model"));
-  init_model(m, rng);
-  m.to(dev);
-  int64_t batch = f.integer("batch"), steps = f.integer("steps");
-  Tensor x = random_batch(batch, m.input_shape(), rng).to(dev);
-  Tensor labels({batch});
-  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<float>(rng.below(10));
-  labels = labels.to(dev);
-  Sgd sgd({0.01f, 0.9f, 1e-4f, false});
-  Tensor d;
-  std::vector<double> times, cpu_times;
-  for (int64_t s = 0; s <= steps; ++s) {
-    auto t0 = Clock::now();
-    const double c0 = process_cpu_ms();
-    Tensor y = m.forward(x, true);
-    if (!d.defined()) d = Tensor(y.shape(), dev);
-    ops::softmax_cross_entropy(y, labels, 0.0f, &d, nullptr);
-    m.backward(d);
-    sgd.step(m, 0.01f);
-    sync(dev);
-    if (s > 0) times.push_back(ms_since(t0)), cpu_times.push_back(process_cpu_ms() - c0);
+  const std::vector<double> densities = parse_numbers(f.str("densities"), "densities");
+  std::vector<Execution> executions;
+  {
+    const std::string list = f.str("train-execution");
+    for (size_t pos = 0; pos <= list.size();) {
+      const size_t comma = std::min(list.find(',', pos), list.size());
+      executions.push_back(parse_execution(list.substr(pos, comma - pos), "bench train: --train-execution"));
+      pos = comma + 1;
+    }
   }
-  double med = percentile(times, 0.5);
-  std::printf("%s\n", Json()
-                          .add("bench", "train")
-                          .add("model", f.str("model"))
-                          .add("batch", batch)
-                          .add("device", device_name(dev))
-                          .add("tf32", f.flag("tf32"))
-                          .add("threads", num_threads())
-                          .add("ms_per_step_median", med)
-                          .add("images_per_sec", batch * 1000.0 / med)
-                          .add("isa", cpu::isa_name(cpu::cpu_isa()))
-                          // CPU time of the process per step (all threads): with 1 thread, the
-                          // work a step takes even on a loaded machine
-                          .add("cpu_ms_per_step_median", percentile(cpu_times, 0.5))
-                          .add("hardware", device_description(dev))
-                          .str()
-                          .c_str());
+  int64_t batch = f.integer("batch"), steps = f.integer("steps");
+  check(batch > 0 && steps > 0, "bench train: --batch and --steps must be positive");
+  struct Config {
+    double density;
+    Execution execution;
+    Model m;
+    std::unique_ptr<Sgd> sgd;
+    std::string plan;
+    std::vector<double> times, cpu_times;
+  };
+  std::vector<Config> configs;
+  Rng data_rng(2);
+  Model proto = build_model(f.str("model"));
+  {
+    Rng rng(1);
+    init_model(proto, rng);
+  }
+  Tensor x = random_batch(batch, proto.input_shape(), data_rng).to(dev);
+  Tensor labels({batch});
+  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<float>(data_rng.below(10));
+  labels = labels.to(dev);
+  for (double density : densities)
+    for (Execution e : executions) {
+      check(density > 0 && density <= 1, "bench train: --densities: each must be in (0, 1], got " + std::to_string(density));
+      Config c{density, e, proto.clone(), std::make_unique<Sgd>(SgdParams{0.01f, 0.9f, 1e-4f, false}), "", {}, {}};
+      if (density < 1) {
+        Rng mask_rng(3);
+        set_masks(c.m, imp_like_masks(c.m, density, mask_rng));  // prune/magnitude.h
+      }
+      c.m.to(dev);
+      c.plan = training_plan_summary(plan_training_execution(c.m, e));
+      configs.push_back(std::move(c));
+    }
+  Tensor d;
+  for (int64_t s = 0; s <= steps; ++s)
+    for (Config& c : configs) {
+      auto t0 = Clock::now();
+      const double c0 = process_cpu_ms();
+      Tensor y = c.m.forward(x, true);
+      if (!d.defined()) d = Tensor(y.shape(), dev);
+      ops::softmax_cross_entropy(y, labels, 0.0f, &d, nullptr);
+      c.m.backward(d);
+      c.sgd->step(c.m, 0.01f);
+      sync(dev);
+      if (s > 0) c.times.push_back(ms_since(t0)), c.cpu_times.push_back(process_cpu_ms() - c0);
+    }
+  for (Config& c : configs) {
+    double med = percentile(c.times, 0.5);
+    std::printf("%s\n", Json()
+                            .add("bench", "train")
+                            .add("model", f.str("model"))
+                            .add("batch", batch)
+                            .add("density", c.density)
+                            .add("train_execution", execution_name(c.execution))
+                            .add("plan", c.plan)
+                            .add("device", device_name(dev))
+                            .add("tf32", f.flag("tf32"))
+                            .add("threads", num_threads())
+                            .add("ms_per_step_median", med)
+                            .add("images_per_sec", batch * 1000.0 / med)
+                            .add("isa", cpu::isa_name(cpu::cpu_isa()))
+                            // CPU time of the process per step (all threads): with 1 thread, the
+                            // work a step takes even on a loaded machine
+                            .add("cpu_ms_per_step_median", percentile(c.cpu_times, 0.5))
+                            .add("hardware", device_description(dev))
+                            .str()
+                            .c_str());
+  }
   return 0;
 }
 

@@ -141,6 +141,24 @@ void sparse_conv2d_backward_data(const Conv2dParams& p, const float* dy, const S
     sparse_conv2d_forward(t, dy, pat.wt, nullptr, false, dx);
     return;
   }
+  if (R == 1 && S == 1 && p.pad == 0) {
+    // A strided 1x1 conv: dx is zero except at the pixels (st*p, st*q) the filters read, which
+    // get the 1x1 transposed conv of dy (N, C, P, Q).
+    Conv2dParams u = t;
+    u.H = P, u.W = Q, u.pad = 0;
+    std::vector<float> g(size_t(p.N) * p.C * P * Q);  // (N, C, P, Q)
+    sparse_conv2d_forward(u, dy, pat.wt, nullptr, false, g.data());
+    parallel_for(0, p.N * p.C, 16, [&](int i0, int i1) {
+      for (int i = i0; i < i1; ++i) {
+        float* out = dx + int64_t(i) * p.H * p.W;  // (H, W)
+        std::fill(out, out + int64_t(p.H) * p.W, 0.0f);
+        const float* gi = g.data() + int64_t(i) * P * Q;  // (P, Q)
+        for (int pp = 0; pp < P; ++pp)
+          for (int qq = 0; qq < Q; ++qq) out[int64_t(pp) * st * p.W + int64_t(qq) * st] = gi[int64_t(pp) * Q + qq];
+      }
+    });
+    return;
+  }
   // Otherwise dy spread out first: D[i, j] = dy[(i - (R-1-pad)) / st, (j - (S-1-pad)) / st]
   // where both divide exactly and land inside dy, 0 elsewhere; (H + R - 1, W + S - 1), pad 0.
   const int HD = p.H + R - 1, WD = p.W + S - 1, oh = R - 1 - p.pad, ow = S - 1 - p.pad;
@@ -171,15 +189,23 @@ void sparse_conv2d_backward_weights(const Conv2dParams& p, const float* x, const
         "sparse_conv2d_backward_weights: the pattern's weight shape differs from the convolution's");
   const SparseRows& w = pat.w;
   const int N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P(), Q = p.Q();
-  const int st = p.stride, pad = p.pad, phases = st * st;
+  const int st = p.stride, pad = p.pad;
   const int Hph = (H + 2 * pad + st - 1) / st, Wph = (W + 2 * pad + st - 1) / st;
+  // Only the phases some tap reads are built (a strided 1x1 conv reads one of st*st).
+  std::vector<int> slot(size_t(st) * st, -1);  // (st*st) phase (a, b)'s place among the built ones
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) slot[size_t((r % st) * st + s % st)] = 0;
+  int phases = 0;
+  for (int& sl : slot)
+    if (sl == 0) sl = phases++;
   const int64_t plane = int64_t(Hph) * Wph, image = int64_t(C) * phases * plane;
   const int L = round_up((P - 1) * Wph + Q, 8);
   check(image + L < INT32_MAX, "sparse_conv2d_backward_weights: input too large for the kernel");
   std::vector<int32_t> off(size_t(std::max<int64_t>(1, w.nnz())));  // (nnz) where each tap's run starts
   for (int64_t j = 0; j < w.nnz(); ++j) {
     const int col = w.col[j], c = col / (R * S), r = col / S % R, s = col % S;
-    off[size_t(j)] = int32_t(((int64_t(c) * phases + (r % st) * st + s % st) * Hph + r / st) * Wph + s / st);
+    const int ph = slot[size_t((r % st) * st + s % st)];
+    off[size_t(j)] = int32_t(((int64_t(c) * phases + ph) * Hph + r / st) * Wph + s / st);
   }
   const auto row_dots = sparse_train_kernels().row_dots;
   // Images in T fixed parts, each summed into its own accumulators, then the parts in order:
@@ -194,23 +220,29 @@ void sparse_conv2d_backward_weights(const Conv2dParams& p, const float* x, const
       for (int n = int(int64_t(N) * part / T); n < int(int64_t(N) * (part + 1) / T); ++n) {
         const float* xn = x + int64_t(n) * C * H * W;  // (C, H, W)
         for (int c = 0; c < C; ++c)
-          for (int ph = 0; ph < phases; ++ph) {
-            const int ra = ph / st, cb = ph % st;
-            float* dst = X.data() + (int64_t(c) * phases + ph) * plane;  // (Hph, Wph)
-            for (int i = 0; i < Hph; ++i) {
-              const int h = i * st + ra - pad;
-              float* row = dst + int64_t(i) * Wph;
-              if (h < 0 || h >= H) {
-                std::fill(row, row + Wph, 0.0f);
-                continue;
-              }
-              const float* xr = xn + (int64_t(c) * H + h) * W;
-              for (int j = 0; j < Wph; ++j) {
-                const int v = j * st + cb - pad;
-                row[j] = v >= 0 && v < W ? xr[v] : 0.0f;
+          for (int ra = 0; ra < st; ++ra)
+            for (int cb = 0; cb < st; ++cb) {
+              const int ph = slot[size_t(ra * st + cb)];
+              if (ph < 0) continue;
+              float* dst = X.data() + (int64_t(c) * phases + ph) * plane;  // (Hph, Wph)
+              // columns j reading input column v = j*st + cb - pad inside [0, W): [lo, hi)
+              const int lo = std::min(Wph, std::max(0, (pad - cb + st - 1) / st));
+              const int hi = std::max(lo, std::min(Wph, (W + pad - cb + st - 1) / st));
+              for (int i = 0; i < Hph; ++i) {
+                const int h = i * st + ra - pad;
+                float* row = dst + int64_t(i) * Wph;  // (Wph)
+                if (h < 0 || h >= H) {
+                  std::fill(row, row + Wph, 0.0f);
+                  continue;
+                }
+                const float* xr = xn + (int64_t(c) * H + h) * W;  // (W)
+                std::fill(row, row + lo, 0.0f);
+                if (st == 1) std::memcpy(row + lo, xr + lo + cb - pad, sizeof(float) * (hi - lo));
+                else
+                  for (int j = lo; j < hi; ++j) row[j] = xr[j * st + cb - pad];
+                std::fill(row + hi, row + Wph, 0.0f);
               }
             }
-          }
         for (int k = 0; k < K; ++k) {
           const float* d = dy + (int64_t(n) * K + k) * P * Q;  // (P, Q)
           float* g = G.data() + int64_t(k) * L;               // (L)
