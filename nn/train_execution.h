@@ -5,7 +5,7 @@
 // on the layer's density and stride, so `auto` trains a layer sparse when its mask keeps at
 // most kSparseTrainDensity of its weights (kSparseTrainDensityStrided for a strided conv,
 // whose input gradient the sparse path computes at 4x the work of its forward). Measured
-// per layer on ResNet-20's conv shapes at batch 64, one thread, AMD EPYC (AVX2), November
+// per layer on ResNet-20's conv shapes at batch 64, one thread, AMD EPYC (AVX-512 path), November
 // 2026: forward + dx + dw break even near 40% density at stride 1 (1.05-1.1x), 20% at stride
 // 2 (0.96-1.15x); at 5% sparse is 3.0-3.9x faster at stride 1, 1.25-2.0x at stride 2.
 // IMP levels from the sixth (26% kept) on retrain mostly sparse.

@@ -119,13 +119,32 @@ int bench_train(int argc, char** argv) {
   f.add("device", "cpu", "cpu or cuda");
   f.add_bool("tf32", "CUDA: allow TF32 tensor-core GEMMs");
   f.add("densities", "1", "comma list: fractions of the prunable weights kept (1: no mask)");
+  f.add("masks-from", "",
+        "a model file (an IMP level's model.dnns) of the --model architecture: train with its masks (and no "
+        "others) instead of --densities");
   f.add("train-execution", "dense",
         "comma list of dense, sparse, auto: how masked conv/linear layers train (nn/train_execution.h)");
   if (!f.parse(argc, argv)) return 0;
   set_num_threads(static_cast<int>(f.integer("threads")));
   Device dev = setup_device(f);
   if (f.str("backend") == "ref") set_cpu_backend(CpuBackend::Reference);
-  const std::vector<double> densities = parse_numbers(f.str("densities"), "densities");
+  const std::string masks_from = f.str("masks-from");
+  // density 0 stands for the masks of --masks-from
+  const std::vector<double> densities =
+      masks_from.empty() ? parse_numbers(f.str("densities"), "densities") : std::vector<double>{0.0};
+  MaskSet file_masks;
+  double file_density = 1;
+  if (!masks_from.empty()) {
+    Model level = Model::load(masks_from);
+    check(!level.masks.empty(), "bench train: --masks-from " + masks_from + ": the model holds no masks");
+    int64_t ones = 0, all = 0;
+    for (auto& [name, mask] : level.masks) {
+      file_masks[name] = mask;
+      for (int64_t i = 0; i < mask.numel(); ++i) ones += mask[i] != 0.0f;
+      all += mask.numel();
+    }
+    file_density = double(ones) / double(std::max<int64_t>(all, 1));
+  }
   std::vector<Execution> executions;
   {
     const std::string list = f.str("train-execution");
@@ -158,9 +177,13 @@ int bench_train(int argc, char** argv) {
   labels = labels.to(dev);
   for (double density : densities)
     for (Execution e : executions) {
-      check(density > 0 && density <= 1, "bench train: --densities: each must be in (0, 1], got " + std::to_string(density));
-      Config c{density, e, proto.clone(), std::make_unique<Sgd>(SgdParams{0.01f, 0.9f, 1e-4f, false}), "", {}, {}};
-      if (density < 1) {
+      check(!masks_from.empty() || (density > 0 && density <= 1),
+            "bench train: --densities: each must be in (0, 1], got " + std::to_string(density));
+      Config c{masks_from.empty() ? density : file_density, e, proto.clone(),
+               std::make_unique<Sgd>(SgdParams{0.01f, 0.9f, 1e-4f, false}), "", {}, {}};
+      if (!masks_from.empty()) {
+        set_masks(c.m, file_masks);  // checks every mask against the model's weights
+      } else if (density < 1) {
         Rng mask_rng(3);
         set_masks(c.m, imp_like_masks(c.m, density, mask_rng));  // prune/magnitude.h
       }
