@@ -33,9 +33,8 @@ std::vector<TrainLayerExecution> plan_training_execution(Model& m, Execution mod
       for (int64_t i = 0; i < mask.numel(); ++i) ones += mask[i] != 0.0f;
       e.density = mask.numel() ? double(ones) / double(mask.numel()) : 1.0;
     }
-    const double threshold = conv && conv->stride > 1 ? kSparseTrainDensityStrided : kSparseTrainDensity;
     e.sparse = cpu && coverable && mask.defined() && w.value.numel() > 0 &&
-               (mode == Execution::Sparse || (mode == Execution::Auto && e.density <= threshold));
+               (mode == Execution::Sparse || (mode == Execution::Auto && e.density <= kSparseTrainDensity));
     if (!e.sparse) {
       slot.reset();
     } else if (conv) {

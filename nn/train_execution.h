@@ -2,12 +2,11 @@
 // sparse kernels over the mask's pattern (kernels/cpu/sparse_train.h): the forward and the
 // input gradient skip the masked weights, the weight gradient is computed at the unmasked
 // positions only. Both give the same results within float rounding; which is faster depends
-// on the layer's density and stride, so `auto` trains a layer sparse when its mask keeps at
-// most kSparseTrainDensity of its weights (kSparseTrainDensityStrided for a strided conv,
-// whose input gradient the sparse path computes at 4x the work of its forward). Measured
-// per layer on ResNet-20's conv shapes at batch 64, one thread, AMD EPYC (AVX-512 path), November
-// 2026: forward + dx + dw break even near 40% density at stride 1 (1.05-1.1x), 20% at stride
-// 2 (0.96-1.15x); at 5% sparse is 3.0-3.9x faster at stride 1, 1.25-2.0x at stride 2.
+// on the layer's density, so `auto` trains a layer sparse when its mask keeps at most
+// kSparseTrainDensity of its weights. Measured per layer on ResNet-20's conv shapes (3x3
+// stride 1 and 2, the strided 1x1 shortcuts, the 3-channel first conv) at batch 64, one
+// thread, AMD EPYC (AVX-512 path), November 2026: forward + dx + dw break even near 40%
+// density (0.9-1.1x), gain 1.15-1.35x at 30%, 2.0-3.9x at 5% (the 1x1 shortcuts 1.25x).
 // IMP levels from the sixth (26% kept) on retrain mostly sparse.
 #pragma once
 #include <string>
@@ -19,10 +18,8 @@
 
 namespace dnns {
 
-// The density (unmasked weights / weights) at or below which `auto` trains a layer sparse:
-// a linear layer or a stride-1 conv, and a strided conv.
+// The density (unmasked weights / weights) at or below which `auto` trains a layer sparse.
 constexpr double kSparseTrainDensity = 0.3;
-constexpr double kSparseTrainDensityStrided = 0.15;
 
 struct TrainLayerExecution {
   std::string node;      // the node's name
@@ -35,8 +32,7 @@ struct TrainLayerExecution {
 // Sets how every conv and linear layer of `m` trains (Conv2d/Linear::sparse_train):
 //   dense   every layer dense;
 //   sparse  every layer with a mask in m.masks sparse (a layer without one has nothing to skip);
-//   auto    the layers with a mask of density <= kSparseTrainDensity (strided convs:
-//           kSparseTrainDensityStrided) sparse.
+//   auto    the layers with a mask of density <= kSparseTrainDensity sparse.
 // The pattern is the mask's ones as they are now: call it again after the masks change (the
 // training passes refuse a weight that is nonzero outside its pattern). On a CUDA model every
 // layer trains dense, and `sparse` throws Error. A layer with a border table or no input

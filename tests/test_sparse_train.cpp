@@ -115,6 +115,7 @@ TEST_CASE("sparse conv training kernels match the dense reference") {
       {conv(2, 3, 6, 11, 4, 3, 5, 1, 2), {}},        // rectangular kernel, pad > (R-1)/2
       {conv(4, 7, 13, 12, 9, 5, 5, 3, 2), {2, 3}},   // 5x5 stride 3
       {conv(1, 2, 5, 5, 3, 3, 3, 1, 0), {}},         // no padding
+      {conv(2, 3, 9, 10, 4, 3, 3, 2, 0), {}},        // stride 2, no padding: taps read dy[i - 1]
       {conv(2, 3, 4, 4, 2, 3, 3, 1, 3), {}},         // padding larger than the kernel
   };
   uint64_t seed = 1;
@@ -263,21 +264,21 @@ TEST_CASE("a masked model trains the same sparse as dense") {
 
 TEST_CASE("the training plan: auto by density, dense resets, sparse needs a mask") {
   Model m = masked_net(3);
-  // c1 keeps about 25% (auto: sparse); c2 too, but strided (auto: dense); c3 no mask at all
+  // c1 keeps about 25% (auto: sparse); c2 all (auto: dense); c3 no mask at all
+  m.masks["c2.weight"] = Tensor::full(m.masks["c2.weight"].shape(), 1.0f);
   m.masks.erase("c3.weight");
   std::vector<TrainLayerExecution> plan = plan_training_execution(m, Execution::Auto);
   REQUIRE(plan.size() == 4);
   CHECK(plan[0].node == "c1");
   CHECK(plan[0].density < kSparseTrainDensity);
   CHECK(plan[0].sparse);
-  REQUIRE(plan[1].density > kSparseTrainDensityStrided);
-  REQUIRE(plan[1].density <= kSparseTrainDensity);
+  CHECK(plan[1].density == 1.0);
   CHECK(!plan[1].sparse);
   CHECK(!plan[2].sparse);
   CHECK(plan[3].sparse);  // fc: random_masks keeps ~25% of it
   CHECK(training_plan_summary(plan).find("2 of 4") == 0);
   plan = plan_training_execution(m, Execution::Sparse);
-  CHECK(plan[1].sparse);    // forced
+  CHECK(plan[1].sparse);    // forced, though all ones
   CHECK(!plan[2].sparse);   // nothing to skip without a mask
   plan = plan_training_execution(m, Execution::Dense);
   for (Node& n : m.nodes())

@@ -23,6 +23,7 @@
 #include "core/parallel.h"
 #include "core/threading.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/rows.h"
 
 namespace dnns {
 
@@ -141,44 +142,76 @@ void sparse_conv2d_backward_data(const Conv2dParams& p, const float* dy, const S
     sparse_conv2d_forward(t, dy, pat.wt, nullptr, false, dx);
     return;
   }
-  if (R == 1 && S == 1 && p.pad == 0) {
-    // A strided 1x1 conv: dx is zero except at the pixels (st*p, st*q) the filters read, which
-    // get the 1x1 transposed conv of dy (N, C, P, Q).
-    Conv2dParams u = t;
-    u.H = P, u.W = Q, u.pad = 0;
-    std::vector<float> g(size_t(p.N) * p.C * P * Q);  // (N, C, P, Q)
-    sparse_conv2d_forward(u, dy, pat.wt, nullptr, false, g.data());
-    parallel_for(0, p.N * p.C, 16, [&](int i0, int i1) {
-      for (int i = i0; i < i1; ++i) {
-        float* out = dx + int64_t(i) * p.H * p.W;  // (H, W)
-        std::fill(out, out + int64_t(p.H) * p.W, 0.0f);
-        const float* gi = g.data() + int64_t(i) * P * Q;  // (P, Q)
-        for (int pp = 0; pp < P; ++pp)
-          for (int qq = 0; qq < Q; ++qq) out[int64_t(pp) * st * p.W + int64_t(qq) * st] = gi[int64_t(pp) * Q + qq];
+  // Otherwise by output phases: the pixels (st*i + a, st*j + b) of dx receive only the taps
+  // with r = a + pad (mod st) and s = b + pad (mod st), each reading dy[i + dr, j + ds] with
+  // dr = (a + pad - r) / st, ds = (b + pad - s) / st (exact): per phase a stride-1 sparse
+  // correlation over dy, so every nonzero is used once per image, as in the forward. dy is
+  // laid out zero-padded, (K, Hd, Wd), T rows above and Tl columns left, so each tap reads one
+  // run of it: offset (k*Hd + dr + T)*Wd + ds + Tl, grid position i*Wd + j.
+  const int H = p.H, W = p.W, C = p.C, pad = p.pad;
+  auto phase = [&](int r) { return ((r - pad) % st + st) % st; };  // the output phase a tap feeds
+  auto shift = [&](int r) { return (phase(r) + pad - r) / st; };   // dr of tap r
+  int T = 0, Tl = 0, down = 0, right = 0;
+  for (int r = 0; r < R; ++r) T = std::max(T, -shift(r)), down = std::max(down, shift(r));
+  for (int c = 0; c < S; ++c) Tl = std::max(Tl, -shift(c)), right = std::max(right, shift(c));
+  const int Hmax = (H + st - 1) / st, Wmax = (W + st - 1) / st;  // the largest phase
+  const int Hd = T + std::max(P, Hmax + down), Wd = Tl + std::max(Q, Wmax + right);
+  const int64_t plane = int64_t(Hd) * Wd, image = int64_t(K) * plane;
+  const int Lmax = round_up((Hmax - 1) * Wd + Wmax, 8);
+  const int64_t slack = Lmax + 64;
+  check(image + slack < INT32_MAX, "sparse_conv2d_backward_data: gradient too large for the kernel");
+  // Per phase, per input channel c: its taps' values and run offsets (CSR over (phase, c)).
+  const SparseRows& w = pat.w;
+  const int phases = st * st;
+  std::vector<int64_t> start(size_t(phases) * C + 1, 0);  // (phases*C + 1)
+  auto slot_of = [&](int col) {
+    const int c = col / (R * S), r = col / S % R, sc = col % S;
+    return (phase(r) * st + phase(sc)) * C + c;
+  };
+  for (int64_t j = 0; j < w.nnz(); ++j) ++start[size_t(slot_of(w.col[j])) + 1];
+  for (size_t i = 1; i < start.size(); ++i) start[i] += start[i - 1];
+  std::vector<float> val(size_t(std::max<int64_t>(1, w.nnz())));    // (nnz) grouped by (phase, c)
+  std::vector<int32_t> off(size_t(std::max<int64_t>(1, w.nnz())));  // (nnz)
+  {
+    std::vector<int64_t> next(start.begin(), start.end() - 1);
+    for (int k = 0; k < K; ++k)
+      for (int64_t j = w.row_start[k]; j < w.row_start[size_t(k) + 1]; ++j) {
+        const int col = w.col[j], r = col / S % R, sc = col % S;
+        const int64_t at = next[size_t(slot_of(col))]++;
+        val[size_t(at)] = w.value[j];
+        off[size_t(at)] = int32_t((int64_t(k) * Hd + shift(r) + T) * Wd + shift(sc) + Tl);
       }
-    });
-    return;
   }
-  // Otherwise dy spread out first: D[i, j] = dy[(i - (R-1-pad)) / st, (j - (S-1-pad)) / st]
-  // where both divide exactly and land inside dy, 0 elsewhere; (H + R - 1, W + S - 1), pad 0.
-  const int HD = p.H + R - 1, WD = p.W + S - 1, oh = R - 1 - p.pad, ow = S - 1 - p.pad;
-  t.H = HD, t.W = WD, t.pad = 0;
-  std::vector<float> D(size_t(p.N) * K * HD * WD, 0.0f);  // (N, K, HD, WD)
-  parallel_for(0, p.N * K, 16, [&](int i0, int i1) {
-    for (int i = i0; i < i1; ++i) {
-      const float* d = dy + int64_t(i) * P * Q;       // (P, Q)
-      float* out = D.data() + int64_t(i) * HD * WD;  // (HD, WD)
-      for (int pp = 0; pp < P; ++pp) {
-        const int row = pp * st + oh;
-        if (row < 0 || row >= HD) continue;
-        for (int qq = 0; qq < Q; ++qq) {
-          const int col = qq * st + ow;
-          if (col >= 0 && col < WD) out[int64_t(row) * WD + col] = d[int64_t(pp) * Q + qq];
+  // A (phase, channel) with no tap leaves zeros: then each image's dx is cleared first (a
+  // strided 1x1 conv feeds one phase of st*st).
+  bool some_empty = false;
+  for (size_t i = 0; i + 1 < start.size(); ++i) some_empty |= start[i + 1] == start[i];
+  const auto sparse_row = row_kernels().sparse_row;
+  parallel_for(0, p.N, 1, [&](int n0, int n1) {
+    std::vector<float> D(size_t(image + slack), 0.0f);  // (K, Hd, Wd) + slack; the padding stays 0
+    std::vector<float> grid(static_cast<size_t>(Lmax));  // (Lmax) one channel of one phase, rows of Wd
+    for (int n = n0; n < n1; ++n) {
+      for (int k = 0; k < K; ++k)
+        for (int i = 0; i < P; ++i)
+          std::memcpy(D.data() + (int64_t(k) * Hd + T + i) * Wd + Tl, dy + ((int64_t(n) * K + k) * P + i) * Q,
+                      sizeof(float) * Q);
+      if (some_empty) std::fill(dx + int64_t(n) * C * H * W, dx + int64_t(n + 1) * C * H * W, 0.0f);
+      for (int a = 0; a < st; ++a)
+        for (int b = 0; b < st; ++b) {
+          const int Hi = (H - a + st - 1) / st, Wi = (W - b + st - 1) / st;
+          if (Hi <= 0 || Wi <= 0) continue;
+          const int L = round_up((Hi - 1) * Wd + Wi, 8);
+          for (int c = 0; c < C; ++c) {
+            const int64_t j0 = start[size_t((a * st + b) * C + c)], j1 = start[size_t((a * st + b) * C + c) + 1];
+            float* out = dx + (int64_t(n) * C + c) * H * W;  // (H, W)
+            if (j1 == j0) continue;  // zeros, written above
+            sparse_row(val.data() + j0, off.data() + j0, j1 - j0, D.data(), L, 0.0f, false, grid.data());
+            for (int i = 0; i < Hi; ++i)
+              for (int j = 0; j < Wi; ++j) out[int64_t(st * i + a) * W + st * j + b] = grid[size_t(i) * Wd + j];
+          }
         }
-      }
     }
   });
-  sparse_conv2d_forward(t, D.data(), pat.wt, nullptr, false, dx);
 }
 
 void sparse_conv2d_backward_weights(const Conv2dParams& p, const float* x, const float* dy,

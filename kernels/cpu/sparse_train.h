@@ -6,10 +6,11 @@
 // gathers the current values at the pattern's positions (sparse_train_gather) and runs
 //
 //   forward   y  = conv(x, w)                   cpu::sparse_conv2d_forward over the nonzeros
-//   dx        dx = conv_transposed(dy, w)       the same kernel on dy with the transposed,
-//                                               flipped filters (C rows of K*R*S columns); a
-//                                               strided conv's dy is first spread out (zeros
-//                                               between its pixels, explicit padding)
+//   dx        dx = conv_transposed(dy, w)       stride 1: the same kernel on dy with the
+//                                               transposed, flipped filters (C rows of K*R*S
+//                                               columns); strided: per output phase (the
+//                                               pixels h = a, w = b mod stride), the taps that
+//                                               feed it, as one sparse correlation over dy
 //   dw        dw[k,c,r,s] = sum over n, p, q of dy[n,k,p,q] * x[n,c,p*st-pad+r,q*st-pad+s]
 //                                               at the pattern's positions only; every other
 //                                               entry of dw is 0, as apply_masks_to_grads
