@@ -23,6 +23,8 @@
 #include "kernels/ref/ref.h"
 #include "nn/train_execution.h"
 #include "nn/trainer.h"
+#include "prune/magnitude.h"
+#include "prune/mask.h"
 #include "tests/test_util.h"
 
 using namespace dnns;
@@ -285,4 +287,28 @@ TEST_CASE("the training plan: auto by density, dense resets, sparse needs a mask
     if (auto* c = dynamic_cast<Conv2d*>(n.layer.get())) CHECK(c->sparse_train == nullptr);
   CHECK(training_plan_summary(plan) == "all 4 conv/linear layers train dense");
   CHECK_THROWS_WITH(parse_execution("fast", "--train-execution"), doctest::Contains("--train-execution"));
+}
+
+TEST_CASE("ResNet-20 with an IMP-like 5% mask: three steps sparse equal three steps dense") {
+  Model dense = build_model("resnet20");
+  Rng rng(11);
+  init_model(dense, rng);
+  set_masks(dense, imp_like_masks(dense, 0.05, rng));
+  Model sparse = dense.clone();
+  std::vector<TrainLayerExecution> plan = plan_training_execution(sparse, Execution::Sparse);
+  CHECK(std::count_if(plan.begin(), plan.end(), [](const TrainLayerExecution& e) { return e.sparse; }) == 22);
+  Tensor x = dnns::testing::random_images(4, dense.input_shape(), rng), labels({4});
+  for (int i = 0; i < 4; ++i) labels[i] = float(i % 10);
+  Sgd sd({0.05f, 0.9f, 1e-4f, false}), ss({0.05f, 0.9f, 1e-4f, false});
+  for (int step = 0; step < 3; ++step)
+    for (auto [m, opt] : {std::pair<Model*, Sgd*>{&dense, &sd}, {&sparse, &ss}}) {
+      Tensor y = m->forward(x, true), d(y.shape());
+      ops::softmax_cross_entropy(y, labels, 0.0f, &d, nullptr);
+      m->backward(d);
+      opt->step(*m, 0.05f);
+    }
+  auto a = dense.state(), b = sparse.state();
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    check_close(b[i].second->to_vector(), a[i].second->to_vector(), "resnet20 " + a[i].first);
 }
