@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "kernels/cpu/sparse_train.h"
 #include "kernels/ops.h"
 
 namespace dnns {
@@ -217,8 +218,30 @@ static void add_border_table(const Tensor& table, const std::vector<int32_t>& ro
   if (!out.is_cpu()) out.copy_from(host);
 }
 
+std::unique_ptr<Layer> Conv2d::clone() const {
+  auto c = std::make_unique<Conv2d>(*this);
+  if (sparse_train) c->sparse_train = std::make_shared<SparseTrainPattern>(*sparse_train);
+  return c;
+}
+
+// Whether a training pass runs the sparse kernels: a pattern is set and the layer is one they
+// cover (on the CPU, no border table, input channels left).
+static bool trains_sparse(const Conv2d& c, const Tensor& t) {
+  return c.sparse_train && t.is_cpu() && c.pos_h == 0 && c.in_channels > 0;
+}
+
+static std::string conv_name(const Conv2d& c) {
+  return "conv (" + std::to_string(c.out_channels) + ", " + std::to_string(c.in_channels) + ", " +
+         std::to_string(c.kernel_h) + ", " + std::to_string(c.kernel_w) + ")";
+}
+
 void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) {
   if (out.numel() == 0) return;  // every output channel was removed
+  if (train && trains_sparse(*this, out)) {
+    sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), conv_name(*this).c_str());
+    ops::sparse_conv2d_forward(conv_params(in[0]->shape()), *in[0], sparse_train->w, bias.value, fused_relu, out);
+    return;
+  }
   if (!train && in_channels > 0 && sparse_exec && out.is_cpu() && sparse_exec->runs_sparse(out.dim(0))) {
     // The ReLU fuses into the kernel unless the border table must be added before it.
     const bool relu_in_kernel = fused_relu && pos_h == 0;
@@ -315,6 +338,20 @@ void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, c
         for (int k = 0; k < out_channels; ++k)
           for (int64_t j = 0; j < plane; ++j) db[k] += g[(i * out_channels + k) * plane + j];
       bias.grad = db.to(bias.value.device());
+    }
+    return;
+  }
+  if (trains_sparse(*this, *dy)) {
+    // The values again: the weight may have changed since the forward (it does not in a step).
+    sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), conv_name(*this).c_str());
+    {
+      ops::OpTimer timer("sparse_conv2d_backward_weights", Device::CPU);  // named in the op profile
+      cpu::sparse_conv2d_backward_weights(p, in[0]->data(), dy->data(), *sparse_train, weight.grad.data(),
+                                          has_bias ? bias.grad.data() : nullptr);
+    }
+    if (din[0]) {
+      ops::OpTimer timer("sparse_conv2d_backward_data", Device::CPU);
+      cpu::sparse_conv2d_backward_data(p, dy->data(), *sparse_train, din[0]->data());
     }
     return;
   }
@@ -637,8 +674,23 @@ Shape Linear::output_shape(const std::vector<Shape>& in) const {
   return {x[0], out_features};
 }
 
+std::unique_ptr<Layer> Linear::clone() const {
+  auto l = std::make_unique<Linear>(*this);
+  if (sparse_train) l->sparse_train = std::make_shared<SparseTrainPattern>(*sparse_train);
+  return l;
+}
+
+static std::string linear_name(const Linear& l) {
+  return "linear (" + std::to_string(l.out_features) + ", " + std::to_string(l.in_features) + ")";
+}
+
 void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) {
   if (out.numel() == 0) return;  // every output feature was removed by compaction
+  if (train && sparse_train && out.is_cpu() && in_features > 0) {
+    sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), linear_name(*this).c_str());
+    ops::sparse_linear_forward(*in[0], sparse_train->w, bias.value, false, out);
+    return;
+  }
   if (!train && in_features > 0 && sparse_exec && out.is_cpu() && sparse_exec->runs_sparse(out.dim(0))) {
     ops::sparse_linear_forward(*in[0], sparse_exec->weight, bias.value, false, out);
     return;
@@ -664,6 +716,20 @@ void Linear::backward(const std::vector<const Tensor*>& in, const Tensor&, const
   check(in_features > 0, "linear: a layer with no input features cannot be trained");
   if (out_features == 0) {  // no outputs: nothing reaches the input
     if (din[0]) din[0]->zero();
+    return;
+  }
+  if (sparse_train && dout.is_cpu()) {
+    sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), linear_name(*this).c_str());
+    const int N = static_cast<int>(dout.dim(0));
+    {
+      ops::OpTimer timer("sparse_linear_backward_weights", Device::CPU);  // named in the op profile
+      cpu::sparse_linear_backward_weights(N, in[0]->data(), dout.data(), *sparse_train, weight.grad.data(),
+                                          has_bias ? bias.grad.data() : nullptr);
+    }
+    if (din[0]) {
+      ops::OpTimer timer("sparse_linear_backward_data", Device::CPU);
+      cpu::sparse_linear_forward(N, dout.data(), sparse_train->wt, nullptr, false, din[0]->data());
+    }
     return;
   }
   ops::linear_backward_weights(*in[0], dout, weight.grad, bias.grad);

@@ -8,6 +8,7 @@
 
 #include "core/tensor.h"
 #include "kernels/params.h"
+#include "kernels/cpu/sparse_train.h"
 #include "kernels/sparse.h"
 
 namespace dnns {
@@ -101,7 +102,7 @@ class Conv2d : public Layer {
   void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
                 const std::vector<Tensor*>& din) override;
   std::vector<Param*> params() override;
-  std::unique_ptr<Layer> clone() const override { return std::make_unique<Conv2d>(*this); }
+  std::unique_ptr<Layer> clone() const override;
   Conv2dParams conv_params(const Shape& x) const;
   // Gives the conv a border table for outputs of pos_h = rows.size() by pos_w = cols.size()
   // positions, row class rows[p] and column class cols[q]: pos_bias becomes a zero table
@@ -127,6 +128,10 @@ class Conv2d : public Layer {
   std::vector<int32_t> pos_rows, pos_cols;  // (pos_h), (pos_w): class of each output row, column
   Param weight, bias, pos_bias;             // pos_bias: (K, row classes, column classes)
   std::shared_ptr<const SparseExecution> sparse_exec;  // see SparseExecution; null: dense
+  // Sparse training (nn/train_execution.h): set, a training forward and backward on the CPU run
+  // the sparse kernels over this pattern of the weight's mask (no border table, C > 0); null:
+  // dense. Each layer (and each clone) holds its own: the values are gathered into it per step.
+  std::shared_ptr<SparseTrainPattern> sparse_train;
 };
 
 // Border-table helpers, shared by the compactor and the ONNX importer. class_count: the number
@@ -248,12 +253,13 @@ class Linear : public Layer {
   void backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
                 const std::vector<Tensor*>& din) override;
   std::vector<Param*> params() override;
-  std::unique_ptr<Layer> clone() const override { return std::make_unique<Linear>(*this); }
+  std::unique_ptr<Layer> clone() const override;
 
   int in_features, out_features;
   bool has_bias;
   Param weight, bias;
   std::shared_ptr<const SparseExecution> sparse_exec;  // see SparseExecution; null: dense
+  std::shared_ptr<SparseTrainPattern> sparse_train;    // as Conv2d's: (O, I) as (O, I, 1, 1)
 };
 
 // Elementwise sum of two tensors of one shape: the residual join. The compactor treats all

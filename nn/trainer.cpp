@@ -1,4 +1,5 @@
 #include "nn/trainer.h"
+#include "nn/train_execution.h"
 
 #include <chrono>
 #include <cmath>
@@ -97,6 +98,7 @@ EpochStats Trainer::train_epoch(BatchSource& data, const std::function<void(cons
             std::to_string(ranks) + " rank(s) train (each rank needs its own shard: LoaderOptions::shard)");
   const bool distributed = ranks > 1;
   SyncBatchnorm sync_bn(model_, distributed && cfg_.sync_batchnorm);
+  plan_training_execution(model_, cfg_.train_execution);  // the masks may have changed since
   EpochStats st;
   st.epoch = step_ / bpe;
   int64_t first = step_ % bpe;

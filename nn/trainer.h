@@ -9,6 +9,7 @@
 
 #include "core/archive.h"
 #include "core/batch.h"
+#include "nn/execution.h"
 #include "nn/model.h"
 #include "nn/optim.h"
 
@@ -28,6 +29,9 @@ struct TrainConfig {
   // trains with the same global batch. Off: each rank normalises its own rows.
   bool sync_batchnorm = true;
   size_t bucket_bytes = size_t(1) << 20;  // gradient allreduce bucket size
+  // How masked conv/linear layers train (nn/train_execution.h), planned from the model's
+  // masks at the start of every train_epoch.
+  Execution train_execution = Execution::Dense;
 };
 
 struct StepInfo {

@@ -1,5 +1,7 @@
 #include "prune/imp.h"
 
+#include "nn/train_execution.h"
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -193,9 +195,11 @@ class ImpRun {
     // shared between the machines, or a broken broadcast, stops here).
     dist::check_same(dist::fingerprint(work), label + ": the model and mask at step " + std::to_string(trainer.step()));
     SparsityReport sp = sparsity_report(work, opt_.ignore);
+    const std::string plan = training_plan_summary(plan_training_execution(work, cfg_.train_execution));
     if (opt_.progress)
-      std::fprintf(stderr, "%s: %s of %lld prunable weights remain, training steps %lld..%lld\n", label.c_str(),
-                   pct(sp.density()).c_str(), (long long)sp.total, (long long)trainer.step(), (long long)total_steps_);
+      std::fprintf(stderr, "%s: %s of %lld prunable weights remain, training steps %lld..%lld; %s (--train-execution %s)\n",
+                   label.c_str(), pct(sp.density()).c_str(), (long long)sp.total, (long long)trainer.step(),
+                   (long long)total_steps_, plan.c_str(), execution_name(cfg_.train_execution));
 
     RunOptions ro;
     ro.checkpoint_path = ckpt;

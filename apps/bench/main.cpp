@@ -2,6 +2,8 @@
 // runs beside it from bench/run.sh, which prints the ratios.
 //
 //   bench train   --model vgg16 --batch 128 --steps 5     training img/s (forward+backward+SGD)
+//                 --densities 1,0.2,0.05 --train-execution dense,sparse: masked models, each
+//                 density x execution, their steps alternated (side by side in one process)
 //   bench infer   --model resnet20 --batch 1              inference latency (p50/p99)
 //   bench compact --model vgg16 --density 0.05            compaction time of an IMP-like mask
 //   bench conv    --model resnet20 --batch 128            each conv shape of a model: the
@@ -37,6 +39,7 @@
 #include "nn/export/export.h"
 #include "nn/models/zoo.h"
 #include "nn/optim.h"
+#include "nn/train_execution.h"
 #include "prune/compact.h"
 #include "prune/magnitude.h"
 #include "prune/infer.h"
@@ -119,11 +122,11 @@ std::string profile_steps(const char* what, int64_t steps, Step&& step) {
   ops_time.push_back({"(outside ops)", 0, std::max(0.0, step_ms - in_ops) * n});
   std::fprintf(stderr, "per-op time of one %s (%.2f ms, mean of %lld profiled runs):\n", what, step_ms,
                static_cast<long long>(n));
-  std::fprintf(stderr, "  %-28s %8s %10s %7s\n", "op", "calls", "ms", "share");
+  std::fprintf(stderr, "  %-32s %8s %10s %7s\n", "op", "calls", "ms", "share");
   std::string json = "[";
   for (const ops::OpTime& t : ops_time) {
     const double ms = t.ms / n, share = step_ms > 0 ? ms / step_ms : 0.0;
-    std::fprintf(stderr, "  %-28s %8lld %10.3f %6.1f%%\n", t.op.c_str(), static_cast<long long>(t.calls / n), ms,
+    std::fprintf(stderr, "  %-32s %8lld %10.3f %6.1f%%\n", t.op.c_str(), static_cast<long long>(t.calls / n), ms,
                  100.0 * share);
     if (json.size() > 1) json += ",";
     json += Json().add("op", t.op).add("calls_per_step", t.calls / n).add("ms_per_step", ms).add("share", share).str();
@@ -131,8 +134,13 @@ std::string profile_steps(const char* what, int64_t steps, Step&& step) {
   return json + "]";
 }
 
+std::vector<double> parse_numbers(const std::string& s, const std::string& flag);
+
 int bench_train(int argc, char** argv) {
-  Flags f("bench train", "Training throughput: forward, backward and SGD step on random data.");
+  Flags f("bench train",
+          "Training throughput: forward, backward and SGD step on random data. With --densities, the model "
+          "masked at each density (IMP-like global magnitude masks, prune/magnitude.h) and trained with each "
+          "--train-execution; the configurations' steps alternate, so a loaded machine slows all of them alike.");
   f.add("model", "resnet20", "zoo model");
   f.add("batch", "128", "batch size");
   f.add("steps", "5", "timed steps (after 1 warm-up step)");
@@ -143,61 +151,129 @@ int bench_train(int argc, char** argv) {
   f.add_bool("no-fusion", "run every batchnorm and ReLU apart (Model::set_fusion(false)), to measure the fusion");
   f.add_bool("profile", "after the timed steps, time every op of as many steps again and print the "
                         "per-op breakdown of one step (stderr table, \"profile\" in the JSON)");
+  f.add("densities", "1", "comma list: fractions of the prunable weights kept (1: no mask)");
+  f.add("masks-from", "",
+        "a model file (an IMP level's model.dnns) of the --model architecture: train with its masks (and no "
+        "others) instead of --densities");
+  f.add("train-execution", "dense",
+        "comma list of dense, sparse, auto: how masked conv/linear layers train (nn/train_execution.h)");
   if (!f.parse(argc, argv)) return 0;
   set_num_threads(static_cast<int>(f.integer("threads")));
   Device dev = setup_device(f);
   if (f.str("backend") == "ref") set_cpu_backend(CpuBackend::Reference);
-  Rng rng(1);
-  Model m = build_model(f.str("model"));
-  init_model(m, rng);
-  m.to(dev);
-  m.set_fusion(!f.flag("no-fusion"));
+  const std::string masks_from = f.str("masks-from");
+  // density 0 stands for the masks of --masks-from
+  const std::vector<double> densities =
+      masks_from.empty() ? parse_numbers(f.str("densities"), "densities") : std::vector<double>{0.0};
+  MaskSet file_masks;
+  double file_density = 1;
+  if (!masks_from.empty()) {
+    Model level = Model::load(masks_from);
+    check(!level.masks.empty(), "bench train: --masks-from " + masks_from + ": the model holds no masks");
+    int64_t ones = 0, all = 0;
+    for (auto& [name, mask] : level.masks) {
+      file_masks[name] = mask;
+      for (int64_t i = 0; i < mask.numel(); ++i) ones += mask[i] != 0.0f;
+      all += mask.numel();
+    }
+    file_density = double(ones) / double(std::max<int64_t>(all, 1));
+  }
+  std::vector<Execution> executions;
+  {
+    const std::string list = f.str("train-execution");
+    for (size_t pos = 0; pos <= list.size();) {
+      const size_t comma = std::min(list.find(',', pos), list.size());
+      executions.push_back(parse_execution(list.substr(pos, comma - pos), "bench train: --train-execution"));
+      pos = comma + 1;
+    }
+  }
   int64_t batch = f.integer("batch"), steps = f.integer("steps");
-  Tensor x = random_batch(batch, m.input_shape(), rng).to(dev);
+  check(batch > 0 && steps > 0, "bench train: --batch and --steps must be positive");
+  struct Config {
+    double density;
+    Execution execution;
+    Model m;
+    std::unique_ptr<Sgd> sgd;
+    std::string plan;
+    std::vector<double> times, cpu_times;
+  };
+  std::vector<Config> configs;
+  Rng data_rng(2);
+  Model proto = build_model(f.str("model"));
+  {
+    Rng rng(1);
+    init_model(proto, rng);
+  }
+  Tensor x = random_batch(batch, proto.input_shape(), data_rng).to(dev);
   Tensor labels({batch});
-  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<float>(rng.below(10));
+  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<float>(data_rng.below(10));
   labels = labels.to(dev);
-  Sgd sgd({0.01f, 0.9f, 1e-4f, false});
+  for (double density : densities)
+    for (Execution e : executions) {
+      check(!masks_from.empty() || (density > 0 && density <= 1),
+            "bench train: --densities: each must be in (0, 1], got " + std::to_string(density));
+      Config c{masks_from.empty() ? density : file_density, e, proto.clone(),
+               std::make_unique<Sgd>(SgdParams{0.01f, 0.9f, 1e-4f, false}), "", {}, {}};
+      if (!masks_from.empty()) {
+        set_masks(c.m, file_masks);  // checks every mask against the model's weights
+      } else if (density < 1) {
+        Rng mask_rng(3);
+        set_masks(c.m, imp_like_masks(c.m, density, mask_rng));  // prune/magnitude.h
+      }
+      c.m.to(dev);
+      c.m.set_fusion(!f.flag("no-fusion"));
+      c.plan = training_plan_summary(plan_training_execution(c.m, e));
+      configs.push_back(std::move(c));
+    }
   Tensor d;
-  auto step = [&] {
-    Tensor y = m.forward(x, true);
+  auto step = [&](Config& c) {
+    Tensor y = c.m.forward(x, true);
     if (!d.defined()) d = Tensor(y.shape(), dev);
     ops::softmax_cross_entropy(y, labels, 0.0f, &d, nullptr);
-    m.backward(d);
-    sgd.step(m, 0.01f);
+    c.m.backward(d);
+    c.sgd->step(c.m, 0.01f);
     sync(dev);
   };
-  std::vector<double> times, cpu_times;
-  for (int64_t s = 0; s <= steps; ++s) {
-    auto t0 = Clock::now();
-    const double c0 = process_cpu_ms();
-    step();
-    if (s > 0) times.push_back(ms_since(t0)), cpu_times.push_back(process_cpu_ms() - c0);
+  for (int64_t s = 0; s <= steps; ++s)
+    for (Config& c : configs) {
+      auto t0 = Clock::now();
+      const double c0 = process_cpu_ms();
+      step(c);
+      if (s > 0) c.times.push_back(ms_since(t0)), c.cpu_times.push_back(process_cpu_ms() - c0);
+    }
+  for (Config& c : configs) {
+    const double med = percentile(c.times, 0.5);
+    // Training FLOPs per image: the forward's 2 x MACs, and as much again for each of the data
+    // and weight gradients (the usual 3x-forward count; a masked model counts its dense FLOPs).
+    const double gflops = 6.0 * static_cast<double>(c.m.forward_macs()) * batch / (med * 1e6);
+    std::string profile_json;
+    if (f.flag("profile")) {
+      const std::string what = "training step (density " + json_number(c.density) + ", " +
+                               execution_name(c.execution) + " training)";
+      profile_json = profile_steps(what.c_str(), steps, [&] { step(c); });
+    }
+    Json out;
+    out.add("bench", "train")
+        .add("model", f.str("model"))
+        .add("batch", batch)
+        .add("density", c.density)
+        .add("train_execution", execution_name(c.execution))
+        .add("plan", c.plan)
+        .add("device", device_name(dev))
+        .add("tf32", f.flag("tf32"))
+        .add("threads", num_threads())
+        .add("fusion", !f.flag("no-fusion"))
+        .add("ms_per_step_median", med)
+        .add("images_per_sec", batch * 1000.0 / med)
+        .add("isa", cpu::isa_name(cpu::cpu_isa()))
+        // CPU time of the process per step (all threads): with 1 thread, the
+        // work a step takes even on a loaded machine
+        .add("cpu_ms_per_step_median", percentile(c.cpu_times, 0.5))
+        .add("gflops", gflops)
+        .add("hardware", device_description(dev));
+    if (!profile_json.empty()) out.add_raw("profile", profile_json);
+    std::printf("%s\n", out.str().c_str());
   }
-  double med = percentile(times, 0.5);
-  // Training FLOPs per image: the forward's 2 x MACs, and as much again for each of the data
-  // and weight gradients (the usual 3x-forward count).
-  const double gflops = 6.0 * static_cast<double>(m.forward_macs()) * batch / (med * 1e6);
-  std::string profile_json;
-  if (f.flag("profile")) profile_json = profile_steps("training step", steps, step);
-  Json out;
-  out.add("bench", "train")
-      .add("model", f.str("model"))
-      .add("batch", batch)
-      .add("device", device_name(dev))
-      .add("tf32", f.flag("tf32"))
-      .add("threads", num_threads())
-      .add("fusion", !f.flag("no-fusion"))
-      .add("ms_per_step_median", med)
-      .add("images_per_sec", batch * 1000.0 / med)
-      .add("isa", cpu::isa_name(cpu::cpu_isa()))
-      // CPU time of the process per step (all threads): with 1 thread, the
-      // work a step takes even on a loaded machine
-      .add("cpu_ms_per_step_median", percentile(cpu_times, 0.5))
-      .add("gflops", gflops)
-      .add("hardware", device_description(dev));
-  if (!profile_json.empty()) out.add_raw("profile", profile_json);
-  std::printf("%s\n", out.str().c_str());
   return 0;
 }
 

@@ -16,13 +16,13 @@ namespace {
 // --levels and --random-baseline only say how far the run goes, so a finished run can be
 // extended with --resume and more levels or the random chain (they are recorded in imp.json).
 // --seeds and --chain-groups say which runs a job makes and where: one chain of them is the run
-// `imp --seed S` makes alone.
+// `imp --seed S` makes alone. --train-execution changes float rounding only (as --threads does).
 std::string imp_identity_json(const Flags& f) {
   Json j;
   j.add("command", "imp");
   for (const auto& [k, v] : f.values())
     if (k != "threads" && k != "resume" && k != "out" && k != "device" && k != "levels" && k != "random-baseline" &&
-        k != "seeds" && k != "chain-groups")
+        k != "seeds" && k != "chain-groups" && k != "train-execution")
       j.add(k, v);
   return j.str();
 }
@@ -94,6 +94,7 @@ int cmd_imp(int argc, char** argv) {
           "per chain) into --out. Under mpirun the chains are spread over --chain-groups groups of ranks,\n"
           "each training its chains one after the other, data-parallel over its ranks.");
   add_training_flags(f);
+  add_train_execution_flag(f);
   add_system_flags(f);
   f.add("levels", "20", "pruning levels after the dense level 0 (0.8^20 = 1.2% of weights remain)");
   f.add("rewind-step", "auto", "iteration K the survivors are rewound to (auto: 2000 for VGG, 500 for ResNets)");

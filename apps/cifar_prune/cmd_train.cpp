@@ -15,6 +15,7 @@ int cmd_train(int argc, char** argv) {
           "160 epochs, LR x0.1 at epochs 80 and 120). Writes hparams.json, log.jsonl (one line per\n"
           "epoch), checkpoint.dnns (after every epoch), model.dnns and metrics.json into --out.");
   add_training_flags(f);
+  add_train_execution_flag(f);
   add_system_flags(f);
   f.add("out", "runs/train", "run directory");
   f.add_bool("resume", "continue the run in --out from its last checkpoint");

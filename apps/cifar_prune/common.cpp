@@ -10,6 +10,7 @@
 #include "core/json.h"
 #include "core/threading.h"
 #include "nn/distributed.h"
+#include "nn/execution.h"
 
 namespace dnns::app {
 
@@ -126,8 +127,16 @@ static std::vector<int64_t> parse_int_list(const std::string& s, const std::stri
   return out;
 }
 
+void add_train_execution_flag(Flags& f) {
+  f.add("train-execution", "auto",
+        "how masked conv/linear layers train on the CPU: dense, sparse (over the mask's nonzeros), or auto "
+        "(sparse where the layer's mask keeps few enough weights to gain: see nn/train_execution.h)");
+}
+
 TrainConfig training_config(const Flags& f, int64_t bpe) {
   TrainConfig c;
+  if (f.values().count("train-execution"))  // the commands that train declare it
+    c.train_execution = parse_execution(f.str("train-execution"), "--train-execution");
   c.epochs = f.integer("epochs");
   check(c.epochs > 0, "--epochs must be positive");
   c.sgd.lr = static_cast<float>(f.number("lr"));
@@ -226,7 +235,7 @@ std::string hparams_json(const Flags& f, const std::string& command) {
   Json j;
   j.add("command", command);
   for (const auto& [k, v] : f.values())
-    if (k != "threads" && k != "resume" && k != "out" && k != "device") j.add(k, v);
+    if (k != "threads" && k != "resume" && k != "out" && k != "device" && k != "train-execution") j.add(k, v);
   return j.str();
 }
 

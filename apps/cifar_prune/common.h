@@ -29,6 +29,9 @@ struct DataPair {
 // global batch; otherwise every rank reads whole batches.
 DataPair load_data(const Flags& f, bool shard_over_ranks = false);
 
+// --train-execution dense|sparse|auto (nn/train_execution.h), for the commands that train;
+// training_config reads it where it is declared (dense elsewhere).
+void add_train_execution_flag(Flags& f);
 TrainConfig training_config(const Flags& f, int64_t batches_per_epoch);
 // Built for the data's input shape and classes, initialised from --seed, data.info recorded.
 Model make_model(const Flags& f, const DataPair& data);

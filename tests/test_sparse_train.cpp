@@ -1,0 +1,314 @@
+// Sparse training (kernels/cpu/sparse_train.h, nn/train_execution.h): the sparse forward,
+// input gradient and weight gradient of masked conv and linear layers against the dense
+// reference kernels, on odd shapes, strides 1 to 3, padding, 1x1 and rectangular kernels,
+// masks from 50% to 99.9% sparsity with empty filters and an all-zero mask, batch 1 and more;
+// then a few training steps of a small masked model, sparse against dense.
+//
+// Tolerance: max|got - want| <= 1e-4 * max(1, max|want|) (float sums in another order than the
+// reference's double accumulation). The weight gradient at masked positions must be exactly 0
+// (what apply_masks_to_grads would leave).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/threading.h"
+#include "kernels/cpu/sparse_train.h"
+#include "kernels/ops.h"
+#include "kernels/ref/ref.h"
+#include "nn/train_execution.h"
+#include "nn/trainer.h"
+#include "prune/magnitude.h"
+#include "prune/mask.h"
+#include "tests/test_util.h"
+
+using namespace dnns;
+using dnns::testing::conv;
+using dnns::testing::conv_str;
+using dnns::testing::randn;
+
+namespace {
+
+// A (rows, cols) 0/1 mask keeping about `density` of the entries; rows in `empty` keep none.
+std::vector<float> random_mask(Rng& rng, int rows, int cols, double density, const std::vector<int>& empty) {
+  std::vector<float> m(size_t(rows) * cols, 0.0f);
+  for (int i = 0; i < rows; ++i) {
+    if (std::find(empty.begin(), empty.end(), i) != empty.end()) continue;
+    for (int j = 0; j < cols; ++j) m[size_t(i) * cols + j] = rng.uniform() < density ? 1.0f : 0.0f;
+  }
+  return m;
+}
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0.0;
+  for (float f : v) m = std::max(m, double(std::fabs(f)));
+  return m;
+}
+
+void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  double err = 0.0;
+  bool finite = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) finite = false;
+    err = std::max(err, double(std::fabs(got[i] - want[i])));
+  }
+  INFO(what << ": max|got - want| = " << err << ", max|want| = " << max_abs(want));
+  CHECK(finite);
+  CHECK(err <= 1e-4 * std::max(1.0, max_abs(want)));
+}
+
+// One masked conv: sparse forward, dx and dw against ref's dense kernels on the masked weight.
+void check_conv(const Conv2dParams& p, double density, const std::vector<int>& empty, uint64_t seed) {
+  Rng rng(seed);
+  const int CRS = p.C * p.R * p.S;
+  const std::vector<float> mask = random_mask(rng, p.K, CRS, density, empty);
+  std::vector<float> w = randn(rng, int64_t(p.K) * CRS), b = randn(rng, p.K);
+  for (size_t i = 0; i < w.size(); ++i) w[i] *= mask[i];
+  const std::vector<float> x = randn(rng, int64_t(p.N) * p.C * p.H * p.W);
+  const std::vector<float> dy = randn(rng, int64_t(p.N) * p.K * p.P() * p.Q());
+  const std::string what = conv_str(p) + " density " + std::to_string(density);
+
+  SparseTrainPattern pat = sparse_train_pattern(mask.data(), p.K, p.C, p.R, p.S);
+  sparse_train_gather(pat, w.data(), int64_t(w.size()), "test conv");
+
+  std::vector<float> y_ref(dy.size()), y(dy.size());
+  ref::conv2d_forward(p, x.data(), w.data(), b.data(), y_ref.data());
+  cpu::sparse_conv2d_forward(p, x.data(), pat.w, b.data(), false, y.data());
+  check_close(y, y_ref, what + ": forward");
+
+  std::vector<float> dx_ref(x.size()), dx(x.size(), -7.0f);
+  ref::conv2d_backward_data(p, dy.data(), w.data(), dx_ref.data());
+  cpu::sparse_conv2d_backward_data(p, dy.data(), pat, dx.data());
+  check_close(dx, dx_ref, what + ": input gradient");
+
+  std::vector<float> dw_ref(w.size()), db_ref(b.size()), dw(w.size(), -7.0f), db(b.size(), -7.0f);
+  ref::conv2d_backward_weights(p, x.data(), dy.data(), dw_ref.data(), db_ref.data());
+  cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw.data(), db.data());
+  int nonzero_masked = 0;
+  for (size_t i = 0; i < dw.size(); ++i) {
+    if (mask[i] == 0.0f && dw[i] != 0.0f) ++nonzero_masked;
+    dw_ref[i] *= mask[i];
+  }
+  INFO(what);
+  CHECK(nonzero_masked == 0);
+  check_close(dw, dw_ref, what + ": weight gradient");
+  check_close(db, db_ref, what + ": bias gradient");
+}
+
+}  // namespace
+
+TEST_CASE("sparse conv training kernels match the dense reference") {
+  struct Case {
+    Conv2dParams p;
+    std::vector<int> empty;  // filters with no nonzero
+  };
+  const std::vector<Case> cases = {
+      {conv(1, 3, 7, 9, 5, 3, 3, 1, 1), {}},         // batch 1, odd sizes
+      {conv(3, 5, 8, 8, 6, 3, 3, 2, 1), {0, 4}},     // stride 2, padded
+      {conv(2, 6, 9, 7, 4, 3, 3, 2, 1), {}},         // stride 2 on odd sizes
+      {conv(2, 4, 9, 7, 3, 1, 1, 1, 0), {1}},        // 1x1
+      {conv(2, 6, 10, 10, 4, 1, 1, 2, 0), {}},       // 1x1 stride 2 (a ResNet shortcut)
+      {conv(2, 3, 6, 11, 4, 3, 5, 1, 2), {}},        // rectangular kernel, pad > (R-1)/2
+      {conv(4, 7, 13, 12, 9, 5, 5, 3, 2), {2, 3}},   // 5x5 stride 3
+      {conv(1, 2, 5, 5, 3, 3, 3, 1, 0), {}},         // no padding
+      {conv(2, 3, 9, 10, 4, 3, 3, 2, 0), {}},        // stride 2, no padding: taps read dy[i - 1]
+      {conv(2, 3, 4, 4, 2, 3, 3, 1, 3), {}},         // padding larger than the kernel
+  };
+  uint64_t seed = 1;
+  for (const Case& c : cases)
+    for (double density : {0.5, 0.2, 0.05, 0.001}) check_conv(c.p, density, c.empty, seed++);
+  // every filter empty: forward is the bias, both gradients 0
+  check_conv(conv(2, 4, 6, 6, 3, 3, 3, 1, 1), 0.5, {0, 1, 2}, 99);
+}
+
+TEST_CASE("sparse conv training kernels give the same results on every thread count") {
+  const Conv2dParams p = conv(5, 6, 9, 9, 7, 3, 3, 1, 1);
+  Rng rng(3);
+  const std::vector<float> mask = random_mask(rng, p.K, p.C * 9, 0.2, {});
+  const std::vector<float> x = randn(rng, int64_t(p.N) * p.C * 81), dy = randn(rng, int64_t(p.N) * p.K * 81);
+  SparseTrainPattern pat = sparse_train_pattern(mask.data(), p.K, p.C, 3, 3);
+  std::vector<float> dw1(mask.size()), dw2(mask.size());
+  const int threads = num_threads();
+  set_num_threads(1);
+  cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw1.data(), nullptr);
+  set_num_threads(3);
+  cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw2.data(), nullptr);
+  set_num_threads(threads);
+  check_close(dw2, dw1, "1 thread against 3");
+}
+
+TEST_CASE("sparse linear training kernels match the dense reference") {
+  for (int N : {1, 3, 17})
+    for (double density : {0.5, 0.05}) {
+      const int I = 23, O = 11;
+      Rng rng(uint64_t(N * 100 + density * 10));
+      const std::vector<float> mask = random_mask(rng, O, I, density, {4});
+      std::vector<float> w = randn(rng, int64_t(O) * I), b = randn(rng, O);
+      for (size_t i = 0; i < w.size(); ++i) w[i] *= mask[i];
+      const std::vector<float> x = randn(rng, int64_t(N) * I), dy = randn(rng, int64_t(N) * O);
+      SparseTrainPattern pat = sparse_train_pattern(mask.data(), O, I, 1, 1);
+      sparse_train_gather(pat, w.data(), int64_t(w.size()), "test linear");
+      const std::string what = "linear N=" + std::to_string(N) + " density " + std::to_string(density);
+
+      std::vector<float> y_ref(static_cast<size_t>(N) * O), y(y_ref.size());
+      ref::linear_forward(N, I, O, x.data(), w.data(), b.data(), y_ref.data());
+      cpu::sparse_linear_forward(N, x.data(), pat.w, b.data(), false, y.data());
+      check_close(y, y_ref, what + ": forward");
+
+      std::vector<float> dx_ref(x.size()), dx(x.size());
+      ref::linear_backward_data(N, I, O, dy.data(), w.data(), dx_ref.data());
+      cpu::sparse_linear_forward(N, dy.data(), pat.wt, nullptr, false, dx.data());
+      check_close(dx, dx_ref, what + ": input gradient");
+
+      std::vector<float> dw_ref(w.size()), db_ref(static_cast<size_t>(O)), dw(w.size(), -7.0f),
+          db(static_cast<size_t>(O), -7.0f);
+      ref::linear_backward_weights(N, I, O, x.data(), dy.data(), dw_ref.data(), db_ref.data());
+      cpu::sparse_linear_backward_weights(N, x.data(), dy.data(), pat, dw.data(), db.data());
+      int nonzero_masked = 0;
+      for (size_t i = 0; i < dw.size(); ++i) {
+        if (mask[i] == 0.0f && dw[i] != 0.0f) ++nonzero_masked;
+        dw_ref[i] *= mask[i];
+      }
+      CHECK(nonzero_masked == 0);
+      check_close(dw, dw_ref, what + ": weight gradient");
+      check_close(db, db_ref, what + ": bias gradient");
+    }
+}
+
+TEST_CASE("the gather refuses a weight that left its mask pattern") {
+  const std::vector<float> mask = {1, 0, 0, 1, 0, 1};  // (2, 3)
+  SparseTrainPattern pat = sparse_train_pattern(mask.data(), 2, 3, 1, 1);
+  CHECK(pat.w.nnz() == 3);
+  std::vector<float> w = {2, 0, 0, -1, 0, 4};
+  sparse_train_gather(pat, w.data(), 6, "fc");
+  CHECK(pat.w.value == std::vector<float>{2, -1, 4});
+  CHECK(pat.wt.value == std::vector<float>{2, -1, 4});  // wt: (3, 2) rows 0, 0, 2 hold (k=0), (k=1), (k=1)
+  w[1] = 0.5f;  // outside the pattern
+  CHECK_THROWS_WITH(sparse_train_gather(pat, w.data(), 6, "fc"),
+                    doctest::Contains("fc: weight [0, column 1] lies outside the sparse-training mask pattern"));
+  w[1] = 0.0f;
+  CHECK_THROWS_WITH(sparse_train_gather(pat, w.data(), 4, "fc"), doctest::Contains("holds 4 values"));
+  w[5] = NAN;
+  CHECK_THROWS_WITH(sparse_train_gather(pat, w.data(), 6, "fc"), doctest::Contains("is not finite"));
+}
+
+namespace {
+
+// conv 3x3 -> bn -> relu -> conv 3x3 stride 2 -> bn -> relu -> conv 1x1 (bias) -> relu -> gap -> fc
+Model masked_net(uint64_t seed) {
+  Model m;
+  int x = m.add_input({3, 8, 8});
+  x = m.add("c1", std::make_unique<Conv2d>(3, 8, 3, 3, 1, 1, false), {x});
+  x = m.add("bn1", std::make_unique<BatchNorm2d>(8), {x});
+  x = m.add("r1", std::make_unique<ReLU>(), {x});
+  x = m.add("c2", std::make_unique<Conv2d>(8, 12, 3, 3, 2, 1, false), {x});
+  x = m.add("bn2", std::make_unique<BatchNorm2d>(12), {x});
+  x = m.add("r2", std::make_unique<ReLU>(), {x});
+  x = m.add("c3", std::make_unique<Conv2d>(12, 12, 1, 1, 1, 0, true), {x});
+  x = m.add("r3", std::make_unique<ReLU>(), {x});
+  x = m.add("gap", std::make_unique<GlobalAvgPool>(), {x});
+  m.add("fc", std::make_unique<Linear>(12, 4, true), {x});
+  Rng rng(seed);
+  init_model(m, rng);
+  dnns::testing::random_masks(m, rng, 0.1f, 0.25f);
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("a masked model trains the same sparse as dense") {
+  Model dense = masked_net(7);
+  Model sparse = dense.clone();
+  TrainConfig cfg;
+  cfg.sgd = {0.05f, 0.9f, 1e-4f, false};
+  cfg.schedule.base_lr = 0.05f;
+  cfg.train_execution = Execution::Dense;
+  Trainer td(dense, cfg);
+  cfg.train_execution = Execution::Sparse;
+  Trainer ts(sparse, cfg);
+  dnns::testing::QuadrantData a(96, 16, 1), b(96, 16, 1);  // 6 steps
+  const EpochStats sd = td.train_epoch(a), ss = ts.train_epoch(b);
+  CHECK(sd.steps == 6);
+  CHECK(std::fabs(sd.loss - ss.loss) <= 1e-4 * std::max(1.0, std::fabs(sd.loss)));
+  // the sparse model really trained sparse, every masked layer
+  int sparse_layers = 0;
+  for (Node& n : sparse.nodes()) {
+    if (auto* c = dynamic_cast<Conv2d*>(n.layer.get())) sparse_layers += c->sparse_train != nullptr;
+    if (auto* l = dynamic_cast<Linear*>(n.layer.get())) sparse_layers += l->sparse_train != nullptr;
+  }
+  CHECK(sparse_layers == 4);
+  auto sd_state = dense.state(), ss_state = sparse.state();
+  REQUIRE(sd_state.size() == ss_state.size());
+  for (size_t i = 0; i < sd_state.size(); ++i) {
+    const std::vector<float> want = sd_state[i].second->to_vector(), got = ss_state[i].second->to_vector();
+    check_close(got, want, "parameter " + sd_state[i].first);
+  }
+  // the weights moved (the comparison is not of two untouched copies)
+  const std::vector<float> w0 = masked_net(7).state()[0].second->to_vector();
+  CHECK(w0 != ss_state[0].second->to_vector());
+  // masked weights stayed 0 on the sparse path
+  for (auto& [name, mask] : sparse.masks) {
+    Tensor* t = nullptr;
+    for (auto& [n2, t2] : ss_state)
+      if (n2 == name) t = t2;
+    REQUIRE(t);
+    int stray = 0;
+    for (int64_t i = 0; i < mask.numel(); ++i) stray += mask[i] == 0.0f && (*t)[i] != 0.0f;
+    CHECK(stray == 0);
+  }
+}
+
+TEST_CASE("the training plan: auto by density, dense resets, sparse needs a mask") {
+  Model m = masked_net(3);
+  // c1 keeps about 25% (auto: sparse); c2 all (auto: dense); c3 no mask at all
+  m.masks["c2.weight"] = Tensor::full(m.masks["c2.weight"].shape(), 1.0f);
+  m.masks.erase("c3.weight");
+  std::vector<TrainLayerExecution> plan = plan_training_execution(m, Execution::Auto);
+  REQUIRE(plan.size() == 4);
+  CHECK(plan[0].node == "c1");
+  CHECK(plan[0].density < kSparseTrainDensity);
+  CHECK(plan[0].sparse);
+  CHECK(plan[1].density == 1.0);
+  CHECK(!plan[1].sparse);
+  CHECK(!plan[2].sparse);
+  CHECK(plan[3].sparse);  // fc: random_masks keeps ~25% of it
+  CHECK(training_plan_summary(plan).find("2 of 4") == 0);
+  plan = plan_training_execution(m, Execution::Sparse);
+  CHECK(plan[1].sparse);    // forced, though all ones
+  CHECK(!plan[2].sparse);   // nothing to skip without a mask
+  plan = plan_training_execution(m, Execution::Dense);
+  for (Node& n : m.nodes())
+    if (auto* c = dynamic_cast<Conv2d*>(n.layer.get())) CHECK(c->sparse_train == nullptr);
+  CHECK(training_plan_summary(plan) == "all 4 conv/linear layers train dense");
+  CHECK_THROWS_WITH(parse_execution("fast", "--train-execution"), doctest::Contains("--train-execution"));
+}
+
+TEST_CASE("ResNet-20 with an IMP-like 5% mask: three steps sparse equal three steps dense") {
+  Model dense = build_model("resnet20");
+  Rng rng(11);
+  init_model(dense, rng);
+  set_masks(dense, imp_like_masks(dense, 0.05, rng));
+  Model sparse = dense.clone();
+  std::vector<TrainLayerExecution> plan = plan_training_execution(sparse, Execution::Sparse);
+  CHECK(std::count_if(plan.begin(), plan.end(), [](const TrainLayerExecution& e) { return e.sparse; }) == 22);
+  Tensor x = dnns::testing::random_images(4, dense.input_shape(), rng), labels({4});
+  for (int i = 0; i < 4; ++i) labels[i] = float(i % 10);
+  Sgd sd({0.05f, 0.9f, 1e-4f, false}), ss({0.05f, 0.9f, 1e-4f, false});
+  for (int step = 0; step < 3; ++step)
+    for (auto [m, opt] : {std::pair<Model*, Sgd*>{&dense, &sd}, {&sparse, &ss}}) {
+      Tensor y = m->forward(x, true), d(y.shape());
+      ops::softmax_cross_entropy(y, labels, 0.0f, &d, nullptr);
+      m->backward(d);
+      opt->step(*m, 0.05f);
+    }
+  auto a = dense.state(), b = sparse.state();
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    check_close(b[i].second->to_vector(), a[i].second->to_vector(), "resnet20 " + a[i].first);
+}
