@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "kernels/cpu/sparse_train.h"
 #include "kernels/ops.h"
 
 namespace dnns {
@@ -89,6 +90,61 @@ void sparse_linear_forward(const Tensor& x, const SparseRows& w, const Tensor& b
     ref::sparse_linear_forward(int(N), x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
   else
     cpu::sparse_linear_forward(int(N), x.data(), w, has_bias ? b.data() : nullptr, relu, y.data());
+}
+
+namespace {
+
+void check_sparse_train(const SparseTrainPattern& w, int K, int C, int R, int S, const char* op) {
+  check(w.K == K && w.C == C && w.R == R && w.S == S, [&] {
+    return std::string(op) + ": the sparse-training pattern is of a (" + std::to_string(w.K) + ", " +
+           std::to_string(w.C) + ", " + std::to_string(w.R) + ", " + std::to_string(w.S) + ") weight, the layer's is (" +
+           std::to_string(K) + ", " + std::to_string(C) + ", " + std::to_string(R) + ", " + std::to_string(S) + ")";
+  });
+  check(cpu_backend() == CpuBackend::Optimized,
+        std::string(op) + ": no reference version; train dense under the reference backend");
+}
+
+}  // namespace
+
+void sparse_conv2d_backward_weights(const Conv2dParams& p, const Tensor& x, const Tensor& dy,
+                                    const SparseTrainPattern& w, Tensor& dw, Tensor& db) {
+  const char* op = "sparse_conv2d_backward_weights";
+  check_conv_params(p, op);
+  check_sparse_train(w, p.K, p.C, p.R, p.S, op);
+  check_shape(x.shape(), {p.N, p.C, p.H, p.W}, "sparse_conv2d_backward_weights input");
+  check_shape(dy.shape(), {p.N, p.K, p.P(), p.Q()}, "sparse_conv2d_backward_weights output gradient");
+  check_shape(dw.shape(), {p.K, p.C, p.R, p.S}, "sparse_conv2d_backward_weights weight gradient");
+  const bool has_db = db.defined() && db.numel();
+  if (has_db) check_shape(db.shape(), {p.K}, "sparse_conv2d_backward_weights bias gradient");
+  check(x.is_cpu() && dy.is_cpu() && dw.is_cpu() && (!has_db || db.is_cpu()), std::string(op) + ": CPU tensors only");
+  OpTimer op_timer(op, Device::CPU);
+  cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), w, dw.data(), has_db ? db.data() : nullptr);
+}
+
+void sparse_conv2d_backward_data(const Conv2dParams& p, const Tensor& dy, const SparseTrainPattern& w, Tensor& dx) {
+  const char* op = "sparse_conv2d_backward_data";
+  check_conv_params(p, op);
+  check_sparse_train(w, p.K, p.C, p.R, p.S, op);
+  check_shape(dy.shape(), {p.N, p.K, p.P(), p.Q()}, "sparse_conv2d_backward_data output gradient");
+  check_shape(dx.shape(), {p.N, p.C, p.H, p.W}, "sparse_conv2d_backward_data input gradient");
+  check(dy.is_cpu() && dx.is_cpu(), std::string(op) + ": CPU tensors only");
+  OpTimer op_timer(op, Device::CPU);
+  cpu::sparse_conv2d_backward_data(p, dy.data(), w, dx.data());
+}
+
+void sparse_linear_backward_weights(const Tensor& x, const Tensor& dy, const SparseTrainPattern& w, Tensor& dw,
+                                    Tensor& db) {
+  const char* op = "sparse_linear_backward_weights";
+  check(x.ndim() == 2 && dy.ndim() == 2, std::string(op) + ": expected 2-D input and output gradient");
+  const int64_t N = x.dim(0), I = x.dim(1), O = dy.dim(1);
+  check_sparse_train(w, int(O), int(I), 1, 1, op);
+  check_shape(dy.shape(), {N, O}, "sparse_linear_backward_weights output gradient");
+  check_shape(dw.shape(), {O, I}, "sparse_linear_backward_weights weight gradient");
+  const bool has_db = db.defined() && db.numel();
+  if (has_db) check_shape(db.shape(), {O}, "sparse_linear_backward_weights bias gradient");
+  check(x.is_cpu() && dy.is_cpu() && dw.is_cpu() && (!has_db || db.is_cpu()), std::string(op) + ": CPU tensors only");
+  OpTimer op_timer(op, Device::CPU);
+  cpu::sparse_linear_backward_weights(int(N), x.data(), dy.data(), w, dw.data(), has_db ? db.data() : nullptr);
 }
 
 }  // namespace ops

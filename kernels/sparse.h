@@ -21,6 +21,8 @@
 
 namespace dnns {
 
+struct SparseTrainPattern;  // kernels/cpu/sparse_train.h
+
 // A (rows, cols) matrix as compressed sparse rows. For a conv weight (K, C, R, S): rows = K,
 // cols = C*R*S, the column of w[k,c,r,s] is (c*R + r)*S + s. Within a row the columns ascend.
 struct SparseRows {
@@ -82,6 +84,17 @@ void sparse_conv2d_forward(const Conv2dParams& p, const Tensor& x, const SparseR
                            bool relu, Tensor& y, const cpu::SparseConvRuns* runs = nullptr);
 // x (N,I), w (O rows, I columns), b (O) or empty -> y (N,O)
 void sparse_linear_forward(const Tensor& x, const SparseRows& w, const Tensor& b, bool relu, Tensor& y);
+
+// The gradients of a layer that trains sparse (kernels/cpu/sparse_train.h), at the pattern's
+// positions only (0 elsewhere); db (K or O) or empty. CPU tensors and the optimized backend
+// only: there is no reference version (the tests compare them with the dense reference ops),
+// so plan_training_execution trains every layer dense under the reference backend.
+// (The input gradient of a sparse linear layer is sparse_linear_forward with pattern.wt.)
+void sparse_conv2d_backward_weights(const Conv2dParams& p, const Tensor& x, const Tensor& dy,
+                                    const SparseTrainPattern& w, Tensor& dw, Tensor& db);
+void sparse_conv2d_backward_data(const Conv2dParams& p, const Tensor& dy, const SparseTrainPattern& w, Tensor& dx);
+void sparse_linear_backward_weights(const Tensor& x, const Tensor& dy, const SparseTrainPattern& w, Tensor& dw,
+                                    Tensor& db);
 }  // namespace ops
 
 }  // namespace dnns

@@ -65,7 +65,10 @@ double time_forward(Layer& layer, const Tensor& x, Tensor& out) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
-// Times the layer dense and sparse on its input shape; returns {dense_ms, sparse_ms}.
+// Times the layer dense and sparse on its input shape; returns {dense_ms, sparse_ms}. The layer
+// alone: where the model's eval forward folds a following batchnorm (and ReLU) into a dense conv
+// (Model::forward, infer), dense also saves that batchnorm's pass, which this does not count,
+// so a close call leans towards sparse by up to one elementwise pass over the output.
 std::pair<double, double> measure(Layer& layer, std::shared_ptr<const SparseExecution>& slot,
                                   const std::shared_ptr<const SparseExecution>& forced, const Shape& in_shape,
                                   const Shape& out_shape, int runs) {

@@ -286,11 +286,12 @@ void Conv2d::forward_folded(const Tensor& x, const BatchNorm2d& bn, bool relu, T
   const int64_t K = out_channels, per_filter = weight.value.numel() / K;
   Tensor w = Tensor::uninit(weight.value.shape()), b = Tensor::uninit({K});
   const float* src = weight.value.data();
+  std::vector<double> scale, shift;
+  bn.eval_affine(scale, shift);
   for (int64_t k = 0; k < K; ++k) {
-    const double s = double(bn.gamma.value[k]) / std::sqrt(double(bn.running_var[k]) + double(bn.eps));
     const double bias_k = has_bias ? double(bias.value[k]) : 0.0;
-    b[k] = float((bias_k - double(bn.running_mean[k])) * s + double(bn.beta.value[k]));
-    for (int64_t j = 0; j < per_filter; ++j) w[k * per_filter + j] = float(double(src[k * per_filter + j]) * s);
+    b[k] = float(bias_k * scale[k] + shift[k]);
+    for (int64_t j = 0; j < per_filter; ++j) w[k * per_filter + j] = float(double(src[k * per_filter + j]) * scale[k]);
   }
   const Conv2dParams p = conv_params(x.shape());
   if (relu) ops::conv2d_forward_relu(p, x, w, b, out);
@@ -344,15 +345,8 @@ void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, c
   if (trains_sparse(*this, *dy)) {
     // The values again: the weight may have changed since the forward (it does not in a step).
     sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), conv_name(*this).c_str());
-    {
-      ops::OpTimer timer("sparse_conv2d_backward_weights", Device::CPU);  // named in the op profile
-      cpu::sparse_conv2d_backward_weights(p, in[0]->data(), dy->data(), *sparse_train, weight.grad.data(),
-                                          has_bias ? bias.grad.data() : nullptr);
-    }
-    if (din[0]) {
-      ops::OpTimer timer("sparse_conv2d_backward_data", Device::CPU);
-      cpu::sparse_conv2d_backward_data(p, dy->data(), *sparse_train, din[0]->data());
-    }
+    ops::sparse_conv2d_backward_weights(p, *in[0], *dy, *sparse_train, weight.grad, bias.grad);
+    if (din[0]) ops::sparse_conv2d_backward_data(p, *dy, *sparse_train, *din[0]);
     return;
   }
   ops::conv2d_backward_weights(p, *in[0], *dy, weight.grad, bias.grad);
@@ -458,6 +452,17 @@ void BatchNorm2d::backward(const std::vector<const Tensor*>& in, const Tensor&, 
   }
   ops::batchnorm_backward(bn_params(in[0]->shape()), *in[0], dout, gamma.value, save_mean, save_invstd, *dx,
                           gamma.grad, beta.grad);
+}
+
+void BatchNorm2d::eval_affine(std::vector<double>& scale, std::vector<double>& shift) const {
+  const std::vector<float> g = gamma.value.to_vector(), b = beta.value.to_vector(), mu = running_mean.to_vector(),
+                           var = running_var.to_vector();
+  scale.resize(channels);
+  shift.resize(channels);
+  for (int c = 0; c < channels; ++c) {
+    scale[c] = g[c] / std::sqrt(double(var[c]) + double(eps));
+    shift[c] = b[c] - mu[c] * scale[c];
+  }
 }
 
 bool BatchNorm2d::fusable_with_relu(const Tensor& x) const { return x.is_cpu() && !(sync_stats && dist::size() > 1); }
@@ -720,16 +725,8 @@ void Linear::backward(const std::vector<const Tensor*>& in, const Tensor&, const
   }
   if (sparse_train && dout.is_cpu()) {
     sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), linear_name(*this).c_str());
-    const int N = static_cast<int>(dout.dim(0));
-    {
-      ops::OpTimer timer("sparse_linear_backward_weights", Device::CPU);  // named in the op profile
-      cpu::sparse_linear_backward_weights(N, in[0]->data(), dout.data(), *sparse_train, weight.grad.data(),
-                                          has_bias ? bias.grad.data() : nullptr);
-    }
-    if (din[0]) {
-      ops::OpTimer timer("sparse_linear_backward_data", Device::CPU);
-      cpu::sparse_linear_forward(N, dout.data(), sparse_train->wt, nullptr, false, din[0]->data());
-    }
+    ops::sparse_linear_backward_weights(*in[0], dout, *sparse_train, weight.grad, bias.grad);
+    if (din[0]) ops::sparse_linear_forward(dout, sparse_train->wt, Tensor(), false, *din[0]);
     return;
   }
   ops::linear_backward_weights(*in[0], dout, weight.grad, bias.grad);

@@ -161,6 +161,10 @@ class BatchNorm2d : public Layer {
   void to(Device dev) override;
   std::unique_ptr<Layer> clone() const override;
   BatchNormParams bn_params(const Shape& x) const;
+  // Eval mode as a per-channel affine map y = scale * x + shift, in double:
+  // scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale. The one
+  // formula every batchnorm fold uses (Conv2d::forward_folded, the compactor, the ONNX export).
+  void eval_affine(std::vector<double>& scale, std::vector<double>& shift) const;
 
   int channels;
   float eps, momentum;

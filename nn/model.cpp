@@ -57,7 +57,9 @@ std::vector<int> eval_fusion_chains(const Model& m) {
   const std::vector<std::vector<int>> cons = m.consumers();
   std::vector<int> last(n, -1);
   for (int i = 1; i < n; ++i) {
-    if (nodes[i].layer->kind() != LayerKind::Conv || i == out || cons[i].size() != 1) continue;
+    if (nodes[i].layer->kind() != LayerKind::Conv || i == out || cons[i].size() != 1 ||
+        static_cast<const Conv2d&>(*nodes[i].layer).fused_relu)  // a ReLU sits between the conv and the batchnorm
+      continue;
     const int bn = cons[i][0];
     if (nodes[bn].layer->kind() != LayerKind::BatchNorm) continue;
     last[i] = bn;
@@ -97,6 +99,7 @@ Model Model::clone() const {
   m.device_ = device_;
   m.arch = arch;
   m.data_info = data_info;
+  m.fuse_ = fuse_;
   for (const Node& n : nodes_) {
     std::unique_ptr<Layer> l;
     if (n.layer) {
@@ -200,7 +203,11 @@ Tensor Model::forward(const Tensor& x, bool train) {
       const auto& conv = static_cast<const Conv2d&>(*node.layer);
       const auto& norm = static_cast<const BatchNorm2d&>(*nodes_[bn].layer);
       acts_[last] = Tensor::uninit(out_shape, device_);
-      conv.forward_folded(*ins[0], norm, last != bn, acts_[last]);
+      try {
+        conv.forward_folded(*ins[0], norm, last != bn, acts_[last]);
+      } catch (const Error& e) {
+        throw Error("forward of node '" + node.name + "' (with '" + nodes_[bn].name + "' folded in): " + e.what());
+      }
       shapes_[bn] = shapes_[last] = out_shape;
       folded[bn] = folded[last] = 1;
       for (int j : node.inputs)
@@ -211,13 +218,17 @@ Tensor Model::forward(const Tensor& x, bool train) {
     int src = node.inputs[0];
     bool in_place = node.layer->kind() == LayerKind::ReLU && src != 0 && cons[src].size() == 1 &&
                     !nodes_[src].layer->backward_needs().output && src != out_node;
-    if (in_place) {
-      acts_[i] = acts_[src];
-      node.layer->forward(ins, acts_[i], train);
-      acts_[src] = Tensor();  // the storage now holds this node's output
-    } else {
-      acts_[i] = Tensor::uninit(out_shape, device_);
-      node.layer->forward(ins, acts_[i], train);
+    try {
+      if (in_place) {
+        acts_[i] = acts_[src];
+        node.layer->forward(ins, acts_[i], train);
+        acts_[src] = Tensor();  // the storage now holds this node's output
+      } else {
+        acts_[i] = Tensor::uninit(out_shape, device_);
+        node.layer->forward(ins, acts_[i], train);
+      }
+    } catch (const Error& e) {
+      throw Error("forward of node '" + node.name + "': " + e.what());
     }
     for (int j : node.inputs)
       if (--pending[j] == 0 && !keep[j] && j != 0 && j != out_node) acts_[j] = Tensor();

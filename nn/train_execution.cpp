@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "kernels/ops.h"
 
 namespace dnns {
 
@@ -33,7 +34,9 @@ std::vector<TrainLayerExecution> plan_training_execution(Model& m, Execution mod
       for (int64_t i = 0; i < mask.numel(); ++i) ones += mask[i] != 0.0f;
       e.density = mask.numel() ? double(ones) / double(mask.numel()) : 1.0;
     }
-    e.sparse = cpu && coverable && mask.defined() && w.value.numel() > 0 &&
+    // (The sparse training kernels have no reference version: under the reference backend
+    // every layer trains dense, the reference being what the optimized kernels are checked by.)
+    e.sparse = cpu && cpu_backend() == CpuBackend::Optimized && coverable && mask.defined() && w.value.numel() > 0 &&
                (mode == Execution::Sparse || (mode == Execution::Auto && e.density <= kSparseTrainDensity));
     if (!e.sparse) {
       slot.reset();

@@ -745,17 +745,6 @@ std::vector<int> kept_indices(const std::vector<uint8_t>& keep) {
   return out;
 }
 
-// Batchnorm as a per-channel affine map y = scale * x + shift (eval mode).
-void bn_affine(const BatchNorm2d& bn, std::vector<double>& scale, std::vector<double>& shift) {
-  std::vector<float> g = bn.gamma.value.to_vector(), b = bn.beta.value.to_vector(), mu = bn.running_mean.to_vector(),
-                     var = bn.running_var.to_vector();
-  scale.resize(bn.channels);
-  shift.resize(bn.channels);
-  for (int c = 0; c < bn.channels; ++c) {
-    scale[c] = g[c] / std::sqrt(double(var[c]) + bn.eps);
-    shift[c] = b[c] - mu[c] * scale[c];
-  }
-}
 
 }  // namespace
 
@@ -896,7 +885,7 @@ Model compact_model(const Model& masked_in, CompactReport* report) {
     std::vector<float> fscale;
     if (bn_of[i] >= 0) {
       std::vector<double> sc, sh;
-      bn_affine(static_cast<const BatchNorm2d&>(*nodes[bn_of[i]].layer), sc, sh);
+      static_cast<const BatchNorm2d&>(*nodes[bn_of[i]].layer).eval_affine(sc, sh);
       fscale.resize(Kn);
       for (int k = 0; k < Kn; ++k) scale[k] = sc[out_keep[k]], shift[k] = sh[out_keep[k]], fscale[k] = float(scale[k]);
     }

@@ -178,9 +178,10 @@ InferenceMemory inference_memory(const Model& m, int64_t batch) {
       const cpu::ConvScratch need = cpu::conv_forward_scratch(cp);
       slot0 = std::max(slot0, need.slot0);
       slot1 = std::max(slot1, need.slot1);
-      if (fold)  // the folded filters and bias (Conv2d::forward_folded)
-        call_bytes = std::max(call_bytes, static_cast<int64_t>(c->weight.value.bytes()) +
-                                              c->out_channels * static_cast<int64_t>(sizeof(float)));
+      int64_t own = need.call * static_cast<int64_t>(sizeof(float));
+      if (fold)  // the folded filters and bias (Conv2d::forward_folded), alive during the call
+        own += static_cast<int64_t>(c->weight.value.bytes()) + c->out_channels * static_cast<int64_t>(sizeof(float));
+      call_bytes = std::max(call_bytes, own);
     } else if (auto* l = dynamic_cast<const Linear*>(nodes[i].layer.get())) {
       if (!sparse_here(l->sparse_exec)) continue;
       const cpu::SparseScratch need = cpu::sparse_linear_forward_scratch(int(batch), l->sparse_exec->weight);

@@ -3,7 +3,8 @@
 #
 #   scripts/setup.sh              packages + build (CUDA backend compiled when nvcc is found)
 #   scripts/setup.sh --with-torch also installs python3-torch, the peer of bench/run.sh (and the
-#                                 maker of the ONNX import fixtures, re-run by test_onnx_import)
+#                                 maker of the ONNX import fixtures, re-run by test_onnx_import),
+#                                 and python3-pil, which bench/torch_train_epoch.py decodes with
 #
 # Environment: BUILD_DIR (default build), DNNS_CUDA (AUTO|ON|OFF, default AUTO),
 # JOBS (default: number of cores).
@@ -24,7 +25,7 @@ packages=(build-essential cmake pkg-config curl libopenblas-dev libtbb-dev libst
 # onnx + protobuf: ONNX import; curl: data fetch; OpenMPI: data-parallel training (tests/test_mpi)
 # clang + libFuzzer for the fuzz targets (scripts/fuzz.sh, run by .ci/run); the default build stays GCC.
 packages+=(clang-14 libfuzzer-14-dev libclang-rt-14-dev)
-[ "$with_torch" = 1 ] && packages+=(python3-torch)
+[ "$with_torch" = 1 ] && packages+=(python3-torch python3-pil)  # PIL: bench/torch_train_epoch.py decodes the JPEGs
 
 missing=()
 for p in "${packages[@]}"; do

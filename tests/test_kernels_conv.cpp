@@ -193,8 +193,8 @@ TEST_CASE("cpu conv matches ref on chosen shapes") {
 // gradient is vectorised over filters), batch 1 split into filter groups, and dead (all-zero)
 // filters.
 TEST_CASE("every ISA path and convolution algorithm matches ref") {
-  // (Winograd F(2x2, 3x3) is forced on every 3x3 stride-1 pad-1 shape below, odd sizes
-  // included: partial tiles at the bottom and right edges.)
+  // (Winograd is forced on every 3x3 stride-1 pad-1 shape below, odd sizes included: F(4x4,
+  // 3x3) from 8x8 images, F(2x2, 3x3) below, partial tiles at the bottom and right edges.)
   struct Restore {
     ~Restore() {
       cpu::set_cpu_isa(cpu::best_cpu_isa());
@@ -378,13 +378,16 @@ TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
   const int64_t nw = (int64_t)p.K * p.C * 9;
   auto dw_ref = poisoned(nw), db = poisoned(p.K);
   ref::conv2d_backward_weights(p, x.data(), dy.data(), dw_ref.data(), nullptr);
+  const int saved_threads = num_threads();
   for (int threads : {1, 3}) {
     set_num_threads(threads);
-    auto dw = poisoned(nw);
+    auto dw = poisoned(nw), again = poisoned(nw);
     cpu::conv2d_backward_weights(p, x.data(), dy.data(), dw.data(), nullptr);
     compare(dw, dw_ref, "backward_weights with " + std::to_string(threads) + " threads");
+    cpu::conv2d_backward_weights(p, x.data(), dy.data(), again.data(), nullptr);
+    CHECK(again == dw);  // the groups are summed in a fixed order: same bits at a fixed thread count
   }
-  set_num_threads(2);  // what test_main set
+  set_num_threads(saved_threads);
   MESSAGE("max|cpu - ref| / max|ref|: Winograd F(2x2) " << worst2 << ", F(4x4) " << worst4
                                                        << ", direct kernels on the F(4x4) shapes " << worst_direct);
   CHECK(worst2 < 2e-6);
@@ -456,13 +459,14 @@ TEST_CASE("cpu conv matches ref on random shapes") {
 TEST_CASE("cpu conv matches ref with 1 and 3 threads") {
   // The thread count changes the task cut and the number of partial dw sums.
   Rng rng(17);
+  const int saved_threads = num_threads();
   for (int threads : {1, 3}) {
     set_num_threads(threads);
     for (const Conv2dParams& p : {conv(20, 5, 8, 8, 6, 3, 3, 1, 1), conv(7, 8, 2, 2, 8, 3, 3, 1, 1),
                                   conv(3, 3, 24, 24, 4, 3, 3, 1, 1)})
       compare_conv(p, rng);
   }
-  set_num_threads(2);  // what test_main set
+  set_num_threads(saved_threads);
 }
 
 TEST_CASE("cpu conv2d_backward_weights is repeatable bit for bit") {

@@ -379,11 +379,34 @@ std::vector<float> pack_filters(int K, int C, int T, int kb, Src src) {
 // Runs `forward` of the direct kernels over a batch: task (n, g) computes filter group g of
 // image n, so a small batch still gives every thread work. x_image: the input of image n is
 // x + n * x_image, padded as g says; the output of image n is y + n * K * P * Q.
+// Filter groups per image of direct_batch: enough tasks for every thread on a small batch.
+int direct_groups(int K, int kb, int N) {
+  const int blocks = (K + kb - 1) / kb;
+  return std::max(1, std::min(blocks, (4 * num_threads() + N - 1) / N));
+}
+
 void direct_batch(const DirectKernels& dk, const PaddedLayout& g, const DirectShape& s, int N, const float* x,
                   int64_t x_image, const float* wpk, const float* bias, bool relu, float* y) {
   const int blocks = (s.K + dk.kb - 1) / dk.kb;
-  const int groups = std::max(1, std::min(blocks, (4 * num_threads() + N - 1) / N));
+  const int groups = direct_groups(s.K, dk.kb, N);
   const int64_t out_image = (int64_t)s.K * s.P * s.Q;
+  if (groups > 1) {
+    // A small batch split into filter groups: each image padded once for all its groups (into
+    // a buffer of this call, conv_forward_scratch's `call`), not once per group.
+    std::unique_ptr<float[]> padded(new float[(size_t)N * g.floats]);
+    parallel_for(0, N, 1, [&](int n0, int n1) {
+      for (int n = n0; n != n1; ++n) pad_image(g, x + n * x_image, padded.get() + (size_t)n * g.floats);
+    });
+    parallel_for(0, N * groups, 1, [&](int t0, int t1) {
+      for (int t = t0; t != t1; ++t) {
+        const int n = t / groups, grp = t % groups;
+        const int k0 = std::min(s.K, blocks * grp / groups * dk.kb),
+                  k1 = std::min(s.K, blocks * (grp + 1) / groups * dk.kb);
+        if (k0 < k1) dk.forward(s, padded.get() + (size_t)n * g.floats, wpk, bias, relu, y + n * out_image, k0, k1);
+      }
+    });
+    return;
+  }
   parallel_for(0, N * groups, 1, [&](int t0, int t1) {
     for (int t = t0; t != t1; ++t) {
       const int n = t / groups, grp = t % groups;
@@ -567,7 +590,9 @@ ConvScratch conv_forward_scratch(const Conv2dParams& p) {
     winograd_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1);
   } else if (direct_applies(p, Op::Forward)) {
     const DirectKernels& dk = *direct_kernels(cpu_isa(), p.Q());
-    r.slot0 = (int64_t)padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec).floats;
+    const int64_t floats = (int64_t)padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec).floats;
+    if (direct_groups(p.K, dk.kb, p.N) > 1) r.call = p.N * floats;  // direct_batch pads each image once
+    else r.slot0 = floats;
   } else {
     const Tiling t = plan_tiles(p);
     const int64_t cols = (int64_t)t.images * (t.images > 1 ? p.P() : std::min(p.P(), t.rows)) * p.Q();

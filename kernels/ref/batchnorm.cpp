@@ -95,26 +95,41 @@ void batchnorm_backward(const BatchNormParams& p, const float* x, const float* d
   }
 }
 
-// The batchnorm then the ReLU, as the definition says.
+namespace {
+
+// Whether the ReLU after the batchnorm passes element `at` (channel c): its input recomputed
+// from the saved statistics, the one rule the fused forward and backward below share, so the
+// reference agrees with itself even for inputs within rounding of zero.
+bool relu_passes(const float* x, int64_t at, int c, const float* gamma, const float* beta, const float* save_mean,
+                 const float* save_invstd) {
+  return gamma[c] * ((x[at] - double(save_mean[c])) * save_invstd[c]) + beta[c] > 0.0;
+}
+
+}  // namespace
+
+// The batchnorm, then the ReLU (zero where relu_passes says the ReLU's input is not positive).
 void batchnorm_forward_train_relu(const BatchNormParams& p, const float* x, const float* gamma, const float* beta,
                                   float* running_mean, float* running_var, float* y, float* save_mean,
                                   float* save_invstd) {
   batchnorm_forward_train(p, x, gamma, beta, running_mean, running_var, y, save_mean, save_invstd);
-  const int64_t n = int64_t(p.N) * p.C * p.HW;
-  for (int64_t i = 0; i < n; i++) y[i] = std::max(y[i], 0.0f);
-}
-
-// The ReLU's backward (its input recomputed from the saved statistics), then the batchnorm's.
-void batchnorm_backward_relu(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
-                             const float* beta, const float* save_mean, const float* save_invstd, float* dx,
-                             float* dgamma, float* dbeta) {
-  std::vector<float> g(size_t(p.N) * p.C * p.HW);  // (N, C, HW): dy where the ReLU's input > 0
   for (int n = 0; n < p.N; n++)
     for (int c = 0; c < p.C; c++)
       for (int i = 0; i < p.HW; i++) {
         const int64_t at = (int64_t(n) * p.C + c) * p.HW + i;
-        const double v = gamma[c] * ((x[at] - double(save_mean[c])) * save_invstd[c]) + beta[c];
-        g[size_t(at)] = v > 0.0 ? dy[at] : 0.0f;
+        y[at] = relu_passes(x, at, c, gamma, beta, save_mean, save_invstd) ? std::max(y[at], 0.0f) : 0.0f;
+      }
+}
+
+// The ReLU's backward (the same relu_passes), then the batchnorm's.
+void batchnorm_backward_relu(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                             const float* beta, const float* save_mean, const float* save_invstd, float* dx,
+                             float* dgamma, float* dbeta) {
+  std::vector<float> g(size_t(p.N) * p.C * p.HW);  // (N, C, HW): dy where the ReLU passes
+  for (int n = 0; n < p.N; n++)
+    for (int c = 0; c < p.C; c++)
+      for (int i = 0; i < p.HW; i++) {
+        const int64_t at = (int64_t(n) * p.C + c) * p.HW + i;
+        g[size_t(at)] = relu_passes(x, at, c, gamma, beta, save_mean, save_invstd) ? dy[at] : 0.0f;
       }
   batchnorm_backward(p, x, g.data(), gamma, save_mean, save_invstd, dx, dgamma, dbeta);
 }

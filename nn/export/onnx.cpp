@@ -200,6 +200,7 @@ std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
   const std::vector<Shape> shapes = m.infer_shapes(1);
   const auto consumers = m.consumers();
   const int out_node = m.output_node();
+  const std::vector<int> chains = eval_fusion_chains(m);  // the batchnorms folded into their conv
   auto per_image = [&](int i) { return shape_numel(shapes[i]); };
   auto dims_of = [&](int i) { return Shape(shapes[i].begin() + 1, shapes[i].end()); };
   check(per_image(out_node) > 0, "onnx export: the output node '" + nodes[out_node].name + "' has no values");
@@ -229,18 +230,17 @@ std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
         int out = i;  // the node whose output this conv's ONNX value stands for
         // Fold a batchnorm that only this conv feeds: w' = w * s, b' = (b - mean) * s + beta,
         // pos' = pos * s with s = gamma / sqrt(var + eps).
-        if (!c.fused_relu && i != out_node && consumers[i].size() == 1 &&
-            nodes[consumers[i][0]].layer->kind() == LayerKind::BatchNorm) {
+        if (chains[i] >= 0) {
           out = consumers[i][0];
           const auto& bn = static_cast<const BatchNorm2d&>(*nodes[out].layer);
-          std::vector<float> gamma = values(bn.gamma.value), beta = values(bn.beta.value);
-          std::vector<float> mean = values(bn.running_mean), var = values(bn.running_var);
+          std::vector<double> scale, shift;  // b' = b * s + (beta - mean * s)
+          bn.eval_affine(scale, shift);
           const int64_t per_filter = K > 0 ? static_cast<int64_t>(w.size()) / K : 0;
           const int64_t plane = c.table_rows() * c.table_cols();
           for (int k = 0; k < K; ++k) {
-            const double s = gamma[k] / std::sqrt(double(var[k]) + double(bn.eps));
+            const double s = scale[k];
             for (int64_t j = 0; j < per_filter; ++j) w[k * per_filter + j] = float(w[k * per_filter + j] * s);
-            b[k] = float((double(b[k]) - mean[k]) * s + beta[k]);
+            b[k] = float(double(b[k]) * s + shift[k]);
             for (int64_t j = 0; j < plane && !pos.empty(); ++j) pos[k * plane + j] = float(pos[k * plane + j] * s);
           }
           have_bias = true;
