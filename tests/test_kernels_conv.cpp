@@ -551,3 +551,48 @@ TEST_CASE("conv kernels refuse invalid shapes and handle an empty batch") {
   CHECK(dw == std::vector<float>(9, 0.0f));
   CHECK(db[0] == 0.0f);
 }
+
+// Few outputs per filter (N*P*Q <= 16, weights of 4096 floats and more): the forward streams
+// each filter's weights once against the patch matrix (kernels/cpu/conv.cpp stream_forward), on
+// every ISA path: odd channel and filter counts (filter blocks of 8 with a remainder), 1x1 to
+// 4x4 outputs, stride 2, a 1x1 kernel on a 1x1 image, batches of 1 to 3, bias, ReLU.
+TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on every ISA path") {
+  struct Restore {
+    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
+  } restore;
+  const Conv2dParams shapes[] = {
+      conv(1, 37, 4, 4, 13, 3, 3, 1, 1),   // 16 outputs, 13 filters: one block of 8 and one of 5
+      conv(1, 64, 2, 2, 9, 3, 3, 1, 1),    // 4 outputs, padding reads half the patch as zero
+      conv(2, 40, 2, 2, 17, 3, 3, 1, 1),   // two images: 8 outputs
+      conv(1, 30, 7, 7, 20, 3, 3, 2, 1),   // stride 2: 4x4 outputs
+      conv(1, 600, 1, 1, 11, 1, 1, 1, 0),  // 1x1 kernel on a 1x1 image: one output
+      conv(3, 50, 3, 3, 10, 3, 3, 2, 1),   // three images of 2x2 outputs: 12
+  };
+  Rng rng(61);
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)));
+    for (const Conv2dParams& p : shapes) {
+      INFO(conv_str(p));
+      CHECK(cpu::conv_path(p).rfind("stream", 0) == 0);  // the shape takes the path under test
+      const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, nw = (int64_t)p.K * p.C * p.R * p.S;
+      const int64_t ny = (int64_t)p.N * p.K * p.P() * p.Q();
+      const auto x = randn(rng, nx), w = randn(rng, nw), b = randn(rng, p.K);
+      for (bool bias : {true, false}) {
+        auto y_ref = poisoned(ny), y_cpu = poisoned(ny), y_relu = poisoned(ny);
+        ref::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y_ref.data());
+        cpu::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y_cpu.data());
+        check_close(y_cpu, y_ref, "stream forward" + std::string(bias ? "+bias" : ""));
+        cpu::conv2d_forward_relu(p, x.data(), w.data(), bias ? b.data() : nullptr, y_relu.data());
+        for (float& v : y_ref) v = v > 0.0f ? v : 0.0f;
+        check_close(y_relu, y_ref, "stream forward+relu" + std::string(bias ? "+bias" : ""));
+      }
+    }
+  }
+  // Below 4096 weights, or past 16 outputs per filter, the other paths run.
+  CHECK(cpu::conv_path(conv(1, 8, 4, 4, 8, 3, 3, 1, 1)).rfind("stream", 0) != 0);
+  CHECK(cpu::conv_path(conv(2, 64, 4, 4, 64, 3, 3, 1, 1)).rfind("stream", 0) != 0);
+  // Its patch matrix is the call's own buffer.
+  const Conv2dParams p = conv(1, 512, 2, 2, 512, 3, 3, 1, 1);
+  CHECK(cpu::conv_forward_scratch(p).call == 512 * 9 * 16);
+}
