@@ -346,6 +346,7 @@ void check_hot_swaps(Residency residency) {
   // wrong_generation: an answer whose generation is not the activation of the variant that
   // served it (activation k, k >= 1, serves variant (k - 1) % 3: 0, then 1, 2, 0, ...).
   std::atomic<int64_t> sent{0}, mismatched{0}, stale_generation{0}, wrong_generation{0};
+  std::atomic<uint64_t> newest_served{0};  // the highest generation any answer carried
   std::vector<std::vector<int64_t>> per_client_served(clients, std::vector<int64_t>(s.size(), 0));
   std::vector<std::thread> threads;
   for (int t = 0; t < clients; ++t)
@@ -365,10 +366,18 @@ void check_hot_swaps(Residency residency) {
           wrong_generation.fetch_add(1);
         if (a.generation < last_generation) stale_generation.fetch_add(1);  // a thread never goes back in time
         last_generation = a.generation;
+        for (uint64_t seen = newest_served.load(); seen < a.generation;)
+          if (newest_served.compare_exchange_weak(seen, a.generation)) break;
       }
     });
   std::thread swapper([&] {
     for (int k = 0; k < swaps; ++k) {
+      // The first activations wait (10 s at most) until a request was served on the variant
+      // active now, so every variant serves some even on a slow run (a sanitizer build):
+      // the check that each one was used must not depend on the scheduler.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (k < s.size() && newest_served.load() < s.generation() && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
       s.activate((k + 1) % s.size());  // 1, 2, 0, 1, ...: always another variant
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
