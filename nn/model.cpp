@@ -244,8 +244,32 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
   const int n = static_cast<int>(nodes_.size());
   const int out_node = output_node();
   check_shape(dlogits.shape(), acts_[out_node].shape(), "model backward: logit gradient");
+  // grads[j]: the gradient of node j's output. A plain add passes its output gradient to both
+  // inputs unchanged, so they share its storage instead of copying it; a storage is written in
+  // place (a ReLU's backward over its own gradient, a sum into an input's gradient) only while
+  // no other node's gradient shares it.
   std::vector<Tensor> grads(n);
   grads[out_node] = dlogits;
+  auto shared = [&](int j) {
+    for (int m = 1; m < n; ++m)
+      if (m != j && grads[m].same_storage(grads[j])) return true;
+    return j != out_node && grads[j].same_storage(dlogits);  // the caller's tensor
+  };
+  // grads[j] += g, in place unless grads[j]'s storage is shared; `g_own` says g may be kept.
+  auto add_into = [&](int j, Tensor& g, bool g_own) {
+    if (!grads[j].defined()) {
+      grads[j] = g;
+    } else if (!shared(j)) {
+      ops::accumulate(g, grads[j]);
+    } else if (g_own && !g.same_storage(grads[j])) {
+      ops::accumulate(grads[j], g);  // the same sum, written over g
+      grads[j] = g;
+    } else {
+      Tensor sum = grads[j].clone();
+      ops::accumulate(g, sum);
+      grads[j] = sum;
+    }
+  };
   std::vector<const Tensor*> ins;
   std::vector<Tensor*> din;
   std::vector<Tensor> fresh;
@@ -264,6 +288,14 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
       acts_[i] = Tensor();
       continue;
     }
+    if (node.layer->kind() == LayerKind::Add && !static_cast<const Add&>(*node.layer).mapped()) {
+      for (int j : node.inputs)  // d(a + b)/da = d(a + b)/db = 1: both take grads[i] itself
+        if (j != 0) add_into(j, grads[i], false);
+      if (grads_ready) grads_ready(*node.layer);
+      grads[i] = Tensor();
+      acts_[i] = Tensor();
+      continue;
+    }
     ins.clear();
     din.clear();
     fresh.assign(node.inputs.size(), Tensor());
@@ -272,7 +304,7 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
       ins.push_back(&acts_[j]);
       if (j == 0) {
         din.push_back(nullptr);  // no gradient for the images
-      } else if (node.layer->kind() == LayerKind::ReLU && !grads[j].defined() && i != out_node) {
+      } else if (node.layer->kind() == LayerKind::ReLU && !grads[j].defined() && i != out_node && !shared(i)) {
         fresh[k] = grads[i];  // relu_backward may write over its own output gradient
         din.push_back(&fresh[k]);
       } else {
@@ -291,8 +323,8 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
     for (size_t k = 0; k < node.inputs.size(); ++k) {
       int j = node.inputs[k];
       if (j == 0) continue;
-      if (!grads[j].defined()) grads[j] = std::move(fresh[k]);
-      else ops::accumulate(fresh[k], grads[j]);
+      // fresh[k] is this call's own tensor, except a ReLU's written over grads[i] (released next)
+      add_into(j, fresh[k], true);
     }
     grads[i] = Tensor();
     acts_[i] = Tensor();

@@ -218,3 +218,48 @@ TEST_CASE("gradcheck: a residual graph end to end (accumulation at a shared tens
     check_grad(p.name.c_str(), p.param->value, g, loss, 1e-2f, 3e-2);
   }
 }
+
+// A plain add hands its output gradient to its inputs without copying it, so several nodes'
+// gradients share one storage until each is processed. Nothing may write over a shared one:
+//   - a ReLU writes its input gradient over its own when no other node holds it ('relu', whose
+//     gradient is shared with the pending 's', 'u' and 't'; 'relu_out', whose gradient is the
+//     caller's logit gradient);
+//   - a sum into an input's gradient ('t' adds into 's', whose gradient 'u' still shares);
+//   - 'twice' reads one tensor twice: its gradient is twice the output's.
+TEST_CASE("gradcheck: shared gradients through plain adds (nothing written over a shared one)") {
+  Rng rng(5);
+  Model m;
+  int x = m.add_input({2, 5, 5});
+  int s = m.add("s", std::make_unique<Conv2d>(2, 3, 3, 3, 1, 1, true), {x});
+  int u = m.add("u", std::make_unique<Conv2d>(2, 3, 3, 3, 1, 1, true), {x});
+  int v = m.add("v", std::make_unique<Conv2d>(2, 3, 3, 3, 1, 1, true), {x});
+  int t = m.add("t", std::make_unique<Conv2d>(3, 3, 3, 3, 1, 1, true), {s});
+  int r = m.add("relu", std::make_unique<ReLU>(), {v});
+  int a = m.add("a", std::make_unique<Add>(), {s, u});
+  int b = m.add("b", std::make_unique<Add>(), {a, t});
+  int c = m.add("c", std::make_unique<Add>(), {b, r});
+  int twice = m.add("twice", std::make_unique<Add>(), {c, c});
+  int pool = m.add("pool", std::make_unique<GlobalAvgPool>(), {twice});
+  int fc1 = m.add("fc1", std::make_unique<Linear>(3, 4, true), {pool});
+  int r2 = m.add("relu_out", std::make_unique<ReLU>(), {fc1});
+  int fc2 = m.add("fc2", std::make_unique<Linear>(3, 4, true), {pool});
+  m.add("out", std::make_unique<Add>(), {r2, fc2});
+  for (auto& p : m.params()) p.param->value = random_tensor(p.param->value.shape(), rng, 0.5f);
+  Tensor input = random_tensor({3, 2, 5, 5}, rng);
+  Tensor labels = Tensor::from({3}, {1, 0, 3});
+
+  Tensor logits = m.forward(input, true);
+  Tensor d(logits.shape());
+  ops::softmax_cross_entropy(logits, labels, 0.0f, &d, nullptr);
+  const Tensor d_before = d.clone();
+  m.backward(d);
+  for (int64_t i = 0; i < d.numel(); ++i) REQUIRE(d[i] == d_before[i]);  // the caller's gradient is not written
+  auto loss = [&]() {
+    Tensor l = m.forward(input, true);
+    return double(ops::softmax_cross_entropy(l, labels, 0.0f, nullptr, nullptr));
+  };
+  for (auto& p : m.params()) {
+    Tensor g = p.param->grad.clone();
+    check_grad(p.name.c_str(), p.param->value, g, loss, 1e-3f, 3e-2);
+  }
+}
