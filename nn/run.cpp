@@ -50,6 +50,7 @@ RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, 
       st.seconds = a.seconds + b.seconds;
       st.steps = a.steps + b.steps;
       st.comm_seconds = a.comm_seconds + b.comm_seconds;
+      st.data_wait_seconds = a.data_wait_seconds + b.data_wait_seconds;
       st.images_per_sec = st.examples / std::max(1e-9, st.seconds);
     } else {
       st = trainer.train_epoch(train, on_step, epoch_end);
@@ -62,6 +63,10 @@ RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, 
                   "%s epoch %lld/%lld  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  %.1f s (%.0f img/s)",
                   opt.label.c_str(), (long long)epoch + 1, (long long)total_epochs, st.loss, 100 * st.accuracy,
                   ev.loss, 100 * ev.accuracy, st.seconds, st.images_per_sec);
+    if (st.data_wait_seconds >= 0.01 * st.seconds) {  // the loader held training back
+      const size_t n = std::strlen(buf);
+      std::snprintf(buf + n, sizeof buf - n, "  waited %.1f s for data", st.data_wait_seconds);
+    }
     if (ranks > 1) {
       const size_t n = std::strlen(buf);
       std::snprintf(buf + n, sizeof buf - n, "  %d ranks, comm %.1f ms/step", ranks,
@@ -81,6 +86,7 @@ RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, 
                                     .add("test_accuracy", ev.accuracy)
                                     .add("seconds", st.seconds)
                                     .add("images_per_sec", st.images_per_sec)
+                                    .add("data_wait_seconds", st.data_wait_seconds)
                                     .add("ranks", static_cast<int64_t>(ranks))
                                     .add("comm_seconds_per_step", st.comm_seconds / std::max<int64_t>(1, st.steps))
                                     .str());

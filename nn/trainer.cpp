@@ -108,7 +108,9 @@ EpochStats Trainer::train_epoch(BatchSource& data, const std::function<void(cons
   int64_t correct_sum = 0;
   Batch b;
   Tensor dlogits;
+  auto wait0 = Clock::now();
   while ((stop_at < 0 || step_ < stop_at) && data.next(b)) {
+    st.data_wait_seconds += seconds_since(wait0);
     dist::fault_point(step_);
     const double comm0 = dist::comm_seconds();
     // Every rank tests the global batch, so all of them stop here together.
@@ -161,6 +163,7 @@ EpochStats Trainer::train_epoch(BatchSource& data, const std::function<void(cons
       info.comm_seconds = comm;
       on_step(info);
     }
+    wait0 = Clock::now();
   }
   if (distributed) {
     if (!cfg_.sync_batchnorm)  // each rank's running statistics saw its rows: take rank 0's

@@ -50,6 +50,7 @@ struct EpochStats {
   double seconds = 0, images_per_sec = 0;
   int64_t steps = 0;
   double comm_seconds = 0;  // communication time of all its steps (data-parallel training)
+  double data_wait_seconds = 0;  // time the steps waited for their batch (the loader's lag)
 };
 
 struct EvalStats {

@@ -81,6 +81,26 @@ TEST_CASE("a small network learns the synthetic task") {
   CHECK(after.accuracy > 0.9);  // chance is 0.25
 }
 
+// A source that takes 20 ms per batch: the epoch's data wait counts that time, and no more
+// than the epoch took.
+TEST_CASE("an epoch reports how long its steps waited for data") {
+  struct SlowData : QuadrantData {
+    using QuadrantData::QuadrantData;
+    bool next(Batch& out) override {
+      usleep(20000);
+      return QuadrantData::next(out);
+    }
+  };
+  SlowData slow(128, 32, 1);
+  QuadrantData fast(128, 32, 1);
+  Model a = small_net(3), b = small_net(3);
+  Trainer ta(a, small_config(1)), tb(b, small_config(1));
+  const EpochStats s = ta.train_epoch(slow), f = tb.train_epoch(fast);
+  CHECK(s.data_wait_seconds >= 4 * 0.020);  // 4 batches (the call that ends the epoch is not a step's)
+  CHECK(s.data_wait_seconds <= s.seconds);
+  CHECK(f.data_wait_seconds < s.data_wait_seconds - 3 * 0.020);
+}
+
 TEST_CASE("two runs with one seed give identical weights") {
   QuadrantData a(256, 32, 1), b(256, 32, 1);
   Model m1 = small_net(9), m2 = small_net(9);
