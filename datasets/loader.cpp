@@ -91,7 +91,7 @@ std::vector<int64_t> Loader::epoch_order(int64_t epoch) const {
   return order;
 }
 
-Batch Loader::assemble(int64_t epoch, int64_t batch, const std::vector<int64_t>& order) const {
+Batch Loader::assemble(int64_t epoch, int64_t batch, const std::vector<int64_t>& order, bool parallel) const {
   const Dataset& d = *data_;
   const int C = d.channels, H = d.height, W = d.width, pad = opt_.pad;
   // This shard's rows [lo, hi) of the global batch at positions [batch*B, batch*B + global).
@@ -114,7 +114,7 @@ Batch Loader::assemble(int64_t epoch, int64_t batch, const std::vector<int64_t>&
 
   float* images = out.images.data();
   const float* lut = lut_.data();
-  parallel_for(int64_t(0), count, [&](int64_t k) {
+  auto one = [&](int64_t k) {
     const int64_t pos = first + k;
     const uint8_t* src = d.image(order[pos]);     // (C, H, W) raw
     float* dst = images + k * d.image_bytes();    // (C, H, W) normalised
@@ -147,7 +147,12 @@ Batch Loader::assemble(int64_t epoch, int64_t batch, const std::vector<int64_t>&
         }
       }
     }
-  });
+  };
+  if (parallel) {
+    parallel_for(int64_t(0), count, one);
+  } else {
+    for (int64_t k = 0; k < count; ++k) one(k);
+  }
   return out;
 }
 
@@ -187,7 +192,7 @@ void Loader::produce(int64_t epoch, int64_t first_batch) {
     }
     Slot slot;
     try {
-      slot.batch = assemble(epoch, b, order_);
+      slot.batch = assemble(epoch, b, order_, false);
     } catch (...) {
       slot.error = std::current_exception();
     }
@@ -208,7 +213,7 @@ bool Loader::next(Batch& out) {
   if (next_batch_ >= batches_per_epoch()) return false;
   if (opt_.prefetch == 0) {
     try {
-      out = assemble(epoch_, next_batch_, order_);
+      out = assemble(epoch_, next_batch_, order_, true);
     } catch (...) {
       error_ = std::current_exception();
       throw;

@@ -85,7 +85,10 @@ class Loader : public BatchSource {
   std::vector<int64_t> epoch_order(int64_t epoch) const;
 
  private:
-  Batch assemble(int64_t epoch, int64_t batch, const std::vector<int64_t>& order) const;
+  // One batch; `parallel` spreads its images over the worker threads (inside next()). The
+  // background thread assembles on its own: a batch takes ~1 ms against a training step's
+  // ~100+ ms, and its loops would otherwise take the training's worker threads away.
+  Batch assemble(int64_t epoch, int64_t batch, const std::vector<int64_t>& order, bool parallel) const;
   void produce(int64_t epoch, int64_t first_batch);  // the background thread's loop
   void stop_worker();
 
