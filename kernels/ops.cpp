@@ -238,7 +238,7 @@ void batchnorm_backward(const BatchNormParams& p, const Tensor& x, const Tensor&
 #define HOST_DISPATCH(op, dev, ...)                                                         \
   do {                                                                                      \
     if ((dev) == Device::CUDA) throw Error(std::string(#op) + ": CPU tensors only (the CUDA " \
-                                           "backend runs the batchnorm and the ReLU apart)"); \
+                                           "backend runs the fused ops apart)");             \
     OpTimer op_timer_(#op, (dev));                                                          \
     if (g_cpu_backend.load() == CpuBackend::Reference) return ref::op(__VA_ARGS__);         \
     return cpu::op(__VA_ARGS__);                                                            \
@@ -291,6 +291,21 @@ void add_forward(const Tensor& a, const Tensor& b, Tensor& y) {
   check_shape(y.shape(), a.shape(), "add: output");
   Device d = common_device("add_forward", {&a, &b, &y});
   DISPATCH(add_forward, d, a.numel(), a.data(), b.data(), y.data());
+}
+
+void add_relu_forward(const Tensor& a, const Tensor& b, Tensor& y) {
+  check_shape(b.shape(), a.shape(), "add_relu_forward: second operand");
+  check_shape(y.shape(), a.shape(), "add_relu_forward: output");
+  Device d = common_device("add_relu_forward", {&a, &b, &y});
+  HOST_DISPATCH(add_relu_forward, d, a.numel(), a.data(), b.data(), y.data());
+}
+
+void relu_backward_sum(const Tensor& y, const Tensor& dy1, const Tensor& dy2, Tensor& dx) {
+  check_shape(dy1.shape(), y.shape(), "relu_backward_sum output gradient");
+  check_shape(dy2.shape(), y.shape(), "relu_backward_sum output gradient (second part)");
+  check_shape(dx.shape(), y.shape(), "relu_backward_sum input gradient");
+  Device d = common_device("relu_backward_sum", {&y, &dy1, &dy2, &dx});
+  HOST_DISPATCH(relu_backward_sum, d, y.numel(), y.data(), dy1.data(), dy2.data(), dx.data());
 }
 
 void accumulate(const Tensor& a, Tensor& y) {

@@ -57,6 +57,11 @@ void relu_forward(const Tensor& x, Tensor& y);
 void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx);
 void add_forward(const Tensor& a, const Tensor& b, Tensor& y);
 void accumulate(const Tensor& a, Tensor& y);  // y += a
+// A residual add then a ReLU, fused (kernels/host_api.inc): CPU tensors only. y = relu(a + b);
+// dx = relu_backward(y, dy1 + dy2) for a gradient that arrived in two parts. y may alias a or
+// b, dx dy1 or dy2.
+void add_relu_forward(const Tensor& a, const Tensor& b, Tensor& y);
+void relu_backward_sum(const Tensor& y, const Tensor& dy1, const Tensor& dy2, Tensor& dx);
 
 void maxpool_forward(const Pool2dParams& p, const Tensor& x, Tensor& y);
 void maxpool_backward(const Pool2dParams& p, const Tensor& x, const Tensor& dy, Tensor& dx);

@@ -164,6 +164,21 @@ Tensor Model::forward(const Tensor& x, bool train) {
       fused_src_[i] = src;
     }
 
+  // A plain add whose only reader is a ReLU computes the ReLU too (one pass, ops::add_relu_forward);
+  // relu_of_add[add] = that ReLU, which then takes the add's output as its own. Its backward
+  // runs as usual from that output.
+  std::vector<int> relu_of_add(n, -1), add_of_relu(n, -1);
+  if (fuse_ && x.is_cpu())
+    for (int i = 1; i < n; ++i) {
+      if (nodes_[i].layer->kind() != LayerKind::ReLU || fused_src_[i] >= 0) continue;
+      const int src = nodes_[i].inputs[0];
+      if (src == 0 || src == out_node || cons[src].size() != 1 || nodes_[src].layer->kind() != LayerKind::Add ||
+          static_cast<const Add&>(*nodes_[src].layer).mapped())
+        continue;
+      relu_of_add[src] = i;
+      add_of_relu[i] = src;
+    }
+
   // Eval-mode conv -> batchnorm [-> ReLU] chains (see set_fusion); folded[j]: node j was
   // computed by the conv heading its chain.
   const std::vector<int> chain_last = !train && fuse_ ? eval_fusion_chains(*this) : std::vector<int>(n, -1);
@@ -192,9 +207,21 @@ Tensor Model::forward(const Tensor& x, bool train) {
       throw Error("node '" + node.name + "': " + e.what());
     }
     shapes_[i] = out_shape;
-    if (fused_src_[i] >= 0) {  // the batchnorm before wrote this ReLU's output: take its storage
-      acts_[i] = std::move(acts_[fused_src_[i]]);
-      acts_[fused_src_[i]] = Tensor();
+    const int writer = fused_src_[i] >= 0 ? fused_src_[i] : add_of_relu[i];
+    if (writer >= 0) {  // the batchnorm or add before wrote this ReLU's output: take its storage
+      acts_[i] = std::move(acts_[writer]);
+      acts_[writer] = Tensor();
+      continue;
+    }
+    if (relu_of_add[i] >= 0) {
+      acts_[i] = Tensor::uninit(out_shape, device_);
+      try {
+        ops::add_relu_forward(*ins[0], *ins[1], acts_[i]);
+      } catch (const Error& e) {
+        throw Error("forward of node '" + node.name + "' (with '" + nodes_[relu_of_add[i]].name + "'): " + e.what());
+      }
+      for (int j : node.inputs)
+        if (--pending[j] == 0 && !keep[j] && j != 0 && j != out_node) acts_[j] = Tensor();
       continue;
     }
     const int last = chain_last[i];
@@ -255,8 +282,17 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
       if (m != j && grads[m].same_storage(grads[j])) return true;
     return j != out_node && grads[j].same_storage(dlogits);  // the caller's tensor
   };
+  // A ReLU's gradient arriving in two parts (a block output read by the next block's add and
+  // its first conv) keeps the second apart, in second[j], and its backward sums the two as it
+  // masks them (ops::relu_backward_sum): one pass instead of a sum and a mask.
+  std::vector<Tensor> second(n);
+  auto held = [&](const Tensor& g) {
+    for (int m = 0; m < n; ++m)
+      if (grads[m].same_storage(g)) return true;
+    return g.same_storage(dlogits);
+  };
   // grads[j] += g, in place unless grads[j]'s storage is shared; `g_own` says g may be kept.
-  auto add_into = [&](int j, Tensor& g, bool g_own) {
+  auto sum_into = [&](int j, Tensor& g, bool g_own) {
     if (!grads[j].defined()) {
       grads[j] = g;
     } else if (!shared(j)) {
@@ -269,6 +305,19 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
       ops::accumulate(g, sum);
       grads[j] = sum;
     }
+  };
+  // Part g of node j's gradient arrives: kept apart as second[j] where that applies, else summed.
+  auto add_into = [&](int j, Tensor& g, bool g_own) {
+    if (second[j].defined()) {  // a third part: the first two are summed first, in arrival order
+      Tensor s = std::move(second[j]);
+      second[j] = Tensor();
+      sum_into(j, s, true);
+    } else if (grads[j].defined() && g_own && fuse_ && g.is_cpu() && nodes_[j].layer->kind() == LayerKind::ReLU &&
+               fused_src_[j] < 0 && j != out_node && nodes_[j].inputs[0] != 0 && !held(g)) {
+      second[j] = g;
+      return;
+    }
+    sum_into(j, g, g_own);
   };
   std::vector<const Tensor*> ins;
   std::vector<Tensor*> din;
@@ -284,6 +333,20 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
     if (fused_src_[i] >= 0) {  // fused into its batchnorm, whose backward takes this gradient
       grads[fused_src_[i]] = std::move(grads[i]);
       if (grads_ready) grads_ready(*node.layer);
+      grads[i] = Tensor();
+      acts_[i] = Tensor();
+      continue;
+    }
+    if (second[i].defined()) {  // a ReLU: dx = mask * (grads[i] + second[i])
+      Tensor dx = std::move(second[i]);
+      second[i] = Tensor();
+      try {
+        ops::relu_backward_sum(acts_[i], grads[i], dx, dx);
+      } catch (const Error& e) {
+        throw Error("backward of node '" + node.name + "': " + e.what());
+      }
+      if (grads_ready) grads_ready(*node.layer);
+      add_into(node.inputs[0], dx, true);
       grads[i] = Tensor();
       acts_[i] = Tensor();
       continue;

@@ -129,6 +129,24 @@ TEST_CASE("elementwise ops: cpu equals ref, including aliasing and sizes split a
     cpu::accumulate(n, x.data(), acc_cpu.data());
     check_equal(acc_cpu, acc_ref, "accumulate");
     check_equal(acc_ref, s_ref, "accumulate vs add");
+
+    // The residual fusions: add then ReLU in one pass; a ReLU's backward of a two-part gradient.
+    Vec r_ref(n), r_cpu(n);
+    ref::add_relu_forward(n, x.data(), b.data(), r_ref.data());
+    cpu::add_relu_forward(n, x.data(), b.data(), r_cpu.data());
+    check_equal(r_cpu, r_ref, "add_relu_forward");
+    for (int64_t i = 0; i < n; i++) REQUIRE(r_ref[i] == std::max(x[i] + b[i], 0.0f));
+    Vec ra = x;  // y aliasing a
+    cpu::add_relu_forward(n, ra.data(), b.data(), ra.data());
+    check_equal(ra, r_ref, "add_relu_forward y == a");
+    Vec g_ref(n), g_cpu(n);
+    ref::relu_backward_sum(n, r_ref.data(), dy.data(), b.data(), g_ref.data());
+    cpu::relu_backward_sum(n, r_ref.data(), dy.data(), b.data(), g_cpu.data());
+    check_equal(g_cpu, g_ref, "relu_backward_sum");
+    for (int64_t i = 0; i < n; i++) REQUIRE(g_ref[i] == (r_ref[i] > 0.0f ? dy[i] + b[i] : 0.0f));
+    Vec g2 = b;  // dx aliasing the second part, as Model::backward calls it
+    cpu::relu_backward_sum(n, r_ref.data(), dy.data(), g2.data(), g2.data());
+    check_equal(g2, g_ref, "relu_backward_sum dx == dy2");
   }
 }
 

@@ -286,6 +286,89 @@ TEST_CASE("batchnorm + ReLU fusion: same training steps as the unfused graph, fu
   CHECK(eval.count("conv2d_forward") + eval.count("conv2d_forward_relu") > 0);
 }
 
+// Residual blocks: each add whose only reader is a ReLU computes it in the same pass
+// (ops::add_relu_forward), and a ReLU whose gradient arrives in two parts (a block output read
+// by the next block's add and by its first conv) sums them as it masks them
+// (ops::relu_backward_sum). Same training as the unfused graph; counted with the op profile.
+namespace {
+
+Model residual_net() {
+  Model m;
+  int x = m.add_input({3, 8, 8});
+  x = m.add("stem", std::make_unique<Conv2d>(3, 8, 3, 3, 1, 1, false), {x});
+  x = m.add("stem.bn", std::make_unique<BatchNorm2d>(8), {x});
+  x = m.add("stem.relu", std::make_unique<ReLU>(), {x});  // fused into stem.bn: its two parts are summed
+  for (const char* b : {"a", "b"}) {
+    const std::string p = b;
+    int y = m.add(p + ".conv1", std::make_unique<Conv2d>(8, 8, 3, 3, 1, 1, false), {x});
+    y = m.add(p + ".bn1", std::make_unique<BatchNorm2d>(8), {y});
+    y = m.add(p + ".relu1", std::make_unique<ReLU>(), {y});
+    y = m.add(p + ".conv2", std::make_unique<Conv2d>(8, 8, 3, 3, 1, 1, false), {y});
+    y = m.add(p + ".bn2", std::make_unique<BatchNorm2d>(8), {y});
+    y = m.add(p + ".add", std::make_unique<Add>(), {y, x});
+    x = m.add(p + ".relu", std::make_unique<ReLU>(), {y});  // computed by the add
+  }
+  x = m.add("gap", std::make_unique<GlobalAvgPool>(), {x});
+  m.add("fc", std::make_unique<Linear>(8, 4, true, false), {x});
+  Rng rng(9);
+  init_model(m, rng);
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("residual add + ReLU fusion: same training steps as the unfused graph") {
+  Model fused = residual_net(), apart = residual_net();
+  apart.set_fusion(false);
+  Rng rng(10);
+  Tensor x({5, 3, 8, 8}), labels({5});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  for (int64_t i = 0; i < 5; ++i) labels[i] = float(i % 4);
+  Sgd sgd_f({0.1f, 0.9f, 1e-4f, false}), sgd_a({0.1f, 0.9f, 1e-4f, false});
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    Tensor yf, ya;
+    const auto f = op_calls([&] {
+      yf = fused.forward(x, true);
+      Tensor d(yf.shape());
+      ops::softmax_cross_entropy(yf, labels, 0.0f, &d, nullptr);
+      fused.backward(d);
+    });
+    const auto a = op_calls([&] {
+      ya = apart.forward(x, true);
+      Tensor d(ya.shape());
+      ops::softmax_cross_entropy(ya, labels, 0.0f, &d, nullptr);
+      apart.backward(d);
+    });
+    auto count = [](const std::map<std::string, int64_t>& c, const char* op) {
+      auto it = c.find(op);
+      return it == c.end() ? int64_t(0) : it->second;
+    };
+    CHECK(count(f, "add_relu_forward") == 2);  // a.add and b.add
+    CHECK(count(f, "add_forward") == 0);
+    CHECK(count(f, "relu_forward") == 0);
+    CHECK(count(f, "relu_backward_sum") == 1);  // a.relu: from b.add and b.conv1
+    CHECK(count(f, "relu_backward") == 1);      // b.relu: one part
+    CHECK(count(f, "accumulate") == 1);         // stem.relu's parts (fused into stem.bn's backward)
+    CHECK(count(a, "add_relu_forward") + count(a, "relu_backward_sum") == 0);
+    CHECK(count(a, "accumulate") == 2);
+    const std::vector<float> lf = yf.to_vector(), la = ya.to_vector();
+    for (size_t i = 0; i < lf.size(); ++i) CHECK(lf[i] == doctest::Approx(la[i]).epsilon(1e-4));
+    sgd_f.step(fused, 0.1f);
+    sgd_a.step(apart, 0.1f);
+    const std::vector<float> wf = all_weights(fused), wa = all_weights(apart);
+    REQUIRE(wf.size() == wa.size());
+    double worst = 0.0;
+    for (size_t i = 0; i < wf.size(); ++i) worst = std::max(worst, std::fabs(double(wf[i]) - wa[i]));
+    CHECK(worst < 1e-5);
+  }
+  const auto eval = op_calls([&] { fused.forward(x, false); });
+  CHECK(eval.count("add_relu_forward") == 1);
+  CHECK(eval.at("add_relu_forward") == 2);
+  const std::vector<float> ef = fused.forward(x, false).to_vector(), ea = apart.forward(x, false).to_vector();
+  for (size_t i = 0; i < ef.size(); ++i) CHECK(ef[i] == doctest::Approx(ea[i]).epsilon(1e-4));
+}
+
 // Eval mode folds conv -> batchnorm [-> ReLU] chains into one convolution (Model::forward and
 // infer), where the batch gives each filter enough outputs to pay for the fold.
 TEST_CASE("eval fusion: conv -> batchnorm [-> ReLU] chains run as one convolution, same logits") {

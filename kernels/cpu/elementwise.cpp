@@ -1,6 +1,9 @@
 // Optimized elementwise kernels: the reference loops, split into blocks across oneTBB threads.
 // No reductions here, so any partitioning gives bit-identical results.
 
+#include <bit>
+#include <cstdint>
+
 #include "core/parallel.h"
 #include "kernels/cpu/cpu.h"
 
@@ -45,6 +48,35 @@ void add_forward(int64_t n, const float* a, const float* b, float* y) {
 void accumulate(int64_t n, const float* a, float* y) {
   for_blocks(n, [=](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i++) y[i] += a[i];
+  });
+}
+
+// y may alias a or b. (ivdep: a write only ever aliases the same element's reads, so the
+// loop vectorises without the run-time overlap checks -O2 will not emit; a branch on the sign
+// would mispredict on half the elements.)
+void add_relu_forward(int64_t n, const float* a, const float* b, float* y) {
+  for_blocks(n, [=](int64_t lo, int64_t hi) {
+#pragma GCC ivdep
+    for (int64_t i = lo; i < hi; i++) {
+      const float s = a[i] + b[i];
+      y[i] = s > 0.0f ? s : 0.0f;
+    }
+  });
+}
+
+// dx may alias dy1 or dy2 (ivdep as in add_relu_forward). Each part is masked before the sum,
+// so the add is unconditional and the loop vectorises (GCC does not speculate a floating-point
+// add out of a branch; a select is folded back into one): where y > 0 the sum is dy1 + dy2,
+// elsewhere +0 + +0 = +0, as the ref.
+void relu_backward_sum(int64_t n, const float* y, const float* dy1, const float* dy2, float* dx) {
+  for_blocks(n, [=](int64_t b, int64_t e) {
+#pragma GCC ivdep
+    for (int64_t i = b; i < e; i++) {
+      const uint32_t on = y[i] > 0.0f ? ~0u : 0u;
+      const float g1 = std::bit_cast<float>(std::bit_cast<uint32_t>(dy1[i]) & on);
+      const float g2 = std::bit_cast<float>(std::bit_cast<uint32_t>(dy2[i]) & on);
+      dx[i] = g1 + g2;
+    }
   });
 }
 

@@ -20,4 +20,15 @@ void accumulate(int64_t n, const float* a, float* y) {
   for (int64_t i = 0; i < n; i++) y[i] += a[i];
 }
 
+void add_relu_forward(int64_t n, const float* a, const float* b, float* y) {
+  for (int64_t i = 0; i < n; i++) {
+    const float s = a[i] + b[i];
+    y[i] = s > 0.0f ? s : 0.0f;
+  }
+}
+
+void relu_backward_sum(int64_t n, const float* y, const float* dy1, const float* dy2, float* dx) {
+  for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy1[i] + dy2[i] : 0.0f;
+}
+
 }  // namespace dnns::ref
