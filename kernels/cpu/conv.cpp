@@ -538,13 +538,14 @@ ConvAlgo parse_conv_algo(const char* name) {
 }
 
 // ---- Few outputs per filter: stream the weights once
-// A forward with at most 16 outputs per filter (N*P*Q: a batch of 1 on VGG's 4x4 and 2x2 layers)
-// is bound by reading the weights (9.4 MB for a 512 x 512 x 3 x 3 layer against 9-38 M
+// A forward with at most 64 outputs per filter (N*P*Q: a batch of 1 on VGG's 8x8, 4x4 and 2x2
+// layers) is bound by reading the weights (9.4 MB for a 512 x 512 x 3 x 3 layer against 9-38 M
 // multiply-adds). im2col + sgemm packs the weights again on every call and the direct kernels
-// pack them too; here every filter's row is read once, in place, against the (C*R*S, 16) patch
-// matrix held in cache: 8 filters at a time, one 16-wide vector of outputs per filter
-// (rows.h stream_filters). bench conv --batch 1, 1 thread, AMD EPYC (Zen 4): see README.
-constexpr int kStreamOutputs = 16;
+// pack them too; here every filter's row is read once, in place, against the (C*R*S, J) patch
+// matrix held in cache (J = the outputs rounded up to 16): 8 filters per task, register tiles
+// of filters x vectors of outputs in each ISA's width (rows.h stream_filters).
+// bench conv --batch 1, 1 thread, AMD EPYC (Zen 4): see README.
+constexpr int kStreamOutputs = 64;
 constexpr int64_t kStreamMinWeights = 4096;  // smaller layers: whichever path, it hardly matters
 
 bool stream_applies(const Conv2dParams& p) {
@@ -553,16 +554,22 @@ bool stream_applies(const Conv2dParams& p) {
          (int64_t)p.K * p.C * p.R * p.S >= kStreamMinWeights;
 }
 
+// Outputs per filter as stream_filters takes them: N*P*Q rounded up to whole blocks.
+int stream_width(const Conv2dParams& p) {
+  const int J = p.N * p.P() * p.Q();
+  return (J + kStreamOutputBlock - 1) / kStreamOutputBlock * kStreamOutputBlock;
+}
+
 void stream_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, bool relu, float* y) {
-  const int K = p.K, CRS = p.C * p.R * p.S, P = p.P(), Q = p.Q(), PQ = P * Q, J = p.N * PQ;
-  // col (CRS, 16): column j = (n, p, q) holds output (p, q) of image n's input patch; 0 past J
-  std::vector<float> col((size_t)CRS * kStreamOutputs, 0.0f);
+  const int K = p.K, CRS = p.C * p.R * p.S, P = p.P(), Q = p.Q(), PQ = P * Q, J = p.N * PQ, jn = stream_width(p);
+  // col (CRS, jn): column j = (n, p, q) holds output (p, q) of image n's input patch; 0 past J
+  std::vector<float> col((size_t)CRS * jn, 0.0f);
   for (int n = 0; n < p.N; ++n)
     for (int c = 0; c < p.C; ++c) {
       const float* xc = x + ((int64_t)n * p.C + c) * p.H * p.W;
       for (int r = 0; r < p.R; ++r)
         for (int s = 0; s < p.S; ++s) {
-          float* row = col.data() + ((int64_t)(c * p.R + r) * p.S + s) * kStreamOutputs + n * PQ;
+          float* row = col.data() + ((int64_t)(c * p.R + r) * p.S + s) * jn + n * PQ;
           for (int pp = 0; pp < P; ++pp) {
             const int h = pp * p.stride - p.pad + r;
             for (int q = 0; q < Q; ++q) {
@@ -575,14 +582,14 @@ void stream_forward(const Conv2dParams& p, const float* x, const float* w, const
   constexpr int kb = 8;
   const RowKernels& rk = row_kernels();
   parallel_for(0, (K + kb - 1) / kb, 1, [&](int b0, int b1) {
-    float out[kb * kStreamOutputs];
+    float out[kb * kStreamOutputs];  // (kn, jn)
     for (int blk = b0; blk < b1; ++blk) {
       const int k0 = blk * kb, kn = std::min(kb, K - k0);
-      rk.stream_filters(w + (int64_t)k0 * CRS, CRS, kn, CRS, col.data(), out);
+      rk.stream_filters(w + (int64_t)k0 * CRS, CRS, kn, CRS, col.data(), jn, out);
       for (int f = 0; f < kn; ++f) {
         const float bias = b ? b[k0 + f] : 0.0f;
         for (int j = 0; j < J; ++j) {
-          const float v = out[f * kStreamOutputs + j] + bias;
+          const float v = out[f * jn + j] + bias;
           y[((int64_t)(j / PQ) * K + k0 + f) * PQ + j % PQ] = relu && !(v > 0.0f) ? 0.0f : v;
         }
       }
@@ -644,7 +651,7 @@ ConvScratch conv_forward_scratch(const Conv2dParams& p) {
   if (winograd_applies(p, Op::Forward)) {
     winograd_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1);
   } else if (stream_applies(p)) {
-    r.call = (int64_t)p.C * p.R * p.S * kStreamOutputs;  // the patch matrix
+    r.call = (int64_t)p.C * p.R * p.S * stream_width(p);  // the patch matrix
   } else if (direct_applies(p, Op::Forward)) {
     const DirectKernels& dk = *direct_kernels(cpu_isa(), p.Q());
     const int64_t floats = (int64_t)padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec).floats;

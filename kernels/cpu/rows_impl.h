@@ -271,31 +271,70 @@ void sparse_grid(const float* val, const int32_t* off, int64_t nnz, const float*
     for (int i = 0; i < L; ++i) out[i] = out[i] > 0.0f ? out[i] : 0.0f;
 }
 
-// 16 floats: one AVX-512 register, two AVX ones, four SSE ones.
-using f16 = float __attribute__((vector_size(64)));
+// The weight-streaming product (stream_filters) in this build's own vector width, tiled so the
+// accumulators, the patch vectors and a broadcast weight fit the registers: kStreamFilters
+// filters x kStreamVectors vectors of kStreamWidth outputs per tile.
+//   AVX-512  16 floats, 32 registers: 8 filters x 2 vectors (16 accumulators)
+//   AVX2      8 floats, 16 registers: 4 filters x 2 vectors (8 accumulators, 2 patch vectors)
+//   generic   4 floats (SSE, NEON):   4 filters x 2 vectors
+// (A 16-float generic vector with 8 filters, as AVX-512 takes, spills on AVX2: 16 accumulators
+// of two registers each; it ran 9x slower than on AVX-512.)
+#if defined(__AVX512F__)
+constexpr int kStreamWidth = 16, kStreamFilters = 8;
+#elif defined(__AVX2__)
+constexpr int kStreamWidth = 8, kStreamFilters = 4;
+#else
+constexpr int kStreamWidth = 4, kStreamFilters = 4;
+#endif
+constexpr int kStreamVectors = 2;
+static_assert(kStreamOutputBlock % kStreamWidth == 0, "rows.h: outputs come in whole vectors");
+using sv = float __attribute__((vector_size(4 * kStreamWidth)));
 
-template <int KN>
-void stream_block(const float* w, int64_t ldw, int n, const float* col, float* out) {
-  f16 acc[KN];
-  for (int f = 0; f < KN; ++f) acc[f] = f16{};
+// out[f * jn + v * W + l] = sum over i < n of w[f * ldw + i] * col[i * jn + v * W + l], for
+// f < KN, v < NV, l < W (W = kStreamWidth): the sums in i order, as the reference.
+template <int KN, int NV>
+void stream_tile(const float* w, int64_t ldw, int n, const float* col, int jn, float* out) {
+  sv acc[KN][NV];
+#pragma GCC unroll 8
+  for (int f = 0; f < KN; ++f)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[f][v] = sv{};
   for (int i = 0; i < n; ++i) {
-    f16 c;
-    __builtin_memcpy(&c, col + (int64_t)i * 16, sizeof c);
-    for (int f = 0; f < KN; ++f) acc[f] += w[f * ldw + i] * c;
+    sv c[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) __builtin_memcpy(&c[v], col + (int64_t)i * jn + v * kStreamWidth, sizeof c[v]);
+#pragma GCC unroll 8
+    for (int f = 0; f < KN; ++f) {
+      const float wf = w[f * ldw + i];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[f][v] += wf * c[v];
+    }
   }
-  for (int f = 0; f < KN; ++f) __builtin_memcpy(out + f * 16, &acc[f], sizeof acc[f]);
+#pragma GCC unroll 8
+  for (int f = 0; f < KN; ++f)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) __builtin_memcpy(out + f * jn + v * kStreamWidth, &acc[f][v], sizeof acc[f][v]);
 }
 
-void stream_filters(const float* w, int64_t ldw, int kn, int n, const float* col, float* out) {
-  switch (kn) {
-    case 1: return stream_block<1>(w, ldw, n, col, out);
-    case 2: return stream_block<2>(w, ldw, n, col, out);
-    case 3: return stream_block<3>(w, ldw, n, col, out);
-    case 4: return stream_block<4>(w, ldw, n, col, out);
-    case 5: return stream_block<5>(w, ldw, n, col, out);
-    case 6: return stream_block<6>(w, ldw, n, col, out);
-    case 7: return stream_block<7>(w, ldw, n, col, out);
-    default: return stream_block<8>(w, ldw, n, col, out);
+// stream_tile with exactly kn (1..KN) filters and nv (1..NV) vectors.
+template <int KN, int NV>
+void stream_tile_n(int kn, int nv, const float* w, int64_t ldw, int n, const float* col, int jn, float* out) {
+  if constexpr (KN > 1)
+    if (kn < KN) return stream_tile_n<KN - 1, NV>(kn, nv, w, ldw, n, col, jn, out);
+  if constexpr (NV > 1)
+    if (nv < NV) return stream_tile_n<KN, NV - 1>(kn, nv, w, ldw, n, col, jn, out);
+  stream_tile<KN, NV>(w, ldw, n, col, jn, out);
+}
+
+void stream_filters(const float* w, int64_t ldw, int kn, int n, const float* col, int jn, float* out) {
+  const int nvec = jn / kStreamWidth;
+  for (int f0 = 0; f0 < kn; f0 += kStreamFilters) {
+    const int fk = kn - f0 < kStreamFilters ? kn - f0 : kStreamFilters;
+    for (int v0 = 0; v0 < nvec; v0 += kStreamVectors) {
+      const int nv = nvec - v0 < kStreamVectors ? nvec - v0 : kStreamVectors;
+      stream_tile_n<kStreamFilters, kStreamVectors>(fk, nv, w + f0 * ldw, ldw, n, col + v0 * kStreamWidth, jn,
+                                                    out + f0 * jn + v0 * kStreamWidth);
+    }
   }
 }
 
