@@ -556,7 +556,8 @@ TEST_CASE("conv kernels refuse invalid shapes and handle an empty batch") {
 // the forward streams each filter's weights once against the patch matrix
 // (kernels/cpu/conv.cpp stream_forward), on every ISA path: odd channel and filter counts
 // (register tiles of 8, 6 or 4 filters, with remainders), 1 to 64 outputs (whole output vectors
-// of 16, 8 or 4 floats and a part of one, one tile of vectors or several), patch matrices of
+// of 16, 8 or 4 floats and a part of one, one tile of vectors or several; up to 4 outputs as
+// dot products along the patch rows), patch matrices of
 // one chunk and of several (sums carried over from chunk to chunk), stride 2, a 1x1 kernel on
 // a 1x1 image, batches of 1 to 4, bias, ReLU.
 TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on every ISA path") {
@@ -576,6 +577,11 @@ TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on e
       conv(1, 30, 13, 13, 130, 3, 3, 2, 1), // stride 2: 7x7 outputs, 49
       conv(4, 33, 4, 4, 129, 3, 3, 1, 1),   // four images of 4x4: 64
       conv(1, 460, 3, 3, 9, 3, 3, 1, 1),    // 4140 patch rows: two chunks of the patch matrix
+      // Up to 4 outputs: dot products along the patch rows (333 = 20 vectors of 16 + 13, 41 of 8
+      // + 5, 83 of 4 + 1), filter tiles of 4 or 2 and the rest one by one.
+      conv(1, 37, 2, 2, 13, 3, 3, 1, 1),    // 4 outputs
+      conv(1, 45, 3, 1, 11, 3, 3, 1, 1),    // a 3x1 image: 3 outputs
+      conv(4, 500, 1, 1, 9, 1, 1, 1, 0),    // four images of one output
   };
   Rng rng(61);
   for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
@@ -605,7 +611,8 @@ TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on e
   CHECK(cpu::conv_path(conv(1, 64, 9, 9, 128, 3, 3, 1, 1)).rfind("stream", 0) != 0);
   CHECK(cpu::conv_path(conv(1, 64, 8, 8, 127, 3, 3, 1, 1)).rfind("stream", 0) != 0);
   CHECK(cpu::conv_path(conv(1, 64, 8, 8, 128, 3, 3, 1, 1)).rfind("stream", 0) == 0);
-  // Its patch matrix (C*R*S, outputs rounded up to 16) is the call's own buffer.
-  CHECK(cpu::conv_forward_scratch(conv(1, 512, 2, 2, 512, 3, 3, 1, 1)).call == 512 * 9 * 16);
+  // Its patch matrix (C*R*S, outputs rounded up to 16, or 4 for up to 4) is the call's own buffer.
+  CHECK(cpu::conv_forward_scratch(conv(1, 512, 2, 2, 512, 3, 3, 1, 1)).call == 512 * 9 * 4);
+  CHECK(cpu::conv_forward_scratch(conv(1, 512, 3, 2, 512, 3, 3, 1, 1)).call == 512 * 9 * 16);
   CHECK(cpu::conv_forward_scratch(conv(1, 64, 5, 7, 128, 3, 3, 1, 1)).call == 64 * 9 * 48);
 }

@@ -543,7 +543,9 @@ ConvAlgo parse_conv_algo(const char* name) {
 // multiply-adds). im2col + sgemm packs the weights again on every call and the direct kernels
 // pack them too; here every filter's row is read once, in place, against the (C*R*S, J) patch
 // matrix (J = the outputs rounded up to 16), walked in chunks that stay in cache: register tiles
-// of filters x vectors of outputs in each ISA's width (rows.h stream_filters).
+// of filters x vectors of outputs in each ISA's width (rows.h stream_filters); for up to 4
+// outputs (2x2 images), dot products along the rows against the patch matrix transposed
+// (rows.h stream_dots), where 16-float vectors of outputs would be 3/4 padding.
 // bench conv --batch 1, 1 thread, AMD EPYC (Zen 4): see README.
 // Past 16 outputs, only from 128 filters: the patch matrix, built per call, costs about 1/K of
 // the product (ResNet-20's 64 filters on 8x8 at batch 1: 0.09 ms streamed, 0.07 ms direct).
@@ -557,27 +559,32 @@ bool stream_applies(const Conv2dParams& p) {
          (int64_t)p.K * p.C * p.R * p.S >= kStreamMinWeights;
 }
 
-// Outputs per filter as stream_filters takes them: N*P*Q rounded up to whole blocks.
+// Outputs per filter as the kernels take them: N*P*Q up to 4 as 4 (stream_dots), more rounded
+// up to whole blocks of 16 (stream_filters).
 int stream_width(const Conv2dParams& p) {
   const int J = p.N * p.P() * p.Q();
+  if (J <= kStreamDotOutputs) return kStreamDotOutputs;
   return (J + kStreamOutputBlock - 1) / kStreamOutputBlock * kStreamOutputBlock;
 }
 
 void stream_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, bool relu, float* y) {
   const int K = p.K, CRS = p.C * p.R * p.S, P = p.P(), Q = p.Q(), PQ = P * Q, J = p.N * PQ, jn = stream_width(p);
-  // col (CRS, jn): column j = (n, p, q) holds output (p, q) of image n's input patch; 0 past J
+  const bool dots = jn == kStreamDotOutputs;
+  // The patch matrix: entry (i, j) = input value i = (c, r, s) of output j = (n, p, q), 0 past J;
+  // col (CRS, jn) for stream_filters, transposed, colT (jn, CRS), for stream_dots.
+  const int64_t si = dots ? 1 : jn, sj = dots ? CRS : 1;
   std::vector<float> col((size_t)CRS * jn, 0.0f);
   for (int n = 0; n < p.N; ++n)
     for (int c = 0; c < p.C; ++c) {
       const float* xc = x + ((int64_t)n * p.C + c) * p.H * p.W;
       for (int r = 0; r < p.R; ++r)
         for (int s = 0; s < p.S; ++s) {
-          float* row = col.data() + ((int64_t)(c * p.R + r) * p.S + s) * jn + n * PQ;
+          float* row = col.data() + ((int64_t)(c * p.R + r) * p.S + s) * si + n * PQ * sj;
           for (int pp = 0; pp < P; ++pp) {
             const int h = pp * p.stride - p.pad + r;
             for (int q = 0; q < Q; ++q) {
               const int wc = q * p.stride - p.pad + s;
-              row[pp * Q + q] = h >= 0 && h < p.H && wc >= 0 && wc < p.W ? xc[h * p.W + wc] : 0.0f;
+              row[(pp * Q + q) * sj] = h >= 0 && h < p.H && wc >= 0 && wc < p.W ? xc[h * p.W + wc] : 0.0f;
             }
           }
         }
@@ -591,7 +598,8 @@ void stream_forward(const Conv2dParams& p, const float* x, const float* w, const
     for (int t = t0; t < t1; ++t) {
       const int k0 = std::min(K, blocks * t / tasks * kb), k1 = std::min(K, blocks * (t + 1) / tasks * kb);
       std::vector<float> out((size_t)(k1 - k0) * jn);  // (k1 - k0, jn)
-      rk.stream_filters(w + (int64_t)k0 * CRS, CRS, k1 - k0, CRS, col.data(), jn, out.data());
+      if (dots) rk.stream_dots(w + (int64_t)k0 * CRS, CRS, k1 - k0, CRS, col.data(), out.data());
+      else rk.stream_filters(w + (int64_t)k0 * CRS, CRS, k1 - k0, CRS, col.data(), jn, out.data());
       for (int k = k0; k < k1; ++k) {
         const float bias = b ? b[k] : 0.0f;
         const float* o = out.data() + (int64_t)(k - k0) * jn;

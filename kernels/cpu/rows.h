@@ -12,8 +12,9 @@
 namespace dnns::cpu {
 
 constexpr int kRowLanes = 8;  // lanes of the double accumulators below
-// stream_filters: outputs per filter in whole blocks of 16 (one AVX-512 vector).
-constexpr int kStreamOutputBlock = 16;
+// stream_filters: outputs per filter in whole blocks of 16 (one AVX-512 vector); stream_dots:
+// exactly 4.
+constexpr int kStreamOutputBlock = 16, kStreamDotOutputs = 4;
 
 struct RowKernels {
   // Over the n rows x + i * stride (i < n) of `len` floats each:
@@ -64,6 +65,10 @@ struct RowKernels {
   // of n floats, ldw apart) and jn outputs (a multiple of kStreamOutputBlock),
   // out[f * jn + j] = sum over i < n of w[f * ldw + i] * col[i * jn + j], j < jn.
   void (*stream_filters)(const float* w, int64_t ldw, int kn, int n, const float* col, int jn, float* out);
+  // The same product for 4 outputs per filter (a batch of 1 on 2x2 images), with the patch
+  // matrix transposed, colT (4, n): out[f * 4 + j] = sum over i < n of w[f * ldw + i] *
+  // colT[j * n + i], vectorised along i (a vector of 16 outputs would be 3/4 padding).
+  void (*stream_dots)(const float* w, int64_t ldw, int kn, int n, const float* colT, float* out);
 };
 
 const RowKernels& row_kernels();  // for cpu_isa()
