@@ -577,6 +577,8 @@ void stream_forward(const Conv2dParams& p, const float* x, const float* w, const
   const bool dots = jn == kStreamDotOutputs;
   // The patch matrix: entry (i, j) = input value i = (c, r, s) of output j = (n, p, q), 0 past J;
   // col (CRS, jn) for stream_filters, transposed, colT (jn, CRS), for stream_dots.
+  // Zero first, then only the entries inside the image are written: per kernel column s, the
+  // output columns [lo, hi) that read inside it (valid_cols), no test per entry.
   const int64_t si = dots ? 1 : jn, sj = dots ? CRS : 1;
   std::vector<float> col((size_t)CRS * jn, 0.0f);
   for (int n = 0; n < p.N; ++n)
@@ -585,12 +587,13 @@ void stream_forward(const Conv2dParams& p, const float* x, const float* w, const
       for (int r = 0; r < p.R; ++r)
         for (int s = 0; s < p.S; ++s) {
           float* row = col.data() + ((int64_t)(c * p.R + r) * p.S + s) * si + n * PQ * sj;
+          const ColRange qr = valid_cols(p, s);
           for (int pp = 0; pp < P; ++pp) {
             const int h = pp * p.stride - p.pad + r;
-            for (int q = 0; q < Q; ++q) {
-              const int wc = q * p.stride - p.pad + s;
-              row[(pp * Q + q) * sj] = h >= 0 && h < p.H && wc >= 0 && wc < p.W ? xc[h * p.W + wc] : 0.0f;
-            }
+            if (h < 0 || h >= p.H) continue;
+            const int base = h * p.W + s - p.pad;  // output column q reads xc[base + q * stride]
+            float* out = row + (int64_t)pp * Q * sj;
+            for (int q = qr.lo; q < qr.hi; ++q) out[q * sj] = xc[base + q * p.stride];
           }
         }
     }
