@@ -3,7 +3,8 @@
 // convolution kernels (rows_<isa>.cpp, the generic ones in rows.cpp) so that a baseline build
 // still runs them with AVX2 / AVX-512 where the CPU has them. Plain loops in rows_impl.h:
 // every ISA computes the same values in the same order (reductions go through a fixed number
-// of lanes; no reassociation), so results do not depend on the CPU.
+// of lanes; no reassociation), so results do not depend on the CPU; except stream_dots, whose
+// partial sums run in the build's own vector width (results differ by ISA within rounding).
 #pragma once
 #include <cstdint>
 

@@ -276,7 +276,7 @@ void sparse_grid(const float* val, const int32_t* off, int64_t nnz, const float*
 // filters x kStreamVectors vectors of kStreamWidth outputs per tile.
 //   AVX-512  16 floats, 32 registers: 8 filters x 2 vectors (16 accumulators)
 //   AVX2      8 floats, 16 registers: 6 filters x 2 vectors (12 accumulators, 2 patch vectors,
-//             1 broadcast; 4 x 2 measured 5-20% slower)
+//             1 broadcast; 4 x 2 was 12-17% slower at 64 outputs)
 //   generic   4 floats (SSE, NEON):   4 filters x 2 vectors
 // (A 16-float generic vector with 8 filters, as AVX-512 takes, spills on AVX2: 16 accumulators
 // of two registers each; it ran 9x slower than on AVX-512.)
