@@ -611,8 +611,9 @@ TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on e
   CHECK(cpu::conv_path(conv(1, 64, 9, 9, 128, 3, 3, 1, 1)).rfind("stream", 0) != 0);
   CHECK(cpu::conv_path(conv(1, 64, 8, 8, 127, 3, 3, 1, 1)).rfind("stream", 0) != 0);
   CHECK(cpu::conv_path(conv(1, 64, 8, 8, 128, 3, 3, 1, 1)).rfind("stream", 0) == 0);
-  // Its patch matrix (C*R*S, outputs rounded up to 16, or 4 for up to 4) is the call's own buffer.
-  CHECK(cpu::conv_forward_scratch(conv(1, 512, 2, 2, 512, 3, 3, 1, 1)).call == 512 * 9 * 4);
-  CHECK(cpu::conv_forward_scratch(conv(1, 512, 3, 2, 512, 3, 3, 1, 1)).call == 512 * 9 * 16);
-  CHECK(cpu::conv_forward_scratch(conv(1, 64, 5, 7, 128, 3, 3, 1, 1)).call == 64 * 9 * 48);
+  // Its patch matrix (C*R*S, J) and the tasks' outputs (K, J), J = the outputs rounded up to 16
+  // or 4 for up to 4, are the call's own buffers.
+  CHECK(cpu::conv_forward_scratch(conv(1, 512, 2, 2, 512, 3, 3, 1, 1)).call == (512 * 9 + 512) * 4);
+  CHECK(cpu::conv_forward_scratch(conv(1, 512, 3, 2, 512, 3, 3, 1, 1)).call == (512 * 9 + 512) * 16);
+  CHECK(cpu::conv_forward_scratch(conv(1, 64, 5, 7, 128, 3, 3, 1, 1)).call == (64 * 9 + 128) * 48);
 }

@@ -674,7 +674,7 @@ ConvScratch conv_forward_scratch(const Conv2dParams& p) {
   if (winograd_applies(p, Op::Forward)) {
     winograd_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1);
   } else if (stream_applies(p)) {
-    r.call = (int64_t)p.C * p.R * p.S * stream_width(p);  // the patch matrix
+    r.call = ((int64_t)p.C * p.R * p.S + p.K) * stream_width(p);  // the patch matrix, the tasks' outputs
   } else if (direct_applies(p, Op::Forward)) {
     const DirectKernels& dk = *direct_kernels(cpu_isa(), p.Q());
     const int64_t floats = (int64_t)padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec).floats;
