@@ -552,21 +552,36 @@ TEST_CASE("conv kernels refuse invalid shapes and handle an empty batch") {
   CHECK(db[0] == 0.0f);
 }
 
-// Few outputs per filter (N*P*Q <= 16, weights of 4096 floats and more): the forward streams
-// each filter's weights once against the patch matrix (kernels/cpu/conv.cpp stream_forward), on
-// every ISA path: odd channel and filter counts (filter blocks of 8 with a remainder), 1x1 to
-// 4x4 outputs, stride 2, a 1x1 kernel on a 1x1 image, batches of 1 to 3, bias, ReLU.
+// Few outputs per filter (N*P*Q <= 16, or up to 64 from 128 filters; 4096 weights and more):
+// the forward streams each filter's weights once against the patch matrix
+// (kernels/cpu/conv.cpp stream_forward), on every ISA path: odd channel and filter counts
+// (register tiles of 8, 6 or 4 filters, with remainders), 1 to 64 outputs (whole output vectors
+// of 16, 8 or 4 floats and a part of one, one tile of vectors or several; up to 4 outputs as
+// dot products along the patch rows), patch matrices of
+// one chunk and of several (sums carried over from chunk to chunk), stride 2, a 1x1 kernel on
+// a 1x1 image, batches of 1 to 4, bias, ReLU.
 TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on every ISA path") {
   struct Restore {
     ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
   } restore;
   const Conv2dParams shapes[] = {
-      conv(1, 37, 4, 4, 13, 3, 3, 1, 1),   // 16 outputs, 13 filters: one block of 8 and one of 5
-      conv(1, 64, 2, 2, 9, 3, 3, 1, 1),    // 4 outputs, padding reads half the patch as zero
-      conv(2, 40, 2, 2, 17, 3, 3, 1, 1),   // two images: 8 outputs
-      conv(1, 30, 7, 7, 20, 3, 3, 2, 1),   // stride 2: 4x4 outputs
-      conv(1, 600, 1, 1, 11, 1, 1, 1, 0),  // 1x1 kernel on a 1x1 image: one output
-      conv(3, 50, 3, 3, 10, 3, 3, 2, 1),   // three images of 2x2 outputs: 12
+      conv(1, 37, 4, 4, 13, 3, 3, 1, 1),    // 16 outputs, 13 filters: one block of 8 and one of 5
+      conv(1, 64, 2, 2, 9, 3, 3, 1, 1),     // 4 outputs, padding reads half the patch as zero
+      conv(2, 40, 2, 2, 17, 3, 3, 1, 1),    // two images: 8 outputs
+      conv(1, 30, 7, 7, 20, 3, 3, 2, 1),    // stride 2: 4x4 outputs
+      conv(1, 600, 1, 1, 11, 1, 1, 1, 0),   // 1x1 kernel on a 1x1 image: one output
+      conv(3, 50, 3, 3, 10, 3, 3, 2, 1),    // three images of 2x2 outputs: 12
+      conv(1, 37, 8, 8, 133, 3, 3, 1, 1),   // 8x8: 64 outputs, the most that stream
+      conv(1, 29, 5, 7, 131, 3, 3, 1, 1),   // 35 outputs: two blocks of 16 and 3 in a third
+      conv(2, 40, 4, 4, 129, 3, 3, 1, 1),   // two images of 4x4: 32 outputs
+      conv(1, 30, 13, 13, 130, 3, 3, 2, 1), // stride 2: 7x7 outputs, 49
+      conv(4, 33, 4, 4, 129, 3, 3, 1, 1),   // four images of 4x4: 64
+      conv(1, 460, 3, 3, 9, 3, 3, 1, 1),    // 4140 patch rows: two chunks of the patch matrix
+      // Up to 4 outputs: dot products along the patch rows (333 = 20 vectors of 16 + 13, 41 of 8
+      // + 5, 83 of 4 + 1), filter tiles of 4 or 2 and the rest one by one.
+      conv(1, 37, 2, 2, 13, 3, 3, 1, 1),    // 4 outputs
+      conv(1, 45, 3, 1, 11, 3, 3, 1, 1),    // a 3x1 image: 3 outputs
+      conv(4, 500, 1, 1, 9, 1, 1, 1, 0),    // four images of one output
   };
   Rng rng(61);
   for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
@@ -589,10 +604,16 @@ TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on e
       }
     }
   }
-  // Below 4096 weights, or past 16 outputs per filter, the other paths run.
+  // Below 4096 weights, past 64 outputs per filter, or past 16 with fewer than 128 filters, the
+  // other paths run.
   CHECK(cpu::conv_path(conv(1, 8, 4, 4, 8, 3, 3, 1, 1)).rfind("stream", 0) != 0);
-  CHECK(cpu::conv_path(conv(2, 64, 4, 4, 64, 3, 3, 1, 1)).rfind("stream", 0) != 0);
-  // Its patch matrix is the call's own buffer.
-  const Conv2dParams p = conv(1, 512, 2, 2, 512, 3, 3, 1, 1);
-  CHECK(cpu::conv_forward_scratch(p).call == 512 * 9 * 16);
+  CHECK(cpu::conv_path(conv(2, 64, 8, 8, 128, 3, 3, 1, 1)).rfind("stream", 0) != 0);
+  CHECK(cpu::conv_path(conv(1, 64, 9, 9, 128, 3, 3, 1, 1)).rfind("stream", 0) != 0);
+  CHECK(cpu::conv_path(conv(1, 64, 8, 8, 127, 3, 3, 1, 1)).rfind("stream", 0) != 0);
+  CHECK(cpu::conv_path(conv(1, 64, 8, 8, 128, 3, 3, 1, 1)).rfind("stream", 0) == 0);
+  // Its patch matrix (C*R*S, J) and the tasks' outputs (K, J), J = the outputs rounded up to 16
+  // or 4 for up to 4, are the call's own buffers.
+  CHECK(cpu::conv_forward_scratch(conv(1, 512, 2, 2, 512, 3, 3, 1, 1)).call == (512 * 9 + 512) * 4);
+  CHECK(cpu::conv_forward_scratch(conv(1, 512, 3, 2, 512, 3, 3, 1, 1)).call == (512 * 9 + 512) * 16);
+  CHECK(cpu::conv_forward_scratch(conv(1, 64, 5, 7, 128, 3, 3, 1, 1)).call == (64 * 9 + 128) * 48);
 }

@@ -1,7 +1,9 @@
 // Optimized CPU convolution, parallel over images with oneTBB. 3x3 stride-1 pad-1 convolutions
 // take Winograd F(4x4, 3x3) or F(2x2, 3x3) (winograd.h) where it measured faster, per op
 // (winograd_applies: forward and backward data from 16 channels and 128 output tiles per
-// call, backward weights on larger shapes); the rest one of two algorithms, chosen per op
+// call, backward weights on larger shapes); a forward with few outputs per filter (N*P*Q up
+// to 16, or up to 64 from 128 filters: a batch of 1 on the last, smallest images) streams the
+// weights once (stream_applies, every ISA); the rest one of two algorithms, chosen per op
 // (direct_applies):
 //   direct  register-blocked direct kernels (conv_direct.h) on a zero-padded copy of each image,
 //           on a CPU with AVX2 or AVX-512: forward for rows of 8+ output columns (any stride:
@@ -12,8 +14,8 @@
 //   gemm    everything else, and every conv on a CPU without them: im2col + OpenBLAS sgemm,
 //           described below.
 // set_conv_algo / DNNS_CONV=auto|gemm|direct|winograd force one (each only where it applies;
-// isa.h); conv_path says which one each op of a shape takes, conv_forward_scratch what
-// working memory its forward grows.
+// isa.h; gemm also turns weight streaming off); conv_path says which one each op of a shape
+// takes, conv_forward_scratch what working memory its forward grows.
 //
 // Per image the convolution is one GEMM: y_n (K, PQ) = w (K, CRS) * col_n (CRS, PQ), where
 // column (p, q) of col_n holds the R*S*C input values output (p, q) reads (im2col). The
@@ -538,52 +540,80 @@ ConvAlgo parse_conv_algo(const char* name) {
 }
 
 // ---- Few outputs per filter: stream the weights once
-// A forward with at most 16 outputs per filter (N*P*Q: a batch of 1 on VGG's 4x4 and 2x2 layers)
-// is bound by reading the weights (9.4 MB for a 512 x 512 x 3 x 3 layer against 9-38 M
+// A forward with at most 64 outputs per filter (N*P*Q: a batch of 1 on VGG's 8x8, 4x4 and 2x2
+// layers) is bound by reading the weights (9.4 MB for a 512 x 512 x 3 x 3 layer against 9-38 M
 // multiply-adds). im2col + sgemm packs the weights again on every call and the direct kernels
-// pack them too; here every filter's row is read once, in place, against the (C*R*S, 16) patch
-// matrix held in cache: 8 filters at a time, one 16-wide vector of outputs per filter
-// (rows.h stream_filters). bench conv --batch 1, 1 thread, AMD EPYC (Zen 4): see README.
-constexpr int kStreamOutputs = 16;
+// pack them too; here every filter's row is read once, in place, against the (C*R*S, J) patch
+// matrix (J = the outputs rounded up to 16), walked in chunks that stay in cache: register tiles
+// of filters x vectors of outputs in each ISA's width (rows.h stream_filters); for up to 4
+// outputs (2x2 images), dot products along the rows against the patch matrix transposed
+// (rows.h stream_dots), where 16-float vectors of outputs would be 3/4 padding.
+// bench conv --model vgg16 --clock cpu --threads 1, AMD EPYC (Zen 4), loaded machine: the 256-
+// channel 8x8 layers at batch 1 (64 outputs) 1.05 -> 0.83 ms against the direct kernels on
+// AVX-512, 1.05 -> 0.98 on AVX2; the 512-channel 4x4 layers at batch 4 (64 outputs) 1.2x the
+// speed of im2col + sgemm on AVX-512, 0.9-1.1x on AVX2; more in the README.
+// Past 16 outputs, only from 128 filters: the patch matrix, built per call, costs about 1/K of
+// the product (ResNet-20's 64 filters on 8x8 at batch 1: 0.09 ms streamed, 0.07 ms direct).
+constexpr int kStreamOutputs = 64, kStreamNarrowOutputs = 16, kStreamMinFiltersWide = 128;
 constexpr int64_t kStreamMinWeights = 4096;  // smaller layers: whichever path, it hardly matters
 
 bool stream_applies(const Conv2dParams& p) {
   const int64_t outputs = (int64_t)p.N * p.P() * p.Q();
   return !is_gemm_forced() && outputs >= 1 && outputs <= kStreamOutputs &&
+         (outputs <= kStreamNarrowOutputs || p.K >= kStreamMinFiltersWide) &&
          (int64_t)p.K * p.C * p.R * p.S >= kStreamMinWeights;
 }
 
+// Outputs per filter as the kernels take them: N*P*Q up to 4 as 4 (stream_dots), more rounded
+// up to whole blocks of 16 (stream_filters).
+int stream_width(const Conv2dParams& p) {
+  const int J = p.N * p.P() * p.Q();
+  if (J <= kStreamDotOutputs) return kStreamDotOutputs;
+  return (J + kStreamOutputBlock - 1) / kStreamOutputBlock * kStreamOutputBlock;
+}
+
 void stream_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, bool relu, float* y) {
-  const int K = p.K, CRS = p.C * p.R * p.S, P = p.P(), Q = p.Q(), PQ = P * Q, J = p.N * PQ;
-  // col (CRS, 16): column j = (n, p, q) holds output (p, q) of image n's input patch; 0 past J
-  std::vector<float> col((size_t)CRS * kStreamOutputs, 0.0f);
+  const int K = p.K, CRS = p.C * p.R * p.S, P = p.P(), Q = p.Q(), PQ = P * Q, J = p.N * PQ, jn = stream_width(p);
+  const bool dots = jn == kStreamDotOutputs;
+  // The patch matrix: entry (i, j) = input value i = (c, r, s) of output j = (n, p, q), 0 past J;
+  // col (CRS, jn) for stream_filters, transposed, colT (jn, CRS), for stream_dots.
+  // Zero first, then only the entries inside the image are written: per kernel column s, the
+  // output columns [lo, hi) that read inside it (valid_cols), no test per entry.
+  const int64_t si = dots ? 1 : jn, sj = dots ? CRS : 1;
+  std::vector<float> col((size_t)CRS * jn, 0.0f);
   for (int n = 0; n < p.N; ++n)
     for (int c = 0; c < p.C; ++c) {
       const float* xc = x + ((int64_t)n * p.C + c) * p.H * p.W;
       for (int r = 0; r < p.R; ++r)
         for (int s = 0; s < p.S; ++s) {
-          float* row = col.data() + ((int64_t)(c * p.R + r) * p.S + s) * kStreamOutputs + n * PQ;
+          float* row = col.data() + ((int64_t)(c * p.R + r) * p.S + s) * si + n * PQ * sj;
+          const ColRange qr = valid_cols(p, s);
           for (int pp = 0; pp < P; ++pp) {
             const int h = pp * p.stride - p.pad + r;
-            for (int q = 0; q < Q; ++q) {
-              const int wc = q * p.stride - p.pad + s;
-              row[pp * Q + q] = h >= 0 && h < p.H && wc >= 0 && wc < p.W ? xc[h * p.W + wc] : 0.0f;
-            }
+            if (h < 0 || h >= p.H) continue;
+            const int base = h * p.W + s - p.pad;  // output column q reads xc[base + q * stride]
+            float* out = row + (int64_t)pp * Q * sj;
+            for (int q = qr.lo; q < qr.hi; ++q) out[q * sj] = xc[base + q * p.stride];
           }
         }
     }
+  // Tasks of whole blocks of 8 filters, about 4 per thread: each streams its filters' weights
+  // once and reads the patch matrix once (stream_filters walks it in chunks).
   constexpr int kb = 8;
+  const int blocks = (K + kb - 1) / kb, tasks = std::min(blocks, 4 * num_threads());
   const RowKernels& rk = row_kernels();
-  parallel_for(0, (K + kb - 1) / kb, 1, [&](int b0, int b1) {
-    float out[kb * kStreamOutputs];
-    for (int blk = b0; blk < b1; ++blk) {
-      const int k0 = blk * kb, kn = std::min(kb, K - k0);
-      rk.stream_filters(w + (int64_t)k0 * CRS, CRS, kn, CRS, col.data(), out);
-      for (int f = 0; f < kn; ++f) {
-        const float bias = b ? b[k0 + f] : 0.0f;
+  parallel_for(0, tasks, 1, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) {
+      const int k0 = std::min(K, blocks * t / tasks * kb), k1 = std::min(K, blocks * (t + 1) / tasks * kb);
+      std::vector<float> out((size_t)(k1 - k0) * jn);  // (k1 - k0, jn)
+      if (dots) rk.stream_dots(w + (int64_t)k0 * CRS, CRS, k1 - k0, CRS, col.data(), out.data());
+      else rk.stream_filters(w + (int64_t)k0 * CRS, CRS, k1 - k0, CRS, col.data(), jn, out.data());
+      for (int k = k0; k < k1; ++k) {
+        const float bias = b ? b[k] : 0.0f;
+        const float* o = out.data() + (int64_t)(k - k0) * jn;
         for (int j = 0; j < J; ++j) {
-          const float v = out[f * kStreamOutputs + j] + bias;
-          y[((int64_t)(j / PQ) * K + k0 + f) * PQ + j % PQ] = relu && !(v > 0.0f) ? 0.0f : v;
+          const float v = o[j] + bias;
+          y[((int64_t)(j / PQ) * K + k) * PQ + j % PQ] = relu && !(v > 0.0f) ? 0.0f : v;
         }
       }
     }
@@ -644,7 +674,7 @@ ConvScratch conv_forward_scratch(const Conv2dParams& p) {
   if (winograd_applies(p, Op::Forward)) {
     winograd_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1);
   } else if (stream_applies(p)) {
-    r.call = (int64_t)p.C * p.R * p.S * kStreamOutputs;  // the patch matrix
+    r.call = ((int64_t)p.C * p.R * p.S + p.K) * stream_width(p);  // the patch matrix, the tasks' outputs
   } else if (direct_applies(p, Op::Forward)) {
     const DirectKernels& dk = *direct_kernels(cpu_isa(), p.Q());
     const int64_t floats = (int64_t)padded_layout(p.C, p.H, p.W, p.pad, p.pad, p.stride, p.R, p.S, dk.vec).floats;

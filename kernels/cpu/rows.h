@@ -3,7 +3,8 @@
 // convolution kernels (rows_<isa>.cpp, the generic ones in rows.cpp) so that a baseline build
 // still runs them with AVX2 / AVX-512 where the CPU has them. Plain loops in rows_impl.h:
 // every ISA computes the same values in the same order (reductions go through a fixed number
-// of lanes; no reassociation), so results do not depend on the CPU.
+// of lanes; no reassociation), so results do not depend on the CPU; except stream_dots, whose
+// partial sums run in the build's own vector width (results differ by ISA within rounding).
 #pragma once
 #include <cstdint>
 
@@ -12,6 +13,9 @@
 namespace dnns::cpu {
 
 constexpr int kRowLanes = 8;  // lanes of the double accumulators below
+// stream_filters: outputs per filter in whole blocks of 16 (one AVX-512 vector); stream_dots:
+// exactly 4.
+constexpr int kStreamOutputBlock = 16, kStreamDotOutputs = 4;
 
 struct RowKernels {
   // Over the n rows x + i * stride (i < n) of `len` floats each:
@@ -57,11 +61,15 @@ struct RowKernels {
   // accumulator waits on its own FMAs. Sums in j order per output, as sparse_row.
   void (*sparse_grid)(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias,
                       bool relu, float* out);
-  // A convolution with at most 16 outputs per filter (a batch of 1 on the last, smallest
-  // images), as a product that streams the weights once (kernels/cpu/conv.cpp): for the kn <= 8
-  // filters at w (rows of n floats, ldw apart), out[f * 16 + j] = sum over i < n of
-  // w[f * ldw + i] * col[i * 16 + j], j < 16.
-  void (*stream_filters)(const float* w, int64_t ldw, int kn, int n, const float* col, float* out);
+  // A convolution with few outputs per filter (a batch of 1 on the last, smallest images), as a
+  // product that streams the weights once (kernels/cpu/conv.cpp): for the kn filters at w (rows
+  // of n floats, ldw apart) and jn outputs (a multiple of kStreamOutputBlock),
+  // out[f * jn + j] = sum over i < n of w[f * ldw + i] * col[i * jn + j], j < jn.
+  void (*stream_filters)(const float* w, int64_t ldw, int kn, int n, const float* col, int jn, float* out);
+  // The same product for 4 outputs per filter (a batch of 1 on 2x2 images), with the patch
+  // matrix transposed, colT (4, n): out[f * 4 + j] = sum over i < n of w[f * ldw + i] *
+  // colT[j * n + i], vectorised along i (a vector of 16 outputs would be 3/4 padding).
+  void (*stream_dots)(const float* w, int64_t ldw, int kn, int n, const float* colT, float* out);
 };
 
 const RowKernels& row_kernels();  // for cpu_isa()
