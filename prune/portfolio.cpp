@@ -572,6 +572,11 @@ Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir
     v.planned_layers = static_cast<int>(plan.layers.size() / (opt.latency_batch == 1 ? 1 : 2));
     v.sparse_layers_b1 = plan.sparse_layers(1);
     v.sparse_layers_batch = plan.sparse_layers(opt.latency_batch);
+    // Memory as the shifter holds the variant ready: planned, the dense weights of the layers
+    // that run sparse at both batches released, the plan's sparse copies counted.
+    compact[i].release_dense_weights();
+    v.memory_bytes_b1 = inference_memory(compact[i], 1).total();
+    v.memory_bytes_batch = inference_memory(compact[i], opt.latency_batch).total();
     if (opt.progress)
       std::fprintf(stderr, "portfolio: %-9s execution %s: %d of %d conv/linear layers sparse at batch 1, %d at batch %lld\n",
                    v.name.c_str(), p.execution.c_str(), v.sparse_layers_b1, v.planned_layers, v.sparse_layers_batch,
