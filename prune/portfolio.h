@@ -156,7 +156,9 @@ struct PortfolioOptions {
 
 // Makes one variant: compacts `masked` (its weights must be masked), verifies it on the first
 // opt.verify_images images of `test`, measures accuracy on all of `test` and working memory,
-// saves it as <out_dir>/<name>.dnns and fills the entry except the latencies (measure_latency).
+// saves it as <out_dir>/<name>.dnns and fills the entry except the latencies (measure_latency);
+// its memory figures are the model's with every layer dense (build_portfolio then measures them
+// planned and held as the shifter holds a ready variant).
 // Throws Error naming `name` when the compaction is not exact.
 // The masked model's own parameter count is the dense count the compression is taken against.
 VariantInfo make_variant(const Model& masked, const std::string& name, int level, BatchSource& test,
