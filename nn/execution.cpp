@@ -50,6 +50,13 @@ void prepare_runs(Layer& layer, const Shape& x, SparseExecution& e) {
     e.runs = cpu::prepare_sparse_conv2d(c->conv_params(x), e.weight);
 }
 
+// A released dense weight (Model::release_dense_weights) rebuilt: planning reads the weight
+// and may drop the sparse form it would be rebuilt from.
+void restore_weight(Layer& layer) {
+  if (auto* c = dynamic_cast<Conv2d*>(&layer)) c->restore_dense_weight();
+  if (auto* l = dynamic_cast<Linear*>(&layer)) l->restore_dense_weight();
+}
+
 Plannable plannable(Layer& layer) {
   if (auto* c = dynamic_cast<Conv2d*>(&layer))
     if (c->in_channels > 0 && c->out_channels > 0) return {&c->sparse_exec, &c->weight.value, "conv"};
@@ -113,6 +120,7 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
     Node& node = nodes[i];
     Plannable pl = plannable(*node.layer);
     if (!pl.exec) continue;
+    restore_weight(*node.layer);
     std::shared_ptr<const SparseExecution> old = *pl.exec;
     auto fresh = std::make_shared<SparseExecution>();
     if (on_cpu && mode != Execution::Dense) {
@@ -209,6 +217,7 @@ void restore_execution_plan(Model& m, const std::vector<SavedLayerPlan>& plan) {
     const int i = m.find(saved.node);
     Plannable pl = i > 0 ? plannable(*m.nodes()[size_t(i)].layer) : Plannable{};
     check(pl.exec != nullptr, "restore_execution_plan: the model has no conv or linear node '" + saved.node + "'");
+    restore_weight(*m.nodes()[size_t(i)].layer);
     auto e = std::make_shared<SparseExecution>();
     e->always = saved.always;
     e->choices = saved.choices;

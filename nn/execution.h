@@ -51,7 +51,8 @@ struct ExecutionPlan {
 //           nearest planned one (log scale).
 // On a CUDA model `auto` and `dense` plan every layer dense; `sparse` throws Error. The plan
 // is kept in the layers (Conv2d/Linear::sparse_exec): `infer` and Model::forward use it, and
-// it is dropped by a backward pass. Returns what was planned, for printing.
+// it is dropped by a backward pass. A dense weight released by Model::release_dense_weights is
+// rebuilt first (release again after planning). Returns what was planned, for printing.
 ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t>& batches, int runs = 3);
 
 // A text table of a plan: layer, weight shape, density, batch, chosen execution, measured times.
@@ -59,7 +60,8 @@ std::string execution_plan_table(const ExecutionPlan& p);
 
 // Bytes of the sparse weight copies a model's plan keeps (SparseRows::bytes() of every conv
 // and linear layer that runs sparse at some batch, and a conv's prepared runs): memory on top
-// of the dense tensors.
+// of the tensors the model holds (model_resident_bytes, prune/infer.h: without the dense
+// weights Model::release_dense_weights released).
 int64_t sparse_execution_bytes(const Model& m);
 
 // A model's plan without its sparse weights: what a packed model (prune/shifter.h) keeps so

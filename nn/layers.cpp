@@ -38,6 +38,7 @@ LayerKind parse_layer_kind(const std::string& s) {
 
 void Layer::to(Device dev) {
   for (Param* p : params()) {
+    if (!p->value.defined()) continue;  // a released weight (Conv2d/Linear::to rebuild it off the CPU)
     if (p->value.device() == dev && (!p->grad.defined() || p->grad.device() == dev)) continue;
     p->value = p->value.to(dev);
     if (p->grad.defined()) p->grad = p->grad.to(dev);
@@ -194,6 +195,40 @@ bool SparseExecution::runs_sparse(int64_t batch) const {
   return best && best->sparse;
 }
 
+bool SparseExecution::sparse_at_every_batch() const {
+  if (weight.rows == 0) return false;
+  if (always) return true;
+  return !choices.empty() &&
+         std::all_of(choices.begin(), choices.end(), [](const Choice& c) { return c.sparse; });
+}
+
+// ---- released dense weights (the shared part of Conv2d's and Linear's)
+
+// Drops w's value when the plan runs sparse at every batch and the weight is on the CPU.
+static bool release_weight(Param& w, const std::shared_ptr<const SparseExecution>& plan) {
+  if (!w.value.defined() || !w.value.is_cpu() || !plan || !plan->sparse_at_every_batch()) return false;
+  w.value = Tensor();
+  w.grad = Tensor();
+  return true;
+}
+
+// The dense weight rebuilt from the plan's sparse form: every nonzero where it was, +0.0 elsewhere.
+static Tensor rebuilt_weight(const std::shared_ptr<const SparseExecution>& plan, const Shape& shape,
+                             const std::string& layer) {
+  check(plan && plan->weight.rows > 0 && int64_t(plan->weight.rows) * plan->weight.cols == shape_numel(shape),
+        [&] { return layer + ": its dense weight was released and no sparse form of " + shape_str(shape) +
+                     " is left to rebuild it from (release_dense_weight keeps the plan; restore before dropping it)"; });
+  return Tensor::from(shape, sparse_to_dense(plan->weight));
+}
+
+// An eval forward about to run the dense kernel: the weight must be held.
+static void need_dense_weight(const Param& w, const std::string& layer) {
+  check(w.value.defined(), [&] {
+    return layer + ": the dense weight was released (Model::release_dense_weights) and this forward would run "
+                   "the dense kernel: restore_dense_weights first";
+  });
+}
+
 const SparseExecution::Choice* SparseExecution::choice_for(int64_t batch) const {
   for (const Choice& c : choices)
     if (c.batch == batch) return &c;
@@ -224,6 +259,22 @@ std::unique_ptr<Layer> Conv2d::clone() const {
   return c;
 }
 
+bool Conv2d::release_dense_weight() { return release_weight(weight, sparse_exec); }
+
+void Conv2d::restore_dense_weight() {
+  if (weight_released()) weight.value = dense_weight();
+}
+
+Tensor Conv2d::dense_weight() const {
+  if (!weight_released()) return weight.value;
+  return rebuilt_weight(sparse_exec, weight_shape(), "conv " + shape_str(weight_shape()));
+}
+
+void Conv2d::to(Device dev) {
+  if (dev != Device::CPU) restore_dense_weight();  // the sparse kernels run on the CPU only
+  Layer::to(dev);
+}
+
 // Whether a training pass runs the sparse kernels: a pattern is set and the layer is one they
 // cover (on the CPU, no border table, input channels left).
 static bool trains_sparse(const Conv2d& c, const Tensor& t) {
@@ -237,6 +288,7 @@ static std::string conv_name(const Conv2d& c) {
 
 void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) {
   if (out.numel() == 0) return;  // every output channel was removed
+  if (train) restore_dense_weight();  // training reads and changes the dense weight
   if (train && trains_sparse(*this, out)) {
     sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), conv_name(*this).c_str());
     ops::sparse_conv2d_forward(conv_params(in[0]->shape()), *in[0], sparse_train->w, bias.value, fused_relu, out);
@@ -251,6 +303,7 @@ void Conv2d::forward(const std::vector<const Tensor*>& in, Tensor& out, bool tra
     if (fused_relu && !relu_in_kernel) ops::relu_forward(out, out);
     return;
   }
+  need_dense_weight(weight, "conv " + shape_str(weight_shape()));
   if (in_channels == 0) {
     // Every input channel was removed: the output is the bias (what they folded into).
     std::vector<float> b = has_bias ? bias.value.to_vector() : std::vector<float>(out_channels, 0.0f);
@@ -300,6 +353,7 @@ void Conv2d::forward_folded(const Tensor& x, const BatchNorm2d& bn, bool relu, T
 
 void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, const Tensor& dout,
                       const std::vector<Tensor*>& din) {
+  restore_dense_weight();  // from the sparse form, before it goes
   sparse_exec.reset();  // training changes the weight the sparse form was made from
   Conv2dParams p = conv_params(in[0]->shape());
   const Tensor* dy = &dout;
@@ -689,8 +743,25 @@ static std::string linear_name(const Linear& l) {
   return "linear (" + std::to_string(l.out_features) + ", " + std::to_string(l.in_features) + ")";
 }
 
+bool Linear::release_dense_weight() { return release_weight(weight, sparse_exec); }
+
+void Linear::restore_dense_weight() {
+  if (weight_released()) weight.value = dense_weight();
+}
+
+Tensor Linear::dense_weight() const {
+  if (!weight_released()) return weight.value;
+  return rebuilt_weight(sparse_exec, weight_shape(), linear_name(*this));
+}
+
+void Linear::to(Device dev) {
+  if (dev != Device::CPU) restore_dense_weight();  // the sparse kernels run on the CPU only
+  Layer::to(dev);
+}
+
 void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) {
   if (out.numel() == 0) return;  // every output feature was removed by compaction
+  if (train) restore_dense_weight();  // training reads and changes the dense weight
   if (train && sparse_train && out.is_cpu() && in_features > 0) {
     sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), linear_name(*this).c_str());
     ops::sparse_linear_forward(*in[0], sparse_train->w, bias.value, false, out);
@@ -700,6 +771,7 @@ void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool tra
     ops::sparse_linear_forward(*in[0], sparse_exec->weight, bias.value, false, out);
     return;
   }
+  need_dense_weight(weight, linear_name(*this));
   if (in_features == 0) {
     // Every input feature was removed by compaction: each row of the output is the bias
     // (the constant the removed features folded into it).
@@ -715,6 +787,7 @@ void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool tra
 
 void Linear::backward(const std::vector<const Tensor*>& in, const Tensor&, const Tensor& dout,
                       const std::vector<Tensor*>& din) {
+  restore_dense_weight();  // from the sparse form, before it goes
   sparse_exec.reset();  // training changes the weight the sparse form was made from
   if (!weight.grad.defined()) weight.grad = Tensor::uninit(weight.value.shape(), weight.value.device());
   if (has_bias && !bias.grad.defined()) bias.grad = Tensor::uninit(bias.value.shape(), bias.value.device());

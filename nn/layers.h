@@ -36,7 +36,25 @@ struct SparseExecution {
   std::vector<Choice> choices;  // ascending batch, unique
   bool runs_sparse(int64_t batch) const;
   const Choice* choice_for(int64_t batch) const;  // the planned entry of exactly `batch`, or nullptr
+  // Whether an eval forward on the CPU runs sparse at every batch (`always`, or every planned
+  // batch sparse) with a sparse form: the dense weight is then never read in eval mode, and
+  // an inference-only model may release it (Model::release_dense_weights).
+  bool sparse_at_every_batch() const;
 };
+
+// Inference-only memory: a conv or linear layer whose plan runs sparse at every batch may
+// release its dense weight (weight.value becomes an undefined tensor), the sparse form holding
+// every nonzero. What needs the dense weight afterwards rebuilds it exactly from the sparse form
+// (a zero of either sign comes back as +0.0, which changes no sum): a training forward, a
+// backward, to(CUDA), Model::params() / state() (so save, masks, optimizers, re-planning) and
+// dense_weight() (a copy, the layer unchanged). An eval forward that would run dense on a
+// released weight (its plan dropped without restore_dense_weight) throws Error naming the
+// layer; it never runs on an empty weight. Conv2d and Linear both provide:
+//   bool release_dense_weight();  // true when released now (plan sparse at every batch, CPU)
+//   void restore_dense_weight();  // rebuilds a released weight; nothing when it is held
+//   bool weight_released() const;
+//   Shape weight_shape() const;   // (K, C, R, S) or (O, I), held or not
+//   Tensor dense_weight() const;  // the held tensor, or a rebuilt copy
 
 // A learnable tensor with its gradient. `prunable` marks conv and linear weights (the only
 // tensors that get masks); biases and batchnorm parameters are never pruned.
@@ -128,6 +146,13 @@ class Conv2d : public Layer {
   std::vector<int32_t> pos_rows, pos_cols;  // (pos_h), (pos_w): class of each output row, column
   Param weight, bias, pos_bias;             // pos_bias: (K, row classes, column classes)
   std::shared_ptr<const SparseExecution> sparse_exec;  // see SparseExecution; null: dense
+  // A released dense weight (see SparseExecution above).
+  bool release_dense_weight();
+  void restore_dense_weight();
+  bool weight_released() const { return !weight.value.defined(); }
+  Shape weight_shape() const { return {out_channels, in_channels, kernel_h, kernel_w}; }
+  Tensor dense_weight() const;
+  void to(Device dev) override;  // rebuilds a released weight first when leaving the CPU
   // Sparse training (nn/train_execution.h): set, a training forward and backward on the CPU run
   // the sparse kernels over this pattern of the weight's mask (no border table, C > 0); null:
   // dense. Each layer (and each clone) holds its own: the values are gathered into it per step.
@@ -264,6 +289,13 @@ class Linear : public Layer {
   Param weight, bias;
   std::shared_ptr<const SparseExecution> sparse_exec;  // see SparseExecution; null: dense
   std::shared_ptr<SparseTrainPattern> sparse_train;    // as Conv2d's: (O, I) as (O, I, 1, 1)
+  // A released dense weight (see SparseExecution above).
+  bool release_dense_weight();
+  void restore_dense_weight();
+  bool weight_released() const { return !weight.value.defined(); }
+  Shape weight_shape() const { return {out_features, in_features}; }
+  Tensor dense_weight() const;
+  void to(Device dev) override;  // rebuilds a released weight first when leaving the CPU
 };
 
 // Elementwise sum of two tensors of one shape: the residual join. The compactor treats all

@@ -105,7 +105,7 @@ Model Model::clone() const {
     if (n.layer) {
       l = n.layer->clone();  // copies tensor handles; make them deep below
       for (Param* p : l->params()) {
-        p->value = p->value.clone();
+        if (p->value.defined()) p->value = p->value.clone();  // released: stays so (the plan is shared)
         p->grad = Tensor();
       }
       for (auto& [bn, t] : l->buffers()) *t = t->clone();
@@ -398,7 +398,91 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
 
 // ---------------------------------------------------------------- parameters
 
+namespace {
+
+// The layer's releasable weight: a conv's or linear layer's, else none.
+struct Releasable {
+  Conv2d* conv = nullptr;
+  Linear* linear = nullptr;
+  bool released() const { return conv ? conv->weight_released() : linear && linear->weight_released(); }
+  bool release() { return conv ? conv->release_dense_weight() : linear && linear->release_dense_weight(); }
+  void restore() {
+    if (conv) conv->restore_dense_weight();
+    if (linear) linear->restore_dense_weight();
+  }
+  Shape shape() const { return conv ? conv->weight_shape() : linear ? linear->weight_shape() : Shape{}; }
+  const SparseExecution* plan() const {
+    return conv ? conv->sparse_exec.get() : linear ? linear->sparse_exec.get() : nullptr;
+  }
+  const Tensor* held() const {
+    return conv ? &conv->weight.value : linear ? &linear->weight.value : nullptr;
+  }
+};
+
+Releasable releasable(const Layer* l) {
+  Layer* m = const_cast<Layer*>(l);  // callers that only read pass const layers
+  return {dynamic_cast<Conv2d*>(m), dynamic_cast<Linear*>(m)};
+}
+
+}  // namespace
+
+int64_t Model::release_dense_weights() {
+  int64_t bytes = 0;
+  for (Node& n : nodes_) {
+    Releasable r = releasable(n.layer.get());
+    const int64_t held = r.held() && !r.released() ? int64_t(r.held()->bytes()) : 0;
+    if (r.release()) bytes += held;
+  }
+  return bytes;
+}
+
+void Model::restore_dense_weights() {
+  for (Node& n : nodes_) releasable(n.layer.get()).restore();
+}
+
+int64_t Model::releasable_weight_bytes() const {
+  int64_t bytes = 0;
+  for (const Node& n : nodes_) {
+    const Releasable r = releasable(n.layer.get());
+    if (r.held() && !r.released() && r.held()->is_cpu() && r.plan() && r.plan()->sparse_at_every_batch())
+      bytes += int64_t(r.held()->bytes());
+  }
+  return bytes;
+}
+
+int Model::released_weights() const {
+  int count = 0;
+  for (const Node& n : nodes_) count += releasable(n.layer.get()).released();
+  return count;
+}
+
+void Model::require_dense_weights(const std::string& what) const {
+  for (const Node& n : nodes_)
+    check(!releasable(n.layer.get()).released(), [&] {
+      return what + ": node '" + n.name + "' holds only its sparse weight (Model::release_dense_weights, an " +
+             "inference-only model): call restore_dense_weights on a copy first";
+    });
+}
+
+std::vector<std::pair<std::string, Tensor>> Model::state_for_reading() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const Node& n : nodes_) {
+    if (!n.layer) continue;
+    Layer& l = const_cast<Layer&>(*n.layer);  // params()/buffers() only hand out pointers: read only
+    const Releasable r = releasable(&l);
+    for (Param* p : l.params()) {
+      Tensor t = p->value;
+      if (!t.defined() && r.conv) t = r.conv->dense_weight();
+      if (!t.defined() && r.linear) t = r.linear->dense_weight();
+      out.push_back({n.name + "." + p->name, t});
+    }
+    for (auto& [b, t] : l.buffers()) out.push_back({n.name + "." + b, *t});
+  }
+  return out;
+}
+
 std::vector<Model::NamedParam> Model::params() {
+  restore_dense_weights();  // callers may write through the pointers
   std::vector<NamedParam> out;
   for (Node& n : nodes_)
     if (n.layer)
@@ -407,6 +491,7 @@ std::vector<Model::NamedParam> Model::params() {
 }
 
 std::vector<std::pair<std::string, Tensor*>> Model::state() {
+  restore_dense_weights();  // callers may write through the pointers
   std::vector<std::pair<std::string, Tensor*>> out;
   for (Node& n : nodes_) {
     if (!n.layer) continue;
@@ -420,7 +505,8 @@ int64_t Model::num_params() const {
   int64_t total = 0;
   for (const Node& n : nodes_)
     if (n.layer)
-      for (Param* p : const_cast<Layer&>(*n.layer).params()) total += p->value.numel();
+      for (Param* p : const_cast<Layer&>(*n.layer).params())
+        total += p->value.defined() ? p->value.numel() : shape_numel(releasable(n.layer.get()).shape());
   return total;
 }
 
@@ -668,8 +754,7 @@ Archive Model::to_archive() const {
   a.meta["graph"] = spec();
   a.meta["arch"] = arch;
   write_data_info(data_info, a);
-  Model& self = const_cast<Model&>(*this);
-  for (auto& [name, t] : self.state()) a.tensors[name] = t->is_cpu() ? *t : t->to(Device::CPU);
+  for (auto& [name, t] : state_for_reading()) a.tensors[name] = t.is_cpu() ? t : t.to(Device::CPU);
   for (const auto& [name, t] : masks) a.tensors["mask:" + name] = t.is_cpu() ? t : t.to(Device::CPU);
   return a;
 }

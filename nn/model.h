@@ -90,10 +90,28 @@ class Model {
     std::string name;  // "node.weight"
     Param* param;
   };
+  // params() and state() hand out pointers callers may write through: a dense weight released
+  // by release_dense_weights is rebuilt first (exactly, from its sparse form).
   std::vector<NamedParam> params();
   // Every tensor a model file holds (parameters and buffers), by full name.
   std::vector<std::pair<std::string, Tensor*>> state();
-  int64_t num_params() const;
+  // The same tensors for reading, the model unchanged: a released weight comes back rebuilt in
+  // a fresh tensor. Safe on a model other threads serve (save and packing use it).
+  std::vector<std::pair<std::string, Tensor>> state_for_reading() const;
+  int64_t num_params() const;  // released weights included
+
+  // ---- inference-only memory (SparseExecution in nn/layers.h): explicit, opt-in
+  // Every conv and linear layer whose execution plan (nn/execution.h) runs sparse at every batch
+  // drops its dense weight and keeps only the sparse form. Returns the bytes released. The model
+  // computes the same outputs, bit for bit (those layers never read the dense weight in eval
+  // mode); training, params()/state(), to(CUDA) and re-planning rebuild the weights exactly.
+  int64_t release_dense_weights();
+  void restore_dense_weights();           // every released weight rebuilt
+  int64_t releasable_weight_bytes() const;  // what release_dense_weights would release now
+  int released_weights() const;           // layers whose dense weight is released
+  // For code that reads the dense weights of a const model (exports, compaction): throws Error
+  // "<what>: node 'x' holds only its sparse weight ..." when one is released.
+  void require_dense_weights(const std::string& what) const;
   // Multiply-accumulates of one forward pass for one image of the input shape.
   int64_t forward_macs() const;
 

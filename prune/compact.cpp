@@ -406,6 +406,7 @@ struct Analysis {
 int channels_of(const Shape& s, int fpc) { return s.size() == 4 ? int(s[1]) : int(s[1] / fpc); }
 
 Analysis analyze(const Model& m) {
+  m.require_dense_weights("compaction");
   const auto& nodes = m.nodes();
   const int n = static_cast<int>(nodes.size());
   Analysis a;

@@ -197,7 +197,12 @@ InferenceMemory inference_memory(const Model& m, int64_t batch) {
 
 int64_t model_resident_bytes(const Model& m) {
   int64_t total = 0;
-  for (auto& [name, t] : const_cast<Model&>(m).state()) total += static_cast<int64_t>(t->bytes());
+  for (const Node& node : m.nodes()) {
+    if (!node.layer) continue;
+    Layer& layer = const_cast<Layer&>(*node.layer);  // params()/buffers() only hand out pointers
+    for (Param* p : layer.params()) total += static_cast<int64_t>(p->value.bytes());  // released: 0
+    for (auto& [name, t] : layer.buffers()) total += static_cast<int64_t>(t->bytes());
+  }
   for (const auto& [name, t] : m.masks) total += static_cast<int64_t>(t.bytes());
   return total;
 }

@@ -21,7 +21,8 @@ Tensor infer(const Model& m, const Tensor& x);
 // The working memory of one `infer` call at a batch size, computed from the graph's shapes
 // (no allocation is observed): what the model holds plus what the call allocates.
 struct InferenceMemory {
-  int64_t parameter_bytes = 0;   // every parameter tensor (float32)
+  int64_t parameter_bytes = 0;   // every parameter tensor held (float32; a dense weight
+                                 // released by Model::release_dense_weights: none)
   int64_t buffer_bytes = 0;      // non-learned state (batchnorm running statistics)
   int64_t activation_bytes = 0;  // the largest sum of live activations during the pass, the
                                  // input batch included, under infer's release order (an
@@ -43,6 +44,8 @@ struct InferenceMemory {
 InferenceMemory inference_memory(const Model& m, int64_t batch);
 
 // Bytes of every tensor the model holds (parameters, buffers and masks): its resident size.
+// A dense weight released by Model::release_dense_weights counts nothing; the plan's sparse
+// copies are apart (sparse_execution_bytes, nn/execution.h): a ready model holds the sum.
 int64_t model_resident_bytes(const Model& m);
 
 }  // namespace dnns

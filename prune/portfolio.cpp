@@ -477,7 +477,7 @@ VariantInfo make_variant(const Model& masked_in, const std::string& name, int le
 
   if (opt.progress)
     std::fprintf(stderr,
-                 "portfolio: %-9s %10lld params (%.2fx), %.2f MFLOPs, accuracy %.2f%%, memory %.2f MB, "
+                 "portfolio: %-9s %10lld params (%.2fx), %.2f MFLOPs, accuracy %.2f%%, memory %.2f MB all dense, "
                  "max |dlogit| %.2g on %lld images, %.1f s\n",
                  name.c_str(), (long long)v.params, v.compression, v.flops / 1e6, 100.0 * v.accuracy,
                  v.memory_bytes_b1 / 1e6, v.max_logit_diff, (long long)v.verified_images, ms_since(t_start) / 1000.0);
@@ -572,10 +572,17 @@ Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir
     v.planned_layers = static_cast<int>(plan.layers.size() / (opt.latency_batch == 1 ? 1 : 2));
     v.sparse_layers_b1 = plan.sparse_layers(1);
     v.sparse_layers_batch = plan.sparse_layers(opt.latency_batch);
+    // Memory as the shifter holds the variant ready: planned, the dense weights of the layers
+    // that run sparse at both batches released, the plan's sparse copies counted.
+    compact[i].release_dense_weights();
+    v.memory_bytes_b1 = inference_memory(compact[i], 1).total();
+    v.memory_bytes_batch = inference_memory(compact[i], opt.latency_batch).total();
     if (opt.progress)
-      std::fprintf(stderr, "portfolio: %-9s execution %s: %d of %d conv/linear layers sparse at batch 1, %d at batch %lld\n",
+      std::fprintf(stderr,
+                   "portfolio: %-9s execution %s: %d of %d conv/linear layers sparse at batch 1, %d at batch %lld; "
+                   "%d hold only their sparse form; memory %.2f MB at batch 1\n",
                    v.name.c_str(), p.execution.c_str(), v.sparse_layers_b1, v.planned_layers, v.sparse_layers_batch,
-                   (long long)opt.latency_batch);
+                   (long long)opt.latency_batch, compact[i].released_weights(), v.memory_bytes_b1 / 1e6);
   }
   for (const Model& m : compact) ptrs.push_back(&m);
   if (opt.progress)

@@ -52,9 +52,13 @@ struct VariantInfo {
   double imp_accuracy = -1;      // the IMP run's test accuracy of the masked model (-1: none)
   double latency_ms_p50_b1 = 0, latency_ms_p99_b1 = 0;        // one image per call
   double latency_ms_p50_batch = 0, latency_ms_p99_batch = 0;  // Portfolio::latency_batch per call
-  int64_t memory_bytes_b1 = 0;      // working memory of one call (InferenceMemory::total), batch 1
+  // Working memory of one call (InferenceMemory::total) with the variant held as the shifter
+  // holds it ready: its execution plan's sparse copies counted, the dense weights of layers
+  // that run sparse at every batch released (Model::release_dense_weights). (Manifests from
+  // before 2026-11-30 counted the dense weights and not the sparse copies.)
+  int64_t memory_bytes_b1 = 0;      // batch 1
   int64_t memory_bytes_batch = 0;   // the same at Portfolio::latency_batch
-  int64_t resident_bytes = 0;       // bytes of the tensors the loaded model holds
+  int64_t resident_bytes = 0;       // bytes of the tensors the loaded model holds (as in its file)
   double max_logit_diff = 0;        // max |compact - masked| logit on the verified images
   int64_t verified_images = 0;
   // The execution plan the latencies were measured with (-1: not recorded, an older manifest):
@@ -152,7 +156,9 @@ struct PortfolioOptions {
 
 // Makes one variant: compacts `masked` (its weights must be masked), verifies it on the first
 // opt.verify_images images of `test`, measures accuracy on all of `test` and working memory,
-// saves it as <out_dir>/<name>.dnns and fills the entry except the latencies (measure_latency).
+// saves it as <out_dir>/<name>.dnns and fills the entry except the latencies (measure_latency);
+// its memory figures are the model's with every layer dense (build_portfolio then measures them
+// planned and held as the shifter holds a ready variant).
 // Throws Error naming `name` when the compaction is not exact.
 // The masked model's own parameter count is the dense count the compression is taken against.
 VariantInfo make_variant(const Model& masked, const std::string& name, int level, BatchSource& test,

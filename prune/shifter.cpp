@@ -193,16 +193,16 @@ PackedModel pack_model(const Model& m) {
   PackedModel p;
   p.spec = m.spec();
   p.arch = m.arch;
-  for (auto& [name, t] : const_cast<Model&>(m).state()) {  // state() only hands out pointers
+  for (auto& [name, t] : m.state_for_reading()) {  // a released weight comes back rebuilt
     PackedModel::PackedTensor pt;
     pt.name = name;
-    pt.shape = t->shape();
+    pt.shape = t.shape();
     // Zeros of either sign are dropped: -0.0 unpacks as +0.0, which changes no sum.
-    pt.kept = to_sparse(t->data(), pt.shape, ZeroSign::AnySign);
+    pt.kept = to_sparse(t.data(), pt.shape, ZeroSign::AnySign);
     pt.sparse = sparse_pays(pt.kept);
     if (!pt.sparse) {
       pt.kept = SparseTensor{};
-      pt.values.assign(t->data(), t->data() + t->numel());
+      pt.values.assign(t.data(), t.data() + t.numel());
     }
     p.tensors.push_back(std::move(pt));
   }
@@ -233,6 +233,17 @@ Model unpack_model(const PackedModel& p) {
 
 // ---------------------------------------------------------------- the shifter
 
+// A variant as the shifter holds it ready: the loaded model itself when no layer's plan runs sparse at
+// every batch, else a copy whose dense weights of those layers are released (the loaded models
+// are immutable: the copy is made, released and then published; the loaded one goes when no one
+// else holds it).
+static std::shared_ptr<const Model> ready_model(std::shared_ptr<const Model> shared) {
+  if (shared->releasable_weight_bytes() == 0) return shared;
+  Model lean = shared->clone();
+  lean.release_dense_weights();
+  return std::make_shared<const Model>(std::move(lean));
+}
+
 Shifter::Shifter(LoadedPortfolio portfolio, NoFitPolicy policy, Residency residency)
     : p_(std::move(portfolio)), policy_(policy), residency_(residency) {
   check(!p_.models.empty() && p_.models.size() == p_.manifest.variants.size(),
@@ -246,6 +257,8 @@ Shifter::Shifter(LoadedPortfolio portfolio, NoFitPolicy policy, Residency reside
       packed_.push_back(pack_model(*m));
       m.reset();  // the ready model goes; the packed one stays
     }
+  } else {
+    for (auto& m : p_.models) m = ready_model(std::move(m));
   }
   served_ = std::make_unique<std::atomic<int64_t>[]>(p_.manifest.variants.size());
   for (size_t i = 0; i < p_.manifest.variants.size(); ++i) served_[i].store(0);
@@ -257,7 +270,9 @@ Shifter::Shifter(LoadedPortfolio portfolio, NoFitPolicy policy, Residency reside
 std::shared_ptr<const Model> Shifter::model(int index) const {
   check(index >= 0 && index < size(), "shifter: no variant " + std::to_string(index));
   if (residency_ == Residency::Dense) return p_.models[index];
-  return std::make_shared<const Model>(unpack_model(packed_[index]));
+  Model m = unpack_model(packed_[index]);
+  m.release_dense_weights();
+  return std::make_shared<const Model>(std::move(m));
 }
 
 double Shifter::publish(int index) {

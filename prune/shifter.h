@@ -85,6 +85,8 @@ enum class NoFitPolicy { Closest, KeepCurrent };
 
 // How the shifter holds the variants it is not serving.
 //   Dense:  every variant as a ready model; a swap only publishes a pointer (microseconds).
+//           A layer whose plan runs sparse at every batch holds only its sparse form
+//           (Model::release_dense_weights), in Packed residency's active model too.
 //   Packed: every variant as a PackedModel (its nonzero weights with their positions where
 //           that is smaller), only the active one as a ready model; a swap unpacks the new
 //           variant first (a fresh, complete model) and then publishes it. Less memory for
@@ -151,9 +153,10 @@ class Shifter {
   uint64_t generation() const;
   int64_t swaps() const { return swaps_.load(); }
   std::vector<int64_t> served_counts() const;  // (variants) answers served by each
-  // What the shifter holds: Dense, the tensors of every variant and the sparse weight copies
-  // their execution plans keep; Packed, every packed variant plus the active variant's ready
-  // model with its plan's sparse copies. (A request still running on the previous variant
+  // What the shifter holds: Dense, the tensors of every variant (model_resident_bytes: the
+  // released dense weights not counted) and the sparse weight copies their execution plans keep
+  // (sparse_execution_bytes); Packed, every packed variant plus the active variant's ready
+  // model, counted alike. (A request still running on the previous variant
   // keeps that model alive until it finishes.)
   int64_t resident_bytes() const;
 

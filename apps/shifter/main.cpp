@@ -281,10 +281,18 @@ std::string stats_json(const Stats& s) {
   return Json().add("mean", s.mean).add("p50", s.p50).add("p99", s.p99).add("max", s.max).str();
 }
 
+// What one ready variant holds (Dense residency).
+struct VariantHeld {
+  std::string name;
+  int64_t tensors = 0, sparse = 0;  // model_resident_bytes, sparse_execution_bytes
+  int released = 0, layers = 0;     // conv/linear layers holding only their sparse form, of all
+};
+
 // One residency's figures.
 struct ResidencyBench {
   std::string name;
   int64_t held = 0, rss = 0;  // bytes: what the shifter holds (computed), RSS growth loading it
+  std::vector<VariantHeld> variants;  // Dense residency: the split of `held` by variant
   Stats shift_us, swap_idle_us, swap_load_us;
   int64_t served = 0;
   double load_s = 0;
@@ -304,6 +312,15 @@ ResidencyBench bench_residency(const std::string& dir, Residency residency, Exec
   b.rss = rss_bytes() - rss0;
   b.held = shifter.resident_bytes();
   const int n = shifter.size();
+  if (residency == Residency::Dense)
+    for (int i = 0; i < n; ++i) {
+      const std::shared_ptr<const Model> m = shifter.model(i);
+      VariantHeld v{shifter.portfolio().variants[size_t(i)].name, model_resident_bytes(*m), sparse_execution_bytes(*m),
+                    m->released_weights(), 0};
+      for (const Node& node : m->nodes())
+        v.layers += dynamic_cast<const Conv2d*>(node.layer.get()) || dynamic_cast<const Linear*>(node.layer.get());
+      b.variants.push_back(v);
+    }
   const Shape& chw = shifter.portfolio().input_shape;
 
   // shift(): the decision plus the swap when the choice changes (the whole run-time overhead).
@@ -461,6 +478,18 @@ int cmd_bench(int argc, char** argv) {
   std::printf("| ensemble: tensors of %d dense models (parameters + batchnorm buffers) | %.3f | %.1f%% |\n", n,
               ensemble_held / 1e6, 100.0 * ensemble_held / ens);
   std::printf("| ensemble: RSS growth building it | %.3f | %.1f%% |\n", ensemble_rss / 1e6, 100.0 * ensemble_rss / ens);
+  for (const ResidencyBench& b : rb) {
+    if (b.variants.empty()) continue;
+    std::printf("\nheld ready (%s residency): a layer whose plan runs sparse at every batch keeps only its sparse form\n"
+                "(values, columns, row starts, a conv's run offsets); the others keep the dense weight (and a sparse\n"
+                "copy where they run sparse at some batch)\n\n"
+                "| variant | tensors MB | sparse forms MB | held MB | of the ensemble | layers holding only the sparse form |\n"
+                "|---|---:|---:|---:|---:|---:|\n",
+                b.name.c_str());
+    for (const VariantHeld& v : b.variants)
+      std::printf("| %s | %.3f | %.3f | %.3f | %.1f%% | %d of %d |\n", v.name.c_str(), v.tensors / 1e6, v.sparse / 1e6,
+                  (v.tensors + v.sparse) / 1e6, 100.0 * double(v.tensors + v.sparse) / ens, v.released, v.layers);
+  }
   std::printf("\n%lld of %lld random conditions had a fitting variant; during the swaps under load %d threads served ",
               (long long)fitted, (long long)decisions, clients);
   for (const ResidencyBench& b : rb) std::printf("%lld requests in %.2f s (%s) ", (long long)b.served, b.load_s, b.name.c_str());
@@ -474,16 +503,28 @@ int cmd_bench(int argc, char** argv) {
     std::string res = "[";
     for (size_t i = 0; i < rb.size(); ++i) {
       const ResidencyBench& b = rb[i];
-      res += std::string(i ? ", " : "") + Json()
-                                              .add("residency", b.name)
-                                              .add("held_bytes", b.held)
-                                              .add("rss_bytes", b.rss)
-                                              .add("memory_ratio", b.held / ens)
-                                              .add_raw("shift_us", stats_json(b.shift_us))
-                                              .add_raw("swap_idle_us", stats_json(b.swap_idle_us))
-                                              .add_raw("swap_under_load_us", stats_json(b.swap_load_us))
-                                              .add("requests_during_swaps", b.served)
-                                              .str();
+      Json r;
+      r.add("residency", b.name)
+          .add("held_bytes", b.held)
+          .add("rss_bytes", b.rss)
+          .add("memory_ratio", b.held / ens)
+          .add_raw("shift_us", stats_json(b.shift_us))
+          .add_raw("swap_idle_us", stats_json(b.swap_idle_us))
+          .add_raw("swap_under_load_us", stats_json(b.swap_load_us))
+          .add("requests_during_swaps", b.served);
+      if (!b.variants.empty()) {
+        std::string vs = "[";
+        for (size_t k = 0; k < b.variants.size(); ++k)
+          vs += std::string(k ? ", " : "") + Json()
+                                                 .add("name", b.variants[k].name)
+                                                 .add("tensor_bytes", b.variants[k].tensors)
+                                                 .add("sparse_bytes", b.variants[k].sparse)
+                                                 .add("released_layers", b.variants[k].released)
+                                                 .add("layers", b.variants[k].layers)
+                                                 .str();
+        r.add_raw("variants_held", vs + "]");
+      }
+      res += std::string(i ? ", " : "") + r.str();
     }
     Json j;
     j.add("portfolio", dir)

@@ -194,6 +194,7 @@ std::vector<float> values(const Tensor& t) { return t.numel() > 0 ? t.to_vector(
 
 std::string onnx_model_bytes(const Model& model, OnnxExportInfo* info_out) {
   const Model& m = model;
+  m.require_dense_weights("ONNX export");
   const std::vector<Node>& nodes = m.nodes();
   const int n = static_cast<int>(nodes.size());
   check(n >= 2, "onnx export: empty model");

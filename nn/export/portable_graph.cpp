@@ -15,6 +15,7 @@ const float* data_or_null(const Tensor& t) { return t.numel() > 0 ? t.data() : n
 PortableGraph portable_graph(const Model& m) {
   check(m.device() == Device::CPU, std::string("portable export: the model is on ") + device_name(m.device()) +
                                        "; move it to the CPU first");
+  m.require_dense_weights("portable export");
   const std::vector<Node>& nodes = m.nodes();
   check(nodes.size() >= 2, "portable export: empty model");
   PortableGraph pg;
