@@ -397,8 +397,8 @@ void Conv2d::backward(const std::vector<const Tensor*>& in, const Tensor& out, c
     return;
   }
   if (trains_sparse(*this, *dy)) {
-    // The values again: the weight may have changed since the forward (it does not in a step).
-    sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), conv_name(*this).c_str());
+    // The pattern holds the values the training forward gathered: the weight does not change
+    // between a forward and its backward.
     ops::sparse_conv2d_backward_weights(p, *in[0], *dy, *sparse_train, weight.grad, bias.grad);
     if (din[0]) ops::sparse_conv2d_backward_data(p, *dy, *sparse_train, *din[0]);
     return;
@@ -796,8 +796,7 @@ void Linear::backward(const std::vector<const Tensor*>& in, const Tensor&, const
     if (din[0]) din[0]->zero();
     return;
   }
-  if (sparse_train && dout.is_cpu()) {
-    sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), linear_name(*this).c_str());
+  if (sparse_train && dout.is_cpu()) {  // the values the training forward gathered, as in Conv2d
     ops::sparse_linear_backward_weights(*in[0], dout, *sparse_train, weight.grad, bias.grad);
     if (din[0]) ops::sparse_linear_forward(dout, sparse_train->wt, Tensor(), false, *din[0]);
     return;

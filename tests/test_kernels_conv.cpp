@@ -435,6 +435,8 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
   const cpu::ConvScratch s = cpu::conv_forward_scratch(p);
   CHECK(s.slot0 >= (int64_t)p.C * (p.H + 2) * (p.W + 2));  // at least one padded image
   CHECK(s.slot1 >= (int64_t)16 * p.C * ((p.H + 1) / 2) * ((p.W + 1) / 2));  // V of all tiles
+  CHECK(s.call >= (int64_t)16 * p.K * p.C);  // the transformed filters U, 16 planes for F(2x2)
+  CHECK(cpu::conv_forward_scratch(conv(2, 24, 8, 8, 70, 3, 3, 1, 1)).call >= (int64_t)36 * 70 * 24);  // F(4x4)
 }
 
 TEST_CASE("ISA and algorithm settings refuse what this CPU cannot run, naming it") {

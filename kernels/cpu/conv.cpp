@@ -378,14 +378,15 @@ std::vector<float> pack_filters(int K, int C, int T, int kb, Src src) {
   return out;
 }
 
-// Runs `forward` of the direct kernels over a batch: task (n, g) computes filter group g of
-// image n, so a small batch still gives every thread work. x_image: the input of image n is
-// x + n * x_image, padded as g says; the output of image n is y + n * K * P * Q.
 // Filter groups per image of direct_batch: enough tasks for every thread on a small batch.
 int direct_groups(int K, int kb, int N) {
   const int blocks = (K + kb - 1) / kb;
   return std::max(1, std::min(blocks, (4 * num_threads() + N - 1) / N));
 }
+
+// Runs `forward` of the direct kernels over a batch: task (n, g) computes filter group g of
+// image n, so a small batch still gives every thread work. x_image: the input of image n is
+// x + n * x_image, padded as g says; the output of image n is y + n * K * P * Q.
 
 void direct_batch(const DirectKernels& dk, const PaddedLayout& g, const DirectShape& s, int N, const float* x,
                   int64_t x_image, const float* wpk, const float* bias, bool relu, float* y) {
@@ -672,7 +673,7 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
 ConvScratch conv_forward_scratch(const Conv2dParams& p) {
   ConvScratch r;
   if (winograd_applies(p, Op::Forward)) {
-    winograd_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1);
+    winograd_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1, &r.call);
   } else if (stream_applies(p)) {
     r.call = ((int64_t)p.C * p.R * p.S + p.K) * stream_width(p);  // the patch matrix, the tasks' outputs
   } else if (direct_applies(p, Op::Forward)) {

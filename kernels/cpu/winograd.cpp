@@ -260,11 +260,12 @@ const WinogradKernels& winograd_kernels(Isa isa) {
   return kGeneric;
 }
 
-void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1) {
+void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1, int64_t* call) {
   const WinogradKernels& wk = winograd_kernels(cpu_isa());
   const Plan p = make_plan(wk, std::max(N, 1), C, H, W, K, winograd_tile(H, W));
   *slot0 = N > 0 ? p.images * p.padded_image : 0;
   *slot1 = N > 0 ? scratch_vm(wk, p, C) : 0;
+  *call = N > 0 ? p.planes * u_plane(wk, K, C) : 0;  // the transformed filters U
 }
 
 void winograd_conv(int N, int C, int H, int W, int K, const float* x, const float* w, bool flipped,

@@ -107,7 +107,9 @@ void winograd_backward_weights(int N, int C, int H, int W, int K, const float* x
                                float* db);
 
 // The floats winograd_conv grows in thread scratch slots 0 and 1 for this shape.
-void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1);
+// `call`: the floats of the transformed filters it allocates per call (36 or 16 planes of
+// about K x C: four times the weights for F(4x4)).
+void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1, int64_t* call);
 
 #if defined(DNNS_HAVE_X86_KERNELS)
 const WinogradKernels* winograd_kernels_avx2();
