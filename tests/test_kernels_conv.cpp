@@ -24,6 +24,7 @@
 #include "tests/test_util.h"
 
 using namespace dnns;
+using dnns::testing::check_close;
 using dnns::testing::randn;
 using dnns::testing::conv;
 using dnns::testing::conv_str;
@@ -33,21 +34,6 @@ namespace {
 // Outputs start as NaN so a kernel that forgets to write (or accumulates into) one shows.
 std::vector<float> poisoned(int64_t n) {
   return std::vector<float>((size_t)n, std::numeric_limits<float>::quiet_NaN());
-}
-
-// Checks max|got - want| <= 1e-4 * max(1, max|want|); NaN in `got` fails.
-void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  double max_ref = 0.0, max_err = 0.0;
-  bool finite = true;
-  for (size_t i = 0; i < got.size(); ++i) {
-    max_ref = std::max(max_ref, (double)std::fabs(want[i]));
-    if (!std::isfinite(got[i])) finite = false;
-    max_err = std::max(max_err, (double)std::fabs(got[i] - want[i]));
-  }
-  INFO(what << ": max|cpu - ref| = " << max_err << ", max|ref| = " << max_ref);
-  CHECK(finite);
-  CHECK(max_err <= 1e-4 * std::max(1.0, max_ref));
 }
 
 double dot(const std::vector<float>& a, const std::vector<float>& b) {

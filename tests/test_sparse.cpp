@@ -25,41 +25,20 @@
 #include "tests/test_util.h"
 
 using namespace dnns;
+using dnns::testing::check_close;
 using dnns::testing::randn;
 using dnns::testing::conv;
 using dnns::testing::conv_str;
 
 namespace {
 
-// A (rows, cols) weight with about `density` of its entries nonzero; rows listed in `empty`
-// have none.
+// A (rows, cols) standard-normal weight under a random_mask of `density`; rows listed in
+// `empty` are all zero.
 std::vector<float> masked_weight(Rng& rng, int rows, int cols, double density, const std::vector<int>& empty) {
-  std::vector<float> w((size_t)rows * cols, 0.0f);
-  for (int i = 0; i < rows; ++i) {
-    if (std::find(empty.begin(), empty.end(), i) != empty.end()) continue;
-    for (int j = 0; j < cols; ++j)
-      if (rng.uniform() < density) w[(size_t)i * cols + j] = rng.normal();
-  }
+  std::vector<float> w = testing::random_mask(rng, rows, cols, density, empty);
+  for (float& v : w)
+    if (v != 0.0f) v = rng.normal();
   return w;
-}
-
-double max_abs(const std::vector<float>& v) {
-  double m = 0.0;
-  for (float f : v) m = std::max(m, (double)std::fabs(f));
-  return m;
-}
-
-void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  double err = 0.0;
-  bool finite = true;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) finite = false;
-    err = std::max(err, (double)std::fabs(got[i] - want[i]));
-  }
-  INFO(what << ": max|got - want| = " << err << ", max|want| = " << max_abs(want));
-  CHECK(finite);
-  CHECK(err <= 1e-4 * std::max(1.0, max_abs(want)));
 }
 
 // Dense reference conv (+ optional ReLU) of the same weight: what sparse execution must equal.

@@ -32,38 +32,11 @@
 using namespace dnns;
 using dnns::testing::conv;
 using dnns::testing::conv_str;
+using dnns::testing::check_close;
+using dnns::testing::random_mask;
 using dnns::testing::randn;
 
 namespace {
-
-// A (rows, cols) 0/1 mask keeping about `density` of the entries; rows in `empty` keep none.
-std::vector<float> random_mask(Rng& rng, int rows, int cols, double density, const std::vector<int>& empty) {
-  std::vector<float> m(size_t(rows) * cols, 0.0f);
-  for (int i = 0; i < rows; ++i) {
-    if (std::find(empty.begin(), empty.end(), i) != empty.end()) continue;
-    for (int j = 0; j < cols; ++j) m[size_t(i) * cols + j] = rng.uniform() < density ? 1.0f : 0.0f;
-  }
-  return m;
-}
-
-double max_abs(const std::vector<float>& v) {
-  double m = 0.0;
-  for (float f : v) m = std::max(m, double(std::fabs(f)));
-  return m;
-}
-
-void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  double err = 0.0;
-  bool finite = true;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) finite = false;
-    err = std::max(err, double(std::fabs(got[i] - want[i])));
-  }
-  INFO(what << ": max|got - want| = " << err << ", max|want| = " << max_abs(want));
-  CHECK(finite);
-  CHECK(err <= 1e-4 * std::max(1.0, max_abs(want)));
-}
 
 // One masked conv: sparse forward, dx and dw against ref's dense kernels on the masked weight.
 void check_conv(const Conv2dParams& p, double density, const std::vector<int>& empty, uint64_t seed) {

@@ -178,7 +178,6 @@ inline float logit_scale(const Tensor& logits) {
   return s;
 }
 
-// (n, C, H, W) standard-normal images.
 // n floats drawn from N(mean, stddev^2).
 inline std::vector<float> randn(Rng& rng, int64_t n, float mean = 0.0f, float stddev = 1.0f) {
   std::vector<float> v(static_cast<size_t>(n));
@@ -186,6 +185,34 @@ inline std::vector<float> randn(Rng& rng, int64_t n, float mean = 0.0f, float st
   return v;
 }
 
+// A (rows, cols) 0/1 mask keeping each entry with probability `density`; rows listed in
+// `empty` keep none (dead filters).
+inline std::vector<float> random_mask(Rng& rng, int rows, int cols, double density, const std::vector<int>& empty = {}) {
+  std::vector<float> m(size_t(rows) * size_t(cols), 0.0f);
+  for (int i = 0; i < rows; ++i) {
+    if (std::find(empty.begin(), empty.end(), i) != empty.end()) continue;
+    for (int j = 0; j < cols; ++j) m[size_t(i) * cols + j] = rng.uniform() < density ? 1.0f : 0.0f;
+  }
+  return m;
+}
+
+// Kernel results against ground truth: max|got - want| <= 1e-4 * max(1, max|want|) (float sums
+// in another order than the reference's double accumulation), and no NaN or Inf in `got`.
+inline void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  double max_want = 0.0, err = 0.0;
+  bool finite = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    max_want = std::max(max_want, double(std::fabs(want[i])));
+    if (!std::isfinite(got[i])) finite = false;
+    err = std::max(err, double(std::fabs(got[i] - want[i])));
+  }
+  INFO(what << ": max|got - want| = " << err << ", max|want| = " << max_want);
+  CHECK(finite);
+  CHECK(err <= 1e-4 * std::max(1.0, max_want));
+}
+
+// (n, C, H, W) standard-normal images.
 inline Tensor random_images(int64_t n, const Shape& chw, Rng& rng) {
   Tensor x({n, chw[0], chw[1], chw[2]});
   for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
