@@ -184,6 +184,56 @@ TEST_CASE("the gather refuses a weight that left its mask pattern") {
   CHECK_THROWS_WITH(sparse_train_gather(pat, w.data(), 6, "fc"), doctest::Contains("is not finite"));
 }
 
+TEST_CASE("the sparse-training ops refuse a pattern of another shape and the reference backend") {
+  const Conv2dParams p = conv(2, 3, 6, 6, 4, 3, 3, 1, 1);
+  Rng rng(21);
+  const std::vector<float> mask = random_mask(rng, p.K, p.C * 9, 0.3);
+  SparseTrainPattern pat = sparse_train_pattern(mask.data(), p.K, p.C, 3, 3);
+  Tensor x({p.N, p.C, p.H, p.W}), dy({p.N, p.K, p.P(), p.Q()}), dw({p.K, p.C, 3, 3}), db({p.K}), dx(x.shape());
+  // a pattern made for another weight: the op names itself and both shapes
+  Conv2dParams q = p;
+  q.C = 5;
+  Tensor x5({q.N, q.C, q.H, q.W}), dw5({q.K, q.C, 3, 3});
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_weights(q, x5, dy, pat, dw5, db),
+                    doctest::Contains("sparse_conv2d_backward_weights: the sparse-training pattern is of a (4, 3, 3, 3) "
+                                      "weight, the layer's is (4, 5, 3, 3)"));
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_data(q, dy, pat, x5),
+                    doctest::Contains("sparse_conv2d_backward_data: the sparse-training pattern is of a"));
+  Tensor lx({2, 7}), ldy({2, 4}), ldw({4, 7}), lb({4});
+  CHECK_THROWS_WITH(ops::sparse_linear_backward_weights(lx, ldy, pat, ldw, lb),
+                    doctest::Contains("sparse_linear_backward_weights: the sparse-training pattern is of a"));
+  // a weight-gradient tensor of the wrong shape
+  Tensor dw_bad({p.K, p.C, 3, 1});
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_weights(p, x, dy, pat, dw_bad, db),
+                    doctest::Contains("sparse_conv2d_backward_weights weight gradient"));
+  ops::sparse_conv2d_backward_weights(p, x, dy, pat, dw, db);  // the right shapes pass
+
+  // Under the reference backend the ops refuse (they have no reference version) and the
+  // plan trains every layer dense, so a training run never reaches them there.
+  struct Restore {
+    ~Restore() { set_cpu_backend(CpuBackend::Optimized); }
+  } restore;
+  set_cpu_backend(CpuBackend::Reference);
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_weights(p, x, dy, pat, dw, db),
+                    doctest::Contains("sparse_conv2d_backward_weights: no reference version"));
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_data(p, dy, pat, dx), doctest::Contains("no reference version"));
+  Model m = dnns::testing::every_kind_model();
+  dnns::testing::random_masks(m, rng, 0.0f, 0.1f);
+  for (const TrainLayerExecution& e : plan_training_execution(m, Execution::Sparse)) {
+    CAPTURE(e.node);
+    CHECK(!e.sparse);
+  }
+  set_cpu_backend(CpuBackend::Optimized);
+  int planned_sparse = 0;
+  for (const TrainLayerExecution& e : plan_training_execution(m, Execution::Sparse)) planned_sparse += e.sparse;
+  CHECK(planned_sparse == 3);  // c1, c2, fc: the same model does train sparse under the optimized backend
+
+  // a mask of another shape than its weight is refused by name
+  m.masks["c2.weight"] = Tensor::full({4, 6, 3, 1}, 1.0f);
+  CHECK_THROWS_WITH(plan_training_execution(m, Execution::Auto),
+                    doctest::Contains("plan_training_execution: the mask of 'c2.weight' has shape"));
+}
+
 namespace {
 
 // conv 3x3 -> bn -> relu -> conv 3x3 stride 2 -> bn -> relu -> conv 1x1 (bias) -> relu -> gap -> fc
