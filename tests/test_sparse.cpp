@@ -90,7 +90,7 @@ TEST_CASE("sparse_from_dense keeps exactly the nonzeros and round-trips") {
 }
 
 TEST_CASE("sparse conv equals dense conv on odd shapes and sparsities from 50% to 99.9%") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   // N C H W K R S stride pad
   const Conv2dParams shapes[] = {
       conv(2, 37, 7, 7, 54, 3, 3, 2, 1),  // odd channels, strided, padded
@@ -153,7 +153,7 @@ TEST_CASE("sparse conv on every ISA path and schedule equals dense conv") {
   struct Restore {
     ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
   } restore;
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   const Conv2dParams shapes[] = {
       conv(1, 47, 8, 8, 17, 3, 3, 1, 1),    // batch 1, 8x8: planes by the caller
       conv(6, 22, 8, 8, 19, 3, 3, 1, 1),    // many images, 8x8
@@ -180,7 +180,7 @@ TEST_CASE("sparse conv on every ISA path and schedule equals dense conv") {
 // Runs prepared once (what a plan keeps) give the same bits as runs made per call; runs made
 // for another input size or another weight object are ignored, not misread.
 TEST_CASE("prepared sparse conv runs: same result, ignored when made for another shape or weight") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Rng rng(77);
   for (const Conv2dParams& p : {conv(2, 11, 9, 9, 7, 3, 3, 1, 1), conv(1, 6, 12, 10, 5, 3, 3, 2, 1)}) {
     CAPTURE(conv_str(p));
@@ -211,7 +211,7 @@ TEST_CASE("prepared sparse conv runs: same result, ignored when made for another
 }
 
 TEST_CASE("sparse conv of a layer with no nonzero is its bias (then ReLU)") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   const Conv2dParams p = conv(2, 37, 7, 7, 54, 3, 3, 2, 1);
   check_sparse_conv(p, 0.0, {}, true, false, 7);
   check_sparse_conv(p, 0.0, {}, true, true, 8);
@@ -219,7 +219,7 @@ TEST_CASE("sparse conv of a layer with no nonzero is its bias (then ReLU)") {
 }
 
 TEST_CASE("sparse linear equals dense linear, batch 1 to 37") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   uint64_t seed = 200;
   for (int N : {1, 3, 37})
     for (double d : {0.5, 0.1, 0.01, 0.0}) {
@@ -298,7 +298,7 @@ void check_logits_close(const Tensor& got, const Tensor& want, const std::string
 }  // namespace
 
 TEST_CASE("a compact ResNet-20 run sparse, dense and auto gives the same logits") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Rng rng(11);
   Model c = compact_resnet(rng);
   int tables = 0, convs = 0;
@@ -353,7 +353,7 @@ TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
   e.always = true;
   CHECK(e.runs_sparse(128));
 
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Model m = testing::every_kind_model();
   Rng rng(4);
   testing::random_masks(m, rng, 0.0f, 0.3f);
@@ -378,7 +378,7 @@ TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
 #include "prune/shifter.h"
 
 TEST_CASE("inference_memory counts the plan's sparse copies and the sparse kernels' scratch") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   // input (1, 3, 8, 8) -> conv 3->4 3x3 pad 1 -> relu -> flatten -> linear 256->10, all weights
   // nonzero (as initialised)
   Model m;
@@ -415,7 +415,7 @@ TEST_CASE("inference_memory counts the plan's sparse copies and the sparse kerne
 }
 
 TEST_CASE("the shifter's packed variants run with their plan; residency counts the sparse copies") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Rng rng(12);
   LoadedPortfolio lp;
   lp.dir = "(memory)";

@@ -117,14 +117,12 @@ TEST_CASE("sparse conv weight gradient: bit-identical at a fixed thread count, c
   const std::vector<float> x = randn(rng, int64_t(p.N) * p.C * 81), dy = randn(rng, int64_t(p.N) * p.K * 81);
   SparseTrainPattern pat = sparse_train_pattern(mask.data(), p.K, p.C, 3, 3);
   std::vector<float> dw1(mask.size()), dw2(mask.size());
-  const int threads = num_threads();
-  set_num_threads(1);
+  const testing::ScopedThreads threads(1);
   cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw1.data(), nullptr);
   set_num_threads(3);
   cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw2.data(), nullptr);
   std::vector<float> dw3(mask.size());
   cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw3.data(), nullptr);
-  set_num_threads(threads);
   check_close(dw2, dw1, "1 thread against 3");
   CHECK(dw3 == dw2);  // the image parts are summed in a fixed order, whichever thread ran them
 }

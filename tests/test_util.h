@@ -19,6 +19,7 @@
 #include "core/batch.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/threading.h"
 #include "kernels/params.h"
 #include "nn/model.h"
 #include "nn/models/zoo.h"
@@ -150,6 +151,17 @@ inline int wait_exit(pid_t pid) {
   if (::waitpid(pid, &status, 0) != pid) return -1;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+// Sets the worker thread count for a scope and puts the previous one back at its end, also when
+// an assertion ends the test case early: a test that pins the count does not leak it into the
+// test cases after it in the same program.
+struct ScopedThreads {
+  explicit ScopedThreads(int n) : saved(num_threads()) { set_num_threads(n); }
+  ~ScopedThreads() { set_num_threads(saved); }
+  ScopedThreads(const ScopedThreads&) = delete;
+  ScopedThreads& operator=(const ScopedThreads&) = delete;
+  const int saved;
+};
 
 // A conv problem, and its description for failure messages.
 inline Conv2dParams conv(int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
