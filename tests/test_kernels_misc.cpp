@@ -284,9 +284,7 @@ TEST_CASE("batchnorm: cpu matches ref (train forward, running stats over steps, 
 // reference pair and against the unfused composition (batchnorm, then ReLU; ReLU backward,
 // then batchnorm backward); masked elements get exactly zero gradient through the ReLU.
 TEST_CASE("batchnorm + ReLU fused: every ISA path matches ref and the unfused ops") {
-  struct Restore {
-    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   Rng rng(41);
   struct Shape {
     int N, C, HW;

@@ -115,9 +115,7 @@ TEST_CASE("sparse conv equals dense conv on odd shapes and sparsities from 50% t
 // run length from 1 to 40 vectors, so every pass size (1 to 12 vectors) and every split of a
 // run into balanced passes is taken, against the sum written out.
 TEST_CASE("sparse_grid on every ISA path: every run length and pass split") {
-  struct Restore {
-    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   Rng rng(41);
   const int nnz = 13, span = 700;
   const std::vector<float> X = randn(rng, span + 40 * 8 + 64);
@@ -150,9 +148,7 @@ TEST_CASE("sparse_grid on every ISA path: every run length and pass split") {
 // (10, 36 and 136 vectors a run), strides 1 and 2, 1x1, masks from 50% to 99.9% sparsity with
 // empty filters.
 TEST_CASE("sparse conv on every ISA path and schedule equals dense conv") {
-  struct Restore {
-    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   const testing::ScopedThreads threads(2);
   const Conv2dParams shapes[] = {
       conv(1, 47, 8, 8, 17, 3, 3, 1, 1),    // batch 1, 8x8: planes by the caller

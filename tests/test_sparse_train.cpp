@@ -96,9 +96,7 @@ TEST_CASE("sparse conv training kernels match the dense reference") {
       {conv(2, 3, 4, 4, 2, 3, 3, 1, 3), {}},         // padding larger than the kernel
   };
   // On every instruction-set path this CPU has (the weight gradient's dot kernels are built per ISA).
-  struct Restore {
-    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
     cpu::set_cpu_isa((cpu::Isa)isa);
     INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)));

@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threading.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/params.h"
 #include "nn/model.h"
 #include "nn/models/zoo.h"
@@ -161,6 +162,21 @@ struct ScopedThreads {
   ScopedThreads(const ScopedThreads&) = delete;
   ScopedThreads& operator=(const ScopedThreads&) = delete;
   const int saved;
+};
+
+// Puts the CPU kernels' instruction-set path and convolution algorithm back as they were at
+// scope end: a test that walks the ISA paths or forces an algorithm does not leak its choice
+// into the test cases after it, also when an assertion ends it early.
+struct ScopedKernelChoice {
+  ScopedKernelChoice() : isa(cpu::cpu_isa()), algo(cpu::conv_algo()) {}
+  ~ScopedKernelChoice() {
+    cpu::set_cpu_isa(isa);
+    cpu::set_conv_algo(algo);
+  }
+  ScopedKernelChoice(const ScopedKernelChoice&) = delete;
+  ScopedKernelChoice& operator=(const ScopedKernelChoice&) = delete;
+  const cpu::Isa isa;
+  const cpu::ConvAlgo algo;
 };
 
 // A conv problem, and its description for failure messages.
