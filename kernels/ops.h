@@ -102,7 +102,8 @@ class OpTimer {
   bool on_;
   std::chrono::steady_clock::time_point t0_;
 };
-// The totals since the last call (or since profiling was turned on), longest first; resets them.
+// The totals since the last call, longest first; resets them. Turning profiling on does not
+// reset them: callers take (and drop) a profile first.
 std::vector<OpTime> take_profile();
 
 }  // namespace ops

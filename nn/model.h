@@ -36,9 +36,9 @@ class Model;
 
 // Eval-mode fusion on the CPU (Model::forward and infer, prune/infer.h): conv -> batchnorm
 // [-> ReLU] chains in which each later node is the only reader of the one before, the conv has
-// no ReLU of its own and neither the conv nor the batchnorm is the output. Per node: for the
-// conv heading a chain, the chain's last node (its batchnorm, or the ReLU after it); -1
-// elsewhere. Whether a chain runs as one convolution (Conv2d::forward_folded) is decided per
+// no ReLU of its own and is not the output (the batchnorm may be: then it ends the chain). Per
+// node: for the conv heading a chain, the chain's last node (its batchnorm, or the ReLU after
+// it); -1 elsewhere. Whether a chain runs as one convolution (Conv2d::forward_folded) is decided per
 // call by Conv2d::folds_batchnorm. The ONNX export folds the same batchnorms.
 std::vector<int> eval_fusion_chains(const Model& m);
 

@@ -24,6 +24,7 @@
 #include "tests/test_util.h"
 
 using namespace dnns;
+using dnns::testing::check_close;
 using dnns::testing::randn;
 using dnns::testing::conv;
 using dnns::testing::conv_str;
@@ -33,21 +34,6 @@ namespace {
 // Outputs start as NaN so a kernel that forgets to write (or accumulates into) one shows.
 std::vector<float> poisoned(int64_t n) {
   return std::vector<float>((size_t)n, std::numeric_limits<float>::quiet_NaN());
-}
-
-// Checks max|got - want| <= 1e-4 * max(1, max|want|); NaN in `got` fails.
-void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  double max_ref = 0.0, max_err = 0.0;
-  bool finite = true;
-  for (size_t i = 0; i < got.size(); ++i) {
-    max_ref = std::max(max_ref, (double)std::fabs(want[i]));
-    if (!std::isfinite(got[i])) finite = false;
-    max_err = std::max(max_err, (double)std::fabs(got[i] - want[i]));
-  }
-  INFO(what << ": max|cpu - ref| = " << max_err << ", max|ref| = " << max_ref);
-  CHECK(finite);
-  CHECK(max_err <= 1e-4 * std::max(1.0, max_ref));
 }
 
 double dot(const std::vector<float>& a, const std::vector<float>& b) {
@@ -195,12 +181,7 @@ TEST_CASE("cpu conv matches ref on chosen shapes") {
 TEST_CASE("every ISA path and convolution algorithm matches ref") {
   // (Winograd is forced on every 3x3 stride-1 pad-1 shape below, odd sizes included: F(4x4,
   // 3x3) from 8x8 images, F(2x2, 3x3) below, partial tiles at the bottom and right edges.)
-  struct Restore {
-    ~Restore() {
-      cpu::set_cpu_isa(cpu::best_cpu_isa());
-      cpu::set_conv_algo(cpu::ConvAlgo::Auto);
-    }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   const Conv2dParams direct_shapes[] = {
       conv(3, 37, 11, 13, 54, 3, 3, 1, 1),  // odd channels, 13 = 8 + 5 columns (masked tail)
       conv(2, 5, 8, 8, 7, 3, 3, 1, 1),      // rows of exactly 8; K = 7, not a multiple of 4
@@ -253,9 +234,7 @@ TEST_CASE("every ISA path and convolution algorithm matches ref") {
 }
 
 TEST_CASE("conv2d_forward_relu is relu(conv) on every path") {
-  struct Restore {
-    ~Restore() { cpu::set_conv_algo(cpu::ConvAlgo::Auto); }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   Rng rng(31);
   // A direct shape (ReLU in the kernel's output pass), a GEMM one (separate pass) and a
   // Winograd one (forced).
@@ -290,12 +269,7 @@ TEST_CASE("conv2d_forward_relu is relu(conv) on every path") {
 // and halve), F(4x4) within 1e-4 (measured 2.3e-5 on the 512-channel shape; its transforms
 // scale by up to 8 and 1/24; the direct kernels measure 2.3e-6 there).
 TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
-  struct Restore {
-    ~Restore() {
-      cpu::set_cpu_isa(cpu::best_cpu_isa());
-      cpu::set_conv_algo(cpu::ConvAlgo::Auto);
-    }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   const Conv2dParams shapes[] = {
       conv(2, 37, 7, 7, 54, 3, 3, 1, 1),    // odd channels, 7x7: half tiles at both edges
       conv(3, 54, 5, 9, 37, 3, 3, 1, 1),    // 5x9
@@ -398,12 +372,7 @@ TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
 // data from 16 summed channels and 128 tiles per call, the weight gradient on larger shapes,
 // only on a vector ISA), and conv_forward_scratch reports its buffers.
 TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
-  struct Restore {
-    ~Restore() {
-      cpu::set_cpu_isa(cpu::best_cpu_isa());
-      cpu::set_conv_algo(cpu::ConvAlgo::Auto);
-    }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   cpu::set_conv_algo(cpu::ConvAlgo::Auto);
   if (cpu::best_cpu_isa() != cpu::Isa::Generic) {
     const std::string all = std::string("winograd ") + cpu::isa_name(cpu::best_cpu_isa());
@@ -563,9 +532,7 @@ TEST_CASE("conv kernels refuse invalid shapes and handle an empty batch") {
 // one chunk and of several (sums carried over from chunk to chunk), stride 2, a 1x1 kernel on
 // a 1x1 image, batches of 1 to 4, bias, ReLU.
 TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on every ISA path") {
-  struct Restore {
-    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   const Conv2dParams shapes[] = {
       conv(1, 37, 4, 4, 13, 3, 3, 1, 1),    // 16 outputs, 13 filters: one block of 8 and one of 5
       conv(1, 64, 2, 2, 9, 3, 3, 1, 1),     // 4 outputs, padding reads half the patch as zero

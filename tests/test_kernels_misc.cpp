@@ -302,9 +302,7 @@ TEST_CASE("batchnorm: cpu matches ref (train forward, running stats over steps, 
 // reference pair and against the unfused composition (batchnorm, then ReLU; ReLU backward,
 // then batchnorm backward); masked elements get exactly zero gradient through the ReLU.
 TEST_CASE("batchnorm + ReLU fused: every ISA path matches ref and the unfused ops") {
-  struct Restore {
-    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   Rng rng(41);
   struct Shape {
     int N, C, HW;
@@ -706,4 +704,17 @@ TEST_CASE("op profile: counts and times every dispatched op while on, nothing wh
   CHECK(ops::take_profile().empty());     // take resets the totals
   CHECK(y[0] == -18.0f);  // every call did its work, timed or not: relu(-9) = 0, then += x twice
   CHECK(y[19] == 30.0f);  // relu(10) = 10, then += 10 twice
+
+  // Longest first, checked where the order by time differs from the order by name: a ReLU over
+  // 4 Mi floats outlasts an add of 20, whose name comes first (a profile left in name order
+  // fails this; above, two ops of a few floats each are in either order by chance).
+  Tensor big({int64_t(1) << 22}), big_y({int64_t(1) << 22});
+  for (int64_t i = 0; i < big.numel(); ++i) big[i] = float(i % 7) - 3.0f;
+  ops::set_profiling(true);
+  ops::add_forward(x, x, y);
+  ops::relu_forward(big, big_y);
+  ops::set_profiling(false);
+  const std::vector<ops::OpTime> q = ops::take_profile();
+  REQUIRE(q.size() == 2);
+  CHECK(q[0].ms >= q[1].ms);
 }

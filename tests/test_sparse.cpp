@@ -25,41 +25,20 @@
 #include "tests/test_util.h"
 
 using namespace dnns;
+using dnns::testing::check_close;
 using dnns::testing::randn;
 using dnns::testing::conv;
 using dnns::testing::conv_str;
 
 namespace {
 
-// A (rows, cols) weight with about `density` of its entries nonzero; rows listed in `empty`
-// have none.
+// A (rows, cols) standard-normal weight under a random_mask of `density`; rows listed in
+// `empty` are all zero.
 std::vector<float> masked_weight(Rng& rng, int rows, int cols, double density, const std::vector<int>& empty) {
-  std::vector<float> w((size_t)rows * cols, 0.0f);
-  for (int i = 0; i < rows; ++i) {
-    if (std::find(empty.begin(), empty.end(), i) != empty.end()) continue;
-    for (int j = 0; j < cols; ++j)
-      if (rng.uniform() < density) w[(size_t)i * cols + j] = rng.normal();
-  }
+  std::vector<float> w = testing::random_mask(rng, rows, cols, density, empty);
+  for (float& v : w)
+    if (v != 0.0f) v = rng.normal();
   return w;
-}
-
-double max_abs(const std::vector<float>& v) {
-  double m = 0.0;
-  for (float f : v) m = std::max(m, (double)std::fabs(f));
-  return m;
-}
-
-void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  double err = 0.0;
-  bool finite = true;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) finite = false;
-    err = std::max(err, (double)std::fabs(got[i] - want[i]));
-  }
-  INFO(what << ": max|got - want| = " << err << ", max|want| = " << max_abs(want));
-  CHECK(finite);
-  CHECK(err <= 1e-4 * std::max(1.0, max_abs(want)));
 }
 
 // Dense reference conv (+ optional ReLU) of the same weight: what sparse execution must equal.
@@ -111,7 +90,7 @@ TEST_CASE("sparse_from_dense keeps exactly the nonzeros and round-trips") {
 }
 
 TEST_CASE("sparse conv equals dense conv on odd shapes and sparsities from 50% to 99.9%") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   // N C H W K R S stride pad
   const Conv2dParams shapes[] = {
       conv(2, 37, 7, 7, 54, 3, 3, 2, 1),  // odd channels, strided, padded
@@ -136,9 +115,7 @@ TEST_CASE("sparse conv equals dense conv on odd shapes and sparsities from 50% t
 // run length from 1 to 40 vectors, so every pass size (1 to 12 vectors) and every split of a
 // run into balanced passes is taken, against the sum written out.
 TEST_CASE("sparse_grid on every ISA path: every run length and pass split") {
-  struct Restore {
-    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   Rng rng(41);
   const int nnz = 13, span = 700;
   const std::vector<float> X = randn(rng, span + 40 * 8 + 64);
@@ -171,10 +148,8 @@ TEST_CASE("sparse_grid on every ISA path: every run length and pass split") {
 // (10, 36 and 136 vectors a run), strides 1 and 2, 1x1, masks from 50% to 99.9% sparsity with
 // empty filters.
 TEST_CASE("sparse conv on every ISA path and schedule equals dense conv") {
-  struct Restore {
-    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
-  } restore;
-  set_num_threads(2);
+  const testing::ScopedKernelChoice restore;
+  const testing::ScopedThreads threads(2);
   const Conv2dParams shapes[] = {
       conv(1, 47, 8, 8, 17, 3, 3, 1, 1),    // batch 1, 8x8: planes by the caller
       conv(6, 22, 8, 8, 19, 3, 3, 1, 1),    // many images, 8x8
@@ -201,7 +176,7 @@ TEST_CASE("sparse conv on every ISA path and schedule equals dense conv") {
 // Runs prepared once (what a plan keeps) give the same bits as runs made per call; runs made
 // for another input size or another weight object are ignored, not misread.
 TEST_CASE("prepared sparse conv runs: same result, ignored when made for another shape or weight") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Rng rng(77);
   for (const Conv2dParams& p : {conv(2, 11, 9, 9, 7, 3, 3, 1, 1), conv(1, 6, 12, 10, 5, 3, 3, 2, 1)}) {
     CAPTURE(conv_str(p));
@@ -232,7 +207,7 @@ TEST_CASE("prepared sparse conv runs: same result, ignored when made for another
 }
 
 TEST_CASE("sparse conv of a layer with no nonzero is its bias (then ReLU)") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   const Conv2dParams p = conv(2, 37, 7, 7, 54, 3, 3, 2, 1);
   check_sparse_conv(p, 0.0, {}, true, false, 7);
   check_sparse_conv(p, 0.0, {}, true, true, 8);
@@ -240,7 +215,7 @@ TEST_CASE("sparse conv of a layer with no nonzero is its bias (then ReLU)") {
 }
 
 TEST_CASE("sparse linear equals dense linear, batch 1 to 37") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   uint64_t seed = 200;
   for (int N : {1, 3, 37})
     for (double d : {0.5, 0.1, 0.01, 0.0}) {
@@ -319,7 +294,7 @@ void check_logits_close(const Tensor& got, const Tensor& want, const std::string
 }  // namespace
 
 TEST_CASE("a compact ResNet-20 run sparse, dense and auto gives the same logits") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Rng rng(11);
   Model c = compact_resnet(rng);
   int tables = 0, convs = 0;
@@ -374,7 +349,7 @@ TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
   e.always = true;
   CHECK(e.runs_sparse(128));
 
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Model m = testing::every_kind_model();
   Rng rng(4);
   testing::random_masks(m, rng, 0.0f, 0.3f);
@@ -399,7 +374,7 @@ TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
 #include "prune/shifter.h"
 
 TEST_CASE("inference_memory counts the plan's sparse copies and the sparse kernels' scratch") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   // input (1, 3, 8, 8) -> conv 3->4 3x3 pad 1 -> relu -> flatten -> linear 256->10, all weights
   // nonzero (as initialised)
   Model m;
@@ -436,7 +411,7 @@ TEST_CASE("inference_memory counts the plan's sparse copies and the sparse kerne
 }
 
 TEST_CASE("the shifter's packed variants run with their plan; residency counts the sparse copies") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Rng rng(12);
   LoadedPortfolio lp;
   lp.dir = "(memory)";

@@ -32,38 +32,11 @@
 using namespace dnns;
 using dnns::testing::conv;
 using dnns::testing::conv_str;
+using dnns::testing::check_close;
+using dnns::testing::random_mask;
 using dnns::testing::randn;
 
 namespace {
-
-// A (rows, cols) 0/1 mask keeping about `density` of the entries; rows in `empty` keep none.
-std::vector<float> random_mask(Rng& rng, int rows, int cols, double density, const std::vector<int>& empty) {
-  std::vector<float> m(size_t(rows) * cols, 0.0f);
-  for (int i = 0; i < rows; ++i) {
-    if (std::find(empty.begin(), empty.end(), i) != empty.end()) continue;
-    for (int j = 0; j < cols; ++j) m[size_t(i) * cols + j] = rng.uniform() < density ? 1.0f : 0.0f;
-  }
-  return m;
-}
-
-double max_abs(const std::vector<float>& v) {
-  double m = 0.0;
-  for (float f : v) m = std::max(m, double(std::fabs(f)));
-  return m;
-}
-
-void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  double err = 0.0;
-  bool finite = true;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) finite = false;
-    err = std::max(err, double(std::fabs(got[i] - want[i])));
-  }
-  INFO(what << ": max|got - want| = " << err << ", max|want| = " << max_abs(want));
-  CHECK(finite);
-  CHECK(err <= 1e-4 * std::max(1.0, max_abs(want)));
-}
 
 // One masked conv: sparse forward, dx and dw against ref's dense kernels on the masked weight.
 void check_conv(const Conv2dParams& p, double density, const std::vector<int>& empty, uint64_t seed) {
@@ -123,9 +96,7 @@ TEST_CASE("sparse conv training kernels match the dense reference") {
       {conv(2, 3, 4, 4, 2, 3, 3, 1, 3), {}},         // padding larger than the kernel
   };
   // On every instruction-set path this CPU has (the weight gradient's dot kernels are built per ISA).
-  struct Restore {
-    ~Restore() { cpu::set_cpu_isa(cpu::best_cpu_isa()); }
-  } restore;
+  const testing::ScopedKernelChoice restore;
   for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
     cpu::set_cpu_isa((cpu::Isa)isa);
     INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)));
@@ -144,14 +115,12 @@ TEST_CASE("sparse conv weight gradient: bit-identical at a fixed thread count, c
   const std::vector<float> x = randn(rng, int64_t(p.N) * p.C * 81), dy = randn(rng, int64_t(p.N) * p.K * 81);
   SparseTrainPattern pat = sparse_train_pattern(mask.data(), p.K, p.C, 3, 3);
   std::vector<float> dw1(mask.size()), dw2(mask.size());
-  const int threads = num_threads();
-  set_num_threads(1);
+  const testing::ScopedThreads threads(1);
   cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw1.data(), nullptr);
   set_num_threads(3);
   cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw2.data(), nullptr);
   std::vector<float> dw3(mask.size());
   cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw3.data(), nullptr);
-  set_num_threads(threads);
   check_close(dw2, dw1, "1 thread against 3");
   CHECK(dw3 == dw2);  // the image parts are summed in a fixed order, whichever thread ran them
 }
@@ -209,6 +178,56 @@ TEST_CASE("the gather refuses a weight that left its mask pattern") {
   CHECK_THROWS_WITH(sparse_train_gather(pat, w.data(), 4, "fc"), doctest::Contains("holds 4 values"));
   w[5] = NAN;
   CHECK_THROWS_WITH(sparse_train_gather(pat, w.data(), 6, "fc"), doctest::Contains("is not finite"));
+}
+
+TEST_CASE("the sparse-training ops refuse a pattern of another shape and the reference backend") {
+  const Conv2dParams p = conv(2, 3, 6, 6, 4, 3, 3, 1, 1);
+  Rng rng(21);
+  const std::vector<float> mask = random_mask(rng, p.K, p.C * 9, 0.3);
+  SparseTrainPattern pat = sparse_train_pattern(mask.data(), p.K, p.C, 3, 3);
+  Tensor x({p.N, p.C, p.H, p.W}), dy({p.N, p.K, p.P(), p.Q()}), dw({p.K, p.C, 3, 3}), db({p.K}), dx(x.shape());
+  // a pattern made for another weight: the op names itself and both shapes
+  Conv2dParams q = p;
+  q.C = 5;
+  Tensor x5({q.N, q.C, q.H, q.W}), dw5({q.K, q.C, 3, 3});
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_weights(q, x5, dy, pat, dw5, db),
+                    doctest::Contains("sparse_conv2d_backward_weights: the sparse-training pattern is of a (4, 3, 3, 3) "
+                                      "weight, the layer's is (4, 5, 3, 3)"));
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_data(q, dy, pat, x5),
+                    doctest::Contains("sparse_conv2d_backward_data: the sparse-training pattern is of a"));
+  Tensor lx({2, 7}), ldy({2, 4}), ldw({4, 7}), lb({4});
+  CHECK_THROWS_WITH(ops::sparse_linear_backward_weights(lx, ldy, pat, ldw, lb),
+                    doctest::Contains("sparse_linear_backward_weights: the sparse-training pattern is of a"));
+  // a weight-gradient tensor of the wrong shape
+  Tensor dw_bad({p.K, p.C, 3, 1});
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_weights(p, x, dy, pat, dw_bad, db),
+                    doctest::Contains("sparse_conv2d_backward_weights weight gradient"));
+  ops::sparse_conv2d_backward_weights(p, x, dy, pat, dw, db);  // the right shapes pass
+
+  // Under the reference backend the ops refuse (they have no reference version) and the
+  // plan trains every layer dense, so a training run never reaches them there.
+  struct Restore {
+    ~Restore() { set_cpu_backend(CpuBackend::Optimized); }
+  } restore;
+  set_cpu_backend(CpuBackend::Reference);
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_weights(p, x, dy, pat, dw, db),
+                    doctest::Contains("sparse_conv2d_backward_weights: no reference version"));
+  CHECK_THROWS_WITH(ops::sparse_conv2d_backward_data(p, dy, pat, dx), doctest::Contains("no reference version"));
+  Model m = dnns::testing::every_kind_model();
+  dnns::testing::random_masks(m, rng, 0.0f, 0.1f);
+  for (const TrainLayerExecution& e : plan_training_execution(m, Execution::Sparse)) {
+    CAPTURE(e.node);
+    CHECK(!e.sparse);
+  }
+  set_cpu_backend(CpuBackend::Optimized);
+  int planned_sparse = 0;
+  for (const TrainLayerExecution& e : plan_training_execution(m, Execution::Sparse)) planned_sparse += e.sparse;
+  CHECK(planned_sparse == 3);  // c1, c2, fc: the same model does train sparse under the optimized backend
+
+  // a mask of another shape than its weight is refused by name
+  m.masks["c2.weight"] = Tensor::full({4, 6, 3, 1}, 1.0f);
+  CHECK_THROWS_WITH(plan_training_execution(m, Execution::Auto),
+                    doctest::Contains("plan_training_execution: the mask of 'c2.weight' has shape"));
 }
 
 namespace {

@@ -199,15 +199,15 @@ TEST_CASE("learning-rate schedules") {
 // there (counted with the op profile).
 namespace {
 
-// conv1 -> bn1 -> relu1 -> conv2 -> bn2 -> {relu2, add}, add(relu2, bn2) -> conv3 -> bn3 -> relu3
-// -> gap -> fc: bn1 and bn3 have a ReLU as only reader, bn2 two readers.
+// conv1 -> bn1 -> relu1 -> conv2 (bias) -> bn2 -> {relu2, add}, add(relu2, bn2) -> conv3 -> bn3
+// -> relu3 -> gap -> fc: bn1 and bn3 have a ReLU as only reader, bn2 two readers.
 Model fusion_net() {
     Model m;
     int x = m.add_input({3, 8, 8});
     x = m.add("conv1", std::make_unique<Conv2d>(3, 8, 3, 3, 1, 1, false), {x});
     x = m.add("bn1", std::make_unique<BatchNorm2d>(8), {x});
     x = m.add("relu1", std::make_unique<ReLU>(), {x});  // fused: bn1's only reader
-    x = m.add("conv2", std::make_unique<Conv2d>(8, 8, 3, 3, 1, 1, false), {x});
+    x = m.add("conv2", std::make_unique<Conv2d>(8, 8, 3, 3, 1, 1, true), {x});  // a bias for the fold to carry
     const int bn2 = m.add("bn2", std::make_unique<BatchNorm2d>(8), {x});
     const int relu2 = m.add("relu2", std::make_unique<ReLU>(), {bn2});  // not fused: bn2 has two readers
     x = m.add("add", std::make_unique<Add>(), {relu2, bn2});
@@ -386,6 +386,12 @@ TEST_CASE("eval fusion: conv -> batchnorm [-> ReLU] chains run as one convolutio
     fused.backward(d);
     sgd.step(fused, 0.1f);
   }
+  // A conv bias before a batchnorm learns next to nothing (the batchnorm removes the mean): set
+  // conv2's, so that the fold's bias term (b - mean) * s is checked.
+  {
+    Tensor& b2 = static_cast<Conv2d&>(*fused.nodes()[size_t(fused.find("conv2"))].layer).bias.value;
+    for (int64_t k = 0; k < b2.numel(); ++k) b2[k] = rng.normal(0.0f, 0.5f);
+  }
   {
     auto from = fused.state(), to = apart.state();  // same graph: same names in the same order
     REQUIRE(from.size() == to.size());
@@ -402,6 +408,10 @@ TEST_CASE("eval fusion: conv -> batchnorm [-> ReLU] chains run as one convolutio
   CHECK(calls_infer == calls);
   ya = apart.forward(x, false);
   yi_apart = infer(apart, x);
+  // A clone keeps the setting: the copy of `apart` runs every batchnorm on its own too.
+  Model apart_copy = apart.clone();
+  CHECK(op_calls([&] { apart_copy.forward(x, false); }).at("batchnorm_forward_eval") == 3);
+  CHECK(op_calls([&] { infer(apart_copy, x); }).at("batchnorm_forward_eval") == 3);
   const std::vector<float> f = yf.to_vector(), a = ya.to_vector(), i = yi.to_vector(), ia = yi_apart.to_vector();
   REQUIRE(f.size() == a.size());
   for (size_t k = 0; k < f.size(); ++k) {

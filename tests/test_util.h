@@ -19,6 +19,8 @@
 #include "core/batch.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/threading.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/params.h"
 #include "nn/model.h"
 #include "nn/models/zoo.h"
@@ -151,6 +153,32 @@ inline int wait_exit(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// Sets the worker thread count for a scope and puts the previous one back at its end, also when
+// an assertion ends the test case early: a test that pins the count does not leak it into the
+// test cases after it in the same program.
+struct ScopedThreads {
+  explicit ScopedThreads(int n) : saved(num_threads()) { set_num_threads(n); }
+  ~ScopedThreads() { set_num_threads(saved); }
+  ScopedThreads(const ScopedThreads&) = delete;
+  ScopedThreads& operator=(const ScopedThreads&) = delete;
+  const int saved;
+};
+
+// Puts the CPU kernels' instruction-set path and convolution algorithm back as they were at
+// scope end: a test that walks the ISA paths or forces an algorithm does not leak its choice
+// into the test cases after it, also when an assertion ends it early.
+struct ScopedKernelChoice {
+  ScopedKernelChoice() : isa(cpu::cpu_isa()), algo(cpu::conv_algo()) {}
+  ~ScopedKernelChoice() {
+    cpu::set_cpu_isa(isa);
+    cpu::set_conv_algo(algo);
+  }
+  ScopedKernelChoice(const ScopedKernelChoice&) = delete;
+  ScopedKernelChoice& operator=(const ScopedKernelChoice&) = delete;
+  const cpu::Isa isa;
+  const cpu::ConvAlgo algo;
+};
+
 // A conv problem, and its description for failure messages.
 inline Conv2dParams conv(int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
   Conv2dParams p;
@@ -178,7 +206,6 @@ inline float logit_scale(const Tensor& logits) {
   return s;
 }
 
-// (n, C, H, W) standard-normal images.
 // n floats drawn from N(mean, stddev^2).
 inline std::vector<float> randn(Rng& rng, int64_t n, float mean = 0.0f, float stddev = 1.0f) {
   std::vector<float> v(static_cast<size_t>(n));
@@ -186,6 +213,34 @@ inline std::vector<float> randn(Rng& rng, int64_t n, float mean = 0.0f, float st
   return v;
 }
 
+// A (rows, cols) 0/1 mask keeping each entry with probability `density`; rows listed in
+// `empty` keep none (dead filters).
+inline std::vector<float> random_mask(Rng& rng, int rows, int cols, double density, const std::vector<int>& empty = {}) {
+  std::vector<float> m(size_t(rows) * size_t(cols), 0.0f);
+  for (int i = 0; i < rows; ++i) {
+    if (std::find(empty.begin(), empty.end(), i) != empty.end()) continue;
+    for (int j = 0; j < cols; ++j) m[size_t(i) * cols + j] = rng.uniform() < density ? 1.0f : 0.0f;
+  }
+  return m;
+}
+
+// Kernel results against ground truth: max|got - want| <= 1e-4 * max(1, max|want|) (float sums
+// in another order than the reference's double accumulation), and no NaN or Inf in `got`.
+inline void check_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  double max_want = 0.0, err = 0.0;
+  bool finite = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    max_want = std::max(max_want, double(std::fabs(want[i])));
+    if (!std::isfinite(got[i])) finite = false;
+    err = std::max(err, double(std::fabs(got[i] - want[i])));
+  }
+  INFO(what << ": max|got - want| = " << err << ", max|want| = " << max_want);
+  CHECK(finite);
+  CHECK(err <= 1e-4 * std::max(1.0, max_want));
+}
+
+// (n, C, H, W) standard-normal images.
 inline Tensor random_images(int64_t n, const Shape& chw, Rng& rng) {
   Tensor x({n, chw[0], chw[1], chw[2]});
   for (int64_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();

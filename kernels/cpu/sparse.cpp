@@ -1,14 +1,10 @@
 // Optimized sparse kernels (contract in kernels/sparse.h; tested against kernels/ref/sparse.cpp).
 //
-// Direct sparse convolution, vectorised over output pixels. The input is first rewritten, per
-// image, as zero-padded "phase planes" (only those some nonzero reads): for stride st, phase (a, b) of channel c holds the
-// padded pixels at rows st*i + a and columns st*j + b, a (Hph, Wph) plane. In that layout the
-// tap (r, s) of output pixel (p, q) is the phase (r % st, s % st) pixel (p + r/st, q + s/st),
-// so for one nonzero weight the whole output plane, read row after row with row length Wph,
-// is a single run of the phase plane starting at a fixed offset:
+// Direct sparse convolution, vectorised over output pixels, on the input's phase planes
+// (kernels/cpu/sparse_phases.h): for one nonzero weight the whole output plane, read row after
+// row with row length Wph, is a single run of the phase planes starting at a fixed offset:
 //
-//   grid[p*Wph + q] += w * X[offset(c, r, s) + p*Wph + q]     offset = ((c*st*st + (r%st)*st
-//                                                              + s%st) * Hph + r/st) * Wph + s/st
+//   grid[p*Wph + q] += w * X[offset(c, r, s) + p*Wph + q]
 //
 // One filter's output is then a sparse row times a dense matrix whose "rows" are shifted
 // windows of X: per chunk of 64 grid positions the accumulators stay in registers while the
@@ -20,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
@@ -28,18 +25,10 @@
 #include "core/threading.h"
 #include "kernels/cpu/gemm_util.h"
 #include "kernels/cpu/rows.h"
+#include "kernels/cpu/sparse_phases.h"
 #include "kernels/sparse.h"
 
 namespace dnns::cpu {
-
-// Where one conv's nonzeros read in an image's phase planes.
-struct PhaseLayout {
-  int st = 1, phases = 0, Hph = 0, Wph = 0, plane = 0;
-  std::vector<int> slot;  // (st*st) phase (a, b)'s place among the built phases, -1: unused
-  int64_t image = 0;      // floats of one image's phase planes (C, phases, Hph, Wph)
-  int L = 0;              // grid positions computed per filter: a multiple of kLanes
-  int64_t slack = 0;      // floats after the last image the runs may read
-};
 
 // A conv's runs made once (prepare_sparse_conv2d): the layout and the run offsets of the
 // weight whose columns live at `col`.
@@ -80,11 +69,40 @@ constexpr int64_t kSerialPlanes = int64_t(1) << 14;
 constexpr int64_t kGroupFloats = int64_t(2) << 20;  // 8 MiB
 
 
-// Only the phases some nonzero reads are built (a strided 1x1 conv reads one of four).
-// offset (nnz) receives where each nonzero's run starts in an image's phase planes. Called
-// on every forward, so no division per column or nonzero: per tap (r, s) tables, then one
-// lookup per nonzero.
-PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* offset) {
+// How a call shares out its work:
+//   Serial        a small call (about 5 us of multiply-adds) runs on the calling thread:
+//                 handing it to the pool costs more than it saves;
+//   PerImage      enough images for every thread: one task per image builds its phase planes
+//                 in the thread's scratch (slot 1) and runs every filter on them;
+//   SharedPlanes  few images: their phase planes are built first into one buffer of the call,
+//                 then tasks of (image, block of filters) share them.
+enum class Schedule { Serial, PerImage, SharedPlanes };
+Schedule schedule(const Conv2dParams& p, const SparseRows& w, const PhaseLayout& g) {
+  if (w.nnz() * g.L * int64_t(p.N) < kSerialWork) return Schedule::Serial;
+  return p.N >= 2 * num_threads() ? Schedule::PerImage : Schedule::SharedPlanes;
+}
+int images_per_group(const Conv2dParams& p, const PhaseLayout& g) {  // SharedPlanes: images per buffer
+  return (int)std::clamp<int64_t>(kGroupFloats / std::max<int64_t>(1, g.image), 1, std::max(1, p.N));
+}
+
+// Filters [k0, k1) of one image from its phase planes Xi -> y_n (K, P, Q).
+void filters_of_image(SparseGrid sparse_grid, const Conv2dParams& p, const PhaseLayout& g, const SparseRows& w,
+                      const int32_t* offset, const float* b, bool relu, const float* Xi, int k0, int k1, float* grid,
+                      float* y_n) {
+  const int P = p.P(), Q = p.Q();
+  for (int k = k0; k < k1; ++k) {
+    const int64_t j0 = w.row_start[k], nnz = w.row_start[k + 1] - j0;
+    sparse_grid(w.value.data() + j0, offset + j0, nnz, Xi, g.L, b ? b[k] : 0.0f, relu, grid);
+    float* yk = y_n + int64_t(k) * P * Q;  // (P, Q)
+    for (int oh = 0; oh < P; ++oh) std::memcpy(yk + int64_t(oh) * Q, grid + int64_t(oh) * g.Wph, sizeof(float) * Q);
+  }
+}
+
+}  // namespace
+
+// Called on every forward that was not prepared, so no division per column or nonzero: per tap
+// (r, s) tables, then one lookup per nonzero.
+PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* offset, const char* op) {
   const int R = p.R, S = p.S, RS = R * S, CRS = p.C * RS;
   PhaseLayout g;
   g.st = p.stride;
@@ -104,7 +122,7 @@ PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* of
   g.image = int64_t(p.C) * g.phases * g.plane;
   g.L = round_up((p.P() - 1) * g.Wph + p.Q(), kLanes);
   g.slack = g.L + kChunk;
-  check(g.image + g.slack < INT32_MAX, "sparse_conv2d_forward: input too large for the kernel");
+  check(g.image + g.slack < INT32_MAX, [&] { return std::string(op) + ": input too large for the kernel"; });
   // Where tap (r, s) starts within its channel's phase planes (unused phases: 0, never read),
   // then the run offset of every column (c, r, s): channel c's planes start c * phases * plane.
   std::vector<int32_t> tap(static_cast<size_t>(RS));
@@ -120,9 +138,6 @@ PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* of
   return g;
 }
 
-// One image's phase planes: element (i, j) of phase (a, b) of channel c is the padded input
-// pixel (st*i + a, st*j + b), zero outside the image. x (C, H, W) -> dst (C, phases, Hph, Wph),
-// channels [c0, c1) only.
 void phase_planes(const Conv2dParams& p, const PhaseLayout& g, const float* x, int c0, int c1, float* dst) {
   const int H = p.H, W = p.W, st = g.st, pad = p.pad, Wph = g.Wph;
   if (st == 1 && g.phases == 1) {  // the zero-padded image: the direct kernels' padded copy
@@ -157,37 +172,6 @@ void phase_planes(const Conv2dParams& p, const PhaseLayout& g, const float* x, i
   }
 }
 
-// How a call shares out its work:
-//   Serial        a small call (about 5 us of multiply-adds) runs on the calling thread:
-//                 handing it to the pool costs more than it saves;
-//   PerImage      enough images for every thread: one task per image builds its phase planes
-//                 in the thread's scratch (slot 1) and runs every filter on them;
-//   SharedPlanes  few images: their phase planes are built first into one buffer of the call,
-//                 then tasks of (image, block of filters) share them.
-enum class Schedule { Serial, PerImage, SharedPlanes };
-Schedule schedule(const Conv2dParams& p, const SparseRows& w, const PhaseLayout& g) {
-  if (w.nnz() * g.L * int64_t(p.N) < kSerialWork) return Schedule::Serial;
-  return p.N >= 2 * num_threads() ? Schedule::PerImage : Schedule::SharedPlanes;
-}
-int images_per_group(const Conv2dParams& p, const PhaseLayout& g) {  // SharedPlanes: images per buffer
-  return (int)std::clamp<int64_t>(kGroupFloats / std::max<int64_t>(1, g.image), 1, std::max(1, p.N));
-}
-
-// Filters [k0, k1) of one image from its phase planes Xi -> y_n (K, P, Q).
-void filters_of_image(SparseGrid sparse_grid, const Conv2dParams& p, const PhaseLayout& g, const SparseRows& w,
-                      const int32_t* offset, const float* b, bool relu, const float* Xi, int k0, int k1, float* grid,
-                      float* y_n) {
-  const int P = p.P(), Q = p.Q();
-  for (int k = k0; k < k1; ++k) {
-    const int64_t j0 = w.row_start[k], nnz = w.row_start[k + 1] - j0;
-    sparse_grid(w.value.data() + j0, offset + j0, nnz, Xi, g.L, b ? b[k] : 0.0f, relu, grid);
-    float* yk = y_n + int64_t(k) * P * Q;  // (P, Q)
-    for (int oh = 0; oh < P; ++oh) std::memcpy(yk + int64_t(oh) * Q, grid + int64_t(oh) * g.Wph, sizeof(float) * Q);
-  }
-}
-
-}  // namespace
-
 std::shared_ptr<const SparseConvRuns> prepare_sparse_conv2d(const Conv2dParams& p, const SparseRows& w) {
   check_conv_params(p, "prepare_sparse_conv2d");
   auto r = std::make_shared<SparseConvRuns>();
@@ -195,7 +179,7 @@ std::shared_ptr<const SparseConvRuns> prepare_sparse_conv2d(const Conv2dParams& 
   r->col = w.col.data();
   r->nnz = w.nnz();
   r->offset.resize(size_t(std::max<int64_t>(1, w.nnz())));
-  r->g = phase_layout(p, w, r->offset.data());
+  r->g = phase_layout(p, w, r->offset.data(), "prepare_sparse_conv2d");
   return r;
 }
 
@@ -222,7 +206,7 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
   PhaseLayout own_g;
   if (!prepared) {
     own.reset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);
-    own_g = phase_layout(p, w, own.get());
+    own_g = phase_layout(p, w, own.get(), "sparse_conv2d_forward");
   }
   const PhaseLayout& g = prepared ? runs->g : own_g;
   const int32_t* offset = prepared ? runs->offset.data() : own.get();
@@ -275,7 +259,7 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
 SparseScratch sparse_conv2d_forward_scratch(const Conv2dParams& p, const SparseRows& w) {
   check_conv_params(p, "sparse_conv2d_forward_scratch");
   std::vector<int32_t> offset(size_t(std::max<int64_t>(1, w.nnz())));
-  const PhaseLayout g = phase_layout(p, w, offset.data());
+  const PhaseLayout g = phase_layout(p, w, offset.data(), "sparse_conv2d_forward_scratch");
   SparseScratch s;
   s.slot0 = g.L;
   // the run offsets, and phase_layout's table of the columns

@@ -1,12 +1,10 @@
 // Sparse training kernels (contract in kernels/cpu/sparse_train.h; tested against the dense
 // kernels in tests/test_sparse_train.cpp).
 //
-// The weight gradient reads the input in the layout the sparse forward uses: per image,
-// zero-padded "phase planes" (for stride st, phase (a, b) of channel c holds the padded
-// pixels at rows st*i + a and columns st*j + b, a (Hph, Wph) plane), where the tap (r, s) of
-// output pixel (p, q) is the phase (r % st, s % st) pixel (p + r/st, q + s/st). With dy laid
-// out as a grid of rows of length Wph (zeros in columns q >= Q), each nonzero's gradient is
-// one dot product of the filter's dy grid with a run of the phase planes:
+// The weight gradient reads the input in the layout the sparse forward uses, the phase planes
+// of kernels/cpu/sparse_phases.h, where each nonzero (c, r, s) reads one run of an image's
+// planes. With dy laid out as a grid of rows of length Wph (zeros in columns q >= Q), each
+// nonzero's gradient is one dot product of the filter's dy grid with that run:
 //
 //   dw[k, c, r, s] += sum over t < L of G[k, t] * X[offset(c, r, s) + t]
 //
@@ -24,6 +22,7 @@
 #include "core/threading.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/rows.h"
+#include "kernels/cpu/sparse_phases.h"
 
 namespace dnns {
 
@@ -221,65 +220,27 @@ void sparse_conv2d_backward_weights(const Conv2dParams& p, const float* x, const
   check(pat.K == p.K && pat.C == p.C && pat.R == p.R && pat.S == p.S,
         "sparse_conv2d_backward_weights: the pattern's weight shape differs from the convolution's");
   const SparseRows& w = pat.w;
-  const int N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P(), Q = p.Q();
-  const int st = p.stride, pad = p.pad;
-  const int Hph = (H + 2 * pad + st - 1) / st, Wph = (W + 2 * pad + st - 1) / st;
-  // Only the phases some tap reads are built (a strided 1x1 conv reads one of st*st).
-  std::vector<int> slot(size_t(st) * st, -1);  // (st*st) phase (a, b)'s place among the built ones
-  for (int r = 0; r < R; ++r)
-    for (int s = 0; s < S; ++s) slot[size_t((r % st) * st + s % st)] = 0;
-  int phases = 0;
-  for (int& sl : slot)
-    if (sl == 0) sl = phases++;
-  const int64_t plane = int64_t(Hph) * Wph, image = int64_t(C) * phases * plane;
-  const int L = round_up((P - 1) * Wph + Q, 8);
-  check(image + L < INT32_MAX, "sparse_conv2d_backward_weights: input too large for the kernel");
-  std::vector<int32_t> off(size_t(std::max<int64_t>(1, w.nnz())));  // (nnz) where each tap's run starts
-  for (int64_t j = 0; j < w.nnz(); ++j) {
-    const int col = w.col[j], c = col / (R * S), r = col / S % R, s = col % S;
-    const int ph = slot[size_t((r % st) * st + s % st)];
-    off[size_t(j)] = int32_t(((int64_t(c) * phases + ph) * Hph + r / st) * Wph + s / st);
-  }
+  const int N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, P = p.P(), Q = p.Q();
+  // The input as the sparse forward reads it: only the phases some nonzero reads are built.
+  std::vector<int32_t> off(size_t(std::max<int64_t>(1, w.nnz())));  // (nnz) where each nonzero's run starts
+  const PhaseLayout g = phase_layout(p, w, off.data(), "sparse_conv2d_backward_weights");
+  const int L = g.L;
   const auto row_dots = sparse_train_kernels().row_dots;
   // Images in T fixed parts, each summed into its own accumulators, then the parts in order:
   // the result does not depend on which thread ran what.
   const int T = std::max(1, std::min(N, num_threads()));
   std::vector<float> acc(size_t(T) * std::max<int64_t>(1, w.nnz()), 0.0f);  // (T, nnz)
   parallel_for(0, T, 1, [&](int t0, int t1) {
-    std::vector<float> X(size_t(image + L), 0.0f);  // (C, st*st, Hph, Wph) + a zero tail
-    std::vector<float> G(size_t(K) * L, 0.0f);      // (K, L) dy of one image, rows of length Wph
+    std::vector<float> X(size_t(g.image + g.slack), 0.0f);  // (C, phases, Hph, Wph) + a zero slack
+    std::vector<float> G(size_t(K) * L, 0.0f);               // (K, L) dy of one image, rows of length Wph
     for (int part = t0; part < t1; ++part) {
       float* a = acc.data() + size_t(part) * std::max<int64_t>(1, w.nnz());
       for (int n = int(int64_t(N) * part / T); n < int(int64_t(N) * (part + 1) / T); ++n) {
-        const float* xn = x + int64_t(n) * C * H * W;  // (C, H, W)
-        for (int c = 0; c < C; ++c)
-          for (int ra = 0; ra < st; ++ra)
-            for (int cb = 0; cb < st; ++cb) {
-              const int ph = slot[size_t(ra * st + cb)];
-              if (ph < 0) continue;
-              float* dst = X.data() + (int64_t(c) * phases + ph) * plane;  // (Hph, Wph)
-              // columns j reading input column v = j*st + cb - pad inside [0, W): [lo, hi)
-              const int lo = std::min(Wph, std::max(0, (pad - cb + st - 1) / st));
-              const int hi = std::max(lo, std::min(Wph, (W + pad - cb + st - 1) / st));
-              for (int i = 0; i < Hph; ++i) {
-                const int h = i * st + ra - pad;
-                float* row = dst + int64_t(i) * Wph;  // (Wph)
-                if (h < 0 || h >= H) {
-                  std::fill(row, row + Wph, 0.0f);
-                  continue;
-                }
-                const float* xr = xn + (int64_t(c) * H + h) * W;  // (W)
-                std::fill(row, row + lo, 0.0f);
-                if (st == 1) std::memcpy(row + lo, xr + lo + cb - pad, sizeof(float) * (hi - lo));
-                else
-                  for (int j = lo; j < hi; ++j) row[j] = xr[j * st + cb - pad];
-                std::fill(row + hi, row + Wph, 0.0f);
-              }
-            }
+        phase_planes(p, g, x + int64_t(n) * C * H * W, 0, C, X.data());
         for (int k = 0; k < K; ++k) {
           const float* d = dy + (int64_t(n) * K + k) * P * Q;  // (P, Q)
-          float* g = G.data() + int64_t(k) * L;               // (L)
-          for (int pp = 0; pp < P; ++pp) std::memcpy(g + int64_t(pp) * Wph, d + int64_t(pp) * Q, sizeof(float) * Q);
+          float* gk = G.data() + int64_t(k) * L;              // (L)
+          for (int pp = 0; pp < P; ++pp) std::memcpy(gk + int64_t(pp) * g.Wph, d + int64_t(pp) * Q, sizeof(float) * Q);
         }
         for (int k = 0; k < K; ++k) {
           const int64_t j0 = w.row_start[k];
