@@ -161,7 +161,8 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
           c.batch = le.batch;
           std::tie(c.dense_ms, c.sparse_ms) =
               measure(*node.layer, *pl.exec, forced, le.input_shape, shapes[bi][i], runs);
-          c.sparse = c.sparse_ms < c.dense_ms;
+          const int64_t form = forced->weight.bytes() + (forced->runs ? cpu::sparse_conv_runs_bytes(*forced->runs) : 0);
+          c.sparse = auto_runs_sparse(c.dense_ms, c.sparse_ms, form, pl.weight->numel() * int64_t(sizeof(float)));
         }
         le.sparse = c.sparse;
         le.dense_ms = c.dense_ms;
@@ -185,6 +186,11 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
     else if (mode == Execution::Sparse || any_sparse || !fresh->choices.empty()) *pl.exec = fresh;
   }
   return plan;
+}
+
+bool auto_runs_sparse(double dense_ms, double sparse_ms, int64_t sparse_form_bytes, int64_t dense_weight_bytes) {
+  if (sparse_form_bytes > dense_weight_bytes) return sparse_ms * kBulkySparseMargin < dense_ms;
+  return sparse_ms < dense_ms;
 }
 
 int64_t sparse_execution_bytes(const Model& m) {

@@ -55,6 +55,17 @@ struct ExecutionPlan {
 // rebuilt first (release again after planning). Returns what was planned, for printing.
 ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t>& batches, int runs = 3);
 
+// Auto's choice for one layer and batch from its measured times: the faster one, except that a
+// sparse form larger than the dense weight (above about a third of the weights left: 12 bytes a
+// nonzero against 4 a weight) must measure kBulkySparseMargin times faster. Memory for speed,
+// on purpose: a ready variant holds that form beside the weight (or instead of it), up to 3x
+// the layer's weight bytes, and gains of 5-20% at such densities come and go from one plan to
+// the next (the quick start's dense level 0 planned 6 to 12 of 22 layers sparse at batch 1).
+// Measured on that portfolio (README): level 0 at batch 1 0.89 -> 1.01 ms, the shifter's ready
+// variants 104% -> 68% of the dense ensemble.
+constexpr double kBulkySparseMargin = 1.25;
+bool auto_runs_sparse(double dense_ms, double sparse_ms, int64_t sparse_form_bytes, int64_t dense_weight_bytes);
+
 // A text table of a plan: layer, weight shape, density, batch, chosen execution, measured times.
 std::string execution_plan_table(const ExecutionPlan& p);
 

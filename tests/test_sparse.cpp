@@ -339,6 +339,19 @@ TEST_CASE("a compact ResNet-20 run sparse, dense and auto gives the same logits"
   CHECK(testing::same_bits(infer(c, x), dense));
 }
 
+// Auto's rule: the faster one, except that a sparse form bigger than the dense weight must be
+// kBulkySparseMargin times faster.
+TEST_CASE("auto runs a layer sparse when it measured faster, by a margin when its form is bigger") {
+  CHECK(auto_runs_sparse(1.0, 0.9, 100, 400));    // small form: any gain
+  CHECK_FALSE(auto_runs_sparse(1.0, 1.1, 100, 400));
+  CHECK_FALSE(auto_runs_sparse(1.0, 1.0, 100, 400));  // a tie stays dense
+  CHECK_FALSE(auto_runs_sparse(1.0, 0.9, 500, 400));  // bigger form: 1.11x is not enough
+  CHECK_FALSE(auto_runs_sparse(1.0, 1.0 / kBulkySparseMargin, 500, 400));
+  CHECK(auto_runs_sparse(1.0, 0.99 / kBulkySparseMargin, 500, 400));
+  CHECK(auto_runs_sparse(1.0, 0.9, 400, 400));    // the same size counts as small
+  CHECK(kBulkySparseMargin > 1.1);
+}
+
 TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
   SparseExecution e;
   e.choices = {{1, true, 1, 0.5}, {32, false, 1, 2}};
