@@ -55,7 +55,8 @@ def main():
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--repeat', type=int, default=2, help='pairs of runs (ours, then PyTorch)')
     ap.add_argument('--model', default='resnet20')
-    ap.add_argument('--out', default=None, help='run directory for ours (default: a temporary one)')
+    ap.add_argument('--out', default=None,
+                    help='a new folder for our runs (OUT/run0, run1, ...; default: a temporary one)')
     a = ap.parse_args()
     if a.repeat < 1:
         sys.exit('epoch.py: --repeat must be >= 1')
@@ -73,7 +74,7 @@ def main():
     ours, peer = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeat):
-            out = a.out or os.path.join(tmp, 'run%d' % i)
+            out = os.path.join(a.out or tmp, 'run%d' % i)
             o = run_ours(a, out)
             ours.append(o)
             print('  ours    %d: whole command %.1f s (training %.1f s, waited %.1f s for data), test accuracy %.2f%%'

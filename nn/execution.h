@@ -56,8 +56,9 @@ struct ExecutionPlan {
 ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t>& batches, int runs = 3);
 
 // Auto's choice for one layer and batch from its measured times: the faster one, except that a
-// sparse form larger than the dense weight (above about a third of the weights left: 12 bytes a
-// nonzero against 4 a weight) must measure kBulkySparseMargin times faster. Memory for speed,
+// sparse form larger than the dense weight (a conv above about a third of the weights left: 12
+// bytes a nonzero, with its run offsets, against 4 a weight; a linear layer above half: 8) must
+// measure kBulkySparseMargin times faster. Memory for speed,
 // on purpose: a ready variant holds that form beside the weight (or instead of it), up to 3x
 // the layer's weight bytes, and gains of 5-20% at such densities come and go from one plan to
 // the next (the quick start's dense level 0 planned 6 to 12 of 22 layers sparse at batch 1).

@@ -182,8 +182,6 @@ Shape Conv2d::output_shape(const std::vector<Shape>& in) const {
   return {x[0], out_channels, p.P(), p.Q()};
 }
 
-// y[n, k, p, q] += table[k, rows[p], cols[q]] for every image n. Other devices go through the
-// host: border tables only appear in compacted inference graphs, on few layers.
 bool SparseExecution::runs_sparse(int64_t batch) const {
   if (always) return true;
   const Choice* best = nullptr;
@@ -235,6 +233,8 @@ const SparseExecution::Choice* SparseExecution::choice_for(int64_t batch) const 
   return nullptr;
 }
 
+// y[n, k, p, q] += table[k, rows[p], cols[q]] for every image n. Other devices go through the
+// host: border tables only appear in compacted inference graphs, on few layers.
 static void add_border_table(const Tensor& table, const std::vector<int32_t>& rows, const std::vector<int32_t>& cols,
                              Tensor& out) {
   const int64_t N = out.dim(0), K = out.dim(1), P = out.dim(2), Q = out.dim(3);

@@ -12,6 +12,8 @@ std::vector<TrainLayerExecution> plan_training_execution(Model& m, Execution mod
   const bool cpu = m.device() == Device::CPU;
   check(cpu || mode != Execution::Sparse,
         "--train-execution sparse: the sparse training kernels run on the CPU only (this model is on CUDA)");
+  m.restore_dense_weights();  // an inference-only model's released weights: training needs them
+
   std::vector<TrainLayerExecution> plan;
   for (Node& n : m.nodes()) {
     auto* conv = dynamic_cast<Conv2d*>(n.layer.get());

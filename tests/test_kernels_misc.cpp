@@ -136,9 +136,11 @@ TEST_CASE("elementwise ops: cpu equals ref, including aliasing and sizes split a
     cpu::add_relu_forward(n, x.data(), b.data(), r_cpu.data());
     check_equal(r_cpu, r_ref, "add_relu_forward");
     for (int64_t i = 0; i < n; i++) REQUIRE(r_ref[i] == std::max(x[i] + b[i], 0.0f));
-    Vec ra = x;  // y aliasing a
+    Vec ra = x, rb = b;  // y aliasing a, then b
     cpu::add_relu_forward(n, ra.data(), b.data(), ra.data());
+    cpu::add_relu_forward(n, x.data(), rb.data(), rb.data());
     check_equal(ra, r_ref, "add_relu_forward y == a");
+    check_equal(rb, r_ref, "add_relu_forward y == b");
     Vec g_ref(n), g_cpu(n);
     ref::relu_backward_sum(n, r_ref.data(), dy.data(), b.data(), g_ref.data());
     cpu::relu_backward_sum(n, r_ref.data(), dy.data(), b.data(), g_cpu.data());
@@ -147,6 +149,9 @@ TEST_CASE("elementwise ops: cpu equals ref, including aliasing and sizes split a
     Vec g2 = b;  // dx aliasing the second part, as Model::backward calls it
     cpu::relu_backward_sum(n, r_ref.data(), dy.data(), g2.data(), g2.data());
     check_equal(g2, g_ref, "relu_backward_sum dx == dy2");
+    Vec g1 = dy;  // dx aliasing the first part
+    cpu::relu_backward_sum(n, r_ref.data(), g1.data(), b.data(), g1.data());
+    check_equal(g1, g_ref, "relu_backward_sum dx == dy1");
   }
 }
 

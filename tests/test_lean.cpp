@@ -14,6 +14,7 @@
 #include "core/rng.h"
 #include "core/threading.h"
 #include "nn/execution.h"
+#include "nn/train_execution.h"
 #include "nn/export/export.h"
 #include "nn/models/zoo.h"
 #include "prune/compact.h"
@@ -67,7 +68,7 @@ bool same_state(const Model& a, const Model& b) {
 }  // namespace
 
 TEST_CASE("a lean model computes the full model's logits bit for bit and holds exactly the released bytes less") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Rng rng(31);
   Model full = masked_small_model(rng);
   restore_execution_plan(full, mixed_plan());
@@ -97,7 +98,7 @@ TEST_CASE("a lean model computes the full model's logits bit for bit and holds e
 }
 
 TEST_CASE("a released weight is rebuilt exactly where it is needed, and refused where it cannot be") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Rng rng(32);
   Model full = masked_small_model(rng);
   restore_execution_plan(full, mixed_plan());
@@ -185,7 +186,7 @@ TEST_CASE("a released weight is rebuilt exactly where it is needed, and refused 
 }
 
 TEST_CASE("the shifter holds every variant lean and counts what it holds") {
-  set_num_threads(2);
+  const testing::ScopedThreads threads(2);
   Rng rng(33);
   LoadedPortfolio lp;
   lp.dir = "(memory)";
@@ -237,4 +238,29 @@ TEST_CASE("the shifter holds every variant lean and counts what it holds") {
     CHECK(s.resident_bytes() == packed_bytes + held[size_t(i)] - released[size_t(i)]);
     CHECK(testing::same_bits(s.infer(x).logits, want[size_t(i)]));
   }
+}
+
+// Planning the training execution of a lean model (a Trainer's first step) takes its weights
+// back first: the masks are checked against the real weight shapes and a masked layer can
+// train sparse.
+TEST_CASE("planning the training of a lean model restores its weights first") {
+  const testing::ScopedThreads threads(2);
+  Rng rng(8);
+  Model m = masked_small_model(rng);
+  restore_execution_plan(m, mixed_plan());
+  REQUIRE(m.release_dense_weights() > 0);
+  REQUIRE(m.released_weights() == 2);  // c1 and fc
+  const Shape c1 = conv_of(m, "c1").weight_shape();
+  Tensor mask = Tensor::full(c1, 0.0f);
+  mask[0] = 1.0f;  // one weight of c1 kept: far below the auto threshold
+  m.masks["c1.weight"] = mask;
+  const std::vector<TrainLayerExecution> plan = plan_training_execution(m, Execution::Auto);
+  CHECK(m.released_weights() == 0);
+  bool c1_sparse = false;
+  for (const TrainLayerExecution& e : plan)
+    if (e.node == "c1") {
+      c1_sparse = e.sparse;
+      CHECK(e.weight_shape == c1);
+    }
+  CHECK(c1_sparse);
 }

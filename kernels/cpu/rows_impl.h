@@ -332,7 +332,7 @@ void stream_tile_n(int kn, int nv, const float* w, int64_t ldw, int n, const flo
   stream_tile<KN, NV>(w, ldw, n, col, jn, add, out);
 }
 
-// The patch matrix in chunks of rows of 64 KB (L2) at most, each chunk against every filter
+// The patch matrix in chunks of rows of 256 KB (L2) at most, each chunk against every filter
 // before the next: the call reads the weights once and the patch matrix once from memory or
 // L3, whatever its size, the partial sums staying in out between chunks.
 void stream_filters(const float* w, int64_t ldw, int kn, int n, const float* col, int jn, float* out) {
