@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/threading.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/ops.h"
 #include "kernels/sparse.h"
 #include "nn/execution.h"
 
@@ -43,6 +44,10 @@ struct Plan {
   std::vector<int> readers;   // (nodes) how many nodes read each node's output
   std::vector<bool> in_place; // (nodes) ReLU that overwrites its input
   std::vector<int> chain_last, chain_bn;  // (nodes) eval_fusion_chains, and each chain's batchnorm
+  // (nodes) for a plain add whose only reader is a ReLU (CPU, fusion on): that ReLU, computed
+  // with the add in one pass (ops::add_relu_forward, as Model::forward does); -1 otherwise. The
+  // bytes are those of the add's output with the ReLU in place, as inference_memory counts them.
+  std::vector<int> relu_of_add;
   int out_node = 0;
 };
 
@@ -64,6 +69,14 @@ Plan make_plan(const Model& m) {
   for (int i = 1; i < n; ++i)
     for (int j : nodes[i].inputs)
       if (p.chain_last[j] >= 0) p.chain_bn[j] = i;  // the conv's only reader
+  p.relu_of_add.assign(n, -1);
+  if (m.device() == Device::CPU && m.fusion())
+    for (int i = 1; i < n; ++i) {
+      const int src = nodes[i].inputs[0];
+      if (nodes[i].layer->kind() == LayerKind::ReLU && p.in_place[i] &&
+          nodes[src].layer->kind() == LayerKind::Add && !static_cast<const Add&>(*nodes[src].layer).mapped())
+        p.relu_of_add[src] = i;
+    }
   return p;
 }
 
@@ -117,6 +130,15 @@ Tensor infer(const Model& m, const Tensor& x) {
       static_cast<const Conv2d&>(layer).forward_folded(*ins[0], static_cast<const BatchNorm2d&>(*nodes[bn].layer),
                                                        last != bn, acts[last]);
       folded[bn] = folded[last] = 1;
+    } else if (plan.relu_of_add[i] >= 0) {
+      const int relu = plan.relu_of_add[i];
+      acts[relu] = Tensor::uninit(out_shape, m.device());
+      try {
+        ops::add_relu_forward(*ins[0], *ins[1], acts[relu]);
+      } catch (const Error& e) {
+        throw Error("infer: node '" + node.name + "' (with '" + nodes[relu].name + "'): " + e.what());
+      }
+      folded[relu] = 1;
     } else if (plan.in_place[i]) {
       const int src = node.inputs[0];
       acts[i] = acts[src];

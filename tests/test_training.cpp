@@ -367,6 +367,15 @@ TEST_CASE("residual add + ReLU fusion: same training steps as the unfused graph"
   CHECK(eval.at("add_relu_forward") == 2);
   const std::vector<float> ef = fused.forward(x, false).to_vector(), ea = apart.forward(x, false).to_vector();
   for (size_t i = 0; i < ef.size(); ++i) CHECK(ef[i] == doctest::Approx(ea[i]).epsilon(1e-4));
+  // infer (the serving path) fuses the same pairs and gives Model::forward's logits.
+  Tensor yi;
+  const auto served = op_calls([&] { yi = infer(fused, x); });
+  CHECK(served.count("add_relu_forward") == 1);
+  CHECK(served.at("add_relu_forward") == 2);
+  CHECK(served.count("relu_forward") == 0);
+  CHECK(op_calls([&] { infer(apart, x); }).count("add_relu_forward") == 0);
+  const std::vector<float> yv = yi.to_vector();
+  for (size_t i = 0; i < ef.size(); ++i) CHECK(yv[i] == ef[i]);
 }
 
 // Eval mode folds conv -> batchnorm [-> ReLU] chains into one convolution (Model::forward and
