@@ -7,6 +7,14 @@
 #include "core/parallel.h"
 #include "kernels/cpu/cpu.h"
 
+// No loop-carried dependence: the loop vectorises without run-time overlap checks (a write
+// only ever aliases the same element's reads).
+#if defined(__clang__)
+#define DNNS_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define DNNS_IVDEP _Pragma("GCC ivdep")
+#endif
+
 namespace dnns::cpu {
 namespace {
 
@@ -51,12 +59,11 @@ void accumulate(int64_t n, const float* a, float* y) {
   });
 }
 
-// y may alias a or b. (ivdep: a write only ever aliases the same element's reads, so the
-// loop vectorises without the run-time overlap checks -O2 will not emit; a branch on the sign
-// would mispredict on half the elements.)
+// y may alias a or b. (DNNS_IVDEP: the loop vectorises without the run-time overlap checks -O2
+// will not emit; a branch on the sign would mispredict on half the elements.)
 void add_relu_forward(int64_t n, const float* a, const float* b, float* y) {
   for_blocks(n, [=](int64_t lo, int64_t hi) {
-#pragma GCC ivdep
+DNNS_IVDEP
     for (int64_t i = lo; i < hi; i++) {
       const float s = a[i] + b[i];
       y[i] = s > 0.0f ? s : 0.0f;
@@ -64,13 +71,13 @@ void add_relu_forward(int64_t n, const float* a, const float* b, float* y) {
   });
 }
 
-// dx may alias dy1 or dy2 (ivdep as in add_relu_forward). Each part is masked before the sum,
+// dx may alias dy1 or dy2 (DNNS_IVDEP as in add_relu_forward). Each part is masked before the sum,
 // so the add is unconditional and the loop vectorises (GCC does not speculate a floating-point
 // add out of a branch; a select is folded back into one): where y > 0 the sum is dy1 + dy2,
 // elsewhere +0 + +0 = +0, as the ref.
 void relu_backward_sum(int64_t n, const float* y, const float* dy1, const float* dy2, float* dx) {
   for_blocks(n, [=](int64_t b, int64_t e) {
-#pragma GCC ivdep
+DNNS_IVDEP
     for (int64_t i = b; i < e; i++) {
       const uint32_t on = y[i] > 0.0f ? ~0u : 0u;
       const float g1 = std::bit_cast<float>(std::bit_cast<uint32_t>(dy1[i]) & on);
