@@ -161,8 +161,7 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
           c.batch = le.batch;
           std::tie(c.dense_ms, c.sparse_ms) =
               measure(*node.layer, *pl.exec, forced, le.input_shape, shapes[bi][i], runs);
-          const int64_t form = forced->weight.bytes() + (forced->runs ? cpu::sparse_conv_runs_bytes(*forced->runs) : 0);
-          c.sparse = auto_runs_sparse(c.dense_ms, c.sparse_ms, form, pl.weight->numel() * int64_t(sizeof(float)));
+          c.sparse = auto_runs_sparse(c.dense_ms, c.sparse_ms, forced->bytes(), pl.weight->numel() * int64_t(sizeof(float)));
         }
         le.sparse = c.sparse;
         le.dense_ms = c.dense_ms;
@@ -199,8 +198,7 @@ int64_t sparse_execution_bytes(const Model& m) {
     if (!node.layer) continue;
     const Plannable pl = plannable(const_cast<Layer&>(*node.layer));  // only read
     if (!pl.exec || !*pl.exec) continue;
-    if ((*pl.exec)->weight.rows) total += (*pl.exec)->weight.bytes();
-    if ((*pl.exec)->runs) total += cpu::sparse_conv_runs_bytes(*(*pl.exec)->runs);
+    total += (*pl.exec)->bytes();
   }
   return total;
 }

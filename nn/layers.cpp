@@ -227,6 +227,10 @@ static void need_dense_weight(const Param& w, const std::string& layer) {
   });
 }
 
+int64_t SparseExecution::bytes() const {
+  return (weight.rows ? weight.bytes() : 0) + (runs ? cpu::sparse_conv_runs_bytes(*runs) : 0);
+}
+
 const SparseExecution::Choice* SparseExecution::choice_for(int64_t batch) const {
   for (const Choice& c : choices)
     if (c.batch == batch) return &c;

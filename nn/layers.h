@@ -40,6 +40,7 @@ struct SparseExecution {
   // batch sparse) with a sparse form: the dense weight is then never read in eval mode, and
   // an inference-only model may release it (Model::release_dense_weights).
   bool sparse_at_every_batch() const;
+  int64_t bytes() const;  // what the sparse form holds: the nonzeros and columns, and the runs
 };
 
 // Inference-only memory: a conv or linear layer whose plan runs sparse at every batch may

@@ -69,6 +69,18 @@ std::vector<int> eval_fusion_chains(const Model& m) {
   return last;
 }
 
+std::vector<int> add_relu_pairs(const Model& m) {
+  const auto& nodes = m.nodes();
+  const int n = static_cast<int>(nodes.size()), out = m.output_node();
+  const std::vector<std::vector<int>> cons = m.consumers();
+  std::vector<int> relu(n, -1);
+  for (int i = 1; i < n; ++i)
+    if (nodes[i].layer->kind() == LayerKind::Add && !static_cast<const Add&>(*nodes[i].layer).mapped() && i != out &&
+        cons[i].size() == 1 && nodes[cons[i][0]].layer->kind() == LayerKind::ReLU)
+      relu[i] = cons[i][0];
+  return relu;
+}
+
 std::vector<std::vector<int>> Model::consumers() const {
   std::vector<std::vector<int>> c(nodes_.size());
   for (size_t i = 0; i < nodes_.size(); ++i)
@@ -164,20 +176,12 @@ Tensor Model::forward(const Tensor& x, bool train) {
       fused_src_[i] = src;
     }
 
-  // A plain add whose only reader is a ReLU computes the ReLU too (one pass, ops::add_relu_forward);
-  // relu_of_add[add] = that ReLU, which then takes the add's output as its own. Its backward
-  // runs as usual from that output.
-  std::vector<int> relu_of_add(n, -1), add_of_relu(n, -1);
-  if (fuse_ && x.is_cpu())
-    for (int i = 1; i < n; ++i) {
-      if (nodes_[i].layer->kind() != LayerKind::ReLU || fused_src_[i] >= 0) continue;
-      const int src = nodes_[i].inputs[0];
-      if (src == 0 || src == out_node || cons[src].size() != 1 || nodes_[src].layer->kind() != LayerKind::Add ||
-          static_cast<const Add&>(*nodes_[src].layer).mapped())
-        continue;
-      relu_of_add[src] = i;
-      add_of_relu[i] = src;
-    }
+  // A plain add whose only reader is a ReLU computes the ReLU too (add_relu_pairs); the ReLU
+  // then takes the add's output as its own. Its backward runs as usual from that output.
+  const std::vector<int> relu_of_add = fuse_ && x.is_cpu() ? add_relu_pairs(*this) : std::vector<int>(n, -1);
+  std::vector<int> add_of_relu(n, -1);
+  for (int i = 1; i < n; ++i)
+    if (relu_of_add[i] >= 0) add_of_relu[relu_of_add[i]] = i;
 
   // Eval-mode conv -> batchnorm [-> ReLU] chains (see set_fusion); folded[j]: node j was
   // computed by the conv heading its chain.
@@ -277,20 +281,17 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
   // no other node's gradient shares it.
   std::vector<Tensor> grads(n);
   grads[out_node] = dlogits;
-  auto shared = [&](int j) {
+  // Whether another node's gradient than `except`'s, or the caller's logit gradient, holds g's storage.
+  auto held = [&](const Tensor& g, int except) {
     for (int m = 1; m < n; ++m)
-      if (m != j && grads[m].same_storage(grads[j])) return true;
-    return j != out_node && grads[j].same_storage(dlogits);  // the caller's tensor
+      if (m != except && grads[m].same_storage(g)) return true;
+    return except != out_node && g.same_storage(dlogits);
   };
+  auto shared = [&](int j) { return held(grads[j], j); };
   // A ReLU's gradient arriving in two parts (a block output read by the next block's add and
   // its first conv) keeps the second apart, in second[j], and its backward sums the two as it
   // masks them (ops::relu_backward_sum): one pass instead of a sum and a mask.
   std::vector<Tensor> second(n);
-  auto held = [&](const Tensor& g) {
-    for (int m = 0; m < n; ++m)
-      if (grads[m].same_storage(g)) return true;
-    return g.same_storage(dlogits);
-  };
   // grads[j] += g, in place unless grads[j]'s storage is shared; `g_own` says g may be kept.
   auto sum_into = [&](int j, Tensor& g, bool g_own) {
     if (!grads[j].defined()) {
@@ -313,7 +314,7 @@ void Model::backward(const Tensor& dlogits, const std::function<void(Layer&)>& g
       second[j] = Tensor();
       sum_into(j, s, true);
     } else if (grads[j].defined() && g_own && fuse_ && g.is_cpu() && nodes_[j].layer->kind() == LayerKind::ReLU &&
-               fused_src_[j] < 0 && j != out_node && nodes_[j].inputs[0] != 0 && !held(g)) {
+               fused_src_[j] < 0 && j != out_node && nodes_[j].inputs[0] != 0 && !held(g, -1)) {
       second[j] = g;
       return;
     }

@@ -41,6 +41,11 @@ class Model;
 // it); -1 elsewhere. Whether a chain runs as one convolution (Conv2d::forward_folded) is decided per
 // call by Conv2d::folds_batchnorm. The ONNX export folds the same batchnorms.
 std::vector<int> eval_fusion_chains(const Model& m);
+// Residual fusion on the CPU (Model::forward in training and eval, and infer): a plain add (no
+// channel maps, no bias) whose only reader is a ReLU, the add not being the output, computes
+// the ReLU in the same pass (ops::add_relu_forward). Per node: for such an add, that ReLU; -1
+// elsewhere. The caller checks that the fusion is on and the model on the CPU.
+std::vector<int> add_relu_pairs(const Model& m);
 
 class Model {
  public:

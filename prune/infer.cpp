@@ -44,9 +44,9 @@ struct Plan {
   std::vector<int> readers;   // (nodes) how many nodes read each node's output
   std::vector<bool> in_place; // (nodes) ReLU that overwrites its input
   std::vector<int> chain_last, chain_bn;  // (nodes) eval_fusion_chains, and each chain's batchnorm
-  // (nodes) for a plain add whose only reader is a ReLU (CPU, fusion on): that ReLU, computed
-  // with the add in one pass (ops::add_relu_forward, as Model::forward does); -1 otherwise. The
-  // bytes are those of the add's output with the ReLU in place, as inference_memory counts them.
+  // (nodes) add_relu_pairs (CPU, fusion on): the ReLU computed with each such add, as
+  // Model::forward does; the bytes are those of the add's output with the ReLU in place, as
+  // inference_memory counts them.
   std::vector<int> relu_of_add;
   int out_node = 0;
 };
@@ -69,14 +69,7 @@ Plan make_plan(const Model& m) {
   for (int i = 1; i < n; ++i)
     for (int j : nodes[i].inputs)
       if (p.chain_last[j] >= 0) p.chain_bn[j] = i;  // the conv's only reader
-  p.relu_of_add.assign(n, -1);
-  if (m.device() == Device::CPU && m.fusion())
-    for (int i = 1; i < n; ++i) {
-      const int src = nodes[i].inputs[0];
-      if (nodes[i].layer->kind() == LayerKind::ReLU && p.in_place[i] &&
-          nodes[src].layer->kind() == LayerKind::Add && !static_cast<const Add&>(*nodes[src].layer).mapped())
-        p.relu_of_add[src] = i;
-    }
+  p.relu_of_add = m.device() == Device::CPU && m.fusion() ? add_relu_pairs(m) : std::vector<int>(n, -1);
   return p;
 }
 
