@@ -91,6 +91,28 @@ void gradcheck_layer(Layer& layer, std::vector<Tensor> inputs, Rng& rng, bool tr
   }
 }
 
+// A training step's parameter gradients of a whole graph (softmax cross-entropy over labels)
+// against central differences of the loss; the logit gradient handed to backward must come back
+// unwritten.
+void gradcheck_model(Model& m, const Tensor& input, const Tensor& labels, float eps, double tol) {
+  Tensor logits = m.forward(input, true);
+  Tensor d(logits.shape());
+  ops::softmax_cross_entropy(logits, labels, 0.0f, &d, nullptr);
+  const Tensor d_before = d.clone();
+  m.backward(d);
+  for (int64_t i = 0; i < d.numel(); ++i) REQUIRE(d[i] == d_before[i]);  // the caller's gradient is not written
+  auto loss = [&]() {
+    // Training-mode forward: batch statistics, as in the analytic gradient. The running
+    // averages it updates do not affect the training-mode output.
+    Tensor l = m.forward(input, true);
+    return double(ops::softmax_cross_entropy(l, labels, 0.0f, nullptr, nullptr));
+  };
+  for (auto& p : m.params()) {
+    Tensor g = p.param->grad.clone();
+    check_grad(p.name.c_str(), p.param->value, g, loss, eps, tol);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("gradcheck: every layer") {
@@ -203,20 +225,7 @@ TEST_CASE("gradcheck: a residual graph end to end (accumulation at a shared tens
   Tensor input = random_tensor({3, 2, 6, 6}, rng);
   Tensor labels = Tensor::from({3}, {0, 2, 3});
 
-  Tensor logits = m.forward(input, true);
-  Tensor d(logits.shape());
-  ops::softmax_cross_entropy(logits, labels, 0.0f, &d, nullptr);
-  m.backward(d);
-  auto loss = [&]() {
-    // Training-mode forward: batch statistics, as in the analytic gradient. The running
-    // averages it updates do not affect the training-mode output.
-    Tensor l = m.forward(input, true);
-    return double(ops::softmax_cross_entropy(l, labels, 0.0f, nullptr, nullptr));
-  };
-  for (auto& p : m.params()) {
-    Tensor g = p.param->grad.clone();
-    check_grad(p.name.c_str(), p.param->value, g, loss, 1e-2f, 3e-2);
-  }
+  gradcheck_model(m, input, labels, 1e-2f, 3e-2);
 }
 
 // A plain add hands its output gradient to its inputs without copying it, so several nodes'
@@ -248,18 +257,5 @@ TEST_CASE("gradcheck: shared gradients through plain adds (nothing written over 
   Tensor input = random_tensor({3, 2, 5, 5}, rng);
   Tensor labels = Tensor::from({3}, {1, 0, 3});
 
-  Tensor logits = m.forward(input, true);
-  Tensor d(logits.shape());
-  ops::softmax_cross_entropy(logits, labels, 0.0f, &d, nullptr);
-  const Tensor d_before = d.clone();
-  m.backward(d);
-  for (int64_t i = 0; i < d.numel(); ++i) REQUIRE(d[i] == d_before[i]);  // the caller's gradient is not written
-  auto loss = [&]() {
-    Tensor l = m.forward(input, true);
-    return double(ops::softmax_cross_entropy(l, labels, 0.0f, nullptr, nullptr));
-  };
-  for (auto& p : m.params()) {
-    Tensor g = p.param->grad.clone();
-    check_grad(p.name.c_str(), p.param->value, g, loss, 1e-3f, 3e-2);
-  }
+  gradcheck_model(m, input, labels, 1e-3f, 3e-2);
 }
