@@ -23,17 +23,56 @@ namespace dnns {
 
 struct SparseTrainPattern;  // kernels/cpu/sparse_train.h
 
+// The column of each nonzero of a SparseRows, in 16 bits while every column stored is below
+// 65536 (any conv of up to 7281 input channels at 3x3, a linear layer of up to 65536 inputs),
+// else 32: a sparse form's memory is then 6 bytes a nonzero with its value, not 8. Storing a
+// column of 65536 or more widens all of them once (the values are unchanged).
+class SparseColumns {
+ public:
+  int64_t size() const { return wide_ ? int64_t(w32_.size()) : int64_t(w16_.size()); }
+  int32_t operator[](int64_t j) const { return wide_ ? w32_[size_t(j)] : int32_t(w16_[size_t(j)]); }
+  bool wide() const { return wide_; }
+  const uint16_t* narrow_data() const { return wide_ ? nullptr : w16_.data(); }  // (size) or nullptr when wide
+  const int32_t* wide_data() const { return wide_ ? w32_.data() : nullptr; }     // (size) or nullptr when narrow
+  const void* data() const { return wide_ ? static_cast<const void*>(w32_.data()) : w16_.data(); }
+  int64_t bytes() const { return size() * (wide_ ? 4 : 2); }
+  void push_back(int32_t c) {
+    if (!wide_ && c > 0xffff) widen();
+    if (wide_) w32_.push_back(c);
+    else w16_.push_back(uint16_t(c));
+  }
+  void resize(int64_t n) {  // new entries 0
+    if (wide_) w32_.resize(size_t(n));
+    else w16_.resize(size_t(n));
+  }
+  void set(int64_t j, int32_t c) {
+    if (!wide_ && c > 0xffff) widen();
+    if (wide_) w32_[size_t(j)] = c;
+    else w16_[size_t(j)] = uint16_t(c);
+  }
+
+ private:
+  void widen() {
+    w32_.assign(w16_.begin(), w16_.end());
+    std::vector<uint16_t>().swap(w16_);
+    wide_ = true;
+  }
+  bool wide_ = false;
+  std::vector<uint16_t> w16_;
+  std::vector<int32_t> w32_;
+};
+
 // A (rows, cols) matrix as compressed sparse rows. For a conv weight (K, C, R, S): rows = K,
 // cols = C*R*S, the column of w[k,c,r,s] is (c*R + r)*S + s. Within a row the columns ascend.
 struct SparseRows {
   int rows = 0, cols = 0;
   std::vector<int64_t> row_start;  // (rows + 1) row i's nonzeros are [row_start[i], row_start[i+1])
-  std::vector<int32_t> col;        // (nnz) column of each nonzero
+  SparseColumns col;               // (nnz) column of each nonzero
   std::vector<float> value;        // (nnz)
   int64_t nnz() const { return row_start.empty() ? 0 : row_start.back(); }
   double density() const { return rows && cols ? double(nnz()) / (double(rows) * cols) : 0.0; }
   int64_t bytes() const {  // what the form occupies: values, columns and row starts
-    return nnz() * int64_t(sizeof(float) + sizeof(int32_t)) + int64_t(row_start.size() * sizeof(int64_t));
+    return nnz() * int64_t(sizeof(float)) + col.bytes() + int64_t(row_start.size() * sizeof(int64_t));
   }
 };
 
@@ -56,8 +95,10 @@ void sparse_linear_forward(int N, const float* x, const SparseRows& w, const flo
 namespace cpu {
 void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const float* b,
                            bool relu, float* y);
-// A conv's sparse weight prepared for one input size (C, H, W; any batch): where each nonzero's
-// run starts in the kernel's layout of an image, computed once instead of on every call. Made
+// A conv's sparse weight prepared for one input size (C, H, W; any batch): the kernel's layout
+// of an image (which phase planes the nonzeros read), computed once instead of on every call
+// (the offsets of the C*R*S columns, through which the kernel finds each nonzero's run, are
+// made per call: a few KB, not kept beside the nonzeros). Made
 // for the weight object `w` (its columns' storage) and read by any number of concurrent calls;
 // a call given runs made for another weight or input size ignores them and makes its own.
 struct SparseConvRuns;

@@ -188,7 +188,8 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
 }
 
 bool auto_runs_sparse(double dense_ms, double sparse_ms, int64_t sparse_form_bytes, int64_t dense_weight_bytes) {
-  if (sparse_form_bytes > dense_weight_bytes) return sparse_ms * kBulkySparseMargin < dense_ms;
+  if (sparse_form_bytes > dense_weight_bytes)
+    return sparse_ms * std::max(kBulkySparseMargin, double(sparse_form_bytes) / double(dense_weight_bytes)) < dense_ms;
   return sparse_ms < dense_ms;
 }
 

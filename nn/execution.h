@@ -56,14 +56,15 @@ struct ExecutionPlan {
 ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t>& batches, int runs = 3);
 
 // Auto's choice for one layer and batch from its measured times: the faster one, except that a
-// sparse form larger than the dense weight (a conv above about a third of the weights left: 12
-// bytes a nonzero, with its run offsets, against 4 a weight; a linear layer above half: 8) must
-// measure kBulkySparseMargin times faster. Memory for speed,
-// on purpose: a ready variant holds that form beside the weight (or instead of it), up to 3x
-// the layer's weight bytes, and gains of 5-20% at such densities come and go from one plan to
-// the next (the quick start's dense level 0 planned 6 to 12 of 22 layers sparse at batch 1).
-// Measured on that portfolio (README): level 0 at batch 1 0.89 -> 1.01 ms, the shifter's ready
-// variants 104% -> 68% of the dense ensemble.
+// sparse form larger than the dense weight (above about two thirds of the weights left: 6 bytes
+// a nonzero, its value and 16-bit column, against 4 a weight) must measure faster by as much as
+// it is larger, and at least kBulkySparseMargin times. Memory for speed, on purpose: a ready
+// variant holds that form beside the weight (or instead of it), and gains of 5-30% at such
+// densities come and go from one plan to the next: they come from a dense kernel weak on the
+// shape (ResNet-20's 64-channel 7x7 layers at batch 1 on Fashion-MNIST run im2col + sgemm),
+// since the sparse kernel runs about half the dense multiply-add rate. Measured on the quick
+// start's portfolio (README): its dense level 0 planned 4 to 12 of 22 layers sparse at batch 1
+// with a flat 1.25x margin.
 constexpr double kBulkySparseMargin = 1.25;
 bool auto_runs_sparse(double dense_ms, double sparse_ms, int64_t sparse_form_bytes, int64_t dense_weight_bytes);
 

@@ -111,34 +111,94 @@ TEST_CASE("sparse conv equals dense conv on odd shapes and sparsities from 50% t
     }
 }
 
-// The inner loop alone (kernels/cpu/rows.h sparse_grid), on every ISA path this CPU has: every
-// run length from 1 to 40 vectors, so every pass size (1 to 12 vectors) and every split of a
-// run into balanced passes is taken, against the sum written out.
+// The inner loop alone (kernels/cpu/rows.h sparse_grid, and sparse_grid_cols reading the same
+// offsets through 16-bit columns and a table), on every ISA path this CPU has: every run length
+// from 1 to 40 vectors, so every pass size (1 to 12 vectors) and every split of a run into
+// balanced passes is taken, against the sum written out.
 TEST_CASE("sparse_grid on every ISA path: every run length and pass split") {
   const testing::ScopedKernelChoice restore;
   Rng rng(41);
-  const int nnz = 13, span = 700;
+  const int nnz = 13, span = 700, columns = 40;
   const std::vector<float> X = randn(rng, span + 40 * 8 + 64);
   std::vector<float> val = randn(rng, nnz);
-  std::vector<int32_t> off(nnz);
-  for (int j = 0; j < nnz; ++j) off[size_t(j)] = int32_t(rng.uniform() * span);
+  std::vector<int32_t> tab(columns), off(nnz);  // tab (columns) a column's offset; off (nnz) a nonzero's
+  std::vector<uint16_t> col(nnz);
+  for (int c = 0; c < columns; ++c) tab[size_t(c)] = int32_t(rng.uniform() * span);
+  for (int j = 0; j < nnz; ++j) {
+    col[size_t(j)] = uint16_t((j * 7 + 3) % columns);
+    off[size_t(j)] = tab[col[size_t(j)]];
+  }
   for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
     cpu::set_cpu_isa((cpu::Isa)isa);
-    const auto grid = cpu::row_kernels().sparse_grid;
+    const auto& rk = cpu::row_kernels();
     for (int L = 8; L <= 40 * 8; L += 8)
       for (bool relu : {false, true}) {
-        std::vector<float> want(static_cast<size_t>(L)), got(static_cast<size_t>(L) + 8, NAN);
+        std::vector<float> want(static_cast<size_t>(L));
         for (int t = 0; t < L; ++t) {
           double acc = 0.25;
           for (int j = 0; j < nnz; ++j) acc += double(val[size_t(j)]) * X[size_t(off[size_t(j)] + t)];
           want[size_t(t)] = relu ? std::max(float(acc), 0.0f) : float(acc);
         }
-        grid(val.data(), off.data(), nnz, X.data(), L, 0.25f, relu, got.data());
-        INFO("isa " << cpu::isa_name((cpu::Isa)isa) << " L=" << L << (relu ? " relu" : ""));
-        CHECK(std::isnan(got[size_t(L)]));  // nothing written past the run
-        got.resize(size_t(L));
-        check_close(got, want, "sparse_grid");
+        for (bool through_columns : {false, true}) {
+          std::vector<float> got(static_cast<size_t>(L) + 8, NAN);
+          if (through_columns)
+            rk.sparse_grid_cols(val.data(), col.data(), tab.data(), nnz, X.data(), L, 0.25f, relu, got.data());
+          else
+            rk.sparse_grid(val.data(), off.data(), nnz, X.data(), L, 0.25f, relu, got.data());
+          INFO("isa " << cpu::isa_name((cpu::Isa)isa) << " L=" << L << (relu ? " relu" : "")
+                      << (through_columns ? " sparse_grid_cols" : " sparse_grid"));
+          CHECK(std::isnan(got[size_t(L)]));  // nothing written past the run
+          got.resize(size_t(L));
+          check_close(got, want, "sparse_grid");
+        }
       }
+  }
+}
+
+// Columns are kept in 16 bits until one of 65536 or more arrives; then all of them widen, and
+// the kernels (which then read offsets made per call) still equal the reference: a linear layer
+// of 70,000 inputs and a conv of 7,300 channels (65,700 columns).
+TEST_CASE("sparse columns widen past 65535, and the wide form runs") {
+  SparseColumns c;
+  for (int v : {0, 7, 65535}) c.push_back(v);
+  CHECK(!c.wide());
+  CHECK(c.bytes() == 3 * 2);
+  c.push_back(65536);
+  CHECK(c.wide());
+  CHECK(c.bytes() == 4 * 4);
+  CHECK((c[0] == 0 && c[1] == 7 && c[2] == 65535 && c[3] == 65536));
+  SparseColumns d;
+  d.resize(2);
+  d.set(1, 70000);
+  CHECK((d.wide() && d[0] == 0 && d[1] == 70000));
+
+  const testing::ScopedThreads threads(2);
+  Rng rng(77);
+  {
+    const int N = 3, I = 70000, O = 5;
+    const std::vector<float> w = masked_weight(rng, O, I, 0.002, {2});
+    const SparseRows s = sparse_from_dense(w.data(), O, I);
+    REQUIRE(s.col.wide());
+    const std::vector<float> x = randn(rng, size_t(N) * I), b = randn(rng, O);
+    std::vector<float> want(size_t(N) * O), got(size_t(N) * O);
+    ref::sparse_linear_forward(N, x.data(), s, b.data(), false, want.data());
+    cpu::sparse_linear_forward(N, x.data(), s, b.data(), false, got.data());
+    check_close(got, want, "wide sparse linear");
+  }
+  {
+    const Conv2dParams p = conv(2, 7300, 3, 3, 4, 3, 3, 1, 1);
+    const std::vector<float> w = masked_weight(rng, p.K, p.C * 9, 0.05, {1});
+    const SparseRows s = sparse_from_dense(w.data(), p.K, p.C * 9);
+    REQUIRE(s.col.wide());
+    const std::vector<float> x = randn(rng, size_t(p.N) * p.C * p.H * p.W), b = randn(rng, p.K);
+    const size_t out = size_t(p.N) * p.K * p.P() * p.Q();
+    std::vector<float> want(out), got(out), prepared(out);
+    ref::sparse_conv2d_forward(p, x.data(), s, b.data(), true, want.data());
+    cpu::sparse_conv2d_forward(p, x.data(), s, b.data(), true, got.data());
+    const auto runs = cpu::prepare_sparse_conv2d(p, s);
+    cpu::sparse_conv2d_forward(p, x.data(), s, runs.get(), b.data(), true, prepared.data());
+    check_close(got, want, "wide sparse conv");
+    check_close(prepared, want, "wide sparse conv, prepared");
   }
 }
 
@@ -340,16 +400,19 @@ TEST_CASE("a compact ResNet-20 run sparse, dense and auto gives the same logits"
 }
 
 // Auto's rule: the faster one, except that a sparse form bigger than the dense weight must be
-// kBulkySparseMargin times faster.
+// faster by its size ratio, and at least kBulkySparseMargin times.
 TEST_CASE("auto runs a layer sparse when it measured faster, by a margin when its form is bigger") {
   CHECK(auto_runs_sparse(1.0, 0.9, 100, 400));    // small form: any gain
   CHECK_FALSE(auto_runs_sparse(1.0, 1.1, 100, 400));
   CHECK_FALSE(auto_runs_sparse(1.0, 1.0, 100, 400));  // a tie stays dense
-  CHECK_FALSE(auto_runs_sparse(1.0, 0.9, 500, 400));  // bigger form: 1.11x is not enough
-  CHECK_FALSE(auto_runs_sparse(1.0, 1.0 / kBulkySparseMargin, 500, 400));
-  CHECK(auto_runs_sparse(1.0, 0.99 / kBulkySparseMargin, 500, 400));
+  CHECK_FALSE(auto_runs_sparse(1.0, 0.9, 410, 400));  // bigger form: 1.11x is not enough
+  CHECK_FALSE(auto_runs_sparse(1.0, 1.0 / kBulkySparseMargin, 410, 400));
+  CHECK(auto_runs_sparse(1.0, 0.99 / kBulkySparseMargin, 410, 400));
   CHECK(auto_runs_sparse(1.0, 0.9, 400, 400));    // the same size counts as small
   CHECK(kBulkySparseMargin > 1.1);
+  // a form 1.6x the weight (a dense layer's values and columns) must be 1.6x faster
+  CHECK_FALSE(auto_runs_sparse(1.0, 1.0 / 1.55, 640, 400));
+  CHECK(auto_runs_sparse(1.0, 1.0 / 1.65, 640, 400));
 }
 
 TEST_CASE("the nearest planned batch decides; backward drops the sparse form") {
@@ -402,13 +465,19 @@ TEST_CASE("inference_memory counts the plan's sparse copies and the sparse kerne
   CHECK(dense.sparse_weight_bytes == 0);
   plan_execution(m, Execution::Sparse, {1});
   const InferenceMemory sp = inference_memory(m, 1);
-  // 108 conv and 2560 linear nonzeros: a value and a column each, and the row starts
-  // (and the conv's prepared runs: an offset per nonzero and the layout)
+  // 108 conv and 2560 linear nonzeros: a value (4 bytes) and a 16-bit column each, and the row
+  // starts (and the conv's prepared layout: no offset per nonzero or column is kept)
   const auto* conv = dynamic_cast<const Conv2d*>(m.nodes()[size_t(m.find("conv"))].layer.get());
   REQUIRE(conv->sparse_exec->runs);
+  CHECK(!conv->sparse_exec->weight.col.wide());
   const int64_t runs = cpu::sparse_conv_runs_bytes(*conv->sparse_exec->runs);
-  CHECK(runs >= 108 * 4);
-  const int64_t copies = (108 + 2560) * 8 + (4 + 1) * 8 + (10 + 1) * 8 + runs;
+  {  // the same bytes for a weight of one nonzero: nothing per nonzero or column
+    std::vector<float> one(108, 0.0f);
+    one[40] = 1.0f;
+    const SparseRows s1 = sparse_from_dense(one.data(), 4, 27);
+    CHECK(runs == cpu::sparse_conv_runs_bytes(*cpu::prepare_sparse_conv2d(conv->conv_params({1, 3, 8, 8}), s1)));
+  }
+  const int64_t copies = (108 + 2560) * 6 + (4 + 1) * 8 + (10 + 1) * 8 + runs;
   CHECK(sparse_execution_bytes(m) == copies);
   CHECK(sp.sparse_weight_bytes == copies);
   CHECK(sp.parameter_bytes == dense.parameter_bytes);  // the dense tensors stay
@@ -416,8 +485,9 @@ TEST_CASE("inference_memory counts the plan's sparse copies and the sparse kerne
   // The sparse conv runs on the calling thread: slot 0 one filter's grid (7 rows of 10 + 8,
   // rounded up to 80 floats), slot 1 the padded image (3 planes of 10 x 10) and a run plus 64
   // floats of slack; the largest buffer of one call is the linear layer's transposed input
-  // (256 x 1, a run of 8 floats of slack) and its 2560 offsets.
-  CHECK(sp.workspace_bytes == (80 + 3 * 100 + 80 + 64) * 4 + (256 + 8) * 4 + 2560 * 4);
+  // (256 x 1, a run of 8 floats of slack) and the run offsets of its 256 columns (the conv's call
+  // makes those of its 27 columns).
+  CHECK(sp.workspace_bytes == (80 + 3 * 100 + 80 + 64) * 4 + (256 + 8) * 4 + 256 * 4);
   CHECK(sp.total() == sp.parameter_bytes + sp.buffer_bytes + sp.activation_bytes + sp.workspace_bytes + copies);
   plan_execution(m, Execution::Dense, {1});
   CHECK(inference_memory(m, 1).total() == dense.total());

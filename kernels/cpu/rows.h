@@ -61,6 +61,10 @@ struct RowKernels {
   // accumulator waits on its own FMAs. Sums in j order per output, as sparse_row.
   void (*sparse_grid)(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias,
                       bool relu, float* out);
+  // sparse_grid with each nonzero's run offset looked up through its column: off[j] =
+  // tab[col[j]] (the conv's offset of each column (c, r, s), or a linear layer's i * N).
+  void (*sparse_grid_cols)(const float* val, const uint16_t* col, const int32_t* tab, int64_t nnz, const float* X,
+                           int L, float bias, bool relu, float* out);
   // A convolution with few outputs per filter (a batch of 1 on the last, smallest images), as a
   // product that streams the weights once (kernels/cpu/conv.cpp): for the kn filters at w (rows
   // of n floats, ldw apart) and jn outputs (a multiple of kStreamOutputBlock),

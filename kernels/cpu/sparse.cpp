@@ -30,14 +30,12 @@
 
 namespace dnns::cpu {
 
-// A conv's runs made once (prepare_sparse_conv2d): the layout and the run offsets of the
-// weight whose columns live at `col`.
+// A conv's layout made once (prepare_sparse_conv2d) for the weight whose columns live at `col`.
 struct SparseConvRuns {
   Conv2dParams p;  // (N unused)
-  const int32_t* col = nullptr;
+  const void* col = nullptr;
   int64_t nnz = 0;
   PhaseLayout g;
-  std::vector<int32_t> offset;  // (nnz)
 };
 
 namespace {
@@ -46,17 +44,40 @@ constexpr int kLanes = 8;   // the grid is padded to whole vectors of 8 (rows.h 
 constexpr int kChunk = 64;  // grid positions of slack after a run (rows.h sparse_row)
 int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
-// The inner loop, built per instruction set (rows.h sparse_grid), chosen once per call.
-using SparseGrid = void (*)(const float* val, const int32_t* off, int64_t nnz, const float* X, int L, float bias,
-                            bool relu, float* out);
+// Row k's nonzeros and where each one's run starts, for the inner loop (rows.h sparse_grid_cols /
+// sparse_grid, built per instruction set, chosen once per call): through their 16-bit columns
+// and the table of column offsets; or, when the columns are stored in 32 bits, through offsets
+// made for the call (tab[col[j]], 4 bytes a nonzero while it runs).
+class FilterRuns {
+ public:
+  FilterRuns(const SparseRows& w, const int32_t* tab) : w_(w), col_(w.col.narrow_data()), tab_(tab) {
+    if (col_) return;
+    off_.reset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);
+    for (int64_t j = 0; j < w.nnz(); ++j) off_[size_t(j)] = tab[w.col[j]];
+  }
+  // out (L) = rows.h sparse_grid of row k over the planes X
+  void grid(const RowKernels& rk, int k, const float* X, int L, float bias, bool relu, float* out) const {
+    const int64_t j0 = w_.row_start[size_t(k)], n = w_.row_start[size_t(k) + 1] - j0;
+    if (col_) rk.sparse_grid_cols(w_.value.data() + j0, col_ + j0, tab_, n, X, L, bias, relu, out);
+    else rk.sparse_grid(w_.value.data() + j0, off_.get() + j0, n, X, L, bias, relu, out);
+  }
+  static int64_t call_bytes(const SparseRows& w) {  // what the constructor allocates
+    return w.col.wide() ? std::max<int64_t>(1, w.nnz()) * int64_t(sizeof(int32_t)) : 0;
+  }
 
+ private:
+  const SparseRows& w_;
+  const uint16_t* col_;
+  const int32_t* tab_;
+  std::unique_ptr<int32_t[]> off_;
+};
 
-// Rows [k0, k1) of w as one task's share: rows per task such that a task holds about
-// kTaskWork multiply-adds (an average row's nonzeros times the grid), at least one row.
+// Rows [k0, k1) as one task's share: rows per task such that a task holds about kTaskWork
+// multiply-adds (an average row's nonzeros times the grid), at least one row.
 constexpr int64_t kTaskWork = int64_t(1) << 15;
-int rows_per_task(const SparseRows& w, int L) {
-  const double per_row = (double(w.nnz()) / std::max(1, w.rows) + 1.0) * L;
-  return (int)std::clamp<double>(double(kTaskWork) / per_row, 1.0, double(std::max(1, w.rows)));
+int rows_per_task(int64_t nnz, int rows, int L) {
+  const double per_row = (double(nnz) / std::max(1, rows) + 1.0) * L;
+  return (int)std::clamp<double>(double(kTaskWork) / per_row, 1.0, double(std::max(1, rows)));
 }
 
 // Below this many multiply-adds (about 5 us) a call runs on the calling thread alone, and
@@ -77,8 +98,8 @@ constexpr int64_t kGroupFloats = int64_t(2) << 20;  // 8 MiB
 //   SharedPlanes  few images: their phase planes are built first into one buffer of the call,
 //                 then tasks of (image, block of filters) share them.
 enum class Schedule { Serial, PerImage, SharedPlanes };
-Schedule schedule(const Conv2dParams& p, const SparseRows& w, const PhaseLayout& g) {
-  if (w.nnz() * g.L * int64_t(p.N) < kSerialWork) return Schedule::Serial;
+Schedule schedule(const Conv2dParams& p, int64_t nnz, const PhaseLayout& g) {
+  if (nnz * g.L * int64_t(p.N) < kSerialWork) return Schedule::Serial;
   return p.N >= 2 * num_threads() ? Schedule::PerImage : Schedule::SharedPlanes;
 }
 int images_per_group(const Conv2dParams& p, const PhaseLayout& g) {  // SharedPlanes: images per buffer
@@ -86,34 +107,24 @@ int images_per_group(const Conv2dParams& p, const PhaseLayout& g) {  // SharedPl
 }
 
 // Filters [k0, k1) of one image from its phase planes Xi -> y_n (K, P, Q).
-void filters_of_image(SparseGrid sparse_grid, const Conv2dParams& p, const PhaseLayout& g, const SparseRows& w,
-                      const int32_t* offset, const float* b, bool relu, const float* Xi, int k0, int k1, float* grid,
-                      float* y_n) {
+void filters_of_image(const RowKernels& rk, const Conv2dParams& p, const PhaseLayout& g, const FilterRuns& fr,
+                      const float* b, bool relu, const float* Xi, int k0, int k1, float* grid, float* y_n) {
   const int P = p.P(), Q = p.Q();
   for (int k = k0; k < k1; ++k) {
-    const int64_t j0 = w.row_start[k], nnz = w.row_start[k + 1] - j0;
-    sparse_grid(w.value.data() + j0, offset + j0, nnz, Xi, g.L, b ? b[k] : 0.0f, relu, grid);
+    fr.grid(rk, k, Xi, g.L, b ? b[k] : 0.0f, relu, grid);
     float* yk = y_n + int64_t(k) * P * Q;  // (P, Q)
     for (int oh = 0; oh < P; ++oh) std::memcpy(yk + int64_t(oh) * Q, grid + int64_t(oh) * g.Wph, sizeof(float) * Q);
   }
 }
 
-}  // namespace
-
-// Called on every forward that was not prepared, so no division per column or nonzero: per tap
-// (r, s) tables, then one lookup per nonzero.
-PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* offset, const char* op) {
-  const int R = p.R, S = p.S, RS = R * S, CRS = p.C * RS;
+// The layout of conv p reading the taps (r, s) marked in tap_used (R*S).
+PhaseLayout layout_of_taps(const Conv2dParams& p, const std::vector<char>& tap_used, const char* op) {
   PhaseLayout g;
   g.st = p.stride;
-  std::vector<char> col_used(size_t(CRS), 0), tap_used(size_t(RS), 0);
-  for (int64_t j = 0; j < w.nnz(); ++j) col_used[size_t(w.col[j])] = 1;
-  for (int c = 0, col = 0; c < p.C; ++c)
-    for (int t = 0; t < RS; ++t) tap_used[size_t(t)] |= col_used[size_t(col++)];
   g.slot.assign(size_t(g.st) * g.st, -1);
-  for (int r = 0; r < R; ++r)
-    for (int s = 0; s < S; ++s)
-      if (tap_used[size_t(r * S + s)]) g.slot[size_t((r % g.st) * g.st + s % g.st)] = 0;
+  for (int r = 0; r < p.R; ++r)
+    for (int s = 0; s < p.S; ++s)
+      if (tap_used[size_t(r * p.S + s)]) g.slot[size_t((r % g.st) * g.st + s % g.st)] = 0;
   for (int& sl : g.slot)
     if (sl == 0) sl = g.phases++;
   g.Hph = (p.H + 2 * p.pad + g.st - 1) / g.st;
@@ -123,19 +134,83 @@ PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* of
   g.L = round_up((p.P() - 1) * g.Wph + p.Q(), kLanes);
   g.slack = g.L + kChunk;
   check(g.image + g.slack < INT32_MAX, [&] { return std::string(op) + ": input too large for the kernel"; });
+  return g;
+}
+
+// conv p on the phase planes of layout g: y (N, K, P, Q) = the rows of w (through fr) over x,
+// + b, then the ReLU when `relu`.
+void conv_on_planes(const Conv2dParams& p, const PhaseLayout& g, const SparseRows& w, const FilterRuns& fr,
+                    const float* x, const float* b, bool relu, float* y) {
+  const int C = p.C, K = p.K;
+  const int64_t in_image = int64_t(C) * p.H * p.W, out_image = int64_t(K) * p.P() * p.Q();
+  const RowKernels& rk = row_kernels();
+  // Images [n0, n1), each from its phase planes in the thread's scratch (they stay in cache)
+  // through every filter.
+  auto images = [&](int n0, int n1) {
+    float* Xi = thread_scratch<float>(1, size_t(g.image + g.slack));  // (C, phases, Hph, Wph) + slack
+    float* grid = thread_scratch<float>(0, size_t(g.L));              // (L) one filter's output
+    std::fill(Xi + g.image, Xi + g.image + g.slack, 0.0f);
+    for (int n = n0; n < n1; ++n) {
+      phase_planes(p, g, x + n * in_image, 0, C, Xi);
+      filters_of_image(rk, p, g, fr, b, relu, Xi, 0, K, grid, y + n * out_image);
+    }
+  };
+  switch (schedule(p, w.nnz(), g)) {
+    case Schedule::Serial: images(0, p.N); return;
+    case Schedule::PerImage: parallel_for(0, p.N, 1, images); return;
+    case Schedule::SharedPlanes: break;
+  }
+  // Few images: their phase planes are built first (in parallel over channels), then tasks
+  // of (image, block of filters) share them.
+  const int group = images_per_group(p, g);
+  std::unique_ptr<float[]> X(new float[size_t(group * g.image + g.slack)]);  // (group, C, phases, Hph, Wph) + slack
+  std::fill(X.get() + group * g.image, X.get() + group * g.image + g.slack, 0.0f);
+  const int per_task = rows_per_task(w.nnz(), K, g.L), blocks = (K + per_task - 1) / per_task;
+  for (int n0 = 0; n0 < p.N; n0 += group) {
+    const int nb = std::min(group, p.N - n0);
+    auto planes = [&](int t0, int t1) {
+      for (int t = t0; t < t1;) {  // runs of channels of one image
+        const int i = t / C, c0 = t % C, c1 = std::min(C, c0 + (t1 - t));
+        phase_planes(p, g, x + (n0 + i) * in_image, c0, c1, X.get() + i * g.image);
+        t += c1 - c0;
+      }
+    };
+    if (nb * g.image < kSerialPlanes) planes(0, nb * C);  // a copy of a few microseconds
+    else parallel_for(0, nb * C, 8, planes);
+    parallel_for(0, nb * blocks, 1, [&](int t0, int t1) {
+      float* grid = thread_scratch<float>(0, size_t(g.L));  // (L) one filter's output, row length Wph
+      for (int t = t0; t < t1; ++t) {
+        const int i = t / blocks, k0 = t % blocks * per_task, k1 = std::min(K, k0 + per_task);
+        filters_of_image(rk, p, g, fr, b, relu, X.get() + i * g.image, k0, k1, grid, y + (n0 + i) * out_image);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+// Called on every forward that was not prepared, so no division per column or nonzero.
+PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, const char* op) {
+  const int RS = p.R * p.S, CRS = p.C * RS;
+  std::vector<char> col_used(size_t(CRS), 0), tap_used(size_t(RS), 0);
+  for (int64_t j = 0; j < w.nnz(); ++j) col_used[size_t(w.col[j])] = 1;
+  for (int c = 0, col = 0; c < p.C; ++c)
+    for (int t = 0; t < RS; ++t) tap_used[size_t(t)] |= col_used[size_t(col++)];
+  return layout_of_taps(p, tap_used, op);
+}
+
+void column_offsets(const Conv2dParams& p, const PhaseLayout& g, int32_t* tab) {
   // Where tap (r, s) starts within its channel's phase planes (unused phases: 0, never read),
   // then the run offset of every column (c, r, s): channel c's planes start c * phases * plane.
+  const int R = p.R, S = p.S, RS = R * S;
   std::vector<int32_t> tap(static_cast<size_t>(RS));
   for (int r = 0; r < R; ++r)
     for (int s = 0; s < S; ++s) {
       const int ph = g.slot[size_t((r % g.st) * g.st + s % g.st)];
       tap[size_t(r * S + s)] = ph < 0 ? 0 : (ph * g.Hph + r / g.st) * g.Wph + s / g.st;
     }
-  std::unique_ptr<int32_t[]> column(new int32_t[size_t(std::max(1, CRS))]);  // (C*R*S)
   for (int c = 0, col = 0; c < p.C; ++c)
-    for (int t = 0; t < RS; ++t) column[size_t(col++)] = int32_t(int64_t(c) * g.phases * g.plane) + tap[size_t(t)];
-  for (int64_t j = 0; j < w.nnz(); ++j) offset[j] = column[size_t(w.col[j])];
-  return g;
+    for (int t = 0; t < RS; ++t) tab[size_t(col++)] = int32_t(int64_t(c) * g.phases * g.plane) + tap[size_t(t)];
 }
 
 void phase_planes(const Conv2dParams& p, const PhaseLayout& g, const float* x, int c0, int c1, float* dst) {
@@ -178,13 +253,12 @@ std::shared_ptr<const SparseConvRuns> prepare_sparse_conv2d(const Conv2dParams& 
   r->p = p;
   r->col = w.col.data();
   r->nnz = w.nnz();
-  r->offset.resize(size_t(std::max<int64_t>(1, w.nnz())));
-  r->g = phase_layout(p, w, r->offset.data(), "prepare_sparse_conv2d");
+  r->g = phase_layout(p, w, "prepare_sparse_conv2d");
   return r;
 }
 
 int64_t sparse_conv_runs_bytes(const SparseConvRuns& r) {
-  return int64_t(sizeof(SparseConvRuns) + r.offset.size() * sizeof(int32_t) + r.g.slot.size() * sizeof(int));
+  return int64_t(sizeof(SparseConvRuns) + r.g.slot.size() * sizeof(int));
 }
 
 void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRows& w, const float* b, bool relu,
@@ -196,75 +270,25 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
                            const float* b, bool relu, float* y) {
   // x (N, C, H, W)   w: K rows of C*R*S columns   b (K) or nullptr   y (N, K, P, Q)
   check_conv_params(p, "sparse_conv2d_forward");
-  const int C = p.C, K = p.K;
-  const int64_t in_image = int64_t(C) * p.H * p.W, out_image = int64_t(K) * p.P() * p.Q();
-  // The prepared runs when they were made for this weight and this input size, else made here.
+  // The prepared layout when it was made for this weight and this input size, else made here.
   const bool prepared = runs && runs->col == w.col.data() && runs->nnz == w.nnz() && runs->p.C == p.C &&
                         runs->p.H == p.H && runs->p.W == p.W && runs->p.K == p.K && runs->p.R == p.R &&
                         runs->p.S == p.S && runs->p.stride == p.stride && runs->p.pad == p.pad;
-  std::unique_ptr<int32_t[]> own;  // (nnz) run offsets of this call, when not prepared
-  PhaseLayout own_g;
-  if (!prepared) {
-    own.reset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);
-    own_g = phase_layout(p, w, own.get(), "sparse_conv2d_forward");
-  }
-  const PhaseLayout& g = prepared ? runs->g : own_g;
-  const int32_t* offset = prepared ? runs->offset.data() : own.get();
-  const SparseGrid sparse_grid = row_kernels().sparse_grid;
-
-  // Images [n0, n1), each from its phase planes in the thread's scratch (they stay in cache)
-  // through every filter.
-  auto images = [&](int n0, int n1) {
-    float* Xi = thread_scratch<float>(1, size_t(g.image + g.slack));  // (C, phases, Hph, Wph) + slack
-    float* grid = thread_scratch<float>(0, size_t(g.L));              // (L) one filter's output
-    std::fill(Xi + g.image, Xi + g.image + g.slack, 0.0f);
-    for (int n = n0; n < n1; ++n) {
-      phase_planes(p, g, x + n * in_image, 0, C, Xi);
-      filters_of_image(sparse_grid, p, g, w, offset, b, relu, Xi, 0, K, grid, y + n * out_image);
-    }
-  };
-  switch (schedule(p, w, g)) {
-    case Schedule::Serial: images(0, p.N); return;
-    case Schedule::PerImage: parallel_for(0, p.N, 1, images); return;
-    case Schedule::SharedPlanes: break;
-  }
-  // Few images: their phase planes are built first (in parallel over channels), then tasks
-  // of (image, block of filters) share them.
-  const int group = images_per_group(p, g);
-  std::unique_ptr<float[]> X(new float[size_t(group * g.image + g.slack)]);  // (group, C, phases, Hph, Wph) + slack
-  std::fill(X.get() + group * g.image, X.get() + group * g.image + g.slack, 0.0f);
-  const int per_task = rows_per_task(w, g.L), blocks = (K + per_task - 1) / per_task;
-  for (int n0 = 0; n0 < p.N; n0 += group) {
-    const int nb = std::min(group, p.N - n0);
-    auto planes = [&](int t0, int t1) {
-      for (int t = t0; t < t1;) {  // runs of channels of one image
-        const int i = t / C, c0 = t % C, c1 = std::min(C, c0 + (t1 - t));
-        phase_planes(p, g, x + (n0 + i) * in_image, c0, c1, X.get() + i * g.image);
-        t += c1 - c0;
-      }
-    };
-    if (nb * g.image < kSerialPlanes) planes(0, nb * C);  // a copy of a few microseconds
-    else parallel_for(0, nb * C, 8, planes);
-    parallel_for(0, nb * blocks, 1, [&](int t0, int t1) {
-      float* grid = thread_scratch<float>(0, size_t(g.L));  // (L) one filter's output, row length Wph
-      for (int t = t0; t < t1; ++t) {
-        const int i = t / blocks, k0 = t % blocks * per_task, k1 = std::min(K, k0 + per_task);
-        filters_of_image(sparse_grid, p, g, w, offset, b, relu, X.get() + i * g.image, k0, k1, grid,
-                         y + (n0 + i) * out_image);
-      }
-    });
-  }
+  const PhaseLayout g = prepared ? runs->g : phase_layout(p, w, "sparse_conv2d_forward");
+  // The column offsets (C*R*S, a few KB): made per call, not kept beside the nonzeros.
+  std::unique_ptr<int32_t[]> tab(new int32_t[size_t(std::max(1, p.C * p.R * p.S))]);
+  column_offsets(p, g, tab.get());
+  conv_on_planes(p, g, w, FilterRuns(w, tab.get()), x, b, relu, y);
 }
 
 SparseScratch sparse_conv2d_forward_scratch(const Conv2dParams& p, const SparseRows& w) {
   check_conv_params(p, "sparse_conv2d_forward_scratch");
-  std::vector<int32_t> offset(size_t(std::max<int64_t>(1, w.nnz())));
-  const PhaseLayout g = phase_layout(p, w, offset.data(), "sparse_conv2d_forward_scratch");
+  const PhaseLayout g = phase_layout(p, w, "sparse_conv2d_forward_scratch");
   SparseScratch s;
   s.slot0 = g.L;
-  // the run offsets, and phase_layout's table of the columns
-  s.call_bytes = int64_t(offset.size() + std::max(p.C * p.R * p.S, p.R * p.S)) * int64_t(sizeof(int32_t));
-  if (schedule(p, w, g) == Schedule::SharedPlanes)
+  // the column offsets, and a wide form's offsets for the call
+  s.call_bytes = std::max(1, p.C * p.R * p.S) * int64_t(sizeof(int32_t)) + FilterRuns::call_bytes(w);
+  if (schedule(p, w.nnz(), g) == Schedule::SharedPlanes)
     s.call_bytes += (images_per_group(p, g) * g.image + g.slack) * int64_t(sizeof(float));
   else
     s.slot1 = g.image + g.slack;
@@ -276,7 +300,8 @@ SparseScratch sparse_linear_forward_scratch(int N, const SparseRows& w) {
   if (N <= 0 || w.rows <= 0) return s;
   const int L = round_up(N, kLanes);
   s.slot0 = L;
-  s.call_bytes = (int64_t(w.cols) * N + L) * int64_t(sizeof(float)) + std::max<int64_t>(1, w.nnz()) * int64_t(sizeof(int32_t));
+  s.call_bytes = (int64_t(w.cols) * N + L) * int64_t(sizeof(float)) + std::max(1, w.cols) * int64_t(sizeof(int32_t)) +
+                 FilterRuns::call_bytes(w);
   return s;
 }
 
@@ -291,17 +316,16 @@ void sparse_linear_forward(int N, const float* x, const SparseRows& w, const flo
   std::fill(xt.get() + int64_t(I) * N, xt.get() + int64_t(I) * N + L, 0.0f);
   for (int n = 0; n < N; ++n)
     for (int i = 0; i < I; ++i) xt[int64_t(i) * N + n] = x[int64_t(n) * I + i];
-  std::unique_ptr<int32_t[]> offset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);
-  for (int64_t j = 0; j < w.nnz(); ++j) offset[j] = int32_t(int64_t(w.col[j]) * N);
-  const int per_task = rows_per_task(w, L), blocks = (O + per_task - 1) / per_task;
-  const SparseGrid sparse_grid = row_kernels().sparse_grid;
+  std::unique_ptr<int32_t[]> tab(new int32_t[size_t(std::max(1, I))]);  // (I) column i's run: row i of xt
+  for (int i = 0; i < I; ++i) tab[size_t(i)] = int32_t(int64_t(i) * N);
+  const FilterRuns fr(w, tab.get());
+  const int per_task = rows_per_task(w.nnz(), O, L), blocks = (O + per_task - 1) / per_task;
+  const RowKernels& rk = row_kernels();
   parallel_for(0, blocks, 1, [&](int t0, int t1) {
     float* grid = thread_scratch<float>(0, size_t(L));  // (L) one output feature over the batch
     for (int t = t0; t < t1; ++t)
       for (int o = t * per_task; o < std::min(O, (t + 1) * per_task); ++o) {
-        const int64_t j0 = w.row_start[o];
-        sparse_grid(w.value.data() + j0, offset.get() + j0, w.row_start[o + 1] - j0, xt.get(), L, b ? b[o] : 0.0f,
-                   relu, grid);
+        fr.grid(rk, o, xt.get(), L, b ? b[o] : 0.0f, relu, grid);
         for (int n = 0; n < N; ++n) y[int64_t(n) * O + o] = grid[n];
       }
   });

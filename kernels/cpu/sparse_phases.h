@@ -30,11 +30,15 @@ struct PhaseLayout {
   int64_t slack = 0;      // zero floats after the last image that the runs may read (L + 64)
 };
 
-// The layout of conv p whose weight w (K rows of C*R*S columns) has the given nonzeros; offset
-// (nnz) receives where each nonzero's run starts in an image's phase planes. Only the phases
-// some nonzero reads are built (a strided 1x1 conv reads one of four). Throws Error naming `op`
-// when an image's planes and their slack do not fit 32-bit offsets.
-PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, int32_t* offset, const char* op);
+// The layout of conv p whose weight w (K rows of C*R*S columns) has the given nonzeros. Only
+// the phases some nonzero reads are built (a strided 1x1 conv reads one of four). Throws Error
+// naming `op` when an image's planes and their slack do not fit 32-bit offsets.
+PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, const char* op);
+
+// tab (C*R*S): where the run of each column (c, r, s) starts in an image's phase planes of
+// layout g (a nonzero's run is its column's); 0 for a column of a phase not built (no nonzero
+// reads it).
+void column_offsets(const Conv2dParams& p, const PhaseLayout& g, int32_t* tab);
 
 // One image's phase planes: element (i, j) of phase (a, b) of channel c is the padded input
 // pixel (st*i + a, st*j + b), zero outside the image. x (C, H, W) -> dst (C, phases, Hph, Wph),

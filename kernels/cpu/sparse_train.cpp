@@ -47,7 +47,7 @@ SparseTrainPattern sparse_train_pattern(const float* mask, int K, int C, int R, 
   pat.wt.rows = C, pat.wt.cols = K * RS;
   for (int c = 0; c < C; ++c) per_channel[size_t(c) + 1] += per_channel[size_t(c)];
   pat.wt.row_start = per_channel;
-  pat.wt.col.resize(size_t(nnz));
+  pat.wt.col.resize(nnz);
   pat.wt.value.assign(size_t(nnz), 0.0f);
   pat.wt_from.resize(size_t(nnz));
   std::vector<int64_t> next(per_channel.begin(), per_channel.end() - 1);  // (C) the next free place per row
@@ -55,7 +55,7 @@ SparseTrainPattern sparse_train_pattern(const float* mask, int K, int C, int R, 
     for (int64_t j = pat.w.row_start[size_t(k) + 1] - 1; j >= pat.w.row_start[k]; --j) {
       const int col = pat.w.col[size_t(j)], c = col / RS, r = col % RS / S, s = col % S;
       const int64_t at = next[size_t(c)]++;
-      pat.wt.col[size_t(at)] = (k * R + (R - 1 - r)) * S + (S - 1 - s);
+      pat.wt.col.set(at, (k * R + (R - 1 - r)) * S + (S - 1 - s));
       pat.wt_from[size_t(at)] = j;
     }
   return pat;
@@ -222,8 +222,11 @@ void sparse_conv2d_backward_weights(const Conv2dParams& p, const float* x, const
   const SparseRows& w = pat.w;
   const int N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, P = p.P(), Q = p.Q();
   // The input as the sparse forward reads it: only the phases some nonzero reads are built.
+  const PhaseLayout g = phase_layout(p, w, "sparse_conv2d_backward_weights");
+  std::vector<int32_t> tab(size_t(std::max(1, C * p.R * p.S)));  // (C*R*S) where each column's run starts
+  column_offsets(p, g, tab.data());
   std::vector<int32_t> off(size_t(std::max<int64_t>(1, w.nnz())));  // (nnz) where each nonzero's run starts
-  const PhaseLayout g = phase_layout(p, w, off.data(), "sparse_conv2d_backward_weights");
+  for (int64_t j = 0; j < w.nnz(); ++j) off[size_t(j)] = tab[size_t(w.col[j])];
   const int L = g.L;
   const auto row_dots = sparse_train_kernels().row_dots;
   // Images in T fixed parts, each summed into its own accumulators, then the parts in order:
