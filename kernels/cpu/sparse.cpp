@@ -201,16 +201,16 @@ PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, const char*
 
 void column_offsets(const Conv2dParams& p, const PhaseLayout& g, int32_t* tab) {
   // Where tap (r, s) starts within its channel's phase planes (unused phases: 0, never read),
-  // then the run offset of every column (c, r, s): channel c's planes start c * phases * plane.
+  // channel 0's columns; channel c's planes start c * phases * plane.
   const int R = p.R, S = p.S, RS = R * S;
-  std::vector<int32_t> tap(static_cast<size_t>(RS));
   for (int r = 0; r < R; ++r)
     for (int s = 0; s < S; ++s) {
       const int ph = g.slot[size_t((r % g.st) * g.st + s % g.st)];
-      tap[size_t(r * S + s)] = ph < 0 ? 0 : (ph * g.Hph + r / g.st) * g.Wph + s / g.st;
+      tab[r * S + s] = ph < 0 ? 0 : (ph * g.Hph + r / g.st) * g.Wph + s / g.st;
     }
-  for (int c = 0, col = 0; c < p.C; ++c)
-    for (int t = 0; t < RS; ++t) tab[size_t(col++)] = int32_t(int64_t(c) * g.phases * g.plane) + tap[size_t(t)];
+  const int32_t channel = int32_t(int64_t(g.phases) * g.plane);
+  for (int c = 1; c < p.C; ++c)
+    for (int t = 0; t < RS; ++t) tab[int64_t(c) * RS + t] = tab[int64_t(c - 1) * RS + t] + channel;
 }
 
 void phase_planes(const Conv2dParams& p, const PhaseLayout& g, const float* x, int c0, int c1, float* dst) {
@@ -274,11 +274,19 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
   const bool prepared = runs && runs->col == w.col.data() && runs->nnz == w.nnz() && runs->p.C == p.C &&
                         runs->p.H == p.H && runs->p.W == p.W && runs->p.K == p.K && runs->p.R == p.R &&
                         runs->p.S == p.S && runs->p.stride == p.stride && runs->p.pad == p.pad;
-  const PhaseLayout g = prepared ? runs->g : phase_layout(p, w, "sparse_conv2d_forward");
-  // The column offsets (C*R*S, a few KB): made per call, not kept beside the nonzeros.
-  std::unique_ptr<int32_t[]> tab(new int32_t[size_t(std::max(1, p.C * p.R * p.S))]);
-  column_offsets(p, g, tab.get());
-  conv_on_planes(p, g, w, FilterRuns(w, tab.get()), x, b, relu, y);
+  PhaseLayout own_g;
+  if (!prepared) own_g = phase_layout(p, w, "sparse_conv2d_forward");
+  const PhaseLayout& g = prepared ? runs->g : own_g;
+  // The column offsets (C*R*S): made per call, not kept beside the nonzeros; on the stack up to
+  // 16 KB (a 455-channel 3x3 conv).
+  constexpr int kStackColumns = 4096;
+  const int CRS = p.C * p.R * p.S;
+  int32_t on_stack[kStackColumns];
+  std::unique_ptr<int32_t[]> on_heap;
+  if (CRS > kStackColumns) on_heap.reset(new int32_t[size_t(CRS)]);
+  int32_t* tab = on_heap ? on_heap.get() : on_stack;
+  column_offsets(p, g, tab);
+  conv_on_planes(p, g, w, FilterRuns(w, tab), x, b, relu, y);
 }
 
 SparseScratch sparse_conv2d_forward_scratch(const Conv2dParams& p, const SparseRows& w) {
