@@ -272,7 +272,7 @@ Portfolio load_portfolio_manifest(const std::string& dir) {
   return parse_portfolio_manifest(read_text(path), path);
 }
 
-std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index,
+std::shared_ptr<Model> load_variant_model(const std::string& dir, const Portfolio& p, int index,
                                                 Execution execution, const std::vector<int64_t>& batches) {
   check(index >= 0 && index < static_cast<int>(p.variants.size()),
         "portfolio " + dir + ": no variant " + std::to_string(index));
@@ -314,7 +314,7 @@ std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Po
             std::to_string(p.num_classes) + " classes");
   if (execution != Execution::Dense)
     plan_execution(m, execution, batches.empty() ? std::vector<int64_t>{1, p.latency_batch} : batches);
-  return std::make_shared<const Model>(std::move(m));
+  return std::make_shared<Model>(std::move(m));
 }
 
 LoadedPortfolio load_portfolio(const std::string& dir, Execution execution, const std::vector<int64_t>& batches) {

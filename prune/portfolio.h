@@ -96,7 +96,9 @@ Portfolio load_portfolio_manifest(const std::string& dir);
 struct LoadedPortfolio {
   std::string dir;
   Portfolio manifest;
-  std::vector<std::shared_ptr<const Model>> models;  // (variants) immutable, on the CPU
+  // (variants) on the CPU. Not const so that a Shifter given the only references may release
+  // their dense weights in place (prune/shifter.h); nothing else changes them.
+  std::vector<std::shared_ptr<Model>> models;
 };
 // Loads the manifest and every model file, and checks each against its entry (file present,
 // size, CRC-32, a valid model archive, parameters, FLOPs, resident bytes, input shape and
@@ -107,9 +109,9 @@ struct LoadedPortfolio {
 LoadedPortfolio load_portfolio(const std::string& dir, Execution execution = Execution::Dense,
                                const std::vector<int64_t>& batches = {});
 // One variant's model, checked against its entry in the same way (and planned likewise).
-std::shared_ptr<const Model> load_variant_model(const std::string& dir, const Portfolio& p, int index,
-                                                Execution execution = Execution::Dense,
-                                                const std::vector<int64_t>& batches = {});
+std::shared_ptr<Model> load_variant_model(const std::string& dir, const Portfolio& p, int index,
+                                          Execution execution = Execution::Dense,
+                                          const std::vector<int64_t>& batches = {});
 
 // The checksum the manifest keeps of a model file: CRC-32 (zlib's) of every byte before the
 // archive's 12-byte trailer (its own CRC-32 field and the end marker, core/archive.h). The CRC

@@ -234,14 +234,19 @@ Model unpack_model(const PackedModel& p) {
 // ---------------------------------------------------------------- the shifter
 
 // A variant as the shifter holds it ready: the loaded model itself when no layer's plan runs sparse at
-// every batch, else a copy whose dense weights of those layers are released (the loaded models
-// are immutable: the copy is made, released and then published; the loaded one goes when no one
-// else holds it).
-static std::shared_ptr<const Model> ready_model(std::shared_ptr<const Model> shared) {
+// every batch, else that model with the dense weights of those layers released: in place when
+// the shifter holds the only reference (the portfolio was moved in), before anyone can serve it;
+// otherwise a copy is released (whoever else holds the loaded model keeps it unchanged; both
+// exist until they let it go).
+static std::shared_ptr<Model> ready_model(std::shared_ptr<Model> shared) {
   if (shared->releasable_weight_bytes() == 0) return shared;
+  if (shared.use_count() == 1) {
+    shared->release_dense_weights();
+    return shared;
+  }
   Model lean = shared->clone();
   lean.release_dense_weights();
-  return std::make_shared<const Model>(std::move(lean));
+  return std::make_shared<Model>(std::move(lean));
 }
 
 Shifter::Shifter(LoadedPortfolio portfolio, NoFitPolicy policy, Residency residency)

@@ -205,7 +205,7 @@ TEST_CASE("the shifter holds every variant lean and counts what it holds") {
     want.push_back(infer(m, x));
     released.push_back(m.releasable_weight_bytes());
     held.push_back(model_resident_bytes(m) + sparse_execution_bytes(m));
-    lp.models.push_back(std::make_shared<const Model>(std::move(m)));
+    lp.models.push_back(std::make_shared<Model>(std::move(m)));
     VariantInfo v;
     v.name = "v" + std::to_string(i);
     v.file = v.name + ".dnns";
@@ -227,6 +227,27 @@ TEST_CASE("the shifter holds every variant lean and counts what it holds") {
     CHECK(testing::same_bits(dense.infer(x).logits, want[size_t(i)]));
   }
   CHECK(dense.model(2) == lp.models[2]);  // nothing to release: the loaded model itself is served
+  for (int i = 0; i < 2; ++i) CHECK(lp.models[size_t(i)]->released_weights() == 0);  // copies were released
+
+  {  // Given the only references, the shifter releases the loaded models in place: no copies.
+    LoadedPortfolio own;
+    own.dir = lp.dir;
+    own.manifest = lp.manifest;
+    std::vector<const Model*> objects;
+    for (const auto& m : lp.models) {
+      own.models.push_back(std::make_shared<Model>(m->clone()));
+      objects.push_back(own.models.back().get());
+    }
+    Shifter in_place(std::move(own), NoFitPolicy::Closest, Residency::Dense);
+    CHECK(in_place.resident_bytes() == expect);
+    for (int i = 0; i < 3; ++i) {
+      CAPTURE(i);
+      CHECK(in_place.model(i).get() == objects[size_t(i)]);
+      CHECK(in_place.model(i)->released_weights() == (i == 0 ? 2 : i == 1 ? 3 : 0));
+      in_place.activate(i);
+      CHECK(testing::same_bits(in_place.infer(x).logits, want[size_t(i)]));
+    }
+  }
 
   std::vector<PackedModel> packed;
   for (const auto& m : lp.models) packed.push_back(pack_model(*m));

@@ -69,7 +69,7 @@ LoadedPortfolio in_memory(std::vector<Model> models, std::vector<VariantInfo> in
   lp.manifest.input_shape = models.at(0).input_shape();
   lp.manifest.num_classes = 10;
   lp.manifest.latency_batch = 4;
-  for (Model& m : models) lp.models.push_back(std::make_shared<const Model>(std::move(m)));
+  for (Model& m : models) lp.models.push_back(std::make_shared<Model>(std::move(m)));
   lp.manifest.variants = std::move(infos);
   return lp;
 }

@@ -509,7 +509,7 @@ TEST_CASE("the shifter's packed variants run with their plan; residency counts t
     tensors.push_back(model_resident_bytes(c));
     copies.push_back(sparse_execution_bytes(c));
     released.push_back(c.releasable_weight_bytes());  // the shifter holds them lean
-    lp.models.push_back(std::make_shared<const Model>(std::move(c)));
+    lp.models.push_back(std::make_shared<Model>(std::move(c)));
     VariantInfo v;
     v.name = "v" + std::to_string(i);
     v.file = v.name + ".dnns";

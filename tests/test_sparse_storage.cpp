@@ -321,7 +321,7 @@ TEST_CASE("file sizes and packed residency follow the surviving weights") {
     Model m = resnet20_at(d);
     m.masks.clear();
     sum_packed += pack_model(m).bytes();
-    lp.models.push_back(std::make_shared<const Model>(std::move(m)));
+    lp.models.push_back(std::make_shared<Model>(std::move(m)));
     VariantInfo v;
     v.name = "d" + std::to_string(int(d * 100));
     v.file = v.name + ".dnns";
