@@ -18,6 +18,10 @@ SparseRows sparse_from_dense(const float* w, int rows, int cols) {
   s.rows = rows;
   s.cols = cols;
   s.row_start.assign(size_t(rows) + 1, 0);
+  int64_t nnz = 0;  // a first pass, so that the form is allocated at its exact size
+  for (int64_t i = 0; i < int64_t(rows) * cols; ++i) nnz += w[i] != 0.0f;
+  s.col.reserve(nnz);
+  s.value.reserve(size_t(nnz));
   for (int i = 0; i < rows; ++i) {
     const float* row = w + int64_t(i) * cols;  // (cols)
     for (int j = 0; j < cols; ++j) {
@@ -31,6 +35,7 @@ SparseRows sparse_from_dense(const float* w, int rows, int cols) {
     }
     s.row_start[size_t(i) + 1] = int64_t(s.col.size());
   }
+  s.col.shrink_to_fit();  // columns widened on the way were reserved at the narrow count
   return s;
 }
 

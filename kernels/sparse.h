@@ -12,10 +12,13 @@
 // accumulation: the ground truth) and cpu:: (vectorised over output pixels, oneTBB tasks).
 // The ops:: entry points check shapes and pick ref or cpu by set_cpu_backend.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 #include "kernels/params.h"
 
@@ -37,7 +40,7 @@ class SparseColumns {
   const void* data() const { return wide_ ? static_cast<const void*>(w32_.data()) : w16_.data(); }
   int64_t bytes() const { return size() * (wide_ ? 4 : 2); }
   void push_back(int32_t c) {
-    if (!wide_ && c > 0xffff) widen();
+    if (!wide_ && uint32_t(c) > 0xffff) widen(c);
     if (wide_) w32_.push_back(c);
     else w16_.push_back(uint16_t(c));
   }
@@ -45,15 +48,27 @@ class SparseColumns {
     if (wide_) w32_.resize(size_t(n));
     else w16_.resize(size_t(n));
   }
+  void reserve(int64_t n) {
+    if (wide_) w32_.reserve(size_t(n));
+    else w16_.reserve(size_t(n));
+  }
+  void shrink_to_fit() {  // capacity = size, so that bytes() is what is held
+    w16_.shrink_to_fit();
+    w32_.shrink_to_fit();
+  }
   void set(int64_t j, int32_t c) {
-    if (!wide_ && c > 0xffff) widen();
+    if (!wide_ && uint32_t(c) > 0xffff) widen(c);
     if (wide_) w32_[size_t(j)] = c;
     else w16_[size_t(j)] = uint16_t(c);
   }
 
  private:
-  void widen() {
-    w32_.assign(w16_.begin(), w16_.end());
+  void widen(int32_t c) {
+    check(c >= 0, [&] { return "SparseColumns: negative column " + std::to_string(c); });
+    std::vector<int32_t> w;
+    w.reserve(std::max(w16_.capacity(), w16_.size() + 1));
+    w.assign(w16_.begin(), w16_.end());
+    w32_.swap(w);
     std::vector<uint16_t>().swap(w16_);
     wide_ = true;
   }

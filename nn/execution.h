@@ -57,7 +57,8 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
 
 // Auto's choice for one layer and batch from its measured times: the faster one, except that a
 // sparse form larger than the dense weight (above about two thirds of the weights left: 6 bytes
-// a nonzero, its value and 16-bit column, against 4 a weight) must measure faster by as much as
+// a nonzero, its value and 16-bit column, against 4 a weight; above half for a layer of more
+// than 65,535 columns, whose columns take 32 bits) must measure faster by as much as
 // it is larger, and at least kBulkySparseMargin times. Memory for speed, on purpose: a ready
 // variant holds that form beside the weight (or instead of it), and gains of 5-30% at such
 // densities come and go from one plan to the next: they come from a dense kernel weak on the

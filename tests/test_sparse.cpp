@@ -169,8 +169,13 @@ TEST_CASE("sparse columns widen past 65535, and the wide form runs") {
   CHECK((c[0] == 0 && c[1] == 7 && c[2] == 65535 && c[3] == 65536));
   SparseColumns d;
   d.resize(2);
+  d.set(1, 65535);
+  CHECK(!d.wide());
   d.set(1, 70000);
   CHECK((d.wide() && d[0] == 0 && d[1] == 70000));
+  d.resize(3);
+  CHECK((d.wide() && d.size() == 3 && d[2] == 0 && d.bytes() == 3 * 4));
+  CHECK(testing::contains(testing::error_of([&] { SparseColumns().push_back(-1); }), "negative column"));
 
   const testing::ScopedThreads threads(2);
   Rng rng(77);
@@ -184,6 +189,9 @@ TEST_CASE("sparse columns widen past 65535, and the wide form runs") {
     ref::sparse_linear_forward(N, x.data(), s, b.data(), false, want.data());
     cpu::sparse_linear_forward(N, x.data(), s, b.data(), false, got.data());
     check_close(got, want, "wide sparse linear");
+    // the call's buffers: x transposed (I x N + a run of 8), the I column offsets, and the
+    // wide form's offsets of its nonzeros
+    CHECK(cpu::sparse_linear_forward_scratch(N, s).call_bytes == (int64_t(I) * N + 8) * 4 + int64_t(I) * 4 + s.nnz() * 4);
   }
   {
     const Conv2dParams p = conv(2, 7300, 3, 3, 4, 3, 3, 1, 1);
@@ -199,6 +207,35 @@ TEST_CASE("sparse columns widen past 65535, and the wide form runs") {
     cpu::sparse_conv2d_forward(p, x.data(), s, runs.get(), b.data(), true, prepared.data());
     check_close(got, want, "wide sparse conv");
     check_close(prepared, want, "wide sparse conv, prepared");
+    // C*R*S offsets on the heap (above 4096 columns), the nonzeros' offsets, the column marks,
+    // and (2 images, fewer than 2 per thread) both images' planes, 7300 of 5 x 5, plus a run
+    // of 16 and 64 floats of slack
+    const int64_t CRS = int64_t(p.C) * 9;
+    CHECK(cpu::sparse_conv2d_forward_scratch(p, s).call_bytes ==
+          CRS * 4 + s.nnz() * 4 + CRS + (2 * 7300 * 25 + 16 + 64) * 4);
+  }
+  // Narrow columns past 4096 (the column offsets on the heap) and past 32767 (the top bit of
+  // a 16-bit column): 4000 channels, 36,000 columns.
+  {
+    const Conv2dParams p = conv(1, 4000, 4, 4, 6, 3, 3, 1, 1);
+    const std::vector<float> w = masked_weight(rng, p.K, p.C * 9, 0.05, {2});
+    const SparseRows s = sparse_from_dense(w.data(), p.K, p.C * 9);
+    REQUIRE(!s.col.wide());
+    bool high = false;
+    for (int64_t j = 0; j < s.nnz(); ++j) high |= s.col[j] >= 32768;
+    REQUIRE(high);
+    const std::vector<float> x = randn(rng, size_t(p.C) * p.H * p.W), b = randn(rng, p.K);
+    std::vector<float> want(size_t(p.K) * p.P() * p.Q()), got(want.size());
+    ref::sparse_conv2d_forward(p, x.data(), s, b.data(), false, want.data());
+    cpu::sparse_conv2d_forward(p, x.data(), s, b.data(), false, got.data());
+    check_close(got, want, "narrow sparse conv of 36,000 columns");
+  }
+  {  // a narrow conv of few columns: the offsets on the stack, only the column marks counted
+    const Conv2dParams p = conv(1, 5, 6, 6, 3, 3, 3, 1, 1);
+    const std::vector<float> w = masked_weight(rng, p.K, p.C * 9, 0.5, {});
+    const cpu::SparseScratch sc = cpu::sparse_conv2d_forward_scratch(p, sparse_from_dense(w.data(), p.K, p.C * 9));
+    CHECK(sc.slot1 > 0);  // one image on the calling thread: the planes in its scratch
+    CHECK(sc.call_bytes == 45);
   }
 }
 
@@ -264,6 +301,25 @@ TEST_CASE("prepared sparse conv runs: same result, ignored when made for another
     cpu::sparse_conv2d_forward(p, x.data(), copy, runs.get(), b.data(), true, other.data());
     CHECK(other == plain);
   }
+  // The layout depends on which taps the nonzeros use: a stride-2 weight on even taps only
+  // builds one phase of four. Runs made for it, given another weight object with as many
+  // nonzeros on odd taps too, must be ignored (the identity check), not read with that layout.
+  const Conv2dParams p = conv(1, 6, 12, 10, 5, 3, 3, 2, 1);
+  const std::vector<float> x = randn(rng, int64_t(p.C) * p.H * p.W), b = randn(rng, p.K);
+  std::vector<float> even = masked_weight(rng, p.K, p.C * 9, 0.5, {});
+  for (int64_t i = 0; i < int64_t(even.size()); ++i)
+    if (i % 9 % 2 == 1 || i % 9 / 3 % 2 == 1) even[size_t(i)] = 0.0f;  // r or s odd
+  std::vector<float> odd = even;  // the (0, 0) taps moved to (1, 1): the same nonzero count
+  int moved = 0;
+  for (int64_t i = 0; i < int64_t(odd.size()); i += 9)
+    if (odd[size_t(i)] != 0.0f) std::swap(odd[size_t(i)], odd[size_t(i + 4)]), ++moved;
+  REQUIRE(moved > 0);
+  const SparseRows se = sparse_from_dense(even.data(), p.K, p.C * 9), so = sparse_from_dense(odd.data(), p.K, p.C * 9);
+  REQUIRE(se.nnz() == so.nnz());
+  const auto runs = cpu::prepare_sparse_conv2d(p, se);
+  std::vector<float> got(size_t(p.K) * p.P() * p.Q(), NAN);
+  cpu::sparse_conv2d_forward(p, x.data(), so, runs.get(), b.data(), false, got.data());
+  check_close(got, dense_conv(p, x, odd, b.data(), false), "odd taps given the runs of an even-tap weight");
 }
 
 TEST_CASE("sparse conv of a layer with no nonzero is its bias (then ReLU)") {
@@ -410,7 +466,7 @@ TEST_CASE("auto runs a layer sparse when it measured faster, by a margin when it
   CHECK(auto_runs_sparse(1.0, 0.99 / kBulkySparseMargin, 410, 400));
   CHECK(auto_runs_sparse(1.0, 0.9, 400, 400));    // the same size counts as small
   CHECK(kBulkySparseMargin > 1.1);
-  // a form 1.6x the weight (a dense layer's values and columns) must be 1.6x faster
+  // a form 1.6x the weight (values and 32-bit columns at 80% density) must be 1.6x faster
   CHECK_FALSE(auto_runs_sparse(1.0, 1.0 / 1.55, 640, 400));
   CHECK(auto_runs_sparse(1.0, 1.0 / 1.65, 640, 400));
 }

@@ -481,7 +481,7 @@ int cmd_bench(int argc, char** argv) {
   for (const ResidencyBench& b : rb) {
     if (b.variants.empty()) continue;
     std::printf("\nheld ready (%s residency): a layer whose plan runs sparse at every batch keeps only its sparse form\n"
-                "(values, 16-bit columns, row starts, a conv's column offsets); the others keep the dense weight (and a sparse\n"
+                "(values, 16-bit columns (32 past 65535), row starts, a conv's prepared layout); the others keep the dense weight (and a sparse\n"
                 "copy where they run sparse at some batch)\n\n"
                 "| variant | tensors MB | sparse forms MB | held MB | of the ensemble | layers holding only the sparse form |\n"
                 "|---|---:|---:|---:|---:|---:|\n",

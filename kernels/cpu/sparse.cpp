@@ -51,15 +51,16 @@ int round_up(int n, int m) { return (n + m - 1) / m * m; }
 class FilterRuns {
  public:
   FilterRuns(const SparseRows& w, const int32_t* tab) : w_(w), col_(w.col.narrow_data()), tab_(tab) {
-    if (col_) return;
+    if (!w.col.wide()) return;
+    const int32_t* col = w.col.wide_data();
     off_.reset(new int32_t[size_t(std::max<int64_t>(1, w.nnz()))]);
-    for (int64_t j = 0; j < w.nnz(); ++j) off_[size_t(j)] = tab[w.col[j]];
+    for (int64_t j = 0; j < w.nnz(); ++j) off_[size_t(j)] = tab[col[j]];
   }
   // out (L) = rows.h sparse_grid of row k over the planes X
   void grid(const RowKernels& rk, int k, const float* X, int L, float bias, bool relu, float* out) const {
     const int64_t j0 = w_.row_start[size_t(k)], n = w_.row_start[size_t(k) + 1] - j0;
-    if (col_) rk.sparse_grid_cols(w_.value.data() + j0, col_ + j0, tab_, n, X, L, bias, relu, out);
-    else rk.sparse_grid(w_.value.data() + j0, off_.get() + j0, n, X, L, bias, relu, out);
+    if (off_) rk.sparse_grid(w_.value.data() + j0, off_.get() + j0, n, X, L, bias, relu, out);
+    else rk.sparse_grid_cols(w_.value.data() + j0, col_ + j0, tab_, n, X, L, bias, relu, out);
   }
   static int64_t call_bytes(const SparseRows& w) {  // what the constructor allocates
     return w.col.wide() ? std::max<int64_t>(1, w.nnz()) * int64_t(sizeof(int32_t)) : 0;
@@ -71,6 +72,10 @@ class FilterRuns {
   const int32_t* tab_;
   std::unique_ptr<int32_t[]> off_;
 };
+
+// A conv call's column offsets (C*R*S) are made on its stack up to this many columns (16 KB: a
+// 455-channel 3x3 conv), on the heap beyond.
+constexpr int kStackColumns = 4096;
 
 // Rows [k0, k1) as one task's share: rows per task such that a task holds about kTaskWork
 // multiply-adds (an average row's nonzeros times the grid), at least one row.
@@ -277,9 +282,7 @@ void sparse_conv2d_forward(const Conv2dParams& p, const float* x, const SparseRo
   PhaseLayout own_g;
   if (!prepared) own_g = phase_layout(p, w, "sparse_conv2d_forward");
   const PhaseLayout& g = prepared ? runs->g : own_g;
-  // The column offsets (C*R*S): made per call, not kept beside the nonzeros; on the stack up to
-  // 16 KB (a 455-channel 3x3 conv).
-  constexpr int kStackColumns = 4096;
+  // The column offsets (C*R*S): made per call, not kept beside the nonzeros.
   const int CRS = p.C * p.R * p.S;
   int32_t on_stack[kStackColumns];
   std::unique_ptr<int32_t[]> on_heap;
@@ -294,8 +297,10 @@ SparseScratch sparse_conv2d_forward_scratch(const Conv2dParams& p, const SparseR
   const PhaseLayout g = phase_layout(p, w, "sparse_conv2d_forward_scratch");
   SparseScratch s;
   s.slot0 = g.L;
-  // the column offsets, and a wide form's offsets for the call
-  s.call_bytes = std::max(1, p.C * p.R * p.S) * int64_t(sizeof(int32_t)) + FilterRuns::call_bytes(w);
+  // the column offsets when on the heap, a wide form's offsets for the call, and the column marks
+  // of a layout made by the call (unprepared)
+  const int64_t CRS = int64_t(p.C) * p.R * p.S;
+  s.call_bytes = (CRS > kStackColumns ? CRS * int64_t(sizeof(int32_t)) : 0) + FilterRuns::call_bytes(w) + CRS;
   if (schedule(p, w.nnz(), g) == Schedule::SharedPlanes)
     s.call_bytes += (images_per_group(p, g) * g.image + g.slack) * int64_t(sizeof(float));
   else
@@ -324,6 +329,7 @@ void sparse_linear_forward(int N, const float* x, const SparseRows& w, const flo
   std::fill(xt.get() + int64_t(I) * N, xt.get() + int64_t(I) * N + L, 0.0f);
   for (int n = 0; n < N; ++n)
     for (int i = 0; i < I; ++i) xt[int64_t(i) * N + n] = x[int64_t(n) * I + i];
+  check(int64_t(I) * N + L < INT32_MAX, "sparse_linear_forward: input too large for the kernel");
   std::unique_ptr<int32_t[]> tab(new int32_t[size_t(std::max(1, I))]);  // (I) column i's run: row i of xt
   for (int i = 0; i < I; ++i) tab[size_t(i)] = int32_t(int64_t(i) * N);
   const FilterRuns fr(w, tab.get());

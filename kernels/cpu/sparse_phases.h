@@ -36,8 +36,8 @@ struct PhaseLayout {
 PhaseLayout phase_layout(const Conv2dParams& p, const SparseRows& w, const char* op);
 
 // tab (C*R*S): where the run of each column (c, r, s) starts in an image's phase planes of
-// layout g (a nonzero's run is its column's); 0 for a column of a phase not built (no nonzero
-// reads it).
+// layout g (a nonzero's run is its column's); a column of a phase not built gets an offset
+// that is never read (no nonzero has it).
 void column_offsets(const Conv2dParams& p, const PhaseLayout& g, int32_t* tab);
 
 // One image's phase planes: element (i, j) of phase (a, b) of channel c is the padded input

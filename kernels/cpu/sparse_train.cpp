@@ -40,6 +40,7 @@ SparseTrainPattern sparse_train_pattern(const float* mask, int K, int C, int R, 
       if (mask[int64_t(k) * CRS + col] != 0.0f) pat.w.col.push_back(col), ++per_channel[size_t(col / RS) + 1];
     pat.w.row_start[size_t(k) + 1] = int64_t(pat.w.col.size());
   }
+  pat.w.col.shrink_to_fit();
   const int64_t nnz = pat.w.nnz();
   pat.w.value.assign(size_t(nnz), 0.0f);
   // wt: row c holds the columns (k*R + R-1-r)*S + S-1-s ascending: k ascending, then the taps
@@ -269,6 +270,7 @@ void sparse_linear_backward_weights(int N, const float* x, const float* dy, cons
     for (int i = 0; i < I; ++i) xt[size_t(i) * Lp + n] = x[int64_t(n) * I + i];
     for (int o = 0; o < O; ++o) dyt[size_t(o) * Lp + n] = dy[int64_t(n) * O + o];
   }
+  check(int64_t(I) * Lp + Lp < INT32_MAX, "sparse_linear_backward_weights: input too large for the kernel");
   std::vector<int32_t> off(size_t(std::max<int64_t>(1, w.nnz())));
   for (int64_t j = 0; j < w.nnz(); ++j) off[size_t(j)] = w.col[j] * Lp;
   std::vector<float> g(size_t(std::max<int64_t>(1, w.nnz())), 0.0f);
