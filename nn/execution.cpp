@@ -187,6 +187,63 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
   return plan;
 }
 
+namespace {
+// Whether settle_sparse_plans changes the plan of a layer whose dense weight is w (see
+// nn/execution.h).
+bool settles(const SparseExecution& e, const Tensor& w, double max_slowdown) {
+  if (e.always || e.choices.empty() || e.sparse_at_every_batch() || !w.defined() || !w.is_cpu()) return false;
+  const bool close = std::all_of(e.choices.begin(), e.choices.end(), [&](const SparseExecution::Choice& c) {
+    return c.sparse || (c.dense_ms > 0 && c.sparse_ms > 0 && c.sparse_ms <= max_slowdown * c.dense_ms);
+  });
+  if (!close) return false;
+  int64_t form = e.weight.bytes();
+  if (e.weight.rows == 0) {  // dense at every batch: what its sparse form would take
+    const int64_t rows = w.dim(0), cols = w.numel() / std::max<int64_t>(1, rows);
+    int64_t nnz = 0;
+    for (int64_t i = 0; i < w.numel(); ++i) nnz += w[i] != 0.0f;
+    form = nnz * (cols > 65536 ? 8 : 6) + (rows + 1) * int64_t(sizeof(int64_t));
+  }
+  return form < w.numel() * int64_t(sizeof(float));
+}
+}  // namespace
+
+int settleable_sparse_plans(const Model& m, double max_slowdown) {
+  int n = 0;
+  for (const Node& node : m.nodes()) {
+    if (!node.layer) continue;
+    const Plannable pl = plannable(const_cast<Layer&>(*node.layer));  // only read
+    n += pl.exec && *pl.exec && settles(**pl.exec, *pl.weight, max_slowdown);
+  }
+  return n;
+}
+
+int settle_sparse_plans(Model& m, ExecutionPlan* plan, double max_slowdown) {
+  int changed = 0;
+  const std::vector<Shape> shapes = m.infer_shapes(1);
+  auto& nodes = m.nodes();
+  for (size_t i = 1; i < nodes.size(); ++i) {
+    Plannable pl = plannable(*nodes[i].layer);
+    if (!pl.exec || !*pl.exec || !settles(**pl.exec, *pl.weight, max_slowdown)) continue;
+    const SparseExecution& e = **pl.exec;
+    // A fresh plan object (the old one may be shared by clones), its runs made for its own form.
+    auto settled = std::make_shared<SparseExecution>();
+    try {
+      settled->weight = e.weight.rows ? e.weight : sparse_from_dense(*pl.weight);
+    } catch (const Error& err) {
+      throw Error("settle_sparse_plans: node '" + nodes[i].name + "': " + err.what());
+    }
+    settled->choices = e.choices;
+    for (SparseExecution::Choice& c : settled->choices) c.sparse = true;
+    prepare_runs(*nodes[i].layer, shapes[nodes[i].inputs[0]], *settled);
+    *pl.exec = settled;
+    if (plan)
+      for (LayerExecution& le : plan->layers)
+        if (le.node == nodes[i].name) le.sparse = true;
+    ++changed;
+  }
+  return changed;
+}
+
 bool auto_runs_sparse(double dense_ms, double sparse_ms, int64_t sparse_form_bytes, int64_t dense_weight_bytes) {
   if (sparse_form_bytes > dense_weight_bytes)
     return sparse_ms * std::max(kBulkySparseMargin, double(sparse_form_bytes) / double(dense_weight_bytes)) < dense_ms;

@@ -69,6 +69,23 @@ ExecutionPlan plan_execution(Model& m, Execution mode, const std::vector<int64_t
 constexpr double kBulkySparseMargin = 1.25;
 bool auto_runs_sparse(double dense_ms, double sparse_ms, int64_t sparse_form_bytes, int64_t dense_weight_bytes);
 
+// One form per layer, the smaller, for a model about to hold only what it runs
+// (Model::release_dense_weights: the shifter's ready variants, the portfolio's memory figures).
+// A layer whose auto plan runs dense at some or all of its planned batches holds its dense
+// weight (and, when sparse at others, its sparse form too). When its sparse form is smaller than
+// the dense weight and measured at most `max_slowdown` times the dense time at every batch
+// planned dense, the layer is planned sparse at every batch (its sparse form made from the
+// weight if the plan had none), so that its dense weight can go. Plans with a clearer dense win,
+// unmeasured choices (forced or restored plans) and forms not smaller than the weight stay as
+// they are. Returns the layers changed; `plan` (or nullptr), what plan_execution returned for m,
+// gets their entries marked sparse. Why: at 40% of the weights left a layer's two kernels are a
+// few percent apart, so plans made on a loaded machine flip: the quick start's level 1 planned
+// 5 to 12 of its 22 layers dense at one batch or both, holding up to 0.35 MB of dense weights:
+// 50.6% of the ensemble where idle plans hold 49% (README).
+constexpr double kSettleSlowdown = 1.10;
+int settle_sparse_plans(Model& m, ExecutionPlan* plan = nullptr, double max_slowdown = kSettleSlowdown);
+int settleable_sparse_plans(const Model& m, double max_slowdown = kSettleSlowdown);  // what it would change
+
 // A text table of a plan: layer, weight shape, density, batch, chosen execution, measured times.
 std::string execution_plan_table(const ExecutionPlan& p);
 

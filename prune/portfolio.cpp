@@ -567,13 +567,16 @@ Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir
   for (const VariantInfo& v : p.variants) compact.push_back(Model::load(out_dir + "/" + v.file));
   p.execution = execution_name(opt.execution);
   for (size_t i = 0; i < compact.size(); ++i) {
-    const ExecutionPlan plan = plan_execution(compact[i], opt.execution, {1, opt.latency_batch});
+    ExecutionPlan plan = plan_execution(compact[i], opt.execution, {1, opt.latency_batch});
+    // As the shifter holds the variant ready (prune/shifter.cpp): one form per layer where the
+    // plan allows it.
+    settle_sparse_plans(compact[i], &plan);
     VariantInfo& v = p.variants[i];
     v.planned_layers = static_cast<int>(plan.layers.size() / (opt.latency_batch == 1 ? 1 : 2));
     v.sparse_layers_b1 = plan.sparse_layers(1);
     v.sparse_layers_batch = plan.sparse_layers(opt.latency_batch);
-    // Memory as the shifter holds the variant ready: planned, the dense weights of the layers
-    // that run sparse at both batches released, the plan's sparse copies counted.
+    // Memory as the shifter holds the variant ready: the dense weights of the layers that run
+    // sparse at both batches released, the plan's sparse copies counted.
     compact[i].release_dense_weights();
     v.memory_bytes_b1 = inference_memory(compact[i], 1).total();
     v.memory_bytes_batch = inference_memory(compact[i], opt.latency_batch).total();

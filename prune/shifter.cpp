@@ -233,19 +233,24 @@ Model unpack_model(const PackedModel& p) {
 
 // ---------------------------------------------------------------- the shifter
 
-// A variant as the shifter holds it ready: the loaded model itself when no layer's plan runs sparse at
-// every batch, else that model with the dense weights of those layers released: in place when
-// the shifter holds the only reference (the portfolio was moved in), before anyone can serve it;
-// otherwise a copy is released (whoever else holds the loaded model keeps it unchanged; both
-// exist until they let it go).
+// A variant as the shifter holds it ready: one form per layer where the plan allows it
+// (settle_sparse_plans, nn/execution.h), then the dense weights of the layers that run sparse at
+// every batch released. The loaded model itself when that changes nothing; else that model,
+// changed in place when the shifter holds the only reference (the portfolio was moved in),
+// before anyone can serve it; otherwise a changed copy (whoever else holds the loaded model
+// keeps it unchanged; both exist until they let it go).
+static void make_lean(Model& m) {
+  settle_sparse_plans(m);
+  m.release_dense_weights();
+}
 static std::shared_ptr<Model> ready_model(std::shared_ptr<Model> shared) {
-  if (shared->releasable_weight_bytes() == 0) return shared;
+  if (shared->releasable_weight_bytes() == 0 && settleable_sparse_plans(*shared) == 0) return shared;
   if (shared.use_count() == 1) {
-    shared->release_dense_weights();
+    make_lean(*shared);
     return shared;
   }
   Model lean = shared->clone();
-  lean.release_dense_weights();
+  make_lean(lean);
   return std::make_shared<Model>(std::move(lean));
 }
 
@@ -276,7 +281,7 @@ std::shared_ptr<const Model> Shifter::model(int index) const {
   check(index >= 0 && index < size(), "shifter: no variant " + std::to_string(index));
   if (residency_ == Residency::Dense) return p_.models[index];
   Model m = unpack_model(packed_[index]);
-  m.release_dense_weights();
+  make_lean(m);
   return std::make_shared<const Model>(std::move(m));
 }
 

@@ -4,6 +4,7 @@
 // refuses, and the shifter holds its variants this way and counts what it holds.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -284,4 +285,69 @@ TEST_CASE("planning the training of a lean model restores its weights first") {
       CHECK(e.weight_shape == c1);
     }
   CHECK(c1_sparse);
+}
+
+// A layer planned dense at some batch holds its dense weight (and its sparse form too when it
+// runs sparse at another); a ready variant settles it on the sparse form where that is the
+// smaller form and cost at most 10% at each batch planned dense (nn/execution.h
+// settle_sparse_plans).
+TEST_CASE("settle_sparse_plans: the smaller form where it costs at most 10% at each batch planned dense") {
+  Rng rng(5);
+  Model m = testing::every_kind_model();
+  for (auto& p : m.params())
+    if (p.param->prunable)
+      for (int64_t i = 0; i < p.param->value.numel(); ++i)
+        if (rng.uniform() < 0.6f) p.param->value[i] = 0.0f;  // 40% left: the sparse form is the smaller
+  auto choice = [](int64_t batch, bool sparse, double dense_ms, double sparse_ms) {
+    SparseExecution::Choice c;
+    c.batch = batch;
+    c.sparse = sparse;
+    c.dense_ms = dense_ms;
+    c.sparse_ms = sparse_ms;
+    return c;
+  };
+  const std::vector<SavedLayerPlan> mixed = {
+      {"c1", false, {choice(1, true, 1.0, 0.8), choice(4, false, 1.0, 1.08)}},   // 8% slower at 4: settles
+      {"c2", false, {choice(1, true, 1.0, 0.8), choice(4, false, 1.0, 1.2)}},    // 20%: stays mixed
+      {"fc", false, {choice(1, false, 1.0, 1.05), choice(4, false, 1.0, 1.02)}}};  // dense at both, 5%: settles
+  restore_execution_plan(m, mixed);
+  const Model before = m.clone();
+  ExecutionPlan plan;  // what plan_execution would have returned
+  for (const SavedLayerPlan& l : mixed)
+    for (const SparseExecution::Choice& c : l.choices) {
+      LayerExecution le;
+      le.node = l.node;
+      le.batch = c.batch;
+      le.sparse = c.sparse;
+      plan.layers.push_back(le);
+    }
+  CHECK(settleable_sparse_plans(m) == 2);
+  CHECK(settle_sparse_plans(m, &plan) == 2);
+  CHECK(conv_of(m, "c1").sparse_exec->sparse_at_every_batch());
+  CHECK(!conv_of(m, "c2").sparse_exec->sparse_at_every_batch());
+  CHECK(linear_of(m, "fc").sparse_exec->sparse_at_every_batch());
+  CHECK(conv_of(m, "c1").sparse_exec->runs);  // prepared for its own form
+  const std::vector<float> fc = linear_of(m, "fc").weight.value.to_vector();
+  CHECK(linear_of(m, "fc").sparse_exec->weight.nnz() ==
+        std::count_if(fc.begin(), fc.end(), [](float v) { return v != 0.0f; }));  // made from the weight
+  CHECK(plan.sparse_layers(1) == 3);
+  CHECK(plan.sparse_layers(4) == 2);  // c2 still dense at 4
+  // A fresh plan object: a clone sharing the old one is unchanged.
+  Model& b = const_cast<Model&>(before);
+  CHECK(!conv_of(b, "c1").sparse_exec->sparse_at_every_batch());
+  CHECK(settleable_sparse_plans(m) == 0);
+  CHECK(settle_sparse_plans(m) == 0);
+  // Its results: those of the sparse kernels at batch 4 now, within rounding of before.
+  const Tensor x = testing::random_images(4, m.input_shape(), rng);
+  testing::check_close(infer(m, x).to_vector(), infer(before, x).to_vector(), "settled plan");
+  // Then c1 and fc release their dense weights.
+  CHECK(m.release_dense_weights() == (6 * 3 * 3 * 3 + 5 * 16) * int64_t(sizeof(float)));
+
+  // Unmeasured choices (a forced or hand-made plan) and forms not smaller than the weight stay.
+  Model dense = testing::every_kind_model();  // nothing pruned: 6 bytes a nonzero against 4
+  restore_execution_plan(dense, mixed);
+  CHECK(settleable_sparse_plans(dense) == 0);
+  Model unmeasured = before.clone();
+  restore_execution_plan(unmeasured, mixed_plan());
+  CHECK(settleable_sparse_plans(unmeasured) == 0);
 }
