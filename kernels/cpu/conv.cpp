@@ -330,6 +330,20 @@ bool winograd_applies(const Conv2dParams& p, Op op) {
   return summed >= kWinogradMinChannels && tiles(winograd_tile(p.H, p.W)) >= kWinogradMinTiles;
 }
 
+// Whether the forward of this shape runs F(4x4, 3x3) for few tiles (winograd_conv_few, vectors
+// across filters, the filters transformed per call): 3x3 stride-1 pad-1 convolutions on images
+// of 8x8 and more with fewer tiles (N * ceil(H/4) * ceil(W/4)) than the tile-vectorised
+// Winograd takes, i.e. a batch of 1 or 2 at 32x32 and less; under auto from 16 input channels
+// and on a vector ISA, where it measured faster (below); any such shape when forced.
+bool winograd_few_applies(const Conv2dParams& p) {
+  const ConvAlgo algo = (ConvAlgo)algo_setting().load(std::memory_order_relaxed);
+  if (algo == ConvAlgo::Gemm || algo == ConvAlgo::Direct) return false;
+  if (p.R != 3 || p.S != 3 || p.stride != 1 || p.pad != 1 || p.H < 8 || p.W < 8) return false;
+  if ((int64_t)p.N * ((p.H + 3) / 4) * ((p.W + 3) / 4) >= kWinogradMinTiles) return false;
+  if (algo == ConvAlgo::Winograd) return true;
+  return cpu_isa() != Isa::Generic && p.C >= kWinogradMinChannels;
+}
+
 // The padded copy of one image (conv_direct.h): Hp = H + 2*ph rows of RP = st * L floats,
 // L = ceil(Wp / st), Wp = W + 2*pw, and the tap offsets of an R x S kernel over it.
 struct PaddedLayout {
@@ -629,7 +643,8 @@ std::string conv_path(const Conv2dParams& p) {
   auto or_winograd = [&](Op op, std::string path) {
     return winograd_applies(p, op) ? std::string("winograd ") + winograd_kernels(cpu_isa()).name : path;
   };
-  const std::string f = or_winograd(Op::Forward, one(Op::Forward, p.Q())),
+  const std::string f = winograd_few_applies(p) ? std::string("winograd-few ") + winograd_kernels(cpu_isa()).name
+                                                 : or_winograd(Op::Forward, one(Op::Forward, p.Q())),
                     d = or_winograd(Op::BackwardData, one(Op::BackwardData, p.W)),
                     w = or_winograd(Op::BackwardWeights, one(Op::BackwardWeights, p.K >= 32 ? 16 : 8));
   return f == d && d == w ? f : f + " | " + d + " | " + w;
@@ -638,6 +653,7 @@ std::string conv_path(const Conv2dParams& p) {
 void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   // x (N, C, H, W)   w (K, C*R*S)   b (K) or nullptr   y (N, K, P, Q)
   check_conv_params(p, "conv2d_forward");
+  if (winograd_few_applies(p)) return winograd_conv_few(p.N, p.C, p.H, p.W, p.K, x, w, b, false, y);
   if (winograd_applies(p, Op::Forward)) return winograd_conv(p.N, p.C, p.H, p.W, p.K, x, w, false, b, false, y);
   if (stream_applies(p)) return stream_forward(p, x, w, b, false, y);
   if (direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y, false);
@@ -672,7 +688,9 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
 
 ConvScratch conv_forward_scratch(const Conv2dParams& p) {
   ConvScratch r;
-  if (winograd_applies(p, Op::Forward)) {
+  if (winograd_few_applies(p)) {
+    winograd_few_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1, &r.call);
+  } else if (winograd_applies(p, Op::Forward)) {
     winograd_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1, &r.call);
   } else if (stream_applies(p)) {
     r.call = ((int64_t)p.C * p.R * p.S + p.K) * stream_width(p);  // the patch matrix, the tasks' outputs
@@ -692,6 +710,7 @@ ConvScratch conv_forward_scratch(const Conv2dParams& p) {
 
 void conv2d_forward_relu(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   check_conv_params(p, "conv2d_forward_relu");
+  if (winograd_few_applies(p)) return winograd_conv_few(p.N, p.C, p.H, p.W, p.K, x, w, b, true, y);
   if (winograd_applies(p, Op::Forward)) return winograd_conv(p.N, p.C, p.H, p.W, p.K, x, w, false, b, true, y);
   if (stream_applies(p)) return stream_forward(p, x, w, b, true, y);
   if (direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y, true);
