@@ -275,7 +275,7 @@ TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
       conv(3, 54, 5, 9, 37, 3, 3, 1, 1),    // 5x9
       conv(1, 113, 2, 2, 13, 3, 3, 1, 1),   // batch 1, one tile per image
       conv(4, 13, 1, 1, 9, 3, 3, 1, 1),     // 1x1 images: one output of the tile's four
-      conv(3, 21, 20, 40, 70, 3, 3, 1, 1),  // 70 filters: two multiply calls, a partial block
+      conv(6, 21, 20, 40, 70, 3, 3, 1, 1),  // 70 filters: two multiply calls, a partial block
       conv(13, 24, 6, 10, 19, 3, 3, 1, 1),  // 13 images of 15 tiles: groups, a short last one
       conv(3, 6, 50, 46, 5, 3, 3, 1, 1),    // 575 tiles per image: weight-gradient chunks add up
       conv(2, 37, 9, 11, 54, 3, 3, 1, 1),   // F(4x4) from 8x8 up: 9 = 4 + 4 + 1, 11 = 4 + 4 + 3
@@ -372,10 +372,11 @@ TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
 // filters, the filters transformed per call), on every ISA path this CPU has, against ref:
 // forward with and without bias, and + ReLU. The shapes reach each part: odd channel counts
 // (17, 37, 54: a last filter block that is not whole vectors, a last channel block of fewer than
-// 16), images that are not whole 4x4 tiles (9x9, 13x11: clipped output tiles), 16x16 and 32x32
+// 32), images that are not whole 4x4 tiles (9x9, 13x11: clipped output tiles), 16x16 and 32x32
 // (16 and 64 tiles: several register tiles, ranges of tiles split between threads), batch 1
-// and 2, more filters than one block (130: 3 blocks on AVX-512, 9 on AVX2, 17 generic), and
-// the channel sums of VGG-16's deep layers (256 channels: 16 channel blocks). Same error bound
+// to 3 (192 tiles: ranges of at most 64 that start inside an image), more filters than one
+// block (130: 3 blocks on AVX-512, 9 on AVX2, 17 generic), and the channel sums of VGG-16's
+// deep layers (256 channels: 8 channel blocks). Same error bound
 // as F(4x4) above (relative to max|ref|, within 1e-4).
 TEST_CASE("Winograd for few tiles matches ref on every ISA path, odd shapes included") {
   const testing::ScopedKernelChoice restore;
@@ -386,6 +387,7 @@ TEST_CASE("Winograd for few tiles matches ref on every ISA path, odd shapes incl
       conv(1, 37, 16, 16, 130, 3, 3, 1, 1),  // 16 tiles, 130 filters: several blocks
       conv(1, 20, 32, 32, 17, 3, 3, 1, 1),   // 64 tiles
       conv(2, 16, 13, 11, 5, 3, 3, 1, 1),    // batch 2: tiles of two images in one task
+      conv(3, 16, 30, 31, 20, 3, 3, 1, 1),   // 192 tiles: three ranges of 64 (ranges split images)
       conv(1, 256, 8, 8, 40, 3, 3, 1, 1),    // 16 channel blocks
   };
   Rng rng(43);
@@ -445,12 +447,13 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
     const std::string one = cpu::conv_path(conv(1, 16, 32, 32, 16, 3, 3, 1, 1));
     CHECK(one.find("winograd-few") == 0);
     CHECK(one.find("| winograd") != std::string::npos);
-    // F(4x4) for few tiles: images of 8x8 and more, fewer than 128 tiles, 16 channels and more.
+    // F(4x4) for few tiles: images of 8x8 and more, fewer than 256 tiles, 16 channels and more.
     CHECK(cpu::conv_path(conv(1, 256, 8, 8, 256, 3, 3, 1, 1)).find("winograd-few") == 0);
     CHECK(cpu::conv_path(conv(1, 64, 16, 16, 128, 3, 3, 1, 1)).find("winograd-few") == 0);
     CHECK(cpu::conv_path(conv(1, 15, 16, 16, 128, 3, 3, 1, 1)).find("winograd") != 0);   // 15 channels
     CHECK(cpu::conv_path(conv(1, 512, 4, 4, 512, 3, 3, 1, 1)).find("winograd") != 0);     // 4x4 images
-    CHECK(cpu::conv_path(conv(2, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd avx") == 0); // 128 tiles
+    CHECK(cpu::conv_path(conv(3, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd-few") == 0); // 192 tiles
+    CHECK(cpu::conv_path(conv(4, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd avx") == 0); // 256 tiles
     // The first layer (3 channels) runs its forward elsewhere, its backward data (64 summed) in Winograd.
     const std::string first = cpu::conv_path(conv(128, 3, 32, 32, 64, 3, 3, 1, 1));
     CHECK(first.find("winograd") != 0);
@@ -469,7 +472,7 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
   CHECK(s.slot0 >= (int64_t)p.C * (p.H + 2) * (p.W + 2));  // at least one padded image
   CHECK(s.slot1 >= (int64_t)16 * p.C * ((p.H + 1) / 2) * ((p.W + 1) / 2));  // V of all tiles
   CHECK(s.call >= (int64_t)16 * p.K * p.C);  // the transformed filters U, 16 planes for F(2x2)
-  CHECK(cpu::conv_forward_scratch(conv(8, 24, 16, 16, 70, 3, 3, 1, 1)).call >= (int64_t)36 * 70 * 24);  // F(4x4)
+  CHECK(cpu::conv_forward_scratch(conv(16, 24, 16, 16, 70, 3, 3, 1, 1)).call >= (int64_t)36 * 70 * 24);  // F(4x4)
   // F(4x4) for few tiles: the padded images in slot 0, a task's staged taps, U and M in slot 1,
   // V of every tile (36 planes of C x tiles) for the call; no transformed filters for the layer.
   const Conv2dParams q = conv(2, 24, 9, 8, 70, 3, 3, 1, 1);  // 3 x 2 tiles per image
