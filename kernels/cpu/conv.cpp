@@ -1,9 +1,11 @@
 // Optimized CPU convolution, parallel over images with oneTBB. 3x3 stride-1 pad-1 convolutions
 // take Winograd F(4x4, 3x3) or F(2x2, 3x3) (winograd.h) where it measured faster, per op
 // (winograd_applies: forward and backward data from 16 channels and 128 output tiles per
-// call, backward weights on larger shapes); a forward with few outputs per filter (N*P*Q up
-// to 16, or up to 64 from 128 filters: a batch of 1 on the last, smallest images) streams the
-// weights once (stream_applies, every ISA); the rest one of two algorithms, chosen per op
+// call, backward weights on larger shapes; winograd_few_applies: a forward of fewer than 256
+// F(4x4) tiles, vectorised across filters, which takes precedence); a forward with few
+// outputs per filter (N*P*Q up to 16, or up to 64 from 128 filters: a batch of 1 on the last,
+// smallest images) streams the weights once (stream_applies, every ISA); the rest one of two
+// algorithms, chosen per op
 // (direct_applies):
 //   direct  register-blocked direct kernels (conv_direct.h) on a zero-padded copy of each image,
 //           on a CPU with AVX2 or AVX-512: forward for rows of 8+ output columns (any stride:
@@ -280,7 +282,8 @@ enum class Op { Forward, BackwardData, BackwardWeights };
 //     F(2x2) below); 0.7-1.0x for the 3-channel first layers' forward;
 //   - a call of at least 128 tiles of the tile size it runs (N * ceil(H/m) * ceil(W/m)): the
 //     filter transform is paid per call and a chunk is computed in whole vectors of tiles; at
-//     batch 1 (64 F(4x4) tiles at 32x32 and less), 0.1-1.1x;
+//     batch 1 (64 F(4x4) tiles at 32x32 and less), 0.1-1.1x (forwards under 256 tiles run
+//     F(4x4) for few tiles instead: winograd_few_applies);
 //   - not on the generic path (0.6-0.8x of im2col + OpenBLAS there).
 // The weight gradient (F(2x2)): 1.3-1.8x on AVX-512, 1.1-1.9x on AVX2 for VGG-16's layers of
 // 4x4 images and more, 1.2-1.5x for ResNet-20's 32x32 and 16x16 ones, first layers included;

@@ -125,11 +125,12 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
 
 // The same forward (filters w (K, C, 3, 3), not flipped) in F(4x4, 3x3) for few tiles
 // (N * ceil(H/4) * ceil(W/4) small, images of 8x8 and more): the input transformed once per
-// call (V, allocated per call), then per task (a block of Kb filters and a range of tiles) the
-// filters transformed on the fly, 16 input channels at a time, and multiplied into M with
-// register tiles across tiles x vectors of filters (about 0.25 loads per FMA), then A^T . A.
-// No transformed filters are kept between calls. Thread scratch: slot 0 the padded images
-// (before the tasks), slot 1 a task's staging, U and M (winograd_few_scratch says how much).
+// call (V, allocated per call), then per task (a block of Kb filters and a range of at most 64
+// tiles) the filters transformed on the fly, 32 input channels at a time, and multiplied into
+// M with register tiles of tiles x vectors of filters (6 x 4 on AVX-512: 10 loads per 24
+// FMAs), then A^T . A. No transformed filters are kept between calls. Thread scratch: slot 0
+// the padded images (before the tasks), slot 1 a task's staged taps, U and M
+// (winograd_few_scratch says how much; `call`: V).
 void winograd_conv_few(int N, int C, int H, int W, int K, const float* x, const float* w, const float* bias,
                        bool relu, float* y);
 void winograd_few_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1, int64_t* call);

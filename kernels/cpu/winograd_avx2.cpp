@@ -71,6 +71,8 @@ namespace dnns::cpu {
 
 const WinogradKernels* winograd_kernels_avx2() {
   // 6 filters x 2 vectors of tiles: 12 accumulators, 2 inputs and a broadcast in 16 registers.
+  // Few tiles: 6 tiles x 2 vectors of filters, 12 accumulators, 2 filter vectors and a
+  // broadcast.
   using namespace wino_avx2;
   static const WinogradKernels k{"avx2/8",    8,
                                  6,           2,

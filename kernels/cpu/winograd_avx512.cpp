@@ -70,6 +70,8 @@ namespace dnns::cpu {
 
 const WinogradKernels* winograd_kernels_avx512() {
   // 8 filters x 3 vectors of tiles: 24 accumulators, 3 inputs and a broadcast in 32 registers.
+  // Few tiles: 6 tiles x 4 vectors of filters, 24 accumulators, 4 filter vectors and a
+  // broadcast.
   using namespace wino_avx512;
   static const WinogradKernels k{"avx512/16",      16,
                                  8,                3,
