@@ -331,9 +331,9 @@ namespace {
 // Input channels per filter-transform block: the staged taps of a vector of filters (32 * 9 *
 // 16 floats, 18 KiB on AVX-512) stay in L1, U (36, 32, Kb) is 295 KiB for Kb = 64, and M is
 // loaded and stored once per block (2 memory operations per 32 FMAs of an accumulator).
-// bench conv --model vgg16 --batch 1 --threads 1 --clock cpu, AVX-512 (loaded machine): 32
-// channels 1.9-2.1x the direct kernels at 32x32, 1.8-1.9x at 16x16, 1.1-1.4x at 8x8; 16 about
-// the same, 8 5-25% slower, 4 and 128 slower still.
+// bench conv --model vgg16 --batch 1 --threads 1 --clock cpu, AVX-512, 2026-11-30 19:38 UTC
+// (quiet machine), against the direct kernels: 32 channels 2.1-2.2x at 16x16 and 1.39-1.49x
+// at 8x8; 64 the same; 16 2.0x and 1.32-1.44x; 128 2.1x and 1.26-1.38x; 8 1.8x and 1.1-1.3x.
 constexpr int kFewChannels = 32;
 // Tiles per task at most: M (36, 64, Kb) 590 KiB for Kb = 64, in L2; more tiles are cut into
 // ranges that transform the filters again (about 160 operations per filter and channel
