@@ -275,7 +275,7 @@ TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
       conv(3, 54, 5, 9, 37, 3, 3, 1, 1),    // 5x9
       conv(1, 113, 2, 2, 13, 3, 3, 1, 1),   // batch 1, one tile per image
       conv(4, 13, 1, 1, 9, 3, 3, 1, 1),     // 1x1 images: one output of the tile's four
-      conv(3, 21, 20, 40, 70, 3, 3, 1, 1),  // 70 filters: two multiply calls, a partial block
+      conv(6, 9, 20, 40, 70, 3, 3, 1, 1),   // 70 filters: two multiply calls, a partial block (300 tiles)
       conv(13, 24, 6, 10, 19, 3, 3, 1, 1),  // 13 images of 15 tiles: groups, a short last one
       conv(3, 6, 50, 46, 5, 3, 3, 1, 1),    // 575 tiles per image: weight-gradient chunks add up
       conv(2, 37, 9, 11, 54, 3, 3, 1, 1),   // F(4x4) from 8x8 up: 9 = 4 + 4 + 1, 11 = 4 + 4 + 3
@@ -368,6 +368,65 @@ TEST_CASE("Winograd matches ref on every ISA path, odd shapes included") {
   CHECK(worst4 < 1e-4);
 }
 
+// Winograd F(4x4, 3x3) for few tiles (kernels/cpu/winograd.h winograd_conv_few: vectors across
+// filters, the filters transformed per call), on every ISA path this CPU has, against ref:
+// forward with and without bias, and + ReLU. The shapes reach each part: odd channel counts
+// (17, 37, 54: a last filter block that is not whole vectors, a last channel block of fewer than
+// 32), images that are not whole 4x4 tiles (9x9, 13x11: clipped output tiles), 16x16 and 32x32
+// (16 and 64 tiles: several register tiles, ranges of tiles split between threads), batch 1
+// to 3 (192 tiles: ranges of at most 64 that start inside an image), more filters than one
+// block (130: 3 blocks on AVX-512, 9 on AVX2, 17 generic), and the channel sums of VGG-16's
+// deep layers (256 channels: 8 channel blocks). Same error bound
+// as F(4x4) above (relative to max|ref|, within 1e-4).
+TEST_CASE("Winograd for few tiles matches ref on every ISA path, odd shapes included") {
+  const testing::ScopedKernelChoice restore;
+  const Conv2dParams shapes[] = {
+      conv(1, 17, 8, 8, 37, 3, 3, 1, 1),     // 4 tiles, odd channels and filters
+      conv(2, 37, 9, 9, 54, 3, 3, 1, 1),     // 9 tiles per image, clipped at both edges
+      conv(1, 54, 13, 11, 17, 3, 3, 1, 1),   // 13x11: 4 x 3 tiles, clipped rows and columns
+      conv(1, 37, 16, 16, 130, 3, 3, 1, 1),  // 16 tiles, 130 filters: several blocks
+      conv(1, 20, 32, 32, 17, 3, 3, 1, 1),   // 64 tiles
+      conv(2, 16, 13, 11, 5, 3, 3, 1, 1),    // batch 2: tiles of two images in one task
+      conv(3, 16, 30, 31, 20, 3, 3, 1, 1),   // 192 tiles: three ranges of 64 (ranges split images)
+      conv(1, 256, 8, 8, 40, 3, 3, 1, 1),    // 16 channel blocks
+  };
+  Rng rng(43);
+  double worst = 0.0;
+  cpu::set_conv_algo(cpu::ConvAlgo::Winograd);
+  const int saved_threads = num_threads();
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+      cpu::set_cpu_isa((cpu::Isa)isa);
+      INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)) << ", " << threads << " threads");
+      for (Conv2dParams p : shapes) {
+        const std::string name = conv_str(p);
+        INFO(name << " took " << cpu::conv_path(p));
+        REQUIRE(cpu::conv_path(p).find("winograd-few") == 0);
+        const int64_t nx = (int64_t)p.N * p.C * p.H * p.W, ny = (int64_t)p.N * p.K * p.H * p.W;
+        const auto x = randn(rng, nx), w = randn(rng, (int64_t)p.K * p.C * 9), b = randn(rng, p.K);
+        for (bool bias : {true, false}) {
+          auto y_ref = poisoned(ny), y = poisoned(ny);
+          ref::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y_ref.data());
+          cpu::conv2d_forward(p, x.data(), w.data(), bias ? b.data() : nullptr, y.data());
+          check_close(y, y_ref, "forward" + std::string(bias ? "+bias " : " ") + name);
+          double err = 0.0, mag = 0.0;
+          for (size_t i = 0; i < y.size(); ++i)
+            err = std::max(err, (double)std::fabs(y[i] - y_ref[i])), mag = std::max(mag, (double)std::fabs(y_ref[i]));
+          worst = std::max(worst, err / mag);
+          for (float& v : y_ref) v = std::max(v, 0.0f);
+          y = poisoned(ny);
+          cpu::conv2d_forward_relu(p, x.data(), w.data(), bias ? b.data() : nullptr, y.data());
+          check_close(y, y_ref, "forward_relu" + std::string(bias ? "+bias " : " ") + name);
+        }
+      }
+    }
+  }
+  set_num_threads(saved_threads);
+  MESSAGE("max|cpu - ref| / max|ref|: Winograd F(4x4) for few tiles " << worst);
+  CHECK(worst < 1e-4);
+}
+
 // Under auto, Winograd runs where it measured faster (kernels/cpu/conv.cpp: forward and backward
 // data from 16 summed channels and 128 tiles per call, the weight gradient on larger shapes,
 // only on a vector ISA), and conv_forward_scratch reports its buffers.
@@ -383,10 +442,18 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
     CHECK(small.find("winograd") == 0);
     CHECK(small.find("| gemm") != std::string::npos);
     CHECK(cpu::conv_path(conv(1, 512, 4, 4, 512, 3, 3, 1, 1)).find("winograd") == std::string::npos);  // 4 tiles
-    // Batch 1 at 32x32: 64 F(4x4) tiles, too few for the forward; 256 F(2x2) ones for the weights.
+    // Batch 1 at 32x32: 64 F(4x4) tiles, too few for the tile-vectorised forward, which runs
+    // F(4x4) for few tiles instead; 256 F(2x2) ones for the weights.
     const std::string one = cpu::conv_path(conv(1, 16, 32, 32, 16, 3, 3, 1, 1));
-    CHECK(one.find("winograd") != 0);
+    CHECK(one.find("winograd-few") == 0);
     CHECK(one.find("| winograd") != std::string::npos);
+    // F(4x4) for few tiles: images of 8x8 and more, fewer than 256 tiles, 16 channels and more.
+    CHECK(cpu::conv_path(conv(1, 256, 8, 8, 256, 3, 3, 1, 1)).find("winograd-few") == 0);
+    CHECK(cpu::conv_path(conv(1, 64, 16, 16, 128, 3, 3, 1, 1)).find("winograd-few") == 0);
+    CHECK(cpu::conv_path(conv(1, 15, 16, 16, 128, 3, 3, 1, 1)).find("winograd") != 0);   // 15 channels
+    CHECK(cpu::conv_path(conv(1, 512, 4, 4, 512, 3, 3, 1, 1)).find("winograd") != 0);     // 4x4 images
+    CHECK(cpu::conv_path(conv(3, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd-few") == 0); // 192 tiles
+    CHECK(cpu::conv_path(conv(4, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd avx") == 0); // 256 tiles
     // The first layer (3 channels) runs its forward elsewhere, its backward data (64 summed) in Winograd.
     const std::string first = cpu::conv_path(conv(128, 3, 32, 32, 64, 3, 3, 1, 1));
     CHECK(first.find("winograd") != 0);
@@ -405,7 +472,21 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
   CHECK(s.slot0 >= (int64_t)p.C * (p.H + 2) * (p.W + 2));  // at least one padded image
   CHECK(s.slot1 >= (int64_t)16 * p.C * ((p.H + 1) / 2) * ((p.W + 1) / 2));  // V of all tiles
   CHECK(s.call >= (int64_t)16 * p.K * p.C);  // the transformed filters U, 16 planes for F(2x2)
-  CHECK(cpu::conv_forward_scratch(conv(2, 24, 8, 8, 70, 3, 3, 1, 1)).call >= (int64_t)36 * 70 * 24);  // F(4x4)
+  CHECK(cpu::conv_forward_scratch(conv(16, 24, 16, 16, 70, 3, 3, 1, 1)).call >= (int64_t)36 * 70 * 24);  // F(4x4)
+  // F(4x4) for few tiles: the padded images in slot 0, a task's staged taps, U and M in slot 1,
+  // V of every tile (36 planes of C x tiles) for the call; no transformed filters for the layer.
+  const Conv2dParams q = conv(2, 24, 9, 8, 70, 3, 3, 1, 1);  // 3 x 2 tiles per image
+  REQUIRE(cpu::conv_path(q).find("winograd-few") == 0);
+  const cpu::ConvScratch f = cpu::conv_forward_scratch(q);
+  CHECK(f.slot0 >= (int64_t)q.N * q.C * (q.H + 2) * (q.W + 2));
+  CHECK(f.call >= (int64_t)36 * q.C * 12);
+  CHECK(f.call < (int64_t)36 * q.C * 12 + 36 * 64);
+  CHECK(f.slot1 >= (int64_t)36 * 16 * 8);  // U and M of at least a vector of filters
+  // Ten times the filters: no more memory (the filters are transformed block by block).
+  const cpu::ConvScratch f10 = cpu::conv_forward_scratch(conv(2, 24, 9, 8, 700, 3, 3, 1, 1));
+  CHECK(f10.slot0 == f.slot0);
+  CHECK(f10.slot1 <= f.slot1);
+  CHECK(f10.call == f.call);
 }
 
 TEST_CASE("ISA and algorithm settings refuse what this CPU cannot run, naming it") {
@@ -540,7 +621,8 @@ TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on e
       conv(1, 30, 7, 7, 20, 3, 3, 2, 1),    // stride 2: 4x4 outputs
       conv(1, 600, 1, 1, 11, 1, 1, 1, 0),   // 1x1 kernel on a 1x1 image: one output
       conv(3, 50, 3, 3, 10, 3, 3, 2, 1),    // three images of 2x2 outputs: 12
-      conv(1, 37, 8, 8, 133, 3, 3, 1, 1),   // 8x8: 64 outputs, the most that stream
+      conv(1, 15, 8, 8, 133, 3, 3, 1, 1),   // 8x8: 64 outputs, the most that stream (15 channels:
+                                            // from 16 on, F(4x4) for few tiles takes 8x8)
       conv(1, 29, 5, 7, 131, 3, 3, 1, 1),   // 35 outputs: two blocks of 16 and 3 in a third
       conv(2, 40, 4, 4, 129, 3, 3, 1, 1),   // two images of 4x4: 32 outputs
       conv(1, 30, 13, 13, 130, 3, 3, 2, 1), // stride 2: 7x7 outputs, 49
@@ -579,7 +661,8 @@ TEST_CASE("few outputs per filter: the weight-streaming forward matches ref on e
   CHECK(cpu::conv_path(conv(2, 64, 8, 8, 128, 3, 3, 1, 1)).rfind("stream", 0) != 0);
   CHECK(cpu::conv_path(conv(1, 64, 9, 9, 128, 3, 3, 1, 1)).rfind("stream", 0) != 0);
   CHECK(cpu::conv_path(conv(1, 64, 8, 8, 127, 3, 3, 1, 1)).rfind("stream", 0) != 0);
-  CHECK(cpu::conv_path(conv(1, 64, 8, 8, 128, 3, 3, 1, 1)).rfind("stream", 0) == 0);
+  CHECK(cpu::conv_path(conv(1, 15, 8, 8, 128, 3, 3, 1, 1)).rfind("stream", 0) == 0);
+  CHECK(cpu::conv_path(conv(1, 64, 8, 8, 128, 2, 2, 1, 0)).rfind("stream", 0) == 0);  // 7x7, not 3x3
   // Its patch matrix (C*R*S, J) and the tasks' outputs (K, J), J = the outputs rounded up to 16
   // or 4 for up to 4, are the call's own buffers.
   CHECK(cpu::conv_forward_scratch(conv(1, 512, 2, 2, 512, 3, 3, 1, 1)).call == (512 * 9 + 512) * 4);

@@ -1,9 +1,11 @@
 // Optimized CPU convolution, parallel over images with oneTBB. 3x3 stride-1 pad-1 convolutions
 // take Winograd F(4x4, 3x3) or F(2x2, 3x3) (winograd.h) where it measured faster, per op
 // (winograd_applies: forward and backward data from 16 channels and 128 output tiles per
-// call, backward weights on larger shapes); a forward with few outputs per filter (N*P*Q up
-// to 16, or up to 64 from 128 filters: a batch of 1 on the last, smallest images) streams the
-// weights once (stream_applies, every ISA); the rest one of two algorithms, chosen per op
+// call, backward weights on larger shapes; winograd_few_applies: a forward of fewer than 256
+// F(4x4) tiles, vectorised across filters, which takes precedence); a forward with few
+// outputs per filter (N*P*Q up to 16, or up to 64 from 128 filters: a batch of 1 on the last,
+// smallest images) streams the weights once (stream_applies, every ISA); the rest one of two
+// algorithms, chosen per op
 // (direct_applies):
 //   direct  register-blocked direct kernels (conv_direct.h) on a zero-padded copy of each image,
 //           on a CPU with AVX2 or AVX-512: forward for rows of 8+ output columns (any stride:
@@ -280,7 +282,8 @@ enum class Op { Forward, BackwardData, BackwardWeights };
 //     F(2x2) below); 0.7-1.0x for the 3-channel first layers' forward;
 //   - a call of at least 128 tiles of the tile size it runs (N * ceil(H/m) * ceil(W/m)): the
 //     filter transform is paid per call and a chunk is computed in whole vectors of tiles; at
-//     batch 1 (64 F(4x4) tiles at 32x32 and less), 0.1-1.1x;
+//     batch 1 (64 F(4x4) tiles at 32x32 and less), 0.1-1.1x (forwards under 256 tiles run
+//     F(4x4) for few tiles instead: winograd_few_applies);
 //   - not on the generic path (0.6-0.8x of im2col + OpenBLAS there).
 // The weight gradient (F(2x2)): 1.3-1.8x on AVX-512, 1.1-1.9x on AVX2 for VGG-16's layers of
 // 4x4 images and more, 1.2-1.5x for ResNet-20's 32x32 and 16x16 ones, first layers included;
@@ -328,6 +331,28 @@ bool winograd_applies(const Conv2dParams& p, Op op) {
     return tiles(2) >= kWinogradMinTilesWeights && p.H >= 4 && p.W >= 4 && (p.H * p.W >= 256 || p.C >= 128);
   const int summed = op == Op::Forward ? p.C : p.K;
   return summed >= kWinogradMinChannels && tiles(winograd_tile(p.H, p.W)) >= kWinogradMinTiles;
+}
+
+// Whether the forward of this shape runs F(4x4, 3x3) for few tiles (winograd_conv_few, vectors
+// across filters, the filters transformed per call): 3x3 stride-1 pad-1 convolutions on images
+// of 8x8 and more with fewer than 256 tiles (N * ceil(H/4) * ceil(W/4): a batch of 1-3 at
+// 32x32, up to 15 at 16x16, up to 63 at 8x8); under auto from 16 input channels and on a
+// vector ISA; any such shape when forced (the tile-vectorised Winograd takes the rest).
+// bench conv --model vgg16 --clock cpu --threads 1, AMD EPYC (Zen 4), loaded machine, against
+// the direct kernels: batch 1 2.1x at 32x32 and 16x16, 1.3-1.4x at 8x8 (where weight streaming
+// or the direct kernels ran before, about 1.0x) on AVX-512, 2.2-2.7x and 1.3x on AVX2; batch 2
+// 1.9-2.1x and 1.7x (the tile-vectorised Winograd 1.5x on the 128 tiles of 32x32); batch 4
+// 2.1-2.2x at 16x16 and 8x8 but 1.8x at 32x32 (256 tiles) where the tile-vectorised one gives
+// 1.9x; batch 16 at 16x16 (256 tiles) 1.9-2.0x against 1.7-2.2x. Below 16 channels (the first
+// layers) the direct kernels run.
+constexpr int64_t kWinogradFewMaxTiles = 256;
+bool winograd_few_applies(const Conv2dParams& p) {
+  const ConvAlgo algo = (ConvAlgo)algo_setting().load(std::memory_order_relaxed);
+  if (algo == ConvAlgo::Gemm || algo == ConvAlgo::Direct) return false;
+  if (p.R != 3 || p.S != 3 || p.stride != 1 || p.pad != 1 || p.H < 8 || p.W < 8) return false;
+  if ((int64_t)p.N * ((p.H + 3) / 4) * ((p.W + 3) / 4) >= kWinogradFewMaxTiles) return false;
+  if (algo == ConvAlgo::Winograd) return true;
+  return cpu_isa() != Isa::Generic && p.C >= kWinogradMinChannels;
 }
 
 // The padded copy of one image (conv_direct.h): Hp = H + 2*ph rows of RP = st * L floats,
@@ -629,7 +654,8 @@ std::string conv_path(const Conv2dParams& p) {
   auto or_winograd = [&](Op op, std::string path) {
     return winograd_applies(p, op) ? std::string("winograd ") + winograd_kernels(cpu_isa()).name : path;
   };
-  const std::string f = or_winograd(Op::Forward, one(Op::Forward, p.Q())),
+  const std::string f = winograd_few_applies(p) ? std::string("winograd-few ") + winograd_kernels(cpu_isa()).name
+                                                 : or_winograd(Op::Forward, one(Op::Forward, p.Q())),
                     d = or_winograd(Op::BackwardData, one(Op::BackwardData, p.W)),
                     w = or_winograd(Op::BackwardWeights, one(Op::BackwardWeights, p.K >= 32 ? 16 : 8));
   return f == d && d == w ? f : f + " | " + d + " | " + w;
@@ -638,6 +664,7 @@ std::string conv_path(const Conv2dParams& p) {
 void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   // x (N, C, H, W)   w (K, C*R*S)   b (K) or nullptr   y (N, K, P, Q)
   check_conv_params(p, "conv2d_forward");
+  if (winograd_few_applies(p)) return winograd_conv_few(p.N, p.C, p.H, p.W, p.K, x, w, b, false, y);
   if (winograd_applies(p, Op::Forward)) return winograd_conv(p.N, p.C, p.H, p.W, p.K, x, w, false, b, false, y);
   if (stream_applies(p)) return stream_forward(p, x, w, b, false, y);
   if (direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y, false);
@@ -672,7 +699,9 @@ void conv2d_forward(const Conv2dParams& p, const float* x, const float* w, const
 
 ConvScratch conv_forward_scratch(const Conv2dParams& p) {
   ConvScratch r;
-  if (winograd_applies(p, Op::Forward)) {
+  if (winograd_few_applies(p)) {
+    winograd_few_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1, &r.call);
+  } else if (winograd_applies(p, Op::Forward)) {
     winograd_scratch(p.N, p.C, p.H, p.W, p.K, &r.slot0, &r.slot1, &r.call);
   } else if (stream_applies(p)) {
     r.call = ((int64_t)p.C * p.R * p.S + p.K) * stream_width(p);  // the patch matrix, the tasks' outputs
@@ -692,6 +721,7 @@ ConvScratch conv_forward_scratch(const Conv2dParams& p) {
 
 void conv2d_forward_relu(const Conv2dParams& p, const float* x, const float* w, const float* b, float* y) {
   check_conv_params(p, "conv2d_forward_relu");
+  if (winograd_few_applies(p)) return winograd_conv_few(p.N, p.C, p.H, p.W, p.K, x, w, b, true, y);
   if (winograd_applies(p, Op::Forward)) return winograd_conv(p.N, p.C, p.H, p.W, p.K, x, w, false, b, true, y);
   if (stream_applies(p)) return stream_forward(p, x, w, b, true, y);
   if (direct_applies(p, Op::Forward)) return direct_forward(p, x, w, b, y, true);

@@ -70,6 +70,13 @@ struct WV {
       r.v[3 * W / 4 + i] = d.v[s + 4 * i];
     return r;
   }
+  static void transpose(V* r) {
+    for (int i = 0; i < W; ++i)
+      for (int j = i + 1; j < W; ++j) {
+        const float t = r[i].v[j];
+        r[i].v[j] = r[j].v[i], r[j].v[i] = t;
+      }
+  }
   static V zip_lo(V a, V b) {
     V r;
     for (int i = 0; i < W / 2; ++i) r.v[2 * i] = a.v[i], r.v[2 * i + 1] = b.v[i];
@@ -100,7 +107,12 @@ const WinogradKernels kGeneric{"generic/8",
                                &wino_generic::output_grad<WV>,
                                &wino_generic::input4<WV>,
                                &wino_generic::multiply<WV, 4, 2, 36>,
-                               &wino_generic::output4<WV>};
+                               &wino_generic::output4<WV>,
+                               4,
+                               2,
+                               &wino_generic::few_filters<WV>,
+                               &wino_generic::few_multiply<WV, 4, 2>,
+                               &wino_generic::few_output<WV>};
 
 // Filters per multiply call: M of a chunk (16, kc, ldv) about 200 KiB, in L2 for the output
 // transform that follows.
@@ -309,6 +321,110 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
           output(ch, M, kc0, kc1, bias, relu, y + n0 * out_image);
         }
       }
+    }
+  });
+}
+
+// ---- F(4x4, 3x3) for few tiles (winograd_conv_few)
+namespace {
+
+// Input channels per filter-transform block: the staged taps of a vector of filters (32 * 9 *
+// 16 floats, 18 KiB on AVX-512) stay in L1, U (36, 32, Kb) is 295 KiB for Kb = 64, and M is
+// loaded and stored once per block (2 memory operations per 32 FMAs of an accumulator).
+// bench conv --model vgg16 --batch 1 --threads 1 --clock cpu, AVX-512, 2026-11-30 19:38 UTC
+// (quiet machine), against the direct kernels: 32 channels 2.1-2.2x at 16x16 and 1.39-1.49x
+// at 8x8; 64 the same; 16 2.0x and 1.32-1.44x; 128 2.1x and 1.26-1.38x; 8 1.8x and 1.1-1.3x.
+constexpr int kFewChannels = 32;
+// Tiles per task at most: M (36, 64, Kb) 590 KiB for Kb = 64, in L2; more tiles are cut into
+// ranges that transform the filters again (about 160 operations per filter and channel
+// against 36 x 64 multiply-adds).
+// bench conv --model vgg16 --batch 2 --threads 1 --clock cpu, AVX-512, loaded machine: 32x32
+// (128 tiles) 1.95x the direct kernels in ranges of 64 tiles, 1.62x in one range.
+constexpr int kFewTiles = 64;
+
+// How winograd_conv_few cuts a call: tasks of one block of Kb filters and one of `tgroups`
+// ranges of tiles (more than one only where the filter blocks are fewer than the threads: each
+// range transforms the block's filters again).
+struct FewPlan {
+  Plan p;       // the padded images and the one chunk of all tiles for the input transform
+  WinoFew f;
+  int T, cb, kblocks, tgroups, tmax;  // tiles, channels per block, task counts, tiles per task at most
+  int vec;                            // floats per vector
+};
+
+FewPlan few_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K) {
+  FewPlan r;
+  const int TP = (H + 3) / 4, TQ = (W + 3) / 4;
+  r.T = N * TP * TQ;
+  r.p = make_plan(wk, N, C, H, W, K, 4, r.T);  // ldv = T: every tile in one chunk
+  r.cb = std::min(C, kFewChannels);
+  r.vec = wk.vec;
+  const int Kb = wk.fkv * wk.vec;
+  r.kblocks = (K + Kb - 1) / Kb;
+  r.tgroups = std::clamp(std::max((num_threads() + r.kblocks - 1) / r.kblocks, (r.T + kFewTiles - 1) / kFewTiles), 1, r.T);
+  r.tmax = (r.T + r.tgroups - 1) / r.tgroups;
+  r.f = WinoFew{C, K, H, W, TP, TQ, r.T, Kb, (int64_t)C * r.T + kWinoPlaneSkew,
+                (int64_t)r.cb * Kb + kWinoPlaneSkew, (int64_t)r.tmax * Kb + kWinoPlaneSkew};
+  return r;
+}
+
+// Floats of one task's thread scratch: the staged taps (cb, 9, Kb), U and M.
+int64_t few_task_floats(const FewPlan& r) {
+  return (int64_t)r.cb * 9 * r.vec + 36 * r.f.uplane + 36 * r.f.mplane;
+}
+
+}  // namespace
+
+void winograd_few_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1, int64_t* call) {
+  *slot0 = *slot1 = *call = 0;
+  if (N <= 0) return;
+  const FewPlan r = few_plan(winograd_kernels(cpu_isa()), N, C, H, W, K);
+  *slot0 = N * r.p.padded_image;
+  *slot1 = few_task_floats(r);
+  *call = 36 * r.f.vplane;  // V
+}
+
+void winograd_conv_few(int N, int C, int H, int W, int K, const float* x, const float* w, const float* bias,
+                       bool relu, float* y) {
+  if (N <= 0) return;
+  const WinogradKernels& wk = winograd_kernels(cpu_isa());
+  const FewPlan r = few_plan(wk, N, C, H, W, K);
+  const Plan& p = r.p;
+  // V of every tile, allocated per call: the tasks below read it all.
+  std::unique_ptr<float[]> V(new float[(size_t)36 * r.f.vplane]);
+  {
+    float* xp = thread_scratch<float>(0, (size_t)N * p.padded_image);  // released before the tasks
+    const RowKernels& rows = row_kernels();
+    const int64_t in_image = (int64_t)C * H * W;
+    for (int i = 0; i < N; ++i)
+      rows.pad_image(x + i * in_image, C, H, W, p.pad, p.pad, 1, p.RP, p.RP, p.padded_image,
+                     xp + i * p.padded_image);
+    const Segments sg = make_segments(wk, p);
+    wk.input4(sg.chunk(0, N, C, K, H, W, p, 0), xp, V.get());
+  }
+  // The row scales of G (winograd_impl.h g4): U[6 i + j] lacks D_i D_j, V takes it.
+  const float D[6] = {0.25f, -1.0f / 6.0f, -1.0f / 6.0f, 1.0f / 24.0f, 1.0f / 24.0f, 1.0f};
+  for (int xi = 0; xi < 36; ++xi) {
+    const float scale = D[xi / 6] * D[xi % 6];
+    float* v = V.get() + xi * r.f.vplane;
+    for (int64_t i = 0; i < (int64_t)C * r.T; ++i) v[i] *= scale;
+  }
+  const WinoFew& f = r.f;
+  parallel_for(0, r.kblocks * r.tgroups, 1, [&](int a, int b) {
+    float* stage = thread_scratch<float>(1, (size_t)few_task_floats(r));
+    float* U = stage + (int64_t)r.cb * 9 * r.vec;
+    float* M = U + 36 * f.uplane;
+    for (int task = a; task != b; ++task) {
+      const int kb = task / r.tgroups, tg = task % r.tgroups;
+      const int k0 = kb * f.Kb, t0 = (int)((int64_t)r.T * tg / r.tgroups), t1 = (int)((int64_t)r.T * (tg + 1) / r.tgroups);
+      if (t0 >= t1) continue;
+      const int nkv = (std::min(f.Kb, K - k0) + wk.vec - 1) / wk.vec;
+      for (int c0 = 0; c0 < C; c0 += r.cb) {
+        const int n = std::min(r.cb, C - c0);
+        wk.few_filters(f, w, c0, n, k0, stage, U);
+        wk.few_multiply(f, V.get() + (int64_t)c0 * f.ldv, U, n, t0, t1, nkv, c0 == 0, M);
+      }
+      wk.few_output(f, M, k0, t0, t1, bias, relu, y);
     }
   });
 }

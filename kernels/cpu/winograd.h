@@ -59,6 +59,19 @@ constexpr int kWinoPlaneSkew = 16;  // floats
 inline int64_t winograd_vplane(const WinoChunk& ch) { return (int64_t)ch.C * ch.ldv + kWinoPlaneSkew; }
 inline int64_t winograd_mplane(const WinoChunk& ch, int kn) { return (int64_t)kn * ch.ldv + kWinoPlaneSkew; }
 
+// F(4x4, 3x3) for few tiles (winograd_conv_few): the products vectorised across filters, the
+// filters transformed per call in blocks of Kb filters x a few channels.
+//   V: 36 planes (vplane apart) of (C, ldv): B^T d B of every tile of the batch (ldv >= T),
+//      tile t = (image, tile row, tile column) in that order;
+//   U: 36 planes (uplane apart) of (cb, Kb): G g G^T of a block of filters and channels;
+//   M: 36 planes (mplane apart) of (tiles of the task, Kb): the products summed over channels.
+struct WinoFew {
+  int C, K, H, W;        // input channels, filters, image height and width (output = input)
+  int TP, TQ;            // tile rows and columns of an image
+  int ldv, Kb;           // floats per row of V; filters per block (whole vectors)
+  int64_t vplane, uplane, mplane;
+};
+
 struct WinogradKernels {
   const char* name;  // e.g. "avx512/16"
   int vec;           // floats per vector (tiles per segment at most)
@@ -82,6 +95,18 @@ struct WinogradKernels {
   void (*input4)(const WinoChunk& ch, const float* xp, float* V);
   void (*multiply4)(const WinoChunk& ch, const float* U, const float* V, int kc0, int kc1, float* M);
   void (*output4)(const WinoChunk& ch, const float* M, int kc0, int kc1, const float* bias, bool relu, float* y);
+  // F(4x4, 3x3) for few tiles (WinoFew), register tiles of ftb tiles x fkv vectors of filters;
+  // a block is Kb = fkv * vec filters.
+  int ftb, fkv;
+  // U of filters [k0, k0 + Kb) (zero from K on) and channels [c0, c0 + cb); stage: cb * 9 * vec floats.
+  void (*few_filters)(const WinoFew& f, const float* w, int c0, int cb, int k0, float* stage, float* U);
+  // M (+)= V (its first cb channels, tiles [t0, t1)) * U (the first nkv vectors of filters);
+  // M starts from zero when `first`.
+  void (*few_multiply)(const WinoFew& f, const float* V, const float* U, int cb, int t0, int t1, int nkv,
+                       bool first, float* M);
+  // y (N, K, H, W): A^T m A + bias (ReLU when relu) of tiles [t0, t1), filters [k0, k0 + Kb) below K.
+  void (*few_output)(const WinoFew& f, const float* M, int k0, int t0, int t1, const float* bias, bool relu,
+                     float* y);
 };
 
 // The kernels of `isa` (the generic build for Isa::Generic or a build without x86 kernels).
@@ -97,6 +122,18 @@ int winograd_tile(int H, int W);
 // the padded images of a group, slot 1 V and M of a chunk (winograd_scratch says how much).
 void winograd_conv(int N, int C, int H, int W, int K, const float* x, const float* w, bool flipped,
                    const float* bias, bool relu, float* y);
+
+// The same forward (filters w (K, C, 3, 3), not flipped) in F(4x4, 3x3) for few tiles
+// (N * ceil(H/4) * ceil(W/4) small, images of 8x8 and more): the input transformed once per
+// call (V, allocated per call), then per task (a block of Kb filters and a range of at most 64
+// tiles) the filters transformed on the fly, 32 input channels at a time, and multiplied into
+// M with register tiles of tiles x vectors of filters (6 x 4 on AVX-512: 10 loads per 24
+// FMAs), then A^T . A. No transformed filters are kept between calls. Thread scratch: slot 0
+// the padded images (before the tasks), slot 1 a task's staged taps, U and M
+// (winograd_few_scratch says how much; `call`: V).
+void winograd_conv_few(int N, int C, int H, int W, int K, const float* x, const float* w, const float* bias,
+                       bool relu, float* y);
+void winograd_few_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1, int64_t* call);
 
 // The weight gradient of the same convolution: dw (K, C, 3, 3) = G^T dU G with
 // dU[xi] (K, C) = sum over tiles of (A dy A^T)[xi] (B^T d B)[xi], the sum over tiles being 16

@@ -38,6 +38,22 @@ struct WV {
     const V cd = _mm256_blend_ps(_mm256_permutevar8x32_ps(c, idx), _mm256_permutevar8x32_ps(d, idx), 0xC0);
     return _mm256_blend_ps(ab, cd, 0xF0);
   }
+  // r[i] lane j <-> r[j] lane i (8 x 8): pairs and quads within 128-bit lanes, then the halves.
+  static void transpose(V* r) {
+    V t[8], q[8];
+    for (int i = 0; i < 4; ++i)
+      t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]), t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    for (int i = 0; i < 2; ++i) {  // q[4 i + j], lane L: rows 4 i .. 4 i + 3 of column 4 L + j
+      q[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      q[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+      q[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      q[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {
+      r[j] = _mm256_permute2f128_ps(q[j], q[4 + j], 0x20);
+      r[4 + j] = _mm256_permute2f128_ps(q[j], q[4 + j], 0x31);
+    }
+  }
   // unpacklo/hi interleave within 128-bit lanes (a0 b0 a1 b1 | a4 b4 a5 b5, a2 b2 a3 b3 | ...).
   static V zip_lo(V a, V b) {
     return _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x20);
@@ -55,13 +71,17 @@ namespace dnns::cpu {
 
 const WinogradKernels* winograd_kernels_avx2() {
   // 6 filters x 2 vectors of tiles: 12 accumulators, 2 inputs and a broadcast in 16 registers.
+  // Few tiles: 6 tiles x 2 vectors of filters, 12 accumulators, 2 filter vectors and a
+  // broadcast.
   using namespace wino_avx2;
   static const WinogradKernels k{"avx2/8",    8,
                                  6,           2,
                                  &input<WV>,  &multiply<WV, 6, 2, 16>,
                                  &output<WV>, &output_grad<WV>,
                                  &input4<WV>, &multiply<WV, 6, 2, 36>,
-                                 &output4<WV>};
+                                 &output4<WV>,     6,
+                                 2,                &few_filters<WV>,
+                                 &few_multiply<WV, 6, 2>, &few_output<WV>};
   return &k;
 }
 

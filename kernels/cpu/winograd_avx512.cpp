@@ -31,6 +31,28 @@ struct WV {
                                           0, 0);
     return _mm512_shuffle_f32x4(_mm512_permutex2var_ps(a, idx, b), _mm512_permutex2var_ps(c, idx, d), 0x44);
   }
+  // r[i] lane j <-> r[j] lane i (16 x 16): pairs and quads within 128-bit lanes, then the
+  // 128-bit lanes of four vectors as a 4 x 4 transpose.
+  static void transpose(V* r) {
+    V t[16];
+    for (int i = 0; i < 8; ++i)
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]), t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    for (int i = 0; i < 4; ++i) {  // r[4 i + j], lane L: rows 4 i .. 4 i + 3 of column 4 L + j
+      r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+      r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {
+      const V u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD),
+              u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88), u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+      t[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+      t[8 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+      t[4 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+      t[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+  }
   static V zip_lo(V a, V b) {
     return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b);
   }
@@ -48,13 +70,17 @@ namespace dnns::cpu {
 
 const WinogradKernels* winograd_kernels_avx512() {
   // 8 filters x 3 vectors of tiles: 24 accumulators, 3 inputs and a broadcast in 32 registers.
+  // Few tiles: 6 tiles x 4 vectors of filters, 24 accumulators, 4 filter vectors and a
+  // broadcast.
   using namespace wino_avx512;
   static const WinogradKernels k{"avx512/16",      16,
                                  8,                3,
                                  &input<WV>,       &multiply<WV, 8, 3, 16>,
                                  &output<WV>,      &output_grad<WV>,
                                  &input4<WV>,      &multiply<WV, 8, 3, 36>,
-                                 &output4<WV>};
+                                 &output4<WV>,     6,
+                                 4,                &few_filters<WV>,
+                                 &few_multiply<WV, 6, 4>, &few_output<WV>};
   return &k;
 }
 

@@ -3,7 +3,8 @@
 // inside namespace dnns::cpu::DNNS_WINO_NS, a struct WV of vector operations:
 //   W, V, zero, load, store, store_n (first n lanes), bcast, fma, add, sub, max,
 //   even(a, b) / odd(a, b): the even / odd floats of the 2W floats a|b, in order,
-//   zip_lo(a, b) / zip_hi(a, b): a0 b0 a1 b1 ... of the first / second halves of a and b.
+//   zip_lo(a, b) / zip_hi(a, b): a0 b0 a1 b1 ... of the first / second halves of a and b,
+//   transpose(r): the W x W matrix of W vectors r[0..W-1] transposed in place.
 // Everything here sits in that per-ISA namespace and uses no library templates, so no
 // out-of-line copy compiled with one ISA's instructions can be picked by the linker for code
 // that runs on a CPU without them.
@@ -323,6 +324,181 @@ void output4(const WinoChunk& ch, const float* M, int kc0, int kc1, const float*
         for (int v = 0; v < 4; ++v)
           if (ncols > v * W) store_lanes<I>(row + v * W, out[v], ncols - v * W);
       }
+    }
+  }
+}
+
+// ---- F(4x4, 3x3) for few tiles (winograd.h WinoFew): vectors across filters
+
+// out = G' v along one axis of the 3 taps a, b, d (vectors across filters), G' being G without
+// its row scales: G = diag(1/4, -1/6, -1/6, 1/24, 1/24, 1) G', G' = [1 0 0; 1 1 1; 1 -1 1;
+// 1 2 4; 1 -2 4; 0 0 1]. The scales of U[6 i + j] (D_i D_j) are applied to V instead
+// (winograd_conv_few), once per call rather than once per filter.
+template <class I>
+inline void g4(typename I::V a, typename I::V b, typename I::V d, typename I::V* o) {
+  using V = typename I::V;
+  const V s = I::add(a, d), e = I::fma(I::bcast(4.0f), d, a), b2 = I::add(b, b);
+  o[0] = a;
+  o[1] = I::add(s, b);
+  o[2] = I::sub(s, b);
+  o[3] = I::add(e, b2);
+  o[4] = I::sub(e, b2);
+  o[5] = d;
+}
+
+// U (36 planes, f.uplane apart, of (cb, Kb)) = G' g G'^T of filters [k0, k0 + Kb) (zero from K
+// on) and channels [c0, c0 + cb), w (K, C, 3, 3). Per vector of W filters, their taps are first
+// copied into `stage` (cb * 9 rows of W floats, contiguous: 18 KiB for 32 channels on AVX-512,
+// in L1) so that each tap of the W filters loads as one vector.
+template <class I>
+void few_filters(const WinoFew& f, const float* w, int c0, int cb, int k0, float* stage, float* U) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  const int Kb = f.Kb, kn = imin(Kb, f.K - k0), taps = cb * 9;
+  const long uplane = f.uplane;
+  for (int kv = 0; kv < Kb; kv += W) {
+    const int lanes = imin(W, kn - kv);
+    if (lanes <= 0) {  // filters past K: zero
+#pragma GCC unroll 36
+      for (int xi = 0; xi < 36; ++xi)
+        for (int c = 0; c < cb; ++c) I::store(U + xi * uplane + (long)c * Kb + kv, I::zero());
+      continue;
+    }
+    // W taps of each of the W filters (zero past K) as W vectors, transposed in registers; the
+    // last taps % W one by one (a vector would read past w's end on the last filter).
+    const float* src[W];
+    for (int l = 0; l < W; ++l) src[l] = w + ((long)(k0 + kv + imin(l, lanes - 1)) * f.C + c0) * 9;
+    int j = 0;
+    for (; j + W <= taps; j += W) {
+      V r[W];
+#pragma GCC unroll 16
+      for (int l = 0; l < W; ++l) r[l] = l < lanes ? I::load(src[l] + j) : I::zero();
+      I::transpose(r);
+#pragma GCC unroll 16
+      for (int i = 0; i < W; ++i) I::store(stage + (j + i) * W, r[i]);
+    }
+    for (; j < taps; ++j)
+      for (int l = 0; l < W; ++l) stage[j * W + l] = l < lanes ? src[l][j] : 0.0f;
+    for (int c = 0; c < cb; ++c) {
+      const float* g = stage + c * 9 * W;
+      V gg[6][3];  // G' g
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j) {
+        V o[6];
+        g4<I>(I::load(g + j * W), I::load(g + (3 + j) * W), I::load(g + (6 + j) * W), o);
+#pragma GCC unroll 6
+        for (int i = 0; i < 6; ++i) gg[i][j] = o[i];
+      }
+      float* out = U + (long)c * Kb + kv;
+#pragma GCC unroll 6
+      for (int i = 0; i < 6; ++i) {  // (G' g) G'^T
+        V o[6];
+        g4<I>(gg[i][0], gg[i][1], gg[i][2], o);
+#pragma GCC unroll 6
+        for (int j = 0; j < 6; ++j) I::store(out + (6 * i + j) * uplane, o[j]);
+      }
+    }
+  }
+}
+
+// m (TB rows of Kb floats: tiles) (+)= v^T u over cb channels: v (cb rows of ldv, TB tiles
+// broadcast), u (cb rows of Kb, KV vectors of filters). Starts from zero when `first`.
+template <class I, int TB, int KV>
+void few_tile(const float* v, long ldv, const float* u, int Kb, int cb, float* m, bool first) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  V acc[TB][KV];
+#pragma GCC unroll 8
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 8
+    for (int j = 0; j < KV; ++j) acc[t][j] = first ? I::zero() : I::load(m + (long)t * Kb + j * W);
+  for (int c = 0; c < cb; ++c, v += ldv, u += Kb) {
+    V uv[KV];
+#pragma GCC unroll 8
+    for (int j = 0; j < KV; ++j) uv[j] = I::load(u + j * W);
+#pragma GCC unroll 8
+    for (int t = 0; t < TB; ++t) {
+      const V b = I::bcast(v[t]);
+#pragma GCC unroll 8
+      for (int j = 0; j < KV; ++j) acc[t][j] = I::fma(b, uv[j], acc[t][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 8
+    for (int j = 0; j < KV; ++j) I::store(m + (long)t * Kb + j * W, acc[t][j]);
+}
+
+// few_tile with exactly tb (1..TB) tiles and kv (1..KV) vectors.
+template <class I, int TB, int KV>
+void few_tile_n(int tb, int kv, const float* v, long ldv, const float* u, int Kb, int cb, float* m, bool first) {
+  if constexpr (TB > 1)
+    if (tb < TB) return few_tile_n<I, TB - 1, KV>(tb, kv, v, ldv, u, Kb, cb, m, first);
+  if constexpr (KV > 1)
+    if (kv < KV) return few_tile_n<I, TB, KV - 1>(tb, kv, v, ldv, u, Kb, cb, m, first);
+  few_tile<I, TB, KV>(v, ldv, u, Kb, cb, m, first);
+}
+
+// M (36 planes, f.mplane apart, of (t1 - t0, Kb)) (+)= sum over the cb channels of V[xi]
+// (column t of channel c, tiles [t0, t1)) times U[xi] (c, the first nkv vectors of filters).
+template <class I, int TB, int KV>
+void few_multiply(const WinoFew& f, const float* Vt, const float* U, int cb, int t0, int t1, int nkv, bool first,
+                  float* M) {
+  constexpr int W = I::W;
+  for (int xi = 0; xi < 36; ++xi) {
+    const float* v = Vt + xi * f.vplane;
+    const float* u = U + xi * f.uplane;
+    float* m = M + xi * f.mplane;
+    for (int t = t0; t < t1; t += TB)
+      for (int j = 0; j < nkv; j += KV)
+        few_tile_n<I, TB, KV>(imin(TB, t1 - t), imin(KV, nkv - j), v + t, f.ldv, u + j * W, f.Kb, cb,
+                              m + (long)(t - t0) * f.Kb + j * W, first);
+  }
+}
+
+// y (N, K, H, W), filters [k0, k0 + Kb) below K, tiles [t0, t1): A^T m A + bias (ReLU when
+// relu) of each tile, computed on vectors of filters and stored output by output (those past
+// H or W not written).
+template <class I>
+void few_output(const WinoFew& f, const float* M, int k0, int t0, int t1, const float* bias, bool relu, float* y) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  const int kn = imin(f.Kb, f.K - k0), per_image = f.TP * f.TQ;
+  const long HW = (long)f.H * f.W;
+  float bb[W], out[16][W];
+  for (int kv = 0; kv < kn; kv += W) {
+    const int lanes = imin(W, kn - kv);
+    for (int l = 0; l < W; ++l) bb[l] = bias && l < lanes ? bias[k0 + kv + l] : 0.0f;
+    const V bk = I::load(bb);
+    for (int t = t0; t < t1; ++t) {
+      const float* m = M + (long)(t - t0) * f.Kb + kv;
+      V tt[4][6];  // A^T m
+#pragma GCC unroll 6
+      for (int q = 0; q < 6; ++q) {
+        V col[6], o[4];
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; ++r) col[r] = I::load(m + (6 * r + q) * f.mplane);
+        a4<I>(col, o);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) tt[i][q] = o[i];
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        V o[4];
+        a4<I>(tt[i], o);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+          o[q] = I::add(o[q], bk);
+          if (relu) o[q] = I::max(o[q], I::zero());
+          I::store(out[4 * i + q], o[q]);
+        }
+      }
+      const int img = t / per_image, tp = t % per_image / f.TQ, tq = t % f.TQ;
+      const int rows = imin(4, f.H - 4 * tp), cols = imin(4, f.W - 4 * tq);
+      float* yt = y + ((long)img * f.K + k0 + kv) * HW + 4L * tp * f.W + 4 * tq;
+      for (int l = 0; l < lanes; ++l, yt += HW)
+        for (int i = 0; i < rows; ++i)
+          for (int q = 0; q < cols; ++q) yt[(long)i * f.W + q] = out[4 * i + q][l];
     }
   }
 }
