@@ -282,8 +282,9 @@ enum class Op { Forward, BackwardData, BackwardWeights };
 //     F(2x2) below); 0.7-1.0x for the 3-channel first layers' forward;
 //   - a call of at least 128 tiles of the tile size it runs (N * ceil(H/m) * ceil(W/m)): the
 //     filter transform is paid per call and a chunk is computed in whole vectors of tiles; at
-//     batch 1 (64 F(4x4) tiles at 32x32 and less), 0.1-1.1x (forwards under 256 tiles run
-//     F(4x4) for few tiles instead: winograd_few_applies);
+//     batch 1 (64 F(4x4) tiles at 32x32 and less), 0.1-1.1x (forwards under 256 F(4x4) tiles
+//     on images of 8x8 and more from 16 input channels, on a vector ISA, run F(4x4) for few
+//     tiles instead: winograd_few_applies);
 //   - not on the generic path (0.6-0.8x of im2col + OpenBLAS there).
 // The weight gradient (F(2x2)): 1.3-1.8x on AVX-512, 1.1-1.9x on AVX2 for VGG-16's layers of
 // 4x4 images and more, 1.2-1.5x for ResNet-20's 32x32 and 16x16 ones, first layers included;
@@ -566,16 +567,18 @@ ConvAlgo parse_conv_algo(const char* name) {
 }
 
 // ---- Few outputs per filter: stream the weights once
-// A forward with at most 64 outputs per filter (N*P*Q: a batch of 1 on VGG's 8x8, 4x4 and 2x2
-// layers) is bound by reading the weights (9.4 MB for a 512 x 512 x 3 x 3 layer against 9-38 M
+// A forward with at most 64 outputs per filter (N*P*Q: a batch of 1 on VGG's 4x4 and 2x2
+// layers; its 8x8 3x3 layers of 16+ channels run F(4x4) for few tiles first) is bound by
+// reading the weights (9.4 MB for a 512 x 512 x 3 x 3 layer against 9-38 M
 // multiply-adds). im2col + sgemm packs the weights again on every call and the direct kernels
 // pack them too; here every filter's row is read once, in place, against the (C*R*S, J) patch
 // matrix (J = the outputs rounded up to 16), walked in chunks that stay in cache: register tiles
 // of filters x vectors of outputs in each ISA's width (rows.h stream_filters); for up to 4
 // outputs (2x2 images), dot products along the rows against the patch matrix transposed
 // (rows.h stream_dots), where 16-float vectors of outputs would be 3/4 padding.
-// bench conv --model vgg16 --clock cpu --threads 1, AMD EPYC (Zen 4), loaded machine: the 256-
-// channel 8x8 layers at batch 1 (64 outputs) 1.05 -> 0.83 ms against the direct kernels on
+// bench conv --model vgg16 --clock cpu --threads 1, AMD EPYC (Zen 4), loaded machine, before
+// the few-tiles Winograd took them: the 256-channel 8x8 layers at batch 1 (64 outputs) 1.05 ->
+// 0.83 ms against the direct kernels on
 // AVX-512, 1.05 -> 0.98 on AVX2; the 512-channel 4x4 layers at batch 4 (64 outputs) 1.2x the
 // speed of im2col + sgemm on AVX-512, 0.9-1.1x on AVX2; more in the README.
 // Past 16 outputs, only from 128 filters: the patch matrix, built per call, costs about 1/K of

@@ -329,13 +329,13 @@ void winograd_conv(int N, int C, int H, int W, int K, const float* x, const floa
 namespace {
 
 // Input channels per filter-transform block: the staged taps of a vector of filters (32 * 9 *
-// 16 floats, 18 KiB on AVX-512) stay in L1, U (36, 32, Kb) is 295 KiB for Kb = 64, and M is
+// 16 floats, 18 KiB on AVX-512) stay in L1, U (36, 32, Kb) is 288 KiB for Kb = 64, and M is
 // loaded and stored once per block (2 memory operations per 32 FMAs of an accumulator).
 // bench conv --model vgg16 --batch 1 --threads 1 --clock cpu, AVX-512, 2026-11-30 19:38 UTC
-// (quiet machine), against the direct kernels: 32 channels 2.1-2.2x at 16x16 and 1.39-1.49x
+// (load about 2 on the 2 vCPUs), against the direct kernels: 32 channels 2.1-2.2x at 16x16 and 1.39-1.49x
 // at 8x8; 64 the same; 16 2.0x and 1.32-1.44x; 128 2.1x and 1.26-1.38x; 8 1.8x and 1.1-1.3x.
 constexpr int kFewChannels = 32;
-// Tiles per task at most: M (36, 64, Kb) 590 KiB for Kb = 64, in L2; more tiles are cut into
+// Tiles per task at most: M (36, 64, Kb) 576 KiB for Kb = 64, in L2; more tiles are cut into
 // ranges that transform the filters again (about 160 operations per filter and channel
 // against 36 x 64 multiply-adds).
 // bench conv --model vgg16 --batch 2 --threads 1 --clock cpu, AVX-512, loaded machine: 32x32
@@ -361,9 +361,12 @@ FewPlan few_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K) {
   r.vec = wk.vec;
   const int Kb = wk.fkv * wk.vec;
   r.kblocks = (K + Kb - 1) / Kb;
-  r.tgroups = std::clamp(std::max((num_threads() + r.kblocks - 1) / r.kblocks, (r.T + kFewTiles - 1) / kFewTiles), 1, r.T);
-  r.tmax = (r.T + r.tgroups - 1) / r.tgroups;
-  r.f = WinoFew{C, K, H, W, TP, TQ, r.T, Kb, (int64_t)C * r.T + kWinoPlaneSkew,
+  const int ranges = std::max(1, (r.T + kFewTiles - 1) / kFewTiles);  // on one thread
+  r.tgroups = std::clamp(std::max((num_threads() + r.kblocks - 1) / r.kblocks, ranges), 1, r.T);
+  // M is sized for the widest range on one thread, whatever the thread count (more threads
+  // only make the ranges narrower), so the scratch a shape reports does not depend on it.
+  r.tmax = (r.T + ranges - 1) / ranges;
+  r.f = WinoFew{C, K, H, W, TP, TQ, r.p.ldv, Kb, (int64_t)C * r.p.ldv + kWinoPlaneSkew,
                 (int64_t)r.cb * Kb + kWinoPlaneSkew, (int64_t)r.tmax * Kb + kWinoPlaneSkew};
   return r;
 }
