@@ -220,9 +220,12 @@ TEST_CASE("a portfolio built end to end from a fake IMP run loads back and repro
     CHECK(v.imp_accuracy == doctest::Approx(0.5 - 0.01 * i));
     CHECK(v.latency_ms_p50_b1 > 0);
     // Memory as the shifter holds the variant (planned, lean): an auto plan depends on the
-    // timings, so the exact figure is checked below on a sparse-planned build.
+    // timings, so the exact figure is checked below on a sparse-planned build. (Not "more at
+    // batch 4 than at 1": a layer planned dense at batch 1 and sparse at 4 takes the few-tiles
+    // Winograd's working memory, about 0.3 MB a thread, at batch 1 only; under AddressSanitizer
+    // level 1 held 1.10 MB at batch 1 and 0.99 MB at batch 4.)
     CHECK(v.memory_bytes_b1 > 0);
-    CHECK(v.memory_bytes_batch > v.memory_bytes_b1);
+    CHECK(v.memory_bytes_batch > 0);
     // load_portfolio refuses a manifest whose params and crc32 disagree with its own
     // num_params() and model_file_crc32(), so those cannot check the manifest: these figures
     // are computed apart, from the run's level and the file's bytes.

@@ -121,7 +121,7 @@ CExportInfo export_c(const Model& m, const std::string& dir, const std::string& 
   PortableGraph pg = portable_graph(m);
   std::vector<rt::NodePlan> plan(pg.nodes.size());
   int64_t per_image = 0;
-  char err[256];
+  char err[256] = "";  // read below even when planning succeeds: the message is built eagerly
   check(rt::plan_graph(pg.graph, plan.data(), &per_image, err, sizeof err) == rt::kOk,
         std::string("c export: ") + err);
   const std::string macro = upper(name);

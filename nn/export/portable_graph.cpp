@@ -99,7 +99,7 @@ int64_t portable_arena_bytes(const Model& m) {
   PortableGraph pg = portable_graph(m);
   std::vector<rt::NodePlan> plan(pg.nodes.size());
   int64_t per_image = 0;
-  char err[256];
+  char err[256] = "";  // read below even when planning succeeds: the message is built eagerly
   check(rt::plan_graph(pg.graph, plan.data(), &per_image, err, sizeof err) == rt::kOk,
         std::string("portable runtime: ") + err);
   return per_image * static_cast<int64_t>(sizeof(float));
@@ -113,7 +113,7 @@ Tensor run_portable(const Model& m, const Tensor& x, int64_t* arena_bytes) {
   PortableGraph pg = portable_graph(m);
   std::vector<rt::NodePlan> plan(pg.nodes.size());
   int64_t per_image = 0;
-  char err[256];
+  char err[256] = "";  // read below even when planning succeeds: the message is built eagerly
   rt::Status s = rt::plan_graph(pg.graph, plan.data(), &per_image, err, sizeof err);
   check(s == rt::kOk, std::string("portable runtime: ") + err);
   const int32_t batch = static_cast<int32_t>(x.dim(0));
