@@ -491,7 +491,7 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
   // A task's staged taps (24 channels x 9 x a vector), U (36 planes of 24 x Kb filters) and M
   // (36 planes of 12 tiles x Kb), each plane 16 floats apart; whatever the thread count.
   const cpu::WinogradKernels& wk = cpu::winograd_kernels(cpu::cpu_isa());
-  const int64_t Kb = (int64_t)wk.fkv * wk.vec;
+  const int64_t Kb = std::min<int64_t>((int64_t)wk.fkv * wk.vec, (70 + wk.vec - 1) / wk.vec * wk.vec);
   const int64_t slot1 = 24 * 9 * wk.vec + 36 * (24 * Kb + 16) + 36 * (12 * Kb + 16);
   for (int threads : {1, 2, 5}) {
     const testing::ScopedThreads t(threads);
@@ -502,6 +502,10 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
   CHECK(f10.slot0 == f.slot0);
   CHECK(f10.slot1 == f.slot1);
   CHECK(f10.call == f.call);
+  // Fewer filters than a block: U and M sized by them (whole vectors), not by the block.
+  const int64_t Kb5 = wk.vec;  // 5 filters: one vector
+  CHECK(cpu::conv_forward_scratch(conv(2, 24, 9, 8, 5, 3, 3, 1, 1)).slot1 ==
+        24 * 9 * wk.vec + 36 * (24 * Kb5 + 16) + 36 * (12 * Kb5 + 16));
 }
 
 TEST_CASE("ISA and algorithm settings refuse what this CPU cannot run, naming it") {

@@ -359,7 +359,9 @@ FewPlan few_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K) {
   r.p = make_plan(wk, N, C, H, W, K, 4, r.T);  // ldv = T: every tile in one chunk
   r.cb = std::min(C, kFewChannels);
   r.vec = wk.vec;
-  const int Kb = wk.fkv * wk.vec;
+  // Filters per block: the micro-kernel's width, or fewer when the layer has fewer (whole
+  // vectors): U and M are sized by it (ResNet-20's 16-filter layers: a quarter on AVX-512).
+  const int Kb = std::min(wk.fkv * wk.vec, (K + wk.vec - 1) / wk.vec * wk.vec);
   r.kblocks = (K + Kb - 1) / Kb;
   const int ranges = std::max(1, (r.T + kFewTiles - 1) / kFewTiles);  // on one thread
   r.tgroups = std::clamp(std::max((num_threads() + r.kblocks - 1) / r.kblocks, ranges), 1, r.T);
