@@ -234,6 +234,41 @@ TEST_CASE("every ISA path and convolution algorithm matches ref") {
   }
 }
 
+// The direct kernels compute the last filters of a call that are fewer than a full tile (8
+// on AVX-512, 6 on AVX2) as a partial tile of just those filters, with more output vectors
+// (conv_direct_impl.h forward_partial): every filter count 1..17 reaches each partial size of
+// both ISAs, as forward outputs (K) and as backward-data outputs (C), on 16-float and 8-float
+// vectors (rows of 19 and 7 columns), images whose vector count is no multiple of the tile's,
+// with bias and ReLU, and at batch 1, where filter groups split the filters between tasks.
+TEST_CASE("direct kernels: every partial block of filters matches ref") {
+  const testing::ScopedKernelChoice restore;
+  cpu::set_conv_algo(cpu::ConvAlgo::Direct);
+  Rng rng(41);
+  for (int isa = (int)cpu::best_cpu_isa(); isa > (int)cpu::Isa::Generic; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    for (int n : {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 17})
+      for (const Conv2dParams& p : {conv(2, 3, 11, 19, n, 3, 3, 1, 1), conv(2, 4, 6, 8, n, 3, 3, 1, 1),
+                                    conv(1, 5, 13, 9, n, 3, 3, 1, 1), conv(2, n, 7, 19, 3, 3, 3, 1, 1),
+                                    conv(1, n, 5, 8, 2, 3, 3, 1, 1)}) {
+        const std::string path = cpu::conv_path(p);
+        INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)) << ", " << conv_str(p) << " took " << path);
+        // forward | backward data | backward weights, or one name for all three
+        const size_t bar = path.find(" | ");
+        REQUIRE(path.find("direct") == 0);
+        REQUIRE((bar == std::string::npos || path.find("direct", bar) == bar + 3));
+        compare_conv(p, rng);
+        const int64_t ny = (int64_t)p.N * p.K * p.P() * p.Q();
+        const auto x = randn(rng, (int64_t)p.N * p.C * p.H * p.W), w = randn(rng, (int64_t)p.K * p.C * 9),
+                   b = randn(rng, p.K);
+        auto y_ref = poisoned(ny), y = poisoned(ny);
+        ref::conv2d_forward(p, x.data(), w.data(), b.data(), y_ref.data());
+        for (float& v : y_ref) v = std::max(v, 0.0f);
+        cpu::conv2d_forward_relu(p, x.data(), w.data(), b.data(), y.data());
+        check_close(y, y_ref, "forward_relu " + conv_str(p));
+      }
+  }
+}
+
 TEST_CASE("conv2d_forward_relu is relu(conv) on every path") {
   const testing::ScopedKernelChoice restore;
   Rng rng(31);

@@ -5,6 +5,8 @@
 #define DNNS_DIRECT_NS avx2
 namespace dnns::cpu::avx2 {
 
+constexpr int kRegisters = 16;  // ymm0-15
+
 #include "kernels/cpu/conv_direct_ymm.inc"
 
 }  // namespace dnns::cpu::avx2

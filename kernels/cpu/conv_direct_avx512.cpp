@@ -6,6 +6,8 @@
 #define DNNS_DIRECT_NS avx512
 namespace dnns::cpu::avx512 {
 
+constexpr int kRegisters = 32;  // zmm0-31 (ymm0-31 with AVX-512VL)
+
 struct V16 {
   static constexpr int W = 16;
   using V = __m512;

@@ -1,7 +1,7 @@
 // The direct convolution kernels of conv_direct.h, written once over an ISA's vector type.
 // Included only by conv_direct_<isa>.cpp, each of which first defines, inside
 // namespace dnns::cpu::DNNS_DIRECT_NS, the struct(s) of vector operations it instantiates the
-// kernels with. Everything here sits in that per-ISA namespace and uses no library templates,
+// kernels with, and kRegisters, the vector registers it has. Everything here sits in that per-ISA namespace and uses no library templates,
 // so no out-of-line copy compiled with one ISA's instructions can be picked by the linker for
 // code that runs on a CPU without them.
 #ifndef DNNS_DIRECT_NS
@@ -16,35 +16,35 @@ inline int imin(int a, int b) { return a < b ? a : b; }
 // ---- forward: y (K, P, Q) = bias + conv(xp, w) for filters [k, k + KB) and NV output vectors
 // Output vector v reads input offset xoff[v] + toff[tap] in each channel, writes output
 // offset yoff[v], and holds lanes[v] valid columns. w: this filter block's packed weights
-// (C, R, S, KB).
-template <class I, int KB, int NV>
+// (C, R, S, PK), of which the first KB filters are computed (PK > KB: the last, partial block).
+template <class I, int KB, int NV, int PK = KB>
 void forward_tile(const DirectShape& s, const float* xp, const float* w, const int* xoff,
                   const int* yoff, const int* lanes, const float* bias, bool relu, float* y,
                   int kvalid) {
   using V = typename I::V;
   V acc[KB][NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int kb = 0; kb < KB; ++kb)
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) acc[kb][v] = I::zero();
   const int RS = s.R * s.S;
-  for (int c = 0; c < s.C; ++c, xp += s.plane, w += RS * KB)
+  for (int c = 0; c < s.C; ++c, xp += s.plane, w += RS * PK)
     for (int t = 0; t < RS; ++t) {
       const float* xt = xp + s.toff[t];
       V xv[NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) xv[v] = I::load(xt + xoff[v]);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int kb = 0; kb < KB; ++kb) {
-        const V wb = I::bcast(w[t * KB + kb]);
-#pragma GCC unroll 8
+        const V wb = I::bcast(w[t * PK + kb]);
+#pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) acc[kb][v] = I::fma(wb, xv[v], acc[kb][v]);
       }
     }
   const int PQ = s.P * s.Q;
   for (int kb = 0; kb < kvalid; ++kb) {
     const V b = I::bcast(bias ? bias[kb] : 0.0f);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
       V o = I::add(acc[kb][v], b);
       if (relu) o = I::max(o, I::zero());
@@ -58,18 +58,22 @@ void forward_tile(const DirectShape& s, const float* xp, const float* w, const i
 }
 
 // Runs forward_tile with exactly nv (1..NV) vectors.
-template <class I, int KB, int NV>
+template <class I, int KB, int NV, int PK = KB>
 void forward_tile_n(int nv, const DirectShape& s, const float* xp, const float* w, const int* xoff,
                     const int* yoff, const int* lanes, const float* bias, bool relu, float* y, int kvalid) {
   if constexpr (NV > 1)
     if (nv < NV)
-      return forward_tile_n<I, KB, NV - 1>(nv, s, xp, w, xoff, yoff, lanes, bias, relu, y, kvalid);
-  forward_tile<I, KB, NV>(s, xp, w, xoff, yoff, lanes, bias, relu, y, kvalid);
+      return forward_tile_n<I, KB, NV - 1, PK>(nv, s, xp, w, xoff, yoff, lanes, bias, relu, y, kvalid);
+  forward_tile<I, KB, NV, PK>(s, xp, w, xoff, yoff, lanes, bias, relu, y, kvalid);
 }
 
-template <class I, int KB, int NV>
-void forward(const DirectShape& s, const float* xp, const float* wpk, const float* bias, bool relu,
-             float* y, int k0, int k1) {
+// Filters [k0, k1) (whole tiles of KB filters; the last KB filters or fewer when k1 - k0 is
+// not a multiple: a partial block, its weights still packed PK wide) over every output vector,
+// in tiles of NV vectors. Vector v of the image is output row v / per_row, columns
+// (v % per_row) * W on.
+template <class I, int KB, int NV, int PK = KB>
+void forward_filters(const DirectShape& s, const float* xp, const float* wpk, const float* bias, bool relu,
+                     float* y, int k0, int k1) {
   constexpr int W = I::W;
   const int per_row = (s.Q + W - 1) / W, nvec = s.P * per_row;
   const long PQ = (long)s.P * s.Q, CRS = (long)s.C * s.R * s.S;
@@ -83,9 +87,38 @@ void forward(const DirectShape& s, const float* xp, const float* wpk, const floa
       lanes[v] = imin(W, s.Q - q0);
     }
     for (int k = k0; k < k1; k += KB)
-      forward_tile_n<I, KB, NV>(nv, s, xp, wpk + (k / KB) * CRS * KB, xoff, yoff, lanes,
-                                bias ? bias + k : nullptr, relu, y + k * PQ, imin(KB, k1 - k));
+      forward_tile_n<I, KB, NV, PK>(nv, s, xp, wpk + (k / PK) * CRS * PK, xoff, yoff, lanes,
+                                    bias ? bias + k : nullptr, relu, y + k * PQ, imin(KB, k1 - k));
   }
+}
+
+// Vectors per tile of a partial block of F filters, for an ISA whose full tiles are KB x NV
+// in `regs` vector registers: as many as keep F * NV accumulators (the full tile's count at
+// most), their input vectors and a broadcast in the registers, at most 12. A block of 1 to
+// KB - 1 filters computed as a full tile (zero filters past K, as before) cost as much as
+// KB of them: a compacted layer of 9 filters ran 2 tiles of 8 and took as long as one of 16.
+constexpr int partial_vectors(int F, int KB, int NV, int regs) {
+  int v = KB * NV / F;
+  while (v > 1 && F * v + v + 1 > regs) --v;
+  return v < 12 ? v : 12;
+}
+
+// The last F (1 .. KB - 1) filters of a call: tiles of F filters x partial_vectors vectors.
+template <class I, int KB, int NV, int F = KB - 1>
+void forward_partial(int f, const DirectShape& s, const float* xp, const float* wpk, const float* bias, bool relu,
+                     float* y, int k0) {
+  if constexpr (F > 1)
+    if (f < F) return forward_partial<I, KB, NV, F - 1>(f, s, xp, wpk, bias, relu, y, k0);
+  forward_filters<I, F, partial_vectors(F, KB, NV, kRegisters), KB>(s, xp, wpk, bias, relu, y, k0, k0 + F);
+}
+
+template <class I, int KB, int NV>
+void forward(const DirectShape& s, const float* xp, const float* wpk, const float* bias, bool relu,
+             float* y, int k0, int k1) {
+  const int kfull = k0 + (k1 - k0) / KB * KB;
+  forward_filters<I, KB, NV>(s, xp, wpk, bias, relu, y, k0, kfull);
+  if constexpr (KB > 1)
+    if (kfull < k1) forward_partial<I, KB, NV>(k1 - kfull, s, xp, wpk, bias, relu, y, kfull);
 }
 
 // ---- backward weights: dwT (C*R*S, Kp) += sum over images and output pixels of the input
