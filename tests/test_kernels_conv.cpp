@@ -496,13 +496,31 @@ TEST_CASE("auto takes Winograd only where it pays, and reports its scratch") {
     CHECK(cpu::conv_path(conv(4, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd avx") == 0); // 256 tiles
     CHECK(cpu::conv_path(conv(1, 64, 16, 4, 64, 3, 3, 1, 1)).find("winograd-few") != 0);  // 4 columns
     CHECK(cpu::conv_path(conv(1, 64, 4, 16, 64, 3, 3, 1, 1)).find("winograd-few") != 0);  // 4 rows
-    // The first layer (3 channels) runs its forward elsewhere, its backward data (64 summed) in Winograd.
+    // The first layer (3 channels) runs its forward and its backward data (3 outputs) elsewhere,
+    // its weight gradient in Winograd.
     const std::string first = cpu::conv_path(conv(128, 3, 32, 32, 64, 3, 3, 1, 1));
     CHECK(first.find("winograd") != 0);
-    CHECK(first.find("| winograd") != std::string::npos);
-    CHECK(first.rfind("| winograd") > first.find("| winograd"));  // its weight gradient too
+    CHECK(first.find("| winograd") == first.rfind("| winograd"));
+    CHECK(first.rfind("| winograd") > first.rfind("| direct"));
     CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 2, 1)).find("winograd") == std::string::npos);  // stride 2
     CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 0)).find("winograd") == std::string::npos);  // pad 0
+  }
+  // Few outputs (filters forward, input channels for the data gradient) do not repay
+  // Winograd's input transform: the direct kernels run them, the more so on small images
+  // (conv.cpp winograd_min_outputs; thresholds that hold on both vector ISAs).
+  for (int isa = (int)cpu::best_cpu_isa(); isa > (int)cpu::Isa::Generic; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)));
+    CHECK(cpu::conv_path(conv(32, 29, 16, 16, 12, 3, 3, 1, 1)).find("direct") == 0);  // a compacted layer
+    CHECK(cpu::conv_path(conv(32, 29, 16, 16, 32, 3, 3, 1, 1)).find("winograd") == 0);
+    CHECK(cpu::conv_path(conv(128, 48, 8, 8, 24, 3, 3, 1, 1)).find("direct") == 0);
+    CHECK(cpu::conv_path(conv(128, 64, 8, 8, 64, 3, 3, 1, 1)).find("winograd") == 0);
+    CHECK(cpu::conv_path(conv(1, 16, 32, 32, 8, 3, 3, 1, 1)).find("direct") == 0);         // few tiles too
+    CHECK(cpu::conv_path(conv(1, 16, 32, 32, 12, 3, 3, 1, 1)).find("winograd-few") == 0);
+    CHECK(cpu::conv_path(conv(32, 48, 8, 8, 16, 3, 3, 1, 1)).find("direct") == 0);
+    const std::string data = cpu::conv_path(conv(32, 16, 8, 8, 64, 3, 3, 1, 1));  // 16 data-gradient outputs
+    CHECK(data.find("winograd") == 0);
+    CHECK(data.find("| direct") == data.find(" | ") + 1);
   }
   cpu::set_cpu_isa(cpu::Isa::Generic);
   CHECK(cpu::conv_path(conv(128, 64, 32, 32, 64, 3, 3, 1, 1)).find("winograd") == std::string::npos);

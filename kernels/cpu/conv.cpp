@@ -295,6 +295,31 @@ constexpr int kWinogradMinChannels = 16;
 constexpr int64_t kWinogradMinTiles = 128;
 constexpr int64_t kWinogradMinTilesWeights = 256;
 
+// The fewest outputs (filters of a forward, input channels of a data gradient) for which auto
+// takes Winograd over the direct kernels, by ISA and F(4x4) tiles per image. Winograd pays an
+// input transform per tile and channel whatever the outputs, so few outputs do not repay it,
+// and less so on small images, where the direct kernels run best (bench conv at batch 1-128 on
+// 1 thread, 2026-11-30, AMD EPYC Zen 4, after the partial filter tiles of the direct kernels;
+// Winograd / direct time at 16 and 48 channels, tile-vectorised and for few tiles alike):
+//   32x32 and more (64+ tiles)  AVX-512: 8 outputs 0.87-1.35, 12 0.83-0.97, 16 0.63-0.78
+//                               AVX2:    8 0.70-1.18, 12 0.40-0.93
+//   16x16 (16-63 tiles)         AVX-512: 12 1.10-1.27, 16 0.79-1.03, 24 0.73-1.00
+//                               AVX2:    16 0.93-1.45, 24 1.04-1.19, 32 0.89-1.20 (batch 128,
+//                                        ResNet-20's 32 filters: 0.94)
+//   8x8 and less                AVX-512: 24 1.17-1.37, 32 0.95-1.23, 48 0.87-1.09
+//                               AVX2:    48 1.13-1.26, 64 at batch 128 0.93-0.95
+// Compacted layers keep odd, small filter counts (4-28 in ResNet-20 at 90% sparsity), where
+// Winograd had been taken from 16 summed channels and ran at up to half the direct speed.
+// (Unmeasured: a CPU that runs 512-bit FMAs at twice the 256-bit rate; the direct kernels
+// of 8x8 images use 8-float vectors, and would favour Winograd sooner there.)
+int winograd_min_outputs(int H, int W) {
+  const int tiles = ((H + 3) / 4) * ((W + 3) / 4);
+  const bool avx512 = cpu_isa() == Isa::Avx512;
+  if (tiles >= 64) return 12;
+  if (tiles >= 16) return avx512 ? 16 : 32;
+  return avx512 ? 32 : 64;
+}
+
 bool is_gemm_forced() { return (ConvAlgo)algo_setting().load(std::memory_order_relaxed) == ConvAlgo::Gemm; }
 
 // Whether `op` of this shape runs on the direct kernels (the ISA has them and they pay):
@@ -330,8 +355,9 @@ bool winograd_applies(const Conv2dParams& p, Op op) {
   auto tiles = [&](int m) { return (int64_t)p.N * ((p.H + m - 1) / m) * ((p.W + m - 1) / m); };
   if (op == Op::BackwardWeights)  // F(2x2)
     return tiles(2) >= kWinogradMinTilesWeights && p.H >= 4 && p.W >= 4 && (p.H * p.W >= 256 || p.C >= 128);
-  const int summed = op == Op::Forward ? p.C : p.K;
-  return summed >= kWinogradMinChannels && tiles(winograd_tile(p.H, p.W)) >= kWinogradMinTiles;
+  const int summed = op == Op::Forward ? p.C : p.K, outputs = op == Op::Forward ? p.K : p.C;
+  return summed >= kWinogradMinChannels && outputs >= winograd_min_outputs(p.H, p.W) &&
+         tiles(winograd_tile(p.H, p.W)) >= kWinogradMinTiles;
 }
 
 // Whether the forward of this shape runs F(4x4, 3x3) for few tiles (winograd_conv_few, vectors
@@ -353,7 +379,7 @@ bool winograd_few_applies(const Conv2dParams& p) {
   if (p.R != 3 || p.S != 3 || p.stride != 1 || p.pad != 1 || p.H < 8 || p.W < 8) return false;
   if ((int64_t)p.N * ((p.H + 3) / 4) * ((p.W + 3) / 4) >= kWinogradFewMaxTiles) return false;
   if (algo == ConvAlgo::Winograd) return true;
-  return cpu_isa() != Isa::Generic && p.C >= kWinogradMinChannels;
+  return cpu_isa() != Isa::Generic && p.C >= kWinogradMinChannels && p.K >= winograd_min_outputs(p.H, p.W);
 }
 
 // The padded copy of one image (conv_direct.h): Hp = H + 2*ph rows of RP = st * L floats,
