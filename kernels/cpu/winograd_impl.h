@@ -346,8 +346,8 @@ inline void g4(typename I::V a, typename I::V b, typename I::V d, typename I::V*
   o[5] = d;
 }
 
-// U (36 planes, f.uplane apart, of (cb, Kb)) = G' g G'^T of filters [k0, k0 + Kb) (zero from K
-// on) and channels [c0, c0 + cb), w (K, C, 3, 3). Per vector of W filters, their taps are first
+// U (36 planes, f.uplane apart, of (cb, Kb)) = G' g G'^T of filters [k0, min(K, k0 + Kb)) in
+// whole vectors (lanes past K zero) and channels [c0, c0 + cb), w (K, C, 3, 3). Per vector of W filters, their taps are first
 // copied into `stage` (cb * 9 rows of W floats, contiguous: 18 KiB for 32 channels on AVX-512,
 // in L1) so that each tap of the W filters loads as one vector.
 template <class I>
@@ -356,14 +356,8 @@ void few_filters(const WinoFew& f, const float* w, int c0, int cb, int k0, float
   constexpr int W = I::W;
   const int Kb = f.Kb, kn = imin(Kb, f.K - k0), taps = cb * 9;
   const long uplane = f.uplane;
-  for (int kv = 0; kv < Kb; kv += W) {
+  for (int kv = 0; kv < kn; kv += W) {  // vectors past K are not read (few_multiply: nkv)
     const int lanes = imin(W, kn - kv);
-    if (lanes <= 0) {  // filters past K: zero
-#pragma GCC unroll 36
-      for (int xi = 0; xi < 36; ++xi)
-        for (int c = 0; c < cb; ++c) I::store(U + xi * uplane + (long)c * Kb + kv, I::zero());
-      continue;
-    }
     // W taps of each of the W filters (zero past K) as W vectors, transposed in registers; the
     // last taps % W one by one (a vector would read past w's end on the last filter).
     const float* src[W];
