@@ -2,6 +2,7 @@
 #include "kernels/sparse.h"
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "core/error.h"
@@ -18,24 +19,44 @@ SparseRows sparse_from_dense(const float* w, int rows, int cols) {
   s.rows = rows;
   s.cols = cols;
   s.row_start.assign(size_t(rows) + 1, 0);
-  int64_t nnz = 0;  // a first pass, so that the form is allocated at its exact size
-  for (int64_t i = 0; i < int64_t(rows) * cols; ++i) nnz += w[i] != 0.0f;
-  s.col.reserve(nnz);
-  s.value.reserve(size_t(nnz));
+  // A first pass counts the nonzeros and checks every entry is finite, without branches (it
+  // runs on every packed variant's swap in the shifter), so that the form is allocated at its
+  // exact size and then written in place.
+  const int64_t n = int64_t(rows) * cols;
+  int64_t nnz = 0;
+  int finite = 1;
+  for (int64_t i = 0; i < n; ++i) {
+    nnz += w[i] != 0.0f;
+    finite &= std::fabs(w[i]) <= std::numeric_limits<float>::max();  // false for NaN and Inf
+  }
+  if (!finite)
+    for (int64_t i = 0; i < n; ++i)
+      check(std::isfinite(w[i]), [&] {
+        return "sparse_from_dense: entry (" + std::to_string(i / cols) + ", " + std::to_string(i % cols) +
+               ") is not finite";
+      });
+  s.value.resize(size_t(nnz));
+  s.col.resize(nnz);
+  // Each row's nonzeros gathered without branches (at 30-70% density a branch per entry
+  // mispredicts every few entries) into a row of scratch, then copied into place.
+  std::vector<int32_t> row_cols(size_t(cols) + 1);
+  std::vector<float> row_vals(size_t(cols) + 1);
+  int64_t k = 0;
   for (int i = 0; i < rows; ++i) {
     const float* row = w + int64_t(i) * cols;  // (cols)
+    int m = 0;
     for (int j = 0; j < cols; ++j) {
-      check(std::isfinite(row[j]), [&] {
-        return "sparse_from_dense: entry (" + std::to_string(i) + ", " + std::to_string(j) + ") is not finite";
-      });
-      if (row[j] != 0.0f) {
-        s.col.push_back(j);
-        s.value.push_back(row[j]);
-      }
+      row_cols[size_t(m)] = j;
+      row_vals[size_t(m)] = row[j];
+      m += row[j] != 0.0f;
     }
-    s.row_start[size_t(i) + 1] = int64_t(s.col.size());
+    for (int t = 0; t < m; ++t, ++k) {
+      s.col.set(k, row_cols[size_t(t)]);  // widens all columns once, at the first past 65535
+      s.value[size_t(k)] = row_vals[size_t(t)];
+    }
+    s.row_start[size_t(i) + 1] = k;
   }
-  s.col.shrink_to_fit();  // columns widened on the way were reserved at the narrow count
+  s.col.shrink_to_fit();  // a widening reserved the wide columns at the narrow count
   return s;
 }
 

@@ -86,7 +86,10 @@ TEST_CASE("sparse_from_dense keeps exactly the nonzeros and round-trips") {
     for (int64_t j = s.row_start[i] + 1; j < s.row_start[i + 1]; ++j) CHECK(s.col[j] > s.col[j - 1]);
   CHECK(std::fabs(s.density() - double(nonzero) / (9 * 13)) < 1e-12);
   w[7] = std::numeric_limits<float>::quiet_NaN();
-  CHECK(testing::contains(testing::error_of([&] { sparse_from_dense(w.data(), 9, 13); }), "not finite"));
+  CHECK(testing::contains(testing::error_of([&] { sparse_from_dense(w.data(), 9, 13); }), "entry (0, 7) is not finite"));
+  w[7] = 0.0f;
+  w[2 * 13 + 6] = -std::numeric_limits<float>::infinity();
+  CHECK(testing::contains(testing::error_of([&] { sparse_from_dense(w.data(), 9, 13); }), "entry (2, 6) is not finite"));
 }
 
 TEST_CASE("sparse conv equals dense conv on odd shapes and sparsities from 50% to 99.9%") {
