@@ -176,6 +176,18 @@ void pad_image(const float* x, int C, int H, int W, int ph, int pw, int st, int 
   for (float* end = xp + floats; out < end; ++out) *out = 0.0f;
 }
 
+void copy_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int n, int len) {
+  for (int r = 0; r < n; ++r, src += src_stride, dst += dst_stride) {
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+      f8 v;
+      load8(&v, src + i);
+      store8(dst + i, &v);
+    }
+    for (; i < len; ++i) dst[i] = src[i];
+  }
+}
+
 void transpose(const float* dy, int K, int PQ, int Kp, float* dyT) {
   for (int j0 = 0; j0 < PQ; j0 += 32) {  // blocks of 32 pixels stay in L1
     const int j1 = j0 + 32 < PQ ? j0 + 32 : PQ;
@@ -434,7 +446,7 @@ void stream_dots(const float* w, int64_t ldw, int kn, int n, const float* colT, 
 }  // namespace
 
 const RowKernels rows{&sum_sumsq,      &grad_sums,        &normalise, &bn_backward, &normalise_relu,
-                      &grad_sums_relu, &bn_backward_relu, &pad_image, &transpose,   &row_sum,
+                      &grad_sums_relu, &bn_backward_relu, &pad_image, &copy_rows, &transpose, &row_sum,
                       &sparse_row,     &sparse_grid,      &sparse_grid_cols, &stream_filters, &stream_dots};
 
 }  // namespace dnns::cpu::DNNS_ROWS_NS

@@ -118,7 +118,7 @@ void filters_of_image(const RowKernels& rk, const Conv2dParams& p, const PhaseLa
   for (int k = k0; k < k1; ++k) {
     fr.grid(rk, k, Xi, g.L, b ? b[k] : 0.0f, relu, grid);
     float* yk = y_n + int64_t(k) * P * Q;  // (P, Q)
-    for (int oh = 0; oh < P; ++oh) std::memcpy(yk + int64_t(oh) * Q, grid + int64_t(oh) * g.Wph, sizeof(float) * Q);
+    rk.copy_rows(grid, g.Wph, yk, Q, P, Q);
   }
 }
 
