@@ -39,8 +39,9 @@ SparseRows sparse_from_dense(const float* w, int rows, int cols) {
   s.col.resize(nnz);
   // Each row's nonzeros gathered without branches (at 30-70% density a branch per entry
   // mispredicts every few entries) into a row of scratch, then copied into place.
-  std::vector<int32_t> row_cols(size_t(cols) + 1);
-  std::vector<float> row_vals(size_t(cols) + 1);
+  // (cols) a row's nonzero columns and values first (entry m is written at column j >= m)
+  std::vector<int32_t> row_cols(static_cast<size_t>(cols));
+  std::vector<float> row_vals(static_cast<size_t>(cols));
   int64_t k = 0;
   for (int i = 0; i < rows; ++i) {
     const float* row = w + int64_t(i) * cols;  // (cols)

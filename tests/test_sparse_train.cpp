@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threading.h"
+#include "kernels/cpu/gemm_util.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/sparse_train.h"
 #include "kernels/ops.h"
@@ -123,6 +125,39 @@ TEST_CASE("sparse conv weight gradient: bit-identical at a fixed thread count, c
   cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw3.data(), nullptr);
   check_close(dw2, dw1, "1 thread against 3");
   CHECK(dw3 == dw2);  // the image parts are summed in a fixed order, whichever thread ran them
+}
+
+// The backward kernels work in the thread's scratch (kernels/cpu/gemm_util.h thread_scratch),
+// which holds whatever the last op left there: every float they read must be written by them
+// first (the zero padding, the planes' slack, the grid columns past Q). Stale NaNs left in
+// both slots must not change a bit of the result (1 thread: the scratch poisoned is the one
+// the tasks take).
+TEST_CASE("sparse conv backward kernels do not read what other ops left in the scratch") {
+  const testing::ScopedThreads threads(1);
+  Rng rng(17);
+  for (const Conv2dParams& p : {conv(2, 5, 9, 11, 6, 3, 3, 1, 1), conv(2, 5, 10, 12, 6, 3, 3, 2, 1),
+                                conv(2, 6, 8, 8, 7, 1, 1, 2, 0)}) {
+    INFO(conv_str(p));
+    const std::vector<float> mask = random_mask(rng, p.K, p.C * p.R * p.S, 0.3, {});
+    const SparseTrainPattern pat = sparse_train_pattern(mask.data(), p.K, p.C, p.R, p.S);
+    const std::vector<float> x = randn(rng, int64_t(p.N) * p.C * p.H * p.W),
+                             dy = randn(rng, int64_t(p.N) * p.K * p.P() * p.Q());
+    std::vector<float> dw(mask.size()), dx(x.size()), dw_stale(mask.size()), dx_stale(x.size());
+    cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw.data(), nullptr);
+    cpu::sparse_conv2d_backward_data(p, dy.data(), pat, dx.data());
+    for (int slot : {0, 1}) {
+      float* junk = cpu::thread_scratch<float>(slot, size_t(1) << 16);
+      std::fill(junk, junk + (size_t(1) << 16), std::numeric_limits<float>::quiet_NaN());
+    }
+    cpu::sparse_conv2d_backward_weights(p, x.data(), dy.data(), pat, dw_stale.data(), nullptr);
+    for (int slot : {0, 1}) {
+      float* junk = cpu::thread_scratch<float>(slot, size_t(1) << 16);
+      std::fill(junk, junk + (size_t(1) << 16), std::numeric_limits<float>::quiet_NaN());
+    }
+    cpu::sparse_conv2d_backward_data(p, dy.data(), pat, dx_stale.data());
+    CHECK(dw_stale == dw);
+    CHECK(dx_stale == dx);
+  }
 }
 
 TEST_CASE("sparse linear training kernels match the dense reference") {

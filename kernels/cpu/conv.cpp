@@ -1,8 +1,9 @@
 // Optimized CPU convolution, parallel over images with oneTBB. 3x3 stride-1 pad-1 convolutions
 // take Winograd F(4x4, 3x3) or F(2x2, 3x3) (winograd.h) where it measured faster, per op
-// (winograd_applies: forward and backward data from 16 channels and 128 output tiles per
-// call, backward weights on larger shapes; winograd_few_applies: a forward of fewer than 256
-// F(4x4) tiles, vectorised across filters, which takes precedence); a forward with few
+// (winograd_applies: forward and backward data from 16 channels summed, 128 output tiles per
+// call and, where the direct kernels apply, enough outputs (winograd_min_outputs), backward
+// weights on larger shapes; winograd_few_applies: a forward of fewer than 256 F(4x4) tiles,
+// vectorised across filters, which takes precedence); a forward with few
 // outputs per filter (N*P*Q up to 16, or up to 64 from 128 filters: a batch of 1 on the last,
 // smallest images) streams the weights once (stream_applies, every ISA); the rest one of two
 // algorithms, chosen per op
@@ -310,7 +311,7 @@ constexpr int64_t kWinogradMinTilesWeights = 256;
 //                               AVX2:    48 1.13-1.26, 64 at batch 128 0.93-0.95
 // Compacted layers keep odd, small filter counts (4-28 in ResNet-20 at 90% sparsity), where
 // Winograd had been taken from 16 summed channels and ran at up to half the direct speed.
-// (Unmeasured: a CPU that runs 512-bit FMAs at twice the 256-bit rate; the direct kernels
+// Only where the direct kernels apply (they were the alternative measured). (Unmeasured: a CPU that runs 512-bit FMAs at twice the 256-bit rate; the direct kernels
 // of 8x8 images use 8-float vectors, and would favour Winograd sooner there.)
 int winograd_min_outputs(int H, int W) {
   const int tiles = ((H + 3) / 4) * ((W + 3) / 4);
@@ -355,8 +356,11 @@ bool winograd_applies(const Conv2dParams& p, Op op) {
   auto tiles = [&](int m) { return (int64_t)p.N * ((p.H + m - 1) / m) * ((p.W + m - 1) / m); };
   if (op == Op::BackwardWeights)  // F(2x2)
     return tiles(2) >= kWinogradMinTilesWeights && p.H >= 4 && p.W >= 4 && (p.H * p.W >= 256 || p.C >= 128);
+  // The outputs threshold was measured against the direct kernels: where they do not apply
+  // (images under 8 columns), Winograd stays the choice.
   const int summed = op == Op::Forward ? p.C : p.K, outputs = op == Op::Forward ? p.K : p.C;
-  return summed >= kWinogradMinChannels && outputs >= winograd_min_outputs(p.H, p.W) &&
+  return summed >= kWinogradMinChannels &&
+         (outputs >= winograd_min_outputs(p.H, p.W) || !direct_applies(p, op)) &&
          tiles(winograd_tile(p.H, p.W)) >= kWinogradMinTiles;
 }
 

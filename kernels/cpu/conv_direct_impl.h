@@ -1,9 +1,9 @@
 // The direct convolution kernels of conv_direct.h, written once over an ISA's vector type.
 // Included only by conv_direct_<isa>.cpp, each of which first defines, inside
 // namespace dnns::cpu::DNNS_DIRECT_NS, the struct(s) of vector operations it instantiates the
-// kernels with, and kRegisters, the vector registers it has. Everything here sits in that per-ISA namespace and uses no library templates,
-// so no out-of-line copy compiled with one ISA's instructions can be picked by the linker for
-// code that runs on a CPU without them.
+// kernels with, and kRegisters, the vector registers it has. Everything here sits in that
+// per-ISA namespace and uses no library templates, so no out-of-line copy compiled with one
+// ISA's instructions can be picked by the linker for code that runs on a CPU without them.
 #ifndef DNNS_DIRECT_NS
 #error "define DNNS_DIRECT_NS before including conv_direct_impl.h"
 #endif
@@ -19,8 +19,7 @@ inline int imin(int a, int b) { return a < b ? a : b; }
 // (C, R, S, PK), of which the first KB filters are computed (PK > KB: the last, partial block).
 template <class I, int KB, int NV, int PK = KB>
 void forward_tile(const DirectShape& s, const float* xp, const float* w, const int* xoff,
-                  const int* yoff, const int* lanes, const float* bias, bool relu, float* y,
-                  int kvalid) {
+                  const int* yoff, const int* lanes, const float* bias, bool relu, float* y) {
   using V = typename I::V;
   V acc[KB][NV];
 #pragma GCC unroll 16
@@ -42,7 +41,8 @@ void forward_tile(const DirectShape& s, const float* xp, const float* w, const i
       }
     }
   const int PQ = s.P * s.Q;
-  for (int kb = 0; kb < kvalid; ++kb) {
+#pragma GCC unroll 16
+  for (int kb = 0; kb < KB; ++kb) {
     const V b = I::bcast(bias ? bias[kb] : 0.0f);
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
@@ -60,17 +60,16 @@ void forward_tile(const DirectShape& s, const float* xp, const float* w, const i
 // Runs forward_tile with exactly nv (1..NV) vectors.
 template <class I, int KB, int NV, int PK = KB>
 void forward_tile_n(int nv, const DirectShape& s, const float* xp, const float* w, const int* xoff,
-                    const int* yoff, const int* lanes, const float* bias, bool relu, float* y, int kvalid) {
+                    const int* yoff, const int* lanes, const float* bias, bool relu, float* y) {
   if constexpr (NV > 1)
-    if (nv < NV)
-      return forward_tile_n<I, KB, NV - 1, PK>(nv, s, xp, w, xoff, yoff, lanes, bias, relu, y, kvalid);
-  forward_tile<I, KB, NV, PK>(s, xp, w, xoff, yoff, lanes, bias, relu, y, kvalid);
+    if (nv < NV) return forward_tile_n<I, KB, NV - 1, PK>(nv, s, xp, w, xoff, yoff, lanes, bias, relu, y);
+  forward_tile<I, KB, NV, PK>(s, xp, w, xoff, yoff, lanes, bias, relu, y);
 }
 
-// Filters [k0, k1) (whole tiles of KB filters; the last KB filters or fewer when k1 - k0 is
-// not a multiple: a partial block, its weights still packed PK wide) over every output vector,
-// in tiles of NV vectors. Vector v of the image is output row v / per_row, columns
-// (v % per_row) * W on.
+// Filters [k0, k1) over every output vector, in tiles of KB filters x NV vectors; k1 - k0 a
+// multiple of KB, k0 of PK, the weights packed in blocks of PK filters (wpk as in
+// conv_direct.h). With PK > KB: one partial block, its first KB filters (k1 = k0 + KB).
+// Vector v of the image is output row v / per_row, columns (v % per_row) * W on.
 template <class I, int KB, int NV, int PK = KB>
 void forward_filters(const DirectShape& s, const float* xp, const float* wpk, const float* bias, bool relu,
                      float* y, int k0, int k1) {
@@ -88,7 +87,7 @@ void forward_filters(const DirectShape& s, const float* xp, const float* wpk, co
     }
     for (int k = k0; k < k1; k += KB)
       forward_tile_n<I, KB, NV, PK>(nv, s, xp, wpk + (k / PK) * CRS * PK, xoff, yoff, lanes,
-                                    bias ? bias + k : nullptr, relu, y + k * PQ, imin(KB, k1 - k));
+                                    bias ? bias + k : nullptr, relu, y + k * PQ);
   }
 }
 

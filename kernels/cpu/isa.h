@@ -27,7 +27,7 @@ Isa parse_isa(const char* name);    // inverse of isa_name; throws naming the ba
 
 // Convolution algorithm (kernels/cpu/conv.cpp): auto (the default) takes Winograd F(4x4, 3x3)
 // or F(2x2, 3x3) (winograd.h) for the 3x3 stride-1 pad-1 convolutions where it measured faster (per op: 16+
-// channels, 128+ tiles, not on the generic path; see conv.cpp), the direct kernels where they
+// channels, 128+ tiles, enough outputs, not on the generic path; see conv.cpp), the direct kernels where they
 // apply and the ISA has them, im2col + sgemm otherwise; gemm forces im2col + sgemm everywhere;
 // direct is auto without Winograd; winograd is auto with Winograd for every shape it can do
 // (3x3, stride 1, pad 1), whatever its size. DNNS_CONV=auto|gemm|direct|winograd sets the

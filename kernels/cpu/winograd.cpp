@@ -125,8 +125,9 @@ int chunk_tiles(const WinogradKernels& wk, int C, int planes) {
 }
 
 // How winograd_conv cuts a batch: groups of `images` images (whole images; a group's tiles
-// fill about one chunk), and per group `kgroups` ranges of filters, so that a small batch
-// still gives every thread tasks.
+// fill at most one chunk), and per group `kgroups` ranges of filters, so that a small batch
+// still gives every thread tasks. `fit` is the most images a chunk holds (what the scratch is
+// sized for, whatever the thread count).
 struct Plan {
   int m, planes;         // output tile m x m (2 or 4), 16 or 36 transformed planes
   int TP, TQ;            // tile rows and columns of an image
@@ -134,7 +135,7 @@ struct Plan {
   int RP, plane, origin; // padded row and plane, tile (0, 0)'s patch (winograd.h)
   int64_t padded_image;  // floats of one padded image
   int ldv, kc;           // tiles per chunk, filters per multiply call
-  int images, groups, kblocks, kgroups;
+  int fit, images, groups, kblocks, kgroups;
 };
 
 // m = 4: the patches of the last tile row and column reach up to 4 rows and columns past the
@@ -159,7 +160,7 @@ Plan make_plan(const WinogradKernels& wk, int N, int C, int H, int W, int K, int
   // transforms its group's input again (they were cut for 4 tasks a thread: on 1 thread at
   // batch 32 the input of a 12-filter layer was transformed twice, at half the direct speed).
   const int per_image = p.TP * p.TQ, threads = num_threads();
-  p.images = std::max(1, std::min(N, p.ldv / per_image));
+  p.fit = p.images = std::max(1, std::min(N, p.ldv / per_image));
   if (ldv <= 0) {
     const int rounds = ((N + p.images - 1) / p.images + threads - 1) / threads;
     const int even = (N + rounds * threads - 1) / (rounds * threads);  // at most p.images
@@ -287,7 +288,7 @@ const WinogradKernels& winograd_kernels(Isa isa) {
 void winograd_scratch(int N, int C, int H, int W, int K, int64_t* slot0, int64_t* slot1, int64_t* call) {
   const WinogradKernels& wk = winograd_kernels(cpu_isa());
   const Plan p = make_plan(wk, std::max(N, 1), C, H, W, K, winograd_tile(H, W));
-  *slot0 = N > 0 ? p.images * p.padded_image : 0;
+  *slot0 = N > 0 ? p.fit * p.padded_image : 0;  // a group's padded images, at most fit
   *slot1 = N > 0 ? scratch_vm(wk, p, C) : 0;
   *call = N > 0 ? p.planes * u_plane(wk, K, C) : 0;  // the transformed filters U
 }

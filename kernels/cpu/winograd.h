@@ -98,7 +98,8 @@ struct WinogradKernels {
   // F(4x4, 3x3) for few tiles (WinoFew), register tiles of ftb tiles x fkv vectors of filters;
   // a block is Kb = fkv * vec filters.
   int ftb, fkv;
-  // U of filters [k0, k0 + Kb) (zero from K on) and channels [c0, c0 + cb); stage: cb * 9 * vec floats.
+  // U of filters [k0, min(K, k0 + Kb)) in whole vectors (lanes past K zero, vectors past K not
+  // written) and channels [c0, c0 + cb); stage: cb * 9 * vec floats.
   void (*few_filters)(const WinoFew& f, const float* w, int c0, int cb, int k0, float* stage, float* U);
   // M (+)= V (its first cb channels, tiles [t0, t1)) * U (the first nkv vectors of filters);
   // M starts from zero when `first`.

@@ -347,9 +347,10 @@ inline void g4(typename I::V a, typename I::V b, typename I::V d, typename I::V*
 }
 
 // U (36 planes, f.uplane apart, of (cb, Kb)) = G' g G'^T of filters [k0, min(K, k0 + Kb)) in
-// whole vectors (lanes past K zero) and channels [c0, c0 + cb), w (K, C, 3, 3). Per vector of W filters, their taps are first
-// copied into `stage` (cb * 9 rows of W floats, contiguous: 18 KiB for 32 channels on AVX-512,
-// in L1) so that each tap of the W filters loads as one vector.
+// whole vectors (lanes past K zero) and channels [c0, c0 + cb), w (K, C, 3, 3). Per vector of
+// W filters, their taps are first copied into `stage` (cb * 9 rows of W floats, contiguous:
+// 18 KiB for 32 channels on AVX-512, in L1) so that each tap of the W filters loads as one
+// vector.
 template <class I>
 void few_filters(const WinoFew& f, const float* w, int c0, int cb, int k0, float* stage, float* U) {
   using V = typename I::V;
