@@ -192,10 +192,6 @@ namespace {
 // nn/execution.h).
 bool settles(const SparseExecution& e, const Tensor& w, double max_slowdown) {
   if (e.always || e.choices.empty() || e.sparse_at_every_batch() || !w.defined() || !w.is_cpu()) return false;
-  const bool close = std::all_of(e.choices.begin(), e.choices.end(), [&](const SparseExecution::Choice& c) {
-    return c.sparse || (c.dense_ms > 0 && c.sparse_ms > 0 && c.sparse_ms <= max_slowdown * c.dense_ms);
-  });
-  if (!close) return false;
   int64_t form = e.weight.bytes();
   if (e.weight.rows == 0) {  // dense at every batch: what its sparse form would take
     const int64_t rows = w.dim(0), cols = w.numel() / std::max<int64_t>(1, rows);
@@ -203,7 +199,15 @@ bool settles(const SparseExecution& e, const Tensor& w, double max_slowdown) {
     for (int64_t i = 0; i < w.numel(); ++i) nnz += w[i] != 0.0f;
     form = nnz * (cols > 65536 ? 8 : 6) + (rows + 1) * int64_t(sizeof(int64_t));
   }
-  return form < w.numel() * int64_t(sizeof(float));
+  const int64_t dense = w.numel() * int64_t(sizeof(float));
+  if (form >= dense) return false;
+  // The smaller form may cost as much time as it saves memory (the size ratio), at least
+  // max_slowdown and at most kSettleMaxSlowdown.
+  const double allowed = std::clamp(double(dense) / double(std::max<int64_t>(1, form)), max_slowdown,
+                                    std::max(max_slowdown, kSettleMaxSlowdown));
+  return std::all_of(e.choices.begin(), e.choices.end(), [&](const SparseExecution::Choice& c) {
+    return c.sparse || (c.dense_ms > 0 && c.sparse_ms > 0 && c.sparse_ms <= allowed * c.dense_ms);
+  });
 }
 }  // namespace
 

@@ -289,9 +289,10 @@ TEST_CASE("planning the training of a lean model restores its weights first") {
 
 // A layer planned dense at some batch holds its dense weight (and its sparse form too when it
 // runs sparse at another); a ready variant settles it on the sparse form where that is the
-// smaller form and cost at most 10% at each batch planned dense (nn/execution.h
+// smaller form and costs no more time than it saves memory (its size ratio, here about 1.6 at
+// 40% of the weights, capped at 1.5) at each batch planned dense (nn/execution.h
 // settle_sparse_plans).
-TEST_CASE("settle_sparse_plans: the smaller form where it costs at most 10% at each batch planned dense") {
+TEST_CASE("settle_sparse_plans: the smaller form where it costs no more than it saves at each batch planned dense") {
   Rng rng(5);
   Model m = testing::every_kind_model();
   for (auto& p : m.params())
@@ -307,8 +308,8 @@ TEST_CASE("settle_sparse_plans: the smaller form where it costs at most 10% at e
     return c;
   };
   const std::vector<SavedLayerPlan> mixed = {
-      {"c1", false, {choice(1, true, 1.0, 0.8), choice(4, false, 1.0, 1.08)}},   // 8% slower at 4: settles
-      {"c2", false, {choice(1, true, 1.0, 0.8), choice(4, false, 1.0, 1.2)}},    // 20%: stays mixed
+      {"c1", false, {choice(1, true, 1.0, 0.8), choice(4, false, 1.0, 1.4)}},    // 40% slower at 4: settles
+      {"c2", false, {choice(1, true, 1.0, 0.8), choice(4, false, 1.0, 1.55)}},   // 55%: past the cap, stays mixed
       {"fc", false, {choice(1, false, 1.0, 1.05), choice(4, false, 1.0, 1.02)}}};  // dense at both, 5%: settles
   restore_execution_plan(m, mixed);
   const Model before = m.clone();
