@@ -311,8 +311,9 @@ constexpr int64_t kWinogradMinTilesWeights = 256;
 //                               AVX2:    48 1.13-1.26, 64 at batch 128 0.93-0.95
 // Compacted layers keep odd, small filter counts (4-28 in ResNet-20 at 90% sparsity), where
 // Winograd had been taken from 16 summed channels and ran at up to half the direct speed.
-// Only where the direct kernels apply (they were the alternative measured). (Unmeasured: a CPU that runs 512-bit FMAs at twice the 256-bit rate; the direct kernels
-// of 8x8 images use 8-float vectors, and would favour Winograd sooner there.)
+// Only where the direct kernels apply (they were the alternative measured). (Unmeasured: a
+// CPU that runs 512-bit FMAs at twice the 256-bit rate; the direct kernels of 8x8 images use
+// 8-float vectors, and would favour Winograd sooner there.)
 int winograd_min_outputs(int H, int W) {
   const int tiles = ((H + 3) / 4) * ((W + 3) / 4);
   const bool avx512 = cpu_isa() == Isa::Avx512;
