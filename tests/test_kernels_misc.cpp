@@ -238,68 +238,75 @@ TEST_CASE("sgd_update: reference follows PyTorch's rule, checked against hand-co
 // batchnorm
 // ------------------------------------------------------------------------------------------
 
-TEST_CASE("batchnorm: cpu matches ref (train forward, running stats over steps, eval, backward)") {
+TEST_CASE("batchnorm: cpu matches ref on every ISA path (train forward, running stats over steps, eval, backward)") {
+  const testing::ScopedKernelChoice restore;
   Rng rng(4);
   struct Shape {
     int N, C, HW;
   };
-  // odd shapes; the last two are large enough to be split across threads
-  for (Shape s : {Shape{1, 3, 35}, Shape{5, 3, 35}, Shape{8, 4, 1}, Shape{4, 16, 64}, Shape{16, 8, 1024}}) {
-    CAPTURE(s.N);
-    CAPTURE(s.C);
-    CAPTURE(s.HW);
-    BatchNormParams p;
-    p.N = s.N, p.C = s.C, p.HW = s.HW;
-    const int64_t n = int64_t(s.N) * s.C * s.HW;
-    Vec gamma = randn(rng, s.C, 1.0f, 0.3f), beta = randn(rng, s.C, 0.0f, 0.5f);
-    Vec rm_ref(s.C, 0.0f), rv_ref(s.C, 1.0f), rm_cpu = rm_ref, rv_cpu = rv_ref;
-    Vec x, y_ref(n), y_cpu(n), sm_ref(s.C), si_ref(s.C), sm_cpu(s.C), si_cpu(s.C);
-    for (int step = 0; step < 3; step++) {
-      // off-centre so the mean matters; one step with a variance near eps so eps matters
-      x = randn(rng, n, 0.7f, step == 1 ? 0.01f : 2.0f);
-      ref::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(),
-                                   y_ref.data(), sm_ref.data(), si_ref.data());
-      cpu::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm_cpu.data(), rv_cpu.data(),
-                                   y_cpu.data(), sm_cpu.data(), si_cpu.data());
-      check_close(y_cpu, y_ref, 1e-5, 1e-5, "batchnorm train y");
-      check_close(sm_cpu, sm_ref, 1e-5, 1e-5, "batchnorm save_mean");
-      check_close(si_cpu, si_ref, 1e-5, 1e-5, "batchnorm save_invstd");
+  for (int isa = (int)cpu::best_cpu_isa(); isa >= 0; --isa) {
+    cpu::set_cpu_isa((cpu::Isa)isa);
+    INFO("isa " << std::string(cpu::isa_name((cpu::Isa)isa)));
+    // odd shapes (rows of 35 and 13: whole 8-float chunks and a tail); the last two are large
+    // enough to be split across threads
+    for (Shape s : {Shape{1, 3, 35}, Shape{5, 3, 35}, Shape{8, 4, 1}, Shape{3, 2, 13}, Shape{4, 16, 64},
+                    Shape{16, 8, 1024}}) {
+      CAPTURE(s.N);
+      CAPTURE(s.C);
+      CAPTURE(s.HW);
+      BatchNormParams p;
+      p.N = s.N, p.C = s.C, p.HW = s.HW;
+      const int64_t n = int64_t(s.N) * s.C * s.HW;
+      Vec gamma = randn(rng, s.C, 1.0f, 0.3f), beta = randn(rng, s.C, 0.0f, 0.5f);
+      Vec rm_ref(s.C, 0.0f), rv_ref(s.C, 1.0f), rm_cpu = rm_ref, rv_cpu = rv_ref;
+      Vec x, y_ref(n), y_cpu(n), sm_ref(s.C), si_ref(s.C), sm_cpu(s.C), si_cpu(s.C);
+      for (int step = 0; step < 3; step++) {
+        // off-centre so the mean matters; one step with a variance near eps so eps matters
+        x = randn(rng, n, 0.7f, step == 1 ? 0.01f : 2.0f);
+        ref::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(),
+                                     y_ref.data(), sm_ref.data(), si_ref.data());
+        cpu::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm_cpu.data(), rv_cpu.data(),
+                                     y_cpu.data(), sm_cpu.data(), si_cpu.data());
+        check_close(y_cpu, y_ref, 1e-5, 1e-5, "batchnorm train y");
+        check_close(sm_cpu, sm_ref, 1e-5, 1e-5, "batchnorm save_mean");
+        check_close(si_cpu, si_ref, 1e-5, 1e-5, "batchnorm save_invstd");
+      }
+      check_close(rm_cpu, rm_ref, 1e-5, 1e-5, "batchnorm running_mean after 3 steps");
+      check_close(rv_cpu, rv_ref, 1e-5, 1e-5, "batchnorm running_var after 3 steps");
+
+      Vec e_ref(n), e_cpu(n);
+      BatchNormParams pe = p;
+      pe.eps = 0.1f;  // large enough that dropping or misplacing eps would show
+      ref::batchnorm_forward_eval(pe, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(), e_ref.data());
+      cpu::batchnorm_forward_eval(pe, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(), e_cpu.data());
+      check_close(e_cpu, e_ref, 1e-5, 1e-5, "batchnorm eval y");
+
+      Vec dy = randn(rng, n);
+      Vec dx_ref(n), dx_cpu(n), dg_ref(s.C), db_ref(s.C), dg_cpu(s.C), db_cpu(s.C);
+      ref::batchnorm_backward(p, x.data(), dy.data(), gamma.data(), sm_ref.data(), si_ref.data(), dx_ref.data(),
+                              dg_ref.data(), db_ref.data());
+      cpu::batchnorm_backward(p, x.data(), dy.data(), gamma.data(), sm_ref.data(), si_ref.data(), dx_cpu.data(),
+                              dg_cpu.data(), db_cpu.data());
+      check_close(dx_cpu, dx_ref, 1e-5, 1e-5, "batchnorm dx");
+      // dgamma, dbeta are sums of N*HW terms of size O(1): tolerance relative to sqrt(N*HW)
+      const double sum_tol = 1e-5 * std::sqrt(double(s.N) * s.HW) + 1e-6;
+      check_close(dg_cpu, dg_ref, sum_tol, 1e-5, "batchnorm dgamma");
+      check_close(db_cpu, db_ref, sum_tol, 1e-5, "batchnorm dbeta");
+
+      // Deterministic for a fixed thread count: a second run is bit-identical.
+      Vec dx2(n), dg2(s.C), db2(s.C), y2(n), sm2(s.C), si2(s.C), rm2 = rm_cpu, rv2 = rv_cpu;
+      cpu::batchnorm_backward(p, x.data(), dy.data(), gamma.data(), sm_ref.data(), si_ref.data(), dx2.data(),
+                              dg2.data(), db2.data());
+      CHECK(bitwise_equal(dx2, dx_cpu));
+      CHECK(bitwise_equal(dg2, dg_cpu));
+      Vec rm3 = rm_cpu, rv3 = rv_cpu, y3(n), sm3(s.C), si3(s.C);
+      cpu::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm2.data(), rv2.data(), y2.data(),
+                                   sm2.data(), si2.data());
+      cpu::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm3.data(), rv3.data(), y3.data(),
+                                   sm3.data(), si3.data());
+      CHECK(bitwise_equal(y2, y3));
+      CHECK(bitwise_equal(rv2, rv3));
     }
-    check_close(rm_cpu, rm_ref, 1e-5, 1e-5, "batchnorm running_mean after 3 steps");
-    check_close(rv_cpu, rv_ref, 1e-5, 1e-5, "batchnorm running_var after 3 steps");
-
-    Vec e_ref(n), e_cpu(n);
-    BatchNormParams pe = p;
-    pe.eps = 0.1f;  // large enough that dropping or misplacing eps would show
-    ref::batchnorm_forward_eval(pe, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(), e_ref.data());
-    cpu::batchnorm_forward_eval(pe, x.data(), gamma.data(), beta.data(), rm_ref.data(), rv_ref.data(), e_cpu.data());
-    check_close(e_cpu, e_ref, 1e-5, 1e-5, "batchnorm eval y");
-
-    Vec dy = randn(rng, n);
-    Vec dx_ref(n), dx_cpu(n), dg_ref(s.C), db_ref(s.C), dg_cpu(s.C), db_cpu(s.C);
-    ref::batchnorm_backward(p, x.data(), dy.data(), gamma.data(), sm_ref.data(), si_ref.data(), dx_ref.data(),
-                            dg_ref.data(), db_ref.data());
-    cpu::batchnorm_backward(p, x.data(), dy.data(), gamma.data(), sm_ref.data(), si_ref.data(), dx_cpu.data(),
-                            dg_cpu.data(), db_cpu.data());
-    check_close(dx_cpu, dx_ref, 1e-5, 1e-5, "batchnorm dx");
-    // dgamma, dbeta are sums of N*HW terms of size O(1): tolerance relative to sqrt(N*HW)
-    const double sum_tol = 1e-5 * std::sqrt(double(s.N) * s.HW) + 1e-6;
-    check_close(dg_cpu, dg_ref, sum_tol, 1e-5, "batchnorm dgamma");
-    check_close(db_cpu, db_ref, sum_tol, 1e-5, "batchnorm dbeta");
-
-    // Deterministic for a fixed thread count: a second run is bit-identical.
-    Vec dx2(n), dg2(s.C), db2(s.C), y2(n), sm2(s.C), si2(s.C), rm2 = rm_cpu, rv2 = rv_cpu;
-    cpu::batchnorm_backward(p, x.data(), dy.data(), gamma.data(), sm_ref.data(), si_ref.data(), dx2.data(),
-                            dg2.data(), db2.data());
-    CHECK(bitwise_equal(dx2, dx_cpu));
-    CHECK(bitwise_equal(dg2, dg_cpu));
-    Vec rm3 = rm_cpu, rv3 = rv_cpu, y3(n), sm3(s.C), si3(s.C);
-    cpu::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm2.data(), rv2.data(), y2.data(),
-                                 sm2.data(), si2.data());
-    cpu::batchnorm_forward_train(p, x.data(), gamma.data(), beta.data(), rm3.data(), rv3.data(), y3.data(),
-                                 sm3.data(), si3.data());
-    CHECK(bitwise_equal(y2, y3));
-    CHECK(bitwise_equal(rv2, rv3));
   }
 }
 

@@ -11,34 +11,6 @@ namespace {
 
 constexpr int L = kRowLanes;
 
-void sum_sumsq(const float* x, int64_t stride, int n, int len, double* s, double* ss) {
-  for (int r = 0; r < n; r++) {
-    const float* xr = x + r * stride;
-    int i = 0;
-    for (; i + L <= len; i += L)
-      for (int l = 0; l < L; l++) {
-        const double v = xr[i + l];
-        s[l] += v;
-        ss[l] += v * v;
-      }
-    for (; i < len; i++) s[i % L] += xr[i], ss[i % L] += double(xr[i]) * xr[i];
-  }
-}
-
-void grad_sums(const float* x, const float* dy, int64_t stride, int n, int len, double mean, double* s, double* sx) {
-  for (int r = 0; r < n; r++) {
-    const float* xr = x + r * stride;
-    const float* dr = dy + r * stride;
-    int i = 0;
-    for (; i + L <= len; i += L)
-      for (int l = 0; l < L; l++) {
-        s[l] += dr[i + l];
-        sx[l] += double(dr[i + l]) * (double(xr[i + l]) - mean);
-      }
-    for (; i < len; i++) s[i % L] += dr[i], sx[i % L] += double(dr[i]) * (double(xr[i]) - mean);
-  }
-}
-
 void normalise(const float* x, float* y, int64_t stride, int n, int len, float mean, float scale, float shift) {
   for (int r = 0; r < n; r++) {
     const float* xr = x + r * stride;
@@ -80,6 +52,53 @@ inline void relu_grad8(f8* g, const float* x, const float* dy, float mean, float
   bn_value8(&v, x, mean, scale, shift);
   load8(&d, dy);
   *g = (f8)((i8)d & (v > 0.0f));
+}
+
+// The double accumulators are whole 8-lane vectors held in registers (d8): written as
+// arrays through pointers, s and ss might alias, and the compiler kept every lane in memory,
+// one scalar load and store per element. Lane l sums the elements i % 8 == l of every row.
+void sum_sumsq(const float* x, int64_t stride, int n, int len, double* s, double* ss) {
+  static_assert(L == 8, "the lanes below are 8 wide");
+  d8 as, ass;
+  __builtin_memcpy(&as, s, sizeof as);
+  __builtin_memcpy(&ass, ss, sizeof ass);
+  for (int r = 0; r < n; r++) {
+    const float* xr = x + r * stride;
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+      f8 xv;
+      load8(&xv, xr + i);
+      const d8 v = __builtin_convertvector(xv, d8);
+      as += v;
+      ass += v * v;
+    }
+    for (; i < len; i++) as[i % L] += xr[i], ass[i % L] += double(xr[i]) * xr[i];
+  }
+  __builtin_memcpy(s, &as, sizeof as);
+  __builtin_memcpy(ss, &ass, sizeof ass);
+}
+
+void grad_sums(const float* x, const float* dy, int64_t stride, int n, int len, double mean, double* s, double* sx) {
+  static_assert(L == 8, "the lanes below are 8 wide");
+  d8 as, asx;
+  __builtin_memcpy(&as, s, sizeof as);
+  __builtin_memcpy(&asx, sx, sizeof asx);
+  for (int r = 0; r < n; r++) {
+    const float* xr = x + r * stride;
+    const float* dr = dy + r * stride;
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+      f8 dv, xv;
+      load8(&dv, dr + i);
+      load8(&xv, xr + i);
+      const d8 dd = __builtin_convertvector(dv, d8), xd = __builtin_convertvector(xv, d8);
+      as += dd;
+      asx += dd * (xd - mean);
+    }
+    for (; i < len; i++) as[i % L] += dr[i], asx[i % L] += double(dr[i]) * (double(xr[i]) - mean);
+  }
+  __builtin_memcpy(s, &as, sizeof as);
+  __builtin_memcpy(sx, &asx, sizeof asx);
 }
 
 void normalise_relu(const float* x, float* y, int64_t stride, int n, int len, float mean, float scale, float shift) {
