@@ -168,18 +168,54 @@ void bn_backward_relu(const float* x, const float* dy, float* dx, int64_t stride
   }
 }
 
+// n zeros at out, in 8-float stores where n allows.
+inline void zero_run(float* out, int64_t n) {
+  const f8 z = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) store8(out + i, &z);
+  for (; i < n; ++i) out[i] = 0.0f;
+}
+
+// One padded row of a stride-1 layout: pw zeros, the W values of row, zeros up to RP, in
+// whole 8-float stores (no per-row memset and memcpy calls: at CIFAR's rows of 32 to 40
+// floats those calls were most of the time). The first store puts zeros over the first data
+// slots and the last may run up to 8 floats past the row; the data and the rows written after
+// it overwrite them, so `room` (floats writable from out) must be at least RP + 8.
+inline void pad_row_wide(const float* row, int W, int pw, int RP, float* out) {
+  const f8 z = {};
+  store8(out, &z);  // pw <= 8 zeros, and the slots the data overwrites next
+  int i = 0;
+  for (; i + 8 <= W; i += 8) {
+    f8 v;
+    load8(&v, row + i);
+    store8(out + pw + i, &v);
+  }
+  if (i < W) {  // the last 8 values, overlapping ones already written (W >= 8)
+    f8 v;
+    load8(&v, row + W - 8);
+    store8(out + pw + W - 8, &v);
+  }
+  for (i = pw + W; i < RP; i += 8) store8(out + i, &z);
+}
+
 void pad_image(const float* x, int C, int H, int W, int ph, int pw, int st, int Lp, int RP, int64_t floats,
                float* xp) {
   const int Hp = H + 2 * ph;
   float* out = xp;
+  float* const end = xp + floats;
+  const bool wide = st == 1 && W >= 8 && pw <= 8;
   for (int c = 0; c < C; ++c, x += (int64_t)H * W)
     for (int h = 0; h < Hp; ++h, out += RP) {
       const int ih = h - ph;
       if (ih < 0 || ih >= H) {
-        for (int i = 0; i < RP; ++i) out[i] = 0.0f;
+        zero_run(out, RP);
         continue;
       }
       const float* row = x + (int64_t)ih * W;
+      if (wide && end - out >= RP + 8) {
+        pad_row_wide(row, W, pw, RP, out);
+        continue;
+      }
       if (st == 1) {
         for (int i = 0; i < pw; ++i) out[i] = 0.0f;
         for (int i = 0; i < W; ++i) out[pw + i] = row[i];
@@ -192,7 +228,7 @@ void pad_image(const float* x, int C, int H, int W, int ph, int pw, int st, int 
           out[f * Lp + i] = iw >= 0 && iw < W ? row[iw] : 0.0f;
         }
     }
-  for (float* end = xp + floats; out < end; ++out) *out = 0.0f;
+  zero_run(out, end - out);
 }
 
 void copy_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int n, int len) {
