@@ -47,7 +47,9 @@ TEST_CASE("train: SIGKILL mid-epoch, then --resume, ends with the uninterrupted 
   while (!fs::exists(b + "/checkpoint.dnns") && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(300))
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   REQUIRE(fs::exists(b + "/checkpoint.dnns"));
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // A quarter of the time the first epoch took (start-up included) lands inside the second
+  // whatever the machine's speed: a fixed 1.5 s outlived the whole run once training got faster.
+  std::this_thread::sleep_for((std::chrono::steady_clock::now() - t0) / 4);
   kill(pid, SIGKILL);
   wait_exit(pid);
   CHECK_FALSE(fs::exists(b + "/model.dnns"));  // it really was interrupted
