@@ -54,9 +54,10 @@ inline void relu_grad8(f8* g, const float* x, const float* dy, float mean, float
   *g = (f8)((i8)d & (v > 0.0f));
 }
 
-// The double accumulators are whole 8-lane vectors held in registers (d8): written as
-// arrays through pointers, s and ss might alias, and the compiler kept every lane in memory,
-// one scalar load and store per element. Lane l sums the elements i % 8 == l of every row.
+// The double accumulators here and in grad_sums_of are whole 8-lane vectors held in registers
+// (d8): written as arrays through pointers, s and ss might alias, and the compiler kept every
+// lane in memory, one scalar load and store per element. Lane l sums the elements i % 8 == l
+// of every row.
 void sum_sumsq(const float* x, int64_t stride, int n, int len, double* s, double* ss) {
   static_assert(L == 8, "the lanes below are 8 wide");
   d8 as, ass;
@@ -78,29 +79,6 @@ void sum_sumsq(const float* x, int64_t stride, int n, int len, double* s, double
   __builtin_memcpy(ss, &ass, sizeof ass);
 }
 
-void grad_sums(const float* x, const float* dy, int64_t stride, int n, int len, double mean, double* s, double* sx) {
-  static_assert(L == 8, "the lanes below are 8 wide");
-  d8 as, asx;
-  __builtin_memcpy(&as, s, sizeof as);
-  __builtin_memcpy(&asx, sx, sizeof asx);
-  for (int r = 0; r < n; r++) {
-    const float* xr = x + r * stride;
-    const float* dr = dy + r * stride;
-    int i = 0;
-    for (; i + 8 <= len; i += 8) {
-      f8 dv, xv;
-      load8(&dv, dr + i);
-      load8(&xv, xr + i);
-      const d8 dd = __builtin_convertvector(dv, d8), xd = __builtin_convertvector(xv, d8);
-      as += dd;
-      asx += dd * (xd - mean);
-    }
-    for (; i < len; i++) as[i % L] += dr[i], asx[i % L] += double(dr[i]) * (double(xr[i]) - mean);
-  }
-  __builtin_memcpy(s, &as, sizeof as);
-  __builtin_memcpy(sx, &asx, sizeof asx);
-}
-
 void normalise_relu(const float* x, float* y, int64_t stride, int n, int len, float mean, float scale, float shift) {
   for (int r = 0; r < n; r++) {
     const float* xr = x + r * stride;
@@ -119,32 +97,44 @@ void normalise_relu(const float* x, float* y, int64_t stride, int n, int len, fl
   }
 }
 
-void grad_sums_relu(const float* x, const float* dy, int64_t stride, int n, int len, float mean, float scale,
-                    float shift, double* s, double* sx) {
+// Sums of g and g * (x - mean) over n rows, lane i % 8: g = dy, or through the ReLU that
+// followed the batchnorm (Relu), dy where (x - mean) * scale + shift > 0, else 0.
+template <bool Relu>
+void grad_sums_of(const float* x, const float* dy, int64_t stride, int n, int len, double dmean, float mean,
+                  float scale, float shift, double* s, double* sx) {
   static_assert(L == 8, "the lanes below are 8 wide");
   d8 as, asx;
   __builtin_memcpy(&as, s, sizeof as);
   __builtin_memcpy(&asx, sx, sizeof asx);
-  const double dmean = mean;
   for (int r = 0; r < n; r++) {
     const float* xr = x + r * stride;
     const float* dr = dy + r * stride;
     int i = 0;
     for (; i + 8 <= len; i += 8) {
       f8 g, xv;
-      relu_grad8(&g, xr + i, dr + i, mean, scale, shift);
+      if constexpr (Relu) relu_grad8(&g, xr + i, dr + i, mean, scale, shift);
+      else load8(&g, dr + i);
       load8(&xv, xr + i);
       const d8 gd = __builtin_convertvector(g, d8), xd = __builtin_convertvector(xv, d8);
       as += gd;
       asx += gd * (xd - dmean);
     }
-    for (; i < len; i++) {  // lane i % 8, as grad_sums
-      const float g = bn_value(xr[i], mean, scale, shift) > 0.0f ? dr[i] : 0.0f;
+    for (; i < len; i++) {
+      const float g = !Relu || bn_value(xr[i], mean, scale, shift) > 0.0f ? dr[i] : 0.0f;
       as[i % L] += g, asx[i % L] += double(g) * (double(xr[i]) - dmean);
     }
   }
   __builtin_memcpy(s, &as, sizeof as);
   __builtin_memcpy(sx, &asx, sizeof asx);
+}
+
+void grad_sums(const float* x, const float* dy, int64_t stride, int n, int len, double mean, double* s, double* sx) {
+  grad_sums_of<false>(x, dy, stride, n, len, mean, 0.0f, 0.0f, 0.0f, s, sx);
+}
+
+void grad_sums_relu(const float* x, const float* dy, int64_t stride, int n, int len, float mean, float scale,
+                    float shift, double* s, double* sx) {
+  grad_sums_of<true>(x, dy, stride, n, len, mean, mean, scale, shift, s, sx);
 }
 
 void bn_backward_relu(const float* x, const float* dy, float* dx, int64_t stride, int n, int len, float a, float b,
