@@ -170,7 +170,7 @@ inline void zero_run(float* out, int64_t n) {
 // whole 8-float stores (no per-row memset and memcpy calls: at CIFAR's rows of 32 to 40
 // floats those calls were most of the time). The first store puts zeros over the first data
 // slots and the last may run up to 8 floats past the row; the data and the rows written after
-// it overwrite them, so `room` (floats writable from out) must be at least RP + 8.
+// it overwrite them, so the caller must leave at least RP + 8 writable floats from out.
 inline void pad_row_wide(const float* row, int W, int pw, int RP, float* out) {
   const f8 z = {};
   store8(out, &z);  // pw <= 8 zeros, and the slots the data overwrites next
