@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/host_cache.h"
 
 namespace dnns {
 
@@ -115,6 +116,13 @@ void release_host_cache() {
     for (void* p : blocks) std::free(p);
   c.free_blocks.clear();
   c.cached = 0;
+}
+
+void fill_host_cache(unsigned char byte) {
+  HostCache& c = host_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  for (auto& [size, blocks] : c.free_blocks)
+    for (void* p : blocks) std::memset(p, byte, size);
 }
 
 size_t host_cache_bytes() {

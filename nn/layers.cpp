@@ -279,10 +279,15 @@ void Conv2d::to(Device dev) {
   Layer::to(dev);
 }
 
-// Whether a training pass runs the sparse kernels: a pattern is set and the layer is one they
-// cover (on the CPU, no border table, input channels left).
+// Whether a training pass runs the sparse kernels: a pattern is set, the layer is one they
+// cover (on the CPU, no border table, input channels left) and the optimized backend runs (the
+// sparse training kernels have no reference version: a plan made before set_cpu_backend
+// (Reference) trains dense there, as plan_training_execution would have planned it).
 static bool trains_sparse(const Conv2d& c, const Tensor& t) {
-  return c.sparse_train && t.is_cpu() && c.pos_h == 0 && c.in_channels > 0;
+  return c.sparse_train && t.is_cpu() && c.pos_h == 0 && c.in_channels > 0 && cpu_backend() == CpuBackend::Optimized;
+}
+static bool trains_sparse(const Linear& l, const Tensor& t) {
+  return l.sparse_train && t.is_cpu() && l.in_features > 0 && cpu_backend() == CpuBackend::Optimized;
 }
 
 static std::string conv_name(const Conv2d& c) {
@@ -766,7 +771,7 @@ void Linear::to(Device dev) {
 void Linear::forward(const std::vector<const Tensor*>& in, Tensor& out, bool train) {
   if (out.numel() == 0) return;  // every output feature was removed by compaction
   if (train) restore_dense_weight();  // training reads and changes the dense weight
-  if (train && sparse_train && out.is_cpu() && in_features > 0) {
+  if (train && trains_sparse(*this, out)) {
     sparse_train_gather(*sparse_train, weight.value.data(), weight.value.numel(), linear_name(*this).c_str());
     ops::sparse_linear_forward(*in[0], sparse_train->w, bias.value, false, out);
     return;
@@ -800,7 +805,7 @@ void Linear::backward(const std::vector<const Tensor*>& in, const Tensor&, const
     if (din[0]) din[0]->zero();
     return;
   }
-  if (sparse_train && dout.is_cpu()) {  // the values the training forward gathered, as in Conv2d
+  if (trains_sparse(*this, dout)) {  // the values the training forward gathered, as in Conv2d
     ops::sparse_linear_backward_weights(*in[0], dout, *sparse_train, weight.grad, bias.grad);
     if (din[0]) ops::sparse_linear_forward(dout, sparse_train->wt, Tensor(), false, *din[0]);
     return;

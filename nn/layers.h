@@ -158,6 +158,9 @@ class Conv2d : public Layer {
   // the sparse kernels over this pattern of the weight's mask (no border table, C > 0); null:
   // dense. Each layer (and each clone) holds its own: the values are gathered into it per step.
   std::shared_ptr<SparseTrainPattern> sparse_train;
+  // The mask tensor (Model::masks) sparse_train was made from: a training forward of the model
+  // re-makes the pattern when the model's mask is another tensor now (nn/train_execution.h).
+  Tensor sparse_train_mask;
 };
 
 // Border-table helpers, shared by the compactor and the ONNX importer. class_count: the number
@@ -290,6 +293,7 @@ class Linear : public Layer {
   Param weight, bias;
   std::shared_ptr<const SparseExecution> sparse_exec;  // see SparseExecution; null: dense
   std::shared_ptr<SparseTrainPattern> sparse_train;    // as Conv2d's: (O, I) as (O, I, 1, 1)
+  Tensor sparse_train_mask;                            // as Conv2d's
   // A released dense weight (see SparseExecution above).
   bool release_dense_weight();
   void restore_dense_weight();

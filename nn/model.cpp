@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "nn/train_execution.h"
 
 namespace dnns {
 
@@ -126,6 +127,16 @@ Model Model::clone() const {
     m.nodes_.push_back(Node{n.name, std::move(l), n.inputs});
   }
   for (const auto& [k, v] : masks) m.masks[k] = v.clone();
+  // A sparse-training pattern made from one of our masks was made from the clone's copy of it
+  // too (else its first training forward would make it again: follow_mask_changes).
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    auto it = masks.find(nodes_[i].name + ".weight");
+    if (it == masks.end()) continue;
+    auto* c = dynamic_cast<Conv2d*>(m.nodes_[i].layer.get());
+    auto* l = dynamic_cast<Linear*>(m.nodes_[i].layer.get());
+    Tensor* made_from = c ? &c->sparse_train_mask : l ? &l->sparse_train_mask : nullptr;
+    if (made_from && made_from->same_storage(it->second)) *made_from = m.masks[it->first];
+  }
   return m;
 }
 
@@ -148,6 +159,8 @@ Tensor Model::forward(const Tensor& x, bool train) {
             ", " + std::to_string(input_chw_[2]) + "), got " + shape_str(x.shape()));
   check(x.device() == device_, std::string("model input is on ") + device_name(x.device()) +
                                    " but the model is on " + device_name(device_));
+  // Sparse-training patterns follow masks replaced since they were planned (nn/train_execution.h).
+  if (train) follow_mask_changes(*this);
   auto cons = consumers();
   const int out_node = output_node();
 

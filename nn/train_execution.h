@@ -33,11 +33,19 @@ struct TrainLayerExecution {
 //   dense   every layer dense;
 //   sparse  every layer with a mask in m.masks sparse (a layer without one has nothing to skip);
 //   auto    the layers with a mask of density <= kSparseTrainDensity sparse.
-// The pattern is the mask's ones as they are now: call it again after the masks change (the
-// training passes refuse a weight that is nonzero outside its pattern). On a CUDA model every
-// layer trains dense, and `sparse` throws Error. A layer with a border table or no input
-// channels (compacted models) always trains dense. Returns what was planned.
+// The pattern is the mask's ones as they are now. A mask replaced by another tensor since
+// (set_masks, an assignment to Model::masks) or removed is followed by the next training forward
+// (follow_mask_changes); a mask edited in place is not: plan again (the training passes refuse a
+// weight that is nonzero outside its pattern, but cannot tell a weight the mask now lets train,
+// still exactly 0, from a masked one). On a CUDA model every layer trains dense, and `sparse`
+// throws Error. A layer with a border table or no input channels (compacted models) always
+// trains dense. Returns what was planned.
 std::vector<TrainLayerExecution> plan_training_execution(Model& m, Execution mode);
+
+// For every layer training sparse whose mask in m.masks is no longer the tensor its pattern was
+// made from: the pattern of the mask there now, or none (dense) where the mask was removed.
+// Model::forward runs it before every training pass. Returns the layers changed.
+int follow_mask_changes(Model& m);
 
 // "3 of 20 conv/linear layers train sparse (densities 0.05-0.08)" for a log line.
 std::string training_plan_summary(const std::vector<TrainLayerExecution>& plan);

@@ -197,6 +197,7 @@ void Trainer::restore(const Archive& a, const std::string& where) {
   check(loaded.spec() == model_.spec(), where + ": the checkpoint's graph differs from the model being trained");
   Device dev = model_.device();
   loaded.to(dev);
+  loaded.set_fusion(model_.fusion());  // a setting of the run, not of the file: same passes as before
   std::string arch = model_.arch;
   DataInfo info = model_.data_info;  // a checkpoint of an older version holds none
   model_ = std::move(loaded);

@@ -181,7 +181,10 @@ Residency parse_residency(const std::string& s) {
 }
 
 int64_t PackedModel::bytes() const {
-  int64_t total = static_cast<int64_t>(spec.size() + arch.size());
+  int64_t total = static_cast<int64_t>(spec.size() + arch.size() + data_info.dataset.size() +
+                                       data_info.channel_order.size() +
+                                       (data_info.mean.size() + data_info.std.size()) * sizeof(float));
+  for (const std::string& c : data_info.class_names) total += static_cast<int64_t>(c.size());
   for (const PackedTensor& t : tensors)
     total += t.sparse ? t.kept.bytes() : static_cast<int64_t>(t.values.size() * sizeof(float));
   for (const SavedLayerPlan& l : plan) total += l.bytes();
@@ -193,6 +196,8 @@ PackedModel pack_model(const Model& m) {
   PackedModel p;
   p.spec = m.spec();
   p.arch = m.arch;
+  p.data_info = m.data_info;
+  p.fusion = m.fusion();
   for (auto& [name, t] : m.state_for_reading()) {  // a released weight comes back rebuilt
     PackedModel::PackedTensor pt;
     pt.name = name;
@@ -213,6 +218,8 @@ PackedModel pack_model(const Model& m) {
 Model unpack_model(const PackedModel& p) {
   Model m = Model::from_spec(p.spec);  // every tensor allocated and zero-filled
   m.arch = p.arch;
+  m.data_info = p.data_info;
+  m.set_fusion(p.fusion);
   auto state = m.state();
   check(state.size() == p.tensors.size(), "unpack_model: the graph has " + std::to_string(state.size()) +
                                               " tensors, the packed model " + std::to_string(p.tensors.size()));

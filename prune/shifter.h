@@ -107,6 +107,8 @@ struct PackedModel {
     std::vector<float> values;  // dense: (numel)
   };
   std::string spec, arch;
+  DataInfo data_info;  // what a caller needs to feed the model and label its output
+  bool fusion = true;  // Model::fusion(): the eval path it runs (other bits without)
   std::vector<PackedTensor> tensors;  // in Model::state() order
   // The model's execution plan (nn/execution.h) without its sparse weights: unpacking
   // rebuilds them, so the unpacked model runs as the packed one was planned.
@@ -114,7 +116,7 @@ struct PackedModel {
   int64_t bytes() const;  // what it holds: values, indices, the spec text and the plan
 };
 PackedModel pack_model(const Model& m);
-Model unpack_model(const PackedModel& p);  // equal to the packed model, value for value, same plan
+Model unpack_model(const PackedModel& p);  // equal to the packed model, value for value, same plan and fusion
 
 struct ShiftResult {
   Selection selection;
