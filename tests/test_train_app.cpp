@@ -1,7 +1,8 @@
 // `cifar_prune train` as a user runs it: a run killed with SIGKILL mid-epoch and resumed ends
 // with the same weights as an uninterrupted run; a run stopped after its last epoch keeps that
 // epoch's figures; bad flags, a different run in --out and a data set whose test split lacks a
-// class are refused with clear errors (and `eval` maps such a split's labels by class name).
+// class are refused with clear errors (and `eval` maps such a split's labels by class name);
+// `run` checks its later stages' --portfolio-levels, and `compact` its --level, before any work.
 #include <doctest/doctest.h>
 
 #include "tests/test_util.h"
@@ -143,9 +144,12 @@ void write_pgm_split(const fs::path& split, const std::vector<std::string>& clas
   for (const std::string& c : classes) {
     fs::create_directories(split / c);
     const int shade = c == "ant" ? 20 : c == "bee" ? 120 : 230;
-    for (int i = 0; i < 4; ++i)
-      write_text_atomic((split / c / ("x" + std::to_string(i) + ".pgm")).string(),
-                        "P5\n8 8\n255\n" + std::string(64, static_cast<char>(shade + 5 * i)));
+    for (int i = 0; i < 4; ++i) {
+      std::string pgm = "P5\n8 8\n255\n", name = "x0.pgm";  // (no "x" + ...: GCC 12 warns falsely, PR105329)
+      pgm.append(64, static_cast<char>(shade + 5 * i));
+      name[1] = static_cast<char>('0' + i);
+      write_text_atomic((split / c / name).string(), pgm);
+    }
   }
 }
 
@@ -208,4 +212,31 @@ TEST_CASE("train --resume: a run stored before a flag existed is the same run wh
   write_text_atomic(hp, other);
   CHECK(wait_exit(spawn(args, log, err)) == 1);
   CHECK(read_text(err).find("other hyper-parameters") != std::string::npos);
+}
+
+TEST_CASE("run and compact: a later stage's bad flag is refused before any training") {
+  REQUIRE(fs::exists(kBin));
+  TempDir dir("trainapp_stages");
+  const std::string log = dir / "log", err = dir / "log.err";
+  auto pipeline = [&](const std::string& levels, const std::string& portfolio_levels) {
+    return wait_exit(spawn({kBin, "run", "--data", "synthetic", "--model", "resnet20", "--train-subset", "64",
+                            "--test-subset", "32", "--batch-size", "64", "--epochs", "1", "--levels", levels,
+                            "--rewind-step", "0", "--prune-fraction", "0.5", "--threads", "2",
+                            "--portfolio-levels", portfolio_levels, "--latency-batch", "2", "--out", dir / "run"},
+                           log, err));
+  };
+  // Before: each trained every level and failed in the portfolio stage, minutes to hours later.
+  CHECK(pipeline("1", "0,1,1") == 1);
+  CHECK(read_text(err).find("--portfolio-levels names level 1 twice") != std::string::npos);
+  CHECK(pipeline("1", ",") == 1);
+  CHECK(read_text(err).find("--portfolio-levels expects 'auto' or comma-separated levels") != std::string::npos);
+  CHECK(pipeline("1", "0,3") == 1);
+  CHECK(read_text(err).find("--portfolio-levels names level 3, but --levels 1 makes levels 0..1") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "run"));
+
+  // compact --level -1 on the magnitude chain was "the random chain starts at level 1".
+  make_dirs(dir / "imp");
+  write_text_atomic(dir / "imp/hparams.json", "{\"command\": \"imp\"}\n");
+  CHECK(wait_exit(spawn({kBin, "compact", dir / "imp", "--level", "-1"}, log, err)) == 1);
+  CHECK(read_text(err).find("--level must be >= 0, got -1") != std::string::npos);
 }

@@ -135,6 +135,26 @@ std::vector<std::string> split_list(const std::string& s) {
   }
 }
 
+std::vector<int> parse_portfolio_levels(const std::string& s, const std::string& flag) {
+  std::vector<int> out;
+  if (s == "auto") return out;
+  for (const std::string& item : split_list(s)) {
+    if (item.empty()) continue;
+    try {
+      size_t used = 0;
+      int v = std::stoi(item, &used);
+      check(used == item.size() && v >= 0, "");
+      out.push_back(v);
+    } catch (...) {
+      throw Error(flag + " expects 'auto' or comma-separated levels >= 0, got '" + s + "'");
+    }
+    check(std::count(out.begin(), out.end(), out.back()) == 1,
+          flag + " names level " + std::to_string(out.back()) + " twice, in '" + s + "'");
+  }
+  check(!out.empty(), flag + " expects 'auto' or comma-separated levels, got '" + s + "'");
+  return out;
+}
+
 static std::vector<int64_t> parse_int_list(const std::string& s, const std::string& flag) {
   std::vector<int64_t> out;
   for (const std::string& item : split_list(s)) {
