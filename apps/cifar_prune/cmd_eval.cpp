@@ -55,7 +55,8 @@ int cmd_eval(int argc, char** argv) {
           "The input is normalised with the mean/std the model file records (what training used); a\n"
           "file without them (older versions) gets the statistics of --data's training split, as\n"
           "training computes them, and eval says so; --mean/--std override both (a model trained\n"
-          "elsewhere). Image folders are read at the model's input size.\n"
+          "elsewhere). Image folders are read at the model's input size. A data set with some of the\n"
+          "model's classes only (a test/ folder lacking one) has its labels mapped to the model's by name.\n"
           "--out writes eval.json, confusion.md and confusion.svg (a heat map, rows = true classes,\n"
           "shaded by the share of the row).");
   f.add("data", "", "data set (as for train); default: the one the model file records");
