@@ -1,5 +1,6 @@
 #include "core/cli.h"
 
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -83,7 +84,11 @@ double Flags::number(const std::string& name) const {
   try {
     size_t used = 0;
     double x = std::stod(v, &used);
-    if (used == v.size()) return x;
+    if (used == v.size() && std::isfinite(x)) return x;
+    // inf and nan parse, but no flag means them: refused here, not hours later in training.
+    if (used == v.size()) throw Error(program_ + ": --" + name + " expects a finite number, got '" + v + "'");
+  } catch (const Error&) {
+    throw;
   } catch (...) {
   }
   throw Error(program_ + ": --" + name + " expects a number, got '" + v + "'");

@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <sstream>
 
 #include "core/archive.h"
 #include "core/error.h"
@@ -12,6 +14,20 @@
 #include "nn/distributed.h"
 
 namespace dnns {
+
+// The train loss and accuracy of the last epoch logged in `log_path`, into `res` (left as they
+// are when there is no such line).
+static void last_logged_train_stats(const std::string& log_path, RunResult& res) {
+  if (log_path.empty() || !file_exists(log_path)) return;
+  std::istringstream is(read_text(log_path));
+  std::string line, last;
+  while (std::getline(is, line))
+    if (!line.empty()) last = line;
+  if (last.empty()) return;
+  const auto m = parse_flat_json(last, log_path + " (last line)");
+  if (m.count("train_loss")) res.train_loss = std::strtod(m.at("train_loss").c_str(), nullptr);
+  if (m.count("train_accuracy")) res.train_accuracy = std::strtod(m.at("train_accuracy").c_str(), nullptr);
+}
 
 RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, const RunOptions& opt) {
   RunResult res;
@@ -91,7 +107,12 @@ RunResult run_training(Trainer& trainer, BatchSource& train, BatchSource& test, 
                                     .add("comm_seconds_per_step", st.comm_seconds / std::max<int64_t>(1, st.steps))
                                     .str());
   }
-  if (res.epochs_run == 0) res.test = evaluate(trainer.model(), test, trainer.config().label_smoothing);
+  if (res.epochs_run == 0) {
+    // Nothing left to train (a run resumed after its last epoch, stopped before its results were
+    // written): the test figures are measured again, the train figures are the log's last epoch.
+    res.test = evaluate(trainer.model(), test, trainer.config().label_smoothing);
+    last_logged_train_stats(opt.log_path, res);
+  }
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
 }

@@ -25,7 +25,7 @@ struct RunOptions {
 
 struct RunResult {
   EvalStats test;               // after the last epoch
-  double train_loss = 0, train_accuracy = 0;
+  double train_loss = 0, train_accuracy = 0;  // of the last epoch (none ran: the log's last line)
   double seconds = 0;           // wall time of this call
   int64_t epochs_run = 0;
 };

@@ -76,20 +76,6 @@ double logged_train_seconds(const std::string& log_path) {
   return total;
 }
 
-// The train loss and accuracy of the last epoch in a level's log, for a level resumed after
-// its last epoch (nothing left to train, so run_training reports none).
-void last_logged_train_stats(const std::string& log_path, double& loss, double& accuracy) {
-  if (!file_exists(log_path)) return;
-  std::istringstream is(read_text(log_path));
-  std::string line, last;
-  while (std::getline(is, line))
-    if (!line.empty()) last = line;
-  if (last.empty()) return;
-  auto m = parse_flat_json(last, log_path + " (last line)");
-  if (m.count("train_loss")) loss = std::strtod(m.at("train_loss").c_str(), nullptr);
-  if (m.count("train_accuracy")) accuracy = std::strtod(m.at("train_accuracy").c_str(), nullptr);
-}
-
 // Data-parallel IMP: rank 0's masks to every rank (names and shapes, then the values).
 void share_masks(MaskSet& masks) {
   if (dist::size() <= 1) return;
@@ -226,7 +212,6 @@ class ImpRun {
     r.test_examples = res.test.examples;
     r.train_accuracy = res.train_accuracy;
     r.train_loss = res.train_loss;
-    if (res.epochs_run == 0) last_logged_train_stats(log, r.train_loss, r.train_accuracy);
     r.steps = trainer.step();
     r.train_seconds = logged_train_seconds(log);
     r.wall_seconds = std::chrono::duration<double>(Clock::now() - t0).count();

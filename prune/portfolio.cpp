@@ -531,8 +531,13 @@ Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir
     check(found, run_dir + ": level " + std::to_string(L) + " is not a finished level of the " + opt.chain +
                      " chain (finished: " + available + ")");
   }
-  make_dirs(out_dir);
-  std::remove((out_dir + "/manifest.json").c_str());  // an interrupted rebuild leaves no stale manifest
+  // Built in a staging folder and moved in once every variant is verified and measured: a build
+  // that fails (a damaged level, an inexact compaction, an interruption) leaves the portfolio
+  // already in out_dir as it was.
+  const std::string stage = out_dir + "/.building";
+  std::error_code ec;
+  std::filesystem::remove_all(stage, ec);  // left by an interrupted build
+  make_dirs(stage);
 
   Portfolio p;
   p.source_run = run_dir;
@@ -557,14 +562,14 @@ Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir
     }
     check(masked.num_params() == p.dense_params && masked.input_shape() == p.input_shape,
           lv.dir + "/model.dnns: another network than level " + std::to_string(chosen.front()));
-    VariantInfo v = make_variant(masked, "level_" + std::to_string(L), L, test, out_dir, opt);
+    VariantInfo v = make_variant(masked, "level_" + std::to_string(L), L, test, stage, opt);
     v.imp_accuracy = lv.record.test_accuracy;
     p.variants.push_back(std::move(v));
   }
   // Latency last, from the saved files, every variant measured in the same stretch of time.
   std::vector<Model> compact;
   std::vector<const Model*> ptrs;
-  for (const VariantInfo& v : p.variants) compact.push_back(Model::load(out_dir + "/" + v.file));
+  for (const VariantInfo& v : p.variants) compact.push_back(Model::load(stage + "/" + v.file));
   p.execution = execution_name(opt.execution);
   for (size_t i = 0; i < compact.size(); ++i) {
     ExecutionPlan plan = plan_execution(compact[i], opt.execution, {1, opt.latency_batch});
@@ -592,7 +597,14 @@ Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir
     std::fprintf(stderr, "portfolio: timing %zu variants, %d calls at batch 1 and %d at batch %lld each, interleaved\n",
                  ptrs.size(), opt.latency_runs, opt.latency_batch_runs, (long long)opt.latency_batch);
   measure_latency(ptrs, p.variants, opt);
+  // Moved in: the old manifest goes first, so no manifest ever lists a file that is not its own.
+  std::remove((out_dir + "/manifest.json").c_str());
+  for (const VariantInfo& v : p.variants) {
+    std::filesystem::rename(stage + "/" + v.file, out_dir + "/" + v.file, ec);
+    check(!ec, out_dir + "/" + v.file + ": cannot move the new variant in from " + stage + " (" + ec.message() + ")");
+  }
   write_text_atomic(out_dir + "/manifest.json", portfolio_manifest_json(p));
+  std::filesystem::remove_all(stage, ec);
   return p;
 }
 

@@ -174,7 +174,9 @@ void measure_latency(const std::vector<const Model*>& models, std::vector<Varian
                      const PortfolioOptions& opt);
 
 // Builds the portfolio of `run_dir` into `out_dir` (created if missing): the chosen levels
-// made with make_variant, then manifest.json. Returns the manifest.
+// made with make_variant in out_dir/.building, moved into out_dir once all are verified and
+// measured, then manifest.json; a build that fails leaves out_dir's previous portfolio as it
+// was. Returns the manifest.
 Portfolio build_portfolio(const std::string& run_dir, const std::string& out_dir, BatchSource& test,
                           const PortfolioOptions& opt);
 

@@ -515,6 +515,12 @@ ReplayReport replay_trace(Shifter& shifter, const std::vector<TracePhase>& trace
             std::to_string(labels.size()) + " labels");
   check(opt.clients >= 1 && opt.batch >= 1 && opt.time_scale > 0 && opt.last_phase_s > 0,
         "replay: clients and batch must be >= 1, time scale and last phase length positive");
+  // Phase times become steady_clock durations (int64 nanoseconds, about 292 years): a timeline
+  // past that wrapped, every phase ran at once and 0 requests were reported as a success.
+  const double wall_span_s = (trace.back().time_s - trace.front().time_s + opt.last_phase_s) * opt.time_scale;
+  check(std::isfinite(wall_span_s) && wall_span_s <= 1e9,
+        "replay: the trace lasts " + json_number(wall_span_s) + " s of wall time at time scale " +
+            json_number(opt.time_scale) + " (at most 1e9 s)");
   const int64_t n = images.dim(0), per = images.numel() / n;
   const int variants = shifter.size();
 

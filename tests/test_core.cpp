@@ -162,3 +162,18 @@ TEST_CASE("flags: set_default yields to the command line and reads switches as p
   CHECK_THROWS_WITH_AS(f.set_default("nesterov", "yes"), doctest::Contains("--nesterov is a switch"), Error);
   CHECK_THROWS_WITH_AS(f.set_default("momentum", "0.9"), doctest::Contains("undeclared flag --momentum"), Error);
 }
+
+TEST_CASE("flags: a number flag refuses inf and nan by name") {
+  Flags f("prog", "test");
+  f.add("lr", "0.1", "learning rate");
+  CHECK(f.number("lr") == 0.1);
+  for (const char* bad : {"inf", "-inf", "nan", "infinity"}) {
+    CAPTURE(bad);
+    std::vector<std::string> args = {"prog", "--lr", bad};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    REQUIRE(f.parse(static_cast<int>(argv.size()), argv.data()));
+    const std::string expected = std::string("--lr expects a finite number, got '") + bad + "'";
+    CHECK_THROWS_WITH_AS(f.number("lr"), doctest::Contains(expected.c_str()), Error);
+  }
+}

@@ -178,6 +178,23 @@ TEST_CASE("DNNShifter's levels: dense plus the level nearest each power-of-two c
   CHECK(nearest_rank_percentile({}, 0.5) == 0);
 }
 
+TEST_CASE("a portfolio rebuild that fails leaves the previous portfolio as it was") {
+  TempDir tmp("portfolio_rebuild");
+  const std::string run = tmp.str() + "/run", out = tmp.str() + "/portfolio";
+  write_fake_run(run, 2);
+  Loader test = synthetic_test_loader();
+  REQUIRE(build_portfolio(run, out, test, quick_options()).variants.size() == 3);
+  CHECK_FALSE(fs::exists(out + "/.building"));  // the staging folder goes once the variants are in
+  const std::string manifest = read_text(out + "/manifest.json");
+  // Level 2's model file damaged since: the rebuild stops there, after levels 0 and 1.
+  const std::string level2 = run + "/level_2/model.dnns", bytes = read_text(level2);
+  write_text_atomic(level2, bytes.substr(0, bytes.size() / 2));
+  CHECK(contains(error_of([&] { build_portfolio(run, out, test, quick_options()); }), level2));
+  REQUIRE(file_exists(out + "/manifest.json"));
+  CHECK(read_text(out + "/manifest.json") == manifest);
+  CHECK(load_portfolio(out).models.size() == 3);  // every file still matches its manifest entry
+}
+
 TEST_CASE("a portfolio built end to end from a fake IMP run loads back and reproduces its models") {
   TempDir tmp("portfolio");
   const std::string run = tmp.str() + "/run", out = tmp.str() + "/portfolio";

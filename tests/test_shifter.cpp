@@ -453,4 +453,8 @@ TEST_CASE("a short replay: phases, swaps, per-phase figures, JSON report and SVG
   CHECK(contains(svg, "<svg"));
   CHECK(contains(svg, "P1, P3"));  // the small variant, chosen in phases 1 and 3
   CHECK(contains(svg, "Pareto front"));
+  // A timeline past the clock's range (time scale 1e300) ran every phase at once and reported
+  // 0 requests as a success.
+  o.time_scale = 1e300;
+  CHECK(contains(error_of([&] { replay_trace(s, trace, images, labels, o); }), "replay: the trace lasts"));
 }

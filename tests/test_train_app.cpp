@@ -1,6 +1,8 @@
 // `cifar_prune train` as a user runs it: a run killed with SIGKILL mid-epoch and resumed ends
-// with the same weights as an uninterrupted run; bad flags and a different run in --out are
-// refused with clear errors.
+// with the same weights as an uninterrupted run; a run stopped after its last epoch keeps that
+// epoch's figures; bad flags, a different run in --out and a data set whose test split lacks a
+// class are refused with clear errors (and `eval` maps such a split's labels by class name);
+// `run` checks its later stages' --portfolio-levels, and `compact` its --level, before any work.
 #include <doctest/doctest.h>
 
 #include "tests/test_util.h"
@@ -9,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -16,6 +19,7 @@
 
 #include "core/archive.h"
 #include "core/fs.h"
+#include "core/json.h"
 
 using namespace dnns;
 using dnns::testing::spawn;
@@ -93,7 +97,91 @@ TEST_CASE("train: bad input is refused with a clear error") {
   auto [rc4, e4] = run({kBin, "train", "--model", "resnet21", "--data", "synthetic", "--out", dir / "o"});
   CHECK(rc4 == 1);
   CHECK(e4.find("unknown model 'resnet21'") != std::string::npos);
+  // Flags that would fail only later (--gamma at the first milestone, hours in) or train nonsense
+  // are refused before anything runs; each of these runs would otherwise finish or fail late.
+  const std::vector<std::string> quick = {kBin, "train", "--data", "synthetic", "--train-subset", "64",
+                                          "--test-subset", "32", "--epochs", "1", "--batch-size", "64",
+                                          "--threads", "2", "--out", dir / "o"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = quick;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run(a);
+  };
+  auto [rc5, e5] = with({"--gamma", "-0.1"});
+  CHECK(rc5 == 1);
+  CHECK(e5.find("--gamma must be positive") != std::string::npos);
+  auto [rc6, e6] = with({"--lr", "inf"});
+  CHECK(rc6 == 1);
+  CHECK(e6.find("--lr expects a finite number, got 'inf'") != std::string::npos);
+  auto [rc7, e7] = with({"--warmup-steps", "-5"});
+  CHECK(rc7 == 1);
+  CHECK(e7.find("--warmup-steps must be >= 0") != std::string::npos);
   CHECK_FALSE(fs::exists(dir / "o"));  // a refused command leaves no run folder behind
+}
+
+TEST_CASE("train --resume after the last epoch (stopped before metrics.json): the last epoch's figures") {
+  REQUIRE(fs::exists(kBin));
+  TempDir dir("trainapp_done");
+  const std::string out = dir / "r", log = dir / "log", err = dir / "log.err";
+  std::vector<std::string> args = {kBin, "train", "--data", "synthetic", "--model", "resnet20", "--epochs", "1",
+                                   "--train-subset", "128", "--test-subset", "64", "--threads", "2", "--out", out};
+  REQUIRE(wait_exit(spawn(args, log, err)) == 0);
+  const auto before = parse_flat_json(read_text(out + "/metrics.json"), "metrics.json");
+  // As if stopped between model.dnns and metrics.json: the checkpoint is at the last step.
+  fs::remove(out + "/metrics.json");
+  args.push_back("--resume");
+  REQUIRE(wait_exit(spawn(args, log, err)) == 0);
+  const auto after = parse_flat_json(read_text(out + "/metrics.json"), "metrics.json");
+  CHECK(std::strtod(before.at("train_loss").c_str(), nullptr) > 0);
+  for (const char* key : {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "steps"}) {
+    CAPTURE(key);
+    CHECK(after.at(key) == before.at(key));
+  }
+}
+
+namespace {
+
+// An image folder data set of 8x8 gray PGM images, 4 per class, each class its own shade.
+void write_pgm_split(const fs::path& split, const std::vector<std::string>& classes) {
+  for (const std::string& c : classes) {
+    fs::create_directories(split / c);
+    const int shade = c == "ant" ? 20 : c == "bee" ? 120 : 230;
+    for (int i = 0; i < 4; ++i) {
+      std::string pgm = "P5\n8 8\n255\n", name = "x0.pgm";  // (no "x" + ...: GCC 12 warns falsely, PR105329)
+      pgm.append(64, static_cast<char>(shade + 5 * i));
+      name[1] = static_cast<char>('0' + i);
+      write_text_atomic((split / c / name).string(), pgm);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a data set whose test split lacks a class: train refuses it by name, eval maps labels by name") {
+  REQUIRE(fs::exists(kBin));
+  TempDir dir("trainapp_classes");
+  ::setenv("DNNS_CACHE_DIR", (dir / "cache").c_str(), 1);  // the decode cache of the spawned programs
+  const std::string full = dir / "full", gap = dir / "gap", log = dir / "log", err = dir / "log.err";
+  write_pgm_split(fs::path(full) / "train", {"ant", "bee", "cat"});
+  write_pgm_split(fs::path(full) / "test", {"ant", "bee", "cat"});
+  write_pgm_split(fs::path(gap) / "train", {"ant", "bee", "cat"});
+  write_pgm_split(fs::path(gap) / "test", {"ant", "cat"});  // 'cat' would be read as label 1, 'bee'
+  auto train = [&](const std::string& data, const std::string& out) {
+    return wait_exit(spawn({kBin, "train", "--data", data, "--model", "resnet20", "--epochs", "1", "--batch-size",
+                            "4", "--threads", "2", "--out", out},
+                           log, err));
+  };
+  CHECK(train(gap, dir / "refused") == 1);
+  CHECK(read_text(err).find("missing from the test split: 'bee'") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "refused"));
+
+  REQUIRE(train(full, dir / "m") == 0);
+  REQUIRE(wait_exit(spawn({kBin, "eval", dir / "m/model.dnns", "--data", gap, "--json", "--threads", "2"}, log, err)) ==
+          0);
+  const std::string json = read_text(log);
+  CAPTURE(json);
+  CHECK(json.find("\"per_class_examples\": [4,0,4]") != std::string::npos);
+  CHECK(read_text(err).find("mapped to the model's classes by name") != std::string::npos);
 }
 
 TEST_CASE("train --resume: a run stored before a flag existed is the same run when that flag holds its default") {
@@ -126,4 +214,31 @@ TEST_CASE("train --resume: a run stored before a flag existed is the same run wh
   write_text_atomic(hp, other);
   CHECK(wait_exit(spawn(args, log, err)) == 1);
   CHECK(read_text(err).find("other hyper-parameters") != std::string::npos);
+}
+
+TEST_CASE("run and compact: a later stage's bad flag is refused before any training") {
+  REQUIRE(fs::exists(kBin));
+  TempDir dir("trainapp_stages");
+  const std::string log = dir / "log", err = dir / "log.err";
+  auto pipeline = [&](const std::string& levels, const std::string& portfolio_levels) {
+    return wait_exit(spawn({kBin, "run", "--data", "synthetic", "--model", "resnet20", "--train-subset", "64",
+                            "--test-subset", "32", "--batch-size", "64", "--epochs", "1", "--levels", levels,
+                            "--rewind-step", "0", "--prune-fraction", "0.5", "--threads", "2",
+                            "--portfolio-levels", portfolio_levels, "--latency-batch", "2", "--out", dir / "run"},
+                           log, err));
+  };
+  // Before: each trained every level and failed in the portfolio stage, minutes to hours later.
+  CHECK(pipeline("1", "0,1,1") == 1);
+  CHECK(read_text(err).find("--portfolio-levels names level 1 twice") != std::string::npos);
+  CHECK(pipeline("1", ",") == 1);
+  CHECK(read_text(err).find("--portfolio-levels expects 'auto' or comma-separated levels") != std::string::npos);
+  CHECK(pipeline("1", "0,3") == 1);
+  CHECK(read_text(err).find("--portfolio-levels names level 3, but --levels 1 makes levels 0..1") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "run"));
+
+  // compact --level -1 on the magnitude chain was "the random chain starts at level 1".
+  make_dirs(dir / "imp");
+  write_text_atomic(dir / "imp/hparams.json", "{\"command\": \"imp\"}\n");
+  CHECK(wait_exit(spawn({kBin, "compact", dir / "imp", "--level", "-1"}, log, err)) == 1);
+  CHECK(read_text(err).find("--level must be >= 0, got -1") != std::string::npos);
 }

@@ -116,8 +116,11 @@ int cmd_compact(int argc, char** argv) {
     }
   }
   check(!levels.empty(), run + ": no finished level to compact");
-  for (int level : levels)
-    check(level >= (chain == "random" ? 1 : 0), "--level " + std::to_string(level) + ": the random chain starts at level 1");
+  for (int level : levels) {
+    check(level >= 0, "--level must be >= 0, got " + std::to_string(level));
+    check(level >= 1 || chain != "random", "--level 0: the random chain starts at level 1 (level 0, the dense "
+                                           "network, is the magnitude chain's)");
+  }
 
   DataPair data = load_data(f);
   std::fprintf(stderr, "verifying on %s\n", data.description.c_str());

@@ -55,7 +55,8 @@ int cmd_eval(int argc, char** argv) {
           "The input is normalised with the mean/std the model file records (what training used); a\n"
           "file without them (older versions) gets the statistics of --data's training split, as\n"
           "training computes them, and eval says so; --mean/--std override both (a model trained\n"
-          "elsewhere). Image folders are read at the model's input size.\n"
+          "elsewhere). Image folders are read at the model's input size. A data set with some of the\n"
+          "model's classes only (a test/ folder lacking one) has its labels mapped to the model's by name.\n"
           "--out writes eval.json, confusion.md and confusion.svg (a heat map, rows = true classes,\n"
           "shaded by the share of the row).");
   f.add("data", "", "data set (as for train); default: the one the model file records");
@@ -119,8 +120,24 @@ int cmd_eval(int argc, char** argv) {
       names.push_back(k < static_cast<int64_t>(data.class_names.size()) ? data.class_names[k] : std::to_string(k));
   } else if (!data.class_names.empty() &&
              !std::equal(data.class_names.begin(), data.class_names.end(), names.begin())) {
-    std::fprintf(stderr, "note: the class names of %s differ from the model's (its labels are taken as the model's "
-                         "class indices)\n", spec.c_str());
+    // A split with some of the model's classes only (a test/ folder without one class folder)
+    // numbers them from 0 in its own list: its labels are mapped to the model's classes by name.
+    std::vector<int32_t> to_model;
+    for (const std::string& name : data.class_names) {
+      const auto it = std::find(names.begin(), names.end(), name);
+      if (it == names.end()) break;
+      to_model.push_back(static_cast<int32_t>(it - names.begin()));
+    }
+    if (to_model.size() == data.class_names.size()) {
+      for (int32_t& label : data.labels) label = to_model[static_cast<size_t>(label)];
+      data.num_classes = static_cast<int>(K);
+      data.class_names = names;
+      std::fprintf(stderr, "note: %s holds %zu of the model's %lld classes: its labels are mapped to the model's "
+                           "classes by name\n", spec.c_str(), to_model.size(), (long long)K);
+    } else {
+      std::fprintf(stderr, "note: the class names of %s differ from the model's (its labels are taken as the model's "
+                           "class indices)\n", spec.c_str());
+    }
   }
   const std::string data_name = data.name;
   const int64_t n = data.size();

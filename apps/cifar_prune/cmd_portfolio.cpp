@@ -34,24 +34,6 @@ void declare(Flags& f) {
         "measures faster here at that batch)");
 }
 
-std::vector<int> parse_levels(const std::string& s) {
-  std::vector<int> out;
-  if (s == "auto") return out;
-  for (const std::string& item : split_list(s)) {
-    if (item.empty()) continue;
-    try {
-      size_t used = 0;
-      int v = std::stoi(item, &used);
-      check(used == item.size() && v >= 0, "");
-      out.push_back(v);
-    } catch (...) {
-      throw Error("--levels expects 'auto' or comma-separated levels >= 0, got '" + s + "'");
-    }
-  }
-  check(!out.empty(), "--levels expects 'auto' or comma-separated levels, got '" + s + "'");
-  return out;
-}
-
 }  // namespace
 
 int cmd_portfolio(int argc, char** argv) {
@@ -83,7 +65,7 @@ int cmd_portfolio(int argc, char** argv) {
   setup_system(f);
 
   PortfolioOptions opt;
-  opt.levels = parse_levels(f.str("levels"));
+  opt.levels = parse_portfolio_levels(f.str("levels"), "--levels");
   opt.chain = f.str("chain");
   opt.latency_batch = f.integer("latency-batch");
   opt.latency_runs = static_cast<int>(f.integer("latency-runs"));

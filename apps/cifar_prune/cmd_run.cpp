@@ -2,7 +2,7 @@
 // point, run the IMP levels, compact every level exactly, build the portfolio with its
 // measurements, and write a final report. Each stage is the corresponding subcommand run on
 // the same folder, so each resumes (--resume) or can be rerun on its own.
-#include <cctype>
+#include <cstdlib>
 #include <cstdio>
 #include <exception>
 #include <algorithm>
@@ -11,6 +11,7 @@
 
 #include "apps/cifar_prune/chains.h"
 #include "apps/cifar_prune/commands.h"
+#include "apps/cifar_prune/common.h"
 #include "nn/execution.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -122,10 +123,22 @@ int cmd_run(int argc, char** argv) {
     throw Error("cifar_prune run: --latency-batch expects a positive integer, got '" + latency_batch + "'");
   }
   parse_execution(execution, "cifar_prune run: --execution");
-  if (portfolio_levels != "auto")
-    for (char ch : portfolio_levels)
-      check(std::isdigit(static_cast<unsigned char>(ch)) || ch == ',',
-            "cifar_prune run: --portfolio-levels expects 'auto' or comma-separated levels, got '" + portfolio_levels + "'");
+  // As the portfolio stage will read them, and each a level the IMP stage makes (with --levels
+  // given; the default 20 is refused by imp itself when too few).
+  const std::vector<int> chosen = parse_portfolio_levels(portfolio_levels, "cifar_prune run: --portfolio-levels");
+  for (size_t i = 1; i < imp_args.size(); ++i) {
+    const std::string& a = imp_args[i];
+    std::string levels;
+    if (a.rfind("--levels=", 0) == 0) levels = a.substr(9);
+    else if (a == "--levels" && i + 1 < imp_args.size()) levels = imp_args[i + 1];
+    else continue;
+    char* end = nullptr;
+    const long long n = std::strtoll(levels.c_str(), &end, 10);
+    if (levels.empty() || *end != '\0') continue;  // imp refuses it by name
+    for (int L : chosen)
+      check(L <= n, "cifar_prune run: --portfolio-levels names level " + std::to_string(L) + ", but --levels " +
+                        levels + " makes levels 0.." + std::to_string(n));
+  }
 
   // The folders of the later stages: --out, or each chain's.
   std::vector<std::string> dirs;

@@ -51,12 +51,35 @@ Device setup_system(const Flags& f) {
   return parse_device(f.str("device"));
 }
 
+// The training and test splits must name the same classes in the same order: a label is an index
+// into that list, so a test/ folder that lacks one class folder would shift every later class's
+// labels and the test accuracy would be nonsense.
+static void check_same_classes(const Dataset& train, const Dataset& test, const std::string& spec) {
+  if (train.num_classes == test.num_classes &&
+      (train.class_names.empty() || test.class_names.empty() || train.class_names == test.class_names))
+    return;
+  auto absent = [](const std::vector<std::string>& from, const std::vector<std::string>& in) {
+    std::string list;
+    for (const std::string& name : from)
+      if (std::find(in.begin(), in.end(), name) == in.end()) list += (list.empty() ? "'" : ", '") + name + "'";
+    return list;
+  };
+  std::string msg = "--data " + spec + ": the training split has " + std::to_string(train.num_classes) +
+                    " classes, the test split " + std::to_string(test.num_classes);
+  const std::string missing = absent(train.class_names, test.class_names), extra = absent(test.class_names, train.class_names);
+  if (!missing.empty()) msg += "; missing from the test split: " + missing;
+  if (!extra.empty()) msg += "; not in the training split: " + extra;
+  if (missing.empty() && extra.empty()) msg += "; the same names in another order";
+  throw Error(msg + " (labels are class indices: both splits need the same classes)");
+}
+
 DataPair load_data(const Flags& f, bool shard_over_ranks) {
   // Refuse malformed hyper-parameters before any data is read or any folder is made.
   training_config(f, 1);
   std::string spec = f.str("data");
   Dataset train = load_dataset(spec, true);
   Dataset test = load_dataset(spec, false);
+  check_same_classes(train, test, spec);
   uint64_t seed = static_cast<uint64_t>(f.integer("seed"));
   int64_t ntrain = f.integer("train-subset"), ntest = f.integer("test-subset");
   check(ntrain >= 0 && ntest >= 0, "--train-subset and --test-subset must be >= 0");
@@ -112,6 +135,26 @@ std::vector<std::string> split_list(const std::string& s) {
   }
 }
 
+std::vector<int> parse_portfolio_levels(const std::string& s, const std::string& flag) {
+  std::vector<int> out;
+  if (s == "auto") return out;
+  for (const std::string& item : split_list(s)) {
+    if (item.empty()) continue;
+    try {
+      size_t used = 0;
+      int v = std::stoi(item, &used);
+      check(used == item.size() && v >= 0, "");
+      out.push_back(v);
+    } catch (...) {
+      throw Error(flag + " expects 'auto' or comma-separated levels >= 0, got '" + s + "'");
+    }
+    check(std::count(out.begin(), out.end(), out.back()) == 1,
+          flag + " names level " + std::to_string(out.back()) + " twice, in '" + s + "'");
+  }
+  check(!out.empty(), flag + " expects 'auto' or comma-separated levels, got '" + s + "'");
+  return out;
+}
+
 static std::vector<int64_t> parse_int_list(const std::string& s, const std::string& flag) {
   std::vector<int64_t> out;
   for (const std::string& item : split_list(s)) {
@@ -151,11 +194,17 @@ TrainConfig training_config(const Flags& f, int64_t bpe) {
   check(c.label_smoothing >= 0 && c.label_smoothing < 1, "--label-smoothing must be in [0, 1)");
   c.schedule.base_lr = c.sgd.lr;
   c.schedule.warmup_steps = f.integer("warmup-steps");
+  check(c.schedule.warmup_steps >= 0, "--warmup-steps must be >= 0, got " + f.str("warmup-steps"));
   std::string s = f.str("schedule");
   if (s == "multistep") {
     c.schedule.kind = LrSchedule::Kind::MultiStep;
-    for (int64_t e : parse_int_list(f.str("milestones"), "milestones")) c.schedule.milestones.push_back(e * bpe);
+    for (int64_t e : parse_int_list(f.str("milestones"), "milestones")) {
+      check(e >= 0, "--milestones must be epochs >= 0, got '" + f.str("milestones") + "'");
+      c.schedule.milestones.push_back(e * bpe);
+    }
+    // Checked now: a bad factor would stop training only at the first milestone (epoch 80 by default).
     c.schedule.gamma = static_cast<float>(f.number("gamma"));
+    check(c.schedule.gamma > 0, "--gamma must be positive, got " + f.str("gamma"));
   } else if (s == "cosine") {
     c.schedule.kind = LrSchedule::Kind::Cosine;
     c.schedule.total_steps = c.epochs * bpe;

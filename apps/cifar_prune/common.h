@@ -60,6 +60,11 @@ InputNormalization input_normalization(const Flags& f, const Model& model, const
 // The items of a comma-separated list flag, in order; empty items kept ("a,,b" has three, "" none).
 std::vector<std::string> split_list(const std::string& s);
 
+// The portfolio's levels as `flag` (portfolio --levels, run --portfolio-levels) gives them:
+// "auto" (empty: the default choice) or comma-separated levels >= 0, none twice; throws Error
+// naming the flag otherwise.
+std::vector<int> parse_portfolio_levels(const std::string& s, const std::string& flag);
+
 // The hyper-parameters that define a run, as JSON; a resumed run must have the same.
 std::string hparams_json(const Flags& f, const std::string& command);
 // Creates `dir` for a new run, or checks it belongs to the same run when resuming. Refuses
