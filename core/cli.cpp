@@ -81,17 +81,17 @@ int64_t Flags::integer(const std::string& name) const {
 
 double Flags::number(const std::string& name) const {
   std::string v = str(name);
+  size_t used = 0;
+  double x = 0;
   try {
-    size_t used = 0;
-    double x = std::stod(v, &used);
-    if (used == v.size() && std::isfinite(x)) return x;
-    // inf and nan parse, but no flag means them: refused here, not hours later in training.
-    if (used == v.size()) throw Error(program_ + ": --" + name + " expects a finite number, got '" + v + "'");
-  } catch (const Error&) {
-    throw;
+    x = std::stod(v, &used);
   } catch (...) {
+    used = 0;
   }
-  throw Error(program_ + ": --" + name + " expects a number, got '" + v + "'");
+  if (used == 0 || used != v.size()) throw Error(program_ + ": --" + name + " expects a number, got '" + v + "'");
+  // inf and nan parse, but no flag means them: refused here, not hours later in training.
+  if (!std::isfinite(x)) throw Error(program_ + ": --" + name + " expects a finite number, got '" + v + "'");
+  return x;
 }
 
 bool Flags::flag(const std::string& name) const { return str(name) == "1"; }

@@ -675,24 +675,17 @@ TEST_CASE("load_image_folder: decode cache hits, invalidation and corruption") {
 }
 
 TEST_CASE("default_cache_dir: environment, home, fallback") {
-  auto saved = [](const char* name) -> std::optional<std::string> {
-    const char* v = std::getenv(name);
-    return v ? std::optional<std::string>(v) : std::nullopt;
-  };
-  const auto old_cache = saved("DNNS_CACHE_DIR"), old_home = saved("HOME");
   TempDir tmp;
-  setenv("DNNS_CACHE_DIR", (tmp / "c").c_str(), 1);
+  const testing::ScopedEnv cache("DNNS_CACHE_DIR", tmp / "c"), home("HOME", std::nullopt);
   CHECK(default_cache_dir() == (tmp / "c"));
-  unsetenv("DNNS_CACHE_DIR");
-  setenv("HOME", tmp.path.c_str(), 1);
+  cache.set(std::nullopt);
+  home.set(tmp.path.string());
   CHECK(default_cache_dir() == (tmp.path / ".cache" / "dnnshifter").string());
   CHECK(fs::is_directory(tmp.path / ".cache" / "dnnshifter"));
-  setenv("HOME", "/proc/no-such-home", 1);
+  home.set("/proc/no-such-home");
   CHECK(default_cache_dir() == "/tmp/dnnshifter-cache");
-  unsetenv("HOME");
+  home.set(std::nullopt);
   CHECK(default_cache_dir() == "/tmp/dnnshifter-cache");
-  if (old_cache) setenv("DNNS_CACHE_DIR", old_cache->c_str(), 1);
-  if (old_home) setenv("HOME", old_home->c_str(), 1);
 }
 
 TEST_CASE("real data: the CIFAR-10 JPEG test split") {

@@ -36,6 +36,12 @@ std::vector<std::string> train_args(const std::string& out) {
           "--train-subset", "512", "--test-subset", "128", "--milestones", "2", "--threads", "2", "--out", out};
 }
 
+// One short epoch of synthetic data into `out`.
+std::vector<std::string> one_epoch_args(const std::string& out) {
+  return {kBin, "train", "--data", "synthetic", "--model", "resnet20", "--epochs", "1",
+          "--train-subset", "128", "--test-subset", "64", "--threads", "2", "--out", out};
+}
+
 }  // namespace
 
 TEST_CASE("train: SIGKILL mid-epoch, then --resume, ends with the uninterrupted run's weights") {
@@ -123,8 +129,7 @@ TEST_CASE("train --resume after the last epoch (stopped before metrics.json): th
   REQUIRE(fs::exists(kBin));
   TempDir dir("trainapp_done");
   const std::string out = dir / "r", log = dir / "log", err = dir / "log.err";
-  std::vector<std::string> args = {kBin, "train", "--data", "synthetic", "--model", "resnet20", "--epochs", "1",
-                                   "--train-subset", "128", "--test-subset", "64", "--threads", "2", "--out", out};
+  std::vector<std::string> args = one_epoch_args(out);
   REQUIRE(wait_exit(spawn(args, log, err)) == 0);
   const auto before = parse_flat_json(read_text(out + "/metrics.json"), "metrics.json");
   // As if stopped between model.dnns and metrics.json: the checkpoint is at the last step.
@@ -160,7 +165,7 @@ void write_pgm_split(const fs::path& split, const std::vector<std::string>& clas
 TEST_CASE("a data set whose test split lacks a class: train refuses it by name, eval maps labels by name") {
   REQUIRE(fs::exists(kBin));
   TempDir dir("trainapp_classes");
-  ::setenv("DNNS_CACHE_DIR", (dir / "cache").c_str(), 1);  // the decode cache of the spawned programs
+  const testing::ScopedEnv cache("DNNS_CACHE_DIR", dir / "cache");  // the spawned programs' decode cache
   const std::string full = dir / "full", gap = dir / "gap", log = dir / "log", err = dir / "log.err";
   write_pgm_split(fs::path(full) / "train", {"ant", "bee", "cat"});
   write_pgm_split(fs::path(full) / "test", {"ant", "bee", "cat"});
@@ -188,8 +193,7 @@ TEST_CASE("train --resume: a run stored before a flag existed is the same run wh
   REQUIRE(fs::exists(kBin));
   TempDir dir("trainapp_hp");
   const std::string out = dir / "r", log = dir / "log", err = dir / "log.err";
-  std::vector<std::string> args = {kBin, "train", "--data", "synthetic", "--model", "resnet20", "--epochs", "1",
-                                   "--train-subset", "128", "--test-subset", "64", "--threads", "2", "--out", out};
+  std::vector<std::string> args = one_epoch_args(out);
   REQUIRE(wait_exit(spawn(args, log, err)) == 0);
   const std::string hp = out + "/hparams.json", stored = read_text(hp);
   auto without = [&](const std::string& text, const std::string& key) {  // drops `"key": "value", `

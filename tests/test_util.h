@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -162,6 +163,25 @@ struct ScopedThreads {
   ScopedThreads(const ScopedThreads&) = delete;
   ScopedThreads& operator=(const ScopedThreads&) = delete;
   const int saved;
+};
+
+// Sets (or, with nullopt, unsets) an environment variable for a scope and puts the previous
+// value back at its end, also when an assertion ends the test case early: programs a later test
+// case spawns do not inherit it.
+struct ScopedEnv {
+  ScopedEnv(const char* name, std::optional<std::string> value) : name(name) {
+    if (const char* v = std::getenv(name)) saved = v;
+    set(value);
+  }
+  ~ScopedEnv() { set(saved); }
+  void set(const std::optional<std::string>& value) const {
+    if (value) ::setenv(name, value->c_str(), 1);
+    else ::unsetenv(name);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  const char* name;
+  std::optional<std::string> saved;
 };
 
 // Puts the CPU kernels' instruction-set path and convolution algorithm back as they were at
